@@ -1,0 +1,1 @@
+//! Shared helpers for the tricommit benchmarks and the comparison harness.

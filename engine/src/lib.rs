@@ -1,0 +1,8 @@
+//! tricommit-engine: batched, pipelined three-phase commit with E3PC termination.
+//!
+//! `proto` is the I/O-free protocol core; everything else drives it with real I/O.
+
+pub mod ledger;
+pub mod pipeline;
+pub mod proto;
+pub mod sim;

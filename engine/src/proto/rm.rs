@@ -1,0 +1,74 @@
+//! The resource-manager contract: the business logic a participant wraps.
+//!
+//! A participant hands its resource manager whole batches. The resource manager must be
+//! deterministic: given the same sequence of `prepare`, `commit` and `abort` calls it
+//! must reach the same state, because a participant rebuilds it after a crash by
+//! replaying those calls from its write-ahead log.
+
+/// Size of the opaque operation a transaction carries for each participant.
+///
+/// Fixed so that a batch of operations is one flat allocation that is reused, and so
+/// that an operation has the same size on the wire, in the log and in memory.
+pub const OP_PAYLOAD_BYTES: usize = 24;
+
+/// A transaction identifier, chosen by the client and unique per engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct TxnId(pub u64);
+
+/// One transaction's operation at one participant: opaque to the protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Op {
+    pub txn: TxnId,
+    pub payload: [u8; OP_PAYLOAD_BYTES],
+}
+
+/// Why a participant voted no. Codes below 256 are reserved for tricommit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Reason(pub u16);
+
+impl Reason {
+    /// The operation's bytes do not decode.
+    pub const MALFORMED: Reason = Reason(1);
+    /// The account the operation names does not exist.
+    pub const UNKNOWN_ACCOUNT: Reason = Reason(2);
+    /// The operation would take a balance below its limit.
+    pub const INSUFFICIENT_FUNDS: Reason = Reason(3);
+    /// The participant could not answer in time (timeouts are turned into this vote).
+    pub const TIMEOUT: Reason = Reason(4);
+    /// The balance would overflow `i64`.
+    pub const OVERFLOW: Reason = Reason(5);
+    /// The transaction id was already prepared at this participant.
+    pub const DUPLICATE: Reason = Reason(6);
+}
+
+/// A participant's vote on one transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Vote {
+    /// Prepared: the participant can commit and will not abort on its own.
+    Yes,
+    /// The transaction must abort.
+    No(Reason),
+    /// The participant has nothing to change; it leaves the protocol after phase 1.
+    ReadOnly,
+}
+
+/// The business logic behind a participant: validates, reserves, posts and voids.
+///
+/// Every method works on a whole batch, in order. Two operations of one batch that touch
+/// the same state are applied in the order given: the second one sees the reservation
+/// of the first.
+pub trait ResourceManager {
+    /// Validates and reserves every operation in order, pushing exactly one vote per
+    /// operation onto `votes` (which the caller clears and reuses).
+    ///
+    /// After a `Yes`, the resource manager must be able to commit the transaction
+    /// whatever else it prepares later, until the transaction is committed or aborted.
+    fn prepare(&mut self, ops: &[Op], votes: &mut Vec<Vote>);
+
+    /// Posts the reservations of transactions that voted `Yes`. Unknown ids are ignored,
+    /// so that a replayed or duplicated commit is harmless.
+    fn commit(&mut self, txns: &[TxnId]);
+
+    /// Voids the reservations of the given transactions. Unknown ids are ignored.
+    fn abort(&mut self, txns: &[TxnId]);
+}

@@ -1,0 +1,6 @@
+//! `tricommit-load`: the load generator.
+
+fn main() {
+    eprintln!("tricommit-load: not built yet");
+    std::process::exit(2);
+}

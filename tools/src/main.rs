@@ -1,0 +1,26 @@
+//! `tricommit`: the node, WAL, ledger and simulator tools.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod sim_cmd;
+mod wal_cmd;
+
+/// tricommit: batched, pipelined three-phase commit.
+#[derive(Parser)]
+#[command(name = "tricommit", version, about)]
+enum Cli {
+    /// Inspect and check a write-ahead log directory.
+    #[command(subcommand)]
+    Wal(wal_cmd::WalCommand),
+    /// Run the seeded deterministic simulator over many seeds.
+    Sim(sim_cmd::SimArgs),
+}
+
+fn main() -> ExitCode {
+    match Cli::parse() {
+        Cli::Wal(command) => wal_cmd::run(command),
+        Cli::Sim(args) => sim_cmd::run(args),
+    }
+}

@@ -1,0 +1,1 @@
+//! tricommit-wal: a segmented, preallocated, mmap'd write-ahead log with group commit.
