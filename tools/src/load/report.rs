@@ -111,9 +111,8 @@ pub fn render_html(report: &Report<'_>) -> String {
     html.push_str(&format!("<style>{STYLE_CSS}</style>\n</head>\n<body>\n"));
     html.push_str(&format!("<h1>{}</h1>\n", escape_html(report.title)));
     html.push_str(&format!(
-        "<p class=\"meta\">Generated {}. {}</p>\n",
-        escape_html(report.generated),
-        escape_html(&samples_note(report.samples.len(), merged))
+        "<p class=\"meta\">{}</p>\n",
+        escape_html(&meta_line(report.generated, report.samples.len(), merged))
     ));
     for chart in charts(&samples) {
         html.push_str(&format!("<h2>{}</h2>\n", escape_html(chart.title)));
@@ -125,16 +124,22 @@ pub fn render_html(report: &Report<'_>) -> String {
     html
 }
 
-/// Says how many samples the charts show, and how they were merged if they were.
-fn samples_note(count: usize, merged: usize) -> String {
+/// Says when the run happened, how many samples the charts show, and how they were
+/// merged if they were.
+fn meta_line(generated: &str, count: usize, merged: usize) -> String {
+    let generated = if generated.is_empty() {
+        String::new()
+    } else {
+        format!("Generated {generated}. ")
+    };
     let plural = if count == 1 { "" } else { "s" };
     if merged > 1 {
         format!(
-            "{count} sample{plural}, every {merged} adjacent ones merged for the charts \
-             (rates averaged, latency percentiles take the worst)."
+            "{generated}{count} sample{plural}, every {merged} adjacent ones merged for the \
+             charts (rates averaged, latency percentiles take the worst)."
         )
     } else {
-        format!("{count} sample{plural}.")
+        format!("{generated}{count} sample{plural}.")
     }
 }
 
@@ -850,9 +855,10 @@ mod tests {
             "one line per series"
         );
         assert!(!html.contains("<script"), "the page has no scripts");
-        assert!(
-            !html.contains("http://") || html.matches("http://").count() == CHARTS_COUNT,
-            "only the SVG namespace"
+        assert_eq!(
+            html.matches("http").count(),
+            CHARTS_COUNT,
+            "no external resources: the only URLs are the SVG namespaces"
         );
         assert_all_finite(&html);
     }
@@ -931,6 +937,7 @@ mod tests {
             p999_us: u64::MAX,
             batch_txns_avg: f64::NAN,
         };
+        samples[2].aborted_per_s = -f64::MAX;
         samples[3].elapsed_s = f64::NAN;
         let html = render(&samples, &summary_rows());
         check_balanced(&html).unwrap();
