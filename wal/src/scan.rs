@@ -1,0 +1,265 @@
+//! The recovery scan: check every header, record, CRC and LSN, and find the end.
+//!
+//! The scan is pure: it reads byte slices and never writes, so `Wal::open` (which then
+//! repairs the tail) and the read-only `scan` used by the tools share it.
+
+use std::path::PathBuf;
+
+use crate::error::WalError;
+use crate::format::{
+    decode_record, HeaderProblem, Lsn, RecordProblem, SegmentHeader, SEGMENT_HEADER_BYTES,
+};
+
+/// One segment handed to the scan, in log order.
+pub(crate) struct SegmentInput<'a> {
+    pub(crate) path: PathBuf,
+    /// The number in the file name; the header must agree.
+    pub(crate) number: u64,
+    pub(crate) bytes: &'a [u8],
+}
+
+/// What the scan found in one segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentSummary {
+    /// The segment file.
+    pub path: PathBuf,
+    /// Its number in the log.
+    pub number: u64,
+    /// LSN of its first record.
+    pub first_lsn: Lsn,
+    /// Valid records it holds.
+    pub records: u64,
+    /// Byte offset just past its last valid record.
+    pub end_offset: u64,
+}
+
+/// Bytes after the last valid record of the last segment that are not zero: the torn
+/// remains of writes that were never synced. Opening the log drops (zeroes) them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    /// The last segment file.
+    pub path: PathBuf,
+    /// Byte offset where the log ends and the torn bytes begin.
+    pub offset: u64,
+    /// From `offset` to the last non-zero byte of the segment.
+    pub bytes_dropped: u64,
+    /// What was found at `offset`.
+    pub reason: &'static str,
+}
+
+/// The result of a successful scan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScanReport {
+    /// Every segment, oldest first.
+    pub segments: Vec<SegmentSummary>,
+    /// LSN of the oldest record held (equals `next_lsn` when the log holds none).
+    pub first_lsn: Lsn,
+    /// The LSN the next append gets.
+    pub next_lsn: Lsn,
+    /// The torn tail, if the last segment has one.
+    pub tail: Option<TornTail>,
+}
+
+impl ScanReport {
+    /// Number of valid records in the log.
+    pub fn records(&self) -> u64 {
+        self.next_lsn - self.first_lsn
+    }
+}
+
+/// Scans segments given in log order. Damage anywhere but the tail of the last segment
+/// is an error naming the file and byte offset.
+pub(crate) fn scan(inputs: &[SegmentInput<'_>]) -> Result<ScanReport, WalError> {
+    let headers = decode_headers(inputs)?;
+    let Some(first_header) = headers.first() else {
+        return Err(WalError::Config("scan needs at least one segment"));
+    };
+    let mut segments = Vec::with_capacity(inputs.len());
+    let mut lsn_next = first_header.first_lsn;
+    let mut tail = None;
+    for (index, (input, header)) in inputs.iter().zip(&headers).enumerate() {
+        let successor_first_lsn = headers.get(index + 1).map(|next| next.first_lsn);
+        if header.first_lsn != lsn_next {
+            return Err(corrupt(
+                input,
+                24,
+                format!(
+                    "segment starts at LSN {} but LSN {lsn_next} comes next",
+                    header.first_lsn
+                ),
+            ));
+        }
+        let walk = walk_records(input.bytes, header.first_lsn, successor_first_lsn);
+        segments.push(SegmentSummary {
+            path: input.path.clone(),
+            number: input.number,
+            first_lsn: header.first_lsn,
+            records: walk.lsn_next - header.first_lsn,
+            end_offset: walk.end_offset,
+        });
+        match (successor_first_lsn, walk.problem) {
+            (Some(successor), Some(problem)) if walk.lsn_next != successor => {
+                let reason = format!(
+                    "{} (expected LSN {}; the next segment starts at {successor})",
+                    problem.describe(),
+                    walk.lsn_next
+                );
+                return Err(corrupt(input, walk.end_offset, reason));
+            }
+            (None, Some(problem)) => tail = torn_tail(input, walk.end_offset, problem),
+            _ => {}
+        }
+        lsn_next = walk.lsn_next;
+    }
+    Ok(ScanReport {
+        segments,
+        first_lsn: first_header.first_lsn,
+        next_lsn: lsn_next,
+        tail,
+    })
+}
+
+fn decode_headers(inputs: &[SegmentInput<'_>]) -> Result<Vec<SegmentHeader>, WalError> {
+    let mut headers = Vec::with_capacity(inputs.len());
+    for (index, input) in inputs.iter().enumerate() {
+        let header = SegmentHeader::decode(input.bytes).map_err(|problem| match problem {
+            HeaderProblem::NotAWal => WalError::NotAWal {
+                path: input.path.clone(),
+                reason: "bad magic or too short",
+            },
+            HeaderProblem::Corrupt(reason) => corrupt(input, 0, reason.to_owned()),
+        })?;
+        if header.segment_number != input.number {
+            return Err(corrupt(
+                input,
+                16,
+                format!(
+                    "header says segment {}, file name says {}",
+                    header.segment_number, input.number
+                ),
+            ));
+        }
+        if header.segment_bytes != input.bytes.len() as u64 {
+            return Err(corrupt(
+                input,
+                32,
+                format!(
+                    "header says {} bytes, file has {}",
+                    header.segment_bytes,
+                    input.bytes.len()
+                ),
+            ));
+        }
+        if index > 0 && inputs[index - 1].number + 1 != input.number {
+            let missing = inputs[index - 1].number + 1;
+            return Err(corrupt(
+                input,
+                0,
+                format!("segment {missing} is missing before this one"),
+            ));
+        }
+        headers.push(header);
+    }
+    Ok(headers)
+}
+
+struct Walk {
+    lsn_next: Lsn,
+    end_offset: u64,
+    /// Why the walk stopped, if it stopped at bytes that are not a valid next record.
+    problem: Option<RecordProblem>,
+}
+
+/// Decodes records from the header on. Stops at the first invalid record, or, in a
+/// segment that has a successor, as soon as the successor's first LSN is reached.
+fn walk_records(bytes: &[u8], first_lsn: Lsn, stop_at_lsn: Option<Lsn>) -> Walk {
+    let mut offset = SEGMENT_HEADER_BYTES as usize;
+    let mut lsn_next = first_lsn;
+    loop {
+        if Some(lsn_next) == stop_at_lsn {
+            return Walk {
+                lsn_next,
+                end_offset: offset as u64,
+                problem: None,
+            };
+        }
+        match decode_record(&bytes[offset..], lsn_next) {
+            Ok((_, used)) => {
+                offset += used;
+                lsn_next += 1;
+            }
+            Err(problem) => {
+                return Walk {
+                    lsn_next,
+                    end_offset: offset as u64,
+                    problem: Some(problem),
+                }
+            }
+        }
+    }
+}
+
+fn torn_tail(input: &SegmentInput<'_>, offset: u64, problem: RecordProblem) -> Option<TornTail> {
+    let rest = &input.bytes[offset as usize..];
+    let nonzero_end = last_nonzero_end(rest);
+    (nonzero_end > 0).then(|| TornTail {
+        path: input.path.clone(),
+        offset,
+        bytes_dropped: nonzero_end as u64,
+        reason: problem.describe(),
+    })
+}
+
+/// One past the index of the last non-zero byte, or 0 when all are zero.
+fn last_nonzero_end(bytes: &[u8]) -> usize {
+    const WORD_BYTES: usize = 8;
+    let whole_words = bytes.len() / WORD_BYTES * WORD_BYTES;
+    if let Some(index) = bytes[whole_words..].iter().rposition(|&byte| byte != 0) {
+        return whole_words + index + 1;
+    }
+    let mut words = bytes[..whole_words].chunks_exact(WORD_BYTES);
+    match words.rposition(|word| word.iter().any(|&byte| byte != 0)) {
+        Some(word) => {
+            let start = word * WORD_BYTES;
+            let within = bytes[start..start + WORD_BYTES]
+                .iter()
+                .rposition(|&byte| byte != 0)
+                .unwrap_or(0);
+            start + within + 1
+        }
+        None => 0,
+    }
+}
+
+fn corrupt(input: &SegmentInput<'_>, offset: u64, reason: String) -> WalError {
+    WalError::Corrupt {
+        path: input.path.clone(),
+        offset,
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_nonzero_end;
+
+    // Proves the word-wise search finds the last non-zero byte at every position.
+    #[test]
+    fn last_nonzero_end_finds_every_position() {
+        for length in 0..40 {
+            assert_eq!(last_nonzero_end(&vec![0u8; length]), 0);
+            for position in 0..length {
+                let mut bytes = vec![0u8; length];
+                bytes[position] = 7;
+                if position > 0 {
+                    bytes[0] = 1;
+                }
+                assert_eq!(
+                    last_nonzero_end(&bytes),
+                    position + 1,
+                    "length {length} position {position}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! The storage under the log: a directory of fixed-size segment files.
+//!
+//! The log talks to its files only through [`Storage`], so the same log code runs on
+//! real files ([`FileStorage`]) and on the crash-simulating image ([`SimStorage`]) that
+//! the crash tests and the engine's simulator use. `Wal` is generic over it, so the real
+//! path pays no dynamic dispatch.
+
+pub(crate) mod file;
+pub mod sim;
+
+use std::ops::Range;
+use std::path::PathBuf;
+
+pub use file::FileStorage;
+pub use sim::{SimDisk, SimStorage};
+
+use crate::error::WalError;
+
+/// A directory of segment files with the durability operations the log needs.
+///
+/// Contract: `create_zeroed`, `rename` and `remove` are durable when they return (the
+/// file and its directory are synced). Bytes written through a segment are durable only
+/// after a successful `sync` (or `sync_submit` then `sync_wait`) covering them.
+pub trait Storage {
+    /// An open, mapped segment file.
+    type Segment: SegmentFile;
+
+    /// The path to show in errors for a file name in this storage.
+    fn path_of(&self, name: &str) -> PathBuf;
+    /// File names in the directory, in no particular order.
+    fn list(&mut self) -> Result<Vec<String>, WalError>;
+    /// Creates a file of `bytes` bytes, preallocated and zeroed, durably.
+    fn create_zeroed(&mut self, name: &str, bytes: u64) -> Result<(), WalError>;
+    /// Overwrites an existing, unopened file with zeros, durably.
+    fn zero(&mut self, name: &str) -> Result<(), WalError>;
+    /// Opens and maps an existing file for reading and writing.
+    fn open(&mut self, name: &str) -> Result<Self::Segment, WalError>;
+    /// Renames a file, durably.
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), WalError>;
+    /// Removes a file, durably.
+    fn remove(&mut self, name: &str) -> Result<(), WalError>;
+    /// Starts making `range` of `segment` durable. At most one sync is in flight.
+    fn sync_submit(
+        &mut self,
+        segment: &mut Self::Segment,
+        range: Range<u64>,
+    ) -> Result<(), WalError>;
+    /// Waits for the sync started by `sync_submit`; returns at once if none is in flight.
+    fn sync_wait(&mut self) -> Result<(), WalError>;
+    /// Makes every byte already written to `segment`'s file durable (recovery uses it:
+    /// after a process crash, records may sit only in the page cache).
+    fn sync_all(&mut self, segment: &mut Self::Segment) -> Result<(), WalError>;
+    /// Makes `range` of `segment` durable before returning.
+    fn sync(&mut self, segment: &mut Self::Segment, range: Range<u64>) -> Result<(), WalError> {
+        self.sync_submit(segment, range)?;
+        self.sync_wait()
+    }
+}
+
+/// One open segment file: a byte image the log reads and appends into.
+pub trait SegmentFile {
+    /// The whole segment as the log sees it, including bytes not yet durable.
+    fn bytes(&self) -> &[u8];
+    /// A writable window of the segment. Writes become durable only through a sync.
+    fn bytes_mut(&mut self, range: Range<u64>) -> &mut [u8];
+    /// Called once before the log starts appending at `written_bytes`.
+    fn begin_appends(&mut self, _written_bytes: u64) {}
+    /// Called once the segment is full and durable; it is only read from then on.
+    fn seal(&mut self) {}
+}

@@ -1,0 +1,573 @@
+//! The log itself: append, group commit, recovery on open, checkpoints, reading.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::WalError;
+use crate::format::{encode_record, record_bytes, Lsn, SegmentHeader, SEGMENT_HEADER_BYTES};
+use crate::reader::{RecordIter, Span};
+use crate::scan::{scan, SegmentInput};
+use crate::storage::{FileStorage, SegmentFile, Storage};
+use crate::{SyncBackend, WalConfig};
+
+const SEGMENT_SUFFIX: &str = ".wal";
+const SPARE_SUFFIX: &str = ".spare";
+/// Files being zeroed or created; never part of the log, removed at open.
+const TEMPORARY_SUFFIX: &str = ".tmp";
+/// Digits in segment and spare file names, so lexical order is numeric order.
+const NAME_DIGITS: usize = 20;
+
+/// What `open` found and did. Recovery never drops durable records silently: damage
+/// outside the torn tail of the last segment makes `open` fail instead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovery {
+    /// Valid records in the log after recovery.
+    pub records: u64,
+    /// Oldest LSN held; equals `last_lsn + 1` when the log holds no record.
+    pub first_lsn: Lsn,
+    /// Newest LSN held (0 for a log that never held a record).
+    pub last_lsn: Lsn,
+    /// Segment files in the log.
+    pub segments: u32,
+    /// Non-zero bytes after the last valid record that were dropped (zeroed): the remains
+    /// of writes that were never synced.
+    pub tail_bytes_dropped: u64,
+    /// Where the dropped tail began, when there was one.
+    pub tail_position: Option<(PathBuf, u64)>,
+    /// The sync backend in use.
+    pub backend: SyncBackend,
+    /// Why the configured backend was replaced (io_uring unavailable), if it was.
+    pub backend_fallback_reason: Option<String>,
+}
+
+/// A segment of the open log.
+struct LiveSegment<F> {
+    number: u64,
+    first_lsn: Lsn,
+    name: String,
+    path: PathBuf,
+    /// Offset just past the last record; for the active segment `Wal::write_offset` rules.
+    end_offset: u64,
+    file: F,
+}
+
+/// The sync submitted and not yet waited for.
+#[derive(Clone, Copy)]
+struct InFlight {
+    offset_end: u64,
+    lsn: Lsn,
+}
+
+/// A write-ahead log over a directory of segments.
+///
+/// The directory belongs to one `Wal` at a time: another process (or a second `Wal`)
+/// writing or truncating its files while they are mapped is undefined behaviour, as for
+/// any memory-mapped file. `scan` is the safe way for tools to look at a live log.
+pub struct Wal<S: Storage = FileStorage> {
+    storage: S,
+    config: WalConfig,
+    backend: SyncBackend,
+    /// Oldest first; the last one is the active segment. Never empty after `open`.
+    segments: Vec<LiveSegment<S::Segment>>,
+    /// End of the appended bytes in the active segment.
+    write_offset: u64,
+    /// End of the durable bytes in the active segment; `synced_offset <= write_offset`.
+    synced_offset: u64,
+    in_flight: Option<InFlight>,
+    lsn_next: Lsn,
+    durable_lsn: Lsn,
+    /// Zeroed files ready to become segments, oldest first.
+    spares: Vec<String>,
+    spare_id_next: u64,
+    /// Set by the first write-path I/O failure; every later call returns `PreviousIo`.
+    failure: Option<String>,
+}
+
+impl Wal<FileStorage> {
+    /// Opens (creating if needed) the log in `dir` and recovers it.
+    ///
+    /// Recovery checks every header, record, CRC and LSN. A torn or zeroed tail in the
+    /// last segment ends the log; its bytes are zeroed and counted in
+    /// `Recovery::tail_bytes_dropped`. Damage anywhere else fails with
+    /// `WalError::Corrupt` naming the file and byte offset. The recovered records are
+    /// synced before `open` returns, so `durable_lsn() == last_lsn()` afterwards.
+    pub fn open(dir: &Path, config: WalConfig) -> Result<(Wal, Recovery), WalError> {
+        config.validate()?;
+        let (storage, fallback_reason) = FileStorage::open(dir, config.sync)?;
+        let backend = storage.backend();
+        Wal::open_on(storage, config, backend, fallback_reason)
+    }
+}
+
+impl<S: Storage> Wal<S> {
+    /// Opens the log on any storage (the crash simulator, for instance); see `open`.
+    pub fn open_with_storage(
+        storage: S,
+        config: WalConfig,
+    ) -> Result<(Wal<S>, Recovery), WalError> {
+        config.validate()?;
+        let backend = config.sync;
+        Wal::open_on(storage, config, backend, None)
+    }
+
+    fn open_on(
+        mut storage: S,
+        config: WalConfig,
+        backend: SyncBackend,
+        backend_fallback_reason: Option<String>,
+    ) -> Result<(Wal<S>, Recovery), WalError> {
+        let names = storage.list()?;
+        let (segment_numbers, spares, spare_id_next) =
+            sort_names(&mut storage, &names, config.segment_bytes)?;
+        let mut wal = Wal {
+            storage,
+            config,
+            backend,
+            segments: Vec::with_capacity(segment_numbers.len() + 1),
+            write_offset: SEGMENT_HEADER_BYTES,
+            synced_offset: SEGMENT_HEADER_BYTES,
+            in_flight: None,
+            lsn_next: 1,
+            durable_lsn: 0,
+            spares,
+            spare_id_next,
+            failure: None,
+        };
+        let tail = wal.recover_segments(&segment_numbers)?;
+        if wal.segments.is_empty() {
+            wal.activate_segment(1)?;
+        }
+        wal.replenish_spares()?;
+        let recovery = Recovery {
+            records: wal.lsn_next - wal.first_lsn(),
+            first_lsn: wal.first_lsn(),
+            last_lsn: wal.last_lsn(),
+            segments: wal.segments.len() as u32,
+            tail_bytes_dropped: tail.as_ref().map_or(0, |(_, _, bytes)| *bytes),
+            tail_position: tail.map(|(path, offset, _)| (path, offset)),
+            backend,
+            backend_fallback_reason,
+        };
+        Ok((wal, recovery))
+    }
+
+    /// Opens and scans the existing segments, then repairs and syncs the tail.
+    /// Returns the dropped tail as (file, offset, bytes).
+    fn recover_segments(
+        &mut self,
+        numbers: &[u64],
+    ) -> Result<Option<(PathBuf, u64, u64)>, WalError> {
+        if numbers.is_empty() {
+            return Ok(None);
+        }
+        let mut files = Vec::with_capacity(numbers.len());
+        for &number in numbers {
+            let name = segment_name(number);
+            files.push((self.storage.path_of(&name), self.storage.open(&name)?, name));
+        }
+        let inputs: Vec<SegmentInput<'_>> = files
+            .iter()
+            .zip(numbers)
+            .map(|((path, file, _), &number)| SegmentInput {
+                path: path.clone(),
+                number,
+                bytes: file.bytes(),
+            })
+            .collect();
+        let report = scan(&inputs)?;
+        drop(inputs);
+        for ((path, file, name), summary) in files.into_iter().zip(&report.segments) {
+            let segment = LiveSegment {
+                number: summary.number,
+                first_lsn: summary.first_lsn,
+                name,
+                path,
+                end_offset: summary.end_offset,
+                file,
+            };
+            self.segments.push(segment);
+        }
+        self.lsn_next = report.next_lsn;
+        let tail = report
+            .tail
+            .map(|tail| (tail.path, tail.offset, tail.bytes_dropped));
+        self.repair_tail(tail.as_ref().map_or(0, |(_, _, bytes)| *bytes))?;
+        Ok(tail)
+    }
+
+    /// Zeroes the torn tail of the active segment, so no remains of an abandoned history
+    /// can reappear behind future records, and syncs the recovered records: after a
+    /// process crash they may still sit only in the page cache.
+    fn repair_tail(&mut self, tail_bytes: u64) -> Result<(), WalError> {
+        let Some(active) = self.segments.last_mut() else {
+            return Ok(());
+        };
+        let end = active.end_offset;
+        active.file.begin_appends(end);
+        if tail_bytes > 0 {
+            active.file.bytes_mut(end..end + tail_bytes).fill(0);
+            self.storage.sync(&mut active.file, end..end + tail_bytes)?;
+        }
+        self.storage.sync_all(&mut active.file)?;
+        self.write_offset = end;
+        self.synced_offset = end;
+        self.durable_lsn = self.lsn_next - 1;
+        Ok(())
+    }
+
+    /// Appends one record and returns its LSN. The record is durable only after a
+    /// `sync` (or `sync_wait`) returns an LSN at or above it.
+    pub fn append(&mut self, kind: u8, payload: &[u8]) -> Result<Lsn, WalError> {
+        self.check_usable()?;
+        let size = record_bytes(payload.len());
+        if size > u64::from(self.config.record_bytes_max) {
+            return Err(WalError::RecordTooLarge {
+                record_bytes: size,
+                record_bytes_max: self.config.record_bytes_max,
+            });
+        }
+        if self.write_offset + size > self.active_capacity() {
+            let result = self.roll();
+            self.poison_on_error(result)?;
+        }
+        let lsn = self.lsn_next;
+        let offset = self.write_offset;
+        let Some(active) = self.segments.last_mut() else {
+            return Err(WalError::Config("log has no active segment"));
+        };
+        encode_record(
+            active.file.bytes_mut(offset..offset + size),
+            lsn,
+            kind,
+            payload,
+        );
+        self.write_offset = offset + size;
+        self.lsn_next = lsn + 1;
+        Ok(lsn)
+    }
+
+    /// Appends records in order and returns the LSN of the last one (or `last_lsn()`
+    /// for an empty batch). A record that is too large stops the batch with
+    /// `RecordTooLarge`; the records before it stay appended.
+    pub fn append_batch<'a, I: IntoIterator<Item = (u8, &'a [u8])>>(
+        &mut self,
+        records: I,
+    ) -> Result<Lsn, WalError> {
+        let mut last = self.last_lsn();
+        for (kind, payload) in records {
+            last = self.append(kind, payload)?;
+        }
+        Ok(last)
+    }
+
+    /// Makes every appended record durable and returns the durable LSN. Returns at once
+    /// when nothing was appended since the last sync.
+    pub fn sync(&mut self) -> Result<Lsn, WalError> {
+        self.check_usable()?;
+        if self.in_flight.is_none() && self.durable_lsn == self.last_lsn() {
+            return Ok(self.durable_lsn);
+        }
+        self.sync_submit()?;
+        self.sync_wait()
+    }
+
+    /// Starts making every appended record durable. With `IoUring` this returns while
+    /// the kernel writes, so the caller can append the next batch meanwhile; the other
+    /// backends sync before returning. A sync still in flight is waited for first.
+    pub fn sync_submit(&mut self) -> Result<(), WalError> {
+        self.sync_wait()?;
+        if self.durable_lsn == self.last_lsn() {
+            return Ok(());
+        }
+        let range = self.synced_offset..self.write_offset;
+        let Some(active) = self.segments.last_mut() else {
+            return Err(WalError::Config("log has no active segment"));
+        };
+        let result = self.storage.sync_submit(&mut active.file, range);
+        self.poison_on_error(result)?;
+        self.in_flight = Some(InFlight {
+            offset_end: self.write_offset,
+            lsn: self.last_lsn(),
+        });
+        Ok(())
+    }
+
+    /// Waits for the sync started by `sync_submit` and returns the durable LSN.
+    /// Returns at once when no sync is in flight.
+    pub fn sync_wait(&mut self) -> Result<Lsn, WalError> {
+        self.check_usable()?;
+        if let Some(in_flight) = self.in_flight.take() {
+            let result = self.storage.sync_wait();
+            self.poison_on_error(result)?;
+            self.synced_offset = in_flight.offset_end;
+            self.durable_lsn = in_flight.lsn;
+        }
+        Ok(self.durable_lsn)
+    }
+
+    /// Every record up to this LSN is durable (0 when none is).
+    pub fn durable_lsn(&self) -> Lsn {
+        self.durable_lsn
+    }
+
+    /// LSN of the last appended record (0 when the log never held one).
+    pub fn last_lsn(&self) -> Lsn {
+        self.lsn_next - 1
+    }
+
+    /// Oldest LSN still held (checkpoints move it up).
+    pub fn first_lsn(&self) -> Lsn {
+        self.segments
+            .first()
+            .map_or(self.lsn_next, |segment| segment.first_lsn)
+    }
+
+    /// The sync backend in use (after any io_uring fallback).
+    pub fn backend(&self) -> SyncBackend {
+        self.backend
+    }
+
+    /// Recycles every segment whose records all have LSNs below `below`: each is renamed
+    /// out of the log, zeroed and kept as a spare for reuse instead of allocating a new
+    /// file. The active segment is never recycled. Call it once every transaction below
+    /// `below` is final; records below `below` may remain readable until their segment goes.
+    pub fn checkpoint(&mut self, below: Lsn) -> Result<(), WalError> {
+        self.check_usable()?;
+        let result = self.recycle_below(below);
+        self.poison_on_error(result)
+    }
+
+    fn recycle_below(&mut self, below: Lsn) -> Result<(), WalError> {
+        let recyclable = self
+            .segments
+            .windows(2)
+            .take_while(|pair| pair[1].first_lsn <= below)
+            .count();
+        // Oldest first, so a crash in between still leaves a contiguous log.
+        for segment in self.segments.drain(..recyclable).collect::<Vec<_>>() {
+            let LiveSegment { name, file, .. } = segment;
+            drop(file);
+            let id = self.spare_id_next;
+            self.spare_id_next += 1;
+            let temporary = numbered_name(id, TEMPORARY_SUFFIX);
+            self.storage.rename(&name, &temporary)?;
+            if self.spares.len() >= self.spares_kept() {
+                self.storage.remove(&temporary)?;
+                continue;
+            }
+            self.storage.zero(&temporary)?;
+            let spare = numbered_name(id, SPARE_SUFFIX);
+            self.storage.rename(&temporary, &spare)?;
+            self.spares.push(spare);
+        }
+        Ok(())
+    }
+
+    /// Prepares zeroed spare segments until `count` are ready (bounded by
+    /// `SEGMENTS_SPARE_MAX`), so later segment rolls do not stall on zero-filling. Call
+    /// it off the latency-critical path, e.g. before a benchmark or at startup.
+    pub fn reserve_spares(&mut self, count: u32) -> Result<(), WalError> {
+        self.check_usable()?;
+        let count = count.min(crate::SEGMENTS_SPARE_MAX) as usize;
+        let result = self.create_spares(count);
+        self.poison_on_error(result)
+    }
+
+    /// Iterates the records from LSN `from` up to `last_lsn()` at the time of the call,
+    /// durable or not. Yields `LsnUnavailable` first if `from` was checkpointed away.
+    pub fn read_from(&self, from: Lsn) -> RecordIter<'_> {
+        let last_index = self.segments.len().saturating_sub(1);
+        let spans = self
+            .segments
+            .iter()
+            .enumerate()
+            .map(|(index, segment)| {
+                let end = if index == last_index {
+                    self.write_offset
+                } else {
+                    segment.end_offset
+                };
+                Span {
+                    path: &segment.path,
+                    bytes: &segment.file.bytes()[..end as usize],
+                    first_lsn: segment.first_lsn,
+                }
+            })
+            .collect();
+        RecordIter::new(spans, from, self.last_lsn())
+    }
+
+    fn check_usable(&self) -> Result<(), WalError> {
+        match &self.failure {
+            Some(cause) => Err(WalError::PreviousIo {
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Makes any error fatal for this `Wal`: after a failed write-path I/O nobody knows
+    /// what reached the disk, so nothing may pretend it worked (the fsyncgate lesson).
+    fn poison_on_error<T>(&mut self, result: Result<T, WalError>) -> Result<T, WalError> {
+        result.map_err(|error| {
+            let cause = error.to_string();
+            self.failure = Some(cause.clone());
+            WalError::PreviousIo { cause }
+        })
+    }
+
+    fn active_capacity(&self) -> u64 {
+        self.segments
+            .last()
+            .map_or(0, |active| active.file.bytes().len() as u64)
+    }
+
+    fn spares_kept(&self) -> usize {
+        self.config.segments_spare.max(1) as usize
+    }
+
+    /// Seals the full active segment and starts the next. The old segment is synced
+    /// completely first: every segment but the last is then wholly durable, which is
+    /// what lets recovery call any damage outside the last segment corruption.
+    fn roll(&mut self) -> Result<(), WalError> {
+        self.sync_wait()?;
+        let range = self.synced_offset..self.write_offset;
+        let write_offset = self.write_offset;
+        let Some(active) = self.segments.last_mut() else {
+            return Err(WalError::Config("log has no active segment"));
+        };
+        if !range.is_empty() {
+            self.storage.sync(&mut active.file, range)?;
+        }
+        active.end_offset = write_offset;
+        active.file.seal();
+        let number = active.number + 1;
+        self.synced_offset = write_offset;
+        self.durable_lsn = self.last_lsn();
+        self.activate_segment(number)?;
+        self.replenish_spares()
+    }
+
+    /// Turns a spare into segment `number`, starting at `lsn_next`: header written and
+    /// synced first, then the rename that makes it part of the log.
+    fn activate_segment(&mut self, number: u64) -> Result<(), WalError> {
+        if self.spares.is_empty() {
+            self.create_spares(1)?;
+        }
+        let spare = self.spares.remove(0);
+        let name = segment_name(number);
+        let mut file = self.storage.open(&spare)?;
+        let segment_bytes = file.bytes().len() as u64;
+        file.begin_appends(0);
+        let header = SegmentHeader {
+            segment_number: number,
+            first_lsn: self.lsn_next,
+            segment_bytes,
+        };
+        file.bytes_mut(0..SEGMENT_HEADER_BYTES)
+            .copy_from_slice(&header.encode());
+        self.storage.sync(&mut file, 0..SEGMENT_HEADER_BYTES)?;
+        self.storage.rename(&spare, &name)?;
+        let path = self.storage.path_of(&name);
+        self.segments.push(LiveSegment {
+            number,
+            first_lsn: self.lsn_next,
+            name,
+            path,
+            end_offset: SEGMENT_HEADER_BYTES,
+            file,
+        });
+        self.write_offset = SEGMENT_HEADER_BYTES;
+        self.synced_offset = SEGMENT_HEADER_BYTES;
+        Ok(())
+    }
+
+    fn replenish_spares(&mut self) -> Result<(), WalError> {
+        self.create_spares(self.config.segments_spare as usize)
+    }
+
+    /// Creates zeroed spares (through a temporary name, so a crash never leaves a
+    /// half-zeroed spare) until `count` exist.
+    fn create_spares(&mut self, count: usize) -> Result<(), WalError> {
+        while self.spares.len() < count {
+            let id = self.spare_id_next;
+            self.spare_id_next += 1;
+            let temporary = numbered_name(id, TEMPORARY_SUFFIX);
+            self.storage
+                .create_zeroed(&temporary, self.config.segment_bytes)?;
+            let spare = numbered_name(id, SPARE_SUFFIX);
+            self.storage.rename(&temporary, &spare)?;
+            self.spares.push(spare);
+        }
+        Ok(())
+    }
+}
+
+impl<S: Storage> Drop for Wal<S> {
+    fn drop(&mut self) {
+        // The kernel may still be reading the active segment's buffer for an io_uring
+        // write; it must finish before the buffer is freed. Its outcome no longer matters.
+        if self.in_flight.take().is_some() {
+            let _ = self.storage.sync_wait();
+        }
+    }
+}
+
+/// Sorts the directory: segment numbers (ascending), spares of the configured size
+/// (oldest first) and the next free spare id. Removes leftover temporary files and
+/// spares of another size.
+fn sort_names<S: Storage>(
+    storage: &mut S,
+    names: &[String],
+    segment_bytes: u64,
+) -> Result<(Vec<u64>, Vec<String>, u64), WalError> {
+    let mut segments = Vec::new();
+    let mut spares = Vec::new();
+    let mut id_max = 0;
+    for name in names {
+        if let Some(number) = parse_segment_name(name) {
+            segments.push(number);
+        } else if let Some(id) = parse_numbered(name, SPARE_SUFFIX) {
+            id_max = id_max.max(id);
+            spares.push((id, name.clone()));
+        } else if let Some(id) = parse_numbered(name, TEMPORARY_SUFFIX) {
+            id_max = id_max.max(id);
+            storage.remove(name)?;
+        }
+    }
+    segments.sort_unstable();
+    spares.sort_unstable();
+    let mut kept = Vec::with_capacity(spares.len());
+    for (_, name) in spares {
+        let file = storage.open(&name)?;
+        let size_matches = file.bytes().len() as u64 == segment_bytes;
+        drop(file);
+        if size_matches {
+            kept.push(name);
+        } else {
+            storage.remove(&name)?;
+        }
+    }
+    Ok((segments, kept, id_max + 1))
+}
+
+/// `00000000000000000007.wal` for segment 7.
+pub(crate) fn segment_name(number: u64) -> String {
+    numbered_name(number, SEGMENT_SUFFIX)
+}
+
+/// The segment number in a segment file name, if it is one.
+pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
+    parse_numbered(name, SEGMENT_SUFFIX)
+}
+
+fn numbered_name(number: u64, suffix: &str) -> String {
+    format!("{number:0width$}{suffix}", width = NAME_DIGITS)
+}
+
+fn parse_numbered(name: &str, suffix: &str) -> Option<u64> {
+    let digits = name.strip_suffix(suffix)?;
+    if digits.len() != NAME_DIGITS || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
