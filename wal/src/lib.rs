@@ -80,7 +80,7 @@ pub struct WalConfig {
     /// The sync backend. `IoUring` falls back to `Fdatasync` when the kernel refuses it.
     pub sync: SyncBackend,
     /// Zeroed spare segments kept ready (at most `SEGMENTS_SPARE_MAX`). Checkpoints turn
-    /// recycled segments into spares and keep at most this many (but at least one).
+    /// recycled segments into further spares, up to `SEGMENTS_SPARE_MAX` in all.
     pub segments_spare: u32,
 }
 

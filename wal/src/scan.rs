@@ -139,7 +139,11 @@ fn decode_headers(inputs: &[SegmentInput<'_>]) -> Result<Vec<SegmentHeader>, Wal
                 ),
             ));
         }
-        if header.segment_bytes != input.bytes.len() as u64 {
+        // Only the last segment may be short: a truncated file whose missing end counts
+        // as part of the tail. `Wal::open` extends it back before scanning.
+        let is_last = index + 1 == inputs.len();
+        let length = input.bytes.len() as u64;
+        if header.segment_bytes != length && !(is_last && length < header.segment_bytes) {
             return Err(corrupt(
                 input,
                 32,

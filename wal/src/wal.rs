@@ -164,6 +164,7 @@ impl<S: Storage> Wal<S> {
             let name = segment_name(number);
             files.push((self.storage.path_of(&name), self.storage.open(&name)?, name));
         }
+        self.restore_truncated_last(&mut files)?;
         let inputs: Vec<SegmentInput<'_>> = files
             .iter()
             .zip(numbers)
@@ -192,6 +193,33 @@ impl<S: Storage> Wal<S> {
             .map(|tail| (tail.path, tail.offset, tail.bytes_dropped));
         self.repair_tail(tail.as_ref().map_or(0, |(_, _, bytes)| *bytes))?;
         Ok(tail)
+    }
+
+    /// A last segment shorter than its header says was truncated (by hand or by a tool);
+    /// grow it back to full size with zeros, so the missing end reads as a zero tail.
+    fn restore_truncated_last(
+        &mut self,
+        files: &mut Vec<(PathBuf, S::Segment, String)>,
+    ) -> Result<(), WalError> {
+        let Some((_, file, _)) = files.last() else {
+            return Ok(());
+        };
+        let Ok(header) = SegmentHeader::decode(file.bytes()) else {
+            return Ok(()); // The scan reports the bad header.
+        };
+        let length = file.bytes().len() as u64;
+        if length >= header.segment_bytes || header.segment_bytes > crate::SEGMENT_BYTES_MAX {
+            return Ok(());
+        }
+        // Unmap before growing the file, then map it again at full size.
+        let Some((path, file, name)) = files.pop() else {
+            return Ok(());
+        };
+        drop(file);
+        self.storage.extend(&name, header.segment_bytes)?;
+        let file = self.storage.open(&name)?;
+        files.push((path, file, name));
+        Ok(())
     }
 
     /// Zeroes the torn tail of the active segment, so no remains of an abandoned history
@@ -350,7 +378,7 @@ impl<S: Storage> Wal<S> {
             self.spare_id_next += 1;
             let temporary = numbered_name(id, TEMPORARY_SUFFIX);
             self.storage.rename(&name, &temporary)?;
-            if self.spares.len() >= self.spares_kept() {
+            if self.spares.len() >= crate::SEGMENTS_SPARE_MAX as usize {
                 self.storage.remove(&temporary)?;
                 continue;
             }
@@ -419,10 +447,6 @@ impl<S: Storage> Wal<S> {
         self.segments
             .last()
             .map_or(0, |active| active.file.bytes().len() as u64)
-    }
-
-    fn spares_kept(&self) -> usize {
-        self.config.segments_spare.max(1) as usize
     }
 
     /// Seals the full active segment and starts the next. The old segment is synced

@@ -112,6 +112,26 @@ impl Storage for FileStorage {
             .map_err(|error| WalError::io(&path, "fdatasync", error))
     }
 
+    fn extend(&mut self, name: &str, bytes: u64) -> Result<(), WalError> {
+        let path = self.path_of(name);
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|error| WalError::io(&path, "open", error))?;
+        let length = file
+            .metadata()
+            .map_err(|error| WalError::io(&path, "stat", error))?
+            .len();
+        if length >= bytes {
+            return Ok(());
+        }
+        preallocate(&file, bytes).map_err(|error| WalError::io(&path, "fallocate", error))?;
+        zero_fill_range(&file, length..bytes)
+            .map_err(|error| WalError::io(&path, "zero-fill", error))?;
+        file.sync_all()
+            .map_err(|error| WalError::io(&path, "fsync", error))
+    }
+
     fn open(&mut self, name: &str) -> Result<FileSegment, WalError> {
         let path = self.path_of(name);
         let file = OpenOptions::new()
@@ -286,10 +306,17 @@ fn preallocate(file: &File, bytes: u64) -> std::io::Result<()> {
 }
 
 fn zero_fill(file: &File, bytes: u64) -> std::io::Result<()> {
+    zero_fill_range(file, 0..bytes)
+}
+
+/// Writes zeros over `range`, never more than one page per write.
+fn zero_fill_range(file: &File, range: Range<u64>) -> std::io::Result<()> {
     let zeros = [0u8; ZERO_FILL_WRITE_BYTES];
-    let mut offset = 0;
-    while offset < bytes {
-        let chunk = (bytes - offset).min(ZERO_FILL_WRITE_BYTES as u64) as usize;
+    let page = ZERO_FILL_WRITE_BYTES as u64;
+    let mut offset = range.start;
+    while offset < range.end {
+        // Stay page-aligned after the first write, as the page cache sees it.
+        let chunk = (range.end - offset).min(page - offset % page) as usize;
         file.write_all_at(&zeros[..chunk], offset)?;
         offset += chunk as u64;
     }

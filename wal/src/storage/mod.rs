@@ -33,6 +33,9 @@ pub trait Storage {
     fn create_zeroed(&mut self, name: &str, bytes: u64) -> Result<(), WalError>;
     /// Overwrites an existing, unopened file with zeros, durably.
     fn zero(&mut self, name: &str) -> Result<(), WalError>;
+    /// Grows an existing, unopened file to `bytes` bytes: preallocated, the new bytes
+    /// zeroed, durably. Recovery uses it on a last segment found shorter than its header.
+    fn extend(&mut self, name: &str, bytes: u64) -> Result<(), WalError>;
     /// Opens and maps an existing file for reading and writing.
     fn open(&mut self, name: &str) -> Result<Self::Segment, WalError>;
     /// Renames a file, durably.

@@ -206,6 +206,17 @@ impl Storage for SimStorage {
         Ok(())
     }
 
+    fn extend(&mut self, name: &str, bytes: u64) -> Result<(), WalError> {
+        let mut image = self.disk.0.borrow_mut();
+        let id = *image.names.get(name).ok_or_else(|| not_found(name))?;
+        let file = &mut image.files[id];
+        let length = (bytes as usize).max(file.live.len());
+        file.durable.resize(length, 0);
+        file.live.resize(length, 0);
+        file.synced.resize(length, true);
+        Ok(())
+    }
+
     fn open(&mut self, name: &str) -> Result<SimSegment, WalError> {
         let mut image = self.disk.0.borrow_mut();
         let id = *image.names.get(name).ok_or_else(|| not_found(name))?;

@@ -1,0 +1,342 @@
+//! The log on real files: every sync backend, segment rolls, checkpoints that recycle,
+//! record limits, and corruption found on open.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use tricommit_wal::{scan, Lsn, SyncBackend, Wal, WalConfig, WalError, SEGMENT_HEADER_BYTES};
+
+/// Small segments so a few hundred records cross several of them.
+const SEGMENT_BYTES: u64 = 64 * 1024;
+const RECORD_BYTES_MAX: u32 = 8 * 1024;
+
+fn config(sync: SyncBackend) -> WalConfig {
+    WalConfig {
+        segment_bytes: SEGMENT_BYTES,
+        record_bytes_max: RECORD_BYTES_MAX,
+        sync,
+        segments_spare: 1,
+    }
+}
+
+fn temporary_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temporary directory")
+}
+
+/// The payload of `lsn`: its length varies and its bytes depend on the LSN.
+fn payload(lsn: Lsn) -> Vec<u8> {
+    let length = (lsn * 37 % 900) as usize;
+    (0..length)
+        .map(|index| (lsn as usize * 13 + index) as u8)
+        .collect()
+}
+
+fn kind(lsn: Lsn) -> u8 {
+    (lsn % 251) as u8
+}
+
+/// Checks that the log holds exactly the records `from..=last` with the expected bytes.
+fn assert_records(wal: &Wal, from: Lsn, last: Lsn) {
+    let mut expected = from;
+    for record in wal.read_from(from) {
+        let record = record.expect("readable record");
+        assert_eq!(record.lsn, expected);
+        assert_eq!(record.kind, kind(expected), "kind of LSN {expected}");
+        assert_eq!(
+            record.payload,
+            &payload(expected)[..],
+            "payload of LSN {expected}"
+        );
+        expected += 1;
+    }
+    assert_eq!(
+        expected,
+        last + 1,
+        "records end at {} instead of {last}",
+        expected - 1
+    );
+}
+
+fn segment_paths(dir: &Path) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = fs::read_dir(dir)
+        .expect("read dir")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.extension().is_some_and(|extension| extension == "wal"))
+        .collect();
+    paths.sort();
+    paths
+}
+
+/// Appends, syncs (plain and overlapped), reopens and reads back on one backend.
+fn exercise_backend(sync: SyncBackend) {
+    let dir = temporary_dir();
+    let (mut wal, recovery) = Wal::open(dir.path(), config(sync)).expect("open fresh");
+    assert_eq!((recovery.records, recovery.last_lsn), (0, 0));
+    match &recovery.backend_fallback_reason {
+        None => assert_eq!(recovery.backend, sync),
+        Some(reason) => {
+            assert_eq!(
+                (sync, recovery.backend),
+                (SyncBackend::IoUring, SyncBackend::Fdatasync),
+                "{reason}"
+            );
+        }
+    }
+    assert_eq!(wal.sync().expect("empty sync"), 0);
+    for batch in 0..40u64 {
+        let records: Vec<(u8, Vec<u8>)> = (1..=10)
+            .map(|index| batch * 10 + index)
+            .map(|lsn| (kind(lsn), payload(lsn)))
+            .collect();
+        let last = wal
+            .append_batch(
+                records
+                    .iter()
+                    .map(|(kind, bytes)| (*kind, bytes.as_slice())),
+            )
+            .expect("append batch");
+        assert_eq!(last, batch * 10 + 10);
+        if batch % 2 == 0 {
+            assert_eq!(wal.sync().expect("sync"), last);
+        } else {
+            // Split form: submit, then wait (the overlap itself is tested separately).
+            wal.sync_submit().expect("submit");
+            assert!(wal.durable_lsn() <= last);
+            assert_eq!(wal.sync_wait().expect("wait"), last);
+        }
+        assert_eq!(wal.durable_lsn(), last);
+    }
+    assert_eq!(wal.sync().expect("sync with nothing new"), 400);
+    assert_records(&wal, 1, 400);
+    assert_records(&wal, 217, 400);
+    drop(wal);
+    assert!(
+        segment_paths(dir.path()).len() >= 3,
+        "400 records of ~450 bytes must span several 64 KiB segments"
+    );
+    let (wal, recovery) = Wal::open(dir.path(), config(sync)).expect("reopen");
+    assert_eq!(
+        (
+            recovery.records,
+            recovery.first_lsn,
+            recovery.last_lsn,
+            recovery.tail_bytes_dropped
+        ),
+        (400, 1, 400, 0)
+    );
+    assert_eq!(wal.durable_lsn(), 400);
+    assert_records(&wal, 1, 400);
+}
+
+// Proves the Msync backend appends, syncs, rolls segments and recovers every record.
+#[test]
+fn msync_backend_round_trip() {
+    exercise_backend(SyncBackend::Msync);
+}
+
+// Proves the Fdatasync backend appends, syncs, rolls segments and recovers every record.
+#[test]
+fn fdatasync_backend_round_trip() {
+    exercise_backend(SyncBackend::Fdatasync);
+}
+
+// Proves the IoUring backend (or its reported Fdatasync fallback) appends, syncs with
+// overlap, rolls segments and recovers every record.
+#[test]
+fn io_uring_backend_round_trip() {
+    exercise_backend(SyncBackend::IoUring);
+}
+
+// Proves that with io_uring the caller can append while a sync is in flight, that the
+// in-flight sync covers only what was appended before it, and that reads see everything.
+#[test]
+fn io_uring_appends_during_an_inflight_sync() {
+    let dir = temporary_dir();
+    let (mut wal, _) = Wal::open(dir.path(), config(SyncBackend::IoUring)).expect("open");
+    for lsn in 1..=5 {
+        wal.append(kind(lsn), &payload(lsn)).expect("append");
+    }
+    wal.sync_submit().expect("submit");
+    for lsn in 6..=8 {
+        wal.append(kind(lsn), &payload(lsn))
+            .expect("append while syncing");
+    }
+    assert_records(&wal, 1, 8);
+    assert_eq!(wal.sync_wait().expect("wait"), 5);
+    assert_eq!(wal.sync().expect("sync the rest"), 8);
+}
+
+// Proves a record above the limit is a typed error that leaves the log usable.
+#[test]
+fn oversized_record_is_rejected() {
+    let dir = temporary_dir();
+    let (mut wal, _) = Wal::open(dir.path(), config(SyncBackend::Fdatasync)).expect("open");
+    let too_big = vec![0u8; RECORD_BYTES_MAX as usize];
+    match wal.append(1, &too_big) {
+        Err(WalError::RecordTooLarge {
+            record_bytes,
+            record_bytes_max,
+        }) => {
+            assert_eq!(
+                (record_bytes, record_bytes_max),
+                (u64::from(RECORD_BYTES_MAX) + 17, RECORD_BYTES_MAX)
+            );
+        }
+        other => panic!("expected RecordTooLarge, got {other:?}"),
+    }
+    assert_eq!(
+        wal.append(1, &too_big[..RECORD_BYTES_MAX as usize - 17])
+            .expect("largest record fits"),
+        1
+    );
+    assert_eq!(wal.sync().expect("sync"), 1);
+}
+
+// Proves checkpoint recycles the segments wholly below the LSN by renaming them (the
+// same inode comes back as a later segment) and keeps every record at or above it.
+#[test]
+fn checkpoint_recycles_segments_by_rename() {
+    let dir = temporary_dir();
+    let (mut wal, _) = Wal::open(dir.path(), config(SyncBackend::Fdatasync)).expect("open");
+    for lsn in 1..=400 {
+        wal.append(kind(lsn), &payload(lsn)).expect("append");
+    }
+    wal.sync().expect("sync");
+    let before = segment_paths(dir.path());
+    let first_inode = fs::metadata(&before[0]).expect("stat").ino();
+    wal.checkpoint(250).expect("checkpoint");
+    let after = segment_paths(dir.path());
+    assert!(after.len() < before.len(), "no segment was recycled");
+    assert!(
+        wal.first_lsn() > 1 && wal.first_lsn() <= 250,
+        "first LSN {} after checkpoint(250)",
+        wal.first_lsn()
+    );
+    assert_records(&wal, wal.first_lsn(), 400);
+    assert!(matches!(
+        wal.read_from(1).next(),
+        Some(Err(WalError::LsnUnavailable { lsn: 1, .. }))
+    ));
+    // Keep appending until new segments are needed: they must reuse the recycled files.
+    let mut inodes_seen = Vec::new();
+    for lsn in 401..=800 {
+        wal.append(kind(lsn), &payload(lsn)).expect("append");
+        inodes_seen.extend(
+            segment_paths(dir.path())
+                .iter()
+                .map(|path| fs::metadata(path).expect("stat").ino()),
+        );
+    }
+    assert!(
+        inodes_seen.contains(&first_inode),
+        "the recycled segment file was not reused"
+    );
+    wal.sync().expect("sync");
+    let first = wal.first_lsn();
+    drop(wal);
+    let (wal, recovery) = Wal::open(dir.path(), config(SyncBackend::Fdatasync)).expect("reopen");
+    assert_eq!((recovery.first_lsn, recovery.last_lsn), (first, 800));
+    assert_records(&wal, first, 800);
+}
+
+/// Writes 400 records and returns the directory and the segment files.
+fn filled_log() -> (tempfile::TempDir, Vec<PathBuf>) {
+    let dir = temporary_dir();
+    let (mut wal, _) = Wal::open(dir.path(), config(SyncBackend::Fdatasync)).expect("open");
+    for lsn in 1..=400 {
+        wal.append(kind(lsn), &payload(lsn)).expect("append");
+    }
+    wal.sync().expect("sync");
+    drop(wal);
+    let segments = segment_paths(dir.path());
+    (dir, segments)
+}
+
+/// Offset of the record with `lsn_wanted` in a segment whose first record has `first_lsn`.
+fn record_offset(first_lsn: Lsn, lsn_wanted: Lsn) -> u64 {
+    SEGMENT_HEADER_BYTES
+        + (first_lsn..lsn_wanted)
+            .map(|lsn| 17 + payload(lsn).len() as u64)
+            .sum::<u64>()
+}
+
+fn flip_bit(path: &Path, offset: u64) {
+    let mut bytes = fs::read(path).expect("read segment");
+    bytes[offset as usize] ^= 0x04;
+    fs::write(path, bytes).expect("write segment");
+}
+
+// Proves one flipped bit in a record in the middle of a (non-last) segment makes open
+// fail with an error naming that file and the record's byte offset, and that the
+// read-only scan reports the same place.
+#[test]
+fn bit_flip_mid_segment_fails_open_naming_offset() {
+    let (dir, segments) = filled_log();
+    let offset = record_offset(1, 40);
+    flip_bit(&segments[0], offset + 17 + 3);
+    for error in [
+        Wal::open(dir.path(), config(SyncBackend::Fdatasync)).err(),
+        scan(dir.path()).err(),
+    ] {
+        match error {
+            Some(WalError::Corrupt {
+                path,
+                offset: reported,
+                reason,
+            }) => {
+                assert_eq!(path, segments[0]);
+                assert_eq!(reported, offset, "{reason}");
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+}
+
+// Proves truncating the last segment in the middle of a record leaves a log that opens,
+// ends at the record before the cut, and reports the dropped tail bytes.
+#[test]
+fn truncated_last_segment_drops_the_tail() {
+    let (dir, segments) = filled_log();
+    let last = segments.last().expect("segments");
+    let view = scan(dir.path()).expect("scan");
+    let last_segment = view.report().segments.last().expect("segment").clone();
+    drop(view);
+    let cut_lsn = last_segment.first_lsn + (400 - last_segment.first_lsn) / 2;
+    let cut_offset = record_offset(last_segment.first_lsn, cut_lsn) + 10;
+    fs::OpenOptions::new()
+        .write(true)
+        .open(last)
+        .expect("open")
+        .set_len(cut_offset)
+        .expect("truncate");
+    let (wal, recovery) =
+        Wal::open(dir.path(), config(SyncBackend::Fdatasync)).expect("open truncated");
+    assert_eq!(recovery.last_lsn, cut_lsn - 1);
+    assert_eq!(recovery.tail_bytes_dropped, 10);
+    assert_eq!(
+        recovery.tail_position,
+        Some((last.clone(), cut_offset - 10))
+    );
+    assert_records(&wal, 1, cut_lsn - 1);
+    assert_eq!(
+        fs::metadata(last).expect("stat").len(),
+        SEGMENT_BYTES,
+        "the segment is grown back"
+    );
+}
+
+// Proves a missing segment in the middle of the log is corruption, not a silent gap.
+#[test]
+fn missing_middle_segment_is_corruption() {
+    let (dir, segments) = filled_log();
+    fs::remove_file(&segments[1]).expect("remove");
+    match Wal::open(dir.path(), config(SyncBackend::Fdatasync)) {
+        Err(WalError::Corrupt { path, reason, .. }) => {
+            assert_eq!(path, segments[2]);
+            assert!(reason.contains("missing"), "{reason}");
+        }
+        Err(other) => panic!("expected Corrupt, got {other}"),
+        Ok(_) => panic!("open accepted a log with a missing segment"),
+    }
+}
