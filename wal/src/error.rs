@@ -47,7 +47,7 @@ pub enum WalError {
         reason: String,
     },
     /// A file in the log's place is not a tricommit WAL segment at all.
-    #[error("{path}: not a tricommit WAL segment: {reason}")]
+    #[error("{path}: not a tricommit WAL: {reason}")]
     NotAWal {
         /// The offending file or directory.
         path: PathBuf,

@@ -1,0 +1,161 @@
+//! `tricommit wal dump|verify` run as the built binary.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use tricommit_wal::{SyncBackend, Wal, WalConfig, SEGMENT_HEADER_BYTES};
+
+const RECORDS: u64 = 300;
+const PAYLOAD_BYTES: usize = 200;
+/// Small segments so the log spans several files.
+const SEGMENT_BYTES: u64 = 16 * 1024;
+
+fn tricommit(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tricommit"))
+        .args(args)
+        .arg(dir)
+        .output()
+        .expect("run tricommit")
+}
+
+fn payload(lsn: u64) -> Vec<u8> {
+    (0..PAYLOAD_BYTES)
+        .map(|index| (lsn as usize + index) as u8)
+        .collect()
+}
+
+/// A synced log of `RECORDS` records of `PAYLOAD_BYTES` bytes each.
+fn write_log() -> tempfile::TempDir {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temporary directory");
+    let config = WalConfig {
+        segment_bytes: SEGMENT_BYTES,
+        record_bytes_max: 4096,
+        sync: SyncBackend::Fdatasync,
+        segments_spare: 1,
+    };
+    let (mut wal, _) = Wal::open(dir.path(), config).expect("open");
+    for lsn in 1..=RECORDS {
+        wal.append((lsn % 5) as u8, &payload(lsn)).expect("append");
+    }
+    wal.sync().expect("sync");
+    dir
+}
+
+fn first_segment(dir: &Path) -> std::path::PathBuf {
+    let mut segments: Vec<_> = fs::read_dir(dir)
+        .expect("read dir")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.extension().is_some_and(|extension| extension == "wal"))
+        .collect();
+    segments.sort();
+    assert!(segments.len() > 2, "the log should span several segments");
+    segments.swap_remove(0)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+// Proves verify accepts a clean log with exit 0 and a one-line summary of its records.
+#[test]
+fn verify_clean_log() {
+    let dir = write_log();
+    let output = tricommit(&["wal", "verify"], dir.path());
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    assert_eq!(stdout.lines().count(), 1);
+    assert!(
+        stdout.starts_with(&format!("ok: {RECORDS} records (LSN 1..={RECORDS})")),
+        "{stdout}"
+    );
+}
+
+// Proves dump prints one line per record: lsn, kind, length and the payload's first
+// bytes in hex.
+#[test]
+fn dump_prints_every_record() {
+    let dir = write_log();
+    let output = tricommit(&["wal", "dump"], dir.path());
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len() as u64, RECORDS);
+    let hex: String = payload(7)[..16]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    assert_eq!(lines[6], format!("7 2 {PAYLOAD_BYTES} {hex}.."));
+}
+
+// Proves verify reports a bit flipped by hand in the middle of the first segment with
+// exit 1, naming the file and the byte offset of the damaged record.
+#[test]
+fn verify_reports_a_hand_made_bit_flip() {
+    let dir = write_log();
+    let segment = first_segment(dir.path());
+    let record_bytes = 17 + PAYLOAD_BYTES as u64;
+    let damaged_record_offset = SEGMENT_HEADER_BYTES + 20 * record_bytes;
+    let mut bytes = fs::read(&segment).expect("read");
+    bytes[(damaged_record_offset + 17 + 100) as usize] ^= 0x20;
+    fs::write(&segment, bytes).expect("write");
+    let output = tricommit(&["wal", "verify"], dir.path());
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(&segment.display().to_string()), "{stderr}");
+    assert!(
+        stderr.contains(&format!("byte offset {damaged_record_offset}")),
+        "{stderr}"
+    );
+}
+
+// Proves a missing directory is a one-line error with exit 2.
+#[test]
+fn missing_directory_exits_2() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temporary directory");
+    let missing = dir.path().join("no-such-log");
+    for command in ["verify", "dump"] {
+        let output = tricommit(&["wal", command], &missing);
+        assert_eq!(output.status.code(), Some(2));
+        let stderr = text(&output.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("no-such-log"), "{stderr}");
+    }
+}
+
+// Proves non-WAL input (a regular file as DIR, a directory without segments, a segment
+// file with foreign bytes) is a one-line error with exit 2.
+#[test]
+fn non_wal_input_exits_2() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temporary directory");
+    let plain_file = dir.path().join("notes.txt");
+    fs::write(&plain_file, "not a log").expect("write");
+    let empty = dir.path().join("empty");
+    fs::create_dir(&empty).expect("mkdir");
+    let foreign = dir.path().join("foreign");
+    fs::create_dir(&foreign).expect("mkdir");
+    fs::write(foreign.join("00000000000000000001.wal"), vec![b'x'; 8192]).expect("write");
+    for input in [&plain_file, &empty, &foreign] {
+        let output = tricommit(&["wal", "verify"], input);
+        assert_eq!(output.status.code(), Some(2), "{}", input.display());
+        let stderr = text(&output.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("not a tricommit WAL"), "{stderr}");
+    }
+}
+
+// Proves an unreadable segment (here a directory in a segment's place, which cannot be
+// mapped even by root) is a one-line error with exit 2.
+#[test]
+fn unreadable_segment_exits_2() {
+    let dir = write_log();
+    let segment = first_segment(dir.path());
+    fs::remove_file(&segment).expect("remove");
+    fs::create_dir(&segment).expect("mkdir in its place");
+    let output = tricommit(&["wal", "verify"], dir.path());
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(&segment.display().to_string()), "{stderr}");
+}
