@@ -184,6 +184,7 @@ fn assert_same_state(ledger: &Ledger, model: &Model) {
     }
     assert_eq!(ledger.reservations_sorted(), model.reservations());
     assert_eq!(ledger.accounts_below_limit().count(), 0);
+    assert_eq!(ledger.check_invariants(), Ok(()));
 }
 
 fn assert_snapshot_round_trips(ledger: &Ledger) {
@@ -333,6 +334,7 @@ proptest! {
         for ledger in &ledgers {
             prop_assert_eq!(ledger.accounts_below_limit().count(), 0);
             prop_assert_eq!(ledger.reservations_len(), 0);
+            prop_assert_eq!(ledger.check_invariants(), Ok(()));
         }
         let by_txn = |postings: &[Posting]| -> BTreeMap<TxnId, i64> {
             postings.iter().map(|p| (p.txn, p.delta)).collect()

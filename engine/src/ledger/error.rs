@@ -45,6 +45,10 @@ pub enum LedgerError {
     /// reservations were checked against its old balance and limit.
     #[error("account {0} holds reservations, so its balance and limit cannot be set")]
     AccountReserved(u64),
+    /// An account's state breaks an invariant (see `Ledger::check_invariants`). Only a
+    /// bug can cause this.
+    #[error("account {account} breaks the ledger invariants: {state:?}")]
+    InvariantBroken { account: u64, state: super::Account },
     /// The snapshot is shorter than its fixed header.
     #[error("snapshot is {len} bytes, shorter than its {header_bytes}-byte header")]
     SnapshotTruncated { len: u64, header_bytes: u64 },

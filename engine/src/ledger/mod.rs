@@ -277,6 +277,32 @@ impl Ledger {
             .map(|(id, _)| id as u64)
     }
 
+    /// Checks every invariant the ledger keeps, from scratch: each account's pending
+    /// sums equal the sums of its held reservations, no balance is below its limit, and
+    /// every held reservation can still be posted. For tests and after recovery; it
+    /// walks every account and every reservation, so it is not for the hot path.
+    pub fn check_invariants(&self) -> Result<(), LedgerError> {
+        let mut pending = vec![(0u128, 0u128); self.accounts.len()];
+        for reservation in self.reservations.iter() {
+            let sums = &mut pending[reservation.account as usize];
+            match reservation.kind {
+                HoldKind::Debit => sums.0 += u128::from(reservation.amount),
+                HoldKind::Credit => sums.1 += u128::from(reservation.amount),
+            }
+        }
+        for (id, (account, sums)) in self.accounts.iter().zip(pending).enumerate() {
+            let sums_match = u128::from(account.debits_pending) == sums.0
+                && u128::from(account.credits_pending) == sums.1;
+            if !sums_match || !account.is_consistent() {
+                return Err(LedgerError::InvariantBroken {
+                    account: id as u64,
+                    state: *account,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The number of reservations held now.
     pub fn reservations_len(&self) -> u64 {
         self.reservations.len() as u64
@@ -405,6 +431,15 @@ impl Ledger {
         prefetch_read(self.reservations.home_ptr(op.txn.0) as *const i8);
     }
 
+    /// Prefetches the home slots of the first decisions, before the loop that keeps
+    /// prefetching `PREFETCH_OPS_AHEAD` decisions ahead.
+    #[inline]
+    fn prefetch_slots(&self, txns: &[TxnId]) {
+        for txn in txns.iter().take(PREFETCH_OPS_AHEAD) {
+            prefetch_read(self.reservations.home_ptr(txn.0) as *const i8);
+        }
+    }
+
     /// Posts one held reservation and records its posting.
     #[inline]
     fn post(&mut self, txn: TxnId, slot: Slot) {
@@ -459,7 +494,11 @@ impl ResourceManager for Ledger {
 
     fn commit(&mut self, txns: &[TxnId]) {
         self.postings.clear();
-        for &txn in txns {
+        self.prefetch_slots(txns);
+        for (index, &txn) in txns.iter().enumerate() {
+            if let Some(ahead) = txns.get(index + PREFETCH_OPS_AHEAD) {
+                prefetch_read(self.reservations.home_ptr(ahead.0) as *const i8);
+            }
             if let Some(slot) = self.reservations.remove(txn.0) {
                 self.post(txn, slot);
             }
@@ -472,7 +511,11 @@ impl ResourceManager for Ledger {
     }
 
     fn abort(&mut self, txns: &[TxnId]) {
-        for &txn in txns {
+        self.prefetch_slots(txns);
+        for (index, &txn) in txns.iter().enumerate() {
+            if let Some(ahead) = txns.get(index + PREFETCH_OPS_AHEAD) {
+                prefetch_read(self.reservations.home_ptr(ahead.0) as *const i8);
+            }
             if let Some(slot) = self.reservations.remove(txn.0) {
                 self.void(slot);
             }

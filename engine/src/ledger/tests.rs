@@ -343,3 +343,16 @@ fn snapshot_inconsistent_state_is_refused() {
         Err(LedgerError::SnapshotInconsistent(_))
     ));
 }
+
+// Proves that check_invariants accepts a busy ledger and notices pending sums that
+// disagree with the held reservations.
+#[test]
+fn check_invariants_notices_drift() {
+    let (mut ledger, _) = snapshot_of_busy_ledger();
+    assert_eq!(ledger.check_invariants(), Ok(()));
+    ledger.accounts[1].credits_pending += 1;
+    assert!(matches!(
+        ledger.check_invariants(),
+        Err(LedgerError::InvariantBroken { account: 1, .. })
+    ));
+}
