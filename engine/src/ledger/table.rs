@@ -94,17 +94,22 @@ pub(crate) enum Probe {
 
 pub(crate) struct ReservationTable {
     slots: Box<[Slot]>,
+    /// A random key mixed into every hash, so that client-chosen transaction ids cannot
+    /// be picked to pile into one probe run (the finalizer alone is invertible). It
+    /// changes only where entries sit, never what the ledger votes or posts, so replay
+    /// stays deterministic.
+    key: u64,
     /// `slots.len() - 1`; the length is a power of two.
     mask: usize,
     len: usize,
     len_max: usize,
 }
 
-/// The murmur3 64-bit finalizer: spreads sequential and strided transaction ids over
-/// the whole table, so that client-chosen ids that count up do not form one long run.
+/// The murmur3 64-bit finalizer over the keyed id: spreads sequential and strided
+/// transaction ids over the whole table, so that ids that count up do not form one run.
 #[inline]
-fn hash(txn: u64) -> u64 {
-    let mut h = txn;
+fn hash(txn: u64, key: u64) -> u64 {
+    let mut h = txn ^ key;
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;
@@ -120,6 +125,7 @@ impl ReservationTable {
         let capacity = (len_max * 2).next_power_of_two();
         ReservationTable {
             slots: vec![Slot::default(); capacity].into_boxed_slice(),
+            key: random_key(),
             mask: capacity - 1,
             len: 0,
             len_max,
@@ -140,7 +146,7 @@ impl ReservationTable {
 
     #[inline]
     fn home(&self, txn: u64) -> usize {
-        (hash(txn) as usize) & self.mask
+        (hash(txn, self.key) as usize) & self.mask
     }
 
     /// The address of the slot where `txn`'s probe starts, for prefetching.
@@ -225,6 +231,15 @@ impl ReservationTable {
     }
 }
 
+/// A fresh random 64-bit key from the standard library's per-process random hasher
+/// seed, so no random-number crate is needed for this one value.
+fn random_key() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,7 +254,7 @@ mod tests {
         let mut model: HashMap<u64, u64> = HashMap::new();
         let mut state = 0x1234_5678_u64;
         for step in 0..200_000u64 {
-            state = hash(state.wrapping_add(step));
+            state = hash(state.wrapping_add(step), 0);
             let txn = state % 200;
             match table.probe(txn) {
                 Probe::Found(_) => {
