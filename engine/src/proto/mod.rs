@@ -1,7 +1,206 @@
 //! The I/O-free protocol core: events in, actions out, time passed in explicitly.
 //!
-//! Nothing in this module touches files, sockets, clocks or threads.
+//! Nothing in this module touches files, sockets, clocks or threads. Two roles exist,
+//! [`Coordinator`] (a coordinator replica: the active one opens batches, every replica
+//! witnesses and runs E3PC recovery) and [`Participant`] (wraps a [`ResourceManager`]).
+//! Both follow the same driving contract, in the style of quinn-proto:
+//!
+//! 1. Feed events: [`Coordinator::submit`] (a client batch, active replica only),
+//!    `handle_message(now_us, from, part, out)`, `handle_durable(now_us, upto, out)`
+//!    (the driver synced every append up to `upto`), and `handle_timeout(now_us, out)`
+//!    when `now_us >= poll_timeout()`.
+//! 2. After each event (or a group of them), drain the [`Output`]: write
+//!    `out.appends` to the WAL in order; if `out.sync_upto` is set, sync and later
+//!    report it with `handle_durable`; transmit `out.sends` (use [`Output::frames`] to
+//!    put every part for one site into one frame); complete `out.completions`.
+//!    Sends never depend on the appends of the same output: a message that needs a
+//!    durable state is held inside the machine until `handle_durable` covers it.
+//! 3. Call `poll_timeout()` again and arm one timer for the returned instant.
+//! 4. After a crash, rebuild with `Coordinator::recover` / `Participant::recover` from
+//!    the records that survived, in log order.
 
+mod coordinator;
+mod member;
+pub mod msg;
+mod participant;
+pub mod record;
 pub mod rm;
+pub mod types;
 
+use std::collections::BTreeMap;
+
+pub use coordinator::Coordinator;
+pub use msg::{Outgoing, Part, ELECTED_INITIAL};
+pub use participant::Participant;
+pub use record::{Record, RecordError};
 pub use rm::{Op, Reason, ResourceManager, TxnId, Vote, OP_PAYLOAD_BYTES};
+pub use types::{
+    is_quorum, AppendSeq, BatchId, Descriptor, DescriptorRef, Outcome, SiteId, State, TxnSet,
+    BATCH_TXNS_MAX, SITES_MAX,
+};
+
+/// How a recovery coordinator decides. Only [`Termination::E3pc`] is safe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Termination {
+    /// Keidar and Dolev's E3PC: quorums, elections and attempts (DESIGN §2).
+    #[default]
+    E3pc,
+    /// The seed's rule, kept only to show that the checkers bite: ask the participants
+    /// that answer, any PC → commit, all prepared → abort; no quorum, no fencing, and
+    /// the normal path waits for every participant's PRE-COMMIT acknowledgement.
+    #[doc(hidden)]
+    NaiveUnsafe,
+}
+
+/// Protocol configuration shared by every site of a deployment.
+#[derive(Clone, Debug)]
+pub struct ProtoConfig {
+    /// The coordinator replicas, in recovery priority order; `replicas[0]` is the one
+    /// that opens batches. Every other site id is a participant.
+    pub replicas: Vec<SiteId>,
+    /// How long the active coordinator waits for votes before aborting the laggards.
+    pub vote_timeout_us: u64,
+    /// Period of PRE-COMMIT / recovery-round retransmissions to sites that have not
+    /// acknowledged yet.
+    pub retransmit_us: u64,
+    /// Retransmissions of one round before the driver of the round gives up and
+    /// leaves the batch to recovery.
+    pub retransmits_max: u32,
+    /// How long a site holds an undecided transaction before it asks for (participant)
+    /// or starts (replica) recovery.
+    pub pending_timeout_us: u64,
+    /// Delay per replica rank before it starts recovery, so that the lowest-id live
+    /// replica normally runs it alone.
+    pub recovery_stagger_us: u64,
+    /// How long a recovery coordinator collects states before deciding with what it has.
+    pub collect_timeout_us: u64,
+    /// Cap on the exponential backoff (as a shift) of repeated recovery attempts.
+    pub backoff_shift_max: u32,
+    #[doc(hidden)]
+    pub termination: Termination,
+}
+
+impl ProtoConfig {
+    /// A configuration with `replicas` and timeouts fit for a LAN (and the simulator).
+    pub fn new(replicas: Vec<SiteId>) -> ProtoConfig {
+        ProtoConfig {
+            replicas,
+            vote_timeout_us: 20_000,
+            retransmit_us: 5_000,
+            retransmits_max: 4,
+            pending_timeout_us: 30_000,
+            recovery_stagger_us: 10_000,
+            collect_timeout_us: 10_000,
+            backoff_shift_max: 4,
+            termination: Termination::E3pc,
+        }
+    }
+
+    /// The coordinator replicas as a site mask.
+    pub fn replica_mask(&self) -> u64 {
+        self.replicas.iter().fold(0, |acc, site| acc | site.bit())
+    }
+
+    /// Checks the configuration a driver could get wrong.
+    pub fn validate(&self) -> Result<(), ProtoError> {
+        if self.replicas.is_empty() {
+            return Err(ProtoError::Config(
+                "at least one coordinator replica is needed",
+            ));
+        }
+        if self
+            .replicas
+            .iter()
+            .any(|site| site.0 as usize >= SITES_MAX)
+        {
+            return Err(ProtoError::Config("site ids must be below SITES_MAX"));
+        }
+        if self.replica_mask().count_ones() as usize != self.replicas.len() {
+            return Err(ProtoError::Config("replica ids must be distinct"));
+        }
+        if self.retransmit_us == 0 || self.collect_timeout_us == 0 || self.pending_timeout_us == 0 {
+            return Err(ProtoError::Config("timeouts must be positive"));
+        }
+        Ok(())
+    }
+}
+
+/// Errors of the protocol core: bad input from a caller or bad recovered state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtoError {
+    #[error("invalid configuration: {0}")]
+    Config(&'static str),
+    #[error("this replica does not open batches (only replicas[0] does)")]
+    NotActive,
+    #[error("invalid batch: {0}")]
+    BadBatch(&'static str),
+    #[error("recovered log is inconsistent: {0}")]
+    BadLog(&'static str),
+    #[error("replay diverged: the resource manager voted differently for batch {batch:?}")]
+    ReplayDiverged { batch: BatchId },
+}
+
+/// A batch of client transactions handed to the active coordinator.
+#[derive(Clone, Debug, Default)]
+pub struct BatchInput {
+    pub txns: Vec<TxnId>,
+    /// Participant site mask per transaction.
+    pub members: Vec<u64>,
+    /// Each participant's operations, in batch order (one per transaction it is in).
+    pub ops: Vec<(SiteId, Vec<Op>)>,
+}
+
+/// Outcomes the coordinator fixed for client transactions of one batch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Completion {
+    pub batch: BatchId,
+    pub outcome: Outcome,
+    /// Indices into the batch (the driver keeps its tickets in batch order).
+    pub txns: TxnSet,
+}
+
+/// The actions a state machine asks its driver to perform. Reused across calls: the
+/// driver drains it and calls [`Output::clear`].
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Records to append to this site's WAL, in this order.
+    pub appends: Vec<(AppendSeq, Record)>,
+    /// Sync the WAL up to (at least) this append, then call `handle_durable`.
+    pub sync_upto: Option<AppendSeq>,
+    /// Message parts to send; all of them may leave at once.
+    pub sends: Vec<Outgoing>,
+    /// Client outcomes that are now fixed.
+    pub completions: Vec<Completion>,
+}
+
+impl Output {
+    /// Empties every list, keeping the allocations.
+    pub fn clear(&mut self) {
+        self.appends.clear();
+        self.sync_upto = None;
+        self.sends.clear();
+        self.completions.clear();
+    }
+
+    /// True if there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.appends.is_empty()
+            && self.sync_upto.is_none()
+            && self.sends.is_empty()
+            && self.completions.is_empty()
+    }
+
+    /// Drains the sends into one frame per destination, keeping their order, so that a
+    /// PREPARE, a PRE-COMMIT and a COMMIT for one site travel together.
+    pub fn frames(&mut self) -> BTreeMap<SiteId, Vec<Part>> {
+        let mut frames: BTreeMap<SiteId, Vec<Part>> = BTreeMap::new();
+        for outgoing in self.sends.drain(..) {
+            frames.entry(outgoing.to).or_default().push(outgoing.part);
+        }
+        frames
+    }
+
+    pub(crate) fn send(&mut self, to: SiteId, part: Part) {
+        self.sends.push(Outgoing { to, part });
+    }
+}

@@ -1,0 +1,1234 @@
+//! The coordinator replica role. `replicas[0]` opens batches and drives their normal
+//! path (PREPARE, PRE-COMMIT at election 1, COMMIT once a quorum of each transaction's
+//! commit group is durably PC). Every replica also witnesses rounds, and runs E3PC
+//! recovery for a batch whose decision is late: collect under a raised `last_elected`,
+//! decide by the rule of DESIGN §2, run a PRE-COMMIT or PRE-ABORT round, decide on a
+//! quorum of acknowledgements.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::member::{desc_of, Log, Member};
+use super::msg::{Part, ELECTED_INITIAL};
+use super::record::Record;
+use super::rm::{Op, Reason};
+use super::types::{
+    is_quorum, sites_of, AppendSeq, BatchId, Descriptor, Outcome, SiteId, State, TxnSet,
+    BATCH_TXNS_MAX, SITES_MAX,
+};
+use super::{BatchInput, Completion, Output, ProtoConfig, ProtoError, Termination};
+
+/// A coordinator replica.
+pub struct Coordinator {
+    config: ProtoConfig,
+    me: SiteId,
+    /// Index in `config.replicas`: recovery priority and the stagger of its timers.
+    rank: u32,
+    replica_mask: u64,
+    log: Log,
+    incarnation: u32,
+    /// PREPAREs wait for the `Incarnation` record, so that no batch id is reused.
+    incarnation_seq: u64,
+    next_counter: u32,
+    batches: HashMap<BatchId, CoordBatch>,
+}
+
+/// What this replica drives for one batch, if anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The normal path at election 1: votes come in, PRE-COMMIT goes out per txn.
+    Normal,
+    /// Recovery: collecting states under a raised election.
+    Collect,
+    /// Recovery: a PRE-COMMIT / PRE-ABORT round at attempt `elected`.
+    Round,
+}
+
+#[derive(Debug)]
+struct Drive {
+    elected: u32,
+    phase: Phase,
+    deadline_us: u64,
+    vote_deadline_us: u64,
+    retransmits: u32,
+    /// Normal path: participants (bit mask) whose vote on txn i is missing.
+    vote_pending: Vec<u64>,
+    /// Normal path: read-only voters per txn (they leave the protocol).
+    read_only: Vec<u64>,
+    /// Normal path: the yes votes of each participant.
+    yes_by: Vec<(SiteId, TxnSet)>,
+    /// Collect: who answered for txn i, and the aggregate of their answers.
+    responded: Vec<u64>,
+    responders: u64,
+    max_attempt: Vec<u32>,
+    max_all_pc: TxnSet,
+    any_pc: TxnSet,
+    any_commit: TxnSet,
+    any_abort: TxnSet,
+    /// Round: what it proposes and who acknowledged (bit mask per txn).
+    round_pc: TxnSet,
+    round_pa: TxnSet,
+    acks: Vec<u64>,
+}
+
+impl Drive {
+    fn new(elected: u32, phase: Phase, len: u32, deadline_us: u64) -> Drive {
+        let n = len as usize;
+        Drive {
+            elected,
+            phase,
+            deadline_us,
+            vote_deadline_us: deadline_us,
+            retransmits: 0,
+            vote_pending: Vec::new(),
+            read_only: Vec::new(),
+            yes_by: Vec::new(),
+            responded: vec![0; if phase == Phase::Collect { n } else { 0 }],
+            responders: 0,
+            max_attempt: vec![0; if phase == Phase::Collect { n } else { 0 }],
+            max_all_pc: TxnSet::empty(len),
+            any_pc: TxnSet::empty(len),
+            any_commit: TxnSet::empty(len),
+            any_abort: TxnSet::empty(len),
+            round_pc: TxnSet::empty(len),
+            round_pa: TxnSet::empty(len),
+            acks: vec![0; n],
+        }
+    }
+}
+
+#[derive(Debug)]
+struct CoordBatch {
+    m: Member,
+    drive: Option<Drive>,
+    /// This instance opened the batch and holds its client tickets.
+    clients: bool,
+    /// The highest election any site told us about (from REJECT).
+    max_seen_elected: u32,
+}
+
+/// The parts of a coordinator every per-batch step needs, borrowed apart from the
+/// batch map.
+struct Ctx<'a> {
+    config: &'a ProtoConfig,
+    me: SiteId,
+    rank: u32,
+    replica_mask: u64,
+    log: &'a mut Log,
+}
+
+impl Coordinator {
+    /// A fresh replica with an empty log. It appends its first `Incarnation` record
+    /// into `out` (forced); PREPAREs wait for it.
+    pub fn new(config: ProtoConfig, me: SiteId, out: &mut Output) -> Result<Self, ProtoError> {
+        Coordinator::with_incarnation(config, me, 1, out)
+    }
+
+    fn with_incarnation(
+        config: ProtoConfig,
+        me: SiteId,
+        incarnation: u32,
+        out: &mut Output,
+    ) -> Result<Self, ProtoError> {
+        config.validate()?;
+        let rank = config
+            .replicas
+            .iter()
+            .position(|&site| site == me)
+            .ok_or(ProtoError::Config("this site is not a coordinator replica"))?
+            as u32;
+        let replica_mask = config.replica_mask();
+        let mut log = Log::new();
+        let incarnation_seq = log.append(
+            Record::Incarnation {
+                number: incarnation,
+            },
+            out,
+        );
+        log.force(out);
+        Ok(Coordinator {
+            config,
+            me,
+            rank,
+            replica_mask,
+            log,
+            incarnation,
+            incarnation_seq,
+            next_counter: 0,
+            batches: HashMap::new(),
+        })
+    }
+
+    /// Rebuilds a replica from the records that survived a crash, in log order. Its
+    /// client tickets are gone: open batches are finished by recovery, and their
+    /// outcomes reach the participants, not the clients. Appends the next
+    /// `Incarnation` into `out`.
+    pub fn recover<'a>(
+        config: ProtoConfig,
+        me: SiteId,
+        records: impl IntoIterator<Item = &'a Record>,
+        now_us: u64,
+        out: &mut Output,
+    ) -> Result<Self, ProtoError> {
+        let mut incarnation = 0u32;
+        let mut batches: HashMap<BatchId, CoordBatch> = HashMap::new();
+        let first = *config
+            .replicas
+            .first()
+            .ok_or(ProtoError::Config("no replicas"))?;
+        for record in records {
+            match record {
+                Record::Incarnation { number } => incarnation = incarnation.max(*number),
+                Record::Begin { desc } | Record::Prepared { desc, .. } => {
+                    batches.entry(desc.batch).or_insert_with(|| CoordBatch {
+                        m: Member::new(Arc::clone(desc), me, true, first),
+                        drive: None,
+                        clients: false,
+                        max_seen_elected: 0,
+                    });
+                }
+                Record::Elected { batch, .. } | Record::Transition { batch, .. } => {
+                    let batch = batches
+                        .get_mut(batch)
+                        .ok_or(ProtoError::BadLog("record before its batch"))?;
+                    batch.m.replay(record).map_err(ProtoError::BadLog)?;
+                }
+            }
+        }
+        let next = incarnation
+            .checked_add(1)
+            .ok_or(ProtoError::BadLog("incarnation overflow"))?;
+        let mut coordinator = Coordinator::with_incarnation(config, me, next, out)?;
+        let delay = coordinator.config.pending_timeout_us + coordinator.stagger_us();
+        for batch in batches.values_mut() {
+            if batch.m.has_pending() {
+                batch.m.arm(now_us + delay);
+            }
+        }
+        coordinator.batches = batches;
+        Ok(coordinator)
+    }
+
+    /// This site's id.
+    pub fn id(&self) -> SiteId {
+        self.me
+    }
+
+    /// The incarnation number in the ids of the batches this instance opens.
+    pub fn incarnation(&self) -> u32 {
+        self.incarnation
+    }
+
+    /// The site's state for transaction `index` of `batch`, if it knows the batch.
+    pub fn txn_state(&self, batch: BatchId, index: u32) -> Option<(State, u32)> {
+        let member = &self.batches.get(&batch)?.m;
+        let i = index as usize;
+        Some((*member.state.get(i)?, member.attempt[i]))
+    }
+
+    /// The batches this replica knows.
+    pub fn batch_ids(&self) -> impl Iterator<Item = BatchId> + '_ {
+        self.batches.keys().copied()
+    }
+
+    fn stagger_us(&self) -> u64 {
+        self.config.recovery_stagger_us * self.rank as u64
+    }
+
+    /// Opens a batch (active replica only) and sends PREPARE to its participants.
+    ///
+    /// Every transaction's outcome is later reported once in `out.completions`.
+    pub fn submit(
+        &mut self,
+        now_us: u64,
+        input: BatchInput,
+        out: &mut Output,
+    ) -> Result<BatchId, ProtoError> {
+        if self.rank != 0 {
+            return Err(ProtoError::NotActive);
+        }
+        let ops = validate_input(&input, self.replica_mask)?;
+        let counter = self.next_counter;
+        self.next_counter = counter
+            .checked_add(1)
+            .ok_or(ProtoError::BadBatch("batch counter exhausted"))?;
+        let batch = BatchId((self.incarnation as u64) << 32 | counter as u64);
+        let desc = Arc::new(Descriptor {
+            batch,
+            txns: input.txns,
+            members: input.members,
+        });
+        let len = desc.len();
+        let mut m = Member::new(Arc::clone(&desc), self.me, true, self.me);
+        m.last_seq = self.log.append(
+            Record::Begin {
+                desc: Arc::clone(&desc),
+            },
+            out,
+        );
+        let mut drive = Drive::new(
+            ELECTED_INITIAL,
+            Phase::Normal,
+            len,
+            now_us + self.config.vote_timeout_us,
+        );
+        drive.vote_pending = desc.members.clone();
+        drive.read_only = vec![0; len as usize];
+        for (site, site_ops) in ops {
+            drive.yes_by.push((site, TxnSet::empty(len)));
+            let part = Part::Prepare {
+                desc: Arc::clone(&desc),
+                ops: site_ops.into(),
+            };
+            self.log.send_after(self.incarnation_seq, site, part, out);
+        }
+        let entry = CoordBatch {
+            m,
+            drive: Some(drive),
+            clients: true,
+            max_seen_elected: 0,
+        };
+        self.batches.insert(batch, entry);
+        Ok(batch)
+    }
+
+    /// Call when a message part arrives from `from`.
+    pub fn handle_message(&mut self, now_us: u64, from: SiteId, part: Part, out: &mut Output) {
+        if from.0 as usize >= SITES_MAX || from == self.me {
+            return;
+        }
+        let batch_id = part.batch();
+        let desc = match &part {
+            Part::Round {
+                desc: Some(desc), ..
+            }
+            | Part::Elect { desc, .. }
+            | Part::Help { desc } => Some(desc),
+            _ => None,
+        };
+        if !self.batches.contains_key(&batch_id) {
+            let Some(desc) = desc else { return };
+            if !desc.is_well_formed() || desc.batch != batch_id {
+                return;
+            }
+            let mut m = Member::new(Arc::clone(desc), self.me, true, self.config.replicas[0]);
+            m.last_seq = self.log.append(
+                Record::Begin {
+                    desc: Arc::clone(desc),
+                },
+                out,
+            );
+            let entry = CoordBatch {
+                m,
+                drive: None,
+                clients: false,
+                max_seen_elected: 0,
+            };
+            self.batches.insert(batch_id, entry);
+        }
+        let Some(batch) = self.batches.get_mut(&batch_id) else {
+            return;
+        };
+        let mut ctx = Ctx {
+            config: &self.config,
+            me: self.me,
+            rank: self.rank,
+            replica_mask: self.replica_mask,
+            log: &mut self.log,
+        };
+        batch.on_part(&mut ctx, now_us, from, part, out);
+    }
+
+    /// Call when the WAL is durable up to `upto`.
+    pub fn handle_durable(&mut self, _now_us: u64, upto: AppendSeq, out: &mut Output) {
+        self.log.on_durable(upto, out);
+    }
+
+    /// The instant at which [`Coordinator::handle_timeout`] must be called, if any.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.batches
+            .values()
+            .map(|batch| {
+                let drive = batch
+                    .drive
+                    .as_ref()
+                    .map_or(u64::MAX, |drive| drive.deadline_us);
+                drive.min(batch.m.deadline_us)
+            })
+            .min()
+            .filter(|&at| at != u64::MAX)
+    }
+
+    /// Call when the instant returned by `poll_timeout` has passed.
+    pub fn handle_timeout(&mut self, now_us: u64, out: &mut Output) {
+        let mut ctx = Ctx {
+            config: &self.config,
+            me: self.me,
+            rank: self.rank,
+            replica_mask: self.replica_mask,
+            log: &mut self.log,
+        };
+        for batch in self.batches.values_mut() {
+            batch.on_timeout(&mut ctx, now_us, out);
+        }
+    }
+}
+
+/// Checks a client batch and returns each participant's operations.
+fn validate_input(
+    input: &BatchInput,
+    replica_mask: u64,
+) -> Result<Vec<(SiteId, Vec<Op>)>, ProtoError> {
+    let len = input.txns.len();
+    if len == 0 || len > BATCH_TXNS_MAX {
+        return Err(ProtoError::BadBatch(
+            "a batch holds 1 to BATCH_TXNS_MAX transactions",
+        ));
+    }
+    if input.members.len() != len {
+        return Err(ProtoError::BadBatch("one member mask per transaction"));
+    }
+    let mut participants = 0u64;
+    for &mask in &input.members {
+        if mask == 0 || mask & replica_mask != 0 {
+            return Err(ProtoError::BadBatch(
+                "members must be participants, at least one",
+            ));
+        }
+        participants |= mask;
+    }
+    let mut covered = 0u64;
+    for (site, ops) in &input.ops {
+        if participants & site.bit() == 0
+            || covered & site.bit() != 0
+            || site.0 as usize >= SITES_MAX
+        {
+            return Err(ProtoError::BadBatch(
+                "operations for a site that is not a participant, or twice",
+            ));
+        }
+        covered |= site.bit();
+        let mut expected = input
+            .txns
+            .iter()
+            .zip(&input.members)
+            .filter(|(_, mask)| *mask & site.bit() != 0);
+        let ok = ops
+            .iter()
+            .all(|op| expected.next().is_some_and(|(txn, _)| *txn == op.txn));
+        if !ok || expected.next().is_some() {
+            return Err(ProtoError::BadBatch(
+                "a participant's operations must follow the batch order",
+            ));
+        }
+    }
+    if covered != participants {
+        return Err(ProtoError::BadBatch("a participant has no operations"));
+    }
+    Ok(input.ops.clone())
+}
+
+impl CoordBatch {
+    fn len(&self) -> u32 {
+        self.m.len()
+    }
+
+    /// Every site of the batch: its participants and the replicas.
+    fn sites(&self, ctx: &Ctx<'_>) -> u64 {
+        self.m.desc.participants() | ctx.replica_mask
+    }
+
+    /// The commit group of transaction `index` whose quorum fixes its outcome.
+    fn group(&self, ctx: &Ctx<'_>, index: u32) -> u64 {
+        let members = self.m.desc.members[index as usize];
+        match ctx.config.termination {
+            Termination::E3pc => members | ctx.replica_mask,
+            Termination::NaiveUnsafe => {
+                let read_only = self
+                    .drive
+                    .as_ref()
+                    .and_then(|d| d.read_only.get(index as usize))
+                    .copied()
+                    .unwrap_or(0);
+                members & !read_only
+            }
+        }
+    }
+
+    fn enough(&self, ctx: &Ctx<'_>, acked: u64, index: u32) -> bool {
+        let group = self.group(ctx, index);
+        match ctx.config.termination {
+            Termination::E3pc => is_quorum(acked, group),
+            Termination::NaiveUnsafe => acked & group == group,
+        }
+    }
+
+    fn on_part(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        now_us: u64,
+        from: SiteId,
+        part: Part,
+        out: &mut Output,
+    ) {
+        match part {
+            Part::Votes {
+                yes, read_only, no, ..
+            } => self.on_votes(ctx, now_us, from, &yes, &read_only, &no, out),
+            Part::RoundAck {
+                elected,
+                pre_commit,
+                pre_abort,
+                ..
+            } => self.on_round_ack(ctx, from, elected, &pre_commit, &pre_abort, out),
+            Part::ElectAck {
+                elected, states, ..
+            } => self.on_elect_ack(ctx, now_us, from, elected, &states, out),
+            Part::Reject { elected, .. } => self.on_reject(ctx, now_us, elected),
+            Part::Decide { commit, abort, .. } => self.settle(ctx, &commit, &abort, out),
+            Part::Help { .. } => self.on_help(ctx, now_us, from, out),
+            Part::Round {
+                elected,
+                pre_commit,
+                pre_abort,
+                ..
+            } => {
+                let timeout = ctx.config.pending_timeout_us
+                    + ctx.config.recovery_stagger_us * ctx.rank as u64;
+                let (log, termination) = (&mut *ctx.log, ctx.config.termination);
+                self.m.on_round(
+                    log,
+                    termination,
+                    from,
+                    elected,
+                    &pre_commit,
+                    &pre_abort,
+                    now_us,
+                    timeout,
+                    out,
+                );
+                self.defer_to_other_driver(ctx, now_us);
+            }
+            Part::Elect { elected, .. } => {
+                self.m
+                    .on_elect(ctx.log, ctx.config.termination, from, elected, out);
+                self.defer_to_other_driver(ctx, now_us);
+            }
+            Part::Prepare { .. } => {}
+        }
+    }
+
+    /// Another site drives election `m.elected`: stop driving an older one, and give
+    /// the other driver time before this replica starts an election of its own.
+    fn defer_to_other_driver(&mut self, ctx: &Ctx<'_>, now_us: u64) {
+        if self.m.elected_by == ctx.me {
+            return;
+        }
+        if self
+            .drive
+            .as_ref()
+            .is_some_and(|drive| drive.elected < self.m.elected)
+        {
+            self.drive = None;
+        }
+        if self.drive.is_none() && !self.m.all_final() {
+            let delay =
+                ctx.config.pending_timeout_us + ctx.config.recovery_stagger_us * ctx.rank as u64;
+            self.m.deadline_us = now_us + delay;
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_votes(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        now_us: u64,
+        from: SiteId,
+        yes: &TxnSet,
+        read_only: &TxnSet,
+        no: &[(u32, Reason)],
+        out: &mut Output,
+    ) {
+        let len = self.len();
+        if yes.universe() != len || read_only.universe() != len {
+            return;
+        }
+        let Some(drive) = self
+            .drive
+            .as_mut()
+            .filter(|d| d.phase == Phase::Normal && d.elected == self.m.elected)
+        else {
+            // Votes after a decision: tell a late yes voter about its aborts.
+            let (_, mut abort) = self.m.decided_sets();
+            abort.intersect_with(yes);
+            if !abort.is_empty() {
+                out.send(
+                    from,
+                    Part::Decide {
+                        batch: self.m.desc.batch,
+                        commit: TxnSet::empty(len),
+                        abort,
+                    },
+                );
+            }
+            return;
+        };
+        let bit = from.bit();
+        let Some(slot) = drive.yes_by.iter().position(|(site, _)| *site == from) else {
+            return;
+        };
+        let mut ready_pc = TxnSet::empty(len);
+        let mut abort_now = TxnSet::empty(len);
+        let mut late_aborts = TxnSet::empty(len);
+        for index in yes.iter() {
+            let i = index as usize;
+            if drive.vote_pending[i] & bit == 0 {
+                continue;
+            }
+            drive.vote_pending[i] &= !bit;
+            drive.yes_by[slot].1.insert(index);
+            match self.m.state[i] {
+                State::Abort => late_aborts.insert(index),
+                State::Q if drive.vote_pending[i] == 0 => ready_pc.insert(index),
+                _ => {}
+            }
+        }
+        for index in read_only.iter() {
+            let i = index as usize;
+            if drive.vote_pending[i] & bit != 0 {
+                drive.vote_pending[i] &= !bit;
+                drive.read_only[i] |= bit;
+                if self.m.state[i] == State::Q && drive.vote_pending[i] == 0 {
+                    ready_pc.insert(index);
+                }
+            }
+        }
+        for &(index, _) in no {
+            let i = index as usize;
+            if index < len && drive.vote_pending[i] & bit != 0 {
+                drive.vote_pending[i] &= !bit;
+                if self.m.state[i] == State::Q {
+                    abort_now.insert(index);
+                }
+            }
+        }
+        ready_pc.subtract(&abort_now);
+        if !late_aborts.is_empty() {
+            out.send(
+                from,
+                Part::Decide {
+                    batch: self.m.desc.batch,
+                    commit: TxnSet::empty(len),
+                    abort: late_aborts,
+                },
+            );
+        }
+        self.decide(ctx, Outcome::Abort, abort_now, out);
+        self.start_normal_round(ctx, now_us, ready_pc, out);
+    }
+
+    /// PRE-COMMIT at election 1 for transactions whose votes are all in and yes: log
+    /// PC (forced), then send the round to the yes voters and the other replicas.
+    fn start_normal_round(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        now_us: u64,
+        ready: TxnSet,
+        out: &mut Output,
+    ) {
+        if ready.is_empty() {
+            return;
+        }
+        self.m.transition(
+            ctx.log,
+            State::PreCommit,
+            ELECTED_INITIAL,
+            ready.clone(),
+            out,
+        );
+        let seq = self.m.last_seq;
+        let batch = self.m.desc.batch;
+        let desc = desc_of(&self.m);
+        let Some(drive) = self.drive.as_mut() else {
+            return;
+        };
+        for index in ready.iter() {
+            drive.acks[index as usize] = ctx.me.bit();
+        }
+        drive.round_pc.union_with(&ready);
+        let len = ready.universe();
+        for (site, yes) in &drive.yes_by {
+            let mut set = ready.clone();
+            set.intersect_with(yes);
+            if !set.is_empty() {
+                let part = Part::Round {
+                    batch,
+                    elected: ELECTED_INITIAL,
+                    pre_commit: set,
+                    pre_abort: TxnSet::empty(len),
+                    desc: None,
+                };
+                ctx.log.send_after(seq, *site, part, out);
+            }
+        }
+        if ctx.config.termination == Termination::E3pc {
+            for site in sites_of(ctx.replica_mask & !ctx.me.bit()) {
+                let part = Part::Round {
+                    batch,
+                    elected: ELECTED_INITIAL,
+                    pre_commit: ready.clone(),
+                    pre_abort: TxnSet::empty(len),
+                    desc: Some(Arc::clone(&desc)),
+                };
+                ctx.log.send_after(seq, site, part, out);
+            }
+        }
+        drive.deadline_us = drive.deadline_us.min(now_us + ctx.config.retransmit_us);
+        self.check_round(ctx, &ready, out);
+    }
+
+    fn on_round_ack(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        from: SiteId,
+        elected: u32,
+        pre_commit: &TxnSet,
+        pre_abort: &TxnSet,
+        out: &mut Output,
+    ) {
+        let len = self.len();
+        if pre_commit.universe() != len || pre_abort.universe() != len {
+            return;
+        }
+        let Some(drive) = self.drive.as_mut() else {
+            return;
+        };
+        if drive.elected != elected || drive.phase == Phase::Collect {
+            return;
+        }
+        let mut touched = TxnSet::empty(len);
+        for (set, proposed) in [(pre_commit, &drive.round_pc), (pre_abort, &drive.round_pa)] {
+            for index in set.iter().filter(|&i| proposed.contains(i)) {
+                drive.acks[index as usize] |= from.bit();
+                touched.insert(index);
+            }
+        }
+        self.check_round(ctx, &touched, out);
+    }
+
+    /// Decides the transactions of `candidates` whose round reached its quorum.
+    fn check_round(&mut self, ctx: &mut Ctx<'_>, candidates: &TxnSet, out: &mut Output) {
+        let len = self.len();
+        let Some(drive) = self.drive.as_ref() else {
+            return;
+        };
+        let mut commit = TxnSet::empty(len);
+        let mut abort = TxnSet::empty(len);
+        for index in candidates.iter() {
+            if self.m.state[index as usize].is_final()
+                || !self.enough(ctx, drive.acks[index as usize], index)
+            {
+                continue;
+            }
+            if drive.round_pc.contains(index) {
+                commit.insert(index);
+            } else if drive.round_pa.contains(index) {
+                abort.insert(index);
+            }
+        }
+        self.decide(ctx, Outcome::Commit, commit, out);
+        self.decide(ctx, Outcome::Abort, abort, out);
+    }
+
+    /// Fixes outcomes here: log them (unforced), complete the clients, tell the sites.
+    fn decide(&mut self, ctx: &mut Ctx<'_>, outcome: Outcome, txns: TxnSet, out: &mut Output) {
+        if txns.is_empty() {
+            return;
+        }
+        let len = self.len();
+        let state = if outcome == Outcome::Commit {
+            State::Commit
+        } else {
+            State::Abort
+        };
+        self.m.transition(ctx.log, state, 0, txns.clone(), out);
+        if self.clients {
+            out.completions.push(Completion {
+                batch: self.m.desc.batch,
+                outcome,
+                txns: txns.clone(),
+            });
+        }
+        let (commit, abort) = match outcome {
+            Outcome::Commit => (txns, TxnSet::empty(len)),
+            Outcome::Abort => (TxnSet::empty(len), txns),
+        };
+        self.broadcast_decision(ctx, commit, abort, out);
+        self.finish_if_done();
+    }
+
+    fn broadcast_decision(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        commit: TxnSet,
+        abort: TxnSet,
+        out: &mut Output,
+    ) {
+        let batch = self.m.desc.batch;
+        let normal = self.drive.as_ref().filter(|d| d.phase == Phase::Normal);
+        let targets = self.sites(ctx) & !ctx.me.bit();
+        for site in sites_of(targets) {
+            let (mut site_commit, mut site_abort) = (commit.clone(), abort.clone());
+            if let Some(drive) = normal {
+                // The normal path only tells the sites that hold something: yes voters
+                // (read-only voters left) and the replicas that witnessed the round.
+                if let Some((_, yes)) = drive.yes_by.iter().find(|(s, _)| *s == site) {
+                    site_commit.intersect_with(yes);
+                    site_abort.intersect_with(yes);
+                } else if ctx.config.termination == Termination::NaiveUnsafe {
+                    continue;
+                }
+            }
+            if !site_commit.is_empty() || !site_abort.is_empty() {
+                out.send(
+                    site,
+                    Part::Decide {
+                        batch,
+                        commit: site_commit,
+                        abort: site_abort,
+                    },
+                );
+            }
+        }
+    }
+
+    fn finish_if_done(&mut self) {
+        if self.m.all_final() {
+            self.drive = None;
+            self.m.deadline_us = u64::MAX;
+        }
+    }
+
+    /// A DECIDE from another site (or a recovered decision): settle and complete.
+    fn settle(&mut self, ctx: &mut Ctx<'_>, commit: &TxnSet, abort: &TxnSet, out: &mut Output) {
+        let Some(settled) = self.m.on_decide(ctx.log, commit, abort, out) else {
+            return;
+        };
+        if self.clients {
+            for (outcome, txns) in [
+                (Outcome::Commit, settled.committed),
+                (Outcome::Abort, settled.aborted),
+            ] {
+                if !txns.is_empty() {
+                    out.completions.push(Completion {
+                        batch: self.m.desc.batch,
+                        outcome,
+                        txns,
+                    });
+                }
+            }
+        }
+        self.finish_if_done();
+    }
+
+    fn on_help(&mut self, ctx: &mut Ctx<'_>, now_us: u64, from: SiteId, out: &mut Output) {
+        let (commit, abort) = self.m.decided_sets();
+        if !commit.is_empty() || !abort.is_empty() {
+            out.send(
+                from,
+                Part::Decide {
+                    batch: self.m.desc.batch,
+                    commit,
+                    abort,
+                },
+            );
+        }
+        if !self.m.all_final() && self.drive.is_none() {
+            self.m
+                .arm(now_us + ctx.config.recovery_stagger_us * ctx.rank as u64);
+        }
+    }
+
+    fn on_reject(&mut self, ctx: &Ctx<'_>, now_us: u64, elected: u32) {
+        self.max_seen_elected = self.max_seen_elected.max(elected);
+        if self
+            .drive
+            .as_ref()
+            .is_some_and(|drive| drive.elected < elected)
+        {
+            self.drive = None;
+            self.m.arm(
+                now_us
+                    + ctx.config.pending_timeout_us
+                    + ctx.config.recovery_stagger_us * ctx.rank as u64,
+            );
+        }
+    }
+
+    fn on_timeout(&mut self, ctx: &mut Ctx<'_>, now_us: u64, out: &mut Output) {
+        if let Some(deadline) = self.drive.as_ref().map(|drive| drive.deadline_us) {
+            if deadline <= now_us {
+                self.on_drive_timeout(ctx, now_us, out);
+            }
+            return;
+        }
+        if self.m.deadline_us > now_us {
+            return;
+        }
+        self.m.deadline_us = u64::MAX;
+        if !self.m.all_final() {
+            self.start_recovery(ctx, now_us, out);
+        }
+    }
+
+    fn on_drive_timeout(&mut self, ctx: &mut Ctx<'_>, now_us: u64, out: &mut Output) {
+        let Some(drive) = self.drive.as_ref() else {
+            return;
+        };
+        match drive.phase {
+            Phase::Collect => self.decide_collected(ctx, now_us, out),
+            Phase::Normal | Phase::Round => {
+                if drive.phase == Phase::Normal && now_us >= drive.vote_deadline_us {
+                    self.abort_missing_votes(ctx, out);
+                }
+                self.retransmit_round(ctx, now_us, out);
+            }
+        }
+    }
+
+    /// The vote timeout: transactions still missing a vote abort (presumed abort: no
+    /// PRE-COMMIT was sent for them, so no site can hold PC).
+    fn abort_missing_votes(&mut self, ctx: &mut Ctx<'_>, out: &mut Output) {
+        let len = self.len();
+        let Some(drive) = self.drive.as_ref() else {
+            return;
+        };
+        let mut late = TxnSet::empty(len);
+        for (index, &pending) in drive.vote_pending.iter().enumerate() {
+            if pending != 0 && self.m.state[index] == State::Q {
+                late.insert(index as u32);
+            }
+        }
+        self.decide(ctx, Outcome::Abort, late.clone(), out);
+        // Sites that have not voted may vote yes later: tell them now.
+        let batch = self.m.desc.batch;
+        if let Some(drive) = self.drive.as_ref() {
+            for site in sites_of(self.m.desc.participants()) {
+                let mut set = TxnSet::empty(len);
+                for index in late.iter() {
+                    if drive.vote_pending[index as usize] & site.bit() != 0 {
+                        set.insert(index);
+                    }
+                }
+                if !set.is_empty() {
+                    out.send(
+                        site,
+                        Part::Decide {
+                            batch,
+                            commit: TxnSet::empty(len),
+                            abort: set,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Resends the current round to the sites whose acknowledgement is missing, or
+    /// gives the batch up to recovery after `retransmits_max` tries.
+    fn retransmit_round(&mut self, ctx: &mut Ctx<'_>, now_us: u64, out: &mut Output) {
+        let sites = self.sites(ctx) & !ctx.me.bit();
+        let batch = self.m.desc.batch;
+        let desc = desc_of(&self.m);
+        let Some(drive) = self.drive.as_mut() else {
+            return;
+        };
+        let mut open = drive.round_pc.clone();
+        open.union_with(&drive.round_pa);
+        for index in open.clone().iter() {
+            if self.m.state[index as usize].is_final() {
+                open.remove(index);
+            }
+        }
+        let votes_open = drive.phase == Phase::Normal && drive.vote_pending.iter().any(|&p| p != 0);
+        if open.is_empty() && !votes_open {
+            // This round is done; whatever is still open needs another election.
+            self.drive = None;
+            if !self.m.all_final() {
+                self.back_off(ctx, now_us);
+            }
+            return;
+        }
+        if drive.retransmits >= ctx.config.retransmits_max {
+            self.drive = None;
+            self.m.arm(
+                now_us
+                    + ctx.config.pending_timeout_us
+                    + ctx.config.recovery_stagger_us * ctx.rank as u64,
+            );
+            return;
+        }
+        drive.retransmits += 1;
+        drive.deadline_us = now_us + ctx.config.retransmit_us;
+        for site in sites_of(sites) {
+            let mut pre_commit = drive.round_pc.clone();
+            let mut pre_abort = drive.round_pa.clone();
+            pre_commit.intersect_with(&open);
+            pre_abort.intersect_with(&open);
+            if drive.phase == Phase::Normal {
+                match drive.yes_by.iter().find(|(s, _)| *s == site) {
+                    Some((_, yes)) => pre_commit.intersect_with(yes),
+                    None if ctx.replica_mask & site.bit() == 0 => continue,
+                    None if ctx.config.termination == Termination::NaiveUnsafe => continue,
+                    None => {}
+                }
+            }
+            let member_of = |index: u32| {
+                ctx.replica_mask & site.bit() != 0
+                    || self.m.desc.members[index as usize] & site.bit() != 0
+            };
+            let missing = pre_commit
+                .iter()
+                .chain(pre_abort.iter())
+                .any(|i| member_of(i) && drive.acks[i as usize] & site.bit() == 0);
+            if missing {
+                let part = Part::Round {
+                    batch,
+                    elected: drive.elected,
+                    pre_commit,
+                    pre_abort,
+                    desc: Some(Arc::clone(&desc)),
+                };
+                ctx.log.send_after(self.m.last_seq, site, part, out);
+            }
+        }
+    }
+
+    /// Recovery steps 1–2: raise `last_elected` (durable before ELECT leaves) and
+    /// collect every site's states.
+    fn start_recovery(&mut self, ctx: &mut Ctx<'_>, now_us: u64, out: &mut Output) {
+        let elected = self.m.elected.max(self.max_seen_elected) + 1;
+        self.m.elected = elected;
+        self.m.elected_by = ctx.me;
+        ctx.log.discard_stale(self.m.desc.batch, elected);
+        let record = Record::Elected {
+            batch: self.m.desc.batch,
+            elected,
+            by: ctx.me,
+        };
+        self.m.last_seq = ctx.log.append(record, out);
+        ctx.log.force(out);
+        let len = self.len();
+        let mut drive = Drive::new(
+            elected,
+            Phase::Collect,
+            len,
+            now_us + ctx.config.collect_timeout_us,
+        );
+        if ctx.config.termination == Termination::E3pc {
+            for index in 0..len {
+                let i = index as usize;
+                aggregate(
+                    &mut drive,
+                    index,
+                    ctx.me,
+                    self.m.state[i],
+                    self.m.attempt[i],
+                );
+            }
+        }
+        self.drive = Some(drive);
+        let desc = desc_of(&self.m);
+        for site in sites_of(self.sites(ctx) & !ctx.me.bit()) {
+            ctx.log.send_after(
+                self.m.last_seq,
+                site,
+                Part::Elect {
+                    desc: Arc::clone(&desc),
+                    elected,
+                },
+                out,
+            );
+        }
+    }
+
+    fn on_elect_ack(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        now_us: u64,
+        from: SiteId,
+        elected: u32,
+        states: &[(State, u32)],
+        out: &mut Output,
+    ) {
+        let all_sites = self.sites(ctx);
+        let Some(drive) = self.drive.as_mut() else {
+            return;
+        };
+        if drive.phase != Phase::Collect
+            || drive.elected != elected
+            || states.len() != self.m.state.len()
+        {
+            return;
+        }
+        if drive.responders & from.bit() != 0 || all_sites & from.bit() == 0 {
+            return;
+        }
+        drive.responders |= from.bit();
+        let replica = ctx.replica_mask & from.bit() != 0;
+        if replica && ctx.config.termination == Termination::NaiveUnsafe {
+            return;
+        }
+        for (index, &(state, attempt)) in states.iter().enumerate() {
+            if replica || self.m.desc.members[index] & from.bit() != 0 {
+                aggregate(drive, index as u32, from, state, attempt);
+            }
+        }
+        if drive.responders | ctx.me.bit() == all_sites {
+            self.decide_collected(ctx, now_us, out);
+        }
+    }
+
+    /// Recovery step 3, per transaction (DESIGN §2): any A → abort; any C → commit;
+    /// a quorum whose highest attempt is all PC → PRE-COMMIT round; a quorum → PRE-ABORT
+    /// round; else wait and retry. The naive rule decides without quorum or round.
+    fn decide_collected(&mut self, ctx: &mut Ctx<'_>, now_us: u64, out: &mut Output) {
+        let len = self.len();
+        let Some(drive) = self.drive.take() else {
+            return;
+        };
+        let mut sets = [
+            TxnSet::empty(len),
+            TxnSet::empty(len),
+            TxnSet::empty(len),
+            TxnSet::empty(len),
+        ];
+        let mut unresolved = false;
+        for index in 0..len {
+            if self.m.state[index as usize].is_final() {
+                continue;
+            }
+            let slot = match ctx.config.termination {
+                Termination::E3pc => e3pc_rule(self, ctx, &drive, index),
+                Termination::NaiveUnsafe => Some(naive_rule(&drive, index)),
+            };
+            match slot {
+                Some(slot) => sets[slot].insert(index),
+                None => unresolved = true,
+            }
+        }
+        let [commit, abort, pre_commit, pre_abort] = sets;
+        self.drive = Some(drive);
+        self.decide(ctx, Outcome::Commit, commit, out);
+        self.decide(ctx, Outcome::Abort, abort, out);
+        if pre_commit.is_empty() && pre_abort.is_empty() {
+            self.drive = None;
+            if unresolved {
+                self.back_off(ctx, now_us);
+            }
+            return;
+        }
+        self.start_recovery_round(ctx, now_us, pre_commit, pre_abort, out);
+    }
+
+    fn back_off(&mut self, ctx: &Ctx<'_>, now_us: u64) {
+        self.m.backoff_shift = (self.m.backoff_shift + 1).min(ctx.config.backoff_shift_max);
+        let delay = (ctx.config.collect_timeout_us << self.m.backoff_shift)
+            + ctx.config.recovery_stagger_us * ctx.rank as u64;
+        self.m.arm(now_us + delay);
+    }
+
+    /// Recovery step 4: log our own PC / PA at attempt `elected` (forced), then ask
+    /// every site to do the same; decide once a quorum acknowledged.
+    fn start_recovery_round(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        now_us: u64,
+        pre_commit: TxnSet,
+        pre_abort: TxnSet,
+        out: &mut Output,
+    ) {
+        let elected = self.m.elected;
+        self.m
+            .transition(ctx.log, State::PreCommit, elected, pre_commit.clone(), out);
+        self.m
+            .transition(ctx.log, State::PreAbort, elected, pre_abort.clone(), out);
+        let seq = self.m.last_seq;
+        let len = self.len();
+        let mut drive = Drive::new(
+            elected,
+            Phase::Round,
+            len,
+            now_us + ctx.config.retransmit_us,
+        );
+        for index in pre_commit.iter().chain(pre_abort.iter()) {
+            drive.acks[index as usize] = ctx.me.bit();
+        }
+        drive.round_pc = pre_commit.clone();
+        drive.round_pa = pre_abort.clone();
+        self.drive = Some(drive);
+        let desc = desc_of(&self.m);
+        let batch = self.m.desc.batch;
+        for site in sites_of(self.sites(ctx) & !ctx.me.bit()) {
+            let part = Part::Round {
+                batch,
+                elected,
+                pre_commit: pre_commit.clone(),
+                pre_abort: pre_abort.clone(),
+                desc: Some(Arc::clone(&desc)),
+            };
+            ctx.log.send_after(seq, site, part, out);
+        }
+        let mut candidates = pre_commit;
+        candidates.union_with(&pre_abort);
+        self.check_round(ctx, &candidates, out);
+    }
+}
+
+fn aggregate(drive: &mut Drive, index: u32, from: SiteId, state: State, attempt: u32) {
+    let i = index as usize;
+    drive.responded[i] |= from.bit();
+    match state {
+        State::Commit => drive.any_commit.insert(index),
+        State::Abort => drive.any_abort.insert(index),
+        State::PreCommit => drive.any_pc.insert(index),
+        _ => {}
+    }
+    let is_pc = state == State::PreCommit;
+    if attempt > drive.max_attempt[i] {
+        drive.max_attempt[i] = attempt;
+        if is_pc {
+            drive.max_all_pc.insert(index);
+        } else {
+            drive.max_all_pc.remove(index);
+        }
+    } else if attempt == drive.max_attempt[i] && !is_pc {
+        drive.max_all_pc.remove(index);
+    }
+}
+
+/// Slots: 0 commit, 1 abort, 2 PRE-COMMIT round, 3 PRE-ABORT round.
+fn e3pc_rule(batch: &CoordBatch, ctx: &Ctx<'_>, drive: &Drive, index: u32) -> Option<usize> {
+    if drive.any_abort.contains(index) {
+        return Some(1);
+    }
+    if drive.any_commit.contains(index) {
+        return Some(0);
+    }
+    if !is_quorum(drive.responded[index as usize], batch.group(ctx, index)) {
+        return None;
+    }
+    let committable = drive.max_attempt[index as usize] > 0 && drive.max_all_pc.contains(index);
+    Some(if committable { 2 } else { 3 })
+}
+
+/// The seed's unsafe rule: any C or PC → commit, any A or all prepared → abort.
+fn naive_rule(drive: &Drive, index: u32) -> usize {
+    if drive.any_abort.contains(index) {
+        1
+    } else if drive.any_commit.contains(index) || drive.any_pc.contains(index) {
+        0
+    } else {
+        1
+    }
+}

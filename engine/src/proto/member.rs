@@ -1,0 +1,424 @@
+//! What every site does for a batch it is a member of, whatever its role: keep the
+//! per-transaction E3PC state (`state`, `last_attempt`, the batch's `last_elected`),
+//! join elections, take part in PRE-COMMIT / PRE-ABORT rounds and learn decisions,
+//! logging each change before any message that depends on it leaves.
+
+use std::sync::Arc;
+
+use super::msg::{Part, ELECTED_INITIAL};
+use super::record::Record;
+use super::rm::Reason;
+use super::types::{AppendSeq, BatchId, DescriptorRef, SiteId, State, TxnSet};
+use super::{Outgoing, Output, Termination};
+
+/// The site's append sequence and the messages waiting for durability.
+#[derive(Debug)]
+pub(crate) struct Log {
+    next_seq: u64,
+    durable_seq: u64,
+    /// Parts that may leave once `durable_seq >= seq`. Short: one entry per
+    /// destination per batch step, released on every `on_durable`.
+    held: Vec<(u64, Outgoing)>,
+}
+
+impl Log {
+    pub(crate) fn new() -> Log {
+        Log {
+            next_seq: 1,
+            durable_seq: 0,
+            held: Vec::new(),
+        }
+    }
+
+    /// Queues a record for the WAL and returns its sequence number.
+    pub(crate) fn append(&mut self, record: Record, out: &mut Output) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        out.appends.push((AppendSeq(seq), record));
+        seq
+    }
+
+    /// Asks the driver to sync everything appended so far.
+    pub(crate) fn force(&mut self, out: &mut Output) {
+        if self.next_seq - 1 > self.durable_seq {
+            out.sync_upto = Some(AppendSeq(self.next_seq - 1));
+        }
+    }
+
+    /// Sends `part` now if `seq` is durable, else when it becomes durable.
+    pub(crate) fn send_after(&mut self, seq: u64, to: SiteId, part: Part, out: &mut Output) {
+        if seq <= self.durable_seq {
+            out.send(to, part);
+        } else {
+            self.held.push((seq, Outgoing { to, part }));
+        }
+    }
+
+    /// Drops held parts about `batch` stamped with an election older than `elected`:
+    /// a site that joined a newer election must not answer an older one late.
+    pub(crate) fn discard_stale(&mut self, batch: BatchId, elected: u32) {
+        self.held.retain(|(_, outgoing)| {
+            let stamp = match &outgoing.part {
+                Part::Round { elected, .. }
+                | Part::RoundAck { elected, .. }
+                | Part::ElectAck { elected, .. } => *elected,
+                Part::Votes { .. } | Part::Prepare { .. } => ELECTED_INITIAL,
+                _ => return true,
+            };
+            outgoing.part.batch() != batch || stamp >= elected
+        });
+    }
+
+    /// Records that every append up to `upto` is durable and releases what waited.
+    pub(crate) fn on_durable(&mut self, upto: AppendSeq, out: &mut Output) {
+        let upto = upto.0.min(self.next_seq - 1);
+        if upto <= self.durable_seq {
+            return;
+        }
+        self.durable_seq = upto;
+        let mut index = 0;
+        while index < self.held.len() {
+            if self.held[index].0 <= upto {
+                let (_, outgoing) = self.held.remove(index);
+                out.sends.push(outgoing);
+            } else {
+                index += 1;
+            }
+        }
+    }
+}
+
+/// One site's view of one batch.
+#[derive(Debug)]
+pub(crate) struct Member {
+    pub desc: DescriptorRef,
+    pub state: Vec<State>,
+    pub attempt: Vec<u32>,
+    /// `last_elected` for the whole batch: recovery runs per batch.
+    pub elected: u32,
+    /// Who runs election `elected`: a repeated ELECT from it is a duplicate.
+    pub elected_by: SiteId,
+    /// The latest record about this batch: acknowledgements wait for it.
+    pub last_seq: u64,
+    /// When this site next chases the batch (`u64::MAX`: not armed).
+    pub deadline_us: u64,
+    /// Doubling factor (as a shift) of the chase period.
+    pub backoff_shift: u32,
+    /// A participant's no votes with their reasons, to repeat VOTES faithfully.
+    pub no_reasons: Vec<(u32, Reason)>,
+    /// Replicas witness every transaction; a participant only its own.
+    replica: bool,
+    me: SiteId,
+}
+
+/// The transactions a DECIDE newly settled at this site.
+pub(crate) struct Settled {
+    pub committed: TxnSet,
+    pub aborted: TxnSet,
+}
+
+impl Member {
+    pub(crate) fn new(desc: DescriptorRef, me: SiteId, replica: bool, first: SiteId) -> Member {
+        let len = desc.txns.len();
+        Member {
+            desc,
+            state: vec![State::Q; len],
+            attempt: vec![0; len],
+            elected: ELECTED_INITIAL,
+            elected_by: first,
+            last_seq: 0,
+            deadline_us: u64::MAX,
+            backoff_shift: 0,
+            no_reasons: Vec::new(),
+            replica,
+            me,
+        }
+    }
+
+    pub(crate) fn len(&self) -> u32 {
+        self.desc.len()
+    }
+
+    /// True if this site is in transaction `index`'s commit group.
+    pub(crate) fn is_member(&self, index: u32) -> bool {
+        self.replica || self.desc.members[index as usize] & self.me.bit() != 0
+    }
+
+    /// True if some transaction is still open here (W, PC or PA).
+    pub(crate) fn has_pending(&self) -> bool {
+        self.state.iter().any(|state| state.is_pending())
+    }
+
+    /// True if every transaction this site is in is decided here.
+    pub(crate) fn all_final(&self) -> bool {
+        (0..self.len()).all(|i| !self.is_member(i) || self.state[i as usize].is_final())
+    }
+
+    /// Arms the chase timer unless it is armed earlier already.
+    pub(crate) fn arm(&mut self, at_us: u64) {
+        self.deadline_us = self.deadline_us.min(at_us);
+    }
+
+    /// Moves `txns` to `state` at `attempt` and logs it (forced for PC/PA).
+    pub(crate) fn transition(
+        &mut self,
+        log: &mut Log,
+        state: State,
+        attempt: u32,
+        txns: TxnSet,
+        out: &mut Output,
+    ) {
+        if txns.is_empty() {
+            return;
+        }
+        for index in txns.iter() {
+            self.state[index as usize] = state;
+            if !state.is_final() {
+                self.attempt[index as usize] = attempt;
+            }
+        }
+        let record = Record::Transition {
+            batch: self.desc.batch,
+            state,
+            attempt,
+            elected: self.elected,
+            txns,
+        };
+        self.last_seq = log.append(record, out);
+        if !state.is_final() {
+            log.force(out);
+        }
+    }
+
+    /// ELECT from a recovery coordinator: join if the election is newer, then report
+    /// the states once the raised `last_elected` is durable; else reject (fencing).
+    pub(crate) fn on_elect(
+        &mut self,
+        log: &mut Log,
+        termination: Termination,
+        from: SiteId,
+        elected: u32,
+        out: &mut Output,
+    ) {
+        let duplicate = elected == self.elected && from == self.elected_by;
+        let fenced = termination == Termination::E3pc;
+        if elected < self.elected || (elected == self.elected && !duplicate && fenced) {
+            let part = Part::Reject {
+                batch: self.desc.batch,
+                elected: self.elected,
+            };
+            out.send(from, part);
+            return;
+        }
+        if elected > self.elected {
+            self.elected = elected;
+            self.elected_by = from;
+            log.discard_stale(self.desc.batch, elected);
+            let record = Record::Elected {
+                batch: self.desc.batch,
+                elected,
+                by: from,
+            };
+            self.last_seq = log.append(record, out);
+            log.force(out);
+        }
+        let states = self
+            .state
+            .iter()
+            .copied()
+            .zip(self.attempt.iter().copied())
+            .collect();
+        let part = Part::ElectAck {
+            batch: self.desc.batch,
+            elected,
+            states,
+        };
+        log.send_after(self.last_seq, from, part, out);
+    }
+
+    /// A PRE-COMMIT / PRE-ABORT round at attempt `elected`. Decided transactions are
+    /// answered with their decision instead of an acknowledgement.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn on_round(
+        &mut self,
+        log: &mut Log,
+        termination: Termination,
+        from: SiteId,
+        elected: u32,
+        pre_commit: &TxnSet,
+        pre_abort: &TxnSet,
+        now_us: u64,
+        pending_timeout_us: u64,
+        out: &mut Output,
+    ) {
+        let len = self.len();
+        if pre_commit.universe() != len || pre_abort.universe() != len {
+            return;
+        }
+        if elected < self.elected && termination == Termination::E3pc {
+            let part = Part::Reject {
+                batch: self.desc.batch,
+                elected: self.elected,
+            };
+            out.send(from, part);
+            return;
+        }
+        if elected > self.elected {
+            // Raising the counter is itself durable before anything depends on it,
+            // even if no transaction changes state below.
+            self.elected = elected;
+            self.elected_by = from;
+            log.discard_stale(self.desc.batch, elected);
+            let record = Record::Elected {
+                batch: self.desc.batch,
+                elected,
+                by: from,
+            };
+            self.last_seq = log.append(record, out);
+            log.force(out);
+        }
+        let mut acked = [TxnSet::empty(len), TxnSet::empty(len)];
+        let mut changed = [TxnSet::empty(len), TxnSet::empty(len)];
+        let mut decided = [TxnSet::empty(len), TxnSet::empty(len)];
+        for (slot, (set, state)) in [(pre_commit, State::PreCommit), (pre_abort, State::PreAbort)]
+            .into_iter()
+            .enumerate()
+        {
+            for index in set.iter() {
+                if !self.is_member(index) {
+                    continue;
+                }
+                match self.state[index as usize] {
+                    State::Commit => decided[0].insert(index),
+                    State::Abort => decided[1].insert(index),
+                    current => {
+                        if current != state || self.attempt[index as usize] != elected {
+                            changed[slot].insert(index);
+                        }
+                        acked[slot].insert(index);
+                    }
+                }
+            }
+        }
+        let [changed_pc, changed_pa] = changed;
+        self.transition(log, State::PreCommit, elected, changed_pc, out);
+        self.transition(log, State::PreAbort, elected, changed_pa, out);
+        if self.has_pending() {
+            self.arm(now_us + pending_timeout_us);
+        }
+        let [commit, abort] = decided;
+        if !commit.is_empty() || !abort.is_empty() {
+            out.send(
+                from,
+                Part::Decide {
+                    batch: self.desc.batch,
+                    commit,
+                    abort,
+                },
+            );
+        }
+        let [pre_commit, pre_abort] = acked;
+        if !pre_commit.is_empty() || !pre_abort.is_empty() {
+            let part = Part::RoundAck {
+                batch: self.desc.batch,
+                elected,
+                pre_commit,
+                pre_abort,
+            };
+            log.send_after(self.last_seq, from, part, out);
+        }
+    }
+
+    /// A DECIDE: settle every open member transaction it names (unforced: presumed
+    /// abort, and a committed site that forgets learns the commit again).
+    pub(crate) fn on_decide(
+        &mut self,
+        log: &mut Log,
+        commit: &TxnSet,
+        abort: &TxnSet,
+        out: &mut Output,
+    ) -> Option<Settled> {
+        let len = self.len();
+        if commit.universe() != len || abort.universe() != len {
+            return None;
+        }
+        let mut settled = Settled {
+            committed: TxnSet::empty(len),
+            aborted: TxnSet::empty(len),
+        };
+        for index in commit.iter().filter(|&i| self.is_member(i)) {
+            if !self.state[index as usize].is_final() {
+                settled.committed.insert(index);
+            }
+        }
+        for index in abort.iter().filter(|&i| self.is_member(i)) {
+            if !self.state[index as usize].is_final() && !settled.committed.contains(index) {
+                settled.aborted.insert(index);
+            }
+        }
+        self.transition(log, State::Commit, 0, settled.committed.clone(), out);
+        self.transition(log, State::Abort, 0, settled.aborted.clone(), out);
+        if !self.has_pending() {
+            self.deadline_us = u64::MAX;
+        }
+        Some(settled)
+    }
+
+    /// The decided transactions, for answering HELP.
+    pub(crate) fn decided_sets(&self) -> (TxnSet, TxnSet) {
+        let len = self.len();
+        let mut commit = TxnSet::empty(len);
+        let mut abort = TxnSet::empty(len);
+        for (index, state) in self.state.iter().enumerate() {
+            match state {
+                State::Commit => commit.insert(index as u32),
+                State::Abort => abort.insert(index as u32),
+                _ => {}
+            }
+        }
+        (commit, abort)
+    }
+
+    /// Replays a recovered `Elected` or `Transition` record. The `last_seq` of a
+    /// recovered batch stays 0: everything recovered is durable.
+    pub(crate) fn replay(
+        &mut self,
+        record: &Record,
+    ) -> Result<Option<(State, TxnSet)>, &'static str> {
+        match record {
+            Record::Elected { elected, by, .. } => {
+                if *elected < self.elected {
+                    return Err("last_elected decreased in the log");
+                }
+                self.elected = *elected;
+                self.elected_by = *by;
+                Ok(None)
+            }
+            Record::Transition {
+                state,
+                attempt,
+                elected,
+                txns,
+                ..
+            } => {
+                if txns.universe() != self.len() {
+                    return Err("transition over a different batch size");
+                }
+                self.elected = self.elected.max(*elected);
+                for index in txns.iter() {
+                    self.state[index as usize] = *state;
+                    if !state.is_final() {
+                        self.attempt[index as usize] = *attempt;
+                    }
+                }
+                Ok(Some((*state, txns.clone())))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Shares one descriptor between the batch map and the messages that carry it.
+pub(crate) fn desc_of(member: &Member) -> DescriptorRef {
+    Arc::clone(&member.desc)
+}

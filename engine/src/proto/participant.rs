@@ -1,0 +1,434 @@
+//! The participant role: prepares batches on its resource manager, votes once the
+//! votes are durable, takes part in rounds and elections, applies decisions, and asks
+//! the coordinator replicas for help when a decision is late.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::member::{desc_of, Log, Member};
+use super::msg::{Part, ELECTED_INITIAL};
+use super::record::Record;
+use super::rm::{Op, ResourceManager, TxnId, Vote};
+use super::types::{AppendSeq, BatchId, DescriptorRef, SiteId, State, TxnSet};
+use super::{Output, ProtoConfig, ProtoError};
+
+/// A participant site wrapping a resource manager `R`.
+pub struct Participant<R> {
+    config: ProtoConfig,
+    me: SiteId,
+    rm: R,
+    log: Log,
+    batches: HashMap<BatchId, Member>,
+    /// Reused buffers: the hot path allocates per batch, never per transaction.
+    votes: Vec<Vote>,
+    txn_ids: Vec<TxnId>,
+}
+
+impl<R: ResourceManager> Participant<R> {
+    /// A fresh participant with an empty log.
+    pub fn new(config: ProtoConfig, me: SiteId, rm: R) -> Result<Self, ProtoError> {
+        config.validate()?;
+        if config.replica_mask() & me.bit() != 0 {
+            return Err(ProtoError::Config("a participant id is also a replica id"));
+        }
+        Ok(Participant {
+            config,
+            me,
+            rm,
+            log: Log::new(),
+            batches: HashMap::new(),
+            votes: Vec::new(),
+            txn_ids: Vec::new(),
+        })
+    }
+
+    /// Rebuilds a participant from the records that survived a crash, in log order,
+    /// replaying `rm` (which must start empty) exactly as it was driven before.
+    /// Batches still open get their chase timer armed from `now_us`.
+    pub fn recover<'a>(
+        config: ProtoConfig,
+        me: SiteId,
+        rm: R,
+        records: impl IntoIterator<Item = &'a Record>,
+        now_us: u64,
+    ) -> Result<Self, ProtoError> {
+        let mut participant = Participant::new(config, me, rm)?;
+        for record in records {
+            participant.replay(record)?;
+        }
+        let timeout = participant.config.pending_timeout_us;
+        for member in participant.batches.values_mut() {
+            if member.has_pending() {
+                member.arm(now_us + timeout);
+            }
+        }
+        Ok(participant)
+    }
+
+    fn replay(&mut self, record: &Record) -> Result<(), ProtoError> {
+        match record {
+            Record::Incarnation { .. } => {
+                Err(ProtoError::BadLog("incarnation in a participant log"))
+            }
+            Record::Begin { desc } => {
+                self.member_for(desc);
+                Ok(())
+            }
+            Record::Prepared { desc, ops, votes } => self.replay_prepared(desc, ops, votes),
+            Record::Elected { batch, .. } | Record::Transition { batch, .. } => {
+                let member = self
+                    .batches
+                    .get_mut(batch)
+                    .ok_or(ProtoError::BadLog("record before its batch"))?;
+                let settled = member.replay(record).map_err(ProtoError::BadLog)?;
+                if let Some((state, txns)) = settled {
+                    apply_to_rm(&mut self.rm, &mut self.txn_ids, member, state, &txns);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn replay_prepared(
+        &mut self,
+        desc: &DescriptorRef,
+        ops: &[Op],
+        votes: &[Vote],
+    ) -> Result<(), ProtoError> {
+        if self.batches.contains_key(&desc.batch) {
+            return Err(ProtoError::BadLog("batch prepared twice"));
+        }
+        let mine = self.my_indices(desc);
+        if mine.len() != ops.len() || votes.len() != ops.len() {
+            return Err(ProtoError::BadLog(
+                "prepared record does not match its descriptor",
+            ));
+        }
+        self.votes.clear();
+        self.rm.prepare(ops, &mut self.votes);
+        if self.votes.as_slice() != votes {
+            return Err(ProtoError::ReplayDiverged { batch: desc.batch });
+        }
+        let mut member = Member::new(Arc::clone(desc), self.me, false, self.config.replicas[0]);
+        for (&index, vote) in mine.iter().zip(votes) {
+            member.state[index as usize] = vote_state(*vote);
+            if let Vote::No(reason) = vote {
+                member.no_reasons.push((index, *reason));
+            }
+        }
+        self.batches.insert(desc.batch, member);
+        Ok(())
+    }
+
+    /// The resource manager (read access, e.g. for checks and dumps).
+    pub fn rm(&self) -> &R {
+        &self.rm
+    }
+
+    /// This site's id.
+    pub fn id(&self) -> SiteId {
+        self.me
+    }
+
+    /// The site's state for transaction `index` of `batch`, if it knows the batch.
+    pub fn txn_state(&self, batch: BatchId, index: u32) -> Option<(State, u32)> {
+        let member = self.batches.get(&batch)?;
+        let i = index as usize;
+        Some((*member.state.get(i)?, member.attempt[i]))
+    }
+
+    /// The batches this site knows, in no particular order.
+    pub fn batch_ids(&self) -> impl Iterator<Item = BatchId> + '_ {
+        self.batches.keys().copied()
+    }
+
+    /// Call when a message part arrives from `from`.
+    pub fn handle_message(&mut self, now_us: u64, from: SiteId, part: Part, out: &mut Output) {
+        match part {
+            Part::Prepare { desc, ops } => self.on_prepare(now_us, from, desc, &ops, out),
+            Part::Round {
+                batch,
+                elected,
+                pre_commit,
+                pre_abort,
+                desc,
+            } => {
+                if !self.known_or_adopt(batch, desc.as_ref(), out) {
+                    return;
+                }
+                let Some(member) = self.batches.get_mut(&batch) else {
+                    return;
+                };
+                let timeout = self.config.pending_timeout_us;
+                let termination = self.config.termination;
+                member.on_round(
+                    &mut self.log,
+                    termination,
+                    from,
+                    elected,
+                    &pre_commit,
+                    &pre_abort,
+                    now_us,
+                    timeout,
+                    out,
+                );
+            }
+            Part::Decide {
+                batch,
+                commit,
+                abort,
+            } => self.on_decide(batch, &commit, &abort, out),
+            Part::Elect { desc, elected } => {
+                let batch = desc.batch;
+                if !self.known_or_adopt(batch, Some(&desc), out) {
+                    return;
+                }
+                let Some(member) = self.batches.get_mut(&batch) else {
+                    return;
+                };
+                member.on_elect(&mut self.log, self.config.termination, from, elected, out);
+            }
+            Part::Votes { .. }
+            | Part::RoundAck { .. }
+            | Part::ElectAck { .. }
+            | Part::Reject { .. }
+            | Part::Help { .. } => {}
+        }
+    }
+
+    /// Call when the WAL is durable up to `upto` (see [`AppendSeq`]).
+    pub fn handle_durable(&mut self, _now_us: u64, upto: AppendSeq, out: &mut Output) {
+        self.log.on_durable(upto, out);
+    }
+
+    /// The instant at which [`Participant::handle_timeout`] must be called, if any.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.batches
+            .values()
+            .map(|member| member.deadline_us)
+            .min()
+            .filter(|&at| at != u64::MAX)
+    }
+
+    /// Call when the instant returned by `poll_timeout` has passed: asks the
+    /// replicas to finish every batch whose decision is late.
+    pub fn handle_timeout(&mut self, now_us: u64, out: &mut Output) {
+        let replicas = self.config.replicas.clone();
+        for member in self.batches.values_mut() {
+            if member.deadline_us > now_us {
+                continue;
+            }
+            if !member.has_pending() {
+                member.deadline_us = u64::MAX;
+                continue;
+            }
+            for &replica in &replicas {
+                out.send(
+                    replica,
+                    Part::Help {
+                        desc: desc_of(member),
+                    },
+                );
+            }
+            member.backoff_shift = (member.backoff_shift + 1).min(self.config.backoff_shift_max);
+            member.deadline_us = now_us + (self.config.pending_timeout_us << member.backoff_shift);
+        }
+    }
+
+    fn my_indices(&self, desc: &DescriptorRef) -> Vec<u32> {
+        let bit = self.me.bit();
+        (0..desc.len())
+            .filter(|&i| desc.members[i as usize] & bit != 0)
+            .collect()
+    }
+
+    fn on_prepare(
+        &mut self,
+        now_us: u64,
+        from: SiteId,
+        desc: DescriptorRef,
+        ops: &[Op],
+        out: &mut Output,
+    ) {
+        if let Some(member) = self.batches.get(&desc.batch) {
+            // A repeated PREPARE: repeat the votes if this site is still at election 1
+            // and prepared the batch; otherwise the newer election fences it.
+            if member.elected > ELECTED_INITIAL {
+                let part = Part::Reject {
+                    batch: desc.batch,
+                    elected: member.elected,
+                };
+                out.send(from, part);
+            } else if let Some(part) = self.votes_part(member) {
+                let seq = member.last_seq;
+                self.log.send_after(seq, from, part, out);
+            }
+            return;
+        }
+        if !desc.is_well_formed() || !self.ops_match(&desc, ops) {
+            return;
+        }
+        self.votes.clear();
+        self.rm.prepare(ops, &mut self.votes);
+        if self.votes.len() != ops.len() {
+            // A resource manager that breaks its contract gets no yes from us.
+            self.votes
+                .resize(ops.len(), Vote::No(super::rm::Reason::MALFORMED));
+            self.votes.truncate(ops.len());
+        }
+        let mut member = Member::new(Arc::clone(&desc), self.me, false, self.config.replicas[0]);
+        let mut any_yes = false;
+        for (index, vote) in self.my_indices(&desc).into_iter().zip(&self.votes) {
+            member.state[index as usize] = vote_state(*vote);
+            any_yes |= *vote == Vote::Yes;
+            if let Vote::No(reason) = vote {
+                member.no_reasons.push((index, *reason));
+            }
+        }
+        let record = Record::Prepared {
+            desc: Arc::clone(&desc),
+            ops: ops.into(),
+            votes: self.votes.clone(),
+        };
+        member.last_seq = self.log.append(record, out);
+        if any_yes {
+            self.log.force(out);
+            member.arm(now_us + self.config.pending_timeout_us);
+        }
+        let part = self.votes_part(&member);
+        // Only a yes promises something: no and read-only votes may leave at once.
+        let seq = if any_yes { member.last_seq } else { 0 };
+        self.batches.insert(desc.batch, member);
+        if let Some(part) = part {
+            self.log.send_after(seq, from, part, out);
+        }
+    }
+
+    fn ops_match(&self, desc: &DescriptorRef, ops: &[Op]) -> bool {
+        let bit = self.me.bit();
+        let mut mine = desc
+            .txns
+            .iter()
+            .zip(&desc.members)
+            .filter(|(_, mask)| *mask & bit != 0);
+        let all_match = ops
+            .iter()
+            .all(|op| mine.next().is_some_and(|(txn, _)| *txn == op.txn));
+        all_match && mine.next().is_none()
+    }
+
+    /// The VOTES part for a batch this site prepared (`None` if it holds no vote).
+    fn votes_part(&self, member: &Member) -> Option<Part> {
+        let len = member.len();
+        let mut yes = TxnSet::empty(len);
+        let mut read_only = TxnSet::empty(len);
+        let no = member.no_reasons.clone();
+        let mut voted_no = TxnSet::empty(len);
+        for &(index, _) in &no {
+            voted_no.insert(index);
+        }
+        for index in 0..len {
+            if !member.is_member(index) || voted_no.contains(index) {
+                continue;
+            }
+            match member.state[index as usize] {
+                State::Q => read_only.insert(index),
+                // Aborted since by a decision: the vote was yes.
+                _ => yes.insert(index),
+            }
+        }
+        Some(Part::Votes {
+            batch: member.desc.batch,
+            yes,
+            read_only,
+            no,
+        })
+    }
+
+    /// Makes sure the batch is known, adopting (and logging) the descriptor a round or
+    /// election carries; false if the batch is unknown and cannot be adopted.
+    fn known_or_adopt(
+        &mut self,
+        batch: BatchId,
+        desc: Option<&DescriptorRef>,
+        out: &mut Output,
+    ) -> bool {
+        if self.batches.contains_key(&batch) {
+            return true;
+        }
+        let Some(desc) = desc.filter(|desc| desc.batch == batch && desc.is_well_formed()) else {
+            return false;
+        };
+        self.member_for(desc);
+        let seq = self.log.append(
+            Record::Begin {
+                desc: Arc::clone(desc),
+            },
+            out,
+        );
+        if let Some(member) = self.batches.get_mut(&batch) {
+            member.last_seq = seq;
+        }
+        true
+    }
+
+    fn member_for(&mut self, desc: &DescriptorRef) {
+        let first = self.config.replicas[0];
+        let me = self.me;
+        self.batches
+            .entry(desc.batch)
+            .or_insert_with(|| Member::new(Arc::clone(desc), me, false, first));
+    }
+
+    fn on_decide(&mut self, batch: BatchId, commit: &TxnSet, abort: &TxnSet, out: &mut Output) {
+        let Some(member) = self.batches.get_mut(&batch) else {
+            return;
+        };
+        let Some(settled) = member.on_decide(&mut self.log, commit, abort, out) else {
+            return;
+        };
+        apply_to_rm(
+            &mut self.rm,
+            &mut self.txn_ids,
+            member,
+            State::Commit,
+            &settled.committed,
+        );
+        apply_to_rm(
+            &mut self.rm,
+            &mut self.txn_ids,
+            member,
+            State::Abort,
+            &settled.aborted,
+        );
+    }
+}
+
+/// Hands settled transactions to the resource manager, in batch order, exactly as the
+/// matching `Transition` record will replay them.
+fn apply_to_rm<R: ResourceManager>(
+    rm: &mut R,
+    ids: &mut Vec<TxnId>,
+    member: &Member,
+    state: State,
+    txns: &TxnSet,
+) {
+    if txns.is_empty() || !state.is_final() {
+        return;
+    }
+    ids.clear();
+    ids.extend(txns.iter().map(|index| member.desc.txns[index as usize]));
+    match state {
+        State::Commit => rm.commit(ids),
+        _ => rm.abort(ids),
+    }
+}
+
+/// A vote's state: yes waits, no is aborted at once, read-only leaves (stays Q).
+fn vote_state(vote: Vote) -> State {
+    match vote {
+        Vote::Yes => State::W,
+        Vote::No(_) => State::Abort,
+        Vote::ReadOnly => State::Q,
+    }
+}

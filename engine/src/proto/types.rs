@@ -1,0 +1,344 @@
+//! The small value types every role shares: site and batch ids, the per-transaction
+//! state, the batch descriptor and the transaction bit set.
+
+use std::sync::Arc;
+
+use super::rm::TxnId;
+
+/// The most sites (participants plus coordinator replicas) one deployment may have.
+///
+/// Site sets are `u64` bit masks, so that "who acknowledged transaction i" is one word
+/// and a quorum test is one `count_ones`.
+pub const SITES_MAX: usize = 64;
+
+/// The most transactions one batch may hold: it bounds every allocation a decoder makes
+/// from a length field it read from the wire or the log.
+pub const BATCH_TXNS_MAX: usize = 1 << 16;
+
+/// A site: a coordinator replica or a participant. Ids are below [`SITES_MAX`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct SiteId(pub u8);
+
+impl SiteId {
+    /// This site's bit in a site mask.
+    pub fn bit(self) -> u64 {
+        1u64 << (self.0 as u32 % SITES_MAX as u32)
+    }
+}
+
+/// A batch: `incarnation << 32 | counter` of the coordinator that opened it, so that a
+/// restarted coordinator never reuses an id that participants may still hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct BatchId(pub u64);
+
+/// The site-local sequence number of an append action: dense, starting at 1 for each
+/// state machine instance (a recovered instance starts again at 1).
+///
+/// The driver reports durability as "every append up to this sequence number is
+/// synced". With a log that holds only this machine's records, `lsn = base + seq`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct AppendSeq(pub u64);
+
+/// A site's durable state for one transaction (DESIGN §2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[repr(u8)]
+pub enum State {
+    /// Nothing known or not voted yes (read-only voters and witnesses start here).
+    #[default]
+    Q = 0,
+    /// Voted yes: prepared, waiting.
+    W = 1,
+    /// Pre-committed at some attempt.
+    PreCommit = 2,
+    /// Pre-aborted at some attempt.
+    PreAbort = 3,
+    /// Committed: final.
+    Commit = 4,
+    /// Aborted: final.
+    Abort = 5,
+}
+
+impl State {
+    /// Decodes a state byte; `None` for a value no encoder writes.
+    pub fn from_u8(byte: u8) -> Option<State> {
+        Some(match byte {
+            0 => State::Q,
+            1 => State::W,
+            2 => State::PreCommit,
+            3 => State::PreAbort,
+            4 => State::Commit,
+            5 => State::Abort,
+            _ => return None,
+        })
+    }
+
+    /// Commit and abort never change (invariant 4).
+    pub fn is_final(self) -> bool {
+        matches!(self, State::Commit | State::Abort)
+    }
+
+    /// States that hold a transaction open: the site must chase a decision.
+    pub fn is_pending(self) -> bool {
+        matches!(self, State::W | State::PreCommit | State::PreAbort)
+    }
+}
+
+/// What a transaction finally did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    Commit,
+    Abort,
+}
+
+/// A batch's membership: the transactions, in order, and each one's participants.
+///
+/// Index `i` into `txns` is the transaction's name inside the batch: every message,
+/// record and per-transaction vector uses it, so the hot path never hashes a `TxnId`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Descriptor {
+    pub batch: BatchId,
+    pub txns: Vec<TxnId>,
+    /// Participant site mask per transaction (coordinator replicas are implicit).
+    pub members: Vec<u64>,
+}
+
+impl Descriptor {
+    /// The number of transactions, as the `u32` every set and record uses.
+    pub fn len(&self) -> u32 {
+        self.txns.len() as u32
+    }
+
+    /// True for a batch without transactions (never submitted, but decodable).
+    pub fn is_empty(&self) -> bool {
+        self.txns.is_empty()
+    }
+
+    /// The union of all participants of the batch.
+    pub fn participants(&self) -> u64 {
+        self.members.iter().fold(0, |acc, mask| acc | mask)
+    }
+
+    /// Checks the shape a decoder or a peer could get wrong: equal lengths, bounded
+    /// size, and no transaction without participants.
+    pub fn is_well_formed(&self) -> bool {
+        self.txns.len() == self.members.len()
+            && self.txns.len() <= BATCH_TXNS_MAX
+            && self.members.iter().all(|&mask| mask != 0)
+    }
+}
+
+/// A shared, immutable descriptor: messages and records refer to one allocation.
+pub type DescriptorRef = Arc<Descriptor>;
+
+/// A set of transaction indices within one batch, as a bit set.
+///
+/// Bits at or above `len` are always zero; every constructor keeps that true, so
+/// `count` and equality need no masking.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct TxnSet {
+    len: u32,
+    words: Vec<u64>,
+}
+
+impl TxnSet {
+    /// An empty set for a batch of `len` transactions.
+    pub fn empty(len: u32) -> TxnSet {
+        TxnSet {
+            len,
+            words: vec![0; words_for(len)],
+        }
+    }
+
+    /// The set of all `len` transactions.
+    pub fn full(len: u32) -> TxnSet {
+        let mut set = TxnSet {
+            len,
+            words: vec![u64::MAX; words_for(len)],
+        };
+        set.trim();
+        set
+    }
+
+    /// Builds a set from raw words, rejecting a wrong word count or bits past `len`.
+    pub fn from_words(len: u32, words: Vec<u64>) -> Option<TxnSet> {
+        let set = TxnSet { len, words };
+        if set.words.len() != words_for(len) {
+            return None;
+        }
+        let mut trimmed = set.clone();
+        trimmed.trim();
+        (trimmed == set).then_some(set)
+    }
+
+    fn trim(&mut self) {
+        let tail_bits = self.len % 64;
+        if tail_bits != 0 {
+            if let Some(last) = self.words.last_mut() {
+                *last &= (1u64 << tail_bits) - 1;
+            }
+        }
+    }
+
+    /// The batch size this set is over (not the number of members).
+    pub fn universe(&self) -> u32 {
+        self.len
+    }
+
+    /// The raw words, little-endian bit order within each word.
+    pub fn words(&self) -> &[u64] {
+        &self.words
+    }
+
+    /// Adds transaction `index`; an index outside the batch is ignored.
+    pub fn insert(&mut self, index: u32) {
+        if index < self.len {
+            self.words[(index / 64) as usize] |= 1u64 << (index % 64);
+        }
+    }
+
+    /// Removes transaction `index`.
+    pub fn remove(&mut self, index: u32) {
+        if index < self.len {
+            self.words[(index / 64) as usize] &= !(1u64 << (index % 64));
+        }
+    }
+
+    /// True if transaction `index` is in the set.
+    pub fn contains(&self, index: u32) -> bool {
+        index < self.len && self.words[(index / 64) as usize] & (1u64 << (index % 64)) != 0
+    }
+
+    /// True if no transaction is in the set.
+    pub fn is_empty(&self) -> bool {
+        self.words.iter().all(|&word| word == 0)
+    }
+
+    /// The number of transactions in the set.
+    pub fn count(&self) -> u32 {
+        self.words.iter().map(|word| word.count_ones()).sum()
+    }
+
+    /// Empties the set, keeping its universe.
+    pub fn clear(&mut self) {
+        self.words.iter_mut().for_each(|word| *word = 0);
+    }
+
+    /// `self ∪= other` (sets over different universes are left unchanged).
+    pub fn union_with(&mut self, other: &TxnSet) {
+        if self.len == other.len {
+            self.words
+                .iter_mut()
+                .zip(&other.words)
+                .for_each(|(a, b)| *a |= b);
+        }
+    }
+
+    /// `self ∩= other`; a set over a different universe empties `self`.
+    pub fn intersect_with(&mut self, other: &TxnSet) {
+        if self.len == other.len {
+            self.words
+                .iter_mut()
+                .zip(&other.words)
+                .for_each(|(a, b)| *a &= b);
+        } else {
+            self.clear();
+        }
+    }
+
+    /// `self \= other`.
+    pub fn subtract(&mut self, other: &TxnSet) {
+        if self.len == other.len {
+            self.words
+                .iter_mut()
+                .zip(&other.words)
+                .for_each(|(a, b)| *a &= !b);
+        }
+    }
+
+    /// The indices in increasing order.
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.words
+            .iter()
+            .enumerate()
+            .flat_map(|(word_index, &word)| {
+                BitIter { word }.map(move |bit| word_index as u32 * 64 + bit)
+            })
+    }
+}
+
+fn words_for(len: u32) -> usize {
+    len.div_ceil(64) as usize
+}
+
+struct BitIter {
+    word: u64,
+}
+
+impl Iterator for BitIter {
+    type Item = u32;
+
+    fn next(&mut self) -> Option<u32> {
+        if self.word == 0 {
+            return None;
+        }
+        let bit = self.word.trailing_zeros();
+        self.word &= self.word - 1;
+        Some(bit)
+    }
+}
+
+/// The number of sites in a mask.
+pub fn site_count(mask: u64) -> u32 {
+    mask.count_ones()
+}
+
+/// True if `acked` holds a strict majority of `group`.
+pub fn is_quorum(acked: u64, group: u64) -> bool {
+    (acked & group).count_ones() * 2 > group.count_ones()
+}
+
+/// The sites of a mask, in increasing id order.
+pub fn sites_of(mask: u64) -> impl Iterator<Item = SiteId> {
+    BitIter { word: mask }.map(|bit| SiteId(bit as u8))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves that set operations agree with a naive Vec<bool> model and that bits past
+    // the universe never appear.
+    #[test]
+    fn txn_set_matches_a_bool_model() {
+        let len = 130;
+        let mut set = TxnSet::empty(len);
+        let mut model = vec![false; len as usize];
+        for index in [0u32, 5, 63, 64, 65, 127, 128, 129, 130, 500] {
+            set.insert(index);
+            if index < len {
+                model[index as usize] = true;
+            }
+        }
+        set.remove(64);
+        model[64] = false;
+        let expected: Vec<u32> = (0..len).filter(|&i| model[i as usize]).collect();
+        assert_eq!(set.iter().collect::<Vec<_>>(), expected);
+        assert_eq!(set.count() as usize, expected.len());
+        let full = TxnSet::full(len);
+        assert_eq!(full.count(), len);
+        assert!(TxnSet::from_words(len, full.words().to_vec()).is_some());
+        assert!(TxnSet::from_words(len, vec![u64::MAX; 3]).is_none());
+        assert!(TxnSet::from_words(len, vec![0; 2]).is_none());
+    }
+
+    // Proves the quorum test is a strict majority of the group only.
+    #[test]
+    fn quorum_is_a_strict_majority_of_the_group() {
+        let group = 0b11111;
+        assert!(!is_quorum(0b00011, group));
+        assert!(is_quorum(0b00111, group));
+        assert!(!is_quorum(0b1100000, group));
+        assert!(is_quorum(0b11, 0b111 & !0b100 | 0b11));
+        assert!(!is_quorum(0b1, 0b11));
+    }
+}

@@ -1,0 +1,1153 @@
+//! The simulated world: sites running the real state machines, a WAL model per site
+//! that keeps synced records apart from unsynced ones, a lossy network, a clock, and a
+//! fault schedule. Everything random comes from one seeded [`Rng`].
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::fmt;
+
+use super::bank::{bank_op, Bank};
+use super::check::{Checker, Violation};
+use super::rng::Rng;
+use crate::proto::{
+    AppendSeq, BatchId, BatchInput, Coordinator, Op, Outcome, Output, Part, Participant,
+    ProtoConfig, Record, SiteId, Termination, TxnId, Vote,
+};
+
+/// Events a run may process before it is declared a livelock.
+pub const EVENTS_MAX: u64 = 2_000_000;
+/// Trace entries kept for a failure report.
+pub const TRACE_ENTRIES_MAX: usize = 60;
+
+/// A fault the schedule (or a scenario test) injects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The site loses its memory and every record not synced (a random prefix of the
+    /// unsynced tail may survive, as on a real disk).
+    Crash(u8),
+    /// The site recovers from its log.
+    Restart(u8),
+    /// Sites in different groups cannot talk; `groups[site]` is the site's group.
+    Partition(Vec<u8>),
+    /// Everyone can talk again.
+    Heal,
+}
+
+/// What a run does, derived from a seed by [`SimConfig::random`] or set by a test.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub replicas: u8,
+    pub participants: u8,
+    pub accounts: u32,
+    pub balance: i64,
+    pub batches: u32,
+    pub batch_txns_max: u32,
+    pub batch_interval_us: u64,
+    pub delay_us_min: u64,
+    pub delay_us_max: u64,
+    pub sync_us_min: u64,
+    pub sync_us_max: u64,
+    pub loss_per_mille: u32,
+    pub dup_per_mille: u32,
+    /// Transactions with a third, read-only participant.
+    pub read_only_per_mille: u32,
+    /// Transactions one participant is told to vote no on.
+    pub no_vote_per_mille: u32,
+    /// A participant whose messages take this much longer, until faults stop.
+    pub slow_site: Option<(u8, u64)>,
+    pub faults: Vec<(u64, Fault)>,
+    /// After this instant: no loss, no duplication, no slow site, everyone healed and
+    /// restarted. The non-blocking check starts here.
+    pub faults_until_us: u64,
+    /// The bound within which every transaction must be decided once faults stop.
+    pub settle_us: u64,
+    /// Crash and restart every site at the end and check again (invariant 6).
+    pub final_crash: bool,
+    pub termination: Termination,
+}
+
+impl SimConfig {
+    /// A fault-free configuration with 3 replicas and 3 participants.
+    pub fn quiet(seed: u64) -> SimConfig {
+        SimConfig {
+            seed,
+            replicas: 3,
+            participants: 3,
+            accounts: 4,
+            balance: 1_000,
+            batches: 4,
+            batch_txns_max: 4,
+            batch_interval_us: 2_000,
+            delay_us_min: 100,
+            delay_us_max: 800,
+            sync_us_min: 50,
+            sync_us_max: 300,
+            loss_per_mille: 0,
+            dup_per_mille: 0,
+            read_only_per_mille: 100,
+            no_vote_per_mille: 100,
+            slow_site: None,
+            faults: Vec::new(),
+            faults_until_us: 50_000,
+            settle_us: 4_000_000,
+            final_crash: true,
+            termination: Termination::E3pc,
+        }
+    }
+
+    /// The configuration of seed `seed`: one in ten seeds is fault-free (and checks
+    /// non-triviality); the others draw loss, duplication, delays, crashes, restarts,
+    /// partitions (coordinator isolated, participant majority isolated, a region cut
+    /// off) and a slow participant.
+    pub fn random(seed: u64, termination: Termination) -> SimConfig {
+        let mut rng = Rng::new(seed ^ 0x0005_1A7E_C0FF_EE00);
+        let mut config = SimConfig::quiet(seed);
+        config.termination = termination;
+        config.participants = 3 + rng.below(2) as u8;
+        config.batches = rng.range(3, 8) as u32;
+        config.batch_txns_max = rng.range(1, 6) as u32;
+        config.batch_interval_us = rng.range(500, 6_000);
+        config.delay_us_max = rng.range(300, 3_000);
+        config.sync_us_max = rng.range(100, 1_500);
+        config.faults_until_us =
+            config.batches as u64 * config.batch_interval_us + rng.range(5_000, 120_000);
+        if seed % 10 == 0 {
+            return config;
+        }
+        config.loss_per_mille = [0, 20, 60, 200][rng.below(4) as usize];
+        config.dup_per_mille = [0, 20, 100][rng.below(3) as usize];
+        let sites = config.replicas + config.participants;
+        if rng.chance(250) {
+            config.slow_site = Some((
+                config.replicas + rng.below(config.participants as u64) as u8,
+                rng.range(2_000, 15_000),
+            ));
+        }
+        let until = config.faults_until_us;
+        for _ in 0..rng.below(4) {
+            let site = rng.below(sites as u64) as u8;
+            let at = rng.below(until);
+            config.faults.push((at, Fault::Crash(site)));
+            if rng.chance(700) {
+                config
+                    .faults
+                    .push((at + rng.range(500, 60_000), Fault::Restart(site)));
+            }
+        }
+        for _ in 0..rng.below(3) {
+            let groups = random_partition(&mut rng, config.replicas, config.participants);
+            let at = rng.below(until);
+            config.faults.push((at, Fault::Partition(groups)));
+            config
+                .faults
+                .push((at + rng.range(2_000, 80_000), Fault::Heal));
+        }
+        config.faults.sort_by_key(|(at, _)| *at);
+        config
+    }
+
+    /// The protocol configuration every site of this run uses.
+    pub fn proto(&self) -> ProtoConfig {
+        let mut proto = ProtoConfig::new((0..self.replicas).map(SiteId).collect());
+        proto.termination = self.termination;
+        proto
+    }
+}
+
+/// The seed's partition scenarios: the coordinator alone, a majority of participants
+/// alone, or a random region (a mix of replicas and participants) cut off.
+fn random_partition(rng: &mut Rng, replicas: u8, participants: u8) -> Vec<u8> {
+    let sites = (replicas + participants) as usize;
+    let mut groups = vec![0u8; sites];
+    match rng.below(3) {
+        0 => groups[0] = 1,
+        1 => {
+            let majority = participants / 2 + 1;
+            let first = rng.below(participants as u64) as u8;
+            for k in 0..majority {
+                groups[(replicas + (first + k) % participants) as usize] = 1;
+            }
+        }
+        _ => {
+            for group in groups.iter_mut() {
+                *group = rng.below(2) as u8;
+            }
+        }
+    }
+    groups
+}
+
+enum Node {
+    Coordinator(Box<Coordinator>),
+    Participant(Box<Participant<Bank>>),
+    Down,
+}
+
+struct SiteSim {
+    node: Node,
+    /// The WAL image: encoded records, and the same records decoded, in order.
+    wal: Vec<(u8, Vec<u8>)>,
+    records: Vec<Record>,
+    durable_len: usize,
+    /// `wal.len()` when the current instance started: `seq s` is `wal[base + s - 1]`.
+    seq_base: usize,
+    epoch: u32,
+    timer_us: Option<u64>,
+}
+
+#[derive(Debug)]
+enum Event {
+    Deliver { from: u8, to: u8, part: Part },
+    Durable { site: u8, epoch: u32, upto: u64 },
+    Submit,
+    Fault(Fault),
+}
+
+/// One line of the trace kept for failure reports.
+#[derive(Clone, Debug)]
+struct TraceEntry {
+    at_us: u64,
+    site: u8,
+    what: &'static str,
+    peer: Option<u8>,
+    batch: Option<BatchId>,
+    detail: String,
+}
+
+impl fmt::Display for TraceEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:>9}us site {:>2} {:<10}",
+            self.at_us, self.site, self.what
+        )?;
+        if let Some(peer) = self.peer {
+            write!(f, " peer {peer:>2}")?;
+        }
+        if let Some(batch) = self.batch {
+            write!(f, " batch {}.{}", batch.0 >> 32, batch.0 & 0xffff_ffff)?;
+        }
+        if !self.detail.is_empty() {
+            write!(f, " {}", self.detail)?;
+        }
+        Ok(())
+    }
+}
+
+/// A failed run: the seed that reproduces it, the invariant, and the last events.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub seed: u64,
+    pub violation: Violation,
+    pub trace: Vec<String>,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "seed {} broke invariant {}: {}",
+            self.seed, self.violation.invariant, self.violation.message
+        )?;
+        writeln!(
+            f,
+            "reproduce with: tricommit sim --seeds 1 --from {}",
+            self.seed
+        )?;
+        writeln!(f, "last {} events:", self.trace.len())?;
+        for line in &self.trace {
+            writeln!(f, "  {line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Counts of what a run did.
+#[derive(Clone, Debug, Default)]
+pub struct RunStats {
+    pub events: u64,
+    pub txns: u64,
+    pub committed: u64,
+    pub aborted: u64,
+    pub crashes: u64,
+}
+
+/// A message filter for scenario tests: return false to drop the part.
+pub type Filter = Box<dyn FnMut(u8, u8, &Part) -> bool>;
+
+/// The simulator.
+pub struct Sim {
+    pub config: SimConfig,
+    proto: ProtoConfig,
+    rng: Rng,
+    now_us: u64,
+    queue: BinaryHeap<Reverse<(u64, u64)>>,
+    events: HashMap<u64, Event>,
+    next_event: u64,
+    sites: Vec<SiteSim>,
+    checker: Checker,
+    groups: Vec<u8>,
+    faults_active: bool,
+    trace: VecDeque<TraceEntry>,
+    filter: Option<Filter>,
+    out: Output,
+    next_txn: u64,
+    batches_left: u32,
+    pub stats: RunStats,
+}
+
+impl Sim {
+    /// Builds the world at time 0: every site up with an empty log, the fault schedule
+    /// queued and the first batch due.
+    pub fn new(config: SimConfig) -> Sim {
+        let proto = config.proto();
+        let sites = (config.replicas + config.participants) as usize;
+        let mut sim = Sim {
+            rng: Rng::new(config.seed),
+            checker: Checker::new(config.termination, proto.replica_mask()),
+            proto,
+            now_us: 0,
+            queue: BinaryHeap::new(),
+            events: HashMap::new(),
+            next_event: 0,
+            sites: Vec::with_capacity(sites),
+            groups: vec![0; sites],
+            faults_active: true,
+            trace: VecDeque::with_capacity(TRACE_ENTRIES_MAX),
+            filter: None,
+            out: Output::default(),
+            next_txn: 1,
+            batches_left: config.batches,
+            stats: RunStats::default(),
+            config,
+        };
+        for site in 0..sites as u8 {
+            sim.sites.push(SiteSim {
+                node: Node::Down,
+                wal: Vec::new(),
+                records: Vec::new(),
+                durable_len: 0,
+                seq_base: 0,
+                epoch: 0,
+                timer_us: None,
+            });
+            sim.start_site(site);
+        }
+        for (at, fault) in sim.config.faults.clone() {
+            sim.schedule(at, Event::Fault(fault));
+        }
+        if sim.batches_left > 0 {
+            sim.schedule(0, Event::Submit);
+        }
+        sim
+    }
+
+    /// The current simulated time.
+    pub fn now_us(&self) -> u64 {
+        self.now_us
+    }
+
+    /// The checker (for tests that inspect what happened).
+    pub fn checker(&self) -> &Checker {
+        &self.checker
+    }
+
+    /// The first violation found so far.
+    pub fn violation(&self) -> Option<&Violation> {
+        self.checker.violation()
+    }
+
+    /// Installs (or removes) a message filter.
+    pub fn set_filter(&mut self, filter: Option<Filter>) {
+        self.filter = filter;
+    }
+
+    /// Turns random loss, duplication and the slow site on or off.
+    pub fn set_faults_active(&mut self, active: bool) {
+        self.faults_active = active;
+    }
+
+    /// A site's state for a transaction, asked of the running state machine.
+    pub fn txn_state(
+        &self,
+        site: u8,
+        batch: BatchId,
+        index: u32,
+    ) -> Option<(crate::proto::State, u32)> {
+        match &self.sites.get(site as usize)?.node {
+            Node::Coordinator(coordinator) => coordinator.txn_state(batch, index),
+            Node::Participant(participant) => participant.txn_state(batch, index),
+            Node::Down => None,
+        }
+    }
+
+    /// The bank of a running participant.
+    pub fn bank(&self, site: u8) -> Option<&Bank> {
+        match &self.sites.get(site as usize)?.node {
+            Node::Participant(participant) => Some(participant.rm()),
+            _ => None,
+        }
+    }
+
+    /// True if the site is up.
+    pub fn is_up(&self, site: u8) -> bool {
+        !matches!(
+            self.sites.get(site as usize).map(|s| &s.node),
+            Some(Node::Down) | None
+        )
+    }
+
+    fn schedule(&mut self, at_us: u64, event: Event) {
+        let id = self.next_event;
+        self.next_event += 1;
+        self.events.insert(id, event);
+        self.queue.push(Reverse((at_us, id)));
+    }
+
+    fn note(
+        &mut self,
+        site: u8,
+        what: &'static str,
+        peer: Option<u8>,
+        batch: Option<BatchId>,
+        detail: String,
+    ) {
+        if self.trace.len() == TRACE_ENTRIES_MAX {
+            self.trace.pop_front();
+        }
+        self.trace.push_back(TraceEntry {
+            at_us: self.now_us,
+            site,
+            what,
+            peer,
+            batch,
+            detail,
+        });
+    }
+
+    /// The failure report for the current violation, if any.
+    pub fn failure(&self) -> Option<Failure> {
+        let violation = self.checker.violation()?.clone();
+        Some(Failure {
+            seed: self.config.seed,
+            violation,
+            trace: self.trace.iter().map(|entry| entry.to_string()).collect(),
+        })
+    }
+
+    pub(crate) fn fail(&mut self, invariant: u8, message: String) {
+        self.checker.fail(invariant, message);
+    }
+
+    /// Processes events until `until_us` (inclusive), a violation, or nothing is left.
+    /// Returns false if the event budget ran out.
+    pub fn run_until(&mut self, until_us: u64) -> bool {
+        while self.checker.violation().is_none() {
+            let next_event = self.queue.peek().map(|Reverse((at, _))| *at);
+            let next_timer = self.next_timer();
+            let next = match (next_event, next_timer) {
+                (Some(event), Some((timer, _))) => event.min(timer),
+                (Some(event), None) => event,
+                (None, Some((timer, _))) => timer,
+                (None, None) => break,
+            };
+            if next > until_us {
+                break;
+            }
+            self.now_us = self.now_us.max(next);
+            self.stats.events += 1;
+            if self.stats.events > EVENTS_MAX {
+                self.fail(7, format!("more than {EVENTS_MAX} events: livelock"));
+                return false;
+            }
+            match next_timer {
+                Some((timer, site)) if timer <= next_event.unwrap_or(u64::MAX) => {
+                    self.fire_timer(site)
+                }
+                _ => self.pop_event(),
+            }
+        }
+        self.now_us = self.now_us.max(until_us.min(self.now_us.max(until_us)));
+        true
+    }
+
+    fn next_timer(&self) -> Option<(u64, u8)> {
+        self.sites
+            .iter()
+            .enumerate()
+            .filter_map(|(index, site)| site.timer_us.map(|at| (at, index as u8)))
+            .min()
+    }
+
+    fn pop_event(&mut self) {
+        let Some(Reverse((_, id))) = self.queue.pop() else {
+            return;
+        };
+        let Some(event) = self.events.remove(&id) else {
+            return;
+        };
+        match event {
+            Event::Deliver { from, to, part } => self.deliver(from, to, part),
+            Event::Durable { site, epoch, upto } => self.durable(site, epoch, upto),
+            Event::Submit => self.submit_random_batch(),
+            Event::Fault(fault) => self.inject(fault),
+        }
+    }
+
+    fn fire_timer(&mut self, site: u8) {
+        let now = self.now_us;
+        self.sites[site as usize].timer_us = None;
+        let mut out = std::mem::take(&mut self.out);
+        match &mut self.sites[site as usize].node {
+            Node::Coordinator(coordinator) => coordinator.handle_timeout(now, &mut out),
+            Node::Participant(participant) => participant.handle_timeout(now, &mut out),
+            Node::Down => {}
+        }
+        self.out = out;
+        self.note(site, "timeout", None, None, String::new());
+        self.drain(site);
+    }
+
+    /// Applies a fault now.
+    pub fn inject(&mut self, fault: Fault) {
+        match fault {
+            Fault::Crash(site) => self.crash(site),
+            Fault::Restart(site) => self.restart(site),
+            Fault::Partition(groups) => {
+                self.note(0, "partition", None, None, format!("{groups:?}"));
+                if groups.len() == self.groups.len() {
+                    self.groups = groups;
+                }
+            }
+            Fault::Heal => {
+                self.note(0, "heal", None, None, String::new());
+                self.groups.iter_mut().for_each(|group| *group = 0);
+            }
+        }
+    }
+
+    fn start_site(&mut self, site: u8) {
+        let id = SiteId(site);
+        let mut out = std::mem::take(&mut self.out);
+        let node = if site < self.config.replicas {
+            Coordinator::new(self.proto.clone(), id, &mut out)
+                .map(|c| Node::Coordinator(Box::new(c)))
+        } else {
+            let bank = Bank::new(self.config.accounts, self.config.balance);
+            Participant::new(self.proto.clone(), id, bank).map(|p| Node::Participant(Box::new(p)))
+        };
+        self.out = out;
+        match node {
+            Ok(node) => self.sites[site as usize].node = node,
+            Err(error) => self.fail(5, format!("site {site} failed to start: {error}")),
+        }
+        self.drain(site);
+    }
+
+    /// Crashes a site: it keeps its synced records and a random prefix of the rest.
+    pub fn crash(&mut self, site: u8) {
+        let Some(state) = self.sites.get_mut(site as usize) else {
+            return;
+        };
+        if matches!(state.node, Node::Down) {
+            return;
+        }
+        let unsynced = state.wal.len() - state.durable_len;
+        let keep = state.durable_len + self.rng.below(unsynced as u64 + 1) as usize;
+        let state = &mut self.sites[site as usize];
+        let durable_before = state.durable_len;
+        state.wal.truncate(keep);
+        state.records.truncate(keep);
+        state.durable_len = keep;
+        state.node = Node::Down;
+        state.epoch += 1;
+        state.timer_us = None;
+        let survivors = state.records.clone();
+        self.checker.on_crash(SiteId(site), &survivors);
+        self.stats.crashes += 1;
+        let lost = unsynced - (keep - durable_before);
+        self.note(
+            site,
+            "crash",
+            None,
+            None,
+            format!("kept {keep} records, lost {lost} unsynced"),
+        );
+    }
+
+    /// Restarts a crashed site from its log (decoded from bytes, checking the codec).
+    pub fn restart(&mut self, site: u8) {
+        let Some(state) = self.sites.get(site as usize) else {
+            return;
+        };
+        if !matches!(state.node, Node::Down) {
+            return;
+        }
+        let mut decoded = Vec::with_capacity(state.wal.len());
+        for (index, (kind, bytes)) in state.wal.iter().enumerate() {
+            match Record::decode(*kind, bytes) {
+                Ok(record) if record == state.records[index] => decoded.push(record),
+                other => {
+                    let message =
+                        format!("site {site} record {index} does not round-trip: {other:?}");
+                    self.fail(5, message);
+                    return;
+                }
+            }
+        }
+        let id = SiteId(site);
+        let now = self.now_us;
+        let mut out = std::mem::take(&mut self.out);
+        let node = if site < self.config.replicas {
+            Coordinator::recover(self.proto.clone(), id, &decoded, now, &mut out)
+                .map(|c| Node::Coordinator(Box::new(c)))
+        } else {
+            let bank = Bank::new(self.config.accounts, self.config.balance);
+            Participant::recover(self.proto.clone(), id, bank, &decoded, now)
+                .map(|p| Node::Participant(Box::new(p)))
+        };
+        self.out = out;
+        let state = &mut self.sites[site as usize];
+        state.seq_base = state.wal.len();
+        state.durable_len = state.wal.len();
+        match node {
+            Ok(node) => state.node = node,
+            Err(error) => {
+                self.fail(5, format!("site {site} failed to recover: {error}"));
+                return;
+            }
+        }
+        self.note(
+            site,
+            "restart",
+            None,
+            None,
+            format!("{} records", decoded.len()),
+        );
+        self.drain(site);
+    }
+
+    fn deliver(&mut self, from: u8, to: u8, part: Part) {
+        let batch = Some(part.batch());
+        if self.groups[from as usize] != self.groups[to as usize] {
+            self.note(to, "cut", Some(from), batch, part.name().to_string());
+            return;
+        }
+        let now = self.now_us;
+        let mut out = std::mem::take(&mut self.out);
+        let name = part.name();
+        let delivered = match &mut self.sites[to as usize].node {
+            Node::Coordinator(coordinator) => {
+                coordinator.handle_message(now, SiteId(from), part, &mut out);
+                true
+            }
+            Node::Participant(participant) => {
+                participant.handle_message(now, SiteId(from), part, &mut out);
+                true
+            }
+            Node::Down => false,
+        };
+        self.out = out;
+        self.note(
+            to,
+            if delivered { "recv" } else { "recv-down" },
+            Some(from),
+            batch,
+            name.to_string(),
+        );
+        self.drain(to);
+    }
+
+    fn durable(&mut self, site: u8, epoch: u32, upto: u64) {
+        let state = &mut self.sites[site as usize];
+        if state.epoch != epoch || matches!(state.node, Node::Down) {
+            return;
+        }
+        let new_len = (state.seq_base + upto as usize).min(state.wal.len());
+        let old_len = state.durable_len;
+        if new_len > old_len {
+            state.durable_len = new_len;
+            let newly: Vec<Record> = state.records[old_len..new_len].to_vec();
+            for record in &newly {
+                self.checker.on_durable(SiteId(site), record);
+            }
+        }
+        let now = self.now_us;
+        let mut out = std::mem::take(&mut self.out);
+        match &mut self.sites[site as usize].node {
+            Node::Coordinator(coordinator) => {
+                coordinator.handle_durable(now, AppendSeq(upto), &mut out)
+            }
+            Node::Participant(participant) => {
+                participant.handle_durable(now, AppendSeq(upto), &mut out)
+            }
+            Node::Down => {}
+        }
+        self.out = out;
+        self.drain(site);
+    }
+
+    /// Carries out a site's output: log, sync, send, complete; then re-arms its timer.
+    fn drain(&mut self, site: u8) {
+        let mut out = std::mem::take(&mut self.out);
+        let id = SiteId(site);
+        for (seq, record) in out.appends.drain(..) {
+            let state = &mut self.sites[site as usize];
+            if seq.0 as usize != state.wal.len() - state.seq_base + 1 {
+                self.checker
+                    .fail(5, format!("site {site} append seq {} is not dense", seq.0));
+            }
+            let mut bytes = Vec::new();
+            record.encode(&mut bytes);
+            let state = &mut self.sites[site as usize];
+            state.wal.push((record.kind(), bytes));
+            state.records.push(record.clone());
+            self.checker.on_append(id, &record);
+            self.note(
+                site,
+                "append",
+                None,
+                record.batch(),
+                describe_record(&record),
+            );
+        }
+        if let Some(upto) = out.sync_upto.take() {
+            let delay = self
+                .rng
+                .range(self.config.sync_us_min, self.config.sync_us_max);
+            let epoch = self.sites[site as usize].epoch;
+            self.schedule(
+                self.now_us + delay,
+                Event::Durable {
+                    site,
+                    epoch,
+                    upto: upto.0,
+                },
+            );
+        }
+        for outgoing in std::mem::take(&mut out.sends) {
+            self.checker.on_send(id, &outgoing.part);
+            self.transmit(site, outgoing.to.0, outgoing.part);
+        }
+        for completion in out.completions.drain(..) {
+            self.checker.on_complete(&completion);
+            match completion.outcome {
+                Outcome::Commit => self.stats.committed += completion.txns.count() as u64,
+                Outcome::Abort => self.stats.aborted += completion.txns.count() as u64,
+            }
+            let detail = format!(
+                "{:?} {:?}",
+                completion.outcome,
+                completion.txns.iter().collect::<Vec<_>>()
+            );
+            self.note(site, "complete", None, Some(completion.batch), detail);
+        }
+        out.clear();
+        self.out = out;
+        self.sites[site as usize].timer_us = match &self.sites[site as usize].node {
+            Node::Coordinator(coordinator) => coordinator.poll_timeout(),
+            Node::Participant(participant) => participant.poll_timeout(),
+            Node::Down => None,
+        }
+        .map(|at| at.max(self.now_us));
+    }
+
+    fn transmit(&mut self, from: u8, to: u8, part: Part) {
+        if to as usize >= self.sites.len() || to == from {
+            return;
+        }
+        let batch = Some(part.batch());
+        if let Some(filter) = self.filter.as_mut() {
+            if !filter(from, to, &part) {
+                self.note(from, "filtered", Some(to), batch, part.name().to_string());
+                return;
+            }
+        }
+        let mut copies = 1;
+        if self.faults_active {
+            if self.rng.chance(self.config.loss_per_mille) {
+                self.note(from, "lost", Some(to), batch, part.name().to_string());
+                return;
+            }
+            if self.rng.chance(self.config.dup_per_mille) {
+                copies = 2;
+            }
+        }
+        self.note(from, "send", Some(to), batch, describe_part(&part));
+        for copy in 0..copies {
+            let mut delay = self
+                .rng
+                .range(self.config.delay_us_min, self.config.delay_us_max);
+            if let Some((slow, extra)) = self.config.slow_site {
+                if self.faults_active && (slow == from || slow == to) {
+                    delay += extra;
+                }
+            }
+            let _ = copy;
+            self.schedule(
+                self.now_us + delay,
+                Event::Deliver {
+                    from,
+                    to,
+                    part: part.clone(),
+                },
+            );
+        }
+    }
+
+    /// Submits one random batch of transfers at the active coordinator (if it is up),
+    /// and schedules the next.
+    fn submit_random_batch(&mut self) {
+        if self.batches_left > 0 {
+            self.batches_left -= 1;
+            if self.batches_left > 0 {
+                let next = self.now_us + self.config.batch_interval_us;
+                self.schedule(next, Event::Submit);
+            }
+        }
+        let count = self.rng.range(1, self.config.batch_txns_max as u64) as usize;
+        let mut transfers = Vec::with_capacity(count);
+        for _ in 0..count {
+            transfers.push(self.random_transfer());
+        }
+        self.submit(&transfers);
+    }
+
+    fn random_transfer(&mut self) -> Transfer {
+        let participants = self.config.participants as u64;
+        let first = self.rng.below(participants) as u8;
+        let second = (first + 1 + self.rng.below(participants - 1) as u8) % participants as u8;
+        let mut read_only = None;
+        if participants > 2 && self.rng.chance(self.config.read_only_per_mille) {
+            let third = (0..participants as u8)
+                .find(|p| *p != first && *p != second)
+                .unwrap_or(first);
+            read_only = Some(self.config.replicas + third);
+        }
+        let force_no = self.rng.chance(self.config.no_vote_per_mille);
+        Transfer {
+            from: (
+                self.config.replicas + first,
+                self.rng.below(self.config.accounts as u64) as u32,
+            ),
+            to: (
+                self.config.replicas + second,
+                self.rng.below(self.config.accounts as u64) as u32,
+            ),
+            amount: self.rng.range(1, (self.config.balance / 2).max(1) as u64) as i64,
+            read_only,
+            force_no,
+        }
+    }
+
+    /// Submits a batch of transfers at site 0 now. Returns the batch id, or `None` if
+    /// site 0 is down or refused it.
+    pub fn submit(&mut self, transfers: &[Transfer]) -> Option<BatchId> {
+        let input = self.batch_input(transfers);
+        let now = self.now_us;
+        let mut out = std::mem::take(&mut self.out);
+        let result = match &mut self.sites[0].node {
+            Node::Coordinator(coordinator) => Some(coordinator.submit(now, input, &mut out)),
+            _ => None,
+        };
+        self.out = out;
+        let batch = match result {
+            Some(Ok(batch)) => batch,
+            Some(Err(error)) => {
+                self.fail(5, format!("submit refused: {error}"));
+                return None;
+            }
+            None => return None,
+        };
+        self.stats.txns += transfers.len() as u64;
+        self.note(
+            0,
+            "submit",
+            None,
+            Some(batch),
+            format!("{} txns", transfers.len()),
+        );
+        self.drain(0);
+        Some(batch)
+    }
+
+    fn batch_input(&mut self, transfers: &[Transfer]) -> BatchInput {
+        let mut input = BatchInput::default();
+        let mut per_site: Vec<Vec<Op>> = vec![Vec::new(); self.sites.len()];
+        for transfer in transfers {
+            let txn = TxnId(self.next_txn);
+            self.next_txn += 1;
+            let mut mask = SiteId(transfer.from.0).bit() | SiteId(transfer.to.0).bit();
+            let mut legs = vec![
+                (transfer.from, -transfer.amount),
+                (transfer.to, transfer.amount),
+            ];
+            if let Some(site) = transfer.read_only {
+                mask |= SiteId(site).bit();
+                legs.push(((site, 0), 0));
+            }
+            let forced_leg = if transfer.force_no {
+                (txn.0 % legs.len() as u64) as usize
+            } else {
+                usize::MAX
+            };
+            legs.sort_by_key(|((site, _), _)| *site);
+            for (leg_index, ((site, account), delta)) in legs.into_iter().enumerate() {
+                per_site[site as usize].push(bank_op(txn, account, delta, leg_index == forced_leg));
+            }
+            input.txns.push(txn);
+            input.members.push(mask);
+        }
+        for (site, ops) in per_site.into_iter().enumerate() {
+            if !ops.is_empty() {
+                input.ops.push((SiteId(site as u8), ops));
+            }
+        }
+        input
+    }
+
+    /// Runs the whole schedule, stops the faults, and checks that everything is decided
+    /// within `settle_us`; then (if configured) crashes and restarts every site and
+    /// checks again; finally checks the outcomes against the clients and the banks.
+    pub fn run(&mut self) -> Result<(), Failure> {
+        let quiet_from = self.config.faults_until_us;
+        self.run_until(quiet_from);
+        self.stop_faults();
+        self.settle_and_check(quiet_from);
+        if self.config.final_crash && self.checker.violation().is_none() {
+            for site in 0..self.sites.len() as u8 {
+                self.crash(site);
+            }
+            for site in 0..self.sites.len() as u8 {
+                self.restart(site);
+            }
+            let from = self.now_us;
+            self.settle_and_check(from);
+        }
+        if self.checker.violation().is_none() {
+            self.check_outcomes();
+        }
+        match self.failure() {
+            Some(failure) => Err(failure),
+            None => Ok(()),
+        }
+    }
+
+    /// Ends every fault: heal, restart the crashed, no loss, no slow site.
+    pub fn stop_faults(&mut self) {
+        self.faults_active = false;
+        self.inject(Fault::Heal);
+        for site in 0..self.sites.len() as u8 {
+            self.restart(site);
+        }
+        let pending: Vec<u64> = self.queue.iter().map(|Reverse((_, id))| *id).collect();
+        for id in pending {
+            if matches!(self.events.get(&id), Some(Event::Fault(_))) {
+                self.events.remove(&id);
+            }
+        }
+    }
+
+    /// Invariant 7: from `from_us`, a connected, stable system decides every open
+    /// transaction within `settle_us`.
+    pub fn settle_and_check(&mut self, from_us: u64) {
+        self.run_until(from_us + self.config.settle_us);
+        let pending = self.checker.pending();
+        if let Some((site, batch, index, state)) = pending.first() {
+            let message = format!(
+                "{} transaction(s) still open {}us after faults stopped, e.g. site {site} holds {batch:?}#{index} in {state:?}",
+                pending.len(),
+                self.config.settle_us
+            );
+            self.fail(7, message);
+        }
+    }
+
+    /// Invariants 3, 6 and 8 at the end of a run.
+    pub fn check_outcomes(&mut self) {
+        let descs: Vec<_> = self.checker.descs().cloned().collect();
+        let quiet = self.config.faults.is_empty()
+            && self.config.loss_per_mille == 0
+            && self.config.slow_site.is_none();
+        for desc in &descs {
+            for index in 0..desc.len() {
+                self.check_txn_outcome(desc, index, quiet);
+            }
+        }
+        self.check_banks(&descs);
+    }
+
+    fn check_txn_outcome(&mut self, desc: &crate::proto::DescriptorRef, index: u32, quiet: bool) {
+        let key = (desc.batch, index);
+        let members = desc.members[index as usize];
+        let all_yes = crate::proto::types::sites_of(members).all(|site| {
+            matches!(
+                self.checker.first_vote(desc.batch, index, site),
+                Some(Vote::Yes | Vote::ReadOnly)
+            )
+        });
+        let committed = self.checker.ever(key, Outcome::Commit);
+        if quiet && all_yes && !committed {
+            self.fail(
+                3,
+                format!(
+                    "fault-free run: {:?}#{index} got only yes votes but did not commit",
+                    desc.batch
+                ),
+            );
+        }
+        if let Some(outcome) = self.checker.acked().get(&key).copied() {
+            let want = if outcome == Outcome::Commit {
+                crate::proto::State::Commit
+            } else {
+                crate::proto::State::Abort
+            };
+            for site in crate::proto::types::sites_of(members) {
+                if !self.checker.durable_yes(site, desc.batch, index) {
+                    continue;
+                }
+                let state = self
+                    .txn_state(site.0, desc.batch, index)
+                    .map(|(state, _)| state);
+                if state != Some(want) {
+                    self.fail(
+                        6,
+                        format!(
+                            "acknowledged {outcome:?} of {:?}#{index} but site {} holds {state:?}",
+                            desc.batch, site.0
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Invariant 8: money is conserved, no balance is negative, and each transfer is
+    /// applied on every bank that voted yes on it, or on none.
+    fn check_banks(&mut self, descs: &[crate::proto::DescriptorRef]) {
+        let participants = self.config.replicas..self.config.replicas + self.config.participants;
+        let mut total = 0i64;
+        let expected =
+            self.config.balance * self.config.accounts as i64 * self.config.participants as i64;
+        for site in participants.clone() {
+            let Some(bank) = self.bank(site) else {
+                self.fail(8, format!("participant {site} is down at the end"));
+                return;
+            };
+            let negative = bank.balances().iter().find(|&&b| b < 0).copied();
+            total += bank.balances().iter().sum::<i64>();
+            if let Some(balance) = negative {
+                self.fail(
+                    8,
+                    format!("participant {site} has a negative balance {balance}"),
+                );
+            }
+        }
+        if total != expected {
+            self.fail(8, format!("money is not conserved: {total} != {expected}"));
+        }
+        for desc in descs {
+            for (index, txn) in desc.txns.iter().enumerate() {
+                let committed = self
+                    .checker
+                    .ever((desc.batch, index as u32), Outcome::Commit);
+                for site in crate::proto::types::sites_of(desc.members[index]) {
+                    let voted_yes =
+                        self.checker.first_vote(desc.batch, index as u32, site) == Some(Vote::Yes);
+                    let applied = self
+                        .bank(site.0)
+                        .is_some_and(|bank| bank.applied().contains(txn));
+                    if applied != (committed && voted_yes) {
+                        self.fail(8, format!("{txn:?} committed={committed} yes={voted_yes} but applied={applied} at {}", site.0));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One transfer of the workload: debit `from`, credit `to`, optionally a read-only
+/// third participant, optionally a forced no vote.
+#[derive(Clone, Debug)]
+pub struct Transfer {
+    /// (participant site, account)
+    pub from: (u8, u32),
+    pub to: (u8, u32),
+    pub amount: i64,
+    pub read_only: Option<u8>,
+    pub force_no: bool,
+}
+
+impl Transfer {
+    /// A plain transfer of `amount` from account 0 of `from` to account 0 of `to`.
+    pub fn simple(from: u8, to: u8, amount: i64) -> Transfer {
+        Transfer {
+            from: (from, 0),
+            to: (to, 0),
+            amount,
+            read_only: None,
+            force_no: false,
+        }
+    }
+}
+
+fn describe_record(record: &Record) -> String {
+    match record {
+        Record::Incarnation { number } => format!("INCARNATION {number}"),
+        Record::Begin { desc } => format!("BEGIN {} txns", desc.len()),
+        Record::Prepared { votes, .. } => format!("PREPARED {votes:?}"),
+        Record::Elected { elected, by, .. } => format!("ELECTED {elected} by {}", by.0),
+        Record::Transition {
+            state,
+            attempt,
+            txns,
+            ..
+        } => {
+            format!("{state:?}@{attempt} {:?}", txns.iter().collect::<Vec<_>>())
+        }
+    }
+}
+
+fn describe_part(part: &Part) -> String {
+    let set = |s: &crate::proto::TxnSet| s.iter().collect::<Vec<_>>();
+    match part {
+        Part::Votes {
+            yes, read_only, no, ..
+        } => format!(
+            "VOTES yes {:?} ro {:?} no {:?}",
+            set(yes),
+            set(read_only),
+            no.iter().map(|n| n.0).collect::<Vec<_>>()
+        ),
+        Part::Round {
+            elected,
+            pre_commit,
+            pre_abort,
+            ..
+        } => format!(
+            "ROUND@{elected} pc {:?} pa {:?}",
+            set(pre_commit),
+            set(pre_abort)
+        ),
+        Part::RoundAck {
+            elected,
+            pre_commit,
+            pre_abort,
+            ..
+        } => format!(
+            "ROUND-ACK@{elected} pc {:?} pa {:?}",
+            set(pre_commit),
+            set(pre_abort)
+        ),
+        Part::Decide { commit, abort, .. } => {
+            format!("DECIDE commit {:?} abort {:?}", set(commit), set(abort))
+        }
+        Part::Elect { elected, .. } => format!("ELECT {elected}"),
+        Part::ElectAck {
+            elected, states, ..
+        } => format!("ELECT-ACK {elected} {states:?}"),
+        Part::Reject { elected, .. } => format!("REJECT {elected}"),
+        other => other.name().to_string(),
+    }
+}
