@@ -55,7 +55,7 @@ pub use op::{LedgerOp, OpKind, OP_AMOUNT_MAX};
 pub use table::{HoldKind, Reservation};
 
 use crate::proto::{Op, Reason, ResourceManager, TxnId, Vote};
-use table::{Probe, ReservationTable, Slot};
+use table::{Home, Probe, ReservationTable, Slot};
 
 /// The vote reason for a prepare refused because the ledger already holds
 /// `reservations_max` reservations. Ledger-specific reasons use codes 64..128 of the
@@ -74,9 +74,11 @@ pub const RESERVATIONS_MAX_LIMIT: u64 = 1 << 24;
 pub const RESERVATIONS_MAX_DEFAULT: u64 = 1 << 17;
 const _: () = assert!(RESERVATIONS_MAX_DEFAULT <= RESERVATIONS_MAX_LIMIT);
 
-/// How many operations ahead `prepare` prefetches account records and table slots, so
-/// that the cache misses of a batch over many accounts overlap instead of queueing.
+/// How many operations ahead `prepare`, `commit` and `abort` prefetch account records
+/// and table slots, so that the cache misses of a batch over many accounts overlap
+/// instead of queueing. A power of two, so the ring of computed homes wraps cheaply.
 const PREFETCH_OPS_AHEAD: usize = 8;
+const _: () = assert!(PREFETCH_OPS_AHEAD.is_power_of_two());
 
 /// How a ledger is built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -375,11 +377,11 @@ impl Ledger {
     /// Validates and, if it votes `Yes`, reserves one operation (see the module docs
     /// for the order of the checks).
     #[inline]
-    fn prepare_one(&mut self, op: &Op) -> Vote {
+    fn prepare_one(&mut self, op: &Op, home: Home) -> Vote {
         let Ok(ledger_op) = LedgerOp::decode(&op.payload) else {
             return Vote::No(Reason::MALFORMED);
         };
-        let index = match self.reservations.probe(op.txn.0) {
+        let index = match self.reservations.probe_from(op.txn.0, home) {
             Probe::Found(_) => return Vote::No(Reason::DUPLICATE),
             Probe::Vacant(index) => index,
         };
@@ -416,9 +418,10 @@ impl Ledger {
         Vote::Yes
     }
 
-    /// Hints the CPU to fetch the account record and the table slot `op` will touch.
+    /// Hints the CPU to fetch the account record and the table slot `op` will touch,
+    /// and returns that slot's home so that it is hashed only once.
     #[inline]
-    fn prefetch(&self, op: &Op) {
+    fn prefetch_op(&self, op: &Op) -> Home {
         let mut account_bytes = [0u8; 8];
         account_bytes.copy_from_slice(&op.payload[0..8]);
         let account = u64::from_le_bytes(account_bytes);
@@ -428,15 +431,36 @@ impl Ledger {
         {
             prefetch_read(record as *const Account as *const i8);
         }
-        prefetch_read(self.reservations.home_ptr(op.txn.0) as *const i8);
+        self.prefetch_txn(op.txn)
     }
 
-    /// Prefetches the home slots of the first decisions, before the loop that keeps
-    /// prefetching `PREFETCH_OPS_AHEAD` decisions ahead.
+    /// Hints the CPU to fetch the table slot where `txn`'s probe starts, and returns it.
     #[inline]
-    fn prefetch_slots(&self, txns: &[TxnId]) {
-        for txn in txns.iter().take(PREFETCH_OPS_AHEAD) {
-            prefetch_read(self.reservations.home_ptr(txn.0) as *const i8);
+    fn prefetch_txn(&self, txn: TxnId) -> Home {
+        let home = self.reservations.home(txn.0);
+        prefetch_read(self.reservations.home_ptr(home) as *const i8);
+        home
+    }
+
+    /// Removes each held reservation of `txns`, in order, and posts or voids it. The
+    /// homes of the next `PREFETCH_OPS_AHEAD` ids are computed and prefetched ahead.
+    #[inline]
+    fn decide(&mut self, txns: &[TxnId], post: bool) {
+        let mut homes = [Home::default(); PREFETCH_OPS_AHEAD];
+        for (ring, &txn) in homes.iter_mut().zip(txns) {
+            *ring = self.prefetch_txn(txn);
+        }
+        for (index, &txn) in txns.iter().enumerate() {
+            let ring = index % PREFETCH_OPS_AHEAD;
+            let home = homes[ring];
+            if let Some(&ahead) = txns.get(index + PREFETCH_OPS_AHEAD) {
+                homes[ring] = self.prefetch_txn(ahead);
+            }
+            match self.reservations.remove_from(txn.0, home) {
+                Some(slot) if post => self.post(txn, slot),
+                Some(slot) => self.void(slot),
+                None => {}
+            }
         }
     }
 
@@ -480,29 +504,24 @@ impl Ledger {
 impl ResourceManager for Ledger {
     fn prepare(&mut self, ops: &[Op], votes: &mut Vec<Vote>) {
         votes.reserve(ops.len());
-        for op in ops.iter().take(PREFETCH_OPS_AHEAD) {
-            self.prefetch(op);
+        let mut homes = [Home::default(); PREFETCH_OPS_AHEAD];
+        for (ring, op) in homes.iter_mut().zip(ops) {
+            *ring = self.prefetch_op(op);
         }
         for (index, op) in ops.iter().enumerate() {
+            let ring = index % PREFETCH_OPS_AHEAD;
+            let home = homes[ring];
             if let Some(ahead) = ops.get(index + PREFETCH_OPS_AHEAD) {
-                self.prefetch(ahead);
+                homes[ring] = self.prefetch_op(ahead);
             }
-            let vote = self.prepare_one(op);
+            let vote = self.prepare_one(op, home);
             votes.push(vote);
         }
     }
 
     fn commit(&mut self, txns: &[TxnId]) {
         self.postings.clear();
-        self.prefetch_slots(txns);
-        for (index, &txn) in txns.iter().enumerate() {
-            if let Some(ahead) = txns.get(index + PREFETCH_OPS_AHEAD) {
-                prefetch_read(self.reservations.home_ptr(ahead.0) as *const i8);
-            }
-            if let Some(slot) = self.reservations.remove(txn.0) {
-                self.post(txn, slot);
-            }
-        }
+        self.decide(txns, true);
         if let Some(sink) = self.posting_sink.as_mut() {
             if !self.postings.is_empty() {
                 sink(&self.postings);
@@ -511,15 +530,7 @@ impl ResourceManager for Ledger {
     }
 
     fn abort(&mut self, txns: &[TxnId]) {
-        self.prefetch_slots(txns);
-        for (index, &txn) in txns.iter().enumerate() {
-            if let Some(ahead) = txns.get(index + PREFETCH_OPS_AHEAD) {
-                prefetch_read(self.reservations.home_ptr(ahead.0) as *const i8);
-            }
-            if let Some(slot) = self.reservations.remove(txn.0) {
-                self.void(slot);
-            }
-        }
+        self.decide(txns, false);
     }
 }
 

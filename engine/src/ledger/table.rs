@@ -85,6 +85,10 @@ impl Slot {
     }
 }
 
+/// The index of the slot where a transaction id's probe starts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Home(usize);
+
 /// Where a transaction id is, or where it would be inserted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Probe {
@@ -144,24 +148,33 @@ impl ReservationTable {
         self.len >= self.len_max
     }
 
+    /// The slot where `txn`'s probe starts. Batch loops compute it once, prefetch it,
+    /// and pass it back to `probe_from` or `remove_from` a few operations later.
     #[inline]
-    fn home(&self, txn: u64) -> usize {
-        (hash(txn, self.key) as usize) & self.mask
+    pub(crate) fn home(&self, txn: u64) -> Home {
+        Home((hash(txn, self.key) as usize) & self.mask)
     }
 
-    /// The address of the slot where `txn`'s probe starts, for prefetching.
+    /// The address of a home slot, for prefetching.
     #[inline]
-    pub(crate) fn home_ptr(&self, txn: u64) -> *const Slot {
-        let home = self.home(txn);
-        debug_assert!(home < self.slots.len());
-        // SAFETY: `home` is masked by `mask == slots.len() - 1`, so it is in bounds.
-        unsafe { self.slots.as_ptr().add(home) }
+    pub(crate) fn home_ptr(&self, home: Home) -> *const Slot {
+        debug_assert!(home.0 < self.slots.len());
+        // SAFETY: every `Home` is masked by `mask == slots.len() - 1` and the table
+        // never changes size, so the offset is in bounds.
+        unsafe { self.slots.as_ptr().add(home.0) }
     }
 
     /// Finds `txn`, or the empty slot where it would go.
     #[inline]
     pub(crate) fn probe(&self, txn: u64) -> Probe {
-        let mut index = self.home(txn);
+        self.probe_from(txn, self.home(txn))
+    }
+
+    /// `probe` with the home slot already computed by `home(txn)`.
+    #[inline]
+    pub(crate) fn probe_from(&self, txn: u64, home: Home) -> Probe {
+        debug_assert_eq!(home, self.home(txn));
+        let mut index = home.0;
         // At least half the slots are empty, so the probe ends long before this bound.
         for _ in 0..self.slots.len() {
             let slot = &self.slots[index];
@@ -190,7 +203,13 @@ impl ReservationTable {
     /// Removes `txn` and returns what it held, or `None` if it holds nothing.
     #[inline]
     pub(crate) fn remove(&mut self, txn: u64) -> Option<Slot> {
-        match self.probe(txn) {
+        self.remove_from(txn, self.home(txn))
+    }
+
+    /// `remove` with the home slot already computed by `home(txn)`.
+    #[inline]
+    pub(crate) fn remove_from(&mut self, txn: u64, home: Home) -> Option<Slot> {
+        match self.probe_from(txn, home) {
             Probe::Found(index) => Some(self.remove_at(index)),
             Probe::Vacant(_) => None,
         }
@@ -209,7 +228,7 @@ impl ReservationTable {
             }
             // The entry may fill the hole only if the hole lies on its probe path, that
             // is between its home slot and where it sits now (cyclically).
-            let from_home = next.wrapping_sub(self.home(slot.txn)) & self.mask;
+            let from_home = next.wrapping_sub(self.home(slot.txn).0) & self.mask;
             let from_hole = next.wrapping_sub(hole) & self.mask;
             if from_home >= from_hole {
                 self.slots[hole] = slot;
