@@ -201,7 +201,7 @@ impl ReservationTable {
     }
 
     /// Removes `txn` and returns what it held, or `None` if it holds nothing.
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn remove(&mut self, txn: u64) -> Option<Slot> {
         self.remove_from(txn, self.home(txn))
     }
