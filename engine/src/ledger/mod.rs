@@ -198,6 +198,12 @@ pub struct Ledger {
     posting_sink: Option<PostingSink>,
 }
 
+/// A ledger moves to the thread of the pipeline stage that drives it.
+const _: fn() = || {
+    fn assert_send<T: Send>() {}
+    assert_send::<Ledger>();
+};
+
 impl std::fmt::Debug for Ledger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ledger")
