@@ -235,4 +235,9 @@ impl Admission {
     pub fn ticket_slots_free(&self) -> usize {
         self.completions.slots_free()
     }
+
+    /// Ticket slots in all.
+    pub fn ticket_slots_total(&self) -> usize {
+        self.completions.slots_total()
+    }
 }
