@@ -255,11 +255,21 @@ impl ReservationTable {
 /// `Slot::default()` into each slot would touch every page up front (768 MiB at
 /// `RESERVATIONS_MAX_LIMIT`).
 fn slots_zeroed(capacity: usize) -> Box<[Slot]> {
-    let slots = Box::<[Slot]>::new_zeroed_slice(capacity);
-    // SAFETY: `Slot` is plain integers (`u64`, `u64`, `u32`, `u8` and padding), for
-    // which all-zero bytes are a valid value, and all-zero is exactly `Slot::default()`,
-    // the empty slot.
-    unsafe { slots.assume_init() }
+    use std::alloc::{alloc_zeroed, handle_alloc_error, Layout};
+    debug_assert!(capacity > 0);
+    // `capacity` is at most `2 * RESERVATIONS_MAX_LIMIT` slots, far from overflowing.
+    let layout = Layout::array::<Slot>(capacity).expect("table size fits a Layout");
+    // SAFETY: the layout has a non-zero size (`capacity >= 1`, `Slot` is 24 bytes).
+    let pointer = unsafe { alloc_zeroed(layout) } as *mut Slot;
+    if pointer.is_null() {
+        handle_alloc_error(layout);
+    }
+    let slots = std::ptr::slice_from_raw_parts_mut(pointer, capacity);
+    // SAFETY: the memory was allocated by the global allocator with the layout of
+    // `[Slot; capacity]`, which is what `Box<[Slot]>` frees it with; `Slot` is plain
+    // integers (`u64`, `u64`, `u32`, `u8` and padding), for which all-zero bytes are a
+    // valid value, and all-zero is exactly `Slot::default()`, the empty slot.
+    unsafe { Box::from_raw(slots) }
 }
 
 /// A fresh random 64-bit key from the standard library's per-process random hasher
