@@ -356,3 +356,24 @@ fn check_invariants_notices_drift() {
         Err(LedgerError::InvariantBroken { account: 1, .. })
     ));
 }
+
+// Proves that the largest reservation bound builds and works (its table is allocated
+// lazily, so this costs no time) and that one more is refused with a typed error.
+#[test]
+fn reservation_bound_limits() {
+    let largest = LedgerConfig {
+        reservations_max: RESERVATIONS_MAX_LIMIT,
+        ..LedgerConfig::new(1)
+    };
+    let mut ledger = Ledger::new(largest).unwrap();
+    assert_eq!(prepare(&mut ledger, &[credit(1, 0, 5)]), [Vote::Yes]);
+    assert_eq!(ledger.reservations_max(), RESERVATIONS_MAX_LIMIT);
+    let over = LedgerConfig {
+        reservations_max: RESERVATIONS_MAX_LIMIT + 1,
+        ..largest
+    };
+    assert!(matches!(
+        Ledger::new(over),
+        Err(LedgerError::ReservationsMaxInvalid { .. })
+    ));
+}
