@@ -21,12 +21,18 @@ fn e3pc_passes_every_seed() {
         .unwrap_or(SEEDS_IN_TEST);
     let mut failures = Vec::new();
     let mut events = 0;
+    let mut totals = tricommit_engine::sim::RunStats::default();
     for seed in from..from + count {
         if std::env::var("SIM_VERBOSE").is_ok() {
             eprintln!("seed {seed}");
         }
         let (result, stats) = run_seed(seed, Termination::E3pc);
         events += stats.events;
+        totals.txns += stats.txns;
+        totals.committed += stats.committed;
+        totals.aborted += stats.aborted;
+        totals.crashes += stats.crashes;
+        totals.elections += stats.elections;
         if let Err(failure) = result {
             failures.push(failure);
             if failures.len() >= 3 {
@@ -34,6 +40,7 @@ fn e3pc_passes_every_seed() {
             }
         }
     }
+    eprintln!("{count} seeds: {events} events, {totals:?}");
     for failure in &failures {
         eprintln!("{failure}");
     }
@@ -47,4 +54,46 @@ fn e3pc_passes_every_seed() {
         events > count * 50,
         "the runs did almost nothing: {events} events"
     );
+}
+
+/// Seeds over which the naive rule must break and E3PC must hold.
+const NAIVE_SEEDS: u64 = 300;
+
+// Proves the checker bites: with the seed's naive termination rule the simulator finds
+// an atomicity (or durability) violation within NAIVE_SEEDS seeds, and E3PC passes
+// exactly those seeds.
+#[test]
+fn naive_rule_breaks_where_e3pc_holds() {
+    let mut broken = Vec::new();
+    for seed in 0..NAIVE_SEEDS {
+        let (result, _) = run_seed(seed, Termination::NaiveUnsafe);
+        if let Err(failure) = result {
+            broken.push(failure);
+        }
+    }
+    let atomicity: Vec<_> = broken
+        .iter()
+        .filter(|f| f.violation.invariant == 1 || f.violation.invariant == 6)
+        .collect();
+    eprintln!(
+        "naive rule: {} of {NAIVE_SEEDS} seeds fail, {} on atomicity/durability",
+        broken.len(),
+        atomicity.len()
+    );
+    if let Some(first) = atomicity.first() {
+        eprintln!("{first}");
+    }
+    assert!(
+        !atomicity.is_empty(),
+        "the naive rule passed {NAIVE_SEEDS} seeds: the checker does not bite"
+    );
+    for failure in &broken {
+        let (result, _) = run_seed(failure.seed, Termination::E3pc);
+        assert!(
+            result.is_ok(),
+            "E3PC fails seed {}: {}",
+            failure.seed,
+            result.unwrap_err()
+        );
+    }
 }

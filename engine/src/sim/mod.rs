@@ -13,7 +13,7 @@ pub mod world;
 pub use bank::{bank_op, Bank};
 pub use check::{Checker, Violation};
 pub use rng::Rng;
-pub use world::{Failure, Fault, RunStats, Sim, SimConfig, Transfer};
+pub use world::{Failure, Fault, Filter, Leg, RunStats, Sim, SimConfig, Transfer};
 
 use crate::proto::Termination;
 

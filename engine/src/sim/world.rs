@@ -65,6 +65,9 @@ pub struct SimConfig {
     /// Crash and restart every site at the end and check again (invariant 6).
     pub final_crash: bool,
     pub termination: Termination,
+    /// Timeouts and retry bounds (its `replicas` and `termination` are overwritten
+    /// from the fields above).
+    pub proto: ProtoConfig,
 }
 
 impl SimConfig {
@@ -93,6 +96,7 @@ impl SimConfig {
             settle_us: 4_000_000,
             final_crash: true,
             termination: Termination::E3pc,
+            proto: ProtoConfig::new(Vec::new()),
         }
     }
 
@@ -149,7 +153,8 @@ impl SimConfig {
 
     /// The protocol configuration every site of this run uses.
     pub fn proto(&self) -> ProtoConfig {
-        let mut proto = ProtoConfig::new((0..self.replicas).map(SiteId).collect());
+        let mut proto = self.proto.clone();
+        proto.replicas = (0..self.replicas).map(SiteId).collect();
         proto.termination = self.termination;
         proto
     }
@@ -271,10 +276,14 @@ pub struct RunStats {
     pub committed: u64,
     pub aborted: u64,
     pub crashes: u64,
+    /// Recovery elections started (an `Elected` record a replica wrote for itself).
+    pub elections: u64,
 }
 
-/// A message filter for scenario tests: return false to drop the part.
-pub type Filter = Box<dyn FnMut(u8, u8, &Part) -> bool>;
+/// A message filter for scenario tests, called as `filter(from, to, part)` for every
+/// part sent: `None` drops it, `Some(extra_us)` delivers it `extra_us` later than the
+/// network would.
+pub type Filter = Box<dyn FnMut(u8, u8, &Part) -> Option<u64>>;
 
 /// The simulator.
 pub struct Sim {
@@ -289,6 +298,9 @@ pub struct Sim {
     checker: Checker,
     groups: Vec<u8>,
     faults_active: bool,
+    /// Some fault happened (crash, partition, loss, filtered part): invariant 3
+    /// (non-triviality) only binds undisturbed runs.
+    disturbed: bool,
     trace: VecDeque<TraceEntry>,
     filter: Option<Filter>,
     out: Output,
@@ -314,6 +326,7 @@ impl Sim {
             sites: Vec::with_capacity(sites),
             groups: vec![0; sites],
             faults_active: true,
+            disturbed: false,
             trace: VecDeque::with_capacity(TRACE_ENTRIES_MAX),
             filter: None,
             out: Output::default(),
@@ -426,6 +439,11 @@ impl Sim {
         });
     }
 
+    /// The last events, formatted (the same lines a failure report shows).
+    pub fn trace(&self) -> Vec<String> {
+        self.trace.iter().map(|entry| entry.to_string()).collect()
+    }
+
     /// The failure report for the current violation, if any.
     pub fn failure(&self) -> Option<Failure> {
         let violation = self.checker.violation()?.clone();
@@ -517,6 +535,7 @@ impl Sim {
             Fault::Partition(groups) => {
                 self.note(0, "partition", None, None, format!("{groups:?}"));
                 if groups.len() == self.groups.len() {
+                    self.disturbed |= groups.iter().any(|&group| group != groups[0]);
                     self.groups = groups;
                 }
             }
@@ -566,6 +585,7 @@ impl Sim {
         let survivors = state.records.clone();
         self.checker.on_crash(SiteId(site), &survivors);
         self.stats.crashes += 1;
+        self.disturbed = true;
         let lost = unsynced - (keep - durable_before);
         self.note(
             site,
@@ -704,6 +724,9 @@ impl Sim {
             state.wal.push((record.kind(), bytes));
             state.records.push(record.clone());
             self.checker.on_append(id, &record);
+            if matches!(record, Record::Elected { by, .. } if by == id) {
+                self.stats.elections += 1;
+            }
             self.note(
                 site,
                 "append",
@@ -758,15 +781,21 @@ impl Sim {
             return;
         }
         let batch = Some(part.batch());
+        let mut extra_us = 0;
         if let Some(filter) = self.filter.as_mut() {
-            if !filter(from, to, &part) {
-                self.note(from, "filtered", Some(to), batch, part.name().to_string());
-                return;
+            match filter(from, to, &part) {
+                Some(extra) => extra_us = extra,
+                None => {
+                    self.disturbed = true;
+                    self.note(from, "filtered", Some(to), batch, describe_part(&part));
+                    return;
+                }
             }
         }
         let mut copies = 1;
         if self.faults_active {
             if self.rng.chance(self.config.loss_per_mille) {
+                self.disturbed = true;
                 self.note(from, "lost", Some(to), batch, part.name().to_string());
                 return;
             }
@@ -778,7 +807,8 @@ impl Sim {
         for copy in 0..copies {
             let mut delay = self
                 .rng
-                .range(self.config.delay_us_min, self.config.delay_us_max);
+                .range(self.config.delay_us_min, self.config.delay_us_max)
+                + extra_us;
             if let Some((slow, extra)) = self.config.slow_site {
                 if self.faults_active && (slow == from || slow == to) {
                     delay += extra;
@@ -816,29 +846,41 @@ impl Sim {
 
     fn random_transfer(&mut self) -> Transfer {
         let participants = self.config.participants as u64;
+        let replicas = self.config.replicas;
         let first = self.rng.below(participants) as u8;
         let second = (first + 1 + self.rng.below(participants - 1) as u8) % participants as u8;
-        let mut read_only = None;
+        let accounts = self.config.accounts as u64;
+        let amount = self.rng.range(1, (self.config.balance / 2).max(1) as u64) as i64;
+        let mut legs = vec![
+            Leg {
+                site: replicas + first,
+                account: self.rng.below(accounts) as u32,
+                delta: -amount,
+                force_no: false,
+            },
+            Leg {
+                site: replicas + second,
+                account: self.rng.below(accounts) as u32,
+                delta: amount,
+                force_no: false,
+            },
+        ];
         if participants > 2 && self.rng.chance(self.config.read_only_per_mille) {
             let third = (0..participants as u8)
                 .find(|p| *p != first && *p != second)
                 .unwrap_or(first);
-            read_only = Some(self.config.replicas + third);
+            legs.push(Leg {
+                site: replicas + third,
+                account: 0,
+                delta: 0,
+                force_no: false,
+            });
         }
-        let force_no = self.rng.chance(self.config.no_vote_per_mille);
-        Transfer {
-            from: (
-                self.config.replicas + first,
-                self.rng.below(self.config.accounts as u64) as u32,
-            ),
-            to: (
-                self.config.replicas + second,
-                self.rng.below(self.config.accounts as u64) as u32,
-            ),
-            amount: self.rng.range(1, (self.config.balance / 2).max(1) as u64) as i64,
-            read_only,
-            force_no,
+        if self.rng.chance(self.config.no_vote_per_mille) {
+            let leg = self.rng.below(legs.len() as u64) as usize;
+            legs[leg].force_no = true;
         }
+        Transfer { legs }
     }
 
     /// Submits a batch of transfers at site 0 now. Returns the batch id, or `None` if
@@ -878,23 +920,12 @@ impl Sim {
         for transfer in transfers {
             let txn = TxnId(self.next_txn);
             self.next_txn += 1;
-            let mut mask = SiteId(transfer.from.0).bit() | SiteId(transfer.to.0).bit();
-            let mut legs = vec![
-                (transfer.from, -transfer.amount),
-                (transfer.to, transfer.amount),
-            ];
-            if let Some(site) = transfer.read_only {
-                mask |= SiteId(site).bit();
-                legs.push(((site, 0), 0));
-            }
-            let forced_leg = if transfer.force_no {
-                (txn.0 % legs.len() as u64) as usize
-            } else {
-                usize::MAX
-            };
-            legs.sort_by_key(|((site, _), _)| *site);
-            for (leg_index, ((site, account), delta)) in legs.into_iter().enumerate() {
-                per_site[site as usize].push(bank_op(txn, account, delta, leg_index == forced_leg));
+            let mut mask = 0u64;
+            for leg in &transfer.legs {
+                mask |= SiteId(leg.site).bit();
+                if let Some(ops) = per_site.get_mut(leg.site as usize) {
+                    ops.push(bank_op(txn, leg.account, leg.delta, leg.force_no));
+                }
             }
             input.txns.push(txn);
             input.members.push(mask);
@@ -913,7 +944,17 @@ impl Sim {
     pub fn run(&mut self) -> Result<(), Failure> {
         let quiet_from = self.config.faults_until_us;
         self.run_until(quiet_from);
+        self.finish()
+    }
+
+    /// Ends the faults now (heal, restart, no loss, no filter), then checks
+    /// non-blocking, the final crash and the outcomes, as [`Sim::run`] does after its
+    /// schedule. Scenario tests call it after their script.
+    pub fn finish(&mut self) -> Result<(), Failure> {
+        self.filter = None;
         self.stop_faults();
+        let quiet_from = self.now_us;
+        let undisturbed = !self.disturbed && self.config.slow_site.is_none();
         self.settle_and_check(quiet_from);
         if self.config.final_crash && self.checker.violation().is_none() {
             for site in 0..self.sites.len() as u8 {
@@ -926,7 +967,7 @@ impl Sim {
             self.settle_and_check(from);
         }
         if self.checker.violation().is_none() {
-            self.check_outcomes();
+            self.check_outcomes(undisturbed);
         }
         match self.failure() {
             Some(failure) => Err(failure),
@@ -965,11 +1006,9 @@ impl Sim {
     }
 
     /// Invariants 3, 6 and 8 at the end of a run.
-    pub fn check_outcomes(&mut self) {
+    pub fn check_outcomes(&mut self, undisturbed: bool) {
         let descs: Vec<_> = self.checker.descs().cloned().collect();
-        let quiet = self.config.faults.is_empty()
-            && self.config.loss_per_mille == 0
-            && self.config.slow_site.is_none();
+        let quiet = undisturbed;
         for desc in &descs {
             for index in 0..desc.len() {
                 self.check_txn_outcome(desc, index, quiet);
@@ -1067,28 +1106,51 @@ impl Sim {
     }
 }
 
-/// One transfer of the workload: debit `from`, credit `to`, optionally a read-only
-/// third participant, optionally a forced no vote.
+/// One leg of a transfer: an operation on one account of one participant.
 #[derive(Clone, Debug)]
-pub struct Transfer {
-    /// (participant site, account)
-    pub from: (u8, u32),
-    pub to: (u8, u32),
-    pub amount: i64,
-    pub read_only: Option<u8>,
+pub struct Leg {
+    pub site: u8,
+    pub account: u32,
+    /// Negative debits, positive credits, zero is read-only.
+    pub delta: i64,
+    /// Makes the participant vote no on this leg.
     pub force_no: bool,
 }
 
+/// One transaction of the workload: legs on distinct participants whose deltas sum
+/// to zero, so that committed transfers conserve money.
+#[derive(Clone, Debug)]
+pub struct Transfer {
+    pub legs: Vec<Leg>,
+}
+
 impl Transfer {
-    /// A plain transfer of `amount` from account 0 of `from` to account 0 of `to`.
+    /// Moves `amount` from account 0 of `from` to account 0 of `to`.
     pub fn simple(from: u8, to: u8, amount: i64) -> Transfer {
-        Transfer {
-            from: (from, 0),
-            to: (to, 0),
-            amount,
-            read_only: None,
-            force_no: false,
-        }
+        Transfer::of(&[(from, -amount), (to, amount)])
+    }
+
+    /// Legs `(site, delta)` on account 0 of each site.
+    pub fn of(legs: &[(u8, i64)]) -> Transfer {
+        let legs = legs
+            .iter()
+            .map(|&(site, delta)| Leg {
+                site,
+                account: 0,
+                delta,
+                force_no: false,
+            })
+            .collect();
+        Transfer { legs }
+    }
+
+    /// Makes the participant `site` vote no.
+    pub fn with_no_at(mut self, site: u8) -> Transfer {
+        self.legs
+            .iter_mut()
+            .filter(|leg| leg.site == site)
+            .for_each(|leg| leg.force_no = true);
+        self
     }
 }
 

@@ -1,0 +1,437 @@
+//! Scripted failure scenarios on the simulator: coordinator crashes in each phase,
+//! participant crashes in each state, both counterexamples of DESIGN §2, split brain
+//! after a partition heals, and the seed's T1–T4 mix in one batch.
+//!
+//! Sites: coordinator replicas R0 (active), R1, R2; participants A, B, C (and D).
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use tricommit_engine::proto::{BatchId, Outcome, Part, State, Termination};
+use tricommit_engine::sim::{Fault, Sim, SimConfig, Transfer};
+
+const R0: u8 = 0;
+const R1: u8 = 1;
+const R2: u8 = 2;
+const A: u8 = 3;
+const B: u8 = 4;
+const C: u8 = 5;
+const D: u8 = 6;
+/// Granularity at which a script polls for the moment to inject its fault.
+const STEP_US: u64 = 10;
+/// How long a script waits for the moment it needs before giving up.
+const WAIT_US_MAX: u64 = 500_000;
+
+fn world(participants: u8, termination: Termination) -> Sim {
+    let mut config = SimConfig::quiet(11);
+    config.batches = 0;
+    config.participants = participants;
+    config.termination = termination;
+    Sim::new(config)
+}
+
+/// Runs in small steps until `ready` holds; false if it never does.
+fn run_until(sim: &mut Sim, ready: impl Fn(&Sim) -> bool) -> bool {
+    let limit = sim.now_us() + WAIT_US_MAX;
+    while !ready(sim) {
+        if sim.now_us() > limit || sim.violation().is_some() {
+            return false;
+        }
+        let next = sim.now_us() + STEP_US;
+        sim.run_until(next);
+    }
+    true
+}
+
+fn state(sim: &Sim, site: u8, batch: BatchId, index: u32) -> Option<State> {
+    sim.txn_state(site, batch, index).map(|(state, _)| state)
+}
+
+/// Finishes the run and asserts that every invariant held.
+fn finish_clean(sim: &mut Sim) {
+    if let Err(failure) = sim.finish() {
+        panic!("{failure}");
+    }
+}
+
+fn decided(sim: &Sim, batch: BatchId, index: u32, outcome: Outcome) -> bool {
+    sim.checker().ever((batch, index), outcome)
+}
+
+fn assert_only(sim: &Sim, batch: BatchId, index: u32, outcome: Outcome) {
+    let other = if outcome == Outcome::Commit {
+        Outcome::Abort
+    } else {
+        Outcome::Commit
+    };
+    assert!(
+        decided(sim, batch, index, outcome),
+        "txn {index} was not decided {outcome:?}"
+    );
+    assert!(
+        !decided(sim, batch, index, other),
+        "txn {index} was also decided {other:?}"
+    );
+}
+
+/// A flag that a filter sets when it sees a part, and a filter that keeps it.
+fn flag() -> Rc<Cell<bool>> {
+    Rc::new(Cell::new(false))
+}
+
+// Proves that a coordinator crash during PREPARE (after PREPARE left, before any vote
+// came back) ends in a clean abort decided by a backup's recovery.
+#[test]
+fn coordinator_crash_during_prepare() {
+    let mut sim = world(3, Termination::E3pc);
+    let batch = sim.submit(&[Transfer::simple(A, B, 10)]).expect("R0 is up");
+    assert!(run_until(&mut sim, |s| state(s, A, batch, 0) == Some(State::W)));
+    sim.crash(R0);
+    sim.run_until(sim.now_us() + 300_000);
+    assert_only(&sim, batch, 0, Outcome::Abort);
+    assert!(sim.stats.elections > 0, "a backup must have run recovery");
+    finish_clean(&mut sim);
+}
+
+// Proves that a coordinator crash during PRE-COMMIT (PC logged and sent, no ack
+// back yet) ends in commit: the PC sites hold the highest attempt, so recovery
+// re-runs the PRE-COMMIT round.
+#[test]
+fn coordinator_crash_during_pre_commit() {
+    let mut sim = world(3, Termination::E3pc);
+    let sent = flag();
+    let seen = sent.clone();
+    sim.set_filter(Some(Box::new(move |from, _, part| {
+        if from == R0 && matches!(part, Part::Round { .. }) {
+            seen.set(true);
+        }
+        Some(0)
+    })));
+    let batch = sim.submit(&[Transfer::simple(A, B, 10)]).expect("R0 is up");
+    assert!(run_until(&mut sim, |_| sent.get()));
+    sim.crash(R0);
+    sim.run_until(sim.now_us() + 300_000);
+    assert_only(&sim, batch, 0, Outcome::Commit);
+    finish_clean(&mut sim);
+}
+
+// Proves that a coordinator crash during COMMIT (client told "commit", no COMMIT
+// delivered) keeps the acknowledged commit: recovery finds the PC quorum.
+#[test]
+fn coordinator_crash_during_commit() {
+    let mut sim = world(3, Termination::E3pc);
+    let sent = flag();
+    let seen = sent.clone();
+    sim.set_filter(Some(Box::new(move |from, _, part| {
+        if from == R0 && matches!(part, Part::Decide { .. }) {
+            seen.set(true);
+            return None;
+        }
+        Some(0)
+    })));
+    let batch = sim.submit(&[Transfer::simple(A, B, 10)]).expect("R0 is up");
+    assert!(run_until(&mut sim, |_| sent.get()));
+    assert_eq!(
+        sim.checker().acked().get(&(batch, 0)),
+        Some(&Outcome::Commit)
+    );
+    sim.crash(R0);
+    sim.set_filter(None);
+    sim.run_until(sim.now_us() + 300_000);
+    assert_eq!(state(&sim, A, batch, 0), Some(State::Commit));
+    assert_eq!(state(&sim, B, batch, 0), Some(State::Commit));
+    finish_clean(&mut sim);
+}
+
+/// Crashes participant B as soon as it holds `target` for the batch's only
+/// transaction, restarts it 20 ms later, and checks the run.
+fn participant_crash_in(target: State, no_at_b: bool) {
+    let mut sim = world(3, Termination::E3pc);
+    let mut transfer = Transfer::simple(A, B, 10);
+    if no_at_b {
+        transfer = transfer.with_no_at(B);
+    }
+    let batch = sim.submit(&[transfer]).expect("R0 is up");
+    assert!(
+        run_until(&mut sim, |s| state(s, B, batch, 0) == Some(target)),
+        "B never reached {target:?}"
+    );
+    sim.crash(B);
+    sim.run_until(sim.now_us() + 20_000);
+    sim.restart(B);
+    finish_clean(&mut sim);
+    let expected = if target == State::Abort {
+        Outcome::Abort
+    } else {
+        Outcome::Commit
+    };
+    if target != State::W {
+        assert_only(&sim, batch, 0, expected);
+    }
+    assert!(
+        sim.checker().ever((batch, 0), Outcome::Commit)
+            || sim.checker().ever((batch, 0), Outcome::Abort)
+    );
+}
+
+// Proves that a participant crashing while prepared (W, yes vote durable or not)
+// recovers without breaking any invariant.
+#[test]
+fn participant_crash_in_w() {
+    participant_crash_in(State::W, false);
+}
+
+// Proves that a participant crashing in PC recovers its PC and ends committed.
+#[test]
+fn participant_crash_in_pre_commit() {
+    participant_crash_in(State::PreCommit, false);
+}
+
+// Proves that a participant crashing in C (its C record unforced and maybe lost)
+// learns the commit again and its bank is replayed exactly.
+#[test]
+fn participant_crash_in_commit() {
+    participant_crash_in(State::Commit, false);
+}
+
+// Proves that a participant crashing after voting no (A, nothing forced) stays
+// aborted and never applies the transaction.
+#[test]
+fn participant_crash_in_abort() {
+    participant_crash_in(State::Abort, true);
+}
+
+// Proves that a participant crashing in PA (a recovery round pre-aborted the
+// transaction) ends aborted: R0 dies before PRE-COMMIT, R1 pre-aborts, B crashes.
+#[test]
+fn participant_crash_in_pre_abort() {
+    let mut sim = world(3, Termination::E3pc);
+    sim.set_filter(Some(Box::new(|from, _, part| {
+        (!(from == R0 && matches!(part, Part::Round { .. }))).then_some(0)
+    })));
+    let batch = sim.submit(&[Transfer::simple(A, B, 10)]).expect("R0 is up");
+    assert!(run_until(&mut sim, |s| state(s, B, batch, 0) == Some(State::W)));
+    sim.crash(R0);
+    assert!(
+        run_until(&mut sim, |s| state(s, B, batch, 0) == Some(State::PreAbort)),
+        "no PRE-ABORT round"
+    );
+    sim.crash(B);
+    sim.run_until(sim.now_us() + 20_000);
+    sim.restart(B);
+    finish_clean(&mut sim);
+    assert_only(&sim, batch, 0, Outcome::Abort);
+}
+
+/// DESIGN §2, counterexample 1: A, B, C vote yes; PRE-COMMIT reaches only C; the
+/// coordinator crashes; the network splits {A, B, R1} | {C, R2}. Returns the sim
+/// after 1 s of partition.
+fn counterexample_partition(termination: Termination) -> (Sim, BatchId) {
+    let mut sim = world(3, termination);
+    let reached_c = flag();
+    let seen = reached_c.clone();
+    sim.set_filter(Some(Box::new(move |from, to, part| match part {
+        Part::Round { elected: 1, .. } if from == R0 => {
+            if to == C {
+                seen.set(true);
+                Some(0)
+            } else {
+                None
+            }
+        }
+        _ => Some(0),
+    })));
+    let transfer = Transfer::of(&[(A, -10), (B, 4), (C, 6)]);
+    let batch = sim.submit(&[transfer]).expect("R0 is up");
+    assert!(run_until(&mut sim, |s| reached_c.get()
+        && state(s, C, batch, 0) == Some(State::PreCommit)));
+    sim.crash(R0);
+    sim.inject(Fault::Partition(vec![0, 0, 1, 0, 0, 1]));
+    sim.run_until(sim.now_us() + 1_000_000);
+    (sim, batch)
+}
+
+// Proves that the naive rule breaks atomicity in counterexample 1: {A, B} abort
+// while {C} commits.
+#[test]
+fn counterexample_partition_breaks_the_naive_rule() {
+    let (mut sim, _) = counterexample_partition(Termination::NaiveUnsafe);
+    let failure = sim
+        .finish()
+        .expect_err("the naive rule must break atomicity here");
+    assert_eq!(failure.violation.invariant, 1, "{failure}");
+}
+
+// Proves that E3PC blocks both minorities in counterexample 1 (neither side holds
+// a quorum of the 6-site commit group) and commits once the partition heals.
+#[test]
+fn counterexample_partition_is_safe_with_e3pc() {
+    let (mut sim, batch) = counterexample_partition(Termination::E3pc);
+    assert!(sim.violation().is_none(), "{:?}", sim.violation());
+    assert!(
+        !decided(&sim, batch, 0, Outcome::Commit) && !decided(&sim, batch, 0, Outcome::Abort),
+        "a minority decided"
+    );
+    finish_clean(&mut sim);
+    assert_only(&sim, batch, 0, Outcome::Commit);
+}
+
+/// DESIGN §2, counterexample 2: R1 sees C = PC and A = B = W and tells only C
+/// (a COMMIT under the naive rule, a PRE-COMMIT round under E3PC); then R1 and C
+/// crash, and R2 recovers from A, B and itself.
+fn counterexample_sequential(termination: Termination) -> (Sim, BatchId) {
+    let mut sim = world(3, termination);
+    let r1_reached_c = flag();
+    let seen = r1_reached_c.clone();
+    sim.set_filter(Some(Box::new(move |from, to, part| match part {
+        Part::Round { elected: 1, .. } if from == R0 => (to == C).then_some(0),
+        Part::Round { .. } | Part::Decide { .. } if from == R1 => {
+            seen.set(seen.get() || to == C);
+            (to == C).then_some(0)
+        }
+        _ => Some(0),
+    })));
+    let transfer = Transfer::of(&[(A, -10), (B, 4), (C, 6)]);
+    let batch = sim.submit(&[transfer]).expect("R0 is up");
+    assert!(run_until(&mut sim, |s| state(s, C, batch, 0)
+        == Some(State::PreCommit)));
+    sim.crash(R0);
+    let c_moved = |s: &Sim| {
+        matches!(
+            s.txn_state(C, batch, 0),
+            Some((State::Commit, _)) | Some((State::PreCommit, 2..))
+        )
+    };
+    assert!(
+        run_until(&mut sim, |s| r1_reached_c.get() && c_moved(s)),
+        "R1 never reached C"
+    );
+    sim.crash(R1);
+    sim.crash(C);
+    sim.run_until(sim.now_us() + 1_000_000);
+    (sim, batch)
+}
+
+// Proves that the naive rule breaks atomicity in counterexample 2 without any
+// partition: C committed, then R2 aborts from A = B = W.
+#[test]
+fn counterexample_sequential_breaks_the_naive_rule() {
+    let (mut sim, _) = counterexample_sequential(Termination::NaiveUnsafe);
+    let failure = match sim.violation() {
+        Some(_) => sim.failure().expect("a violation makes a failure"),
+        None => sim
+            .finish()
+            .expect_err("the naive rule must break atomicity here"),
+    };
+    assert_eq!(failure.violation.invariant, 1, "{failure}");
+}
+
+// Proves that E3PC is safe in counterexample 2: R2 with A and B is no quorum and
+// blocks; once R1 and C are back, the PC at the highest attempt wins and it commits.
+#[test]
+fn counterexample_sequential_is_safe_with_e3pc() {
+    let (mut sim, batch) = counterexample_sequential(Termination::E3pc);
+    assert!(sim.violation().is_none(), "{:?}", sim.violation());
+    assert!(
+        !decided(&sim, batch, 0, Outcome::Abort),
+        "R2 aborted without a quorum"
+    );
+    finish_clean(&mut sim);
+    assert_only(&sim, batch, 0, Outcome::Commit);
+}
+
+// Proves split-brain fencing: R0 is cut off with A while still driving its
+// PRE-COMMIT round; R1 recovers the batch with B, C, R2 under election 2 and aborts
+// it; when the partition heals, R0's stale round is rejected and nothing diverges.
+#[test]
+fn split_brain_stale_coordinator_is_fenced() {
+    let mut config = SimConfig::quiet(11);
+    config.batches = 0;
+    config.proto.retransmits_max = 200;
+    let mut sim = Sim::new(config);
+    let partitioned = Rc::new(Cell::new(false));
+    let rejects = Rc::new(RefCell::new(0u32));
+    let (cut, counted) = (partitioned.clone(), rejects.clone());
+    sim.set_filter(Some(Box::new(move |from, to, part| {
+        if to == R0 && matches!(part, Part::Reject { .. }) {
+            *counted.borrow_mut() += 1;
+        }
+        let stale_round = from == R0 && matches!(part, Part::Round { elected: 1, .. });
+        (!(stale_round && cut.get())).then_some(0)
+    })));
+    partitioned.set(true);
+    let batch = sim
+        .submit(&[Transfer::of(&[(A, -10), (B, 4), (C, 6)])])
+        .expect("R0 is up");
+    assert!(run_until(&mut sim, |s| state(s, R0, batch, 0)
+        == Some(State::PreCommit)));
+    sim.inject(Fault::Partition(vec![0, 1, 1, 0, 1, 1]));
+    assert!(
+        run_until(&mut sim, |s| state(s, B, batch, 0) == Some(State::Abort)),
+        "the majority never decided"
+    );
+    // Let the majority's DECIDE to R0 die in the partition, so R0 stays stale.
+    sim.run_until(sim.now_us() + 5_000);
+    partitioned.set(false);
+    sim.inject(Fault::Heal);
+    sim.run_until(sim.now_us() + 200_000);
+    assert!(
+        *rejects.borrow() > 0,
+        "the stale coordinator was never fenced:\n{}",
+        sim.trace().join("\n")
+    );
+    finish_clean(&mut sim);
+    assert_only(&sim, batch, 0, Outcome::Abort);
+}
+
+// Proves that one batch holding transactions in different states is recovered per
+// transaction: at the coordinator's crash T1 is committed, T2 aborted (a no vote),
+// T3 pre-committed at C only, T4 prepared with D's vote lost. Recovery commits T1
+// and T3 and aborts T2 and T4.
+#[test]
+fn t1_to_t4_mix_in_one_batch() {
+    let mut sim = world(4, Termination::E3pc);
+    let t3_round = flag();
+    let seen = t3_round.clone();
+    sim.set_filter(Some(Box::new(move |from, to, part| match part {
+        Part::Votes { .. } if from == D => None,
+        Part::Votes { .. } if from == C => Some(5_000),
+        Part::Round {
+            elected: 1,
+            pre_commit,
+            ..
+        } if from == R0 && pre_commit.contains(2) => {
+            seen.set(true);
+            (to == C).then_some(0)
+        }
+        _ => Some(0),
+    })));
+    let batch = sim
+        .submit(&[
+            Transfer::simple(A, B, 10),
+            Transfer::simple(A, C, 10).with_no_at(C),
+            Transfer::simple(B, C, 10),
+            Transfer::simple(C, D, 10),
+        ])
+        .expect("R0 is up");
+    assert!(run_until(&mut sim, |s| t3_round.get()
+        && state(s, C, batch, 2) == Some(State::PreCommit)));
+    assert_eq!(
+        sim.checker().acked().get(&(batch, 0)),
+        Some(&Outcome::Commit)
+    );
+    assert_eq!(
+        sim.checker().acked().get(&(batch, 1)),
+        Some(&Outcome::Abort)
+    );
+    assert_eq!(state(&sim, B, batch, 2), Some(State::W));
+    assert_eq!(state(&sim, D, batch, 3), Some(State::W));
+    sim.crash(R0);
+    sim.set_filter(None);
+    sim.run_until(sim.now_us() + 500_000);
+    finish_clean(&mut sim);
+    assert_only(&sim, batch, 0, Outcome::Commit);
+    assert_only(&sim, batch, 1, Outcome::Abort);
+    assert_only(&sim, batch, 2, Outcome::Commit);
+    assert_only(&sim, batch, 3, Outcome::Abort);
+}
