@@ -34,7 +34,7 @@ pub fn scan(dir: &Path) -> Result<LogView, WalError> {
         return Err(WalError::io(
             dir,
             "open directory",
-            std::io::Error::from(std::io::ErrorKind::NotFound),
+            std::io::Error::from_raw_os_error(libc::ENOENT),
         ));
     }
     let mut numbered: Vec<(u64, PathBuf)> = list_names(dir)?

@@ -230,7 +230,7 @@ impl<S: Storage> Wal<S> {
             return Ok(());
         };
         let end = active.end_offset;
-        active.file.begin_appends(end);
+        self.storage.begin_appends(&mut active.file, end);
         if tail_bytes > 0 {
             active.file.bytes_mut(end..end + tail_bytes).fill(0);
             self.storage.sync(&mut active.file, end..end + tail_bytes)?;
@@ -463,7 +463,7 @@ impl<S: Storage> Wal<S> {
             self.storage.sync(&mut active.file, range)?;
         }
         active.end_offset = write_offset;
-        active.file.seal();
+        self.storage.seal(&mut active.file);
         let number = active.number + 1;
         self.synced_offset = write_offset;
         self.durable_lsn = self.last_lsn();
@@ -481,7 +481,7 @@ impl<S: Storage> Wal<S> {
         let name = segment_name(number);
         let mut file = self.storage.open(&spare)?;
         let segment_bytes = file.bytes().len() as u64;
-        file.begin_appends(0);
+        self.storage.begin_appends(&mut file, 0);
         let header = SegmentHeader {
             segment_number: number,
             first_lsn: self.lsn_next,

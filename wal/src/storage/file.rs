@@ -24,6 +24,8 @@ pub struct FileStorage {
     backend: SyncBackend,
     /// Present exactly when `backend` is `IoUring`.
     uring: Option<UringSync>,
+    /// The shadow of the last sealed segment, kept for the next one (io_uring only).
+    shadow_spare: Option<Box<[u8]>>,
 }
 
 impl FileStorage {
@@ -52,6 +54,7 @@ impl FileStorage {
                 dir: dir.to_owned(),
                 backend,
                 uring,
+                shadow_spare: None,
             },
             fallback_reason,
         ))
@@ -148,12 +151,10 @@ impl Storage for FileStorage {
         // log never shrinks a mapped segment.
         let map = unsafe { MmapOptions::new().len(bytes as usize).map_mut(&file) }
             .map_err(|error| WalError::io(&path, "mmap", error))?;
-        let shadowed = self.backend == SyncBackend::IoUring;
         Ok(FileSegment {
             file,
             map,
             shadow: None,
-            shadowed,
             path,
         })
     }
@@ -207,6 +208,31 @@ impl Storage for FileStorage {
         }
     }
 
+    fn begin_appends(&mut self, segment: &mut FileSegment, written_bytes: u64) {
+        if self.backend != SyncBackend::IoUring {
+            return;
+        }
+        let length = segment.map.len();
+        // Reuse the last sealed segment's shadow: its pages are already faulted in, so a
+        // new segment costs no page faults. Its stale bytes lie past `written_bytes`,
+        // where the log never reads or syncs before it has appended over them.
+        let mut shadow = match self.shadow_spare.take() {
+            Some(shadow) if shadow.len() == length => shadow,
+            _ => vec![0u8; length].into_boxed_slice(),
+        };
+        let written = written_bytes as usize;
+        shadow[..written].copy_from_slice(&segment.map[..written]);
+        segment.shadow = Some(shadow);
+    }
+
+    fn seal(&mut self, segment: &mut FileSegment) {
+        // Every shadow byte the log appended has been written to the file and synced, so
+        // the mapping (the same page cache) shows the same bytes from now on.
+        if let Some(shadow) = segment.shadow.take() {
+            self.shadow_spare = Some(shadow);
+        }
+    }
+
     fn sync_all(&mut self, segment: &mut FileSegment) -> Result<(), WalError> {
         segment
             .file
@@ -232,7 +258,6 @@ pub struct FileSegment {
     map: MmapMut,
     /// The active segment's bytes under the io_uring backend; `None` otherwise.
     shadow: Option<Box<[u8]>>,
-    shadowed: bool,
     path: PathBuf,
 }
 
@@ -247,21 +272,6 @@ impl SegmentFile for FileSegment {
             Some(shadow) => &mut shadow[range],
             None => &mut self.map[range],
         }
-    }
-
-    fn begin_appends(&mut self, written_bytes: u64) {
-        if self.shadowed {
-            let mut shadow = vec![0u8; self.map.len()].into_boxed_slice();
-            let written = written_bytes as usize;
-            shadow[..written].copy_from_slice(&self.map[..written]);
-            self.shadow = Some(shadow);
-        }
-    }
-
-    fn seal(&mut self) {
-        // Every shadow byte has been written to the file and synced, so the mapping
-        // (the same page cache) now shows the same bytes.
-        self.shadow = None;
     }
 }
 

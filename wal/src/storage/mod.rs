@@ -53,6 +53,10 @@ pub trait Storage {
     /// Makes every byte already written to `segment`'s file durable (recovery uses it:
     /// after a process crash, records may sit only in the page cache).
     fn sync_all(&mut self, segment: &mut Self::Segment) -> Result<(), WalError>;
+    /// Called once before the log starts appending to `segment` at `written_bytes`.
+    fn begin_appends(&mut self, _segment: &mut Self::Segment, _written_bytes: u64) {}
+    /// Called once `segment` is full and durable; it is only read from then on.
+    fn seal(&mut self, _segment: &mut Self::Segment) {}
     /// Makes `range` of `segment` durable before returning.
     fn sync(&mut self, segment: &mut Self::Segment, range: Range<u64>) -> Result<(), WalError> {
         self.sync_submit(segment, range)?;
@@ -66,8 +70,4 @@ pub trait SegmentFile {
     fn bytes(&self) -> &[u8];
     /// A writable window of the segment. Writes become durable only through a sync.
     fn bytes_mut(&mut self, range: Range<u64>) -> &mut [u8];
-    /// Called once before the log starts appending at `written_bytes`.
-    fn begin_appends(&mut self, _written_bytes: u64) {}
-    /// Called once the segment is full and durable; it is only read from then on.
-    fn seal(&mut self) {}
 }
