@@ -54,6 +54,9 @@ pub struct SimConfig {
     pub read_only_per_mille: u32,
     /// Transactions one participant is told to vote no on.
     pub no_vote_per_mille: u32,
+    /// Probability that a site crashes at the end of a step, after appending its
+    /// records and before its messages leave.
+    pub step_crash_per_mille: u32,
     /// A participant whose messages take this much longer, until faults stop.
     pub slow_site: Option<(u8, u64)>,
     pub faults: Vec<(u64, Fault)>,
@@ -91,6 +94,7 @@ impl SimConfig {
             read_only_per_mille: 100,
             no_vote_per_mille: 100,
             slow_site: None,
+            step_crash_per_mille: 0,
             faults: Vec::new(),
             faults_until_us: 50_000,
             settle_us: 4_000_000,
@@ -121,6 +125,7 @@ impl SimConfig {
         }
         config.loss_per_mille = [0, 20, 60, 200][rng.below(4) as usize];
         config.dup_per_mille = [0, 20, 100][rng.below(3) as usize];
+        config.step_crash_per_mille = [0, 0, 3, 15][rng.below(4) as usize];
         let sites = config.replicas + config.participants;
         if rng.chance(250) {
             config.slow_site = Some((
@@ -734,6 +739,18 @@ impl Sim {
                 record.batch(),
                 describe_record(&record),
             );
+        }
+        if self.faults_active && self.rng.chance(self.config.step_crash_per_mille) && site < self.sites.len() as u8 {
+            // Crash in the middle of a step: its records are written (not synced),
+            // its messages never leave.
+            out.clear();
+            self.out = out;
+            self.crash(site);
+            if self.rng.chance(800) {
+                let at = self.now_us + self.rng.range(500, 40_000);
+                self.schedule(at, Event::Fault(Fault::Restart(site)));
+            }
+            return;
         }
         if let Some(upto) = out.sync_upto.take() {
             let delay = self
