@@ -5,4 +5,8 @@
 pub mod ledger;
 pub mod pipeline;
 pub mod proto;
+pub mod runtime;
 pub mod sim;
+
+pub use pipeline::{AbortReason, Busy, Outcome, Priority, Ticket};
+pub use runtime::{Engine, EngineConfig, EngineError, ParticipantSpec, Txn};

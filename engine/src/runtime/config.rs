@@ -1,0 +1,209 @@
+//! `EngineConfig`: what an engine runs, where it keeps its logs, and its limits.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tricommit_wal::WalConfig;
+
+use crate::ledger::{Ledger, LedgerConfig, LedgerError};
+use crate::pipeline::bounds::{
+    BATCHES_IN_FLIGHT_MAX, BATCH_DELAY_US_DEFAULT, BATCH_TXNS_DEFAULT, INTAKE_HIGH_WATER_TXNS,
+    INTAKE_TXNS_MAX,
+};
+use crate::proto::{Op, ResourceManager, TxnId, Vote, SITES_MAX};
+
+/// The most coordinator replicas a deployment may have.
+pub const REPLICAS_MAX: usize = 7;
+/// The most participants an engine may have; replicas and participants share the
+/// protocol's site ids.
+pub const PARTICIPANTS_MAX: usize = SITES_MAX - REPLICAS_MAX;
+/// The default number of coordinator replicas (DESIGN §2: survives any single failure
+/// even for a two-participant transfer).
+pub const REPLICAS_DEFAULT: usize = 3;
+
+const _: () = assert!(REPLICAS_MAX + PARTICIPANTS_MAX <= SITES_MAX);
+const _: () = assert!(REPLICAS_DEFAULT <= REPLICAS_MAX);
+
+/// Builds a fresh custom resource manager; called at open (then replayed from the log).
+pub type RmFactory = Arc<dyn Fn() -> Box<dyn ResourceManager + Send> + Send + Sync>;
+
+/// One participant of the engine.
+#[derive(Clone)]
+pub enum ParticipantSpec {
+    /// The built-in ledger, starting from this genesis configuration.
+    Ledger(LedgerConfig),
+    /// A custom resource manager, with a name for its log directory and for errors.
+    Custom { name: String, factory: RmFactory },
+}
+
+impl std::fmt::Debug for ParticipantSpec {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParticipantSpec::Ledger(config) => {
+                formatter.debug_tuple("Ledger").field(config).finish()
+            }
+            ParticipantSpec::Custom { name, .. } => formatter
+                .debug_struct("Custom")
+                .field("name", name)
+                .finish(),
+        }
+    }
+}
+
+/// The resource manager a participant stage drives: the built-in ledger without dynamic
+/// dispatch, or a custom one behind a box.
+pub enum ParticipantRm {
+    Ledger(Box<Ledger>),
+    Custom(Box<dyn ResourceManager + Send>),
+}
+
+impl ParticipantRm {
+    pub(crate) fn genesis(spec: &ParticipantSpec) -> Result<ParticipantRm, LedgerError> {
+        Ok(match spec {
+            ParticipantSpec::Ledger(config) => {
+                ParticipantRm::Ledger(Box::new(Ledger::new(*config)?))
+            }
+            ParticipantSpec::Custom { factory, .. } => ParticipantRm::Custom(factory()),
+        })
+    }
+
+    /// The ledger, when this participant is one.
+    pub fn ledger(&self) -> Option<&Ledger> {
+        match self {
+            ParticipantRm::Ledger(ledger) => Some(ledger),
+            ParticipantRm::Custom(_) => None,
+        }
+    }
+}
+
+impl ResourceManager for ParticipantRm {
+    fn prepare(&mut self, ops: &[Op], votes: &mut Vec<Vote>) {
+        match self {
+            ParticipantRm::Ledger(ledger) => ledger.prepare(ops, votes),
+            ParticipantRm::Custom(rm) => rm.prepare(ops, votes),
+        }
+    }
+
+    fn commit(&mut self, txns: &[TxnId]) {
+        match self {
+            ParticipantRm::Ledger(ledger) => ledger.commit(txns),
+            ParticipantRm::Custom(rm) => rm.commit(txns),
+        }
+    }
+
+    fn abort(&mut self, txns: &[TxnId]) {
+        match self {
+            ParticipantRm::Ledger(ledger) => ledger.abort(txns),
+            ParticipantRm::Custom(rm) => rm.abort(txns),
+        }
+    }
+}
+
+/// Everything `Engine::open` needs.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Each site keeps its log in its own directory below this one.
+    pub data_dir: PathBuf,
+    /// The participants, in order: a transaction's legs name them by index.
+    pub participants: Vec<ParticipantSpec>,
+    /// Coordinator replicas (1..=REPLICAS_MAX); the first opens every batch.
+    pub replicas: usize,
+    /// The log configuration of every site (segment size, sync backend).
+    pub wal: WalConfig,
+    /// A batch closes at this many transactions...
+    pub batch_txns_max: usize,
+    /// ...or when its oldest transaction waited this long, or at once when the
+    /// coordinator is idle.
+    pub batch_delay_us_max: u64,
+    /// Off: every transaction is a batch of its own (for the comparison benchmarks).
+    pub batching: bool,
+    /// Off: one batch in flight at a time (for the comparison benchmarks).
+    pub pipelining: bool,
+    /// Normal-priority submissions get `Busy` above this many unfinished transactions.
+    pub intake_high_water_txns: usize,
+    /// No submission is admitted above this many unfinished transactions.
+    pub intake_capacity_txns: usize,
+    /// Pin stage threads to cores (round robin over the cores this process may use).
+    pub pin_threads: bool,
+    /// The protocol's timeouts, in microseconds.
+    pub timeouts: Timeouts,
+}
+
+/// The protocol's timers. The engine's defaults are generous: on a shared 2-core VM a
+/// sync can take tens of milliseconds, and a vote timeout that fires early aborts
+/// transactions that would have committed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// How long the coordinator waits for votes before aborting the missing ones.
+    pub vote_us: u64,
+    /// Period of retransmissions to sites that have not acknowledged a round.
+    pub retransmit_us: u64,
+    /// How long a site holds an undecided transaction before it chases a decision.
+    pub pending_us: u64,
+    /// Delay per replica rank before it starts recovery.
+    pub recovery_stagger_us: u64,
+    /// How long a recovery coordinator collects states.
+    pub collect_us: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            vote_us: 1_000_000,
+            retransmit_us: 100_000,
+            pending_us: 2_000_000,
+            recovery_stagger_us: 200_000,
+            collect_us: 200_000,
+        }
+    }
+}
+
+impl Timeouts {
+    /// The protocol configuration for `replicas` with these timeouts.
+    pub fn proto_config(&self, replicas: Vec<crate::proto::SiteId>) -> crate::proto::ProtoConfig {
+        let mut config = crate::proto::ProtoConfig::new(replicas);
+        config.vote_timeout_us = self.vote_us;
+        config.retransmit_us = self.retransmit_us;
+        config.pending_timeout_us = self.pending_us;
+        config.recovery_stagger_us = self.recovery_stagger_us;
+        config.collect_timeout_us = self.collect_us;
+        config
+    }
+}
+
+impl EngineConfig {
+    /// `ledgers` built-in ledgers of `accounts` accounts, each starting at
+    /// `initial_balance`, with the default limits and a log below `data_dir`.
+    pub fn ledgers(
+        data_dir: impl Into<PathBuf>,
+        ledgers: usize,
+        accounts: u64,
+        initial_balance: i64,
+    ) -> EngineConfig {
+        let mut ledger = LedgerConfig::new(accounts);
+        ledger.balance_initial = initial_balance;
+        EngineConfig {
+            data_dir: data_dir.into(),
+            participants: vec![ParticipantSpec::Ledger(ledger); ledgers],
+            replicas: REPLICAS_DEFAULT,
+            wal: WalConfig::default(),
+            batch_txns_max: BATCH_TXNS_DEFAULT,
+            batch_delay_us_max: BATCH_DELAY_US_DEFAULT,
+            batching: true,
+            pipelining: true,
+            intake_high_water_txns: INTAKE_HIGH_WATER_TXNS,
+            intake_capacity_txns: INTAKE_TXNS_MAX,
+            pin_threads: false,
+            timeouts: Timeouts::default(),
+        }
+    }
+
+    /// Batches the coordinator keeps in flight at once.
+    pub fn batches_in_flight_max(&self) -> usize {
+        if self.pipelining {
+            BATCHES_IN_FLIGHT_MAX
+        } else {
+            1
+        }
+    }
+}

@@ -1,0 +1,486 @@
+//! `Engine`: opens (and recovers) every site, runs the stages, takes submissions.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use tricommit_wal::{Wal, WalError};
+
+use crate::pipeline::bounds::{BATCH_TXNS_MAX, INTAKE_QUEUE_TXNS_CAPACITY};
+use crate::pipeline::mpsc::{self, MpscSender};
+use crate::pipeline::{
+    spsc, AbortReason, Admission, AdmissionLimits, BatchPolicy, Batcher, Busy, Doorbell,
+    MonotonicClock, Outcome, Ticket, WaitConfig,
+};
+use crate::proto::{Coordinator, Output, Participant, Record, SiteId};
+
+use super::config::{EngineConfig, ParticipantRm, PARTICIPANTS_MAX, REPLICAS_MAX};
+use super::site::{run_passive, Links, SiteError, SiteIo, SiteStats, INBOX_FRAMES_CAPACITY};
+use super::stages::{
+    participant_site, run_active, run_batcher, run_completion, ActiveStage, BatcherStage,
+    EngineStats, Pending, BATCHES_QUEUED_MAX, COMPLETION_CHUNKS_CAPACITY,
+};
+use super::txn::Txn;
+
+/// Errors of opening, running or shutting down an engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("log of {site} in {dir}: {source}")]
+    Wal {
+        site: String,
+        dir: PathBuf,
+        source: WalError,
+    },
+    #[error("log of {site}: record at lsn {lsn} does not decode: {source}")]
+    Record {
+        site: String,
+        lsn: u64,
+        source: crate::proto::RecordError,
+    },
+    #[error("recovering {site}: {source}")]
+    Recover {
+        site: String,
+        source: crate::proto::ProtoError,
+    },
+    #[error("{0}")]
+    Site(#[from] SiteError),
+    #[error("cannot start stage {stage}: {source}")]
+    Spawn {
+        stage: String,
+        source: std::io::Error,
+    },
+    #[error("stage {0} panicked")]
+    Panicked(String),
+}
+
+/// What `Engine::shutdown` hands back: the participants' state machines, so that a
+/// caller can check their resource managers (the bank invariant, for one).
+pub struct Shutdown {
+    pub participants: Vec<Participant<ParticipantRm>>,
+}
+
+/// The embedded commit engine.
+pub struct Engine {
+    intake: Option<MpscSender<Pending>>,
+    admission: Arc<Admission>,
+    stats: Arc<EngineStats>,
+    site_stats: Vec<Arc<SiteStats>>,
+    participants: usize,
+    draining: Arc<AtomicBool>,
+    stop_passive: Arc<AtomicBool>,
+    batcher: Option<JoinHandle<()>>,
+    active: Option<JoinHandle<Result<Coordinator, SiteError>>>,
+    completion: Option<JoinHandle<()>>,
+    passive_replicas: Vec<JoinHandle<Result<Coordinator, SiteError>>>,
+    participant_threads: Vec<JoinHandle<Result<Participant<ParticipantRm>, SiteError>>>,
+    doorbells: Vec<Arc<Doorbell>>,
+}
+
+fn validate(config: &EngineConfig) -> Result<(), EngineError> {
+    let bad = |text: String| Err(EngineError::Config(text));
+    if !(1..=REPLICAS_MAX).contains(&config.replicas) {
+        return bad(format!(
+            "replicas must be 1..={REPLICAS_MAX}, not {}",
+            config.replicas
+        ));
+    }
+    if !(1..=PARTICIPANTS_MAX).contains(&config.participants.len()) {
+        return bad(format!(
+            "participants must be 1..={PARTICIPANTS_MAX}, not {}",
+            config.participants.len()
+        ));
+    }
+    if !(1..=BATCH_TXNS_MAX).contains(&config.batch_txns_max) {
+        return bad(format!(
+            "batch_txns_max must be 1..={BATCH_TXNS_MAX}, not {}",
+            config.batch_txns_max
+        ));
+    }
+    config
+        .wal
+        .validate()
+        .map_err(|error| EngineError::Config(error.to_string()))
+}
+
+/// A site's log, opened and read back.
+struct OpenedLog {
+    wal: Wal,
+    records: Vec<Record>,
+}
+
+fn open_log(dir: &Path, site: &str, config: &EngineConfig) -> Result<OpenedLog, EngineError> {
+    let wal_error = |source| EngineError::Wal {
+        site: site.to_owned(),
+        dir: dir.to_owned(),
+        source,
+    };
+    let (wal, _recovery) = Wal::open(dir, config.wal.clone()).map_err(wal_error)?;
+    let mut records = Vec::new();
+    for record in wal.read_from(wal.first_lsn()) {
+        let record = record.map_err(wal_error)?;
+        let decoded =
+            Record::decode(record.kind, record.payload).map_err(|source| EngineError::Record {
+                site: site.to_owned(),
+                lsn: record.lsn,
+                source,
+            })?;
+        records.push(decoded);
+    }
+    Ok(OpenedLog { wal, records })
+}
+
+/// Everything the sites share, built before any thread starts.
+struct Wiring {
+    clock: Arc<MonotonicClock>,
+    links: Links,
+    inboxes: Vec<Option<mpsc::MpscReceiver<super::site::Frame>>>,
+    doorbells: Vec<Arc<Doorbell>>,
+}
+
+fn wire(sites: usize) -> Result<Wiring, EngineError> {
+    let mut senders = Vec::with_capacity(sites);
+    let mut inboxes = Vec::with_capacity(sites);
+    let mut doorbells = Vec::with_capacity(sites);
+    for _ in 0..sites {
+        let doorbell = Arc::new(Doorbell::new(WaitConfig::default()));
+        let (sender, receiver) = mpsc::channel(INBOX_FRAMES_CAPACITY, doorbell.clone())
+            .map_err(|error| EngineError::Config(error.to_string()))?;
+        senders.push(Some(sender));
+        inboxes.push(Some(receiver));
+        doorbells.push(doorbell);
+    }
+    Ok(Wiring {
+        clock: Arc::new(MonotonicClock::new()),
+        links: Arc::new(senders),
+        inboxes,
+        doorbells,
+    })
+}
+
+impl Wiring {
+    /// The I/O half of site `me`: its log, its inbox, and links to every other site.
+    fn site_io(&mut self, me: SiteId, wal: Wal, out: Output, stop: &Arc<AtomicBool>) -> SiteIo {
+        let index = me.0 as usize;
+        SiteIo {
+            me,
+            // Nothing is appended yet: the state machine's first append gets seq 1.
+            lsn_base: wal.last_lsn(),
+            wal,
+            inbox: self.inboxes[index]
+                .take()
+                .expect("each site's inbox is taken once"),
+            doorbell: self.doorbells[index].clone(),
+            links: self.links.clone(),
+            clock: self.clock.clone(),
+            stop: stop.clone(),
+            stats: Arc::new(SiteStats::default()),
+            out,
+            frames: Vec::new(),
+            encode: Vec::new(),
+            appended: crate::proto::AppendSeq(0),
+        }
+    }
+}
+
+fn spawn<R: Send + 'static>(
+    name: String,
+    run: impl FnOnce() -> R + Send + 'static,
+) -> Result<JoinHandle<R>, EngineError> {
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(run)
+        .map_err(|source| EngineError::Spawn {
+            stage: name,
+            source,
+        })
+}
+
+impl Engine {
+    /// Opens every site's log below `config.data_dir`, recovers each state machine from
+    /// what survived, and starts the stages. Open batches left by a crash are finished
+    /// by the E3PC termination protocol once the stages run.
+    pub fn open(config: EngineConfig) -> Result<Engine, EngineError> {
+        validate(&config)?;
+        let replicas: Vec<SiteId> = (0..config.replicas as u8).map(SiteId).collect();
+        let proto_config = config.timeouts.proto_config(replicas.clone());
+        let sites = config.replicas + config.participants.len();
+        let mut wiring = wire(sites)?;
+        let stop_passive = Arc::new(AtomicBool::new(false));
+        let draining = Arc::new(AtomicBool::new(false));
+        let mut site_stats = Vec::new();
+
+        let mut replica_machines = Vec::new();
+        for &me in &replicas {
+            let name = format!("replica-{}", me.0);
+            let log = open_log(&config.data_dir.join(&name), &name, &config)?;
+            let mut out = Output::default();
+            let now_us = wiring.clock.now_us();
+            let machine = if log.records.is_empty() {
+                Coordinator::new(proto_config.clone(), me, &mut out)
+            } else {
+                Coordinator::recover(proto_config.clone(), me, &log.records, now_us, &mut out)
+            }
+            .map_err(|source| EngineError::Recover {
+                site: name.clone(),
+                source,
+            })?;
+            replica_machines.push((me, machine, log, out));
+        }
+        let mut participant_machines = Vec::new();
+        for (index, spec) in config.participants.iter().enumerate() {
+            let me = participant_site(config.replicas, index as u8);
+            let name = format!("participant-{index}");
+            let log = open_log(&config.data_dir.join(&name), &name, &config)?;
+            let rm = ParticipantRm::genesis(spec)
+                .map_err(|error| EngineError::Config(format!("{name}: {error}")))?;
+            let now_us = wiring.clock.now_us();
+            let machine = Participant::recover(proto_config.clone(), me, rm, &log.records, now_us)
+                .map_err(|source| EngineError::Recover {
+                    site: name.clone(),
+                    source,
+                })?;
+            participant_machines.push((me, machine, log));
+        }
+
+        let limits =
+            AdmissionLimits::new(config.intake_high_water_txns, config.intake_capacity_txns)
+                .map_err(|error| EngineError::Config(error.to_string()))?;
+        let admission = Arc::new(
+            Admission::new(limits).map_err(|error| EngineError::Config(error.to_string()))?,
+        );
+        let stats = Arc::new(EngineStats::default());
+
+        // The active replica listens to its inbox and to the batcher on one doorbell.
+        let active_doorbell = wiring.doorbells[0].clone();
+        let (to_coordinator, from_batcher) = spsc::channel(BATCHES_QUEUED_MAX, active_doorbell)
+            .map_err(|error| EngineError::Config(error.to_string()))?;
+        let completion_doorbell = Arc::new(Doorbell::new(WaitConfig::default()));
+        let (to_completion, from_coordinator) =
+            spsc::channel(COMPLETION_CHUNKS_CAPACITY, completion_doorbell)
+                .map_err(|error| EngineError::Config(error.to_string()))?;
+        let (mut from_batcher, mut to_completion) = (Some(from_batcher), Some(to_completion));
+        let intake_doorbell = Arc::new(Doorbell::new(WaitConfig::default()));
+        let (intake, intake_receiver) = mpsc::channel(INTAKE_QUEUE_TXNS_CAPACITY, intake_doorbell)
+            .map_err(|error| EngineError::Config(error.to_string()))?;
+
+        let mut passive_replicas = Vec::new();
+        let mut active = None;
+        for (me, machine, log, out) in replica_machines {
+            let stop = if me.0 == 0 {
+                draining.clone()
+            } else {
+                stop_passive.clone()
+            };
+            let io = wiring.site_io(me, log.wal, out, &stop);
+            site_stats.push(io.stats.clone());
+            let name = format!("tc-replica-{}", me.0);
+            if me.0 == 0 {
+                let stage = ActiveStage {
+                    batches: from_batcher.take().expect("one active replica"),
+                    to_completion: to_completion.take().expect("one active replica"),
+                    window_batches: config.batches_in_flight_max(),
+                    draining: draining.clone(),
+                };
+                active = Some(spawn(name, move || run_active(machine, io, stage))?);
+            } else {
+                passive_replicas.push(spawn(name, move || run_passive(machine, io))?);
+            }
+        }
+        let mut participant_threads = Vec::new();
+        for (me, machine, log) in participant_machines {
+            let io = wiring.site_io(me, log.wal, Output::default(), &stop_passive);
+            site_stats.push(io.stats.clone());
+            let name = format!("tc-participant-{}", me.0 as usize - config.replicas);
+            participant_threads.push(spawn(name, move || run_passive(machine, io))?);
+        }
+        let completion = {
+            let (admission, stats) = (admission.clone(), stats.clone());
+            spawn("tc-completion".into(), move || {
+                run_completion(from_coordinator, admission, stats)
+            })?
+        };
+        let policy = BatchPolicy::new(
+            config.batch_txns_max,
+            config.batch_delay_us_max,
+            config.batching,
+        )
+        .map_err(|error| EngineError::Config(error.to_string()))?;
+        let batcher_stage = BatcherStage {
+            intake: intake_receiver,
+            batcher: Batcher::new(policy),
+            to_coordinator,
+            clock: wiring.clock.clone(),
+            replicas: config.replicas,
+            participants: config.participants.len(),
+            stats: stats.clone(),
+        };
+        let batcher = spawn("tc-batcher".into(), move || run_batcher(batcher_stage))?;
+        Ok(Engine {
+            intake: Some(intake),
+            admission,
+            stats,
+            site_stats,
+            participants: config.participants.len(),
+            draining,
+            stop_passive,
+            batcher: Some(batcher),
+            active,
+            completion: Some(completion),
+            passive_replicas,
+            participant_threads,
+            doorbells: wiring.doorbells,
+        })
+    }
+}
+
+/// A snapshot of the engine's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineCounters {
+    pub committed: u64,
+    pub aborted: u64,
+    pub batches: u64,
+    pub batch_txns_total: u64,
+    /// WAL syncs over every site.
+    pub syncs: u64,
+    /// WAL records over every site.
+    pub records: u64,
+    /// Frames dropped because an inbox was full (retransmitted by the protocol).
+    pub frames_dropped: u64,
+}
+
+impl Engine {
+    /// Submits a transaction. Returns its ticket, or hands the transaction back in
+    /// [`Busy`] when the engine sheds load (`Normal` priority first).
+    ///
+    /// A transaction naming a participant the engine does not have, or none at all, is
+    /// not submitted: its ticket is ready at once with `Rejected(MALFORMED)`. After
+    /// shutdown began, tickets are ready at once with `Aborted(Shutdown)`.
+    pub fn submit(&self, txn: Txn) -> Result<Ticket, Busy<Txn>> {
+        let legs = txn.legs();
+        if legs.is_empty()
+            || legs
+                .iter()
+                .any(|leg| leg.participant as usize >= self.participants)
+        {
+            let reason = crate::proto::Reason::MALFORMED;
+            return Ok(Ticket::ready(Outcome::Aborted(AbortReason::Rejected(
+                reason,
+            ))));
+        }
+        let Some(intake) = &self.intake else {
+            return Ok(Ticket::ready(Outcome::Aborted(AbortReason::Shutdown)));
+        };
+        let admitted = self.admission.admit(txn, txn.priority)?;
+        let pending = Pending {
+            txn: admitted.txn,
+            completion: admitted.completion,
+        };
+        match intake.push(pending) {
+            Ok(()) => Ok(admitted.ticket),
+            Err(error) => {
+                // Admission keeps the intake queue from filling, so only a stopped
+                // batcher lands here.
+                let _ = self.admission.complete(
+                    error.into_inner().completion,
+                    Outcome::Aborted(AbortReason::Shutdown),
+                );
+                Ok(admitted.ticket)
+            }
+        }
+    }
+
+    /// The engine's counters so far.
+    pub fn counters(&self) -> EngineCounters {
+        let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        let mut counters = EngineCounters {
+            committed: load(&self.stats.committed),
+            aborted: load(&self.stats.aborted),
+            batches: load(&self.stats.batches),
+            batch_txns_total: load(&self.stats.batch_txns_total),
+            ..EngineCounters::default()
+        };
+        for site in &self.site_stats {
+            counters.syncs += load(&site.syncs);
+            counters.records += load(&site.records);
+            counters.frames_dropped += load(&site.frames_dropped);
+        }
+        counters
+    }
+
+    /// Transactions admitted and not yet completed.
+    pub fn in_flight_txns(&self) -> usize {
+        self.admission.in_flight_txns()
+    }
+
+    /// Stops taking submissions, finishes every batch in flight, lets the other sites
+    /// handle what was sent to them, and stops every stage. Returns the participants'
+    /// resource managers (for checks), or the first error a stage met.
+    pub fn shutdown(mut self) -> Result<Shutdown, EngineError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<Shutdown, EngineError> {
+        let mut first_error: Option<EngineError> = None;
+        let mut note = |error: EngineError| {
+            first_error.get_or_insert(error);
+        };
+        // Closing the intake lets the batcher drain it and exit, which closes the
+        // coordinator's batch queue.
+        self.intake = None;
+        if let Some(batcher) = self.batcher.take() {
+            if batcher.join().is_err() {
+                note(EngineError::Panicked("batcher".into()));
+            }
+        }
+        self.draining.store(true, Ordering::Release);
+        self.doorbells[0].ring();
+        if let Some(active) = self.active.take() {
+            match active.join() {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => note(error.into()),
+                Err(_) => note(EngineError::Panicked("replica-0".into())),
+            }
+        }
+        if let Some(completion) = self.completion.take() {
+            if completion.join().is_err() {
+                note(EngineError::Panicked("completion".into()));
+            }
+        }
+        self.stop_passive.store(true, Ordering::Release);
+        for doorbell in &self.doorbells {
+            doorbell.ring();
+        }
+        for replica in self.passive_replicas.drain(..) {
+            match replica.join() {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => note(error.into()),
+                Err(_) => note(EngineError::Panicked("replica".into())),
+            }
+        }
+        let mut participants = Vec::new();
+        for participant in self.participant_threads.drain(..) {
+            match participant.join() {
+                Ok(Ok(machine)) => participants.push(machine),
+                Ok(Err(error)) => note(error.into()),
+                Err(_) => note(EngineError::Panicked("participant".into())),
+            }
+        }
+        // Whatever a failed stage left undecided is in doubt for its clients.
+        self.admission.complete_all_pending(Outcome::InDoubt);
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(Shutdown { participants }),
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if self.batcher.is_some() || self.active.is_some() {
+            let _ = self.stop();
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! A site stage: one thread that drives one protocol state machine with real I/O.
+//!
+//! The loop is the driving contract of [`crate::proto`] made concrete: take the frames
+//! that arrived (and, on the active coordinator, new batches), feed them in, write the
+//! requested records to this site's WAL, sync once for everything that asked to be
+//! forced, report the sync back, and deliver the messages. Frames that arrive while a
+//! sync runs wait in the inbox and are handled together on the next turn, which is
+//! what makes one sync serve many batches (group commit).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tricommit_wal::{Lsn, Wal, WalError};
+
+use crate::pipeline::mpsc::{MpscReceiver, MpscSender};
+use crate::pipeline::{Doorbell, MonotonicClock};
+use crate::proto::{AppendSeq, Coordinator, Output, Part, Participant, ResourceManager, SiteId};
+
+/// Frames one turn takes from the inbox before it flushes, so that a flood of messages
+/// cannot delay the sync (and the replies) without bound.
+pub const FRAMES_PER_TURN_MAX: usize = 256;
+/// Rounds of "report durable, flush what that released" in one turn; each round can
+/// only release messages held for the sync just made, so two are enough and the bound
+/// catches a state machine that keeps asking.
+pub const FLUSH_ROUNDS_MAX: usize = 4;
+/// Frames an inbox holds. In-process links drop a frame that finds the inbox full, as a
+/// network would; the protocol retransmits what matters.
+pub const INBOX_FRAMES_CAPACITY: usize = 8192;
+
+/// A frame on an in-process link: every part one site sends another in one turn.
+pub struct Frame {
+    pub from: SiteId,
+    pub parts: Vec<Part>,
+}
+
+/// The links of one deployment: a sender into every site's inbox, by site id.
+pub type Links = Arc<Vec<Option<MpscSender<Frame>>>>;
+
+/// The protocol roles a site stage can drive.
+pub trait Machine {
+    fn handle_message(&mut self, now_us: u64, from: SiteId, part: Part, out: &mut Output);
+    fn handle_durable(&mut self, now_us: u64, upto: AppendSeq, out: &mut Output);
+    fn poll_timeout(&self) -> Option<u64>;
+    fn handle_timeout(&mut self, now_us: u64, out: &mut Output);
+}
+
+impl Machine for Coordinator {
+    fn handle_message(&mut self, now_us: u64, from: SiteId, part: Part, out: &mut Output) {
+        Coordinator::handle_message(self, now_us, from, part, out)
+    }
+    fn handle_durable(&mut self, now_us: u64, upto: AppendSeq, out: &mut Output) {
+        Coordinator::handle_durable(self, now_us, upto, out)
+    }
+    fn poll_timeout(&self) -> Option<u64> {
+        Coordinator::poll_timeout(self)
+    }
+    fn handle_timeout(&mut self, now_us: u64, out: &mut Output) {
+        Coordinator::handle_timeout(self, now_us, out)
+    }
+}
+
+impl<R: ResourceManager> Machine for Participant<R> {
+    fn handle_message(&mut self, now_us: u64, from: SiteId, part: Part, out: &mut Output) {
+        Participant::handle_message(self, now_us, from, part, out)
+    }
+    fn handle_durable(&mut self, now_us: u64, upto: AppendSeq, out: &mut Output) {
+        Participant::handle_durable(self, now_us, upto, out)
+    }
+    fn poll_timeout(&self) -> Option<u64> {
+        Participant::poll_timeout(self)
+    }
+    fn handle_timeout(&mut self, now_us: u64, out: &mut Output) {
+        Participant::handle_timeout(self, now_us, out)
+    }
+}
+
+/// Counters every site publishes, for the load generator and the tests.
+#[derive(Debug, Default)]
+pub struct SiteStats {
+    pub syncs: AtomicU64,
+    pub records: AtomicU64,
+    pub frames_in: AtomicU64,
+    pub frames_dropped: AtomicU64,
+}
+
+/// What a site stage owns besides its state machine.
+pub struct SiteIo {
+    pub me: SiteId,
+    pub wal: Wal,
+    /// `lsn = lsn_base + seq` for every append of this state machine instance.
+    pub lsn_base: Lsn,
+    pub inbox: MpscReceiver<Frame>,
+    pub doorbell: Arc<Doorbell>,
+    pub links: Links,
+    pub clock: Arc<MonotonicClock>,
+    pub stop: Arc<AtomicBool>,
+    pub stats: Arc<SiteStats>,
+    /// Reused buffers.
+    pub out: Output,
+    pub frames: Vec<Frame>,
+    pub encode: Vec<u8>,
+    pub appended: AppendSeq,
+}
+
+/// Errors that end a site stage. A WAL error is fatal for the site (fsyncgate).
+#[derive(Debug, thiserror::Error)]
+pub enum SiteError {
+    #[error("site {site}: write-ahead log: {source}")]
+    Wal { site: u8, source: WalError },
+}
+
+impl SiteIo {
+    /// Writes the output's appends, syncs when asked, reports durability back and
+    /// delivers the messages; repeats while reporting releases more.
+    pub fn flush<M: Machine>(&mut self, machine: &mut M) -> Result<(), SiteError> {
+        for _ in 0..FLUSH_ROUNDS_MAX {
+            let sync_upto = self.out.sync_upto.take();
+            self.write_appends()?;
+            self.deliver();
+            let Some(upto) = sync_upto else { return Ok(()) };
+            debug_assert!(upto <= self.appended, "sync asked past the last append");
+            self.wal.sync().map_err(|source| SiteError::Wal {
+                site: self.me.0,
+                source,
+            })?;
+            self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+            let now_us = self.clock.now_us();
+            machine.handle_durable(now_us, self.appended, &mut self.out);
+        }
+        self.write_appends()?;
+        self.deliver();
+        Ok(())
+    }
+
+    fn write_appends(&mut self) -> Result<(), SiteError> {
+        let site = self.me.0;
+        for (seq, record) in self.out.appends.drain(..) {
+            self.encode.clear();
+            record.encode(&mut self.encode);
+            let lsn = self
+                .wal
+                .append(record.kind(), &self.encode)
+                .map_err(|source| SiteError::Wal { site, source })?;
+            // The state machine's sequence numbers and the log's LSNs advance together;
+            // anything else means another writer shares this log.
+            assert_eq!(
+                lsn,
+                self.lsn_base + seq.0,
+                "site {site}: append sequence and LSN diverged"
+            );
+            self.appended = seq;
+            self.stats.records.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Sends every part to its site, one frame per destination.
+    fn deliver(&mut self) {
+        if self.out.sends.is_empty() {
+            return;
+        }
+        for (to, parts) in self.out.frames() {
+            let Some(Some(link)) = self.links.get(to.0 as usize) else {
+                continue;
+            };
+            if link
+                .push(Frame {
+                    from: self.me,
+                    parts,
+                })
+                .is_err()
+            {
+                self.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Feeds every frame waiting in the inbox (up to a bound) into the machine. Returns
+    /// how many frames there were.
+    pub fn take_frames<M: Machine>(&mut self, machine: &mut M) -> usize {
+        self.frames.clear();
+        let count = self.inbox.pop_batch(&mut self.frames, FRAMES_PER_TURN_MAX);
+        let now_us = self.clock.now_us();
+        for frame in self.frames.drain(..) {
+            for part in frame.parts {
+                machine.handle_message(now_us, frame.from, part, &mut self.out);
+            }
+        }
+        self.stats
+            .frames_in
+            .fetch_add(count as u64, Ordering::Relaxed);
+        count
+    }
+
+    /// Fires the machine's timer if it is due.
+    pub fn fire_timer<M: Machine>(&mut self, machine: &mut M) {
+        let now_us = self.clock.now_us();
+        if machine.poll_timeout().is_some_and(|at| at <= now_us) {
+            machine.handle_timeout(now_us, &mut self.out);
+        }
+    }
+
+    /// Sleeps until a frame arrives, `also_ready` holds, the machine's timer is due, or
+    /// the engine stops. `also_ready` must read state that producers publish before they
+    /// ring this site's doorbell.
+    pub fn wait<M: Machine>(&self, machine: &M, also_ready: impl Fn() -> bool) {
+        let deadline = machine
+            .poll_timeout()
+            .and_then(|at| self.clock.instant_at(at));
+        let inbox = &self.inbox;
+        let stop = &self.stop;
+        let ready = || inbox.has_items() || also_ready() || stop.load(Ordering::Acquire);
+        self.doorbell.wait_until(ready, deadline);
+    }
+}
+
+/// The loop of a participant or a backup replica: frames in, records and frames out.
+pub fn run_passive<M: Machine>(mut machine: M, mut io: SiteIo) -> Result<M, SiteError> {
+    io.flush(&mut machine)?;
+    loop {
+        let frames = io.take_frames(&mut machine);
+        io.fire_timer(&mut machine);
+        io.flush(&mut machine)?;
+        if frames == 0 {
+            if io.stop.load(Ordering::Acquire) {
+                return Ok(machine);
+            }
+            io.wait(&machine, || false);
+        }
+    }
+}

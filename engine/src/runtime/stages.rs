@@ -1,0 +1,310 @@
+//! The client-facing stages: intake and batcher, the active coordinator, completion.
+//!
+//! ```text
+//! submit ──MPSC──▶ batcher ──SPSC──▶ active coordinator ◀──frames──▶ replicas, participants
+//!                                         │
+//!                                         └──SPSC──▶ completion ──▶ tickets
+//! ```
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::pipeline::mpsc::MpscReceiver;
+use crate::pipeline::spsc::{SpscReceiver, SpscSender};
+use crate::pipeline::{
+    AbortReason, Admission, BatchPoll, Batcher, CompletionId, MonotonicClock, Outcome, Received,
+};
+use crate::proto::{self, BatchId, BatchInput, Coordinator, Op, SiteId};
+
+use super::site::{SiteError, SiteIo};
+use super::txn::Txn;
+
+/// Client batches waiting between the batcher and the coordinator. Small: the
+/// coordinator only takes a batch when its in-flight window has room, and a batch that
+/// waits here is a batch that could still grow.
+pub const BATCHES_QUEUED_MAX: usize = 2;
+/// Completion chunks between the coordinator and the completion stage.
+pub const COMPLETION_CHUNKS_CAPACITY: usize = 1024;
+
+/// An admitted transaction on its way to a batch.
+pub struct Pending {
+    pub txn: Txn,
+    pub completion: CompletionId,
+}
+
+/// A closed batch: the protocol's input plus the tickets, in batch order.
+pub struct ClientBatch {
+    pub input: BatchInput,
+    pub completions: Vec<CompletionId>,
+}
+
+/// Outcomes for some transactions of one batch, for the completion stage.
+pub struct CompletionChunk {
+    pub completions: Vec<CompletionId>,
+    pub outcome: Outcome,
+}
+
+/// Engine-wide counters.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    pub batches: AtomicU64,
+    pub batch_txns_total: AtomicU64,
+    pub committed: AtomicU64,
+    pub aborted: AtomicU64,
+}
+
+/// Maps a participant index to its site id: replicas take the ids below.
+pub fn participant_site(replicas: usize, participant: u8) -> SiteId {
+    SiteId(replicas as u8 + participant)
+}
+
+/// The batcher's inputs and outputs.
+pub struct BatcherStage {
+    pub intake: MpscReceiver<Pending>,
+    pub batcher: Batcher<Pending>,
+    pub to_coordinator: SpscSender<ClientBatch>,
+    pub clock: Arc<MonotonicClock>,
+    pub replicas: usize,
+    pub participants: usize,
+    pub stats: Arc<EngineStats>,
+}
+
+/// Takes admitted transactions, closes batches by size, time or an idle coordinator,
+/// and hands them on. Returns when every submitter is gone and the intake is drained.
+pub fn run_batcher(mut stage: BatcherStage) {
+    let mut taken: Vec<Pending> = Vec::new();
+    let mut closed: Vec<Pending> = Vec::new();
+    let mut intake_closed = false;
+    while !(intake_closed && stage.batcher.is_empty()) {
+        let deadline_us = stage.batcher.deadline_us();
+        let deadline = deadline_us.and_then(|at| stage.clock.instant_at(at));
+        let room = stage.batcher.policy().batch_txns_limit() - stage.batcher.len();
+        taken.clear();
+        match stage.intake.wait_batch(&mut taken, room.max(1), deadline) {
+            Received::Closed => intake_closed = true,
+            Received::Items(_) | Received::TimedOut => {}
+        }
+        let now_us = stage.clock.now_us();
+        for pending in taken.drain(..) {
+            // `room` guarantees the batch has space for everything taken.
+            if stage.batcher.offer(pending, now_us).is_err() {
+                unreachable!("took no more than the room left in the open batch");
+            }
+        }
+        let idle = stage.to_coordinator.consumer_idle()
+            && stage.to_coordinator.slots_free() == BATCHES_QUEUED_MAX;
+        let force = intake_closed;
+        closed.clear();
+        let closed_now = match stage.batcher.poll(now_us, idle || force, &mut closed) {
+            BatchPoll::Closed { .. } => true,
+            BatchPoll::WakeAt { .. } | BatchPoll::Empty => false,
+        };
+        if closed_now {
+            let batch = build_batch(&mut closed, stage.replicas, stage.participants);
+            stage.stats.batches.fetch_add(1, Ordering::Relaxed);
+            stage
+                .stats
+                .batch_txns_total
+                .fetch_add(batch.completions.len() as u64, Ordering::Relaxed);
+            push_blocking(&mut stage.to_coordinator, batch);
+        }
+    }
+}
+
+/// Waits (parked in short steps) for room in the coordinator's queue: the batcher has
+/// nothing better to do, and admission already bounds what piles up behind it.
+fn push_blocking(to: &mut SpscSender<ClientBatch>, mut batch: ClientBatch) {
+    const FULL_PARK_US: u64 = 50;
+    loop {
+        match to.push(batch) {
+            Ok(()) => return,
+            Err(error) if error.is_full() => {
+                batch = error.into_inner();
+                std::thread::park_timeout(std::time::Duration::from_micros(FULL_PARK_US));
+            }
+            // The coordinator is gone (fatal error): the engine completes every ticket.
+            Err(_) => return,
+        }
+    }
+}
+
+/// Turns closed transactions into the protocol's batch input: per-transaction member
+/// masks and each participant's operations in batch order.
+fn build_batch(closed: &mut Vec<Pending>, replicas: usize, participants: usize) -> ClientBatch {
+    let len = closed.len();
+    let mut input = BatchInput {
+        txns: Vec::with_capacity(len),
+        members: Vec::with_capacity(len),
+        ops: (0..participants)
+            .map(|index| (participant_site(replicas, index as u8), Vec::new()))
+            .collect(),
+    };
+    let mut completions = Vec::with_capacity(len);
+    for pending in closed.drain(..) {
+        let mut mask = 0u64;
+        for leg in pending.txn.legs() {
+            let site = participant_site(replicas, leg.participant);
+            mask |= site.bit();
+            input.ops[leg.participant as usize].1.push(Op {
+                txn: pending.txn.id,
+                payload: leg.payload,
+            });
+        }
+        input.txns.push(pending.txn.id);
+        input.members.push(mask);
+        completions.push(pending.completion);
+    }
+    input.ops.retain(|(_, ops)| !ops.is_empty());
+    ClientBatch { input, completions }
+}
+
+/// A batch the active coordinator opened whose outcomes are not all reported yet.
+struct OpenBatch {
+    completions: Vec<CompletionId>,
+    txns_left: u32,
+}
+
+/// The active coordinator's extra state.
+pub struct ActiveStage {
+    pub batches: SpscReceiver<ClientBatch>,
+    pub to_completion: SpscSender<CompletionChunk>,
+    pub window_batches: usize,
+    /// Set once the batcher is gone: drain the window, then exit.
+    pub draining: Arc<AtomicBool>,
+}
+
+/// The loop of the active coordinator replica.
+pub fn run_active(
+    mut coordinator: Coordinator,
+    mut io: SiteIo,
+    mut stage: ActiveStage,
+) -> Result<Coordinator, SiteError> {
+    let mut open: HashMap<BatchId, OpenBatch> = HashMap::new();
+    let mut unsent: Vec<CompletionChunk> = Vec::new();
+    io.flush(&mut coordinator)?;
+    loop {
+        let mut worked = take_batches(&mut coordinator, &mut io, &mut stage, &mut open);
+        worked += io.take_frames(&mut coordinator);
+        io.fire_timer(&mut coordinator);
+        let completions = std::mem::take(&mut io.out.completions);
+        io.flush(&mut coordinator)?;
+        route(completions, &mut open, &mut unsent);
+        let released = std::mem::take(&mut io.out.completions);
+        route(released, &mut open, &mut unsent);
+        if !unsent.is_empty() {
+            let _ = stage.to_completion.push_from(&mut unsent);
+        }
+        if worked > 0 {
+            continue;
+        }
+        let batcher_gone = stage.batches.is_closed() && !stage.batches.has_items();
+        if batcher_gone
+            && open.is_empty()
+            && unsent.is_empty()
+            && stage.draining.load(Ordering::Acquire)
+        {
+            return Ok(coordinator);
+        }
+        let batches = &stage.batches;
+        let room = open.len() < stage.window_batches;
+        io.wait(&coordinator, || room && batches.has_items());
+    }
+}
+
+/// Submits queued client batches while the window has room.
+fn take_batches(
+    coordinator: &mut Coordinator,
+    io: &mut SiteIo,
+    stage: &mut ActiveStage,
+    open: &mut HashMap<BatchId, OpenBatch>,
+) -> usize {
+    let mut taken = 0;
+    while open.len() < stage.window_batches {
+        let Some(batch) = stage.batches.pop() else {
+            break;
+        };
+        let now_us = io.clock.now_us();
+        let txns_left = batch.completions.len() as u32;
+        match coordinator.submit(now_us, batch.input, &mut io.out) {
+            Ok(id) => {
+                open.insert(
+                    id,
+                    OpenBatch {
+                        completions: batch.completions,
+                        txns_left,
+                    },
+                );
+            }
+            Err(error) => {
+                // The batcher only builds well-formed batches; should one slip through,
+                // its clients learn that it was refused rather than hang.
+                debug_assert!(false, "coordinator refused a batch: {error}");
+                let _ = error;
+                let aborted = Outcome::Aborted(AbortReason::Rejected(proto::Reason::MALFORMED));
+                let _ = stage.to_completion.push(CompletionChunk {
+                    completions: batch.completions,
+                    outcome: aborted,
+                });
+            }
+        }
+        taken += 1;
+    }
+    taken
+}
+
+/// Turns the protocol's completions into ticket completions.
+fn route(
+    completions: Vec<proto::Completion>,
+    open: &mut HashMap<BatchId, OpenBatch>,
+    unsent: &mut Vec<CompletionChunk>,
+) {
+    for completion in completions {
+        let Some(batch) = open.get_mut(&completion.batch) else {
+            continue;
+        };
+        let outcome = match completion.outcome {
+            proto::Outcome::Commit => Outcome::Committed,
+            proto::Outcome::Abort => Outcome::Aborted(AbortReason::Terminated),
+        };
+        let ids: Vec<CompletionId> = completion
+            .txns
+            .iter()
+            .filter_map(|index| batch.completions.get(index as usize).copied())
+            .collect();
+        batch.txns_left = batch.txns_left.saturating_sub(ids.len() as u32);
+        if batch.txns_left == 0 {
+            open.remove(&completion.batch);
+        }
+        unsent.push(CompletionChunk {
+            completions: ids,
+            outcome,
+        });
+    }
+}
+
+/// Completes tickets until the coordinator is gone and everything it sent is done.
+pub fn run_completion(
+    mut from: SpscReceiver<CompletionChunk>,
+    admission: Arc<Admission>,
+    stats: Arc<EngineStats>,
+) {
+    let mut chunks = Vec::new();
+    loop {
+        chunks.clear();
+        if let Received::Closed = from.wait_batch(&mut chunks, COMPLETION_CHUNKS_CAPACITY, None) {
+            return;
+        }
+        for chunk in chunks.drain(..) {
+            let counter = match chunk.outcome {
+                Outcome::Committed => &stats.committed,
+                _ => &stats.aborted,
+            };
+            counter.fetch_add(chunk.completions.len() as u64, Ordering::Relaxed);
+            for id in chunk.completions {
+                // A stale id means the ticket was already completed (at a fatal error).
+                let _ = admission.complete(id, chunk.outcome);
+            }
+        }
+    }
+}
