@@ -68,11 +68,11 @@ pub const HOP_CAPACITY_MAX: usize = 1 << 20;
 
 /// The default number of `Backoff::spin` rounds a waiting stage spins before it parks.
 ///
-/// crossbeam's `Backoff::spin` doubles its pause count up to 64 `spin_loop` hints per
-/// round, so 10 rounds are 1+2+4+8+16+32+4·64 = 319 hints: a few microseconds, about
-/// what a park/unpark costs here (≈5 µs). Longer spinning is what made two spinners on
-/// one vCPU cost 4 ms per hop.
-pub const SPIN_ROUNDS_DEFAULT: u32 = 10;
+/// crossbeam's `Backoff::spin` doubles its pause count each round (up to 64
+/// `spin_loop` hints), so 6 rounds are 1+2+4+8+16+32 = 63 hints: about 1 µs measured on
+/// this VM, well under what a park/unpark costs here (≈5 µs). 10 rounds measured 11 µs,
+/// and spinning that long is what made two spinners on one vCPU cost 4 ms per hop.
+pub const SPIN_ROUNDS_DEFAULT: u32 = 6;
 
 /// The most spin rounds a [`WaitConfig`](super::wait::WaitConfig) accepts.
 pub const SPIN_ROUNDS_MAX: u32 = 64;
