@@ -63,6 +63,8 @@ struct InFlight {
 /// writing or truncating its files while they are mapped is undefined behaviour, as for
 /// any memory-mapped file. `scan` is the safe way for tools to look at a live log.
 pub struct Wal<S: Storage = FileStorage> {
+    /// Declared before `segments` so it drops first: an io_uring write in flight is
+    /// reaped before the segment buffer it reads from is freed.
     storage: S,
     config: WalConfig,
     backend: SyncBackend,

@@ -130,8 +130,9 @@ fn crash_file(file: &mut SimFile, random: &mut SplitMix64) {
                 if file.synced[index] {
                     continue;
                 }
+                // Outcomes: 0 old bytes, 1 new bytes, 2 torn by sector, 3 zeros, 4 garbage.
                 file.durable[index] = match outcome {
-                    0 | 1 | 2 if take_new => file.live[index],
+                    0..=2 if take_new => file.live[index],
                     0..=2 => file.durable[index],
                     3 => 0,
                     _ => random.next() as u8,

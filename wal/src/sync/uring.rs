@@ -114,6 +114,16 @@ impl UringSync {
     }
 }
 
+impl Drop for UringSync {
+    /// The kernel may still read the buffer of a pair in flight; reap it before the
+    /// buffer's owner can free it (`Wal` drops its storage before its segments).
+    fn drop(&mut self) {
+        if self.completions_pending > 0 {
+            let _ = self.wait();
+        }
+    }
+}
+
 /// Turns one completion into a result: negative is an errno, a short write is an error.
 fn check_completion(user_data: u64, result: i32, write_bytes_expected: u32) -> io::Result<()> {
     if result < 0 {
