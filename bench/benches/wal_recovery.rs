@@ -11,7 +11,10 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use tricommit_wal::{scan, SyncBackend, Wal, WalConfig, RECORD_HEADER_BYTES, SEGMENT_BYTES_DEFAULT, SEGMENT_HEADER_BYTES};
+use tricommit_wal::{
+    scan, SyncBackend, Wal, WalConfig, RECORD_HEADER_BYTES, SEGMENT_BYTES_DEFAULT,
+    SEGMENT_HEADER_BYTES,
+};
 
 const LOG_BYTES: u64 = 1 << 30;
 const PAYLOAD_BYTES: usize = 64;
@@ -21,15 +24,20 @@ const SAMPLE_SIZE: usize = 10;
 
 /// Fills whole segments until the log's files total `LOG_BYTES`.
 fn write_log(dir: &std::path::Path) -> u64 {
-    let config = WalConfig { sync: SyncBackend::Fdatasync, ..WalConfig::default() };
+    let config = WalConfig {
+        sync: SyncBackend::Fdatasync,
+        ..WalConfig::default()
+    };
     let (mut wal, _) = Wal::open(dir, config).expect("open");
     let segments = LOG_BYTES / SEGMENT_BYTES_DEFAULT;
-    let records_per_segment = (SEGMENT_BYTES_DEFAULT - SEGMENT_HEADER_BYTES) / (RECORD_HEADER_BYTES + PAYLOAD_BYTES as u64);
+    let records_per_segment = (SEGMENT_BYTES_DEFAULT - SEGMENT_HEADER_BYTES)
+        / (RECORD_HEADER_BYTES + PAYLOAD_BYTES as u64);
     let payload = [0x3Cu8; PAYLOAD_BYTES];
     let mut records_left = segments * records_per_segment;
     while records_left > 0 {
         let batch = records_left.min(BATCH_RECORDS as u64) as usize;
-        wal.append_batch(std::iter::repeat_n((7u8, &payload[..]), batch)).expect("append");
+        wal.append_batch(std::iter::repeat_n((7u8, &payload[..]), batch))
+            .expect("append");
         wal.sync().expect("sync");
         records_left -= batch as u64;
     }
