@@ -51,6 +51,8 @@ struct Drive {
     deadline_us: u64,
     vote_deadline_us: u64,
     retransmits: u32,
+    /// The latest PC / PA record of the current round: retransmissions wait for it.
+    round_seq: u64,
     /// Normal path: participants (bit mask) whose vote on txn i is missing.
     vote_pending: Vec<u64>,
     /// Normal path: read-only voters per txn (they leave the protocol).
@@ -80,6 +82,7 @@ impl Drive {
             deadline_us,
             vote_deadline_us: deadline_us,
             retransmits: 0,
+            round_seq: 0,
             vote_pending: Vec::new(),
             read_only: Vec::new(),
             yes_by: Vec::new(),
@@ -656,6 +659,7 @@ impl CoordBatch {
             drive.acks[index as usize] = ctx.me.bit();
         }
         drive.round_pc.union_with(&ready);
+        drive.round_seq = seq;
         let len = ready.universe();
         for (site, yes) in &drive.yes_by {
             let mut set = ready.clone();
@@ -999,7 +1003,7 @@ impl CoordBatch {
                     pre_abort,
                     desc: Some(Arc::clone(&desc)),
                 };
-                ctx.log.send_after(self.m.last_seq, site, part, out);
+                ctx.log.send_after(drive.round_seq, site, part, out);
             }
         }
     }
@@ -1166,6 +1170,7 @@ impl CoordBatch {
         }
         drive.round_pc = pre_commit.clone();
         drive.round_pa = pre_abort.clone();
+        drive.round_seq = seq;
         self.drive = Some(drive);
         let desc = desc_of(&self.m);
         let batch = self.m.desc.batch;

@@ -69,6 +69,27 @@ impl Log {
         });
     }
 
+    /// Drops held rounds and round acknowledgements about transactions of `batch`
+    /// that are now decided here: they would announce a state this site left.
+    pub(crate) fn discard_decided(&mut self, batch: BatchId, decided: &TxnSet) {
+        let overlaps = |set: &TxnSet| set.iter().any(|index| decided.contains(index));
+        self.held.retain(|(_, outgoing)| match &outgoing.part {
+            Part::Round {
+                batch: b,
+                pre_commit,
+                pre_abort,
+                ..
+            }
+            | Part::RoundAck {
+                batch: b,
+                pre_commit,
+                pre_abort,
+                ..
+            } => *b != batch || !(overlaps(pre_commit) || overlaps(pre_abort)),
+            _ => true,
+        });
+    }
+
     /// Records that every append up to `upto` is durable and releases what waited.
     pub(crate) fn on_durable(&mut self, upto: AppendSeq, out: &mut Output) {
         let upto = upto.0.min(self.next_seq - 1);
@@ -176,6 +197,9 @@ impl Member {
             if !state.is_final() {
                 self.attempt[index as usize] = attempt;
             }
+        }
+        if state.is_final() {
+            log.discard_decided(self.desc.batch, &txns);
         }
         let record = Record::Transition {
             batch: self.desc.batch,

@@ -740,7 +740,10 @@ impl Sim {
                 describe_record(&record),
             );
         }
-        if self.faults_active && self.rng.chance(self.config.step_crash_per_mille) && site < self.sites.len() as u8 {
+        if self.faults_active
+            && self.rng.chance(self.config.step_crash_per_mille)
+            && site < self.sites.len() as u8
+        {
             // Crash in the middle of a step: its records are written (not synced),
             // its messages never leave.
             out.clear();
