@@ -1,35 +1,38 @@
 //! `tricommit-load`: the load generator.
 //!
-//! Until the engine runtime lands, the embedded default drives the part of the engine
-//! that exists: one write-ahead log per participant site, each appending batches of
-//! records and group-committing them with one sync per batch, as a participant does for
-//! PREPARE and PRE-COMMIT. It reports what that costs on this machine.
+//! With no arguments it runs the embedded default (DESIGN §5): an in-process engine with
+//! 4 ledger participants of 100,000 accounts each, two-ledger transfers at full speed for
+//! 10 s, in a fresh temporary data directory. It prints a summary and checks the bank
+//! invariant, exiting 1 if it fails. Bad input exits 2 with a one-line error.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
-use hdrhistogram::Histogram;
 use serde::Serialize;
-use tricommit_wal::{SyncBackend, Wal, WalConfig};
+use tricommit_engine::{Engine, EngineConfig};
+use tricommit_wal::SyncBackend;
 
+mod driver;
 mod progress;
+mod report;
+mod summary;
 
-/// Upper bound of the sync latency histogram: anything slower is clamped and counted.
-const SYNC_LATENCY_US_MAX: u64 = 60_000_000;
 /// Bounds on the flags, so that a typo cannot ask for an absurd run.
-const SITES_MAX: u32 = 64;
-const BATCH_RECORDS_MAX: u32 = 65_536;
-const RECORD_BYTES_MAX: u32 = 4_096;
-/// How often the main thread refreshes the progress display.
+const CLIENTS_MAX: u64 = 256;
+const LEDGERS_MAX: u64 = 32;
+const WINDOW_MAX: u64 = 65_536;
+/// How often the progress display and the report's time series are sampled.
+const SAMPLE_INTERVAL_MS: u64 = 1_000;
+/// How often the main thread wakes to refresh the display.
 const PROGRESS_TICK_MS: u64 = 100;
 
 #[derive(Clone, Copy, Debug, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
-enum SyncFlag {
+pub enum SyncFlag {
     Msync,
     Fdatasync,
     IoUring,
@@ -45,37 +48,84 @@ impl SyncFlag {
     }
 }
 
-/// Load generator for tricommit (interim: the group-commit WAL workload).
+/// Load generator for tricommit: transfers between ledgers through an in-process engine.
 #[derive(Parser, Clone, Debug, Serialize)]
 #[command(name = "tricommit-load", version, about)]
-struct Args {
-    /// How long to run, in seconds.
+pub struct Args {
+    /// How long to send load, in seconds.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    duration: u64,
-    /// Number of participant sites, each with its own log and thread.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=SITES_MAX as i64))]
-    sites: u32,
-    /// Records appended per batch (one sync per batch).
-    #[arg(long, default_value_t = 8_192, value_parser = clap::value_parser!(u32).range(1..=BATCH_RECORDS_MAX as i64))]
-    batch_records: u32,
-    /// Payload bytes per record.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=RECORD_BYTES_MAX as i64))]
-    record_bytes: u32,
-    /// Sync backend; the WAL's default when not given.
-    #[arg(long, value_enum)]
-    sync: Option<SyncFlag>,
-    /// Data directory (must be empty or absent). A fresh temporary one when not given.
+    pub duration: u64,
+    /// Target rate in transactions per second over all clients (open loop, latency from
+    /// the intended send time); 0 = closed loop, as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Client threads.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=CLIENTS_MAX))]
+    pub clients: u64,
+    /// Transactions each client keeps outstanding in closed loop.
+    #[arg(long, default_value_t = 8_192, value_parser = clap::value_parser!(u64).range(1..=WINDOW_MAX))]
+    pub window: u64,
+    /// Ledger participants.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(2..=LEDGERS_MAX))]
+    pub ledgers: u64,
+    /// Accounts per ledger.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=tricommit_engine::ledger::ACCOUNTS_MAX))]
+    pub accounts: u64,
+    /// Zipf exponent for picking accounts (hot accounts); 0 = uniform.
+    #[arg(long, default_value_t = 0.0)]
+    pub skew: f64,
+    /// Largest transfer amount; amounts are uniform in 1..=amount-max.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+    pub amount_max: u64,
+    /// Balance every account starts with.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(i64).range(0..=1_000_000_000_000))]
+    pub initial_balance: i64,
+    /// Largest batch, in transactions.
+    #[arg(long, default_value_t = 8_192, value_parser = clap::value_parser!(u64).range(1..=8_192))]
+    pub batch_txns_max: u64,
+    /// Longest a batch waits for more transactions while the coordinator is busy, in µs.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub batch_delay_us: u64,
+    /// Every transaction is a batch of its own.
     #[arg(long)]
-    data_dir: Option<PathBuf>,
+    pub no_batching: bool,
+    /// One batch in flight at a time.
+    #[arg(long)]
+    pub no_pipelining: bool,
+    /// WAL sync backend (the WAL's measured-fastest default when not given).
+    #[arg(long, value_enum)]
+    pub sync: Option<SyncFlag>,
+    /// Data directory: must be empty or absent, and is kept. A fresh temporary one under
+    /// the working directory (removed afterwards) when not given.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
     /// Write the summary as JSON to this path.
     #[arg(long)]
-    json: Option<PathBuf>,
+    pub json: Option<PathBuf>,
+    /// Write one line per acknowledged outcome to this path:
+    /// `id from_ledger from_account to_ledger to_account amount outcome`.
+    #[arg(long)]
+    pub history: Option<PathBuf>,
+    /// Write a self-contained HTML report with charts to this path.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Seed of the workload's random choices.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
 }
 
+/// Why a run could not be made. Every variant is bad input or the environment, and
+/// exits 2; a failed invariant is not an error but a verdict, and exits 1.
 #[derive(Debug, thiserror::Error)]
-enum LoadError {
+pub enum LoadError {
+    #[error("--skew must be a finite number >= 0, not {0}")]
+    Skew(f64),
+    #[error("--rate {rate} is below one transaction per second per client ({clients} clients)")]
+    Rate { rate: u64, clients: u64 },
     #[error("data directory {0} is not empty; give an empty or new directory")]
     DataDirNotEmpty(PathBuf),
+    #[error("data directory {0} is not a directory")]
+    DataDirNotDirectory(PathBuf),
     #[error("cannot use data directory {path}: {source}")]
     DataDir {
         path: PathBuf,
@@ -86,47 +136,22 @@ enum LoadError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("write-ahead log of site {site}: {source}")]
-    Wal {
-        site: u32,
-        source: tricommit_wal::WalError,
-    },
-    #[error("a worker thread panicked")]
-    WorkerPanicked,
-}
-
-/// Counters the workers publish for the live display.
-#[derive(Default)]
-struct Live {
-    records: AtomicU64,
-    syncs: AtomicU64,
-}
-
-#[derive(Serialize)]
-struct LatencyUs {
-    p50: u64,
-    p99: u64,
-    p999: u64,
-    max: u64,
-}
-
-#[derive(Serialize)]
-struct Summary {
-    workload: &'static str,
-    records: u64,
-    syncs: u64,
-    duration_s: f64,
-    records_per_s: f64,
-    syncs_per_s: f64,
-    sync_latency_us: LatencyUs,
-    sync_backend: String,
-    config: Args,
+    #[error("engine: {0}")]
+    Engine(#[from] tricommit_engine::EngineError),
+    #[error("a client thread failed: {0}")]
+    Client(std::io::Error),
+    #[error("a client thread panicked")]
+    ClientPanicked,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
+    match run(&args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("tricommit-load: the bank invariant FAILED");
+            ExitCode::from(1)
+        }
         Err(error) => {
             eprintln!("tricommit-load: error: {error}");
             ExitCode::from(2)
@@ -134,21 +159,59 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args) -> Result<(), LoadError> {
-    if let Some(path) = &args.json {
-        // Fail before the run, not after ten seconds of work.
-        std::fs::write(path, b"{}").map_err(|source| LoadError::Output {
-            path: path.clone(),
-            source,
-        })?;
+/// Checks every output path can be written before the run, not after it.
+fn check_outputs(args: &Args) -> Result<(), LoadError> {
+    for path in [&args.json, &args.history, &args.report]
+        .into_iter()
+        .flatten()
+    {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|source| LoadError::Output {
+                path: path.clone(),
+                source,
+            })?;
     }
-    let (root, _temporary) = data_root(args.data_dir.as_deref())?;
-    let mut config = WalConfig::default();
+    Ok(())
+}
+
+fn validate(args: &Args) -> Result<(), LoadError> {
+    if !args.skew.is_finite() || args.skew < 0.0 {
+        return Err(LoadError::Skew(args.skew));
+    }
+    if args.rate > 0 && args.rate < args.clients {
+        return Err(LoadError::Rate {
+            rate: args.rate,
+            clients: args.clients,
+        });
+    }
+    Ok(())
+}
+
+/// Runs the load and returns the invariant's verdict.
+fn run(args: &Args) -> Result<bool, LoadError> {
+    validate(args)?;
+    check_outputs(args)?;
+    let (root, temporary) = data_root(args.data_dir.as_deref())?;
+    let mut config = EngineConfig::ledgers(
+        &root,
+        args.ledgers as usize,
+        args.accounts,
+        args.initial_balance,
+    );
+    config.batch_txns_max = args.batch_txns_max as usize;
+    config.batch_delay_us_max = args.batch_delay_us;
+    config.batching = !args.no_batching;
+    config.pipelining = !args.no_pipelining;
     if let Some(flag) = args.sync {
-        config.sync = flag.backend();
+        config.wal.sync = flag.backend();
     }
-    let summary = run_sites(&args, &root, config)?;
-    print_summary(&summary);
+    let engine = Engine::open(config)?;
+    let outcome = drive(args, engine)?;
+    let summary = summary::Summary::new(args, &outcome);
+    summary.print();
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&summary).expect("a summary always serializes");
         std::fs::write(path, text).map_err(|source| LoadError::Output {
@@ -156,13 +219,168 @@ fn run(args: Args) -> Result<(), LoadError> {
             source,
         })?;
     }
-    Ok(())
+    if let Some(path) = &args.history {
+        concatenate_history(path, &outcome.history_parts)?;
+    }
+    if let Some(path) = &args.report {
+        let rows = summary.rows();
+        let title = format!(
+            "tricommit-load: {} ledgers, {} clients",
+            args.ledgers, args.clients
+        );
+        let page = report::render_html(&report::Report {
+            title: &title,
+            generated: "",
+            samples: &outcome.samples,
+            summary: &rows,
+        });
+        std::fs::write(path, page).map_err(|source| LoadError::Output {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    drop(temporary);
+    Ok(summary.invariant_ok)
+}
+
+/// Everything a run measured.
+pub struct RunOutcome {
+    pub clients: Vec<driver::ClientResult>,
+    pub samples: Vec<report::Sample>,
+    pub elapsed: Duration,
+    pub counters: tricommit_engine::runtime::EngineCounters,
+    pub busy: u64,
+    pub cpu_s: f64,
+    pub invariant: Result<(), String>,
+    pub history_parts: Vec<PathBuf>,
+}
+
+fn drive(args: &Args, engine: Engine) -> Result<RunOutcome, LoadError> {
+    let workload = driver::Workload {
+        ledgers: args.ledgers as u8,
+        amount_max: args.amount_max,
+        high_priority_percent: 0,
+    };
+    let picker = driver::AccountPicker::new(args.accounts, args.skew);
+    let shared = driver::Shared {
+        engine,
+        stop: AtomicBool::new(false),
+        busy: AtomicU64::new(0),
+        interval: (0..args.clients)
+            .map(|_| Mutex::new(driver::histogram()))
+            .collect(),
+    };
+    let history_parts: Vec<PathBuf> = match &args.history {
+        Some(path) => (0..args.clients)
+            .map(|index| part_path(path, index))
+            .collect(),
+        None => Vec::new(),
+    };
+    let cpu_before = summary::cpu_seconds();
+    let started = Instant::now();
+    let (results, samples) = std::thread::scope(|scope| {
+        let mut handles = Vec::new();
+        for index in 0..args.clients as usize {
+            let plan = driver::ClientPlan {
+                index,
+                seed: args
+                    .seed
+                    .wrapping_mul(0x9E37_79B9)
+                    .wrapping_add(index as u64),
+                window: args.window as usize,
+                rate_per_s: args.rate as f64 / args.clients as f64,
+                history: history_parts.get(index).cloned(),
+            };
+            let (shared, workload, picker) = (&shared, &workload, &picker);
+            handles.push(scope.spawn(move || driver::run_client(shared, workload, picker, plan)));
+        }
+        let samples = sample_until_done(args, &shared, started);
+        shared.stop.store(true, Ordering::Relaxed);
+        let results: Vec<_> = handles.into_iter().map(|handle| handle.join()).collect();
+        (results, samples)
+    });
+    let elapsed = started.elapsed();
+    let mut clients = Vec::new();
+    for result in results {
+        clients.push(
+            result
+                .map_err(|_| LoadError::ClientPanicked)?
+                .map_err(LoadError::Client)?,
+        );
+    }
+    let counters = shared.engine.counters();
+    let busy = shared.busy.load(Ordering::Relaxed);
+    let shutdown = shared.engine.shutdown()?;
+    let cpu_s = summary::cpu_seconds() - cpu_before;
+    let expected_total =
+        args.ledgers as i128 * args.accounts as i128 * args.initial_balance as i128;
+    let invariant = summary::check_bank(&shutdown, expected_total);
+    Ok(RunOutcome {
+        clients,
+        samples,
+        elapsed,
+        counters,
+        busy,
+        cpu_s,
+        invariant,
+        history_parts,
+    })
+}
+
+/// Shows progress and takes one report sample per interval until the duration is over.
+fn sample_until_done(
+    args: &Args,
+    shared: &driver::Shared,
+    started: Instant,
+) -> Vec<report::Sample> {
+    let duration = Duration::from_secs(args.duration);
+    let mut progress = progress::Progress::new(duration);
+    let mut samples = Vec::new();
+    let mut last = shared.engine.counters();
+    let mut last_at = started;
+    let mut status = String::from("starting");
+    while started.elapsed() < duration {
+        std::thread::sleep(Duration::from_millis(PROGRESS_TICK_MS));
+        if last_at.elapsed() >= Duration::from_millis(SAMPLE_INTERVAL_MS) {
+            let now = Instant::now();
+            let counters = shared.engine.counters();
+            let sample = summary::sample(shared, &last, &counters, now - last_at, now - started);
+            status = format!(
+                "{:.0} committed/s, p99 {} us, batch {:.0}",
+                sample.committed_per_s, sample.p99_us, sample.batch_txns_avg
+            );
+            samples.push(sample);
+            (last, last_at) = (counters, now);
+        }
+        progress.update(started.elapsed(), &status);
+    }
+    progress.finish();
+    samples
+}
+
+fn part_path(path: &Path, index: u64) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".part-{index}"));
+    PathBuf::from(name)
+}
+
+/// Joins the clients' history files into one, then removes the parts.
+fn concatenate_history(path: &Path, parts: &[PathBuf]) -> Result<(), LoadError> {
+    let output_error = |source| LoadError::Output {
+        path: path.to_owned(),
+        source,
+    };
+    let mut output = std::io::BufWriter::new(std::fs::File::create(path).map_err(output_error)?);
+    for part in parts {
+        let mut input = std::fs::File::open(part).map_err(output_error)?;
+        std::io::copy(&mut input, &mut output).map_err(output_error)?;
+        std::fs::remove_file(part).map_err(output_error)?;
+    }
+    std::io::Write::flush(&mut output).map_err(output_error)
 }
 
 /// Returns the directory to run in, and the temporary directory guard if one was made.
-fn data_root(
-    requested: Option<&std::path::Path>,
-) -> Result<(PathBuf, Option<tempfile::TempDir>), LoadError> {
+fn data_root(requested: Option<&Path>) -> Result<(PathBuf, Option<tempfile::TempDir>), LoadError> {
     let Some(path) = requested else {
         let base = std::env::current_dir().map_err(|source| LoadError::DataDir {
             path: ".".into(),
@@ -192,121 +410,11 @@ fn data_root(
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(path).map_err(io_error)?;
         }
+        Err(error) if path.exists() && !path.is_dir() => {
+            let _ = error;
+            return Err(LoadError::DataDirNotDirectory(path.to_path_buf()));
+        }
         Err(error) => return Err(io_error(error)),
     }
     Ok((path.to_path_buf(), None))
-}
-
-fn run_sites(args: &Args, root: &std::path::Path, config: WalConfig) -> Result<Summary, LoadError> {
-    let duration = Duration::from_secs(args.duration);
-    let live = Arc::new(Live::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let histogram = Arc::new(Mutex::new(
-        Histogram::<u64>::new_with_bounds(1, SYNC_LATENCY_US_MAX, 3)
-            .expect("static bounds are valid"),
-    ));
-    let mut backend_name = format!("{:?}", config.sync);
-    let mut workers = Vec::new();
-    for site in 0..args.sites {
-        let dir = root.join(format!("site-{site}"));
-        let (wal, recovery) =
-            Wal::open(&dir, config.clone()).map_err(|source| LoadError::Wal { site, source })?;
-        backend_name = format!("{:?}", recovery.backend);
-        let (live, stop, histogram) = (live.clone(), stop.clone(), histogram.clone());
-        let (batch_records, record_bytes) = (args.batch_records, args.record_bytes as usize);
-        workers.push(std::thread::spawn(move || {
-            site_loop(wal, batch_records, record_bytes, &live, &stop, &histogram)
-                .map_err(|source| LoadError::Wal { site, source })
-        }));
-    }
-    let started = Instant::now();
-    let mut progress = progress::Progress::new(duration);
-    while started.elapsed() < duration {
-        std::thread::sleep(Duration::from_millis(PROGRESS_TICK_MS));
-        let elapsed = started.elapsed();
-        let records = live.records.load(Ordering::Relaxed);
-        let syncs = live.syncs.load(Ordering::Relaxed);
-        let seconds = elapsed.as_secs_f64().max(1e-9);
-        let status = format!(
-            "{:.0} records/s, {:.0} syncs/s",
-            records as f64 / seconds,
-            syncs as f64 / seconds
-        );
-        progress.update(elapsed, &status);
-    }
-    stop.store(true, Ordering::Relaxed);
-    for worker in workers {
-        worker.join().map_err(|_| LoadError::WorkerPanicked)??;
-    }
-    let elapsed_s = started.elapsed().as_secs_f64();
-    progress.finish();
-    let histogram = histogram.lock().expect("workers have exited");
-    let records = live.records.load(Ordering::Relaxed);
-    let syncs = live.syncs.load(Ordering::Relaxed);
-    Ok(Summary {
-        workload: "wal-group-commit",
-        records,
-        syncs,
-        duration_s: elapsed_s,
-        records_per_s: records as f64 / elapsed_s,
-        syncs_per_s: syncs as f64 / elapsed_s,
-        sync_latency_us: LatencyUs {
-            p50: histogram.value_at_quantile(0.50),
-            p99: histogram.value_at_quantile(0.99),
-            p999: histogram.value_at_quantile(0.999),
-            max: histogram.max(),
-        },
-        sync_backend: backend_name,
-        config: args.clone(),
-    })
-}
-
-/// One site: append a batch, sync it once, recycle what is durable, repeat until told to stop.
-fn site_loop(
-    mut wal: Wal,
-    batch_records: u32,
-    record_bytes: usize,
-    live: &Live,
-    stop: &AtomicBool,
-    histogram: &Mutex<Histogram<u64>>,
-) -> Result<(), tricommit_wal::WalError> {
-    let payload = vec![0xA5u8; record_bytes];
-    let mut local = Histogram::<u64>::new_with_bounds(1, SYNC_LATENCY_US_MAX, 3)
-        .expect("static bounds are valid");
-    while !stop.load(Ordering::Relaxed) {
-        let started = Instant::now();
-        wal.append_batch((0..batch_records).map(|_| (1u8, payload.as_slice())))?;
-        let durable = wal.sync()?;
-        let latency_us = (started.elapsed().as_micros() as u64).clamp(1, SYNC_LATENCY_US_MAX);
-        local
-            .record(latency_us)
-            .expect("clamped into the histogram's range");
-        // Keep disk use bounded: everything durable is final in this workload.
-        wal.checkpoint(durable)?;
-        live.records
-            .fetch_add(u64::from(batch_records), Ordering::Relaxed);
-        live.syncs.fetch_add(1, Ordering::Relaxed);
-    }
-    histogram
-        .lock()
-        .expect("no worker panics while holding it")
-        .add(&local)
-        .expect("same bounds");
-    Ok(())
-}
-
-fn print_summary(summary: &Summary) {
-    println!(
-        "tricommit-load summary ({} workload, {} backend)",
-        summary.workload, summary.sync_backend
-    );
-    println!("  duration         {:>12.2} s", summary.duration_s);
-    println!("  records          {:>12}", summary.records);
-    println!("  records/s        {:>12.0}", summary.records_per_s);
-    println!("  syncs/s          {:>12.0}", summary.syncs_per_s);
-    let latency = &summary.sync_latency_us;
-    println!(
-        "  batch latency    p50 {} us, p99 {} us, p99.9 {} us, max {} us",
-        latency.p50, latency.p99, latency.p999, latency.max
-    );
 }

@@ -1,0 +1,414 @@
+//! The client threads: generate transfers, submit them, await outcomes, measure.
+//!
+//! Closed loop (`rate == 0`): each client keeps up to `window` transactions outstanding
+//! and submits the next as soon as one completes. Open loop (`rate > 0`): each client
+//! sends on a fixed schedule, and latency is measured from the *intended* send time, so
+//! that a stalled engine shows up as latency instead of as fewer samples (coordinated
+//! omission).
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tricommit_engine::proto::TxnId;
+use tricommit_engine::{AbortReason, Engine, Outcome, Priority, Ticket, Txn};
+
+/// Upper bound of every latency histogram; slower outcomes are clamped into it.
+pub const LATENCY_US_MAX: u64 = 600_000_000;
+/// Significant figures of the latency histograms.
+const LATENCY_SIGNIFICANT_DIGITS: u8 = 3;
+/// How long a client waits for its oldest ticket before it checks whether to stop.
+const TICKET_WAIT_MS: u64 = 50;
+/// Bits of a transaction id taken by the client's sequence number.
+const CLIENT_SEQUENCE_BITS: u32 = 40;
+
+/// A fresh latency histogram.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_US_MAX, LATENCY_SIGNIFICANT_DIGITS)
+        .expect("static bounds are valid")
+}
+
+/// How transfers are generated.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    pub ledgers: u8,
+    pub amount_max: u64,
+    /// Share of transactions sent with `Priority::High`, in percent.
+    pub high_priority_percent: u8,
+}
+
+/// A transfer as the history file records it.
+#[derive(Clone, Copy, Debug)]
+struct Transfer {
+    id: u64,
+    from: (u8, u64),
+    to: (u8, u64),
+    amount: u64,
+}
+
+/// splitmix64: small, fast, and good enough to pick accounts.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..bound` (bound > 0).
+    pub fn below(&mut self, bound: u64) -> u64 {
+        ((self.next_u64() as u128 * bound as u128) >> 64) as u64
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Picks accounts: uniform, or Zipf-distributed through a cumulative table.
+pub struct AccountPicker {
+    accounts: u64,
+    cumulative: Option<Arc<Vec<f64>>>,
+}
+
+impl AccountPicker {
+    /// Builds the table once (it is shared by every client).
+    pub fn new(accounts: u64, skew: f64) -> AccountPicker {
+        if skew <= 0.0 {
+            return AccountPicker {
+                accounts,
+                cumulative: None,
+            };
+        }
+        let mut cumulative = Vec::with_capacity(accounts as usize);
+        let mut total = 0.0;
+        for rank in 1..=accounts {
+            total += 1.0 / (rank as f64).powf(skew);
+            cumulative.push(total);
+        }
+        for value in &mut cumulative {
+            *value /= total;
+        }
+        AccountPicker {
+            accounts,
+            cumulative: Some(Arc::new(cumulative)),
+        }
+    }
+
+    fn share(&self) -> AccountPicker {
+        AccountPicker {
+            accounts: self.accounts,
+            cumulative: self.cumulative.clone(),
+        }
+    }
+
+    fn pick(&self, rng: &mut Rng) -> u64 {
+        match &self.cumulative {
+            None => rng.below(self.accounts),
+            Some(table) => {
+                let target = rng.unit();
+                table
+                    .partition_point(|&value| value < target)
+                    .min(table.len() - 1) as u64
+            }
+        }
+    }
+}
+
+/// What every client shares with the main thread.
+pub struct Shared {
+    pub engine: Engine,
+    pub stop: AtomicBool,
+    pub busy: AtomicU64,
+    /// Outcomes completed during the current sampling interval.
+    pub interval: Vec<Mutex<Histogram<u64>>>,
+}
+
+/// What one client measured over the whole run.
+pub struct ClientResult {
+    pub latency: Histogram<u64>,
+    pub committed: u64,
+    pub aborted_by_reason: Vec<(String, u64)>,
+    pub in_doubt: u64,
+    pub history: Option<PathBuf>,
+}
+
+/// A client's settings.
+pub struct ClientPlan {
+    pub index: usize,
+    pub seed: u64,
+    pub window: usize,
+    /// Transactions per second for this client; 0 = closed loop.
+    pub rate_per_s: f64,
+    pub history: Option<PathBuf>,
+}
+
+struct InFlight {
+    ticket: Ticket,
+    intended: Instant,
+    transfer: Transfer,
+}
+
+struct Client<'a> {
+    shared: &'a Shared,
+    plan: ClientPlan,
+    workload: &'a Workload,
+    picker: AccountPicker,
+    rng: Rng,
+    next_sequence: u64,
+    outstanding: VecDeque<InFlight>,
+    result: ClientResult,
+    history: Option<BufWriter<File>>,
+}
+
+/// Runs one client until `shared.stop`, then waits for what it has outstanding.
+pub fn run_client(
+    shared: &Shared,
+    workload: &Workload,
+    picker: &AccountPicker,
+    plan: ClientPlan,
+) -> std::io::Result<ClientResult> {
+    let history = match &plan.history {
+        Some(path) => Some(BufWriter::new(File::create(path)?)),
+        None => None,
+    };
+    let mut client = Client {
+        shared,
+        rng: Rng::new(plan.seed),
+        result: ClientResult {
+            latency: histogram(),
+            committed: 0,
+            aborted_by_reason: Vec::new(),
+            in_doubt: 0,
+            history: plan.history.clone(),
+        },
+        plan,
+        workload,
+        picker: picker.share(),
+        next_sequence: 0,
+        outstanding: VecDeque::new(),
+        history,
+    };
+    client.run()?;
+    if let Some(history) = client.history.as_mut() {
+        history.flush()?;
+    }
+    Ok(client.result)
+}
+
+impl Client<'_> {
+    fn run(&mut self) -> std::io::Result<()> {
+        let started = Instant::now();
+        let mut sent: u64 = 0;
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            let intended = if self.plan.rate_per_s > 0.0 {
+                let at = started + Duration::from_secs_f64(sent as f64 / self.plan.rate_per_s);
+                self.reap_until(at)?;
+                if self.shared.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                at
+            } else {
+                while self.outstanding.len() >= self.plan.window {
+                    self.reap_oldest()?;
+                }
+                Instant::now()
+            };
+            self.send(intended)?;
+            sent += 1;
+        }
+        while !self.outstanding.is_empty() {
+            self.reap_oldest()?;
+        }
+        Ok(())
+    }
+
+    fn next_transfer(&mut self) -> (Transfer, Txn) {
+        let ledgers = self.workload.ledgers as u64;
+        let from_ledger = self.rng.below(ledgers) as u8;
+        let to_ledger = ((from_ledger as u64 + 1 + self.rng.below(ledgers - 1)) % ledgers) as u8;
+        let transfer = Transfer {
+            id: ((self.plan.index as u64) << CLIENT_SEQUENCE_BITS) | (self.next_sequence + 1),
+            from: (from_ledger, self.picker.pick(&mut self.rng)),
+            to: (to_ledger, self.picker.pick(&mut self.rng)),
+            amount: 1 + self.rng.below(self.workload.amount_max),
+        };
+        self.next_sequence += 1;
+        let priority = if self.rng.below(100) < self.workload.high_priority_percent as u64 {
+            Priority::High
+        } else {
+            Priority::Normal
+        };
+        let txn = Txn::transfer(
+            TxnId(transfer.id),
+            transfer.from,
+            transfer.to,
+            transfer.amount,
+        )
+        .expect("the workload only builds valid transfers")
+        .with_priority(priority);
+        (transfer, txn)
+    }
+
+    /// Submits one transfer, waiting out `Busy` by reaping outcomes first.
+    fn send(&mut self, intended: Instant) -> std::io::Result<()> {
+        let (transfer, mut txn) = self.next_transfer();
+        loop {
+            match self.shared.engine.submit(txn) {
+                Ok(ticket) => {
+                    self.outstanding.push_back(InFlight {
+                        ticket,
+                        intended,
+                        transfer,
+                    });
+                    return Ok(());
+                }
+                Err(busy) => {
+                    self.shared.busy.fetch_add(1, Ordering::Relaxed);
+                    txn = busy.into_inner();
+                    if self.outstanding.is_empty() {
+                        std::thread::sleep(Duration::from_micros(100));
+                    } else {
+                        self.reap_oldest()?;
+                    }
+                    if self.shared.stop.load(Ordering::Relaxed) && self.outstanding.is_empty() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for the oldest outstanding outcome, then takes every later one already in.
+    fn reap_oldest(&mut self) -> std::io::Result<()> {
+        let Some(oldest) = self.outstanding.pop_front() else {
+            return Ok(());
+        };
+        let InFlight {
+            ticket,
+            intended,
+            transfer,
+        } = oldest;
+        let mut ticket = ticket;
+        let outcome = loop {
+            match ticket.wait_timeout(Duration::from_millis(TICKET_WAIT_MS)) {
+                Ok(outcome) => break outcome,
+                Err(pending) => ticket = pending,
+            }
+        };
+        self.record(intended, transfer, outcome)?;
+        while let Some(front) = self.outstanding.front_mut() {
+            let Some(outcome) = front.ticket.try_outcome() else {
+                break;
+            };
+            let InFlight {
+                intended, transfer, ..
+            } = self.outstanding.pop_front().expect("front exists");
+            self.record(intended, transfer, outcome)?;
+        }
+        Ok(())
+    }
+
+    /// Reaps outcomes until `deadline` (open loop: until the next intended send).
+    fn reap_until(&mut self, deadline: Instant) -> std::io::Result<()> {
+        loop {
+            let now = Instant::now();
+            if now >= deadline || self.shared.stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let Some(oldest) = self.outstanding.pop_front() else {
+                std::thread::sleep((deadline - now).min(Duration::from_millis(TICKET_WAIT_MS)));
+                continue;
+            };
+            match oldest.ticket.wait_timeout(deadline - now) {
+                Ok(outcome) => self.record(oldest.intended, oldest.transfer, outcome)?,
+                Err(ticket) => {
+                    self.outstanding.push_front(InFlight { ticket, ..oldest });
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn record(
+        &mut self,
+        intended: Instant,
+        transfer: Transfer,
+        outcome: Outcome,
+    ) -> std::io::Result<()> {
+        let latency_us = (intended.elapsed().as_micros() as u64).clamp(1, LATENCY_US_MAX);
+        self.result
+            .latency
+            .record(latency_us)
+            .expect("clamped into range");
+        if let Ok(mut interval) = self.shared.interval[self.plan.index].lock() {
+            interval.record(latency_us).expect("clamped into range");
+        }
+        let word = match outcome {
+            Outcome::Committed => {
+                self.result.committed += 1;
+                "committed"
+            }
+            Outcome::Aborted(reason) => {
+                let name = abort_reason_name(reason);
+                match self
+                    .result
+                    .aborted_by_reason
+                    .iter_mut()
+                    .find(|(known, _)| known == name)
+                {
+                    Some((_, count)) => *count += 1,
+                    None => self.result.aborted_by_reason.push((name.to_owned(), 1)),
+                }
+                "aborted"
+            }
+            Outcome::InDoubt => {
+                self.result.in_doubt += 1;
+                "in-doubt"
+            }
+        };
+        if let Some(history) = self.history.as_mut() {
+            writeln!(
+                history,
+                "{} {} {} {} {} {} {}",
+                transfer.id,
+                transfer.from.0,
+                transfer.from.1,
+                transfer.to.0,
+                transfer.to.1,
+                transfer.amount,
+                word
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A stable, readable name for an abort reason.
+pub fn abort_reason_name(reason: AbortReason) -> &'static str {
+    use tricommit_engine::proto::Reason;
+    match reason {
+        AbortReason::Rejected(Reason::INSUFFICIENT_FUNDS) => "insufficient-funds",
+        AbortReason::Rejected(Reason::UNKNOWN_ACCOUNT) => "unknown-account",
+        AbortReason::Rejected(Reason::MALFORMED) => "malformed",
+        AbortReason::Rejected(Reason::TIMEOUT) => "timeout",
+        AbortReason::Rejected(Reason::OVERFLOW) => "overflow",
+        AbortReason::Rejected(Reason::DUPLICATE) => "duplicate",
+        AbortReason::Rejected(_) => "rejected-other",
+        AbortReason::Terminated => "terminated",
+        AbortReason::Shutdown => "shutdown",
+    }
+}

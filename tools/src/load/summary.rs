@@ -1,0 +1,227 @@
+//! The end-of-run summary: printed as a table, written as JSON (DESIGN §5), and shown
+//! in the HTML report.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tricommit_engine::runtime::{EngineCounters, Shutdown};
+
+use crate::driver::{self, Shared};
+use crate::report::Sample;
+use crate::{Args, RunOutcome};
+
+#[derive(Serialize)]
+pub struct LatencyUs {
+    pub p50: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+/// The JSON document `--json` writes; field names are a contract (DESIGN §5).
+#[derive(Serialize)]
+pub struct Summary {
+    pub committed: u64,
+    pub aborted: u64,
+    pub aborted_by_reason: Vec<(String, u64)>,
+    pub in_doubt: u64,
+    pub duration_s: f64,
+    pub committed_per_s: f64,
+    pub latency_us: LatencyUs,
+    pub batches: u64,
+    pub batch_txns_avg: f64,
+    pub syncs: u64,
+    pub syncs_per_s: f64,
+    pub busy_rejections: u64,
+    pub cpu_percent: f64,
+    pub invariant_ok: bool,
+    pub invariant_error: Option<String>,
+    pub config: Args,
+}
+
+impl Summary {
+    pub fn new(args: &Args, outcome: &RunOutcome) -> Summary {
+        let mut latency = driver::histogram();
+        let mut committed = 0;
+        let mut in_doubt = 0;
+        let mut by_reason: Vec<(String, u64)> = Vec::new();
+        for client in &outcome.clients {
+            latency.add(&client.latency).expect("same bounds");
+            committed += client.committed;
+            in_doubt += client.in_doubt;
+            for (reason, count) in &client.aborted_by_reason {
+                match by_reason.iter_mut().find(|(known, _)| known == reason) {
+                    Some((_, total)) => *total += count,
+                    None => by_reason.push((reason.clone(), *count)),
+                }
+            }
+        }
+        by_reason.sort();
+        let duration_s = outcome.elapsed.as_secs_f64();
+        let counters = &outcome.counters;
+        Summary {
+            committed,
+            aborted: by_reason.iter().map(|(_, count)| count).sum(),
+            aborted_by_reason: by_reason,
+            in_doubt,
+            duration_s,
+            committed_per_s: committed as f64 / duration_s,
+            latency_us: LatencyUs {
+                p50: latency.value_at_quantile(0.50),
+                p99: latency.value_at_quantile(0.99),
+                p999: latency.value_at_quantile(0.999),
+                max: latency.max(),
+            },
+            batches: counters.batches,
+            batch_txns_avg: ratio(counters.batch_txns_total, counters.batches),
+            syncs: counters.syncs,
+            syncs_per_s: counters.syncs as f64 / duration_s,
+            busy_rejections: outcome.busy,
+            cpu_percent: 100.0 * outcome.cpu_s / duration_s,
+            invariant_ok: outcome.invariant.is_ok(),
+            invariant_error: outcome.invariant.clone().err(),
+            config: args.clone(),
+        }
+    }
+
+    /// The summary as `(figure, value)` rows, for the terminal and the report.
+    pub fn rows(&self) -> Vec<(String, String)> {
+        let mut rows = vec![
+            ("committed".to_owned(), self.committed.to_string()),
+            (
+                "committed/s".to_owned(),
+                format!("{:.0}", self.committed_per_s),
+            ),
+            ("aborted".to_owned(), self.aborted.to_string()),
+        ];
+        for (reason, count) in &self.aborted_by_reason {
+            rows.push((format!("  aborted: {reason}"), count.to_string()));
+        }
+        if self.in_doubt > 0 {
+            rows.push(("in doubt".to_owned(), self.in_doubt.to_string()));
+        }
+        let latency = &self.latency_us;
+        rows.extend([
+            ("latency p50".to_owned(), format!("{} us", latency.p50)),
+            ("latency p99".to_owned(), format!("{} us", latency.p99)),
+            ("latency p99.9".to_owned(), format!("{} us", latency.p999)),
+            ("latency max".to_owned(), format!("{} us", latency.max)),
+            ("batches".to_owned(), self.batches.to_string()),
+            (
+                "average batch".to_owned(),
+                format!("{:.1} txns", self.batch_txns_avg),
+            ),
+            ("syncs/s".to_owned(), format!("{:.0}", self.syncs_per_s)),
+            (
+                "busy rejections".to_owned(),
+                self.busy_rejections.to_string(),
+            ),
+            (
+                "cpu".to_owned(),
+                format!("{:.0}% of one core", self.cpu_percent),
+            ),
+            ("duration".to_owned(), format!("{:.2} s", self.duration_s)),
+        ]);
+        let verdict = match &self.invariant_error {
+            None => "ok: total unchanged, no balance below its limit".to_owned(),
+            Some(error) => format!("FAILED: {error}"),
+        };
+        rows.push(("bank invariant".to_owned(), verdict));
+        rows
+    }
+
+    pub fn print(&self) {
+        println!("tricommit-load summary");
+        let width = self
+            .rows()
+            .iter()
+            .map(|(name, _)| name.len())
+            .max()
+            .unwrap_or(0);
+        for (name, value) in self.rows() {
+            println!("  {name:<width$}  {value}");
+        }
+    }
+}
+
+fn ratio(numerator: u64, denominator: u64) -> f64 {
+    if denominator == 0 {
+        0.0
+    } else {
+        numerator as f64 / denominator as f64
+    }
+}
+
+/// One point of the report's time series, from the counters at both ends of an interval
+/// and the latencies the clients recorded during it.
+pub fn sample(
+    shared: &Shared,
+    before: &EngineCounters,
+    after: &EngineCounters,
+    interval: Duration,
+    elapsed: Duration,
+) -> Sample {
+    let mut latency = driver::histogram();
+    for client in &shared.interval {
+        if let Ok(mut histogram) = client.lock() {
+            let _ = latency.add(&*histogram);
+            histogram.reset();
+        }
+    }
+    let seconds = interval.as_secs_f64().max(1e-9);
+    let quantile = |q| {
+        if latency.is_empty() {
+            0
+        } else {
+            latency.value_at_quantile(q)
+        }
+    };
+    Sample {
+        elapsed_s: elapsed.as_secs_f64(),
+        committed_per_s: (after.committed - before.committed) as f64 / seconds,
+        aborted_per_s: (after.aborted - before.aborted) as f64 / seconds,
+        p50_us: quantile(0.50),
+        p99_us: quantile(0.99),
+        p999_us: quantile(0.999),
+        batch_txns_avg: ratio(
+            after.batch_txns_total - before.batch_txns_total,
+            after.batches - before.batches,
+        ),
+    }
+}
+
+/// The bank invariant on what the ledgers hold after shutdown: the total is unchanged
+/// and no balance is below its limit.
+pub fn check_bank(shutdown: &Shutdown, expected_total: i128) -> Result<(), String> {
+    let mut total: i128 = 0;
+    for (index, participant) in shutdown.participants.iter().enumerate() {
+        let ledger = participant
+            .rm()
+            .ledger()
+            .ok_or_else(|| format!("participant {index} is not a ledger"))?;
+        ledger
+            .check_invariants()
+            .map_err(|error| format!("ledger {index}: {error}"))?;
+        total += ledger.total_balance();
+    }
+    if total != expected_total {
+        return Err(format!(
+            "total balance is {total}, expected {expected_total}"
+        ));
+    }
+    Ok(())
+}
+
+/// CPU time (user + system) this process used so far, in seconds.
+pub fn cpu_seconds() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `usage` is a valid, writable rusage; getrusage only writes into it.
+    let status = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
+    if status != 0 {
+        return 0.0;
+    }
+    // SAFETY: getrusage returned 0, so it initialised the struct.
+    let usage = unsafe { usage.assume_init() };
+    let seconds = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
