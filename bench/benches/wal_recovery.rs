@@ -3,7 +3,8 @@
 //! The log is written once (untimed) in a temporary directory under the working
 //! directory. Each iteration maps and scans every segment, checking every header,
 //! record CRC and LSN, exactly as `Wal::open` does before it repairs the tail.
-//! Throughput is in bytes of segment files scanned. The page cache is warm after the
+//! `open_1GiB` runs the whole `Wal::open` on the same log. Throughput is in bytes of
+//! segment files scanned. The page cache is warm after the
 //! first pass, so this measures the CPU side of recovery; a cold start adds the disk.
 //!
 //! Run: `cargo bench -p tricommit-bench --bench wal_recovery`
@@ -56,6 +57,17 @@ fn recovery_scan(criterion: &mut Criterion) {
         bencher.iter(|| {
             let view = scan(dir.path()).expect("scan");
             assert_eq!(view.report().records(), records);
+        });
+    });
+    // The whole `Wal::open`: the same scan, plus the tail sync and spare check.
+    group.bench_function("open_1GiB", |bencher| {
+        bencher.iter(|| {
+            let config = WalConfig {
+                sync: SyncBackend::Fdatasync,
+                ..WalConfig::default()
+            };
+            let (_wal, recovery) = Wal::open(dir.path(), config).expect("open");
+            assert_eq!(recovery.records, records);
         });
     });
     group.finish();
