@@ -3,7 +3,7 @@
 use proptest::prelude::*;
 use tricommit_engine::pipeline::batcher::{BatchFull, BatchPolicyError};
 use tricommit_engine::pipeline::bounds::{BATCH_DELAY_US_LIMIT, BATCH_TXNS_MAX};
-use tricommit_engine::pipeline::{BatchPolicy, BatchPoll, Batcher, CloseReason};
+use tricommit_engine::pipeline::{BatchPolicy, BatchPoll, Batcher, CloseReason, MonotonicClock};
 
 const DELAY_US: u64 = 200;
 
@@ -151,6 +151,20 @@ fn policies_out_of_bounds_are_typed_errors() {
         BatchPolicy::new(1, 1, false).map(|policy| policy.batch_txns_limit()),
         Ok(1)
     );
+}
+
+#[test]
+fn the_clock_converts_its_microseconds_back_to_instants() {
+    // A time read from the clock maps back to an instant that has already passed, and the
+    // farthest time converts without a panic (to `None` where `Instant` cannot hold it).
+    let clock = MonotonicClock::new();
+    let now_us = clock.now_us();
+    let instant = clock.instant_at(now_us).expect("representable");
+    assert!(instant <= std::time::Instant::now());
+    assert!(clock.now_us() >= now_us, "the clock went backwards");
+    if let Some(far) = clock.instant_at(u64::MAX) {
+        assert!(far > instant);
+    }
 }
 
 /// One step of a simulated batcher stage: a transaction arrives after `gap_us`, and the

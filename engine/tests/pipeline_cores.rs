@@ -1,6 +1,6 @@
 //! Tests of the stage-to-core map.
 
-use tricommit_engine::pipeline::cores::cores_of_this_machine;
+use tricommit_engine::pipeline::cores::{cores_of_this_machine, StageNameError};
 use tricommit_engine::pipeline::{CoreMap, Stage, StageError};
 
 fn all_stages(participants: u16) -> Vec<Stage> {
@@ -99,6 +99,27 @@ fn an_unpinned_stage_runs_anywhere_and_a_panic_is_reported() {
             stage: Stage::Prepare
         }
     ));
+}
+
+#[test]
+fn stage_names_parse_back_and_unknown_names_are_typed_errors() {
+    // Every stage's printed name parses back to it, so configuration can name stages;
+    // a name that is no stage is an error that quotes it.
+    for stage in all_stages(3) {
+        assert_eq!(stage.to_string().parse::<Stage>(), Ok(stage));
+    }
+    for name in [
+        "",
+        "batcher",
+        "participant-",
+        "participant-x",
+        "participant-70000",
+    ] {
+        let error = StageNameError {
+            name: name.to_owned(),
+        };
+        assert_eq!(name.parse::<Stage>(), Err(error));
+    }
 }
 
 /// The current thread's name and the CPU it runs on (Linux only; `None` elsewhere).

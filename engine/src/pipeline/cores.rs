@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::str::FromStr;
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 
@@ -47,6 +48,37 @@ impl fmt::Display for Stage {
             Stage::Completion => formatter.write_str("completion"),
             Stage::Participant(index) => write!(formatter, "participant-{index}"),
         }
+    }
+}
+
+/// A stage name that names no stage.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown stage {name:?}: expected intake, prepare, pre-commit, commit, completion or participant-N")]
+pub struct StageNameError {
+    pub name: String,
+}
+
+impl FromStr for Stage {
+    type Err = StageNameError;
+
+    /// Parses the names `Display` prints, so that configuration files and flags can map
+    /// stages to cores by name.
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        let stage = match name {
+            "intake" => Stage::Intake,
+            "prepare" => Stage::Prepare,
+            "pre-commit" => Stage::PreCommit,
+            "commit" => Stage::Commit,
+            "completion" => Stage::Completion,
+            _ => name
+                .strip_prefix("participant-")
+                .and_then(|index| index.parse::<u16>().ok())
+                .map(Stage::Participant)
+                .ok_or_else(|| StageNameError {
+                    name: name.to_owned(),
+                })?,
+        };
+        Ok(stage)
     }
 }
 
