@@ -44,10 +44,15 @@ fn a_core_the_machine_lacks_is_a_typed_error() {
     let error = map
         .assign(Stage::Commit, 7)
         .expect_err("core 7 does not exist");
-    assert!(matches!(
+    let names_all = matches!(
         &error,
-        StageError::CoreNotPresent { stage: Stage::Commit, core: 7, available } if *available == [0, 1]
-    ));
+        StageError::CoreNotPresent { stage: Stage::Commit, core: 7, available }
+            if *available == [0, 1]
+    );
+    assert!(
+        names_all,
+        "the error does not name the stage, core and cores: {error:?}"
+    );
     assert_eq!(
         error.to_string(),
         "stage commit is mapped to core 7, but this machine has cores [0, 1]"

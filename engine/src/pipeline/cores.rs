@@ -53,7 +53,10 @@ impl fmt::Display for Stage {
 
 /// A stage name that names no stage.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown stage {name:?}: expected intake, prepare, pre-commit, commit, completion or participant-N")]
+#[error(
+    "unknown stage {name:?}: expected intake, prepare, pre-commit, commit, completion \
+     or participant-N"
+)]
 pub struct StageNameError {
     pub name: String,
 }
