@@ -159,3 +159,43 @@ fn unreadable_segment_exits_2() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains(&segment.display().to_string()), "{stderr}");
 }
+
+// Proves verify reports garbage after the last record of the last segment (a torn tail)
+// with exit 1 and its offset, without modifying the file, and that opening the log then
+// drops exactly those bytes.
+#[test]
+fn verify_reports_a_torn_tail_read_only() {
+    let dir = write_log();
+    let view = tricommit_wal::scan(dir.path()).expect("scan");
+    let last = view.report().segments.last().expect("segments").clone();
+    drop(view);
+    let mut bytes = fs::read(&last.path).expect("read");
+    let garbage = b"torn write remains";
+    let start = last.end_offset as usize;
+    bytes[start..start + garbage.len()].copy_from_slice(garbage);
+    fs::write(&last.path, &bytes).expect("write");
+    let output = tricommit(&["wal", "verify"], dir.path());
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}: torn tail at byte offset {start}",
+            last.path.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        fs::read(&last.path).expect("read again"),
+        bytes,
+        "verify modified the log"
+    );
+    let config = WalConfig {
+        segment_bytes: SEGMENT_BYTES,
+        record_bytes_max: 4096,
+        sync: SyncBackend::Fdatasync,
+        segments_spare: 1,
+    };
+    let (_wal, recovery) = Wal::open(dir.path(), config).expect("open");
+    assert_eq!(recovery.tail_bytes_dropped, garbage.len() as u64);
+    assert_eq!(recovery.last_lsn, RECORDS);
+}

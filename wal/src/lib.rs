@@ -125,3 +125,47 @@ impl WalConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves the default configuration is valid and each broken relation is refused.
+    #[test]
+    fn config_validation() {
+        assert!(WalConfig::default().validate().is_ok());
+        let broken = [
+            WalConfig {
+                segment_bytes: SEGMENT_BYTES_MIN - 4096,
+                ..WalConfig::default()
+            },
+            WalConfig {
+                segment_bytes: SEGMENT_BYTES_MAX * 2,
+                ..WalConfig::default()
+            },
+            WalConfig {
+                segment_bytes: SEGMENT_BYTES_DEFAULT + 1,
+                ..WalConfig::default()
+            },
+            WalConfig {
+                record_bytes_max: 16,
+                ..WalConfig::default()
+            },
+            WalConfig {
+                segment_bytes: SEGMENT_BYTES_MIN,
+                record_bytes_max: 8192,
+                ..WalConfig::default()
+            },
+            WalConfig {
+                segments_spare: SEGMENTS_SPARE_MAX + 1,
+                ..WalConfig::default()
+            },
+        ];
+        for config in broken {
+            assert!(
+                matches!(config.validate(), Err(WalError::Config(_))),
+                "{config:?} accepted"
+            );
+        }
+    }
+}

@@ -597,3 +597,10 @@ fn parse_numbered(name: &str, suffix: &str) -> Option<u64> {
     }
     digits.parse().ok()
 }
+
+/// The engine moves its log onto a pipeline thread, so the file-backed `Wal` must stay
+/// `Send` (the simulated one shares its disk through `Rc` and is single-threaded).
+const _: fn() = || {
+    fn assert_send<T: Send>() {}
+    assert_send::<Wal<FileStorage>>();
+};
