@@ -19,7 +19,7 @@ const REPETITIONS: u64 = 24;
 const CHILD_BATCHES_MAX: u64 = 200_000;
 const BATCH_RECORDS_MAX: u64 = 40;
 /// The parent kills the child after reading between 1 and this many reports.
-const REPORTS_BEFORE_KILL_MAX: u64 = 300;
+const REPORTS_BEFORE_KILL_MAX: u64 = 120;
 /// Small segments, so kills also land during segment rolls.
 const SEGMENT_BYTES: u64 = 256 * 1024;
 
