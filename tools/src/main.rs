@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod ledger_cmd;
 mod sim_cmd;
 mod wal_cmd;
 
@@ -16,11 +17,15 @@ enum Cli {
     Wal(wal_cmd::WalCommand),
     /// Run the seeded deterministic simulator over many seeds.
     Sim(sim_cmd::SimArgs),
+    /// Inspect the ledgers of an engine's data directory.
+    #[command(subcommand)]
+    Ledger(ledger_cmd::LedgerCommand),
 }
 
 fn main() -> ExitCode {
     match Cli::parse() {
         Cli::Wal(command) => wal_cmd::run(command),
         Cli::Sim(args) => sim_cmd::run(args),
+        Cli::Ledger(command) => ledger_cmd::run(command),
     }
 }

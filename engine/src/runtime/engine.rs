@@ -54,6 +54,8 @@ pub enum EngineError {
     },
     #[error("stage {0} panicked")]
     Panicked(String),
+    #[error("data directory: {0}")]
+    DataDir(#[from] super::meta::MetaError),
 }
 
 /// What `Engine::shutdown` hands back: the participants' state machines, so that a
@@ -204,6 +206,7 @@ impl Engine {
     /// by the E3PC termination protocol once the stages run.
     pub fn open(config: EngineConfig) -> Result<Engine, EngineError> {
         validate(&config)?;
+        super::meta::prepare_data_dir(&config)?;
         let replicas: Vec<SiteId> = (0..config.replicas as u8).map(SiteId).collect();
         let proto_config = config.timeouts.proto_config(replicas.clone());
         let sites = config.replicas + config.participants.len();

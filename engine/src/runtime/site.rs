@@ -175,6 +175,16 @@ impl SiteIo {
         }
     }
 
+    /// Syncs whatever is appended, forced or not: a clean shutdown leaves every
+    /// decision durable, so the log alone tells what each ledger holds.
+    pub fn sync_all(&mut self) -> Result<(), SiteError> {
+        self.wal.sync().map_err(|source| SiteError::Wal {
+            site: self.me.0,
+            source,
+        })?;
+        Ok(())
+    }
+
     /// Feeds every frame waiting in the inbox (up to a bound) into the machine. Returns
     /// how many frames there were.
     pub fn take_frames<M: Machine>(&mut self, machine: &mut M) -> usize {
@@ -223,6 +233,7 @@ pub fn run_passive<M: Machine>(mut machine: M, mut io: SiteIo) -> Result<M, Site
         io.flush(&mut machine)?;
         if frames == 0 {
             if io.stop.load(Ordering::Acquire) {
+                io.sync_all()?;
                 return Ok(machine);
             }
             io.wait(&machine, || false);

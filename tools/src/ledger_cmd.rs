@@ -1,0 +1,71 @@
+//! `tricommit ledger dump --data-dir DIR [--postings]`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use tricommit_engine::ledger::Posting;
+use tricommit_engine::runtime::recover_ledgers;
+
+#[derive(clap::Subcommand)]
+pub enum LedgerCommand {
+    /// Recover every ledger from its log, read-only, and print one line per account:
+    /// `ledger account balance`. With --postings, print every posting instead:
+    /// `txn_id ledger account delta`.
+    Dump {
+        /// The engine's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Print the postings (the audit trail) instead of the balances.
+        #[arg(long)]
+        postings: bool,
+    },
+}
+
+pub fn run(command: LedgerCommand) -> ExitCode {
+    let LedgerCommand::Dump { data_dir, postings } = command;
+    if !data_dir.is_dir() {
+        eprintln!(
+            "tricommit: error: {} is not a directory",
+            data_dir.display()
+        );
+        return ExitCode::from(2);
+    }
+    let sink = |index: usize| -> Option<tricommit_engine::ledger::PostingSink> {
+        if !postings {
+            return None;
+        }
+        Some(Box::new(move |batch: &[Posting]| {
+            let mut out = std::io::stdout().lock();
+            for posting in batch {
+                // A closed stdout (a pipe into `head`) ends the output, not the program.
+                let _ = writeln!(
+                    out,
+                    "{} {} {} {}",
+                    posting.txn.0, index, posting.account, posting.delta
+                );
+            }
+        }))
+    };
+    let ledgers = match recover_ledgers(&data_dir, sink) {
+        Ok(ledgers) => ledgers,
+        Err(error) => {
+            eprintln!("tricommit: error: {}: {error}", data_dir.display());
+            return ExitCode::from(2);
+        }
+    };
+    if postings {
+        return ExitCode::SUCCESS;
+    }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for recovered in &ledgers {
+        for (account, balance) in recovered.ledger().balances().enumerate() {
+            if writeln!(out, "{} {account} {balance}", recovered.index).is_err() {
+                return ExitCode::SUCCESS;
+            }
+        }
+    }
+    let _ = out.flush();
+    ExitCode::SUCCESS
+}
