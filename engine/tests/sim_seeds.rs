@@ -33,6 +33,7 @@ fn e3pc_passes_every_seed() {
         totals.aborted += stats.aborted;
         totals.crashes += stats.crashes;
         totals.elections += stats.elections;
+        totals.forgets += stats.forgets;
         if let Err(failure) = result {
             failures.push(failure);
             if failures.len() >= 3 {

@@ -13,8 +13,8 @@ use super::msg::{Part, ELECTED_INITIAL};
 use super::record::Record;
 use super::rm::{Op, Reason};
 use super::types::{
-    is_quorum, sites_of, AppendSeq, BatchId, Descriptor, Outcome, SiteId, State, TxnSet,
-    BATCH_TXNS_MAX, SITES_MAX,
+    is_quorum, sites_of, AppendSeq, BatchId, Descriptor, Outcome, RetiredSet, SiteId, State,
+    TxnSet, BATCH_TXNS_MAX, SITES_MAX,
 };
 use super::{BatchInput, Completion, Output, ProtoConfig, ProtoError, Termination};
 
@@ -31,6 +31,11 @@ pub struct Coordinator {
     incarnation_seq: u64,
     next_counter: u32,
     batches: HashMap<BatchId, CoordBatch>,
+    /// Batches forgotten after every site was done: anything about them is ignored.
+    retired: RetiredSet,
+    /// Batches that may be settled here: DONE (or, at `replicas[0]`, FORGET) waits
+    /// for durability and for the other sites.
+    awaiting_done: Vec<BatchId>,
 }
 
 /// What this replica drives for one batch, if anything.
@@ -59,6 +64,8 @@ struct Drive {
     read_only: Vec<u64>,
     /// Normal path: the yes votes of each participant.
     yes_by: Vec<(SiteId, TxnSet)>,
+    /// Normal path: how many no votes each participant of `yes_by` sent, same order.
+    no_count: Vec<u32>,
     /// Collect: who answered for txn i, and the aggregate of their answers.
     responded: Vec<u64>,
     responders: u64,
@@ -86,6 +93,7 @@ impl Drive {
             vote_pending: Vec::new(),
             read_only: Vec::new(),
             yes_by: Vec::new(),
+            no_count: Vec::new(),
             responded: vec![0; if phase == Phase::Collect { n } else { 0 }],
             responders: 0,
             max_attempt: vec![0; if phase == Phase::Collect { n } else { 0 }],
@@ -108,6 +116,12 @@ struct CoordBatch {
     clients: bool,
     /// The highest election any site told us about (from REJECT).
     max_seen_elected: u32,
+    /// `replicas[0]` only: how many decided transactions each site must report in
+    /// DONE before the batch can be forgotten. Set when the normal path ends with
+    /// every transaction decided; `None` (never forget) if recovery touched the batch.
+    expected: Option<Vec<(SiteId, u32)>>,
+    /// The highest decided count each site reported in DONE.
+    done: Vec<(SiteId, u32)>,
 }
 
 /// The parts of a coordinator every per-batch step needs, borrowed apart from the
@@ -159,6 +173,8 @@ impl Coordinator {
             incarnation_seq,
             next_counter: 0,
             batches: HashMap::new(),
+            retired: RetiredSet::default(),
+            awaiting_done: Vec::new(),
         })
     }
 
@@ -188,6 +204,8 @@ impl Coordinator {
                         drive: None,
                         clients: false,
                         max_seen_elected: 0,
+                        expected: None,
+                        done: Vec::new(),
                     });
                 }
                 Record::Elected { batch, .. } | Record::Transition { batch, .. } => {
@@ -206,6 +224,8 @@ impl Coordinator {
         for batch in batches.values_mut() {
             if batch.m.has_pending() {
                 batch.m.arm(now_us + delay);
+            } else {
+                coordinator.awaiting_done.push(batch.m.desc.batch);
             }
         }
         coordinator.batches = batches;
@@ -279,6 +299,7 @@ impl Coordinator {
         drive.read_only = vec![0; len as usize];
         for (site, site_ops) in ops {
             drive.yes_by.push((site, TxnSet::empty(len)));
+            drive.no_count.push(0);
             let part = Part::Prepare {
                 desc: Arc::clone(&desc),
                 ops: site_ops.into(),
@@ -290,6 +311,8 @@ impl Coordinator {
             drive: Some(drive),
             clients: true,
             max_seen_elected: 0,
+            expected: None,
+            done: Vec::new(),
         };
         self.batches.insert(batch, entry);
         Ok(batch)
@@ -301,8 +324,18 @@ impl Coordinator {
             return;
         }
         let batch_id = part.batch();
+        if self.retired.contains(batch_id) {
+            return;
+        }
+        if let Part::Forget { .. } = part {
+            self.on_forget(from, batch_id);
+            return;
+        }
         let desc = match &part {
             Part::Round {
+                desc: Some(desc), ..
+            }
+            | Part::Decide {
                 desc: Some(desc), ..
             }
             | Part::Elect { desc, .. }
@@ -326,6 +359,8 @@ impl Coordinator {
                 drive: None,
                 clients: false,
                 max_seen_elected: 0,
+                expected: None,
+                done: Vec::new(),
             };
             self.batches.insert(batch_id, entry);
         }
@@ -340,11 +375,82 @@ impl Coordinator {
             log: &mut self.log,
         };
         batch.on_part(&mut ctx, now_us, from, part, out);
+        if !batch.m.has_pending() {
+            self.awaiting_done.push(batch_id);
+        }
+        self.flush_done(out);
+    }
+
+    /// Retirement. A replica reports DONE to `replicas[0]` whenever a batch becomes
+    /// settled here. `replicas[0]` forgets a batch, and tells the others to, once the
+    /// normal path decided all of it without any recovery, it is settled here, and
+    /// every site reported at least as many decided transactions as it was sent
+    /// decisions for: then every site holds a durable decision for everything it is
+    /// in, nobody is open, and no later message can need the batch.
+    fn flush_done(&mut self, out: &mut Output) {
+        let first = self.config.replicas[0];
+        let is_first = self.me == first;
+        let (batches, log, retired) = (&mut self.batches, &self.log, &mut self.retired);
+        self.awaiting_done.retain(|batch_id| {
+            let Some(batch) = batches.get_mut(batch_id) else {
+                return false;
+            };
+            if batch.m.has_pending() || batch.drive.is_some() {
+                return false;
+            }
+            if !is_first {
+                // A replica reports only once it knows every decision of the batch.
+                if !batch.m.all_final() {
+                    return false;
+                }
+                return match batch.m.done_part(log) {
+                    Some(part) => {
+                        out.send(first, part);
+                        false
+                    }
+                    None => !batch.m.is_settled(log),
+                };
+            }
+            if !batch.m.is_settled(log) {
+                return true;
+            }
+            let Some(expected) = batch.expected.as_ref() else {
+                return false;
+            };
+            let reported = |site: SiteId| {
+                batch
+                    .done
+                    .iter()
+                    .find(|(s, _)| *s == site)
+                    .map_or(0, |(_, n)| *n)
+            };
+            if expected.iter().any(|&(site, count)| reported(site) < count) {
+                return false;
+            }
+            for &(site, _) in expected {
+                out.send(site, Part::Forget { batch: *batch_id });
+            }
+            batches.remove(batch_id);
+            retired.insert(*batch_id);
+            false
+        });
+    }
+
+    fn on_forget(&mut self, from: SiteId, batch_id: BatchId) {
+        let settled = self
+            .batches
+            .get(&batch_id)
+            .is_some_and(|batch| !batch.m.has_pending() && batch.drive.is_none());
+        if from == self.config.replicas[0] && settled {
+            self.batches.remove(&batch_id);
+            self.retired.insert(batch_id);
+        }
     }
 
     /// Call when the WAL is durable up to `upto`.
     pub fn handle_durable(&mut self, _now_us: u64, upto: AppendSeq, out: &mut Output) {
         self.log.on_durable(upto, out);
+        self.flush_done(out);
     }
 
     /// The instant at which [`Coordinator::handle_timeout`] must be called, if any.
@@ -517,7 +623,14 @@ impl CoordBatch {
                     .on_elect(ctx.log, ctx.config.termination, from, elected, out);
                 self.defer_to_other_driver(ctx, now_us);
             }
-            Part::Prepare { .. } => {}
+            Part::Done { decided, .. } => {
+                if let Some(entry) = self.done.iter_mut().find(|(site, _)| *site == from) {
+                    entry.1 = entry.1.max(decided);
+                } else if self.done.len() < SITES_MAX {
+                    self.done.push((from, decided));
+                }
+            }
+            Part::Prepare { .. } | Part::Forget { .. } => {}
         }
     }
 
@@ -571,6 +684,7 @@ impl CoordBatch {
                         batch: self.m.desc.batch,
                         commit: TxnSet::empty(len),
                         abort,
+                        desc: None,
                     },
                 );
             }
@@ -610,6 +724,7 @@ impl CoordBatch {
             let i = index as usize;
             if index < len && drive.vote_pending[i] & bit != 0 {
                 drive.vote_pending[i] &= !bit;
+                drive.no_count[slot] += 1;
                 if self.m.state[i] == State::Q {
                     abort_now.insert(index);
                 }
@@ -623,6 +738,7 @@ impl CoordBatch {
                     batch: self.m.desc.batch,
                     commit: TxnSet::empty(len),
                     abort: late_aborts,
+                    desc: None,
                 },
             );
         }
@@ -768,7 +884,7 @@ impl CoordBatch {
             Outcome::Abort => (TxnSet::empty(len), txns),
         };
         self.broadcast_decision(ctx, commit, abort, out);
-        self.finish_if_done();
+        self.finish_if_done(ctx);
     }
 
     fn broadcast_decision(
@@ -800,17 +916,26 @@ impl CoordBatch {
                         batch,
                         commit: site_commit,
                         abort: site_abort,
+                        desc: (ctx.replica_mask & site.bit() != 0).then(|| desc_of(&self.m)),
                     },
                 );
             }
         }
     }
 
-    fn finish_if_done(&mut self) {
-        if self.m.all_final() {
-            self.drive = None;
-            self.m.deadline_us = u64::MAX;
+    fn finish_if_done(&mut self, ctx: &Ctx<'_>) {
+        if !self.m.all_final() {
+            return;
         }
+        if let Some(drive) = self.drive.take() {
+            let normal = drive.phase == Phase::Normal
+                && self.m.elected == ELECTED_INITIAL
+                && self.m.elected_by == ctx.me;
+            if normal && ctx.config.termination == Termination::E3pc {
+                self.expected = Some(expected_done(&drive, &self.m.desc, ctx));
+            }
+        }
+        self.m.deadline_us = u64::MAX;
     }
 
     /// A DECIDE from another site (or a recovered decision): settle and complete.
@@ -832,7 +957,7 @@ impl CoordBatch {
                 }
             }
         }
-        self.finish_if_done();
+        self.finish_if_done(ctx);
     }
 
     fn on_help(&mut self, ctx: &mut Ctx<'_>, now_us: u64, from: SiteId, out: &mut Output) {
@@ -844,6 +969,7 @@ impl CoordBatch {
                     batch: self.m.desc.batch,
                     commit,
                     abort,
+                    desc: None,
                 },
             );
         }
@@ -931,6 +1057,7 @@ impl CoordBatch {
                             batch,
                             commit: TxnSet::empty(len),
                             abort: set,
+                            desc: None,
                         },
                     );
                 }
@@ -1188,6 +1315,32 @@ impl CoordBatch {
         candidates.union_with(&pre_abort);
         self.check_round(ctx, &candidates, out);
     }
+}
+
+/// What each site must report in DONE before a normally decided batch is forgotten:
+/// a participant, one decision per transaction it is in and did not vote read-only
+/// on (a lost vote counts: that site was sent the abort); another replica, every
+/// transaction of the batch (DECIDE carries the descriptor to replicas, so they
+/// learn every decision).
+fn expected_done(drive: &Drive, desc: &Descriptor, ctx: &Ctx<'_>) -> Vec<(SiteId, u32)> {
+    let mut expected: Vec<(SiteId, u32)> = drive
+        .yes_by
+        .iter()
+        .map(|(site, _)| {
+            let bit = site.bit();
+            let count = desc
+                .members
+                .iter()
+                .zip(&drive.read_only)
+                .filter(|(members, read_only)| *members & bit != 0 && *read_only & bit == 0)
+                .count();
+            (*site, count as u32)
+        })
+        .collect();
+    for site in sites_of(ctx.replica_mask & !ctx.me.bit()) {
+        expected.push((site, desc.len()));
+    }
+    expected
 }
 
 fn aggregate(drive: &mut Drive, index: u32, from: SiteId, state: State, attempt: u32) {

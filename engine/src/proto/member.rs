@@ -30,6 +30,11 @@ impl Log {
         }
     }
 
+    /// The highest append sequence number known durable.
+    pub(crate) fn durable_seq(&self) -> u64 {
+        self.durable_seq
+    }
+
     /// Queues a record for the WAL and returns its sequence number.
     pub(crate) fn append(&mut self, record: Record, out: &mut Output) -> u64 {
         let seq = self.next_seq;
@@ -125,6 +130,8 @@ pub(crate) struct Member {
     pub deadline_us: u64,
     /// Doubling factor (as a shift) of the chase period.
     pub backoff_shift: u32,
+    /// The decided count this site last reported to `replicas[0]` in a DONE.
+    pub done_reported: u32,
     /// A participant's no votes with their reasons, to repeat VOTES faithfully.
     pub no_reasons: Vec<(u32, Reason)>,
     /// Replicas witness every transaction; a participant only its own.
@@ -151,6 +158,7 @@ impl Member {
             deadline_us: u64::MAX,
             backoff_shift: 0,
             no_reasons: Vec::new(),
+            done_reported: 0,
             replica,
             me,
         }
@@ -173,6 +181,36 @@ impl Member {
     /// True if every transaction this site is in is decided here.
     pub(crate) fn all_final(&self) -> bool {
         (0..self.len()).all(|i| !self.is_member(i) || self.state[i as usize].is_final())
+    }
+
+    /// True once nothing about the batch can change here any more without a new
+    /// election that nobody needs: nothing open, and every record durable.
+    pub(crate) fn is_settled(&self, log: &Log) -> bool {
+        self.last_seq <= log.durable_seq() && !self.has_pending()
+    }
+
+    /// How many transactions this site is in are decided here.
+    pub(crate) fn decided_count(&self) -> u32 {
+        (0..self.len())
+            .filter(|&i| self.is_member(i) && self.state[i as usize].is_final())
+            .count() as u32
+    }
+
+    /// A DONE to send if the batch is settled here and more is decided than last
+    /// reported (a site that became pending again reports again).
+    pub(crate) fn done_part(&mut self, log: &Log) -> Option<Part> {
+        if !self.is_settled(log) {
+            return None;
+        }
+        let decided = self.decided_count();
+        if decided <= self.done_reported {
+            return None;
+        }
+        self.done_reported = decided;
+        Some(Part::Done {
+            batch: self.desc.batch,
+            decided,
+        })
     }
 
     /// Arms the chase timer unless it is armed earlier already.
@@ -338,6 +376,7 @@ impl Member {
                     batch: self.desc.batch,
                     commit,
                     abort,
+                    desc: None,
                 },
             );
         }

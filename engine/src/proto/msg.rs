@@ -46,10 +46,13 @@ pub enum Part {
         pre_abort: TxnSet,
     },
     /// Phase 3: decided outcomes. Never rejected: a decision is a fact, not a proposal.
+    /// `replicas[0]` attaches the descriptor for the other replicas, so that they learn
+    /// every decision of a batch even if no round ever reached them.
     Decide {
         batch: BatchId,
         commit: TxnSet,
         abort: TxnSet,
+        desc: Option<DescriptorRef>,
     },
     /// Recovery step 1–2: join election `elected` and report your states.
     Elect { desc: DescriptorRef, elected: u32 },
@@ -65,6 +68,12 @@ pub enum Part {
     /// A site holding undecided transactions asks the coordinator replicas to finish
     /// the batch (and tells them what it is, in case they never heard of it).
     Help { desc: DescriptorRef },
+    /// To `replicas[0]`: nothing is open here for the batch, everything is durable,
+    /// and `decided` of its transactions are decided here.
+    Done { batch: BatchId, decided: u32 },
+    /// From `replicas[0]` once every site sent `Done`: nobody can need the batch any
+    /// more; forget it and ignore anything about it from now on.
+    Forget { batch: BatchId },
 }
 
 impl Part {
@@ -79,7 +88,9 @@ impl Part {
             | Part::RoundAck { batch, .. }
             | Part::Decide { batch, .. }
             | Part::ElectAck { batch, .. }
-            | Part::Reject { batch, .. } => *batch,
+            | Part::Reject { batch, .. }
+            | Part::Done { batch, .. }
+            | Part::Forget { batch } => *batch,
         }
     }
 
@@ -95,6 +106,8 @@ impl Part {
             Part::ElectAck { .. } => "ELECT-ACK",
             Part::Reject { .. } => "REJECT",
             Part::Help { .. } => "HELP",
+            Part::Done { .. } => "DONE",
+            Part::Forget { .. } => "FORGET",
         }
     }
 }

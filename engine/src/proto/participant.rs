@@ -9,7 +9,7 @@ use super::member::{desc_of, Log, Member};
 use super::msg::{Part, ELECTED_INITIAL};
 use super::record::Record;
 use super::rm::{Op, ResourceManager, TxnId, Vote};
-use super::types::{AppendSeq, BatchId, DescriptorRef, SiteId, State, TxnSet};
+use super::types::{AppendSeq, BatchId, DescriptorRef, RetiredSet, SiteId, State, TxnSet};
 use super::{Output, ProtoConfig, ProtoError};
 
 /// A participant site wrapping a resource manager `R`.
@@ -19,6 +19,10 @@ pub struct Participant<R> {
     rm: R,
     log: Log,
     batches: HashMap<BatchId, Member>,
+    /// Batches forgotten on `replicas[0]`'s FORGET: anything about them is ignored.
+    retired: RetiredSet,
+    /// Batches that may be settled, waiting for durability before DONE.
+    awaiting_done: Vec<BatchId>,
     /// Reused buffers: the hot path allocates per batch, never per transaction.
     votes: Vec<Vote>,
     txn_ids: Vec<TxnId>,
@@ -37,6 +41,8 @@ impl<R: ResourceManager> Participant<R> {
             rm,
             log: Log::new(),
             batches: HashMap::new(),
+            retired: RetiredSet::default(),
+            awaiting_done: Vec::new(),
             votes: Vec::new(),
             txn_ids: Vec::new(),
         })
@@ -60,6 +66,8 @@ impl<R: ResourceManager> Participant<R> {
         for member in participant.batches.values_mut() {
             if member.has_pending() {
                 member.arm(now_us + timeout);
+            } else {
+                participant.awaiting_done.push(member.desc.batch);
             }
         }
         Ok(participant)
@@ -144,6 +152,43 @@ impl<R: ResourceManager> Participant<R> {
 
     /// Call when a message part arrives from `from`.
     pub fn handle_message(&mut self, now_us: u64, from: SiteId, part: Part, out: &mut Output) {
+        let batch = part.batch();
+        if self.retired.contains(batch) {
+            return;
+        }
+        self.dispatch(now_us, from, part, out);
+        if self
+            .batches
+            .get(&batch)
+            .is_some_and(|member| !member.has_pending())
+        {
+            self.awaiting_done.push(batch);
+        }
+        self.flush_done(out);
+    }
+
+    /// Sends DONE for every settled batch, and forgets the batches FORGET named.
+    fn flush_done(&mut self, out: &mut Output) {
+        let first = self.config.replicas[0];
+        let (batches, log) = (&mut self.batches, &self.log);
+        self.awaiting_done.retain(|batch| {
+            let Some(member) = batches.get_mut(batch) else {
+                return false;
+            };
+            if member.has_pending() {
+                return false;
+            }
+            match member.done_part(log) {
+                Some(part) => {
+                    out.send(first, part);
+                    false
+                }
+                None => !member.is_settled(log),
+            }
+        });
+    }
+
+    fn dispatch(&mut self, now_us: u64, from: SiteId, part: Part, out: &mut Output) {
         match part {
             Part::Prepare { desc, ops } => self.on_prepare(now_us, from, desc, &ops, out),
             Part::Round {
@@ -177,6 +222,7 @@ impl<R: ResourceManager> Participant<R> {
                 batch,
                 commit,
                 abort,
+                ..
             } => self.on_decide(batch, &commit, &abort, out),
             Part::Elect { desc, elected } => {
                 let batch = desc.batch;
@@ -188,7 +234,16 @@ impl<R: ResourceManager> Participant<R> {
                 };
                 member.on_elect(&mut self.log, self.config.termination, from, elected, out);
             }
+            Part::Forget { batch } => {
+                if from == self.config.replicas[0]
+                    && self.batches.get(&batch).is_some_and(|m| !m.has_pending())
+                {
+                    self.batches.remove(&batch);
+                    self.retired.insert(batch);
+                }
+            }
             Part::Votes { .. }
+            | Part::Done { .. }
             | Part::RoundAck { .. }
             | Part::ElectAck { .. }
             | Part::Reject { .. }
@@ -199,6 +254,7 @@ impl<R: ResourceManager> Participant<R> {
     /// Call when the WAL is durable up to `upto` (see [`AppendSeq`]).
     pub fn handle_durable(&mut self, _now_us: u64, upto: AppendSeq, out: &mut Output) {
         self.log.on_durable(upto, out);
+        self.flush_done(out);
     }
 
     /// The instant at which [`Participant::handle_timeout`] must be called, if any.

@@ -297,6 +297,47 @@ pub fn is_quorum(acked: u64, group: u64) -> bool {
     (acked & group).count_ones() * 2 > group.count_ones()
 }
 
+/// Batch ids a site has retired (forgotten after every site durably decided them), as
+/// disjoint half-open ranges: batches retire almost in order, so it stays a few ranges.
+#[derive(Clone, Debug, Default)]
+pub struct RetiredSet {
+    ranges: std::collections::BTreeMap<u64, u64>,
+}
+
+impl RetiredSet {
+    /// True if `batch` was retired.
+    pub fn contains(&self, batch: BatchId) -> bool {
+        self.ranges
+            .range(..=batch.0)
+            .next_back()
+            .is_some_and(|(_, &end)| batch.0 < end)
+    }
+
+    /// Adds `batch`, merging it with the ranges it touches.
+    pub fn insert(&mut self, batch: BatchId) {
+        if self.contains(batch) || batch.0 == u64::MAX {
+            return;
+        }
+        let mut start = batch.0;
+        let mut end = batch.0 + 1;
+        if let Some((&before, &before_end)) = self.ranges.range(..start).next_back() {
+            if before_end == start {
+                start = before;
+                self.ranges.remove(&before);
+            }
+        }
+        if let Some(after_end) = self.ranges.remove(&end) {
+            end = after_end;
+        }
+        self.ranges.insert(start, end);
+    }
+
+    /// The number of disjoint ranges (a measure of its memory).
+    pub fn ranges(&self) -> usize {
+        self.ranges.len()
+    }
+}
+
 /// The sites of a mask, in increasing id order.
 pub fn sites_of(mask: u64) -> impl Iterator<Item = SiteId> {
     BitIter { word: mask }.map(|bit| SiteId(bit as u8))
@@ -329,6 +370,27 @@ mod tests {
         assert!(TxnSet::from_words(len, full.words().to_vec()).is_some());
         assert!(TxnSet::from_words(len, vec![u64::MAX; 3]).is_none());
         assert!(TxnSet::from_words(len, vec![0; 2]).is_none());
+    }
+
+    // Proves that retired ids merge into ranges and that membership is exact.
+    #[test]
+    fn retired_set_merges_ranges() {
+        let mut retired = RetiredSet::default();
+        for id in [5u64, 7, 6, 1, 2, 9] {
+            retired.insert(BatchId(id));
+        }
+        assert_eq!(retired.ranges(), 3);
+        for id in 0..12u64 {
+            assert_eq!(
+                retired.contains(BatchId(id)),
+                [1, 2, 5, 6, 7, 9].contains(&id),
+                "{id}"
+            );
+        }
+        retired.insert(BatchId(8));
+        retired.insert(BatchId(3));
+        retired.insert(BatchId(4));
+        assert_eq!(retired.ranges(), 1);
     }
 
     // Proves the quorum test is a strict majority of the group only.

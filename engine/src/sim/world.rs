@@ -283,6 +283,8 @@ pub struct RunStats {
     pub crashes: u64,
     /// Recovery elections started (an `Elected` record a replica wrote for itself).
     pub elections: u64,
+    /// FORGET parts sent: batches retired once every site durably decided them.
+    pub forgets: u64,
 }
 
 /// A message filter for scenario tests, called as `filter(from, to, part)` for every
@@ -386,18 +388,25 @@ impl Sim {
         self.faults_active = active;
     }
 
-    /// A site's state for a transaction, asked of the running state machine.
+    /// A site's state for a transaction: asked of the running state machine, or, for
+    /// a batch the site has retired (forgotten once decided everywhere), the last
+    /// state its records gave (with attempt 0).
     pub fn txn_state(
         &self,
         site: u8,
         batch: BatchId,
         index: u32,
     ) -> Option<(crate::proto::State, u32)> {
-        match &self.sites.get(site as usize)?.node {
+        let live = match &self.sites.get(site as usize)?.node {
             Node::Coordinator(coordinator) => coordinator.txn_state(batch, index),
             Node::Participant(participant) => participant.txn_state(batch, index),
-            Node::Down => None,
-        }
+            Node::Down => return None,
+        };
+        live.or_else(|| {
+            self.checker
+                .live_state(SiteId(site), batch, index)
+                .map(|state| (state, 0))
+        })
     }
 
     /// The bank of a running participant.
@@ -771,6 +780,9 @@ impl Sim {
         }
         for outgoing in std::mem::take(&mut out.sends) {
             self.checker.on_send(id, &outgoing.part);
+            if matches!(outgoing.part, Part::Forget { .. }) {
+                self.stats.forgets += 1;
+            }
             self.transmit(site, outgoing.to.0, outgoing.part);
         }
         for completion in out.completions.drain(..) {
