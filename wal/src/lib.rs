@@ -88,8 +88,9 @@ pub struct WalConfig {
 
 impl Default for WalConfig {
     /// 64 MiB segments, 1 MiB records, and `IoUring`, the backend that measured fastest
-    /// on the project machine at batch sizes 1, 1024 and 8192 (`wal_append_sync` bench;
-    /// figures in the README). It falls back to `Fdatasync` where io_uring is refused.
+    /// on the project machine at batch sizes 1024 and 8192 (`wal_append_sync` bench;
+    /// figures in the README); at batch 1 every backend was within run-to-run noise of a
+    /// bare `pwrite` + `fdatasync`. It falls back to `Fdatasync` where io_uring is refused.
     fn default() -> WalConfig {
         WalConfig {
             segment_bytes: SEGMENT_BYTES_DEFAULT,
