@@ -42,13 +42,7 @@ impl FileStorage {
                 reason: "not a directory",
             });
         }
-        let (backend, uring, fallback_reason) = match requested {
-            SyncBackend::IoUring => match UringSync::probe() {
-                Ok(uring) => (SyncBackend::IoUring, Some(uring), None),
-                Err(reason) => (SyncBackend::Fdatasync, None, Some(reason)),
-            },
-            other => (other, None, None),
-        };
+        let (backend, uring, fallback_reason) = choose_backend(requested, UringSync::probe);
         Ok((
             FileStorage {
                 dir: dir.to_owned(),
@@ -275,6 +269,21 @@ impl SegmentFile for FileSegment {
     }
 }
 
+/// The backend to use: `requested`, unless it is `IoUring` and `probe` fails, in which
+/// case `Fdatasync` and the probe's reason.
+fn choose_backend(
+    requested: SyncBackend,
+    probe: impl FnOnce() -> Result<UringSync, String>,
+) -> (SyncBackend, Option<UringSync>, Option<String>) {
+    match requested {
+        SyncBackend::IoUring => match probe() {
+            Ok(uring) => (SyncBackend::IoUring, Some(uring), None),
+            Err(reason) => (SyncBackend::Fdatasync, None, Some(reason)),
+        },
+        other => (other, None, None),
+    }
+}
+
 /// File names in `dir`.
 pub(crate) fn list_names(dir: &Path) -> Result<Vec<String>, WalError> {
     let entries = fs::read_dir(dir).map_err(|error| WalError::io(dir, "read directory", error))?;
@@ -331,4 +340,26 @@ fn zero_fill_range(file: &File, range: Range<u64>) -> std::io::Result<()> {
         offset += chunk as u64;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves a refused io_uring probe falls back to Fdatasync and reports why, and that
+    // the other backends never probe.
+    #[test]
+    fn refused_io_uring_falls_back_to_fdatasync_with_reason() {
+        let (backend, uring, reason) = choose_backend(SyncBackend::IoUring, || {
+            Err("io_uring_setup failed: EPERM".to_owned())
+        });
+        assert_eq!(backend, SyncBackend::Fdatasync);
+        assert!(uring.is_none());
+        assert_eq!(reason.as_deref(), Some("io_uring_setup failed: EPERM"));
+        for other in [SyncBackend::Msync, SyncBackend::Fdatasync] {
+            let (backend, uring, reason) =
+                choose_backend(other, || panic!("{other:?} must not probe io_uring"));
+            assert_eq!((backend, uring.is_none(), reason), (other, true, None));
+        }
+    }
 }
