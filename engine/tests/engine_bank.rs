@@ -1,93 +1,109 @@
-//! In-process bank tests of the whole engine: random transfers among ledgers, then the
-//! bank invariant (DESIGN §2, invariant 8) checked on what the ledgers hold.
+//! In-process bank tests of the whole engine: random transfers among four ledgers from
+//! several client threads, then the bank invariant (DESIGN §2, invariant 8) checked
+//! transaction by transaction on the ledgers rebuilt from their logs.
 
-use tricommit_engine::proto::TxnId;
-use tricommit_engine::{Engine, EngineConfig, Outcome, Txn};
+mod engine_support;
 
-const LEDGERS: usize = 4;
-const ACCOUNTS: u64 = 1_000;
-const BALANCE_INITIAL: i64 = 1_000;
+use engine_support::{check_bank, Acked, Bank, Clients};
+use tricommit_engine::runtime::{recover_ledgers, Shutdown};
+use tricommit_engine::Engine;
 
-/// A tiny deterministic generator, so a failure reproduces.
-struct SplitMix(u64);
+/// Few accounts with small balances, so that transfers contend for the same accounts
+/// and many are refused for insufficient funds: both outcomes get checked.
+const BANK: Bank = Bank {
+    ledgers: 4,
+    accounts: 64,
+    balance_initial: 500,
+    amount_max: 400,
+};
 
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
+fn temp_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temporary directory")
 }
 
-fn random_transfer(rng: &mut SplitMix, id: u64) -> Txn {
-    let from_ledger = (rng.next() % LEDGERS as u64) as u8;
-    let to_ledger =
-        ((from_ledger as u64 + 1 + rng.next() % (LEDGERS as u64 - 1)) % LEDGERS as u64) as u8;
-    let amount = 1 + rng.next() % 300;
-    Txn::transfer(
-        TxnId(id),
-        (from_ledger, rng.next() % ACCOUNTS),
-        (to_ledger, rng.next() % ACCOUNTS),
-        amount,
-    )
-    .expect("distinct ledgers and a small amount")
+/// Every account balance of every ledger the engine handed back at shutdown.
+fn live_balances(shutdown: &Shutdown) -> Vec<Vec<i64>> {
+    shutdown
+        .participants
+        .iter()
+        .map(|participant| {
+            let ledger = participant
+                .rm()
+                .ledger()
+                .expect("every participant is a ledger");
+            ledger.balances().collect()
+        })
+        .collect()
 }
 
-/// Runs `txns` random transfers with `config` and checks the bank invariant at the end:
-/// the total is unchanged, no balance is below its limit, and every submission got a
-/// definite outcome.
-fn run_bank(config: EngineConfig, txns: u64) -> (u64, u64) {
-    let engine = Engine::open(config).expect("engine opens");
-    let mut rng = SplitMix(7);
-    let mut tickets = Vec::new();
-    for id in 1..=txns {
-        let mut txn = random_transfer(&mut rng, id);
-        let ticket = loop {
-            match engine.submit(txn) {
-                Ok(ticket) => break ticket,
-                Err(busy) => {
-                    txn = busy.into_inner();
-                    std::thread::yield_now();
-                }
-            }
-        };
-        tickets.push(ticket);
-    }
-    let (mut committed, mut aborted) = (0, 0);
-    for ticket in tickets {
-        match ticket.wait() {
-            Outcome::Committed => committed += 1,
-            Outcome::Aborted(_) => aborted += 1,
-            Outcome::InDoubt => panic!("no failure was injected, yet an outcome is in doubt"),
-        }
-    }
-    let shutdown = engine.shutdown().expect("clean shutdown");
-    let mut total: i128 = 0;
-    for participant in &shutdown.participants {
-        let ledger = participant
-            .rm()
-            .ledger()
-            .expect("every participant is a ledger");
-        ledger
-            .check_invariants()
-            .expect("no balance below its limit");
-        total += ledger.total_balance();
-    }
-    assert_eq!(
-        total,
-        (LEDGERS as i128) * (ACCOUNTS as i128) * BALANCE_INITIAL as i128
-    );
-    (committed, aborted)
+/// Every account balance of every ledger, rebuilt read-only from the logs.
+fn recovered_balances(dir: &std::path::Path) -> Vec<Vec<i64>> {
+    recover_ledgers(dir, |_| None)
+        .expect("ledgers recover")
+        .iter()
+        .map(|recovered| recovered.ledger().balances().collect())
+        .collect()
 }
 
 #[test]
-fn bank_total_is_unchanged_and_most_transfers_commit() {
-    // Proves that transfers flow through every stage and land on both ledgers or none.
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let config = EngineConfig::ledgers(dir.path(), LEDGERS, ACCOUNTS, BALANCE_INITIAL);
-    let (committed, aborted) = run_bank(config, 20_000);
-    assert_eq!(committed + aborted, 20_000);
-    assert!(committed > 10_000, "only {committed} of 20000 committed");
+fn concurrent_transfers_land_on_both_ledgers_or_neither() {
+    // Proves invariant 8 under concurrent clients: the total is unchanged, no account is
+    // below its limit, every acknowledged commit is posted on both of its ledgers and
+    // every acknowledged abort on neither, and the logs rebuild exactly the live state.
+    let dir = temp_dir();
+    let engine = Engine::open(BANK.config(dir.path())).expect("engine opens");
+    let clients = Clients {
+        threads: 4,
+        txns_per_thread: 3_000,
+        id_first: 1,
+        seed: 7,
+    };
+    let acked = run(&engine, clients);
+    let shutdown = engine.shutdown().expect("clean shutdown");
+    assert_eq!(acked.len(), 12_000, "every submission got an outcome");
+    let verdict = check_bank(dir.path(), &BANK, &acked);
+    assert!(
+        verdict.acked_committed > 0,
+        "nothing committed: {verdict:?}"
+    );
+    assert!(verdict.acked_aborted > 0, "nothing aborted: {verdict:?}");
+    assert_eq!(
+        verdict.applied_txns, verdict.acked_committed,
+        "the logs hold commits nobody was told about"
+    );
+    assert_eq!(live_balances(&shutdown), recovered_balances(dir.path()));
+}
+
+fn run(engine: &Engine, clients: Clients) -> Vec<(engine_support::Transfer, Acked)> {
+    engine_support::run_clients(engine, &BANK, clients)
+}
+
+#[test]
+fn every_batching_and_pipelining_combination_keeps_the_bank_invariant() {
+    // Proves that the comparison toggles only change speed: each combination of
+    // batching and pipelining on or off runs a small workload to the same invariant.
+    for (batching, pipelining) in [(true, true), (true, false), (false, true), (false, false)] {
+        let dir = temp_dir();
+        let mut config = BANK.config(dir.path());
+        config.batching = batching;
+        config.pipelining = pipelining;
+        let engine = Engine::open(config).expect("engine opens");
+        let clients = Clients {
+            threads: 2,
+            txns_per_thread: 150,
+            id_first: 1,
+            seed: 11,
+        };
+        let acked = run(&engine, clients);
+        let shutdown = engine.shutdown().expect("clean shutdown");
+        let verdict = check_bank(dir.path(), &BANK, &acked);
+        let label = format!("batching {batching}, pipelining {pipelining}");
+        assert_eq!(acked.len(), 300, "{label}: every submission got an outcome");
+        assert!(verdict.acked_committed > 0, "{label}: nothing committed");
+        assert_eq!(
+            live_balances(&shutdown),
+            recovered_balances(dir.path()),
+            "{label}"
+        );
+    }
 }
