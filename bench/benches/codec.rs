@@ -1,0 +1,108 @@
+//! The WAL record codec in the hot path: `Record::encode` and `Record::decode` of the
+//! records a batch writes, a participant's `Prepared` (descriptor, operations and votes)
+//! at 1024 and 8192 transactions, and a `Transition` (a bit set over the batch).
+//!
+//! Throughput is in transactions, so criterion's time per iteration divided by the batch
+//! size is the codec's cost per transaction; the record sizes are printed once, so bytes
+//! per second follow from the same figures.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use tricommit_engine::ledger::LedgerOp;
+use tricommit_engine::proto::{
+    BatchId, Descriptor, Op, Reason, Record, State, TxnId, TxnSet, Vote,
+};
+
+const BATCH_SIZES: [usize; 2] = [1024, 8192];
+/// Participant mask of a two-ledger transfer (the sites after three replicas).
+const TRANSFER_MEMBERS_MASK: u64 = 0b11 << 3;
+/// One vote in this many is a no, so the codec sees both vote encodings.
+const NO_VOTE_EVERY: usize = 50;
+
+/// A `Prepared` record of `txns` transfers' debit legs, as a ledger participant logs it.
+fn prepared(txns: usize) -> Record {
+    let ids: Vec<TxnId> = (0..txns as u64).map(|index| TxnId(1 + index)).collect();
+    let desc = Descriptor {
+        batch: BatchId(7),
+        txns: ids.clone(),
+        members: vec![TRANSFER_MEMBERS_MASK; txns],
+    };
+    let ops: Vec<Op> = ids
+        .iter()
+        .map(|&txn| Op {
+            txn,
+            payload: LedgerOp::debit(txn.0 % 100_000, 1 + txn.0 % 100)
+                .expect("small amounts are valid")
+                .encode(),
+        })
+        .collect();
+    let votes = (0..txns)
+        .map(|index| match index % NO_VOTE_EVERY {
+            0 => Vote::No(Reason::INSUFFICIENT_FUNDS),
+            _ => Vote::Yes,
+        })
+        .collect();
+    Record::Prepared {
+        desc: Arc::new(desc),
+        ops: ops.into(),
+        votes,
+    }
+}
+
+/// A `Transition` to PC of every transaction of a batch of `txns`.
+fn transition(txns: usize) -> Record {
+    Record::Transition {
+        batch: BatchId(7),
+        state: State::PreCommit,
+        attempt: 1,
+        elected: 0,
+        txns: TxnSet::full(txns as u32),
+    }
+}
+
+fn encoded(record: &Record) -> Vec<u8> {
+    let mut buf = Vec::new();
+    record.encode(&mut buf);
+    buf
+}
+
+fn bench_record(criterion: &mut Criterion, group_name: &str, build: fn(usize) -> Record) {
+    let mut group = criterion.benchmark_group(group_name);
+    for txns in BATCH_SIZES {
+        let record = build(txns);
+        let bytes = encoded(&record);
+        eprintln!("{group_name}/{txns}: record payload {} bytes", bytes.len());
+        assert_eq!(
+            Record::decode(record.kind(), &bytes).as_ref(),
+            Ok(&record),
+            "the codec must round-trip what it measures"
+        );
+        group.throughput(Throughput::Elements(txns as u64));
+        let mut buf = Vec::with_capacity(bytes.len());
+        group.bench_with_input(
+            BenchmarkId::new("encode", txns),
+            &record,
+            |bench, record| {
+                bench.iter(|| {
+                    buf.clear();
+                    black_box(record).encode(&mut buf);
+                    black_box(buf.len())
+                })
+            },
+        );
+        group.bench_with_input(BenchmarkId::new("decode", txns), &bytes, |bench, bytes| {
+            bench.iter(|| Record::decode(black_box(record.kind()), black_box(bytes)))
+        });
+    }
+    group.finish();
+}
+
+fn codec(criterion: &mut Criterion) {
+    bench_record(criterion, "codec_prepared", prepared);
+    bench_record(criterion, "codec_transition", transition);
+}
+
+criterion_group!(benches, codec);
+criterion_main!(benches);

@@ -1,0 +1,292 @@
+//! `compare`: runs the engine's configurations side by side, interleaved and repeated,
+//! and prints a table of medians (committed/s, p50 and p99 latency, ratio to unbatched).
+//!
+//! Interleaving (every configuration once per round, round after round) spreads slow
+//! moments of a shared machine over all configurations instead of one; the median over
+//! rounds then discards the outliers. Each run gets a fresh data directory below
+//! `--dir` (the working directory by default): a tmpfs would make syncs free.
+//!
+//! Exit codes: 0 after a full run, 1 when a measurement failed, 2 for bad flags.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Serialize;
+use tricommit_bench::{
+    engine_config, load_shape, measure, median, CompareError, Measurement, BASELINE_NAME,
+    CONFIG_NAMES,
+};
+
+/// The most rounds a run may ask for.
+const ROUNDS_MAX: u64 = 100;
+/// The longest window per configuration and round, in seconds.
+const SECONDS_MAX: u64 = 3_600;
+
+/// Runs tricommit's engine configurations side by side and compares their throughput.
+#[derive(Parser, Debug)]
+#[command(name = "compare", about)]
+struct Args {
+    /// Measured seconds per configuration per round (after a short warm-up).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=SECONDS_MAX))]
+    seconds: u64,
+    /// Rounds; every configuration runs once per round, and the table shows medians.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=ROUNDS_MAX))]
+    rounds: u64,
+    /// Write the results as JSON to this path.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Comma-separated configurations to run, from: unbatched, batched, pipelined,
+    /// overlap, 2pc, pipelined-msync, pipelined-fdatasync, pipelined-io-uring.
+    #[arg(long, value_delimiter = ',', value_parser = parse_config_name)]
+    configs: Option<Vec<String>>,
+    /// Directory below which each run's fresh data directory is made (not a tmpfs).
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+}
+
+fn parse_config_name(name: &str) -> Result<String, String> {
+    if CONFIG_NAMES.contains(&name) {
+        Ok(name.to_owned())
+    } else {
+        Err(format!(
+            "unknown configuration (known: {})",
+            CONFIG_NAMES.join(", ")
+        ))
+    }
+}
+
+/// One configuration's row: medians over rounds, plus the per-round values.
+#[derive(Serialize)]
+struct ConfigReport {
+    name: String,
+    available: bool,
+    committed_per_s: Option<f64>,
+    p50_us: Option<f64>,
+    p99_us: Option<f64>,
+    ratio_to_unbatched: Option<f64>,
+    batch_txns_avg: Option<f64>,
+    syncs_per_s: Option<f64>,
+    rounds: Vec<RoundReport>,
+}
+
+#[derive(Serialize)]
+struct RoundReport {
+    committed: u64,
+    aborted: u64,
+    window_s: f64,
+    committed_per_s: f64,
+    p50_us: u64,
+    p99_us: u64,
+    batch_txns_avg: f64,
+    syncs_per_s: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    seconds: u64,
+    rounds: u64,
+    configs: Vec<ConfigReport>,
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(error) if !error.use_stderr() => {
+            // --help and --version are not errors.
+            let _ = error.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            let rendered = error.to_string();
+            let line = rendered.lines().next().unwrap_or("bad arguments");
+            eprintln!("compare: {}", line.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    let json = match open_json(args.json.as_deref()) {
+        Ok(json) => json,
+        Err(error) => {
+            eprintln!("compare: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if !args.dir.is_dir() {
+        eprintln!("compare: --dir {} is not a directory", args.dir.display());
+        return ExitCode::from(2);
+    }
+    match run(&args) {
+        Ok(report) => finish(&report, json),
+        Err(error) => {
+            eprintln!("compare: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Creates the JSON file before the run, so an unwritable path fails at once.
+fn open_json(path: Option<&Path>) -> Result<Option<File>, String> {
+    path.map(|path| {
+        File::create(path).map_err(|error| format!("--json {}: {error}", path.display()))
+    })
+    .transpose()
+}
+
+fn finish(report: &Report, json: Option<File>) -> ExitCode {
+    print_table(report);
+    let Some(mut file) = json else {
+        return ExitCode::SUCCESS;
+    };
+    let written = serde_json::to_writer_pretty(&mut file, report)
+        .map_err(std::io::Error::from)
+        .and_then(|()| file.write_all(b"\n"));
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("compare: writing the JSON: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Runs every selected configuration once per round, in table order within a round.
+fn run(args: &Args) -> Result<Report, CompareError> {
+    let names: Vec<String> = match &args.configs {
+        Some(names) => CONFIG_NAMES
+            .iter()
+            .filter(|name| names.iter().any(|chosen| chosen == *name))
+            .map(|name| name.to_string())
+            .collect(),
+        None => CONFIG_NAMES.iter().map(|name| name.to_string()).collect(),
+    };
+    let mut results: Vec<Vec<Measurement>> = vec![Vec::new(); names.len()];
+    for round in 1..=args.rounds {
+        for (name, result) in names.iter().zip(&mut results) {
+            if let Some(measurement) = run_once(args, name, round)? {
+                result.push(measurement);
+            }
+        }
+    }
+    let baseline_per_s = names
+        .iter()
+        .zip(&results)
+        .find(|(name, _)| *name == BASELINE_NAME)
+        .and_then(|(_, rounds)| median_of(rounds, |m| m.committed_per_s));
+    let configs = names
+        .into_iter()
+        .zip(results)
+        .map(|(name, rounds)| config_report(name, rounds, baseline_per_s))
+        .collect();
+    Ok(Report {
+        seconds: args.seconds,
+        rounds: args.rounds,
+        configs,
+    })
+}
+
+/// One measurement of `name` in a fresh data directory; `None` when the engine cannot
+/// run that configuration yet.
+fn run_once(args: &Args, name: &str, round: u64) -> Result<Option<Measurement>, CompareError> {
+    let data_dir = tempfile::Builder::new()
+        .prefix("tricommit-compare-")
+        .tempdir_in(&args.dir)?;
+    let Some(config) = engine_config(name, data_dir.path()) else {
+        if round == 1 {
+            eprintln!("compare: {name}: not available yet, skipped");
+        }
+        return Ok(None);
+    };
+    let shape = load_shape(&config);
+    eprintln!(
+        "compare: round {round}/{}: {name} ({} clients × {} outstanding, {} s)",
+        args.rounds, shape.clients, shape.window_txns, args.seconds
+    );
+    let measurement =
+        measure(config, shape, Duration::from_secs(args.seconds)).inspect_err(|_| {
+            eprintln!("compare: {name} failed in round {round}");
+        })?;
+    eprintln!(
+        "compare: round {round}/{}: {name}: {:.0} committed/s, p50 {} µs, p99 {} µs, \
+         {:.1} txns/batch, {:.0} syncs/s",
+        args.rounds,
+        measurement.committed_per_s,
+        measurement.p50_us,
+        measurement.p99_us,
+        measurement.batch_txns_avg,
+        measurement.syncs_per_s
+    );
+    data_dir.close()?;
+    Ok(Some(measurement))
+}
+
+fn median_of(rounds: &[Measurement], field: fn(&Measurement) -> f64) -> Option<f64> {
+    median(&rounds.iter().map(field).collect::<Vec<_>>())
+}
+
+fn config_report(
+    name: String,
+    rounds: Vec<Measurement>,
+    baseline_per_s: Option<f64>,
+) -> ConfigReport {
+    let committed_per_s = median_of(&rounds, |m| m.committed_per_s);
+    let ratio_to_unbatched = match (committed_per_s, baseline_per_s) {
+        (Some(value), Some(baseline)) if baseline > 0.0 => Some(value / baseline),
+        _ => None,
+    };
+    ConfigReport {
+        available: !rounds.is_empty(),
+        committed_per_s,
+        p50_us: median_of(&rounds, |m| m.p50_us as f64),
+        p99_us: median_of(&rounds, |m| m.p99_us as f64),
+        ratio_to_unbatched,
+        batch_txns_avg: median_of(&rounds, |m| m.batch_txns_avg),
+        syncs_per_s: median_of(&rounds, |m| m.syncs_per_s),
+        rounds: rounds.iter().map(round_report).collect(),
+        name,
+    }
+}
+
+fn round_report(measurement: &Measurement) -> RoundReport {
+    RoundReport {
+        committed: measurement.committed,
+        aborted: measurement.aborted,
+        window_s: measurement.window_s,
+        committed_per_s: measurement.committed_per_s,
+        p50_us: measurement.p50_us,
+        p99_us: measurement.p99_us,
+        batch_txns_avg: measurement.batch_txns_avg,
+        syncs_per_s: measurement.syncs_per_s,
+    }
+}
+
+fn print_table(report: &Report) {
+    println!(
+        "{} s × {} rounds, medians over rounds",
+        report.seconds, report.rounds
+    );
+    println!(
+        "{:<22} {:>14} {:>10} {:>10} {:>14}",
+        "config", "committed/s", "p50 µs", "p99 µs", "× unbatched"
+    );
+    for config in &report.configs {
+        let Some(committed_per_s) = config.committed_per_s else {
+            println!("{:<22} not available yet", config.name);
+            continue;
+        };
+        let number = |value: Option<f64>| value.map_or("-".to_owned(), |v| format!("{v:.0}"));
+        let ratio = config
+            .ratio_to_unbatched
+            .map_or("-".to_owned(), |ratio| format!("{ratio:.1}"));
+        println!(
+            "{:<22} {:>14.0} {:>10} {:>10} {:>14}",
+            config.name,
+            committed_per_s,
+            number(config.p50_us),
+            number(config.p99_us),
+            ratio
+        );
+    }
+}
