@@ -74,6 +74,13 @@ fn assert_only(sim: &Sim, batch: BatchId, index: u32, outcome: Outcome) {
     );
 }
 
+/// Partition groups for `sites` sites: `isolated` on one side, the rest on the other.
+fn cut_off(sites: u8, isolated: &[u8]) -> Vec<u8> {
+    (0..sites)
+        .map(|site| isolated.contains(&site) as u8)
+        .collect()
+}
+
 /// A flag that a filter sets when it sees a part, and a filter that keeps it.
 fn flag() -> Rc<Cell<bool>> {
     Rc::new(Cell::new(false))
@@ -174,6 +181,29 @@ fn participant_crash_in(target: State, no_at_b: bool) {
     );
 }
 
+// Proves that a participant crashing in Q (prepared in memory, its yes vote not yet
+// durable, so never sent) comes back knowing nothing and the transaction aborts.
+#[test]
+fn participant_crash_in_q_before_its_vote_is_durable() {
+    let mut sim = world(3, Termination::E3pc);
+    let batch = sim.submit(&[Transfer::simple(A, B, 10)]).expect("R0 is up");
+    let unsynced_yes = |s: &Sim| {
+        state(s, B, batch, 0) == Some(State::W)
+            && !s
+                .checker()
+                .durable_yes(tricommit_engine::proto::SiteId(B), batch, 0)
+    };
+    assert!(
+        run_until(&mut sim, unsynced_yes),
+        "B's vote was never caught before its sync"
+    );
+    sim.crash(B);
+    sim.run_until(sim.now_us() + 20_000);
+    sim.restart(B);
+    finish_clean(&mut sim);
+    assert_only(&sim, batch, 0, Outcome::Abort);
+}
+
 // Proves that a participant crashing while prepared (W, yes vote durable or not)
 // recovers without breaking any invariant.
 #[test]
@@ -246,7 +276,7 @@ fn counterexample_partition(termination: Termination) -> (Sim, BatchId) {
     assert!(run_until(&mut sim, |s| reached_c.get()
         && state(s, C, batch, 0) == Some(State::PreCommit)));
     sim.crash(R0);
-    sim.inject(Fault::Partition(vec![0, 0, 1, 0, 0, 1]));
+    sim.inject(Fault::Partition(cut_off(6, &[C, R2])));
     sim.run_until(sim.now_us() + 1_000_000);
     (sim, batch)
 }
@@ -365,7 +395,7 @@ fn split_brain_stale_coordinator_is_fenced() {
         .expect("R0 is up");
     assert!(run_until(&mut sim, |s| state(s, R0, batch, 0)
         == Some(State::PreCommit)));
-    sim.inject(Fault::Partition(vec![0, 1, 1, 0, 1, 1]));
+    sim.inject(Fault::Partition(cut_off(6, &[R1, R2, B, C])));
     assert!(
         run_until(&mut sim, |s| state(s, B, batch, 0) == Some(State::Abort)),
         "the majority never decided"

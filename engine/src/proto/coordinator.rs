@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::member::{desc_of, Log, Member};
 use super::msg::{Part, ELECTED_INITIAL};
 use super::record::Record;
-use super::rm::{Op, Reason};
+use super::rm::Reason;
 use super::types::{
     is_quorum, sites_of, AppendSeq, BatchId, Descriptor, Outcome, RetiredSet, SiteId, State,
     TxnSet, BATCH_TXNS_MAX, SITES_MAX,
@@ -270,7 +270,8 @@ impl Coordinator {
         if self.rank != 0 {
             return Err(ProtoError::NotActive);
         }
-        let ops = validate_input(&input, self.replica_mask)?;
+        validate_input(&input, self.replica_mask)?;
+        let ops = input.ops;
         let counter = self.next_counter;
         self.next_counter = counter
             .checked_add(1)
@@ -484,10 +485,7 @@ impl Coordinator {
 }
 
 /// Checks a client batch and returns each participant's operations.
-fn validate_input(
-    input: &BatchInput,
-    replica_mask: u64,
-) -> Result<Vec<(SiteId, Vec<Op>)>, ProtoError> {
+fn validate_input(input: &BatchInput, replica_mask: u64) -> Result<(), ProtoError> {
     let len = input.txns.len();
     if len == 0 || len > BATCH_TXNS_MAX {
         return Err(ProtoError::BadBatch(
@@ -534,7 +532,7 @@ fn validate_input(
     if covered != participants {
         return Err(ProtoError::BadBatch("a participant has no operations"));
     }
-    Ok(input.ops.clone())
+    Ok(())
 }
 
 impl CoordBatch {
@@ -932,7 +930,7 @@ impl CoordBatch {
                 && self.m.elected == ELECTED_INITIAL
                 && self.m.elected_by == ctx.me;
             if normal && ctx.config.termination == Termination::E3pc {
-                self.expected = Some(expected_done(&drive, &self.m.desc, ctx));
+                self.expected = expected_done(&drive, &self.m.desc, ctx);
             }
         }
         self.m.deadline_us = u64::MAX;
@@ -1318,11 +1316,16 @@ impl CoordBatch {
 }
 
 /// What each site must report in DONE before a normally decided batch is forgotten:
-/// a participant, one decision per transaction it is in and did not vote read-only
-/// on (a lost vote counts: that site was sent the abort); another replica, every
-/// transaction of the batch (DECIDE carries the descriptor to replicas, so they
-/// learn every decision).
-fn expected_done(drive: &Drive, desc: &Descriptor, ctx: &Ctx<'_>) -> Vec<(SiteId, u32)> {
+/// a participant, a decision for every transaction it is in (a lost vote counts: that
+/// site was sent the abort); another replica, every transaction of the batch (DECIDE
+/// carries the descriptor to replicas, so they learn every decision).
+///
+/// `None` (keep the batch) if anyone voted read-only: a read-only voter stays in Q and
+/// a recovery round R0 never saw could still move it to PC or PA after it reported.
+fn expected_done(drive: &Drive, desc: &Descriptor, ctx: &Ctx<'_>) -> Option<Vec<(SiteId, u32)>> {
+    if drive.read_only.iter().any(|&voters| voters != 0) {
+        return None;
+    }
     let mut expected: Vec<(SiteId, u32)> = drive
         .yes_by
         .iter()
@@ -1331,8 +1334,7 @@ fn expected_done(drive: &Drive, desc: &Descriptor, ctx: &Ctx<'_>) -> Vec<(SiteId
             let count = desc
                 .members
                 .iter()
-                .zip(&drive.read_only)
-                .filter(|(members, read_only)| *members & bit != 0 && *read_only & bit == 0)
+                .filter(|&&members| members & bit != 0)
                 .count();
             (*site, count as u32)
         })
@@ -1340,7 +1342,7 @@ fn expected_done(drive: &Drive, desc: &Descriptor, ctx: &Ctx<'_>) -> Vec<(SiteId
     for site in sites_of(ctx.replica_mask & !ctx.me.bit()) {
         expected.push((site, desc.len()));
     }
-    expected
+    Some(expected)
 }
 
 fn aggregate(drive: &mut Drive, index: u32, from: SiteId, state: State, attempt: u32) {

@@ -190,7 +190,7 @@ impl<R: ResourceManager> Participant<R> {
 
     fn dispatch(&mut self, now_us: u64, from: SiteId, part: Part, out: &mut Output) {
         match part {
-            Part::Prepare { desc, ops } => self.on_prepare(now_us, from, desc, &ops, out),
+            Part::Prepare { desc, ops } => self.on_prepare(now_us, from, desc, ops, out),
             Part::Round {
                 batch,
                 elected,
@@ -303,7 +303,7 @@ impl<R: ResourceManager> Participant<R> {
         now_us: u64,
         from: SiteId,
         desc: DescriptorRef,
-        ops: &[Op],
+        ops: Arc<[Op]>,
         out: &mut Output,
     ) {
         if let Some(member) = self.batches.get(&desc.batch) {
@@ -321,11 +321,11 @@ impl<R: ResourceManager> Participant<R> {
             }
             return;
         }
-        if !desc.is_well_formed() || !self.ops_match(&desc, ops) {
+        if !desc.is_well_formed() || !self.ops_match(&desc, &ops) {
             return;
         }
         self.votes.clear();
-        self.rm.prepare(ops, &mut self.votes);
+        self.rm.prepare(&ops, &mut self.votes);
         if self.votes.len() != ops.len() {
             // A resource manager that breaks its contract gets no yes from us.
             self.votes
@@ -343,7 +343,7 @@ impl<R: ResourceManager> Participant<R> {
         }
         let record = Record::Prepared {
             desc: Arc::clone(&desc),
-            ops: ops.into(),
+            ops: Arc::clone(&ops),
             votes: self.votes.clone(),
         };
         member.last_seq = self.log.append(record, out);
