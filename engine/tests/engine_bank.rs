@@ -5,8 +5,9 @@
 mod engine_support;
 
 use engine_support::{check_bank, Acked, Bank, Clients};
+use tricommit_engine::proto::Reason;
 use tricommit_engine::runtime::{recover_ledgers, Shutdown};
-use tricommit_engine::Engine;
+use tricommit_engine::{AbortReason, Engine, Outcome};
 
 /// Few accounts with small balances, so that transfers contend for the same accounts
 /// and many are refused for insufficient funds: both outcomes get checked.
@@ -106,4 +107,73 @@ fn every_batching_and_pipelining_combination_keeps_the_bank_invariant() {
             "{label}"
         );
     }
+}
+
+#[test]
+#[ignore = "bug: a resubmitted transaction id is not idempotent (a decided id is applied twice)"]
+fn a_decided_id_submitted_again_gets_its_outcome_and_is_applied_once() {
+    // Proves the idempotent ids of the client API (issue 4, Client API) for a decided
+    // transaction: submitting its id again returns its outcome and never applies the
+    // transfer a second time.
+    let dir = temp_dir();
+    let engine = Engine::open(BANK.config(dir.path())).expect("engine opens");
+    let transfer = engine_support::Transfer {
+        id: 1,
+        from: (0, 1),
+        to: (1, 2),
+        amount: 10,
+    };
+    let first = engine_support::submit_retrying(&engine, transfer.txn()).wait();
+    assert_eq!(first, Outcome::Committed);
+    let again = engine_support::submit_retrying(&engine, transfer.txn()).wait();
+    engine.shutdown().expect("clean shutdown");
+    check_bank(dir.path(), &BANK, &[(transfer, Acked::Committed)]);
+    assert_eq!(again, first, "a decided id must return its outcome");
+}
+
+#[test]
+#[ignore = "bug: the same id twice in flight gets two outcomes (Committed, then Aborted by DUPLICATE)"]
+fn an_id_submitted_twice_in_flight_is_applied_once_with_one_outcome() {
+    // Proves the idempotent ids of the client API for a transaction in flight: two
+    // submissions of one id get the same outcome, and a commit is posted exactly once.
+    let dir = temp_dir();
+    let engine = Engine::open(BANK.config(dir.path())).expect("engine opens");
+    let transfer = engine_support::Transfer {
+        id: 1,
+        from: (0, 1),
+        to: (1, 2),
+        amount: 10,
+    };
+    let ticket_first = engine_support::submit_retrying(&engine, transfer.txn());
+    let ticket_again = engine_support::submit_retrying(&engine, transfer.txn());
+    let (first, again) = (ticket_first.wait(), ticket_again.wait());
+    engine.shutdown().expect("clean shutdown");
+    let acked: Vec<_> = [first, again]
+        .into_iter()
+        .filter(|outcome| *outcome == Outcome::Committed)
+        .map(|_| (transfer, Acked::Committed))
+        .collect();
+    check_bank(dir.path(), &BANK, &acked);
+    assert_eq!(again, first, "an id in flight must get the same outcome");
+}
+
+#[test]
+#[ignore = "bug: a no vote reaches the client as Aborted(Terminated), not Aborted(Rejected(reason))"]
+fn a_refused_transfer_reports_the_participants_reason() {
+    // Proves that a client learns why its transfer was refused: a debit beyond the
+    // balance aborts with the ledger's reason, `INSUFFICIENT_FUNDS`.
+    let dir = temp_dir();
+    let engine = Engine::open(BANK.config(dir.path())).expect("engine opens");
+    let transfer = engine_support::Transfer {
+        id: 1,
+        from: (0, 1),
+        to: (1, 2),
+        amount: BANK.balance_initial as u64 + 1,
+    };
+    let outcome = engine_support::submit_retrying(&engine, transfer.txn()).wait();
+    engine.shutdown().expect("clean shutdown");
+    assert_eq!(
+        outcome,
+        Outcome::Aborted(AbortReason::Rejected(Reason::INSUFFICIENT_FUNDS))
+    );
 }
