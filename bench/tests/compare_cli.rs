@@ -52,6 +52,11 @@ fn short_run_writes_the_json_contract() {
     assert!(output.status.success(), "compare failed: {stderr}");
     let report: Value = serde_json::from_slice(&std::fs::read(&json_path).expect("JSON written"))
         .expect("valid JSON");
+    assert_eq!(report["rounds"], Value::from(1));
+    assert!(
+        report["started_unix_s"].as_u64().is_some_and(|at| at > 0),
+        "{report}"
+    );
     let configs = report["configs"].as_array().expect("configs is an array");
     let names: Vec<&str> = configs.iter().filter_map(|c| c["name"].as_str()).collect();
     assert_eq!(names, ["unbatched", "pipelined", "overlap", "2pc"]);

@@ -89,7 +89,24 @@ struct RoundReport {
 struct Report {
     seconds: u64,
     rounds: u64,
+    /// When the run started, in seconds since the Unix epoch.
+    started_unix_s: u64,
+    /// `/proc/loadavg` before and after the run: on a shared machine, other work
+    /// competes for the cores and the figures say so.
+    load_average_start: Option<String>,
+    load_average_end: Option<String>,
     configs: Vec<ConfigReport>,
+}
+
+/// The 1-, 5- and 15-minute load averages, where the system exposes them.
+fn load_average() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    Some(
+        text.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
 }
 
 fn main() -> ExitCode {
@@ -162,6 +179,10 @@ fn run(args: &Args) -> Result<Report, CompareError> {
             .collect(),
         None => CONFIG_NAMES.iter().map(|name| name.to_string()).collect(),
     };
+    let started_unix_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    let load_average_start = load_average();
     let mut results: Vec<Vec<Measurement>> = vec![Vec::new(); names.len()];
     for round in 1..=args.rounds {
         for (name, result) in names.iter().zip(&mut results) {
@@ -183,6 +204,9 @@ fn run(args: &Args) -> Result<Report, CompareError> {
     Ok(Report {
         seconds: args.seconds,
         rounds: args.rounds,
+        started_unix_s,
+        load_average_start,
+        load_average_end: load_average(),
         configs,
     })
 }
@@ -263,9 +287,13 @@ fn round_report(measurement: &Measurement) -> RoundReport {
 }
 
 fn print_table(report: &Report) {
+    let unknown = || "unknown".to_owned();
     println!(
-        "{} s × {} rounds, medians over rounds",
-        report.seconds, report.rounds
+        "{} s × {} rounds, medians over rounds; load average {} at start, {} at end",
+        report.seconds,
+        report.rounds,
+        report.load_average_start.clone().unwrap_or_else(unknown),
+        report.load_average_end.clone().unwrap_or_else(unknown)
     );
     println!(
         "{:<22} {:>14} {:>10} {:>10} {:>14}",
