@@ -73,6 +73,7 @@ pub struct Engine {
     participants: usize,
     draining: Arc<AtomicBool>,
     stop_passive: Arc<AtomicBool>,
+    halt: Arc<AtomicBool>,
     batcher: Option<JoinHandle<()>>,
     active: Option<JoinHandle<Result<Coordinator, SiteError>>>,
     completion: Option<JoinHandle<()>>,
@@ -164,7 +165,14 @@ fn wire(sites: usize) -> Result<Wiring, EngineError> {
 
 impl Wiring {
     /// The I/O half of site `me`: its log, its inbox, and links to every other site.
-    fn site_io(&mut self, me: SiteId, wal: Wal, out: Output, stop: &Arc<AtomicBool>) -> SiteIo {
+    fn site_io(
+        &mut self,
+        me: SiteId,
+        wal: Wal,
+        out: Output,
+        stop: &Arc<AtomicBool>,
+        halt: &Arc<AtomicBool>,
+    ) -> SiteIo {
         let index = me.0 as usize;
         SiteIo {
             me,
@@ -178,6 +186,7 @@ impl Wiring {
             links: self.links.clone(),
             clock: self.clock.clone(),
             stop: stop.clone(),
+            halt: halt.clone(),
             stats: Arc::new(SiteStats::default()),
             out,
             frames: Vec::new(),
@@ -213,6 +222,7 @@ impl Engine {
         let mut wiring = wire(sites)?;
         let stop_passive = Arc::new(AtomicBool::new(false));
         let draining = Arc::new(AtomicBool::new(false));
+        let halt = Arc::new(AtomicBool::new(false));
         let mut site_stats = Vec::new();
 
         let mut replica_machines = Vec::new();
@@ -277,7 +287,7 @@ impl Engine {
             } else {
                 stop_passive.clone()
             };
-            let io = wiring.site_io(me, log.wal, out, &stop);
+            let io = wiring.site_io(me, log.wal, out, &stop, &halt);
             site_stats.push(io.stats.clone());
             let name = format!("tc-replica-{}", me.0);
             if me.0 == 0 {
@@ -294,7 +304,7 @@ impl Engine {
         }
         let mut participant_threads = Vec::new();
         for (me, machine, log) in participant_machines {
-            let io = wiring.site_io(me, log.wal, Output::default(), &stop_passive);
+            let io = wiring.site_io(me, log.wal, Output::default(), &stop_passive, &halt);
             site_stats.push(io.stats.clone());
             let name = format!("tc-participant-{}", me.0 as usize - config.replicas);
             participant_threads.push(spawn(name, move || run_passive(machine, io))?);
@@ -329,6 +339,7 @@ impl Engine {
             participants: config.participants.len(),
             draining,
             stop_passive,
+            halt,
             batcher: Some(batcher),
             active,
             completion: Some(completion),
@@ -425,6 +436,19 @@ impl Engine {
         self.stop()
     }
 
+    /// Stops every stage at once without syncing anything, as a process crash would:
+    /// what was appended but not synced is not made durable by the engine (with the
+    /// io_uring backend it never reaches the file). Tickets still open complete as
+    /// `InDoubt`. Reopen the data directory to recover. For tests and the load
+    /// generator's failure scenario.
+    pub fn crash(mut self) {
+        self.halt.store(true, Ordering::Release);
+        for doorbell in &self.doorbells {
+            doorbell.ring();
+        }
+        let _ = self.stop();
+    }
+
     fn stop(&mut self) -> Result<Shutdown, EngineError> {
         let mut first_error: Option<EngineError> = None;
         let mut note = |error: EngineError| {
@@ -485,5 +509,40 @@ impl Drop for Engine {
         if self.batcher.is_some() || self.active.is_some() {
             let _ = self.stop();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::prepared_record_bytes_max;
+    use crate::proto::{BatchId, Descriptor, Op, Record, TxnId, Vote, OP_PAYLOAD_BYTES};
+
+    #[test]
+    fn the_record_bound_is_the_size_of_a_full_prepared_record() {
+        // Proves that the configuration check uses the real encoded size, so a batch that
+        // passes it can never fail to append.
+        let txns = 100;
+        let desc = Descriptor {
+            batch: BatchId(7),
+            txns: (0..txns).map(TxnId).collect(),
+            members: vec![1 << 3; txns as usize],
+        };
+        let ops: Vec<Op> = (0..txns)
+            .map(|id| Op {
+                txn: TxnId(id),
+                payload: [0; OP_PAYLOAD_BYTES],
+            })
+            .collect();
+        let record = Record::Prepared {
+            desc: Arc::new(desc),
+            ops: ops.into(),
+            votes: vec![Vote::Yes; txns as usize],
+        };
+        let mut encoded = Vec::new();
+        record.encode(&mut encoded);
+        let expected = encoded.len() as u64 + tricommit_wal::RECORD_HEADER_BYTES;
+        assert_eq!(prepared_record_bytes_max(txns as usize), expected);
     }
 }

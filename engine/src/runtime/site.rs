@@ -94,6 +94,8 @@ pub struct SiteIo {
     pub links: Links,
     pub clock: Arc<MonotonicClock>,
     pub stop: Arc<AtomicBool>,
+    /// Set by `Engine::crash`: return at once, syncing nothing, as a crash would.
+    pub halt: Arc<AtomicBool>,
     pub stats: Arc<SiteStats>,
     /// Reused buffers.
     pub out: Output,
@@ -175,6 +177,11 @@ impl SiteIo {
         }
     }
 
+    /// Whether the engine crashed on purpose: the stage must stop without syncing.
+    pub fn halted(&self) -> bool {
+        self.halt.load(Ordering::Acquire)
+    }
+
     /// Syncs whatever is appended, forced or not: a clean shutdown leaves every
     /// decision durable, so the log alone tells what each ledger holds.
     pub fn sync_all(&mut self) -> Result<(), SiteError> {
@@ -218,8 +225,13 @@ impl SiteIo {
             .poll_timeout()
             .and_then(|at| self.clock.instant_at(at));
         let inbox = &self.inbox;
-        let stop = &self.stop;
-        let ready = || inbox.has_items() || also_ready() || stop.load(Ordering::Acquire);
+        let (stop, halt) = (&self.stop, &self.halt);
+        let ready = || {
+            inbox.has_items()
+                || also_ready()
+                || stop.load(Ordering::Acquire)
+                || halt.load(Ordering::Acquire)
+        };
         self.doorbell.wait_until(ready, deadline);
     }
 }
@@ -228,6 +240,9 @@ impl SiteIo {
 pub fn run_passive<M: Machine>(mut machine: M, mut io: SiteIo) -> Result<M, SiteError> {
     io.flush(&mut machine)?;
     loop {
+        if io.halted() {
+            return Ok(machine);
+        }
         let frames = io.take_frames(&mut machine);
         io.fire_timer(&mut machine);
         io.flush(&mut machine)?;

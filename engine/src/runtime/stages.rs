@@ -184,6 +184,9 @@ pub fn run_active(
     let mut unsent: Vec<CompletionChunk> = Vec::new();
     io.flush(&mut coordinator)?;
     loop {
+        if io.halted() {
+            return Ok(coordinator);
+        }
         let mut worked = take_batches(&mut coordinator, &mut io, &mut stage, &mut open);
         worked += io.take_frames(&mut coordinator);
         io.fire_timer(&mut coordinator);

@@ -11,12 +11,16 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use tricommit_engine::ledger::LedgerOp;
 use tricommit_engine::proto::TxnId;
-use tricommit_engine::{AbortReason, Engine, Outcome, Priority, Ticket, Txn};
+use tricommit_engine::runtime::{EngineCounters, Shutdown, TXN_LEGS_MAX};
+use tricommit_engine::{
+    AbortReason, Busy, Engine, EngineConfig, EngineError, Outcome, Priority, Ticket, Txn,
+};
 
 /// Upper bound of every latency histogram; slower outcomes are clamped into it.
 pub const LATENCY_US_MAX: u64 = 600_000_000;
@@ -40,15 +44,20 @@ pub struct Workload {
     pub amount_max: u64,
     /// Share of transactions sent with `Priority::High`, in percent.
     pub high_priority_percent: u8,
+    /// Most ledgers one transaction touches: 2 is a plain transfer; more is a split
+    /// payment (one debit, credits shared among the other ledgers).
+    pub ledgers_per_txn_max: u8,
+    /// Keep the id of every acknowledged commit (the failure scenario checks them all).
+    pub record_committed: bool,
 }
 
-/// A transfer as the history file records it.
+/// A payment as the history file records it: one debit, up to three credits.
 #[derive(Clone, Copy, Debug)]
 struct Transfer {
     id: u64,
     from: (u8, u64),
-    to: (u8, u64),
-    amount: u64,
+    to: [(u8, u64, u64); TXN_LEGS_MAX - 1],
+    credits: u8,
 }
 
 /// splitmix64: small, fast, and good enough to pick accounts.
@@ -130,16 +139,118 @@ impl AccountPicker {
 
 /// What every client shares with the main thread.
 pub struct Shared {
-    pub engine: Engine,
+    /// The engine; replaced (under the write lock) when the failure scenario crashes and
+    /// reopens it, so that submissions wait out the outage instead of failing.
+    engine: RwLock<Option<Engine>>,
+    /// Counters of engines that were crashed, so that totals keep growing.
+    counters_base: Mutex<EngineCounters>,
     pub stop: AtomicBool,
     pub busy: AtomicU64,
-    /// Outcomes completed during the current sampling interval.
+    /// The target rate over all clients, in transactions per second; 0 = closed loop.
+    pub rate_per_s: AtomicU64,
+    /// Outcomes completed during the current sampling interval, per client.
     pub interval: Vec<Mutex<Histogram<u64>>>,
+}
+
+/// Adds two counter snapshots.
+pub fn add_counters(a: &EngineCounters, b: &EngineCounters) -> EngineCounters {
+    EngineCounters {
+        committed: a.committed + b.committed,
+        aborted: a.aborted + b.aborted,
+        batches: a.batches + b.batches,
+        batch_txns_total: a.batch_txns_total + b.batch_txns_total,
+        syncs: a.syncs + b.syncs,
+        records: a.records + b.records,
+        frames_dropped: a.frames_dropped + b.frames_dropped,
+    }
+}
+
+impl Shared {
+    pub fn new(engine: Engine, clients: usize, rate_per_s: u64) -> Shared {
+        Shared {
+            engine: RwLock::new(Some(engine)),
+            counters_base: Mutex::new(EngineCounters::default()),
+            stop: AtomicBool::new(false),
+            busy: AtomicU64::new(0),
+            rate_per_s: AtomicU64::new(rate_per_s),
+            interval: (0..clients).map(|_| Mutex::new(histogram())).collect(),
+        }
+    }
+
+    fn submit(&self, txn: Txn) -> Result<Ticket, Busy<Txn>> {
+        let engine = self
+            .engine
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match engine.as_ref() {
+            Some(engine) => engine.submit(txn),
+            None => Ok(Ticket::ready(Outcome::Aborted(AbortReason::Shutdown))),
+        }
+    }
+
+    /// Totals over every engine this run used.
+    pub fn counters(&self) -> EngineCounters {
+        let base = *self
+            .counters_base
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let engine = self
+            .engine
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match engine.as_ref() {
+            Some(engine) => add_counters(&base, &engine.counters()),
+            None => base,
+        }
+    }
+
+    /// Crashes the engine (no shutdown, nothing more synced) and opens it again on the
+    /// same data directory. Returns how long the reopening (recovery) took.
+    pub fn crash_and_reopen(&self, config: EngineConfig) -> Result<Duration, EngineError> {
+        let mut engine = self
+            .engine
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(old) = engine.take() {
+            let mut base = self
+                .counters_base
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            *base = add_counters(&base, &old.counters());
+            old.crash();
+        }
+        let started = Instant::now();
+        *engine = Some(Engine::open(config)?);
+        Ok(started.elapsed())
+    }
+
+    /// Committed so far by the engine that runs now.
+    pub fn current_committed(&self) -> u64 {
+        let engine = self
+            .engine
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        engine
+            .as_ref()
+            .map_or(0, |engine| engine.counters().committed)
+    }
+
+    /// Shuts the engine down cleanly and hands back its participants.
+    pub fn shutdown(&self) -> Result<Shutdown, EngineError> {
+        let engine = self
+            .engine
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        engine.expect("the engine is shut down once").shutdown()
+    }
 }
 
 /// What one client measured over the whole run.
 pub struct ClientResult {
     pub latency: Histogram<u64>,
+    /// Ids of acknowledged commits, when the workload asks to keep them.
+    pub committed_ids: Vec<u64>,
     pub committed: u64,
     pub aborted_by_reason: Vec<(String, u64)>,
     pub in_doubt: u64,
@@ -149,10 +260,9 @@ pub struct ClientResult {
 /// A client's settings.
 pub struct ClientPlan {
     pub index: usize,
+    pub clients: usize,
     pub seed: u64,
     pub window: usize,
-    /// Transactions per second for this client; 0 = closed loop.
-    pub rate_per_s: f64,
     pub history: Option<PathBuf>,
 }
 
@@ -190,6 +300,7 @@ pub fn run_client(
         rng: Rng::new(plan.seed),
         result: ClientResult {
             latency: histogram(),
+            committed_ids: Vec::new(),
             committed: 0,
             aborted_by_reason: Vec::new(),
             in_doubt: 0,
@@ -211,24 +322,29 @@ pub fn run_client(
 
 impl Client<'_> {
     fn run(&mut self) -> std::io::Result<()> {
-        let started = Instant::now();
-        let mut sent: u64 = 0;
+        let mut next_at: Option<Instant> = None;
         while !self.shared.stop.load(Ordering::Relaxed) {
-            let intended = if self.plan.rate_per_s > 0.0 {
-                let at = started + Duration::from_secs_f64(sent as f64 / self.plan.rate_per_s);
+            let rate_per_s =
+                self.shared.rate_per_s.load(Ordering::Relaxed) as f64 / self.plan.clients as f64;
+            let intended = if rate_per_s > 0.0 {
+                // Open loop: the schedule advances from the previous *intended* time, so
+                // an engine stall makes the client late (and the latency show it), not
+                // the schedule slower.
+                let at = next_at.unwrap_or_else(Instant::now);
+                next_at = Some(at + Duration::from_secs_f64(1.0 / rate_per_s));
                 self.reap_until(at)?;
                 if self.shared.stop.load(Ordering::Relaxed) {
                     break;
                 }
                 at
             } else {
+                next_at = None;
                 while self.outstanding.len() >= self.plan.window {
                     self.reap_oldest()?;
                 }
                 Instant::now()
             };
             self.send(intended)?;
-            sent += 1;
         }
         while !self.outstanding.is_empty() {
             self.reap_oldest()?;
@@ -238,36 +354,44 @@ impl Client<'_> {
 
     fn next_transfer(&mut self) -> (Transfer, Txn) {
         let ledgers = self.workload.ledgers as u64;
-        let from_ledger = self.rng.below(ledgers) as u8;
-        let to_ledger = ((from_ledger as u64 + 1 + self.rng.below(ledgers - 1)) % ledgers) as u8;
-        let transfer = Transfer {
+        let most =
+            (self.workload.ledgers_per_txn_max as u64).clamp(2, ledgers.min(TXN_LEGS_MAX as u64));
+        let legs = 2 + self.rng.below(most - 1);
+        // Distinct ledgers: a random start and a random step coprime with nothing in
+        // particular would repeat, so walk consecutive ledgers from a random start.
+        let start = self.rng.below(ledgers);
+        let ledger_at = |offset: u64| ((start + offset) % ledgers) as u8;
+        let credits = (legs - 1) as u8;
+        let amount = (1 + self.rng.below(self.workload.amount_max)).max(credits as u64);
+        let mut transfer = Transfer {
             id: ((self.plan.index as u64) << CLIENT_SEQUENCE_BITS) | (self.next_sequence + 1),
-            from: (from_ledger, self.picker.pick(&mut self.rng)),
-            to: (to_ledger, self.picker.pick(&mut self.rng)),
-            amount: 1 + self.rng.below(self.workload.amount_max),
+            from: (ledger_at(0), self.picker.pick(&mut self.rng)),
+            to: [(0, 0, 0); TXN_LEGS_MAX - 1],
+            credits,
         };
+        for credit in 0..credits as usize {
+            let share =
+                amount / credits as u64 + u64::from(credit == 0) * (amount % credits as u64);
+            transfer.to[credit] = (
+                ledger_at(credit as u64 + 1),
+                self.picker.pick(&mut self.rng),
+                share,
+            );
+        }
         self.next_sequence += 1;
         let priority = if self.rng.below(100) < self.workload.high_priority_percent as u64 {
             Priority::High
         } else {
             Priority::Normal
         };
-        let txn = Txn::transfer(
-            TxnId(transfer.id),
-            transfer.from,
-            transfer.to,
-            transfer.amount,
-        )
-        .expect("the workload only builds valid transfers")
-        .with_priority(priority);
-        (transfer, txn)
+        (transfer, build_txn(&transfer, priority))
     }
 
     /// Submits one transfer, waiting out `Busy` by reaping outcomes first.
     fn send(&mut self, intended: Instant) -> std::io::Result<()> {
         let (transfer, mut txn) = self.next_transfer();
         loop {
-            match self.shared.engine.submit(txn) {
+            match self.shared.submit(txn) {
                 Ok(ticket) => {
                     self.outstanding.push_back(InFlight {
                         ticket,
@@ -360,6 +484,9 @@ impl Client<'_> {
         let word = match outcome {
             Outcome::Committed => {
                 self.result.committed += 1;
+                if self.workload.record_committed {
+                    self.result.committed_ids.push(transfer.id);
+                }
                 "committed"
             }
             Outcome::Aborted(reason) => {
@@ -381,20 +508,39 @@ impl Client<'_> {
             }
         };
         if let Some(history) = self.history.as_mut() {
-            writeln!(
-                history,
-                "{} {} {} {} {} {} {}",
-                transfer.id,
-                transfer.from.0,
-                transfer.from.1,
-                transfer.to.0,
-                transfer.to.1,
-                transfer.amount,
-                word
-            )?;
+            // One line per credit: a split payment reads as transfers with one id.
+            let (from_ledger, from_account) = transfer.from;
+            for &(ledger, account, amount) in &transfer.to[..transfer.credits as usize] {
+                let id = transfer.id;
+                writeln!(
+                    history,
+                    "{id} {from_ledger} {from_account} {ledger} {account} {amount} {word}"
+                )?;
+            }
         }
         Ok(())
     }
+}
+
+/// The engine transaction for a payment: a debit leg and one credit leg per credit.
+fn build_txn(transfer: &Transfer, priority: Priority) -> Txn {
+    let total: u64 = transfer.to[..transfer.credits as usize]
+        .iter()
+        .map(|credit| credit.2)
+        .sum();
+    let debit =
+        LedgerOp::debit(transfer.from.1, total).expect("amounts are bounded by --amount-max");
+    let mut txn = Txn::new(TxnId(transfer.id), priority)
+        .with_leg(transfer.from.0, debit.encode())
+        .expect("the first leg always fits");
+    for &(ledger, account, amount) in &transfer.to[..transfer.credits as usize] {
+        let credit =
+            LedgerOp::credit(account, amount).expect("amounts are bounded by --amount-max");
+        txn = txn
+            .with_leg(ledger, credit.encode())
+            .expect("distinct ledgers, at most TXN_LEGS_MAX legs");
+    }
+    txn
 }
 
 /// A stable, readable name for an abort reason.

@@ -7,8 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
@@ -19,16 +18,13 @@ use tricommit_wal::SyncBackend;
 mod driver;
 mod progress;
 mod report;
+mod scenario;
 mod summary;
 
 /// Bounds on the flags, so that a typo cannot ask for an absurd run.
 const CLIENTS_MAX: u64 = 256;
 const LEDGERS_MAX: u64 = 32;
 const WINDOW_MAX: u64 = 65_536;
-/// How often the progress display and the report's time series are sampled.
-const SAMPLE_INTERVAL_MS: u64 = 1_000;
-/// How often the main thread wakes to refresh the display.
-const PROGRESS_TICK_MS: u64 = 100;
 
 #[derive(Clone, Copy, Debug, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -52,7 +48,10 @@ impl SyncFlag {
 #[derive(Parser, Clone, Debug, Serialize)]
 #[command(name = "tricommit-load", version, about)]
 pub struct Args {
-    /// How long to send load, in seconds.
+    /// What to do to the load over time (see the README).
+    #[arg(long, value_enum, default_value_t = scenario::Scenario::Steady)]
+    pub scenario: scenario::Scenario,
+    /// How long to send load, in seconds (not used by `ramp`).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub duration: u64,
     /// Target rate in transactions per second over all clients (open loop, latency from
@@ -92,6 +91,10 @@ pub struct Args {
     /// One batch in flight at a time.
     #[arg(long)]
     pub no_pipelining: bool,
+    /// Size of each WAL segment file, in MiB (every site preallocates and zeroes one
+    /// active and one spare segment at open).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1_024))]
+    pub segment_mib: u64,
     /// WAL sync backend (the WAL's measured-fastest default when not given).
     #[arg(long, value_enum)]
     pub sync: Option<SyncFlag>,
@@ -109,6 +112,19 @@ pub struct Args {
     /// Write a self-contained HTML report with charts to this path.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Most ledgers one transaction touches (2 = transfers; up to 4 = split payments).
+    /// The `mixed` scenario uses 4.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(2..=4))]
+    pub ledgers_per_txn: u64,
+    /// `ramp`: seconds per rate step.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    pub step_seconds: u64,
+    /// `ramp`: a step is stable while its p99 latency stays at or below this, in µs.
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub p99_target_us: u64,
+    /// `burst`: seconds at ten times the baseline rate.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    pub burst_seconds: u64,
     /// Seed of the workload's random choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -122,6 +138,8 @@ pub enum LoadError {
     Skew(f64),
     #[error("--rate {rate} is below one transaction per second per client ({clients} clients)")]
     Rate { rate: u64, clients: u64 },
+    #[error("--ledgers-per-txn {per_txn} is more than --ledgers {ledgers}")]
+    LedgersPerTxn { per_txn: u64, ledgers: u64 },
     #[error("data directory {0} is not empty; give an empty or new directory")]
     DataDirNotEmpty(PathBuf),
     #[error("data directory {0} is not a directory")]
@@ -142,6 +160,8 @@ pub enum LoadError {
     Client(std::io::Error),
     #[error("a client thread panicked")]
     ClientPanicked,
+    #[error("reading the ledgers back: {0}")]
+    Dump(#[from] tricommit_engine::runtime::DumpError),
 }
 
 fn main() -> ExitCode {
@@ -208,8 +228,12 @@ fn run(args: &Args) -> Result<bool, LoadError> {
     if let Some(flag) = args.sync {
         config.wal.sync = flag.backend();
     }
-    let engine = Engine::open(config)?;
-    let outcome = drive(args, engine)?;
+    config.wal.segment_bytes = args.segment_mib << 20;
+    config.wal.record_bytes_max = config
+        .wal
+        .record_bytes_max
+        .min((config.wal.segment_bytes / 2) as u32);
+    let outcome = drive(args, config)?;
     let summary = summary::Summary::new(args, &outcome);
     summary.print();
     if let Some(path) = &args.json {
@@ -252,24 +276,31 @@ pub struct RunOutcome {
     pub busy: u64,
     pub cpu_s: f64,
     pub invariant: Result<(), String>,
+    pub scenario_figures: serde_json::Value,
+    pub lost: Option<u64>,
     pub history_parts: Vec<PathBuf>,
 }
 
-fn drive(args: &Args, engine: Engine) -> Result<RunOutcome, LoadError> {
+fn drive(args: &Args, config: EngineConfig) -> Result<RunOutcome, LoadError> {
+    let mixed = args.scenario == scenario::Scenario::Mixed;
+    let failure = args.scenario == scenario::Scenario::Failure;
     let workload = driver::Workload {
         ledgers: args.ledgers as u8,
         amount_max: args.amount_max,
-        high_priority_percent: 0,
+        high_priority_percent: if mixed { 10 } else { 0 },
+        ledgers_per_txn_max: if mixed { 4 } else { args.ledgers_per_txn as u8 },
+        record_committed: failure,
     };
     let picker = driver::AccountPicker::new(args.accounts, args.skew);
-    let shared = driver::Shared {
-        engine,
-        stop: AtomicBool::new(false),
-        busy: AtomicU64::new(0),
-        interval: (0..args.clients)
-            .map(|_| Mutex::new(driver::histogram()))
-            .collect(),
+    let initial_rate = match args.scenario {
+        scenario::Scenario::Ramp | scenario::Scenario::Burst => 0,
+        _ => args.rate,
     };
+    let shared = driver::Shared::new(
+        Engine::open(config.clone())?,
+        args.clients as usize,
+        initial_rate,
+    );
     let history_parts: Vec<PathBuf> = match &args.history {
         Some(path) => (0..args.clients)
             .map(|index| part_path(path, index))
@@ -278,27 +309,30 @@ fn drive(args: &Args, engine: Engine) -> Result<RunOutcome, LoadError> {
     };
     let cpu_before = summary::cpu_seconds();
     let started = Instant::now();
-    let (results, samples) = std::thread::scope(|scope| {
+    let mut sampler = scenario::Sampler::new(&shared, Duration::from_secs(args.duration));
+    let (results, figures) = std::thread::scope(|scope| {
         let mut handles = Vec::new();
         for index in 0..args.clients as usize {
             let plan = driver::ClientPlan {
                 index,
+                clients: args.clients as usize,
                 seed: args
                     .seed
                     .wrapping_mul(0x9E37_79B9)
                     .wrapping_add(index as u64),
                 window: args.window as usize,
-                rate_per_s: args.rate as f64 / args.clients as f64,
                 history: history_parts.get(index).cloned(),
             };
             let (shared, workload, picker) = (&shared, &workload, &picker);
             handles.push(scope.spawn(move || driver::run_client(shared, workload, picker, plan)));
         }
-        let samples = sample_until_done(args, &shared, started);
+        let figures = scenario::control(args, &shared, &config, &mut sampler);
         shared.stop.store(true, Ordering::Relaxed);
         let results: Vec<_> = handles.into_iter().map(|handle| handle.join()).collect();
-        (results, samples)
+        (results, figures)
     });
+    let samples = sampler.finish();
+    let scenario_figures = figures?;
     let elapsed = started.elapsed();
     let mut clients = Vec::new();
     for result in results {
@@ -308,13 +342,19 @@ fn drive(args: &Args, engine: Engine) -> Result<RunOutcome, LoadError> {
                 .map_err(LoadError::Client)?,
         );
     }
-    let counters = shared.engine.counters();
+    let counters = shared.counters();
     let busy = shared.busy.load(Ordering::Relaxed);
-    let shutdown = shared.engine.shutdown()?;
+    let shutdown = shared.shutdown()?;
     let cpu_s = summary::cpu_seconds() - cpu_before;
     let expected_total =
         args.ledgers as i128 * args.accounts as i128 * args.initial_balance as i128;
     let invariant = summary::check_bank(&shutdown, expected_total);
+    drop(shutdown);
+    let lost = if failure {
+        Some(summary::count_lost(&config.data_dir, &clients)?)
+    } else {
+        None
+    };
     Ok(RunOutcome {
         clients,
         samples,
@@ -323,39 +363,10 @@ fn drive(args: &Args, engine: Engine) -> Result<RunOutcome, LoadError> {
         busy,
         cpu_s,
         invariant,
+        scenario_figures,
+        lost,
         history_parts,
     })
-}
-
-/// Shows progress and takes one report sample per interval until the duration is over.
-fn sample_until_done(
-    args: &Args,
-    shared: &driver::Shared,
-    started: Instant,
-) -> Vec<report::Sample> {
-    let duration = Duration::from_secs(args.duration);
-    let mut progress = progress::Progress::new(duration);
-    let mut samples = Vec::new();
-    let mut last = shared.engine.counters();
-    let mut last_at = started;
-    let mut status = String::from("starting");
-    while started.elapsed() < duration {
-        std::thread::sleep(Duration::from_millis(PROGRESS_TICK_MS));
-        if last_at.elapsed() >= Duration::from_millis(SAMPLE_INTERVAL_MS) {
-            let now = Instant::now();
-            let counters = shared.engine.counters();
-            let sample = summary::sample(shared, &last, &counters, now - last_at, now - started);
-            status = format!(
-                "{:.0} committed/s, p99 {} us, batch {:.0}",
-                sample.committed_per_s, sample.p99_us, sample.batch_txns_avg
-            );
-            samples.push(sample);
-            (last, last_at) = (counters, now);
-        }
-        progress.update(started.elapsed(), &status);
-    }
-    progress.finish();
-    samples
 }
 
 fn part_path(path: &Path, index: u64) -> PathBuf {

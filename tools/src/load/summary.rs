@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use hdrhistogram::Histogram;
+
 use serde::Serialize;
 use tricommit_engine::runtime::{EngineCounters, Shutdown};
 
@@ -36,6 +38,11 @@ pub struct Summary {
     pub cpu_percent: f64,
     pub invariant_ok: bool,
     pub invariant_error: Option<String>,
+    pub scenario: crate::scenario::Scenario,
+    /// The scenario's own figures (see `scenario.rs`).
+    pub scenario_figures: serde_json::Value,
+    /// Acknowledged commits missing from the ledgers after the run (failure scenario).
+    pub lost: Option<u64>,
     pub config: Args,
 }
 
@@ -78,8 +85,17 @@ impl Summary {
             syncs_per_s: counters.syncs as f64 / duration_s,
             busy_rejections: outcome.busy,
             cpu_percent: 100.0 * outcome.cpu_s / duration_s,
-            invariant_ok: outcome.invariant.is_ok(),
-            invariant_error: outcome.invariant.clone().err(),
+            invariant_ok: outcome.invariant.is_ok() && outcome.lost.unwrap_or(0) == 0,
+            invariant_error: match (&outcome.invariant, outcome.lost) {
+                (Err(error), _) => Some(error.clone()),
+                (Ok(()), Some(lost)) if lost > 0 => Some(format!(
+                    "{lost} acknowledged commits are missing from the ledgers"
+                )),
+                _ => None,
+            },
+            scenario: args.scenario,
+            scenario_figures: outcome.scenario_figures.clone(),
+            lost: outcome.lost,
             config: args.clone(),
         }
     }
@@ -122,6 +138,17 @@ impl Summary {
             ),
             ("duration".to_owned(), format!("{:.2} s", self.duration_s)),
         ]);
+        if let Some(lost) = self.lost {
+            rows.push(("lost commits".to_owned(), lost.to_string()));
+        }
+        if let Some(figures) = self.scenario_figures.as_object() {
+            for (name, value) in figures {
+                rows.push((
+                    format!("{:?}: {name}", self.scenario).to_lowercase(),
+                    value.to_string(),
+                ));
+            }
+        }
         let verdict = match &self.invariant_error {
             None => "ok: total unchanged, no balance below its limit".to_owned(),
             Some(error) => format!("FAILED: {error}"),
@@ -160,6 +187,7 @@ pub fn sample(
     after: &EngineCounters,
     interval: Duration,
     elapsed: Duration,
+    window: &mut Histogram<u64>,
 ) -> Sample {
     let mut latency = driver::histogram();
     for client in &shared.interval {
@@ -168,6 +196,7 @@ pub fn sample(
             histogram.reset();
         }
     }
+    let _ = window.add(&latency);
     let seconds = interval.as_secs_f64().max(1e-9);
     let quantile = |q| {
         if latency.is_empty() {
@@ -224,4 +253,36 @@ pub fn cpu_seconds() -> f64 {
     let usage = unsafe { usage.assume_init() };
     let seconds = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
     seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+/// Counts acknowledged commits that the ledgers do not hold: every commit a client was
+/// told about must have its postings in the logs after the run.
+pub fn count_lost(
+    data_dir: &std::path::Path,
+    clients: &[driver::ClientResult],
+) -> Result<u64, tricommit_engine::runtime::DumpError> {
+    use std::collections::HashSet;
+    use std::sync::{Arc, Mutex};
+    let posted: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    let sink = |_index: usize| -> Option<tricommit_engine::ledger::PostingSink> {
+        let posted = posted.clone();
+        Some(Box::new(
+            move |postings: &[tricommit_engine::ledger::Posting]| {
+                let mut posted = posted
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                posted.extend(postings.iter().map(|posting| posting.txn.0));
+            },
+        ))
+    };
+    tricommit_engine::runtime::recover_ledgers(data_dir, sink)?;
+    let posted = posted
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let lost = clients
+        .iter()
+        .flat_map(|client| &client.committed_ids)
+        .filter(|id| !posted.contains(id))
+        .count();
+    Ok(lost as u64)
 }

@@ -1,0 +1,127 @@
+//! Every `tricommit-load` scenario runs end to end, keeps the bank invariant, and writes
+//! its own figures into the JSON summary.
+
+use std::process::Command;
+
+const LOAD: &str = env!("CARGO_BIN_EXE_tricommit-load");
+
+/// Runs one scenario briefly with small segments and returns its JSON summary.
+fn run_scenario(scenario: &str, extra: &[&str]) -> serde_json::Value {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch directory");
+    let json = dir.path().join("summary.json");
+    let data = dir.path().join("data");
+    let mut args = vec![
+        "--scenario",
+        scenario,
+        "--accounts",
+        "2000",
+        "--segment-mib",
+        "4",
+        "--json",
+        json.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let output = Command::new(LOAD)
+        .args(&args)
+        .output()
+        .expect("the binary runs");
+    assert!(
+        output.status.success(),
+        "{scenario} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(
+        summary["invariant_ok"], true,
+        "{scenario}: {}",
+        summary["invariant_error"]
+    );
+    assert_eq!(summary["scenario"], scenario);
+    summary
+}
+
+#[test]
+fn steady_runs_open_loop_at_the_given_rate() {
+    // Proves the open loop sends at the asked rate: it commits about rate × duration.
+    let summary = run_scenario("steady", &["--duration", "2", "--rate", "2000"]);
+    let committed = summary["committed"].as_u64().unwrap();
+    assert!(
+        (2_000..=6_000).contains(&committed),
+        "committed {committed} at 2000/s for 2 s"
+    );
+}
+
+#[test]
+fn sustained_reports_its_throughput_range() {
+    // Proves the sustained figures are computed from the per-second samples.
+    let summary = run_scenario("sustained", &["--duration", "3"]);
+    let figures = &summary["scenario_figures"];
+    let (min, max) = (
+        figures["committed_per_s_min"].as_f64().unwrap(),
+        figures["committed_per_s_max"].as_f64().unwrap(),
+    );
+    assert!(0.0 < min && min <= max, "min {min} max {max}");
+}
+
+#[test]
+fn ramp_finds_a_highest_stable_rate() {
+    // Proves the ramp climbs through its steps and stops at the first unstable one.
+    let summary = run_scenario(
+        "ramp",
+        &["--step-seconds", "1", "--p99-target-us", "2000000"],
+    );
+    let figures = &summary["scenario_figures"];
+    let steps = figures["steps"].as_array().unwrap();
+    assert!(steps.len() >= 2, "{figures}");
+    assert!(
+        figures["highest_stable_rate_per_s"].as_u64().unwrap() >= 100,
+        "{figures}"
+    );
+    let stable: Vec<bool> = steps
+        .iter()
+        .map(|step| step["stable"].as_bool().unwrap())
+        .collect();
+    assert!(
+        stable[..stable.len() - 1].iter().all(|&ok| ok),
+        "only the last step may be unstable"
+    );
+}
+
+#[test]
+fn burst_reports_peak_and_spike() {
+    // Proves the burst raises the rate tenfold and measures what that did.
+    let summary = run_scenario(
+        "burst",
+        &["--duration", "4", "--rate", "1000", "--burst-seconds", "1"],
+    );
+    let figures = &summary["scenario_figures"];
+    assert_eq!(figures["burst_rate_per_s"], 10_000);
+    assert!(
+        figures["peak_committed_per_s"].as_f64().unwrap() > 1_500.0,
+        "{figures}"
+    );
+    assert!(figures["p99_spike_us"].as_u64().unwrap() > 0, "{figures}");
+}
+
+#[test]
+fn mixed_runs_split_payments_over_up_to_four_ledgers() {
+    // Proves multi-ledger payments commit atomically: the invariant holds over them.
+    let summary = run_scenario("mixed", &["--duration", "2"]);
+    assert!(summary["committed"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn failure_loses_no_acknowledged_commit() {
+    // Proves that crashing the engine mid-load and reopening it loses nothing that was
+    // acknowledged, and that the reopened engine commits again.
+    let summary = run_scenario("failure", &["--duration", "3"]);
+    assert_eq!(summary["lost"], 0);
+    let figures = &summary["scenario_figures"];
+    assert!(
+        figures["time_to_first_commit_ms"].as_f64().is_some(),
+        "{figures}"
+    );
+}
