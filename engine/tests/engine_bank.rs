@@ -177,3 +177,29 @@ fn a_refused_transfer_reports_the_participants_reason() {
         Outcome::Aborted(AbortReason::Rejected(Reason::INSUFFICIENT_FUNDS))
     );
 }
+
+#[test]
+fn shutdown_drains_every_submitted_transfer_to_a_definite_outcome() {
+    // Proves that a clean shutdown finishes what it accepted: transfers submitted just
+    // before it all get committed or aborted (none in doubt), and the logs agree.
+    let dir = temp_dir();
+    let engine = Engine::open(BANK.config(dir.path())).expect("engine opens");
+    let mut rng = engine_support::SplitMix(17);
+    let tickets: Vec<_> = (1..=5_000)
+        .map(|id| {
+            let transfer = BANK.transfer(&mut rng, id);
+            (
+                transfer,
+                engine_support::submit_retrying(&engine, transfer.txn()),
+            )
+        })
+        .collect();
+    engine.shutdown().expect("clean shutdown");
+    let acked: Vec<_> = tickets
+        .into_iter()
+        .map(|(transfer, ticket)| (transfer, Acked::of(ticket.wait())))
+        .collect();
+    let verdict = check_bank(dir.path(), &BANK, &acked);
+    assert!(verdict.acked_committed > 0, "{verdict:?}");
+    assert_eq!(verdict.applied_txns, verdict.acked_committed);
+}

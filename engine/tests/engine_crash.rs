@@ -22,7 +22,7 @@ const BANK: Bank = Bank {
     amount_max: 400,
 };
 const SEED: u64 = 0x7C0_FFEE;
-/// Kills, all on one data directory.
+/// Kills, all on one data directory (`TRICOMMIT_CRASH_RUNS` overrides it).
 const REPETITIONS: u64 = 20;
 /// A kill under load comes after this many reports at most.
 const KILL_AFTER_REPORTS_MAX: u64 = 400;
@@ -37,13 +37,23 @@ const SETTLE_ROUND: Duration = Duration::from_millis(250);
 /// ...and this many reopens in all before the test declares it blocked.
 const SETTLE_ROUNDS_MAX: usize = 40;
 
+/// A numeric setting from the environment, for reproducing or extending a run.
+fn env_or(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(text) => text
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={text:?} is not a number")),
+        Err(_) => default,
+    }
+}
+
 fn config(dir: &Path) -> EngineConfig {
     let mut config = BANK.config(dir);
     config.timeouts = short_timeouts();
     config
 }
 
-fn spawn_child(dir: &Path, run: u64) -> Child {
+fn spawn_child(dir: &Path, seed: u64, run: u64) -> Child {
     let id_first = (run << RUN_ID_SHIFT) + 1;
     let bank = [
         BANK.ledgers.to_string(),
@@ -53,7 +63,7 @@ fn spawn_child(dir: &Path, run: u64) -> Child {
     ];
     Command::new(CHILD)
         .arg(dir)
-        .arg((SEED ^ run).to_string())
+        .arg((seed ^ run).to_string())
         .arg(id_first.to_string())
         .args(bank)
         .stdin(Stdio::null())
@@ -89,8 +99,8 @@ fn parse_report(line: &str) -> Option<(Transfer, Acked)> {
 
 /// Runs one child, kills it as `kill` says, and returns every report it completed
 /// before it died.
-fn run_and_kill(dir: &Path, run: u64, kill: Kill) -> Vec<(Transfer, Acked)> {
-    let mut child = spawn_child(dir, run);
+fn run_and_kill(dir: &Path, seed: u64, run: u64, kill: Kill) -> Vec<(Transfer, Acked)> {
+    let mut child = spawn_child(dir, seed, run);
     let mut reader = BufReader::new(child.stdout.take().expect("piped stdout"));
     let kill_after = match kill {
         Kill::Early(delay) => {
@@ -165,7 +175,7 @@ enum Kill {
 
 /// The seeded plan of one run: how it is killed, and whether the test settles and
 /// checks the directory afterwards or lets the next child recover it under load.
-fn plan(rng: &mut SplitMix, run: u64) -> (Kill, bool) {
+fn plan(rng: &mut SplitMix, run: u64, repetitions: u64) -> (Kill, bool) {
     // The first run creates the directory and is killed under load: an early kill of a
     // directory being created is the subject of its own test in engine_reopen.rs.
     let early = run > 0 && rng.below(EARLY_KILL_ONE_IN) == 0;
@@ -176,7 +186,7 @@ fn plan(rng: &mut SplitMix, run: u64) -> (Kill, bool) {
     } else {
         Kill::AfterReports(1 + rng.below(KILL_AFTER_REPORTS_MAX))
     };
-    let check = run + 1 == REPETITIONS || rng.below(3) != 0;
+    let check = run + 1 == repetitions || rng.below(3) != 0;
     (kill, check)
 }
 
@@ -187,12 +197,15 @@ fn twenty_sigkills_lose_no_acknowledged_outcome() {
     // nothing is left undecided, every commit a child reported is posted on both
     // ledgers and every reported abort on neither.
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temporary directory");
-    let mut rng = SplitMix(SEED);
+    let seed = env_or("TRICOMMIT_CRASH_SEED", SEED);
+    let repetitions = env_or("TRICOMMIT_CRASH_RUNS", REPETITIONS);
+    eprintln!("seed {seed}, {repetitions} runs (TRICOMMIT_CRASH_SEED, TRICOMMIT_CRASH_RUNS)");
+    let mut rng = SplitMix(seed);
     let mut history: Vec<(Transfer, Acked)> = Vec::new();
     let (mut killed_under_load, mut checks) = (0, 0);
-    for run in 0..REPETITIONS {
-        let (kill, check) = plan(&mut rng, run);
-        let reports = run_and_kill(dir.path(), run, kill);
+    for run in 0..repetitions {
+        let (kill, check) = plan(&mut rng, run, repetitions);
+        let reports = run_and_kill(dir.path(), seed, run, kill);
         killed_under_load += usize::from(!reports.is_empty());
         history.extend(reports);
         if !check {
@@ -205,7 +218,7 @@ fn twenty_sigkills_lose_no_acknowledged_outcome() {
         eprintln!("run {run}: {kill:?}, settled in {rounds} reopen(s), {verdict:?}");
     }
     assert!(
-        killed_under_load >= REPETITIONS as usize / 2,
+        killed_under_load >= repetitions as usize / 2,
         "most kills must hit a loaded engine"
     );
     assert!(checks >= 2, "the seed must check more than once");
