@@ -249,6 +249,11 @@ impl Coordinator {
         Some((*member.state.get(i)?, member.attempt[i]))
     }
 
+    /// How many batches this replica holds in memory (retired ones are not counted).
+    pub fn batch_count(&self) -> usize {
+        self.batches.len()
+    }
+
     /// The batches this replica knows.
     pub fn batch_ids(&self) -> impl Iterator<Item = BatchId> + '_ {
         self.batches.keys().copied()

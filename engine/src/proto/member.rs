@@ -77,7 +77,7 @@ impl Log {
     /// Drops held rounds and round acknowledgements about transactions of `batch`
     /// that are now decided here: they would announce a state this site left.
     pub(crate) fn discard_decided(&mut self, batch: BatchId, decided: &TxnSet) {
-        let overlaps = |set: &TxnSet| set.iter().any(|index| decided.contains(index));
+        let overlaps = |set: &TxnSet| set.intersects(decided);
         self.held.retain(|(_, outgoing)| match &outgoing.part {
             Part::Round {
                 batch: b,

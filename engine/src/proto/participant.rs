@@ -145,6 +145,11 @@ impl<R: ResourceManager> Participant<R> {
         Some((*member.state.get(i)?, member.attempt[i]))
     }
 
+    /// How many batches this site holds in memory (retired ones are not counted).
+    pub fn batch_count(&self) -> usize {
+        self.batches.len()
+    }
+
     /// The batches this site knows, in no particular order.
     pub fn batch_ids(&self) -> impl Iterator<Item = BatchId> + '_ {
         self.batches.keys().copied()

@@ -223,6 +223,11 @@ impl TxnSet {
         self.words.iter_mut().for_each(|word| *word = 0);
     }
 
+    /// True if the sets share a transaction (word by word, no per-bit loop).
+    pub fn intersects(&self, other: &TxnSet) -> bool {
+        self.len == other.len && self.words.iter().zip(&other.words).any(|(a, b)| a & b != 0)
+    }
+
     /// `self ∪= other` (sets over different universes are left unchanged).
     pub fn union_with(&mut self, other: &TxnSet) {
         if self.len == other.len {
@@ -370,6 +375,15 @@ mod tests {
         assert!(TxnSet::from_words(len, full.words().to_vec()).is_some());
         assert!(TxnSet::from_words(len, vec![u64::MAX; 3]).is_none());
         assert!(TxnSet::from_words(len, vec![0; 2]).is_none());
+        let mut other = TxnSet::empty(len);
+        other.insert(64);
+        assert!(!set.intersects(&other), "64 was removed from set");
+        other.insert(129);
+        assert!(set.intersects(&other));
+        assert!(
+            !set.intersects(&TxnSet::full(len + 1)),
+            "different universes never intersect"
+        );
     }
 
     // Proves that retired ids merge into ranges and that membership is exact.

@@ -409,6 +409,15 @@ impl Sim {
         })
     }
 
+    /// How many batches a running site holds in memory.
+    pub fn batch_count(&self, site: u8) -> Option<usize> {
+        match &self.sites.get(site as usize)?.node {
+            Node::Coordinator(coordinator) => Some(coordinator.batch_count()),
+            Node::Participant(participant) => Some(participant.batch_count()),
+            Node::Down => None,
+        }
+    }
+
     /// The bank of a running participant.
     pub fn bank(&self, site: u8) -> Option<&Bank> {
         match &self.sites.get(site as usize)?.node {
