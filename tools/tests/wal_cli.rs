@@ -110,6 +110,50 @@ fn verify_reports_a_hand_made_bit_flip() {
     );
 }
 
+// Proves the reported weakness is fixed end to end: one segment holding 1,000 synced
+// records, one bit flipped in record 500, and `wal verify` exits 1 naming the segment and
+// the record's byte offset instead of calling records 500..=1000 a torn tail.
+#[test]
+fn verify_reports_a_bit_flip_in_the_last_segment() {
+    const ONE_SEGMENT_BYTES: u64 = 1 << 20;
+    const SYNCED_RECORDS: u64 = 1000;
+    const DAMAGED_LSN: u64 = 500;
+    const _: () = assert!(
+        SEGMENT_HEADER_BYTES + SYNCED_RECORDS * (17 + PAYLOAD_BYTES as u64) + 48
+            < ONE_SEGMENT_BYTES
+    );
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temporary directory");
+    let config = WalConfig {
+        segment_bytes: ONE_SEGMENT_BYTES,
+        record_bytes_max: 4096,
+        sync: SyncBackend::Fdatasync,
+        segments_spare: 1,
+    };
+    let (mut wal, _) = Wal::open(dir.path(), config).expect("open");
+    for lsn in 1..=SYNCED_RECORDS {
+        wal.append((lsn % 5) as u8, &payload(lsn)).expect("append");
+    }
+    assert_eq!(wal.sync().expect("sync"), SYNCED_RECORDS);
+    drop(wal);
+    let segment = dir.path().join("00000000000000000001.wal");
+    // One sync, so the records lie packed from the header on (docs/wal-format.md §2).
+    let damaged_offset = SEGMENT_HEADER_BYTES + (DAMAGED_LSN - 1) * (17 + PAYLOAD_BYTES as u64);
+    let mut bytes = fs::read(&segment).expect("read");
+    bytes[(damaged_offset + 17 + 40) as usize] ^= 0x01;
+    fs::write(&segment, bytes).expect("write");
+    let output = tricommit(&["wal", "verify"], dir.path());
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+    let stderr = text(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}: corrupt at byte offset {damaged_offset}",
+            segment.display()
+        )),
+        "{stderr}"
+    );
+}
+
 // Proves a missing directory is a one-line error with exit 2.
 #[test]
 fn missing_directory_exits_2() {

@@ -31,8 +31,8 @@ mod wal;
 
 pub use error::WalError;
 pub use format::{
-    Lsn, Record, SegmentHeader, FORMAT_VERSION, RECORD_HEADER_BYTES, SEGMENT_BYTES_MAX,
-    SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC,
+    Lsn, Record, SegmentHeader, SyncMark, FORMAT_VERSION, RECORD_HEADER_BYTES, SEGMENT_BYTES_MAX,
+    SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC, SYNC_MARK_BYTES, SYNC_MARK_TAG,
 };
 pub use reader::RecordIter;
 pub use scan::{ScanReport, SegmentSummary, TornTail};
@@ -69,6 +69,10 @@ pub const RECORD_BYTES_MAX_DEFAULT: u32 = 1 << 20;
 pub const SEGMENTS_SPARE_DEFAULT: u32 = 1;
 /// Upper bound on spare segments kept (configured or left by checkpoints).
 pub const SEGMENTS_SPARE_MAX: u32 = 64;
+/// Room every append leaves free after its record for sync marks: the one the next sync
+/// writes and the one a reopen or clean close writes (`docs/wal-format.md` §4.1). At
+/// most these two can follow the last record, so a mark always fits.
+pub const SYNC_MARKS_RESERVED_BYTES: u64 = 2 * SYNC_MARK_BYTES;
 
 /// Configuration of a log. Segments already on disk keep the size they were made with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,7 +81,7 @@ pub struct WalConfig {
     /// `SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX`.
     pub segment_bytes: u64,
     /// Largest record accepted by `append`, header included; at most
-    /// `segment_bytes - SEGMENT_HEADER_BYTES`.
+    /// `segment_bytes - SEGMENT_HEADER_BYTES - SYNC_MARKS_RESERVED_BYTES`.
     pub record_bytes_max: u32,
     /// The sync backend. `IoUring` falls back to `Fdatasync` when the kernel refuses it.
     pub sync: SyncBackend,
@@ -115,7 +119,9 @@ impl WalConfig {
                 "record_bytes_max is smaller than a record header",
             ));
         }
-        if u64::from(self.record_bytes_max) > self.segment_bytes - SEGMENT_HEADER_BYTES {
+        let record_room_bytes =
+            self.segment_bytes - SEGMENT_HEADER_BYTES - SYNC_MARKS_RESERVED_BYTES;
+        if u64::from(self.record_bytes_max) > record_room_bytes {
             return Err(WalError::Config(
                 "record_bytes_max does not fit in a segment",
             ));

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use crate::error::WalError;
-use crate::format::{decode_record, Lsn, Record, SEGMENT_HEADER_BYTES};
+use crate::format::{decode_item, Item, Lsn, Record, SEGMENT_HEADER_BYTES};
 
 /// The readable part of one segment.
 pub(crate) struct Span<'a> {
@@ -14,8 +14,9 @@ pub(crate) struct Span<'a> {
 }
 
 /// Iterator over records, oldest first, from an LSN up to the last record that existed
-/// when it was made. Records are checked again as they are read (CRC and LSN); a record
-/// that fails yields one error and ends the iteration.
+/// when it was made. Records are checked again as they are read (CRC and LSN) and sync
+/// marks are checked and skipped; an item that fails yields one error and ends the
+/// iteration.
 pub struct RecordIter<'a> {
     spans: Vec<Span<'a>>,
     span_index: usize,
@@ -70,8 +71,9 @@ impl<'a> Iterator for RecordIter<'a> {
                 self.offset = SEGMENT_HEADER_BYTES as usize;
                 continue;
             }
-            match decode_record(&span.bytes[self.offset..], self.lsn_next) {
-                Ok((record, used)) => {
+            match decode_item(span.bytes, self.offset, self.lsn_next) {
+                Ok((Item::Mark(_), used)) => self.offset += used,
+                Ok((Item::Record(record), used)) => {
                     self.offset += used;
                     self.lsn_next += 1;
                     if record.lsn >= self.lsn_from {

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 use crate::error::WalError;
 use crate::format::{
-    decode_record, HeaderProblem, Lsn, RecordProblem, SegmentHeader, SEGMENT_HEADER_BYTES,
+    decode_item, decode_sync_mark, HeaderProblem, Item, Lsn, RecordProblem, SegmentHeader,
+    SyncMark, SEGMENT_HEADER_BYTES, SYNC_MARK_TAG,
 };
 
 /// One segment handed to the scan, in log order.
@@ -29,8 +30,13 @@ pub struct SegmentSummary {
     pub first_lsn: Lsn,
     /// Valid records it holds.
     pub records: u64,
-    /// Byte offset just past its last valid record.
+    /// Byte offset just past its last valid item (record or sync mark).
     pub end_offset: u64,
+    /// Byte offset just past its last valid record (`SEGMENT_HEADER_BYTES` when none).
+    pub records_end_offset: u64,
+    /// Bytes before this offset are vouched durable by a valid sync mark in this segment
+    /// (`SEGMENT_HEADER_BYTES` when no mark vouches for any).
+    pub proven_offset: u64,
 }
 
 /// Bytes after the last valid record of the last segment that are not zero: the torn
@@ -96,6 +102,8 @@ pub(crate) fn scan(inputs: &[SegmentInput<'_>]) -> Result<ScanReport, WalError> 
             first_lsn: header.first_lsn,
             records: walk.lsn_next - header.first_lsn,
             end_offset: walk.end_offset,
+            records_end_offset: walk.records_end_offset,
+            proven_offset: walk.proven_offset,
         });
         match (successor_first_lsn, walk.problem) {
             (Some(successor), Some(problem)) if walk.lsn_next != successor => {
@@ -106,7 +114,9 @@ pub(crate) fn scan(inputs: &[SegmentInput<'_>]) -> Result<ScanReport, WalError> 
                 );
                 return Err(corrupt(input, walk.end_offset, reason));
             }
-            (None, Some(problem)) => tail = torn_tail(input, walk.end_offset, problem),
+            (None, Some(problem)) => {
+                tail = last_segment_end(input, walk.end_offset, walk.lsn_next, problem)?
+            }
             _ => {}
         }
         lsn_next = walk.lsn_next;
@@ -170,48 +180,95 @@ fn decode_headers(inputs: &[SegmentInput<'_>]) -> Result<Vec<SegmentHeader>, Wal
 struct Walk {
     lsn_next: Lsn,
     end_offset: u64,
+    records_end_offset: u64,
+    proven_offset: u64,
     /// Why the walk stopped, if it stopped at bytes that are not a valid next record.
     problem: Option<RecordProblem>,
 }
 
-/// Decodes records from the header on. Stops at the first invalid record, or, in a
-/// segment that has a successor, as soon as the successor's first LSN is reached.
+/// Decodes records and sync marks from the header on. Stops at the first invalid item,
+/// or, in a segment that has a successor, as soon as the successor's first LSN is reached.
 fn walk_records(bytes: &[u8], first_lsn: Lsn, stop_at_lsn: Option<Lsn>) -> Walk {
-    let mut offset = SEGMENT_HEADER_BYTES as usize;
-    let mut lsn_next = first_lsn;
-    loop {
-        if Some(lsn_next) == stop_at_lsn {
-            return Walk {
-                lsn_next,
-                end_offset: offset as u64,
-                problem: None,
-            };
-        }
-        match decode_record(&bytes[offset..], lsn_next) {
-            Ok((_, used)) => {
-                offset += used;
-                lsn_next += 1;
+    let mut walk = Walk {
+        lsn_next: first_lsn,
+        end_offset: SEGMENT_HEADER_BYTES,
+        records_end_offset: SEGMENT_HEADER_BYTES,
+        proven_offset: SEGMENT_HEADER_BYTES,
+        problem: None,
+    };
+    while Some(walk.lsn_next) != stop_at_lsn {
+        match decode_item(bytes, walk.end_offset as usize, walk.lsn_next) {
+            Ok((Item::Record(_), used)) => {
+                walk.end_offset += used as u64;
+                walk.records_end_offset = walk.end_offset;
+                walk.lsn_next += 1;
+            }
+            Ok((Item::Mark(mark), used)) => {
+                walk.end_offset += used as u64;
+                walk.proven_offset = walk.proven_offset.max(mark.durable_offset);
             }
             Err(problem) => {
-                return Walk {
-                    lsn_next,
-                    end_offset: offset as u64,
-                    problem: Some(problem),
-                }
+                walk.problem = Some(problem);
+                break;
             }
         }
     }
+    walk
 }
 
-fn torn_tail(input: &SegmentInput<'_>, offset: u64, problem: RecordProblem) -> Option<TornTail> {
+/// Decides what the first bad item of the last segment is. Damage that a later sync
+/// mark vouches for (its durable offset lies past the damage) hit bytes that a completed
+/// sync had made durable: that is corruption, named by file and offset. Anything else is
+/// the torn tail of writes that never finished syncing.
+fn last_segment_end(
+    input: &SegmentInput<'_>,
+    offset: u64,
+    lsn_expected: Lsn,
+    problem: RecordProblem,
+) -> Result<Option<TornTail>, WalError> {
     let rest = &input.bytes[offset as usize..];
     let nonzero_end = last_nonzero_end(rest);
-    (nonzero_end > 0).then(|| TornTail {
+    if let Some((mark_offset, mark)) = find_vouching_mark(input.bytes, offset, nonzero_end) {
+        let reason = format!(
+            "{} (expected LSN {lsn_expected}), yet the sync mark at byte offset {mark_offset} \
+             shows this segment was durable up to byte offset {}",
+            problem.describe(),
+            mark.durable_offset
+        );
+        return Err(corrupt(input, offset, reason));
+    }
+    Ok((nonzero_end > 0).then(|| TornTail {
         path: input.path.clone(),
         offset,
         bytes_dropped: nonzero_end as u64,
         reason: problem.describe(),
-    })
+    }))
+}
+
+/// Searches `damage_offset .. damage_offset + search_bytes` of a segment for a sync mark
+/// (tag and CRC valid) that vouches for the byte at `damage_offset`. Marks sit at any
+/// byte offset, so every position holding the tag is tried; the search never reads past
+/// the last non-zero byte, which bounds it by the segment size.
+fn find_vouching_mark(
+    segment: &[u8],
+    damage_offset: u64,
+    search_bytes: usize,
+) -> Option<(u64, SyncMark)> {
+    let tag = SYNC_MARK_TAG.to_le_bytes();
+    let start = damage_offset as usize;
+    let end = (start + search_bytes).min(segment.len());
+    let window = &segment[start..end];
+    window
+        .windows(tag.len())
+        .enumerate()
+        .filter(|(_, candidate)| *candidate == tag)
+        .find_map(|(position, _)| {
+            // The mark's last bytes are usually zero, so it may run past `end`.
+            let mark_offset = damage_offset + position as u64;
+            let mark = decode_sync_mark(&segment[mark_offset as usize..])?;
+            let vouches = mark.durable_offset > damage_offset && mark.durable_offset <= mark_offset;
+            vouches.then_some((mark_offset, mark))
+        })
 }
 
 /// One past the index of the last non-zero byte, or 0 when all are zero.

@@ -3,11 +3,14 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::WalError;
-use crate::format::{encode_record, record_bytes, Lsn, SegmentHeader, SEGMENT_HEADER_BYTES};
+use crate::format::{
+    encode_record, encode_sync_mark, record_bytes, Lsn, SegmentHeader, SyncMark,
+    SEGMENT_HEADER_BYTES, SYNC_MARK_BYTES,
+};
 use crate::reader::{RecordIter, Span};
 use crate::scan::{scan, SegmentInput};
 use crate::storage::{FileStorage, SegmentFile, Storage};
-use crate::{SyncBackend, WalConfig};
+use crate::{SyncBackend, WalConfig, SYNC_MARKS_RESERVED_BYTES};
 
 const SEGMENT_SUFFIX: &str = ".wal";
 const SPARE_SUFFIX: &str = ".spare";
@@ -55,6 +58,8 @@ struct LiveSegment<F> {
 struct InFlight {
     offset_end: u64,
     lsn: Lsn,
+    /// The durable offset claimed by the sync mark this sync carries, if it carries one.
+    mark_durable_offset: Option<u64>,
 }
 
 /// A write-ahead log over a directory of segments.
@@ -74,6 +79,11 @@ pub struct Wal<S: Storage = FileStorage> {
     write_offset: u64,
     /// End of the durable bytes in the active segment; `synced_offset <= write_offset`.
     synced_offset: u64,
+    /// End of the last record in the active segment (sync marks may follow it).
+    records_end_offset: u64,
+    /// Bytes of the active segment below this offset are vouched for by a durable sync
+    /// mark; `proven_offset <= synced_offset`.
+    proven_offset: u64,
     in_flight: Option<InFlight>,
     lsn_next: Lsn,
     durable_lsn: Lsn,
@@ -127,6 +137,8 @@ impl<S: Storage> Wal<S> {
             segments: Vec::with_capacity(segment_numbers.len() + 1),
             write_offset: SEGMENT_HEADER_BYTES,
             synced_offset: SEGMENT_HEADER_BYTES,
+            records_end_offset: SEGMENT_HEADER_BYTES,
+            proven_offset: SEGMENT_HEADER_BYTES,
             in_flight: None,
             lsn_next: 1,
             durable_lsn: 0,
@@ -138,6 +150,9 @@ impl<S: Storage> Wal<S> {
         if wal.segments.is_empty() {
             wal.activate_segment(1)?;
         }
+        // Everything recovered is durable now; vouch for it, so a bit flip in it later
+        // is corruption rather than a torn tail.
+        wal.mark_all_durable()?;
         wal.replenish_spares()?;
         let recovery = Recovery {
             records: wal.lsn_next - wal.first_lsn(),
@@ -190,6 +205,10 @@ impl<S: Storage> Wal<S> {
             self.segments.push(segment);
         }
         self.lsn_next = report.next_lsn;
+        if let Some(last) = report.segments.last() {
+            self.records_end_offset = last.records_end_offset;
+            self.proven_offset = last.proven_offset;
+        }
         let tail = report
             .tail
             .map(|tail| (tail.path, tail.offset, tail.bytes_dropped));
@@ -255,7 +274,8 @@ impl<S: Storage> Wal<S> {
                 record_bytes_max: self.config.record_bytes_max,
             });
         }
-        if self.write_offset + size > self.active_capacity() {
+        // Leave room for the sync marks that may follow this record (§4.1).
+        if self.write_offset + size + SYNC_MARKS_RESERVED_BYTES > self.active_capacity() {
             let result = self.roll();
             self.poison_on_error(result)?;
         }
@@ -271,6 +291,7 @@ impl<S: Storage> Wal<S> {
             payload,
         );
         self.write_offset = offset + size;
+        self.records_end_offset = self.write_offset;
         self.lsn_next = lsn + 1;
         Ok(lsn)
     }
@@ -303,11 +324,15 @@ impl<S: Storage> Wal<S> {
     /// Starts making every appended record durable. With `IoUring` this returns while
     /// the kernel writes, so the caller can append the next batch meanwhile; the other
     /// backends sync before returning. A sync still in flight is waited for first.
+    ///
+    /// The synced bytes end with a sync mark vouching for everything that was durable
+    /// before this sync: its bytes are part of the same write, so it costs no extra sync.
     pub fn sync_submit(&mut self) -> Result<(), WalError> {
         self.sync_wait()?;
         if self.durable_lsn == self.last_lsn() {
             return Ok(());
         }
+        let mark_durable_offset = self.write_sync_mark(self.synced_offset);
         let range = self.synced_offset..self.write_offset;
         let Some(active) = self.segments.last_mut() else {
             return Err(WalError::Config("log has no active segment"));
@@ -317,7 +342,56 @@ impl<S: Storage> Wal<S> {
         self.in_flight = Some(InFlight {
             offset_end: self.write_offset,
             lsn: self.last_lsn(),
+            mark_durable_offset,
         });
+        Ok(())
+    }
+
+    /// Appends a sync mark claiming that the active segment was durable up to
+    /// `durable_offset`, and returns that offset; `None` (no mark) when it does not fit,
+    /// which the reserve left by `append` prevents. The caller syncs it.
+    fn write_sync_mark(&mut self, durable_offset: u64) -> Option<u64> {
+        let offset = self.write_offset;
+        if offset + SYNC_MARK_BYTES > self.active_capacity() {
+            debug_assert!(false, "append reserves room for sync marks");
+            return None;
+        }
+        let mark = SyncMark {
+            lsn: self.last_lsn(),
+            durable_offset,
+        };
+        let active = self.segments.last_mut()?;
+        encode_sync_mark(
+            active.file.bytes_mut(offset..offset + SYNC_MARK_BYTES),
+            mark,
+        );
+        self.write_offset = offset + SYNC_MARK_BYTES;
+        Some(durable_offset)
+    }
+
+    /// When every appended byte is durable but some record of the active segment is not
+    /// yet vouched for by a durable mark, writes and syncs a mark vouching for all of it.
+    /// `open` calls it after recovery and `Drop` on a clean close, so that the last
+    /// synced batch is protected too: without it, damage there would read as a torn tail.
+    /// It claims only what a completed sync already made durable, never more.
+    fn mark_all_durable(&mut self) -> Result<(), WalError> {
+        let all_durable = self.in_flight.is_none() && self.synced_offset == self.write_offset;
+        let vouched = self.records_end_offset <= self.proven_offset;
+        let room = self.write_offset + SYNC_MARK_BYTES <= self.active_capacity();
+        if !all_durable || vouched || !room {
+            return Ok(());
+        }
+        let start = self.write_offset;
+        let Some(durable_offset) = self.write_sync_mark(start) else {
+            return Ok(());
+        };
+        let Some(active) = self.segments.last_mut() else {
+            return Ok(());
+        };
+        self.storage
+            .sync(&mut active.file, start..self.write_offset)?;
+        self.synced_offset = self.write_offset;
+        self.proven_offset = durable_offset;
         Ok(())
     }
 
@@ -328,10 +402,18 @@ impl<S: Storage> Wal<S> {
         if let Some(in_flight) = self.in_flight.take() {
             let result = self.storage.sync_wait();
             self.poison_on_error(result)?;
-            self.synced_offset = in_flight.offset_end;
-            self.durable_lsn = in_flight.lsn;
+            self.complete_sync(in_flight);
         }
         Ok(self.durable_lsn)
+    }
+
+    /// Records what a completed sync made durable and what its mark now vouches for.
+    fn complete_sync(&mut self, in_flight: InFlight) {
+        self.synced_offset = in_flight.offset_end;
+        self.durable_lsn = in_flight.lsn;
+        if let Some(durable_offset) = in_flight.mark_durable_offset {
+            self.proven_offset = self.proven_offset.max(durable_offset);
+        }
     }
 
     /// Every record up to this LSN is durable (0 when none is).
@@ -504,6 +586,8 @@ impl<S: Storage> Wal<S> {
         });
         self.write_offset = SEGMENT_HEADER_BYTES;
         self.synced_offset = SEGMENT_HEADER_BYTES;
+        self.records_end_offset = SEGMENT_HEADER_BYTES;
+        self.proven_offset = SEGMENT_HEADER_BYTES;
         Ok(())
     }
 
@@ -531,9 +615,17 @@ impl<S: Storage> Wal<S> {
 impl<S: Storage> Drop for Wal<S> {
     fn drop(&mut self) {
         // The kernel may still be reading the active segment's buffer for an io_uring
-        // write; it must finish before the buffer is freed. Its outcome no longer matters.
-        if self.in_flight.take().is_some() {
-            let _ = self.storage.sync_wait();
+        // write; it must finish before the buffer is freed.
+        if let Some(in_flight) = self.in_flight.take() {
+            if self.storage.sync_wait().is_err() {
+                return;
+            }
+            self.complete_sync(in_flight);
+        }
+        // A clean close vouches for the last synced batch (one small sync, and only when
+        // everything appended is already durable: unsynced records stay unsynced).
+        if self.failure.is_none() {
+            let _ = self.mark_all_durable();
         }
     }
 }

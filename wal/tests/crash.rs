@@ -1,14 +1,21 @@
 //! Crash consistency on the simulated disk, in the style of redb's crash tests.
 //!
 //! proptest drives random appends, batches, syncs, checkpoints, clean reopens and power
-//! failures. A power failure keeps the synced bytes and damages any subset of the other
-//! pages (old, new, torn, zeroed or garbage). After each reopen the recovered log must hold
-//! exactly the synced records, optionally followed by a prefix of the unsynced ones, and
-//! nothing that was never written in the current history.
+//! failures, some of them while a sync is in flight. A power failure keeps the synced
+//! bytes and damages any subset of the other pages (old, new, torn, zeroed or garbage).
+//! After each reopen the recovered log must hold exactly the synced records, optionally
+//! followed by a prefix of the unsynced ones, and nothing that was never written in the
+//! current history. Some power failures also flip a bit in a record that a sync mark
+//! vouches for: then the open must fail, naming the segment and the record's offset.
+
+use std::path::PathBuf;
 
 use proptest::prelude::*;
 use tricommit_wal::storage::{SimDisk, SimStorage};
-use tricommit_wal::{Lsn, SyncBackend, Wal, WalConfig, WalError};
+use tricommit_wal::{
+    Lsn, SyncBackend, Wal, WalConfig, WalError, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+    SYNC_MARK_BYTES, SYNC_MARK_TAG,
+};
 
 /// Small segments so that runs cross many segment boundaries.
 const SEGMENT_BYTES: u64 = 16 * 1024;
@@ -38,6 +45,13 @@ enum Op {
     Reopen,
     Crash {
         seed: u64,
+        /// Flip a bit in a vouched-for record before reopening: (record pick, byte
+        /// pick, bit).
+        flip: Option<(u64, u64, u8)>,
+    },
+    /// Submit a sync, then lose power before it completes.
+    CrashDuringSync {
+        seed: u64,
     },
 }
 
@@ -54,7 +68,9 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         1 => Just(Op::Wait),
         1 => any::<u8>().prop_map(|fraction| Op::Checkpoint { fraction }),
         1 => Just(Op::Reopen),
-        2 => any::<u64>().prop_map(|seed| Op::Crash { seed }),
+        2 => (any::<u64>(), proptest::option::of(any::<(u64, u64, u8)>()))
+            .prop_map(|(seed, flip)| Op::Crash { seed, flip }),
+        1 => any::<u64>().prop_map(|seed| Op::CrashDuringSync { seed }),
     ]
 }
 
@@ -167,15 +183,131 @@ fn append(
     Ok(())
 }
 
+/// Where a record lies on the simulated disk: segment name, byte offset, bytes.
+fn locate_record(disk: &SimDisk, lsn_wanted: Lsn) -> Option<(String, u64, u64)> {
+    let mut segments: Vec<String> = disk
+        .file_names()
+        .into_iter()
+        .filter(|name| name.ends_with(".wal"))
+        .collect();
+    segments.sort();
+    for name in segments.into_iter().rev() {
+        let bytes = disk.durable_bytes(&name).ok()?;
+        let first_lsn = u64::from_le_bytes(bytes[24..32].try_into().ok()?);
+        if first_lsn > lsn_wanted {
+            continue;
+        }
+        return record_in_segment(&bytes, first_lsn, lsn_wanted)
+            .map(|(offset, size)| (name, offset, size));
+    }
+    None
+}
+
+/// Walks one segment's items per `docs/wal-format.md` to the record with `lsn_wanted`.
+fn record_in_segment(bytes: &[u8], first_lsn: Lsn, lsn_wanted: Lsn) -> Option<(u64, u64)> {
+    let mut offset = SEGMENT_HEADER_BYTES as usize;
+    let mut lsn_next = first_lsn;
+    while offset + RECORD_HEADER_BYTES as usize <= bytes.len() {
+        let tag = u32::from_le_bytes(bytes[offset..offset + 4].try_into().ok()?);
+        if tag == SYNC_MARK_TAG {
+            offset += SYNC_MARK_BYTES as usize;
+            continue;
+        }
+        let size = RECORD_HEADER_BYTES + u64::from(tag);
+        let lsn = u64::from_le_bytes(bytes[offset + 8..offset + 16].try_into().ok()?);
+        if lsn != lsn_next {
+            return None;
+        }
+        if lsn == lsn_wanted {
+            return Some((offset as u64, size));
+        }
+        offset += size as usize;
+        lsn_next += 1;
+    }
+    None
+}
+
+/// Flips a bit in a record that a durable sync mark vouches for (`first..=vouched`),
+/// checks that open fails naming its segment and offset, and flips it back.
+fn flip_vouched_record(
+    disk: &SimDisk,
+    first: Lsn,
+    vouched: Lsn,
+    (record_pick, byte_pick, bit): (u64, u64, u8),
+) -> Result<(), TestCaseError> {
+    if vouched < first {
+        return Ok(());
+    }
+    let lsn = first + record_pick % (vouched - first + 1);
+    let Some((name, offset, size)) = locate_record(disk, lsn) else {
+        return Err(TestCaseError::fail(format!(
+            "record {lsn} not found on disk"
+        )));
+    };
+    let byte = (offset + byte_pick % size) as usize;
+    disk.flip_bit(&name, byte, bit)
+        .map_err(|error| TestCaseError::fail(error.to_string()))?;
+    match Wal::open_with_storage(disk.storage(), config()) {
+        Err(WalError::Corrupt {
+            path,
+            offset: reported,
+            reason,
+        }) => {
+            prop_assert_eq!(path, PathBuf::from(&name), "{}", reason);
+            prop_assert_eq!(reported, offset, "LSN {}: {}", lsn, reason);
+        }
+        Err(other) => return Err(TestCaseError::fail(format!("LSN {lsn}: expected Corrupt, got {other}"))),
+        Ok((_, recovery)) => {
+            return Err(TestCaseError::fail(format!(
+                "a flipped bit in vouched-for LSN {lsn} ({name} byte {byte}) was accepted: {recovery:?}"
+            )))
+        }
+    }
+    disk.flip_bit(&name, byte, bit)
+        .map_err(|error| TestCaseError::fail(error.to_string()))?;
+    Ok(())
+}
+
+/// What the test knows a durable sync mark vouches for, from what it can observe: when
+/// the durable LSN rises from `d` (a sync completed), the mark that sync carried vouches
+/// for everything up to `d` (or a segment roll sealed it). Open and a clean close vouch
+/// for everything.
+struct Vouched {
+    durable_seen: Lsn,
+    lsn: Lsn,
+}
+
+impl Vouched {
+    fn observe(&mut self, wal: &Wal<SimStorage>) {
+        let durable = wal.durable_lsn();
+        if durable > self.durable_seen {
+            self.lsn = self.lsn.max(self.durable_seen);
+            self.durable_seen = durable;
+        }
+    }
+
+    fn after_open(wal: &Wal<SimStorage>) -> Vouched {
+        Vouched {
+            durable_seen: wal.durable_lsn(),
+            lsn: wal.last_lsn(),
+        }
+    }
+}
+
 fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let disk = SimDisk::new();
     let mut wal = open(&disk);
+    let mut vouched = Vouched::after_open(&wal);
     let mut model = Model {
         records: Vec::new(),
         first_lsn: 1,
         history: 0,
     };
     for op in ops {
+        let reopens = matches!(
+            op,
+            Op::Reopen | Op::Crash { .. } | Op::CrashDuringSync { .. }
+        );
         match op {
             Op::Append {
                 kind,
@@ -220,8 +352,32 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 prop_assert_eq!(wal.last_lsn(), all);
                 check_recovered(&wal, &mut model, all)?;
             }
-            Op::Crash { seed } => {
+            Op::Crash { seed, flip } => {
                 let durable = wal.durable_lsn();
+                let first = wal.first_lsn();
+                // A clean close (everything durable) vouches for everything.
+                let vouched_lsn = if durable == wal.last_lsn() {
+                    durable
+                } else {
+                    vouched.lsn
+                };
+                drop(wal);
+                disk.crash(seed)
+                    .map_err(|error| TestCaseError::fail(error.to_string()))?;
+                if let Some(flip) = flip {
+                    flip_vouched_record(&disk, first, vouched_lsn, flip)?;
+                }
+                wal = open(&disk);
+                check_recovered(&wal, &mut model, durable)?;
+                model.history += 1;
+            }
+            Op::CrashDuringSync { seed } => {
+                wal.sync_submit()
+                    .map_err(|error| TestCaseError::fail(error.to_string()))?;
+                // Only what was durable before this sync must survive; the sync's own
+                // bytes, its sync mark included, count as unsynced.
+                let durable = wal.durable_lsn();
+                disk.cut_power();
                 drop(wal);
                 disk.crash(seed)
                     .map_err(|error| TestCaseError::fail(error.to_string()))?;
@@ -229,6 +385,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 check_recovered(&wal, &mut model, durable)?;
                 model.history += 1;
             }
+        }
+        if reopens {
+            vouched = Vouched::after_open(&wal);
+        } else {
+            vouched.observe(&wal);
         }
     }
     let durable = wal.durable_lsn();

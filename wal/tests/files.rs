@@ -340,3 +340,115 @@ fn missing_middle_segment_is_corruption() {
         Ok(_) => panic!("open accepted a log with a missing segment"),
     }
 }
+
+/// One segment big enough for `VOUCHED_RECORDS` records of `VOUCHED_PAYLOAD_BYTES`.
+const VOUCHED_SEGMENT_BYTES: u64 = 1 << 20;
+const VOUCHED_RECORDS: u64 = 1000;
+const VOUCHED_PAYLOAD_BYTES: u64 = 64;
+/// The record whose bit is flipped, in the middle of the only segment.
+const VOUCHED_DAMAGED_LSN: Lsn = 500;
+const _: () = assert!(
+    SEGMENT_HEADER_BYTES + VOUCHED_RECORDS * (17 + VOUCHED_PAYLOAD_BYTES + 24)
+        < VOUCHED_SEGMENT_BYTES
+);
+
+fn vouched_config(sync: SyncBackend) -> WalConfig {
+    WalConfig {
+        segment_bytes: VOUCHED_SEGMENT_BYTES,
+        ..config(sync)
+    }
+}
+
+/// Writes `VOUCHED_RECORDS` records into one segment, syncing after every `batch`
+/// records; returns the directory and the Wal, still open.
+fn one_segment_log(sync: SyncBackend, batch: u64) -> (tempfile::TempDir, Wal) {
+    let dir = temporary_dir();
+    let (mut wal, _) = Wal::open(dir.path(), vouched_config(sync)).expect("open");
+    let payload = [0x5Au8; VOUCHED_PAYLOAD_BYTES as usize];
+    for lsn in 1..=VOUCHED_RECORDS {
+        wal.append(7, &payload).expect("append");
+        if lsn % batch == 0 {
+            assert_eq!(wal.sync().expect("sync"), lsn);
+        }
+    }
+    assert_eq!(wal.sync().expect("sync"), VOUCHED_RECORDS);
+    (dir, wal)
+}
+
+/// Offset of record `lsn` when every batch of `batch` records is followed by one sync
+/// mark (`docs/wal-format.md` §2.3).
+fn vouched_record_offset(lsn: Lsn, batch: u64) -> u64 {
+    let marks_before = (lsn - 1) / batch;
+    SEGMENT_HEADER_BYTES + (lsn - 1) * (17 + VOUCHED_PAYLOAD_BYTES) + marks_before * 24
+}
+
+fn assert_corrupt_at(dir: &Path, sync: SyncBackend, offset: u64) {
+    let segment = segment_paths(dir).remove(0);
+    for error in [scan(dir).err(), Wal::open(dir, vouched_config(sync)).err()] {
+        match error {
+            Some(WalError::Corrupt {
+                path,
+                offset: reported,
+                reason,
+            }) => {
+                assert_eq!(path, segment, "{sync:?}: {reason}");
+                assert_eq!(reported, offset, "{sync:?}: {reason}");
+            }
+            other => panic!("{sync:?}: expected Corrupt, got {other:?}"),
+        }
+    }
+}
+
+// Proves the reported weakness is gone: in the last (here the only) segment, a bit flip
+// in record 500 of 1,000 synced records fails open with the file and offset, because
+// the sync marks of later batches vouch that its bytes were durable. The Wal is leaked
+// rather than closed, as a crash would leave it, so no close mark helps; every backend.
+#[test]
+fn bit_flip_in_last_segment_before_later_syncs_fails_open() {
+    const BATCH_RECORDS: u64 = 10;
+    for sync in SyncBackend::ALL {
+        let (dir, wal) = one_segment_log(sync, BATCH_RECORDS);
+        std::mem::forget(wal);
+        assert_eq!(segment_paths(dir.path()).len(), 1);
+        let offset = vouched_record_offset(VOUCHED_DAMAGED_LSN, BATCH_RECORDS);
+        flip_bit(&segment_paths(dir.path())[0], offset + 17 + 30);
+        assert_corrupt_at(dir.path(), sync, offset);
+    }
+}
+
+// Proves that 1,000 records synced in one single batch are protected too once the log
+// was closed cleanly: the close writes a mark vouching for them, so a flip in record 500
+// fails open instead of dropping records 500 to 1,000 as a torn tail.
+#[test]
+fn bit_flip_after_one_sync_and_clean_close_fails_open() {
+    let (dir, wal) = one_segment_log(SyncBackend::Fdatasync, VOUCHED_RECORDS);
+    drop(wal);
+    let offset = vouched_record_offset(VOUCHED_DAMAGED_LSN, VOUCHED_RECORDS);
+    flip_bit(&segment_paths(dir.path())[0], offset + 5);
+    assert_corrupt_at(dir.path(), SyncBackend::Fdatasync, offset);
+}
+
+// Proves the other side of the rule: damage in the last batch is a torn tail even when
+// that batch's own sync mark reached the disk (a crash during its sync can write the
+// mark's page and lose an earlier one), because that mark vouches only for what was
+// durable before the batch. Open succeeds with the previous batch as the log's end.
+#[test]
+fn damage_in_last_batch_despite_its_own_mark_is_a_torn_tail() {
+    const BATCH_RECORDS: u64 = 100;
+    let (dir, wal) = one_segment_log(SyncBackend::Fdatasync, BATCH_RECORDS);
+    std::mem::forget(wal);
+    let last_batch_first = VOUCHED_RECORDS - BATCH_RECORDS + 1;
+    let offset = vouched_record_offset(last_batch_first, BATCH_RECORDS);
+    let segment = segment_paths(dir.path()).remove(0);
+    let mut bytes = fs::read(&segment).expect("read segment");
+    // The lost page: the batch's first records read as zeros, its mark stays intact.
+    bytes[offset as usize..offset as usize + 512].fill(0);
+    fs::write(&segment, bytes).expect("write segment");
+    let (wal, recovery) =
+        Wal::open(dir.path(), vouched_config(SyncBackend::Fdatasync)).expect("torn tail opens");
+    assert_eq!(recovery.last_lsn, last_batch_first - 1);
+    assert_eq!(recovery.tail_position, Some((segment, offset)));
+    assert!(recovery.tail_bytes_dropped > 512);
+    drop(wal);
+    assert_eq!(scan(dir.path()).expect("scan").report().tail, None);
+}

@@ -3,9 +3,10 @@
 //! Modelled on redb's crash-consistency backend. Each file has a `durable` image (what
 //! survives a crash for certain) and a `live` image (what the log wrote). `crash` keeps
 //! every synced byte and, for every page holding unsynced bytes, picks one outcome: the
-//! old bytes, the new bytes, a sector-wise tear of the two, zeros, or garbage. Sync
-//! failures can be injected to test the fsyncgate discipline. The engine's simulator can
-//! run its WALs on this too.
+//! old bytes, the new bytes, a sector-wise tear of the two, zeros, or garbage. A sync
+//! takes effect when it is waited for, so power can be cut while one is in flight
+//! (`cut_power`): its bytes then count as unsynced. Sync failures can be injected to test
+//! the fsyncgate discipline. The engine's simulator can run its WALs on this too.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -37,9 +38,18 @@ pub enum SimError {
 
 struct SimFile {
     durable: Vec<u8>,
+    /// What the log wrote; while a segment is open, its own copy is the current one.
     live: Vec<u8>,
-    /// `synced[i]` holds when `live[i]` is known to be in `durable[i]`.
+    /// `synced[i]` holds when `live[i]` is known to be in `durable[i]`. Kept here (not in
+    /// the open segment) so a sync completing in `sync_wait` can set it.
     synced: Vec<bool>,
+}
+
+/// A submitted sync: the file, where, and the bytes it writes.
+struct PendingSync {
+    id: usize,
+    start: usize,
+    bytes: Vec<u8>,
 }
 
 #[derive(Default)]
@@ -49,6 +59,10 @@ struct SimImage {
     segments_open: usize,
     /// Syncs still allowed to succeed; `None` means no fault is armed.
     syncs_left_before_failure: Option<u64>,
+    /// The sync submitted and not yet waited for (one at a time, as `Storage` says).
+    pending: Option<PendingSync>,
+    /// Set by `cut_power`: no sync completes any more until the next `crash`.
+    power_cut: bool,
 }
 
 /// A shared handle to one simulated disk. Clone it to keep a handle for crashing while a
@@ -72,14 +86,24 @@ impl SimDisk {
         self.0.borrow_mut().syncs_left_before_failure = Some(successes);
     }
 
+    /// Cuts the power while the log still runs: a sync in flight never completes, and
+    /// every later sync fails with EIO, until `crash` (drop the `Wal` in between).
+    pub fn cut_power(&self) {
+        let mut image = self.0.borrow_mut();
+        image.power_cut = true;
+        image.pending = None;
+    }
+
     /// Loses power: keeps synced bytes, and for each page with unsynced bytes picks an
     /// outcome from `seed` (old, new, torn, zeroed or garbage). Afterwards every file's
-    /// live image equals its durable image.
+    /// live image equals its durable image and the power is back.
     pub fn crash(&self, seed: u64) -> Result<(), SimError> {
         let mut image = self.0.borrow_mut();
         if image.segments_open > 0 {
             return Err(SimError::SegmentsOpen(image.segments_open));
         }
+        image.pending = None;
+        image.power_cut = false;
         let mut random = SplitMix64(seed);
         for file in &mut image.files {
             crash_file(file, &mut random);
@@ -104,6 +128,16 @@ impl SimDisk {
         file.durable[offset] ^= 1 << (bit % 8);
         file.live[offset] = file.durable[offset];
         Ok(())
+    }
+
+    /// The durable image of a file: what would survive a crash for certain.
+    pub fn durable_bytes(&self, name: &str) -> Result<Vec<u8>, SimError> {
+        let image = self.0.borrow();
+        let id = *image
+            .names
+            .get(name)
+            .ok_or_else(|| SimError::NoSuchFile(name.to_owned()))?;
+        Ok(image.files[id].durable.clone())
     }
 
     /// The names of all files, sorted.
@@ -226,7 +260,6 @@ impl Storage for SimStorage {
         Ok(SimSegment {
             id,
             live: file.live.clone(),
-            synced: file.synced.clone(),
             disk: self.disk.clone(),
         })
     }
@@ -246,31 +279,47 @@ impl Storage for SimStorage {
 
     fn sync_submit(&mut self, segment: &mut SimSegment, range: Range<u64>) -> Result<(), WalError> {
         let mut image = self.disk.0.borrow_mut();
+        if image.power_cut {
+            return Err(sim_eio());
+        }
         if let Some(left) = image.syncs_left_before_failure.as_mut() {
             if *left == 0 {
-                return Err(WalError::io(
-                    "sim",
-                    "fdatasync",
-                    io::Error::from_raw_os_error(libc::EIO),
-                ));
+                return Err(sim_eio());
             }
             *left -= 1;
         }
         let range = range.start as usize..range.end as usize;
-        image.files[segment.id].durable[range.clone()]
-            .copy_from_slice(&segment.live[range.clone()]);
-        segment.synced[range].fill(true);
+        image.pending = Some(PendingSync {
+            id: segment.id,
+            start: range.start,
+            bytes: segment.live[range].to_vec(),
+        });
         Ok(())
     }
 
     fn sync_all(&mut self, segment: &mut SimSegment) -> Result<(), WalError> {
         let length = segment.live.len() as u64;
-        self.sync_submit(segment, 0..length)
+        self.sync(segment, 0..length)
     }
 
     fn sync_wait(&mut self) -> Result<(), WalError> {
+        let mut image = self.disk.0.borrow_mut();
+        if image.power_cut {
+            return Err(sim_eio());
+        }
+        let Some(pending) = image.pending.take() else {
+            return Ok(());
+        };
+        let file = &mut image.files[pending.id];
+        let range = pending.start..pending.start + pending.bytes.len();
+        file.durable[range.clone()].copy_from_slice(&pending.bytes);
+        file.synced[range].fill(true);
         Ok(())
     }
+}
+
+fn sim_eio() -> WalError {
+    WalError::io("sim", "fdatasync", io::Error::from_raw_os_error(libc::EIO))
 }
 
 /// An open simulated segment. It hands its live image back to the disk when dropped,
@@ -278,7 +327,6 @@ impl Storage for SimStorage {
 pub struct SimSegment {
     id: usize,
     live: Vec<u8>,
-    synced: Vec<bool>,
     disk: SimDisk,
 }
 
@@ -289,7 +337,7 @@ impl SegmentFile for SimSegment {
 
     fn bytes_mut(&mut self, range: Range<u64>) -> &mut [u8] {
         let range = range.start as usize..range.end as usize;
-        self.synced[range.clone()].fill(false);
+        self.disk.0.borrow_mut().files[self.id].synced[range.clone()].fill(false);
         &mut self.live[range]
     }
 }
@@ -300,6 +348,5 @@ impl Drop for SimSegment {
         image.segments_open -= 1;
         let file = &mut image.files[self.id];
         file.live = std::mem::take(&mut self.live);
-        file.synced = std::mem::take(&mut self.synced);
     }
 }
