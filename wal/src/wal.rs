@@ -352,8 +352,12 @@ impl<S: Storage> Wal<S> {
     /// which the reserve left by `append` prevents. The caller syncs it.
     fn write_sync_mark(&mut self, durable_offset: u64) -> Option<u64> {
         let offset = self.write_offset;
-        if offset + SYNC_MARK_BYTES > self.active_capacity() {
-            debug_assert!(false, "append reserves room for sync marks");
+        let fits = offset + SYNC_MARK_BYTES <= self.active_capacity();
+        debug_assert!(
+            fits,
+            "append reserves room for the sync marks after a record"
+        );
+        if !fits {
             return None;
         }
         let mark = SyncMark {
