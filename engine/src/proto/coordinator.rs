@@ -198,6 +198,11 @@ impl Coordinator {
         for record in records {
             match record {
                 Record::Incarnation { number } => incarnation = incarnation.max(*number),
+                Record::Begin { desc } | Record::Prepared { desc, .. }
+                    if !desc.is_well_formed() =>
+                {
+                    return Err(ProtoError::BadLog("malformed batch descriptor"));
+                }
                 Record::Begin { desc } | Record::Prepared { desc, .. } => {
                     batches.entry(desc.batch).or_insert_with(|| CoordBatch {
                         m: Member::new(Arc::clone(desc), me, true, first),

@@ -78,6 +78,9 @@ impl<R: ResourceManager> Participant<R> {
             Record::Incarnation { .. } => {
                 Err(ProtoError::BadLog("incarnation in a participant log"))
             }
+            Record::Begin { desc } | Record::Prepared { desc, .. } if !desc.is_well_formed() => {
+                Err(ProtoError::BadLog("malformed batch descriptor"))
+            }
             Record::Begin { desc } => {
                 self.member_for(desc);
                 Ok(())
