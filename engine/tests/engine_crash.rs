@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use engine_support::{check_bank, short_timeouts, Acked, Bank, SplitMix, Transfer};
+use tricommit_engine::runtime::Shutdown;
 use tricommit_engine::{Engine, EngineConfig};
 
 const CHILD: &str = env!("CARGO_BIN_EXE_tricommit-crash-child");
@@ -30,12 +31,16 @@ const KILL_AFTER_REPORTS_MAX: u64 = 400;
 const EARLY_KILL_ONE_IN: u64 = 4;
 /// ...within this many milliseconds of its start.
 const KILL_EARLY_DELAY_MS_MAX: u64 = 150;
+/// One run in this many draws its batching and pipelining switches at random.
+const TOGGLES_OTHER_ONE_IN: u64 = 4;
 /// Each run's ids start at `run << RUN_ID_SHIFT`, past every id of earlier runs.
 const RUN_ID_SHIFT: u32 = 44;
 /// Recovery gets this long per reopen to finish the batches a kill left open...
 const SETTLE_ROUND: Duration = Duration::from_millis(250);
 /// ...and this many reopens in all before the test declares it blocked.
 const SETTLE_ROUNDS_MAX: usize = 40;
+/// A shutdown still running after this long is hung (a clean one takes milliseconds).
+const SHUTDOWN_HANG: Duration = Duration::from_secs(120);
 
 /// A numeric setting from the environment, for reproducing or extending a run.
 fn env_or(name: &str, default: u64) -> u64 {
@@ -53,7 +58,7 @@ fn config(dir: &Path) -> EngineConfig {
     config
 }
 
-fn spawn_child(dir: &Path, seed: u64, run: u64) -> Child {
+fn spawn_child(dir: &Path, seed: u64, run: u64, toggles: Toggles) -> Child {
     let id_first = (run << RUN_ID_SHIFT) + 1;
     let bank = [
         BANK.ledgers.to_string(),
@@ -66,6 +71,8 @@ fn spawn_child(dir: &Path, seed: u64, run: u64) -> Child {
         .arg((seed ^ run).to_string())
         .arg(id_first.to_string())
         .args(bank)
+        .arg(u8::from(toggles.batching).to_string())
+        .arg(u8::from(toggles.pipelining).to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -97,12 +104,12 @@ fn parse_report(line: &str) -> Option<(Transfer, Acked)> {
     Some((transfer, acked))
 }
 
-/// Runs one child, kills it as `kill` says, and returns every report it completed
+/// Runs one child as `plan` says, kills it, and returns every report it completed
 /// before it died.
-fn run_and_kill(dir: &Path, seed: u64, run: u64, kill: Kill) -> Vec<(Transfer, Acked)> {
-    let mut child = spawn_child(dir, seed, run);
+fn run_and_kill(dir: &Path, seed: u64, run: u64, plan: Plan) -> Vec<(Transfer, Acked)> {
+    let mut child = spawn_child(dir, seed, run, plan.toggles);
     let mut reader = BufReader::new(child.stdout.take().expect("piped stdout"));
-    let kill_after = match kill {
+    let kill_after = match plan.kill {
         Kill::Early(delay) => {
             std::thread::sleep(delay);
             child.kill().expect("SIGKILL the child");
@@ -137,6 +144,19 @@ fn run_and_kill(dir: &Path, seed: u64, run: u64, kill: Kill) -> Vec<(Transfer, A
     reports
 }
 
+/// Shuts the engine down on another thread, and fails the test if that never returns:
+/// a hang is a bug to report, not a reason to block the whole suite.
+fn shutdown_watched(engine: Engine) -> Shutdown {
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(engine.shutdown());
+    });
+    match result.recv_timeout(SHUTDOWN_HANG) {
+        Ok(shutdown) => shutdown.expect("clean shutdown after recovery"),
+        Err(_) => panic!("Engine::shutdown after recovery did not return in {SHUTDOWN_HANG:?}"),
+    }
+}
+
 /// Reopens the directory until recovery has decided every transaction a kill left open
 /// (no ledger holds a reservation), shutting down cleanly after each round. Returns the
 /// rounds it took.
@@ -144,7 +164,7 @@ fn settle(dir: &Path) -> usize {
     for round in 1..=SETTLE_ROUNDS_MAX {
         let engine = Engine::open(config(dir)).expect("reopen after the kill");
         std::thread::sleep(SETTLE_ROUND);
-        let shutdown = engine.shutdown().expect("clean shutdown after recovery");
+        let shutdown = shutdown_watched(engine);
         let held: u64 = shutdown
             .participants
             .iter()
@@ -163,6 +183,13 @@ fn settle(dir: &Path) -> usize {
     panic!("recovery left transactions undecided after {SETTLE_ROUNDS_MAX} reopens");
 }
 
+/// The child's batching and pipelining switches (the comparison toggles).
+#[derive(Clone, Copy, Debug)]
+struct Toggles {
+    batching: bool,
+    pipelining: bool,
+}
+
 /// How one run ends.
 #[derive(Clone, Copy, Debug)]
 enum Kill {
@@ -173,9 +200,18 @@ enum Kill {
     Early(Duration),
 }
 
-/// The seeded plan of one run: how it is killed, and whether the test settles and
-/// checks the directory afterwards or lets the next child recover it under load.
-fn plan(rng: &mut SplitMix, run: u64, repetitions: u64) -> (Kill, bool) {
+/// The seeded plan of one run.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    kill: Kill,
+    toggles: Toggles,
+    /// Settle and check the directory afterwards, or let the next child recover it
+    /// under load.
+    check: bool,
+}
+
+/// The seeded plan of run `run`.
+fn plan(rng: &mut SplitMix, run: u64, repetitions: u64) -> Plan {
     // The first run creates the directory and is killed under load: an early kill of a
     // directory being created is the subject of its own test in engine_reopen.rs.
     let early = run > 0 && rng.below(EARLY_KILL_ONE_IN) == 0;
@@ -187,7 +223,23 @@ fn plan(rng: &mut SplitMix, run: u64, repetitions: u64) -> (Kill, bool) {
         Kill::AfterReports(1 + rng.below(KILL_AFTER_REPORTS_MAX))
     };
     let check = run + 1 == repetitions || rng.below(3) != 0;
-    (kill, check)
+    // Mostly the fast path; sometimes one transaction per batch or one batch in flight,
+    // which moves the kill to other points of the protocol.
+    let toggles = match rng.below(TOGGLES_OTHER_ONE_IN) {
+        0 => Toggles {
+            batching: rng.below(2) == 0,
+            pipelining: rng.below(2) == 0,
+        },
+        _ => Toggles {
+            batching: true,
+            pipelining: true,
+        },
+    };
+    Plan {
+        kill,
+        toggles,
+        check,
+    }
 }
 
 #[test]
@@ -204,18 +256,18 @@ fn twenty_sigkills_lose_no_acknowledged_outcome() {
     let mut history: Vec<(Transfer, Acked)> = Vec::new();
     let (mut killed_under_load, mut checks) = (0, 0);
     for run in 0..repetitions {
-        let (kill, check) = plan(&mut rng, run, repetitions);
-        let reports = run_and_kill(dir.path(), seed, run, kill);
+        let plan = plan(&mut rng, run, repetitions);
+        let reports = run_and_kill(dir.path(), seed, run, plan);
         killed_under_load += usize::from(!reports.is_empty());
         history.extend(reports);
-        if !check {
-            eprintln!("run {run}: {kill:?}, left for the next run to recover");
+        if !plan.check {
+            eprintln!("run {run}: {plan:?}: left for the next run to recover");
             continue;
         }
         let rounds = settle(dir.path());
         let verdict = check_bank(dir.path(), &BANK, &history);
         checks += 1;
-        eprintln!("run {run}: {kill:?}, settled in {rounds} reopen(s), {verdict:?}");
+        eprintln!("run {run}: {plan:?}: settled in {rounds} reopen(s), {verdict:?}");
     }
     assert!(
         killed_under_load >= repetitions as usize / 2,

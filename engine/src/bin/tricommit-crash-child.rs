@@ -10,7 +10,8 @@
 //! reported abort was applied. A line is written only after its ticket completed, so
 //! every complete line the parent reads is an acknowledgement the engine gave.
 //!
-//! Usage: `tricommit-crash-child DATA_DIR SEED ID_FIRST LEDGERS ACCOUNTS BALANCE AMOUNT_MAX`.
+//! Usage: `tricommit-crash-child DATA_DIR SEED ID_FIRST LEDGERS ACCOUNTS BALANCE AMOUNT_MAX
+//! BATCHING PIPELINING`, the last two `0` (off) or `1` (on).
 //! It also stops by itself (cleanly) after `RUN_SECONDS_MAX` or when stdout closes, so
 //! an abandoned child never runs on.
 
@@ -50,12 +51,23 @@ struct Args {
     accounts: u64,
     balance: i64,
     amount_max: u64,
+    batching: bool,
+    pipelining: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
     let words: Vec<String> = std::env::args().skip(1).collect();
-    let [dir, seed, id_first, ledgers, accounts, balance, amount_max] = words.as_slice() else {
-        return Err(format!("expected 7 arguments, got {}", words.len()));
+    let [dir, seed, id_first, ledgers, accounts, balance, amount_max, batching, pipelining] =
+        words.as_slice()
+    else {
+        return Err(format!("expected 9 arguments, got {}", words.len()));
+    };
+    let switch = |name: &str, text: &str| -> Result<bool, String> {
+        match text {
+            "0" => Ok(false),
+            "1" => Ok(true),
+            _ => Err(format!("{name}: `{text}` is neither 0 nor 1")),
+        }
     };
     let number = |name: &str, text: &str| -> Result<u64, String> {
         text.parse()
@@ -71,6 +83,8 @@ fn parse_args() -> Result<Args, String> {
             .parse()
             .map_err(|_| format!("BALANCE: `{balance}` is not a balance"))?,
         amount_max: number("AMOUNT_MAX", amount_max)?,
+        batching: switch("BATCHING", batching)?,
+        pipelining: switch("PIPELINING", pipelining)?,
     };
     if args.ledgers < 2 || args.ledgers > u64::from(u8::MAX) {
         return Err("LEDGERS must be 2..=255".into());
@@ -94,6 +108,8 @@ fn config(args: &Args) -> EngineConfig {
         ..WalConfig::default()
     };
     config.batch_txns_max = BATCH_TXNS_MAX;
+    config.batching = args.batching;
+    config.pipelining = args.pipelining;
     config.timeouts = Timeouts {
         vote_us: 500_000,
         retransmit_us: 20_000,
