@@ -34,6 +34,8 @@ const CAPACITY_TXNS: usize = 160;
 const FLOOD_THREADS: u64 = 4;
 /// Submissions each thread attempts in the open-gate flood.
 const FLOOD_ATTEMPTS_PER_THREAD: u64 = 3_000;
+/// Vote and pending timeouts far beyond the test's length.
+const PATIENT_US: u64 = 60_000_000;
 /// The gate never holds a prepare longer than this, so a failing test cannot hang.
 const GATE_WAIT_MAX: Duration = Duration::from_secs(60);
 
@@ -90,9 +92,12 @@ fn config(dir: &std::path::Path, gate: &Arc<Gate>) -> EngineConfig {
     });
     config.intake_high_water_txns = HIGH_WATER_TXNS;
     config.intake_capacity_txns = CAPACITY_TXNS;
-    // The gate holds the first batch's votes for a moment; no vote may time out then.
+    // The gate holds the first batch's votes for a moment; no vote may time out and no
+    // site may start recovery then, or a transaction could complete while the test
+    // counts on none doing so.
     config.timeouts = Timeouts {
-        vote_us: 30_000_000,
+        vote_us: PATIENT_US,
+        pending_us: PATIENT_US,
         ..Timeouts::default()
     };
     config

@@ -34,6 +34,8 @@ const LATE_NO_DELAY: Duration = Duration::from_millis(30);
 /// The vote timeout of the timeout test, and how long the referee sleeps past it.
 const VOTE_TIMEOUT_US: u64 = 200_000;
 const PAST_TIMEOUT_DELAY: Duration = Duration::from_millis(800);
+/// Vote and pending timeouts far beyond the test's length.
+const PATIENT_US: u64 = 60_000_000;
 /// Transfers submitted after the slow vote until one commits: the engine recovers
 /// once the referee answers again.
 const AFTER_TIMEOUT_ATTEMPTS_MAX: u64 = 50;
@@ -58,17 +60,23 @@ impl ResourceManager for Referee {
     fn abort(&mut self, _txns: &[TxnId]) {}
 }
 
-fn config(dir: &std::path::Path, vote_us: u64) -> EngineConfig {
+fn config(dir: &std::path::Path, timeouts: Timeouts) -> EngineConfig {
     let mut config = BANK.config(dir);
     config.participants.push(ParticipantSpec::Custom {
         name: "referee".into(),
         factory: Arc::new(|| Box::new(Referee)),
     });
-    config.timeouts = Timeouts {
-        vote_us,
-        ..Timeouts::default()
-    };
+    config.timeouts = timeouts;
     config
+}
+
+/// Timeouts that never fire during a test: only votes decide.
+fn patient() -> Timeouts {
+    Timeouts {
+        vote_us: PATIENT_US,
+        pending_us: PATIENT_US,
+        ..Timeouts::default()
+    }
 }
 
 fn submit_refereed(engine: &Engine, transfer: &Transfer, instruction: u8) -> Ticket {
@@ -87,7 +95,7 @@ fn a_late_no_vote_aborts_exactly_its_transactions() {
     // transactions it names: each of them aborts and is posted nowhere, while the
     // others of the same batches commit.
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temporary directory");
-    let engine = Engine::open(config(dir.path(), 10_000_000)).expect("engine opens");
+    let engine = Engine::open(config(dir.path(), patient())).expect("engine opens");
     let mut rng = SplitMix(31);
     let tickets: Vec<_> = (1..=600)
         .map(|id| {
@@ -107,7 +115,7 @@ fn a_late_no_vote_aborts_exactly_its_transactions() {
                 "{transfer:?} was refused, yet {outcome:?}"
             );
         } else {
-            // Balances are ample and the vote timeout is far: only a refusal aborts.
+            // Balances are ample and no timeout fires: only a refusal aborts.
             assert_eq!(outcome, Outcome::Committed, "{transfer:?}");
         }
         acked.push((transfer, Acked::of(outcome)));
@@ -122,7 +130,14 @@ fn a_vote_after_the_timeout_is_ignored_and_the_engine_carries_on() {
     // late, that the late yes then changes nothing (no posting, no reservation left),
     // and that transactions submitted afterwards commit again.
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temporary directory");
-    let engine = Engine::open(config(dir.path(), VOTE_TIMEOUT_US)).expect("engine opens");
+    let engine = Engine::open(config(
+        dir.path(),
+        Timeouts {
+            vote_us: VOTE_TIMEOUT_US,
+            ..Timeouts::default()
+        },
+    ))
+    .expect("engine opens");
     let mut rng = SplitMix(37);
     let slow = BANK.transfer(&mut rng, 1);
     let slow_outcome = submit_refereed(&engine, &slow, VOTE_YES_AFTER_TIMEOUT).wait();
