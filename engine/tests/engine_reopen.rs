@@ -256,3 +256,39 @@ fn a_custom_participant_is_rebuilt_from_its_log_on_reopen() {
     );
     engine.shutdown().expect("shutdown");
 }
+
+#[test]
+fn an_invalid_configuration_is_refused_with_a_typed_error() {
+    // Proves that `Engine::open` answers every out-of-range setting with
+    // `EngineError::Config` (a sentence for the operator), never a panic.
+    let dir = temp_dir();
+    let base = || BANK.config(dir.path());
+    let mut cases: Vec<(&str, EngineConfig)> = Vec::new();
+    let mut add = |what, change: &dyn Fn(&mut EngineConfig)| {
+        let mut config = base();
+        change(&mut config);
+        cases.push((what, config));
+    };
+    add("no replica", &|config| config.replicas = 0);
+    add("too many replicas", &|config| config.replicas = 8);
+    add("no participant", &|config| config.participants.clear());
+    add("empty batches", &|config| config.batch_txns_max = 0);
+    add("zero high-water mark", &|config| {
+        config.intake_high_water_txns = 0
+    });
+    add("high water above capacity", &|config| {
+        config.intake_high_water_txns = config.intake_capacity_txns + 1
+    });
+    add("capacity above its bound", &|config| {
+        config.intake_capacity_txns = usize::MAX
+    });
+    add("segment size", &|config| config.wal.segment_bytes = 4097);
+    for (what, config) in cases {
+        let result = Engine::open(config);
+        assert!(
+            matches!(result, Err(EngineError::Config(_))),
+            "{what}: got {:?}",
+            result.err()
+        );
+    }
+}
