@@ -18,6 +18,9 @@ const BANK: Bank = Bank {
     amount_max: 400,
 };
 
+/// A reservation table far smaller than one batch, so that it fills.
+const RESERVATIONS_TINY: u64 = 8;
+
 fn temp_dir() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temporary directory")
 }
@@ -202,4 +205,30 @@ fn shutdown_drains_every_submitted_transfer_to_a_definite_outcome() {
     let verdict = check_bank(dir.path(), &BANK, &acked);
     assert!(verdict.acked_committed > 0, "{verdict:?}");
     assert_eq!(verdict.applied_txns, verdict.acked_committed);
+}
+
+#[test]
+fn a_full_reservation_table_refuses_transfers_without_breaking_the_bank() {
+    // Proves that a ledger whose reservation table fills up votes no instead of
+    // failing: with room for only a few held reservations per ledger, concurrent
+    // clients still end with the bank invariant, and some transfers commit.
+    let dir = temp_dir();
+    let mut config = BANK.config(dir.path());
+    for participant in &mut config.participants {
+        if let tricommit_engine::ParticipantSpec::Ledger(ledger) = participant {
+            ledger.reservations_max = RESERVATIONS_TINY;
+        }
+    }
+    let engine = Engine::open(config).expect("engine opens");
+    let clients = Clients {
+        threads: 3,
+        txns_per_thread: 1_000,
+        id_first: 1,
+        seed: 41,
+    };
+    let acked = run(&engine, clients);
+    engine.shutdown().expect("clean shutdown");
+    let verdict = check_bank(dir.path(), &BANK, &acked);
+    assert_eq!(acked.len(), 3_000, "every submission got an outcome");
+    assert!(verdict.acked_committed > 0, "{verdict:?}");
 }
