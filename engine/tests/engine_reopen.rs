@@ -180,7 +180,6 @@ fn a_directory_of_another_configuration_is_refused_and_stays_usable() {
 }
 
 #[test]
-#[ignore = "bug: a crash between creating tricommit.meta.tmp and renaming it bricks the directory (Foreign)"]
 fn a_crash_while_creating_the_meta_file_leaves_a_usable_directory() {
     // Proves that creating a data directory is crash-safe: a crash after the temporary
     // meta file was created and before it was renamed (the state this test builds by

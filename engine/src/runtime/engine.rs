@@ -71,8 +71,10 @@ pub struct Engine {
     stats: Arc<EngineStats>,
     site_stats: Vec<Arc<SiteStats>>,
     participants: usize,
-    draining: Arc<AtomicBool>,
-    stop_passive: Arc<AtomicBool>,
+    /// Asks every site to drain and stop (the active replica first).
+    stop: Arc<AtomicBool>,
+    /// Set once the active replica stopped: the passive sites may then leave.
+    active_done: Arc<AtomicBool>,
     halt: Arc<AtomicBool>,
     batcher: Option<JoinHandle<()>>,
     active: Option<JoinHandle<Result<Coordinator, SiteError>>>,
@@ -163,16 +165,31 @@ fn wire(sites: usize) -> Result<Wiring, EngineError> {
     })
 }
 
+/// The flags a site stage watches to know when to stop.
+struct StopFlags {
+    stop: Arc<AtomicBool>,
+    halt: Arc<AtomicBool>,
+    active_done: Arc<AtomicBool>,
+    drain_max: std::time::Duration,
+}
+
+/// How long a stopping site waits for undecided batches: long enough for a recovery to
+/// start (pending timeout plus every replica's stagger), collect, and run its round with
+/// a few retransmissions, twice.
+fn drain_max(config: &EngineConfig) -> std::time::Duration {
+    const RETRANSMITS_BUDGETED: u64 = 4;
+    const ATTEMPTS_BUDGETED: u64 = 2;
+    let timeouts = &config.timeouts;
+    let one_recovery_us = timeouts.pending_us
+        + timeouts.recovery_stagger_us * config.replicas as u64
+        + timeouts.collect_us
+        + timeouts.retransmit_us * RETRANSMITS_BUDGETED;
+    std::time::Duration::from_micros(one_recovery_us * ATTEMPTS_BUDGETED)
+}
+
 impl Wiring {
     /// The I/O half of site `me`: its log, its inbox, and links to every other site.
-    fn site_io(
-        &mut self,
-        me: SiteId,
-        wal: Wal,
-        out: Output,
-        stop: &Arc<AtomicBool>,
-        halt: &Arc<AtomicBool>,
-    ) -> SiteIo {
+    fn site_io(&mut self, me: SiteId, wal: Wal, out: Output, flags: StopFlags) -> SiteIo {
         let index = me.0 as usize;
         SiteIo {
             me,
@@ -185,8 +202,10 @@ impl Wiring {
             doorbell: self.doorbells[index].clone(),
             links: self.links.clone(),
             clock: self.clock.clone(),
-            stop: stop.clone(),
-            halt: halt.clone(),
+            stop: flags.stop,
+            halt: flags.halt,
+            active_done: flags.active_done,
+            drain_max: flags.drain_max,
             stats: Arc::new(SiteStats::default()),
             out,
             frames: Vec::new(),
@@ -220,8 +239,9 @@ impl Engine {
         let proto_config = config.timeouts.proto_config(replicas.clone());
         let sites = config.replicas + config.participants.len();
         let mut wiring = wire(sites)?;
-        let stop_passive = Arc::new(AtomicBool::new(false));
-        let draining = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let active_done = Arc::new(AtomicBool::new(false));
+        let drain_max = drain_max(&config);
         let halt = Arc::new(AtomicBool::new(false));
         let mut site_stats = Vec::new();
 
@@ -282,12 +302,19 @@ impl Engine {
         let mut passive_replicas = Vec::new();
         let mut active = None;
         for (me, machine, log, out) in replica_machines {
-            let stop = if me.0 == 0 {
-                draining.clone()
+            // The active replica does not wait for itself.
+            let done = if me.0 == 0 {
+                Arc::new(AtomicBool::new(true))
             } else {
-                stop_passive.clone()
+                active_done.clone()
             };
-            let io = wiring.site_io(me, log.wal, out, &stop, &halt);
+            let flags = StopFlags {
+                stop: stop.clone(),
+                halt: halt.clone(),
+                active_done: done,
+                drain_max,
+            };
+            let io = wiring.site_io(me, log.wal, out, flags);
             site_stats.push(io.stats.clone());
             let name = format!("tc-replica-{}", me.0);
             if me.0 == 0 {
@@ -295,7 +322,6 @@ impl Engine {
                     batches: from_batcher.take().expect("one active replica"),
                     to_completion: to_completion.take().expect("one active replica"),
                     window_batches: config.batches_in_flight_max(),
-                    draining: draining.clone(),
                 };
                 active = Some(spawn(name, move || run_active(machine, io, stage))?);
             } else {
@@ -304,7 +330,13 @@ impl Engine {
         }
         let mut participant_threads = Vec::new();
         for (me, machine, log) in participant_machines {
-            let io = wiring.site_io(me, log.wal, Output::default(), &stop_passive, &halt);
+            let flags = StopFlags {
+                stop: stop.clone(),
+                halt: halt.clone(),
+                active_done: active_done.clone(),
+                drain_max,
+            };
+            let io = wiring.site_io(me, log.wal, Output::default(), flags);
             site_stats.push(io.stats.clone());
             let name = format!("tc-participant-{}", me.0 as usize - config.replicas);
             participant_threads.push(spawn(name, move || run_passive(machine, io))?);
@@ -337,8 +369,8 @@ impl Engine {
             stats,
             site_stats,
             participants: config.participants.len(),
-            draining,
-            stop_passive,
+            stop,
+            active_done,
             halt,
             batcher: Some(batcher),
             active,
@@ -462,7 +494,7 @@ impl Engine {
                 note(EngineError::Panicked("batcher".into()));
             }
         }
-        self.draining.store(true, Ordering::Release);
+        self.stop.store(true, Ordering::Release);
         self.doorbells[0].ring();
         if let Some(active) = self.active.take() {
             match active.join() {
@@ -476,7 +508,7 @@ impl Engine {
                 note(EngineError::Panicked("completion".into()));
             }
         }
-        self.stop_passive.store(true, Ordering::Release);
+        self.active_done.store(true, Ordering::Release);
         for doorbell in &self.doorbells {
             doorbell.ring();
         }

@@ -92,12 +92,19 @@ pub fn prepare_data_dir(config: &EngineConfig) -> Result<(), MetaError> {
         }
         return Ok(());
     }
-    if std::fs::read_dir(dir).map_err(io)?.next().is_some() {
+    let temporary = dir.join(format!("{META_FILE}.tmp"));
+    // A crash between creating the temporary file and the rename leaves it alone in the
+    // directory: that is this engine's unfinished creation, not someone else's data.
+    let others = std::fs::read_dir(dir)
+        .map_err(io)?
+        .filter_map(Result::ok)
+        .filter(|entry| entry.path() != temporary)
+        .count();
+    if others > 0 {
         return Err(MetaError::Foreign(dir.clone()));
     }
     // Write, sync, rename, sync the directory: a crash leaves either no meta file (and
-    // an empty directory) or a whole one.
-    let temporary = dir.join(format!("{META_FILE}.tmp"));
+    // at most a stale temporary one, which the next open overwrites) or a whole one.
     let mut file = std::fs::File::create(&temporary).map_err(io)?;
     file.write_all(wanted.as_bytes()).map_err(io)?;
     file.sync_all().map_err(io)?;

@@ -9,12 +9,15 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tricommit_wal::{Lsn, Wal, WalError};
 
 use crate::pipeline::mpsc::{MpscReceiver, MpscSender};
 use crate::pipeline::{Doorbell, MonotonicClock};
-use crate::proto::{AppendSeq, Coordinator, Output, Part, Participant, ResourceManager, SiteId};
+use crate::proto::{
+    AppendSeq, BatchId, Coordinator, Output, Part, Participant, ResourceManager, SiteId, State,
+};
 
 /// Frames one turn takes from the inbox before it flushes, so that a flood of messages
 /// cannot delay the sync (and the replies) without bound.
@@ -42,6 +45,28 @@ pub trait Machine {
     fn handle_durable(&mut self, now_us: u64, upto: AppendSeq, out: &mut Output);
     fn poll_timeout(&self) -> Option<u64>;
     fn handle_timeout(&mut self, now_us: u64, out: &mut Output);
+    /// True when no transaction this site knows is undecided here (W, PC or PA):
+    /// nothing it holds needs the protocol any more, even if some decided batches are
+    /// not retired yet.
+    fn settled(&self) -> bool;
+}
+
+/// Whether every transaction of every batch `txn_state` knows is final or never voted.
+/// Linear in the transactions held; called only while a stopping site drains.
+fn none_pending(
+    batches: impl Iterator<Item = BatchId>,
+    txn_state: impl Fn(BatchId, u32) -> Option<(State, u32)>,
+) -> bool {
+    for batch in batches {
+        for index in 0.. {
+            match txn_state(batch, index) {
+                None => break,
+                Some((state, _)) if state.is_pending() => return false,
+                Some(_) => {}
+            }
+        }
+    }
+    true
 }
 
 impl Machine for Coordinator {
@@ -57,6 +82,11 @@ impl Machine for Coordinator {
     fn handle_timeout(&mut self, now_us: u64, out: &mut Output) {
         Coordinator::handle_timeout(self, now_us, out)
     }
+    fn settled(&self) -> bool {
+        none_pending(self.batch_ids(), |batch, index| {
+            self.txn_state(batch, index)
+        })
+    }
 }
 
 impl<R: ResourceManager> Machine for Participant<R> {
@@ -71,6 +101,11 @@ impl<R: ResourceManager> Machine for Participant<R> {
     }
     fn handle_timeout(&mut self, now_us: u64, out: &mut Output) {
         Participant::handle_timeout(self, now_us, out)
+    }
+    fn settled(&self) -> bool {
+        none_pending(self.batch_ids(), |batch, index| {
+            self.txn_state(batch, index)
+        })
     }
 }
 
@@ -96,6 +131,13 @@ pub struct SiteIo {
     pub stop: Arc<AtomicBool>,
     /// Set by `Engine::crash`: return at once, syncing nothing, as a crash would.
     pub halt: Arc<AtomicBool>,
+    /// Set once the active replica has stopped; a passive site drains only after it, so
+    /// that it never leaves while the active replica still needs it. Always set for
+    /// the active replica's own `SiteIo`.
+    pub active_done: Arc<AtomicBool>,
+    /// How long a stopping site waits for its undecided transactions to be decided
+    /// (recovered ones included) before it leaves them to the next open.
+    pub drain_max: Duration,
     pub stats: Arc<SiteStats>,
     /// Reused buffers.
     pub out: Output,
@@ -217,28 +259,68 @@ impl SiteIo {
         }
     }
 
-    /// Sleeps until a frame arrives, `also_ready` holds, the machine's timer is due, or
-    /// the engine stops. `also_ready` must read state that producers publish before they
-    /// ring this site's doorbell.
-    pub fn wait<M: Machine>(&self, machine: &M, also_ready: impl Fn() -> bool) {
-        let deadline = machine
+    /// Whether the engine asked this site to stop (and, for a passive site, the active
+    /// replica is gone).
+    pub fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::Acquire) && self.active_done.load(Ordering::Acquire)
+    }
+
+    /// Sleeps until a frame arrives, `also_ready` holds, the machine's timer is due, the
+    /// engine crashes, or, before draining began, a stop is requested; while draining,
+    /// until the drain deadline at the latest. `also_ready` must read state that
+    /// producers publish before they ring this site's doorbell.
+    pub fn wait<M: Machine>(
+        &self,
+        machine: &M,
+        drain_deadline: Option<Instant>,
+        also_ready: impl Fn() -> bool,
+    ) {
+        let timer = machine
             .poll_timeout()
             .and_then(|at| self.clock.instant_at(at));
+        let deadline = match (timer, drain_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let draining = drain_deadline.is_some();
         let inbox = &self.inbox;
-        let (stop, halt) = (&self.stop, &self.halt);
         let ready = || {
             inbox.has_items()
                 || also_ready()
-                || stop.load(Ordering::Acquire)
-                || halt.load(Ordering::Acquire)
+                || self.halted()
+                || (!draining && self.stop_requested())
         };
         self.doorbell.wait_until(ready, deadline);
+    }
+}
+
+/// When a stopping site may leave: once nothing it holds is undecided, or once it has
+/// waited `drain_max` for the rest to be decided.
+pub struct Drain {
+    since: Option<Instant>,
+}
+
+impl Drain {
+    pub fn new() -> Drain {
+        Drain { since: None }
+    }
+
+    /// When draining ends at the latest, once it has begun.
+    pub fn deadline(&self, drain_max: Duration) -> Option<Instant> {
+        self.since.map(|since| since + drain_max)
+    }
+
+    /// Starts draining (once) and says whether the site may leave now.
+    pub fn may_leave<M: Machine>(&mut self, machine: &M, drain_max: Duration) -> bool {
+        let since = *self.since.get_or_insert_with(Instant::now);
+        machine.settled() || since.elapsed() >= drain_max
     }
 }
 
 /// The loop of a participant or a backup replica: frames in, records and frames out.
 pub fn run_passive<M: Machine>(mut machine: M, mut io: SiteIo) -> Result<M, SiteError> {
     io.flush(&mut machine)?;
+    let mut drain = Drain::new();
     loop {
         if io.halted() {
             return Ok(machine);
@@ -247,11 +329,11 @@ pub fn run_passive<M: Machine>(mut machine: M, mut io: SiteIo) -> Result<M, Site
         io.fire_timer(&mut machine);
         io.flush(&mut machine)?;
         if frames == 0 {
-            if io.stop.load(Ordering::Acquire) {
+            if io.stop_requested() && drain.may_leave(&machine, io.drain_max) {
                 io.sync_all()?;
                 return Ok(machine);
             }
-            io.wait(&machine, || false);
+            io.wait(&machine, drain.deadline(io.drain_max), || false);
         }
     }
 }

@@ -7,7 +7,7 @@
 //! ```
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::pipeline::mpsc::MpscReceiver;
@@ -17,7 +17,7 @@ use crate::pipeline::{
 };
 use crate::proto::{self, BatchId, BatchInput, Coordinator, Op, SiteId};
 
-use super::site::{SiteError, SiteIo};
+use super::site::{Drain, SiteError, SiteIo};
 use super::txn::Txn;
 
 /// Client batches waiting between the batcher and the coordinator. Small: the
@@ -170,8 +170,6 @@ pub struct ActiveStage {
     pub batches: SpscReceiver<ClientBatch>,
     pub to_completion: SpscSender<CompletionChunk>,
     pub window_batches: usize,
-    /// Set once the batcher is gone: drain the window, then exit.
-    pub draining: Arc<AtomicBool>,
 }
 
 /// The loop of the active coordinator replica.
@@ -182,6 +180,7 @@ pub fn run_active(
 ) -> Result<Coordinator, SiteError> {
     let mut open: HashMap<BatchId, OpenBatch> = HashMap::new();
     let mut unsent: Vec<CompletionChunk> = Vec::new();
+    let mut drain = Drain::new();
     io.flush(&mut coordinator)?;
     loop {
         if io.halted() {
@@ -202,16 +201,17 @@ pub fn run_active(
             continue;
         }
         let batcher_gone = stage.batches.is_closed() && !stage.batches.has_items();
-        if batcher_gone
-            && open.is_empty()
-            && unsent.is_empty()
-            && stage.draining.load(Ordering::Acquire)
-        {
+        let idle = batcher_gone && open.is_empty() && unsent.is_empty();
+
+        if idle && io.stop_requested() && drain.may_leave(&coordinator, io.drain_max) {
+            io.sync_all()?;
             return Ok(coordinator);
         }
         let batches = &stage.batches;
         let room = open.len() < stage.window_batches;
-        io.wait(&coordinator, || room && batches.has_items());
+        io.wait(&coordinator, drain.deadline(io.drain_max), || {
+            room && batches.has_items()
+        });
     }
 }
 

@@ -277,7 +277,10 @@ pub struct RunOutcome {
     pub cpu_s: f64,
     pub invariant: Result<(), String>,
     pub scenario_figures: serde_json::Value,
-    pub lost: Option<u64>,
+    pub durability: Option<summary::Durability>,
+    /// Extra open-and-shutdown passes the failure scenario needed before every
+    /// transaction was decided everywhere.
+    pub settle_passes: Option<u32>,
     pub history_parts: Vec<PathBuf>,
 }
 
@@ -348,12 +351,14 @@ fn drive(args: &Args, config: EngineConfig) -> Result<RunOutcome, LoadError> {
     let cpu_s = summary::cpu_seconds() - cpu_before;
     let expected_total =
         args.ledgers as i128 * args.accounts as i128 * args.initial_balance as i128;
-    let invariant = summary::check_bank(&shutdown, expected_total);
+    let mut invariant = summary::check_bank(&shutdown, expected_total);
     drop(shutdown);
-    let lost = if failure {
-        Some(summary::count_lost(&config.data_dir, &clients)?)
+    let (durability, settle_passes) = if failure {
+        let (durability, passes) =
+            settle_after_failure(&config, &clients, expected_total, &mut invariant)?;
+        (Some(durability), Some(passes))
     } else {
-        None
+        (None, None)
     };
     Ok(RunOutcome {
         clients,
@@ -364,9 +369,36 @@ fn drive(args: &Args, config: EngineConfig) -> Result<RunOutcome, LoadError> {
         cpu_s,
         invariant,
         scenario_figures,
-        lost,
+        durability,
+        settle_passes,
         history_parts,
     })
+}
+
+/// The most extra open-and-shutdown passes the failure scenario makes to let the
+/// termination protocol finish what the crash left undecided.
+const SETTLE_PASSES_MAX: u32 = 5;
+
+/// After the failure scenario, checks durability and the bank invariant; while some
+/// transaction is still undecided somewhere (the invariant sees it half-posted), opens
+/// and shuts the engine again so that recovery finishes it, up to a bound.
+fn settle_after_failure(
+    config: &EngineConfig,
+    clients: &[driver::ClientResult],
+    expected_total: i128,
+    invariant: &mut Result<(), String>,
+) -> Result<(summary::Durability, u32), LoadError> {
+    let mut passes = 0;
+    loop {
+        let durability = summary::check_durability(&config.data_dir, clients)?;
+        let settled = invariant.is_ok() && durability.undecided == 0;
+        if settled || passes == SETTLE_PASSES_MAX {
+            return Ok((durability, passes));
+        }
+        let shutdown = Engine::open(config.clone())?.shutdown()?;
+        *invariant = summary::check_bank(&shutdown, expected_total);
+        passes += 1;
+    }
 }
 
 fn part_path(path: &Path, index: u64) -> PathBuf {

@@ -43,6 +43,11 @@ pub struct Summary {
     pub scenario_figures: serde_json::Value,
     /// Acknowledged commits missing from the ledgers after the run (failure scenario).
     pub lost: Option<u64>,
+    /// Acknowledged commits still prepared, not yet posted, at shutdown (failure
+    /// scenario): durable, and finished by the next open.
+    pub undecided_at_shutdown: Option<u64>,
+    /// Extra open-and-shutdown passes until everything was decided (failure scenario).
+    pub settle_passes: Option<u32>,
     pub config: Args,
 }
 
@@ -64,6 +69,10 @@ impl Summary {
             }
         }
         by_reason.sort();
+        let lost = outcome
+            .durability
+            .as_ref()
+            .map(|durability| durability.lost);
         let duration_s = outcome.elapsed.as_secs_f64();
         let counters = &outcome.counters;
         Summary {
@@ -85,8 +94,8 @@ impl Summary {
             syncs_per_s: counters.syncs as f64 / duration_s,
             busy_rejections: outcome.busy,
             cpu_percent: 100.0 * outcome.cpu_s / duration_s,
-            invariant_ok: outcome.invariant.is_ok() && outcome.lost.unwrap_or(0) == 0,
-            invariant_error: match (&outcome.invariant, outcome.lost) {
+            invariant_ok: outcome.invariant.is_ok() && lost.unwrap_or(0) == 0,
+            invariant_error: match (&outcome.invariant, lost) {
                 (Err(error), _) => Some(error.clone()),
                 (Ok(()), Some(lost)) if lost > 0 => Some(format!(
                     "{lost} acknowledged commits are missing from the ledgers"
@@ -95,7 +104,15 @@ impl Summary {
             },
             scenario: args.scenario,
             scenario_figures: outcome.scenario_figures.clone(),
-            lost: outcome.lost,
+            lost: outcome
+                .durability
+                .as_ref()
+                .map(|durability| durability.lost),
+            undecided_at_shutdown: outcome
+                .durability
+                .as_ref()
+                .map(|durability| durability.undecided),
+            settle_passes: outcome.settle_passes,
             config: args.clone(),
         }
     }
@@ -140,6 +157,12 @@ impl Summary {
         ]);
         if let Some(lost) = self.lost {
             rows.push(("lost commits".to_owned(), lost.to_string()));
+        }
+        if let Some(undecided) = self.undecided_at_shutdown {
+            rows.push(("undecided after settling".to_owned(), undecided.to_string()));
+        }
+        if let Some(passes) = self.settle_passes {
+            rows.push(("settle passes".to_owned(), passes.to_string()));
         }
         if let Some(figures) = self.scenario_figures.as_object() {
             for (name, value) in figures {
@@ -255,12 +278,21 @@ pub fn cpu_seconds() -> f64 {
     seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
-/// Counts acknowledged commits that the ledgers do not hold: every commit a client was
-/// told about must have its postings in the logs after the run.
-pub fn count_lost(
+/// What became of the acknowledged commits after the run (failure scenario).
+pub struct Durability {
+    /// Neither posted nor held by any ledger: gone. Must be 0.
+    pub lost: u64,
+    /// Not posted yet but still held (prepared and durable) by their ledgers: the
+    /// termination protocol had not finished them when the engine shut down; the next
+    /// open finishes them.
+    pub undecided: u64,
+}
+
+/// Checks every acknowledged commit against what the ledgers' logs hold.
+pub fn check_durability(
     data_dir: &std::path::Path,
     clients: &[driver::ClientResult],
-) -> Result<u64, tricommit_engine::runtime::DumpError> {
+) -> Result<Durability, tricommit_engine::runtime::DumpError> {
     use std::collections::HashSet;
     use std::sync::{Arc, Mutex};
     let posted: Arc<Mutex<HashSet<u64>>> = Arc::default();
@@ -275,14 +307,28 @@ pub fn count_lost(
             },
         ))
     };
-    tricommit_engine::runtime::recover_ledgers(data_dir, sink)?;
+    let ledgers = tricommit_engine::runtime::recover_ledgers(data_dir, sink)?;
+    let held: HashSet<u64> = ledgers
+        .iter()
+        .flat_map(|recovered| recovered.ledger().reservations_sorted())
+        .map(|reservation| reservation.txn)
+        .collect();
     let posted = posted
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let lost = clients
-        .iter()
-        .flat_map(|client| &client.committed_ids)
-        .filter(|id| !posted.contains(id))
-        .count();
-    Ok(lost as u64)
+    let mut durability = Durability {
+        lost: 0,
+        undecided: 0,
+    };
+    for id in clients.iter().flat_map(|client| &client.committed_ids) {
+        if posted.contains(id) {
+            continue;
+        }
+        if held.contains(id) {
+            durability.undecided += 1;
+        } else {
+            durability.lost += 1;
+        }
+    }
+    Ok(durability)
 }
