@@ -107,7 +107,33 @@ fn validate(config: &EngineConfig) -> Result<(), EngineError> {
     config
         .wal
         .validate()
-        .map_err(|error| EngineError::Config(error.to_string()))
+        .map_err(|error| EngineError::Config(error.to_string()))?;
+    let needed = prepared_record_bytes_max(config.batch_txns_max);
+    if needed > u64::from(config.wal.record_bytes_max) {
+        return bad(format!(
+            "a batch of {} transactions needs records of up to {needed} bytes, above the WAL's \
+             record_bytes_max {}",
+            config.batch_txns_max, config.wal.record_bytes_max
+        ));
+    }
+    Ok(())
+}
+
+/// The largest record a site appends for a batch of `batch_txns` transactions: a
+/// participant's `Prepared` record when it is in every transaction (see
+/// `proto::record`: a descriptor of 12 + 16 bytes per transaction, then 4 + 35 bytes per
+/// operation), plus the WAL's record header.
+fn prepared_record_bytes_max(batch_txns: usize) -> u64 {
+    const DESCRIPTOR_FIXED_BYTES: u64 = 12;
+    const DESCRIPTOR_TXN_BYTES: u64 = 16;
+    const OPS_FIXED_BYTES: u64 = 4;
+    const OP_BYTES: u64 = 8 + crate::proto::OP_PAYLOAD_BYTES as u64 + 3;
+    let txns = batch_txns as u64;
+    tricommit_wal::RECORD_HEADER_BYTES
+        + DESCRIPTOR_FIXED_BYTES
+        + DESCRIPTOR_TXN_BYTES * txns
+        + OPS_FIXED_BYTES
+        + OP_BYTES * txns
 }
 
 /// A site's log, opened and read back.
