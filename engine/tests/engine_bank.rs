@@ -113,7 +113,6 @@ fn every_batching_and_pipelining_combination_keeps_the_bank_invariant() {
 }
 
 #[test]
-#[ignore = "bug: a resubmitted transaction id is not idempotent (a decided id is applied twice)"]
 fn a_decided_id_submitted_again_gets_its_outcome_and_is_applied_once() {
     // Proves the idempotent ids of the client API (issue 4, Client API) for a decided
     // transaction: submitting its id again returns its outcome and never applies the
@@ -135,7 +134,6 @@ fn a_decided_id_submitted_again_gets_its_outcome_and_is_applied_once() {
 }
 
 #[test]
-#[ignore = "bug: the same id twice in flight gets two outcomes (Committed, then Aborted by DUPLICATE)"]
 fn an_id_submitted_twice_in_flight_is_applied_once_with_one_outcome() {
     // Proves the idempotent ids of the client API for a transaction in flight: two
     // submissions of one id get the same outcome, and a commit is posted exactly once.

@@ -16,6 +16,7 @@ use crate::pipeline::{
 use crate::proto::{Coordinator, Output, Participant, Record, SiteId};
 
 use super::config::{EngineConfig, ParticipantRm, PARTICIPANTS_MAX, REPLICAS_MAX};
+use super::dedup::{Dedup, Seen};
 use super::site::{run_passive, Links, SiteError, SiteIo, SiteStats, INBOX_FRAMES_CAPACITY};
 use super::stages::{
     participant_site, run_active, run_batcher, run_completion, ActiveStage, BatcherStage,
@@ -68,6 +69,7 @@ pub struct Shutdown {
 pub struct Engine {
     intake: Option<MpscSender<Pending>>,
     admission: Arc<Admission>,
+    dedup: Arc<Dedup>,
     stats: Arc<EngineStats>,
     site_stats: Vec<Arc<SiteStats>>,
     participants: usize,
@@ -367,10 +369,11 @@ impl Engine {
             let name = format!("tc-participant-{}", me.0 as usize - config.replicas);
             participant_threads.push(spawn(name, move || run_passive(machine, io))?);
         }
+        let dedup = Arc::new(Dedup::new());
         let completion = {
-            let (admission, stats) = (admission.clone(), stats.clone());
+            let (admission, stats, dedup) = (admission.clone(), stats.clone(), dedup.clone());
             spawn("tc-completion".into(), move || {
-                run_completion(from_coordinator, admission, stats)
+                run_completion(from_coordinator, admission, stats, dedup)
             })?
         };
         let policy = BatchPolicy::new(
@@ -392,6 +395,7 @@ impl Engine {
         Ok(Engine {
             intake: Some(intake),
             admission,
+            dedup,
             stats,
             site_stats,
             participants: config.participants.len(),
@@ -445,23 +449,39 @@ impl Engine {
         let Some(intake) = &self.intake else {
             return Ok(Ticket::ready(Outcome::Aborted(AbortReason::Shutdown)));
         };
+        let mut seen = self.dedup.lock(txn.id);
+        match seen.seen() {
+            Seen::Decided(outcome) => return Ok(Ticket::ready(outcome)),
+            Seen::InFlight => {
+                // A duplicate of a transaction in flight: its own ticket, completed
+                // with the original's outcome, and nothing submitted twice.
+                let admitted = self.admission.admit(txn, txn.priority)?;
+                seen.attach(admitted.completion);
+                return Ok(admitted.ticket);
+            }
+            Seen::New => {}
+        }
+        // The shard stays locked until the transaction is in the intake, so that a
+        // duplicate racing with it sees it in flight, never half-submitted.
         let admitted = self.admission.admit(txn, txn.priority)?;
+        seen.start();
+        drop(seen);
         let pending = Pending {
             txn: admitted.txn,
             completion: admitted.completion,
         };
-        match intake.push(pending) {
-            Ok(()) => Ok(admitted.ticket),
-            Err(error) => {
-                // Admission keeps the intake queue from filling, so only a stopped
-                // batcher lands here.
-                let _ = self.admission.complete(
-                    error.into_inner().completion,
-                    Outcome::Aborted(AbortReason::Shutdown),
-                );
-                Ok(admitted.ticket)
+        if let Err(error) = intake.push(pending) {
+            // Admission keeps the intake queue from filling, so only a stopped batcher
+            // lands here.
+            let outcome = Outcome::Aborted(AbortReason::Shutdown);
+            let _ = self
+                .admission
+                .complete(error.into_inner().completion, outcome);
+            for waiter in self.dedup.decide(txn.id, outcome) {
+                let _ = self.admission.complete(waiter, outcome);
             }
         }
+        Ok(admitted.ticket)
     }
 
     /// The engine's counters so far.

@@ -6,6 +6,7 @@
 //! `data_dir/replica-N` or `data_dir/participant-N`.
 
 mod config;
+mod dedup;
 mod engine;
 mod meta;
 mod site;
@@ -16,6 +17,7 @@ pub use config::{
     EngineConfig, ParticipantRm, ParticipantSpec, RmFactory, Timeouts, PARTICIPANTS_MAX,
     REPLICAS_DEFAULT, REPLICAS_MAX,
 };
+pub use dedup::DEDUP_DECIDED_MAX;
 pub use engine::{Engine, EngineCounters, EngineError, Shutdown};
 pub use meta::{
     read_meta, recover_ledgers, DataDirMeta, DumpError, MetaError, RecoveredLedger, META_FILE,

@@ -15,7 +15,7 @@ use crate::pipeline::spsc::{SpscReceiver, SpscSender};
 use crate::pipeline::{
     AbortReason, Admission, BatchPoll, Batcher, CompletionId, MonotonicClock, Outcome, Received,
 };
-use crate::proto::{self, BatchId, BatchInput, Coordinator, Op, SiteId};
+use crate::proto::{self, BatchId, BatchInput, Coordinator, Op, SiteId, TxnId};
 
 use super::site::{Drain, SiteError, SiteIo};
 use super::txn::Txn;
@@ -42,6 +42,8 @@ pub struct ClientBatch {
 /// Outcomes for some transactions of one batch, for the completion stage.
 pub struct CompletionChunk {
     pub completions: Vec<CompletionId>,
+    /// The transaction of each completion, in the same order.
+    pub txns: Vec<TxnId>,
     pub outcome: Outcome,
 }
 
@@ -162,6 +164,7 @@ fn build_batch(closed: &mut Vec<Pending>, replicas: usize, participants: usize) 
 /// A batch the active coordinator opened whose outcomes are not all reported yet.
 struct OpenBatch {
     completions: Vec<CompletionId>,
+    txns: Vec<TxnId>,
     txns_left: u32,
 }
 
@@ -229,15 +232,15 @@ fn take_batches(
         };
         let now_us = io.clock.now_us();
         let txns_left = batch.completions.len() as u32;
+        let txns = batch.input.txns.clone();
         match coordinator.submit(now_us, batch.input, &mut io.out) {
             Ok(id) => {
-                open.insert(
-                    id,
-                    OpenBatch {
-                        completions: batch.completions,
-                        txns_left,
-                    },
-                );
+                let open_batch = OpenBatch {
+                    completions: batch.completions,
+                    txns,
+                    txns_left,
+                };
+                open.insert(id, open_batch);
             }
             Err(error) => {
                 // The batcher only builds well-formed batches; should one slip through,
@@ -247,6 +250,7 @@ fn take_batches(
                 let aborted = Outcome::Aborted(AbortReason::Rejected(proto::Reason::MALFORMED));
                 let _ = stage.to_completion.push(CompletionChunk {
                     completions: batch.completions,
+                    txns,
                     outcome: aborted,
                 });
             }
@@ -270,17 +274,25 @@ fn route(
             proto::Outcome::Commit => Outcome::Committed,
             proto::Outcome::Abort => Outcome::Aborted(AbortReason::Terminated),
         };
-        let ids: Vec<CompletionId> = completion
+        let indices = completion
             .txns
             .iter()
-            .filter_map(|index| batch.completions.get(index as usize).copied())
-            .collect();
+            .filter(|&index| (index as usize) < batch.completions.len());
+        let (ids, txns): (Vec<CompletionId>, Vec<TxnId>) = indices
+            .map(|index| {
+                (
+                    batch.completions[index as usize],
+                    batch.txns[index as usize],
+                )
+            })
+            .unzip();
         batch.txns_left = batch.txns_left.saturating_sub(ids.len() as u32);
         if batch.txns_left == 0 {
             open.remove(&completion.batch);
         }
         unsent.push(CompletionChunk {
             completions: ids,
+            txns,
             outcome,
         });
     }
@@ -291,6 +303,7 @@ pub fn run_completion(
     mut from: SpscReceiver<CompletionChunk>,
     admission: Arc<Admission>,
     stats: Arc<EngineStats>,
+    dedup: Arc<super::dedup::Dedup>,
 ) {
     let mut chunks = Vec::new();
     loop {
@@ -304,9 +317,12 @@ pub fn run_completion(
                 _ => &stats.aborted,
             };
             counter.fetch_add(chunk.completions.len() as u64, Ordering::Relaxed);
-            for id in chunk.completions {
+            for (id, txn) in chunk.completions.into_iter().zip(chunk.txns) {
                 // A stale id means the ticket was already completed (at a fatal error).
                 let _ = admission.complete(id, chunk.outcome);
+                for duplicate in dedup.decide(txn, chunk.outcome) {
+                    let _ = admission.complete(duplicate, chunk.outcome);
+                }
             }
         }
     }
