@@ -493,3 +493,42 @@ fn decided_batches_are_retired_everywhere() {
     assert_eq!(sim.stats.committed, 3 * batches as u64);
     finish_clean(&mut sim);
 }
+
+// Proves that after a crash of every site at once, in which a participant lost its
+// unforced COMMIT while the replicas kept theirs, the participant learns the decision
+// before its pending timeout: the replicas hold nothing open, and a driver that stops
+// them once they are settled (as the engine's shutdown drain does) must not strand it.
+#[test]
+fn crash_of_every_site_lets_a_participant_relearn_its_lost_commit_at_once() {
+    let mut sim = world(3, Termination::E3pc);
+    let sites = [R0, R1, R2, A, B, C];
+    let first = sim.submit(&[Transfer::simple(A, B, 10)]).expect("R0 is up");
+    let first_everywhere = |s: &Sim| committed_at(s, first, &[R0, R1, R2, A, B]);
+    assert!(run_until(&mut sim, first_everywhere));
+    // A second batch without A forces the replicas' logs past the first COMMIT;
+    // A's COMMIT stays unsynced.
+    let second = sim.submit(&[Transfer::simple(B, C, 5)]).expect("R0 is up");
+    assert!(run_until(&mut sim, |s| committed_at(
+        s,
+        second,
+        &[R0, R1, R2]
+    )));
+    for site in sites {
+        sim.crash_losing_unsynced(site);
+    }
+    for site in sites {
+        sim.restart(site);
+    }
+    assert_eq!(state(&sim, A, first, 0), Some(State::PreCommit));
+    assert!(committed_at(&sim, first, &[R0, R1, R2]));
+    let pending_timeout_us = sim.config.proto().pending_timeout_us;
+    sim.run_until(sim.now_us() + pending_timeout_us / 2);
+    assert_eq!(state(&sim, A, first, 0), Some(State::Commit));
+    finish_clean(&mut sim);
+}
+
+/// Whether every site of `at` holds the first transaction of `batch` committed.
+fn committed_at(sim: &Sim, batch: BatchId, at: &[u8]) -> bool {
+    at.iter()
+        .all(|&site| state(sim, site, batch, 0) == Some(State::Commit))
+}

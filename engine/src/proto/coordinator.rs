@@ -182,6 +182,10 @@ impl Coordinator {
     /// client tickets are gone: open batches are finished by recovery, and their
     /// outcomes reach the participants, not the clients. Appends the next
     /// `Incarnation` into `out`.
+    ///
+    /// Open batches start recovery after the rank's stagger only, not after
+    /// `pending_timeout_us`: after a crash of every site no driver is left for them,
+    /// and the other sites may be stopped as soon as they are settled.
     pub fn recover<'a>(
         config: ProtoConfig,
         me: SiteId,
@@ -225,7 +229,7 @@ impl Coordinator {
             .checked_add(1)
             .ok_or(ProtoError::BadLog("incarnation overflow"))?;
         let mut coordinator = Coordinator::with_incarnation(config, me, next, out)?;
-        let delay = coordinator.config.pending_timeout_us + coordinator.stagger_us();
+        let delay = coordinator.stagger_us();
         for batch in batches.values_mut() {
             if batch.m.has_pending() {
                 batch.m.arm(now_us + delay);

@@ -50,7 +50,13 @@ impl<R: ResourceManager> Participant<R> {
 
     /// Rebuilds a participant from the records that survived a crash, in log order,
     /// replaying `rm` (which must start empty) exactly as it was driven before.
-    /// Batches still open get their chase timer armed from `now_us`.
+    ///
+    /// Batches still open are chased at once (HELP on the first timeout, at `now_us`),
+    /// not after `pending_timeout_us`: a COMMIT or ABORT is logged unforced, so a crash
+    /// may have taken a decision the replicas still hold, and nothing else will bring it
+    /// back. A replica that holds nothing open need not stay up for long (a shutting
+    /// down engine stops it as soon as it is settled), so waiting a pending timeout
+    /// could leave this site undecided for good.
     pub fn recover<'a>(
         config: ProtoConfig,
         me: SiteId,
@@ -62,10 +68,9 @@ impl<R: ResourceManager> Participant<R> {
         for record in records {
             participant.replay(record)?;
         }
-        let timeout = participant.config.pending_timeout_us;
         for member in participant.batches.values_mut() {
             if member.has_pending() {
-                member.arm(now_us + timeout);
+                member.arm(now_us);
             } else {
                 participant.awaiting_done.push(member.desc.batch);
             }

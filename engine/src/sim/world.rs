@@ -589,6 +589,25 @@ impl Sim {
 
     /// Crashes a site: it keeps its synced records and a random prefix of the rest.
     pub fn crash(&mut self, site: u8) {
+        let Some(state) = self.sites.get(site as usize) else {
+            return;
+        };
+        if matches!(state.node, Node::Down) {
+            return;
+        }
+        let unsynced = state.wal.len() - state.durable_len;
+        let kept = self.rng.below(unsynced as u64 + 1) as usize;
+        self.crash_keeping(site, kept);
+    }
+
+    /// Crashes a site as the engine's io_uring WAL loses it: only its synced records
+    /// survive, every unsynced append is gone (an unforced COMMIT included).
+    pub fn crash_losing_unsynced(&mut self, site: u8) {
+        self.crash_keeping(site, 0);
+    }
+
+    /// Crashes a site keeping its synced records and the first `kept` unsynced ones.
+    fn crash_keeping(&mut self, site: u8, kept: usize) {
         let Some(state) = self.sites.get_mut(site as usize) else {
             return;
         };
@@ -596,7 +615,7 @@ impl Sim {
             return;
         }
         let unsynced = state.wal.len() - state.durable_len;
-        let keep = state.durable_len + self.rng.below(unsynced as u64 + 1) as usize;
+        let keep = state.durable_len + kept.min(unsynced);
         let state = &mut self.sites[site as usize];
         let durable_before = state.durable_len;
         state.wal.truncate(keep);
