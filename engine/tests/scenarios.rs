@@ -527,6 +527,32 @@ fn crash_of_every_site_lets_a_participant_relearn_its_lost_commit_at_once() {
     finish_clean(&mut sim);
 }
 
+// Proves that a replica restarted with an open transaction, which every other site
+// has decided, finishes it before a pending timeout: no other site is left to start
+// recovery or to ask for it, and a settled site may be stopped at any time.
+#[test]
+fn replica_restarted_with_an_open_transaction_recovers_it_at_once() {
+    let mut sim = world(3, Termination::E3pc);
+    sim.set_filter(Some(Box::new(|from, to, part| {
+        let decide_to_r1 = from == R0 && to == R1 && matches!(part, Part::Decide { .. });
+        (!decide_to_r1).then_some(0)
+    })));
+    let batch = sim.submit(&[Transfer::simple(A, B, 10)]).expect("R0 is up");
+    assert!(run_until(&mut sim, |s| committed_at(
+        s,
+        batch,
+        &[R0, R2, A, B]
+    )));
+    sim.set_filter(None);
+    sim.crash_losing_unsynced(R1);
+    sim.restart(R1);
+    assert_eq!(state(&sim, R1, batch, 0), Some(State::PreCommit));
+    let pending_timeout_us = sim.config.proto().pending_timeout_us;
+    sim.run_until(sim.now_us() + pending_timeout_us / 2);
+    assert_eq!(state(&sim, R1, batch, 0), Some(State::Commit));
+    finish_clean(&mut sim);
+}
+
 /// Whether every site of `at` holds the first transaction of `batch` committed.
 fn committed_at(sim: &Sim, batch: BatchId, at: &[u8]) -> bool {
     at.iter()
