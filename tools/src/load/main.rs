@@ -249,8 +249,10 @@ fn run(args: &Args) -> Result<bool, LoadError> {
     if let Some(path) = &args.report {
         let rows = summary.rows();
         let title = format!(
-            "tricommit-load: {} ledgers, {} clients",
-            args.ledgers, args.clients
+            "tricommit-load: {} scenario, {} ledgers, {} clients",
+            format!("{:?}", args.scenario).to_lowercase(),
+            args.ledgers,
+            args.clients
         );
         let page = report::render_html(&report::Report {
             title: &title,
