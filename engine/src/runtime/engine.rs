@@ -243,17 +243,46 @@ impl Wiring {
     }
 }
 
-fn spawn<R: Send + 'static>(
-    name: String,
-    run: impl FnOnce() -> R + Send + 'static,
-) -> Result<JoinHandle<R>, EngineError> {
-    std::thread::Builder::new()
-        .name(name.clone())
-        .spawn(run)
-        .map_err(|source| EngineError::Spawn {
-            stage: name,
-            source,
-        })
+/// Starts the stage threads, pinning each to a core in turn when the configuration
+/// asks for it. Stages are dealt round-robin over the cores this process may use, in
+/// pipeline order, so that neighbouring stages land on different cores; on a machine
+/// with fewer cores than stages they share. Pinning is best effort: a thread the kernel
+/// refuses to pin runs unpinned.
+struct Spawner {
+    cores: Vec<usize>,
+    next: usize,
+}
+
+impl Spawner {
+    fn new(pin_threads: bool) -> Spawner {
+        let cores = if pin_threads {
+            crate::pipeline::cores::cores_of_this_machine()
+        } else {
+            Vec::new()
+        };
+        Spawner { cores, next: 0 }
+    }
+
+    fn spawn<R: Send + 'static>(
+        &mut self,
+        name: String,
+        run: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<JoinHandle<R>, EngineError> {
+        let core = (!self.cores.is_empty()).then(|| self.cores[self.next % self.cores.len()]);
+        self.next += 1;
+        std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                if let Some(id) = core {
+                    core_affinity::set_for_current(core_affinity::CoreId { id });
+                }
+                run()
+            })
+            .map_err(|source| EngineError::Spawn {
+                stage: name,
+                source,
+            })
+    }
 }
 
 impl Engine {
@@ -327,6 +356,7 @@ impl Engine {
         let (intake, intake_receiver) = mpsc::channel(INTAKE_QUEUE_TXNS_CAPACITY, intake_doorbell)
             .map_err(|error| EngineError::Config(error.to_string()))?;
 
+        let mut spawner = Spawner::new(config.pin_threads);
         let mut passive_replicas = Vec::new();
         let mut active = None;
         for (me, machine, log, out) in replica_machines {
@@ -351,9 +381,9 @@ impl Engine {
                     to_completion: to_completion.take().expect("one active replica"),
                     window_batches: config.batches_in_flight_max(),
                 };
-                active = Some(spawn(name, move || run_active(machine, io, stage))?);
+                active = Some(spawner.spawn(name, move || run_active(machine, io, stage))?);
             } else {
-                passive_replicas.push(spawn(name, move || run_passive(machine, io))?);
+                passive_replicas.push(spawner.spawn(name, move || run_passive(machine, io))?);
             }
         }
         let mut participant_threads = Vec::new();
@@ -367,12 +397,12 @@ impl Engine {
             let io = wiring.site_io(me, log.wal, Output::default(), flags);
             site_stats.push(io.stats.clone());
             let name = format!("tc-participant-{}", me.0 as usize - config.replicas);
-            participant_threads.push(spawn(name, move || run_passive(machine, io))?);
+            participant_threads.push(spawner.spawn(name, move || run_passive(machine, io))?);
         }
         let dedup = Arc::new(Dedup::new());
         let completion = {
             let (admission, stats, dedup) = (admission.clone(), stats.clone(), dedup.clone());
-            spawn("tc-completion".into(), move || {
+            spawner.spawn("tc-completion".into(), move || {
                 run_completion(from_coordinator, admission, stats, dedup)
             })?
         };
@@ -391,7 +421,7 @@ impl Engine {
             participants: config.participants.len(),
             stats: stats.clone(),
         };
-        let batcher = spawn("tc-batcher".into(), move || run_batcher(batcher_stage))?;
+        let batcher = spawner.spawn("tc-batcher".into(), move || run_batcher(batcher_stage))?;
         Ok(Engine {
             intake: Some(intake),
             admission,

@@ -91,6 +91,9 @@ pub struct Args {
     /// One batch in flight at a time.
     #[arg(long)]
     pub no_pipelining: bool,
+    /// Pin the engine's stage threads to cores, round robin.
+    #[arg(long)]
+    pub pin_threads: bool,
     /// Size of each WAL segment file, in MiB (every site preallocates and zeroes one
     /// active and one spare segment at open).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1_024))]
@@ -225,6 +228,7 @@ fn run(args: &Args) -> Result<bool, LoadError> {
     config.batch_delay_us_max = args.batch_delay_us;
     config.batching = !args.no_batching;
     config.pipelining = !args.no_pipelining;
+    config.pin_threads = args.pin_threads;
     if let Some(flag) = args.sync {
         config.wal.sync = flag.backend();
     }
