@@ -164,7 +164,6 @@ fn failure_loses_no_acknowledged_commit() {
 }
 
 #[test]
-#[ignore = "bug: after an in-process crash, E3PC termination can leave a batch pre-committed at one participant for good (liveness)"]
 fn failure_settles_every_transaction_and_keeps_the_bank_invariant() {
     // Proves liveness after a crash: once the engine is reopened and shut down, every
     // transaction is decided everywhere, so the bank balances.

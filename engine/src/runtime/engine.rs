@@ -17,7 +17,9 @@ use crate::proto::{Coordinator, Output, Participant, Record, SiteId};
 
 use super::config::{EngineConfig, ParticipantRm, PARTICIPANTS_MAX, REPLICAS_MAX};
 use super::dedup::{Dedup, Seen};
-use super::site::{run_passive, Links, SiteError, SiteIo, SiteStats, INBOX_FRAMES_CAPACITY};
+use super::site::{
+    run_passive, DrainBoard, Links, SiteError, SiteIo, SiteStats, INBOX_FRAMES_CAPACITY,
+};
 use super::stages::{
     participant_site, run_active, run_batcher, run_completion, ActiveStage, BatcherStage,
     EngineStats, Pending, BATCHES_QUEUED_MAX, COMPLETION_CHUNKS_CAPACITY,
@@ -75,8 +77,6 @@ pub struct Engine {
     participants: usize,
     /// Asks every site to drain and stop (the active replica first).
     stop: Arc<AtomicBool>,
-    /// Set once the active replica stopped: the passive sites may then leave.
-    active_done: Arc<AtomicBool>,
     halt: Arc<AtomicBool>,
     batcher: Option<JoinHandle<()>>,
     active: Option<JoinHandle<Result<Coordinator, SiteError>>>,
@@ -197,7 +197,7 @@ fn wire(sites: usize) -> Result<Wiring, EngineError> {
 struct StopFlags {
     stop: Arc<AtomicBool>,
     halt: Arc<AtomicBool>,
-    active_done: Arc<AtomicBool>,
+    board: Arc<DrainBoard>,
     drain_max: std::time::Duration,
 }
 
@@ -232,7 +232,7 @@ impl Wiring {
             clock: self.clock.clone(),
             stop: flags.stop,
             halt: flags.halt,
-            active_done: flags.active_done,
+            board: flags.board,
             drain_max: flags.drain_max,
             stats: Arc::new(SiteStats::default()),
             out,
@@ -297,7 +297,7 @@ impl Engine {
         let sites = config.replicas + config.participants.len();
         let mut wiring = wire(sites)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let active_done = Arc::new(AtomicBool::new(false));
+        let board = Arc::new(DrainBoard::new(wiring.doorbells.clone()));
         let drain_max = drain_max(&config);
         let halt = Arc::new(AtomicBool::new(false));
         let mut site_stats = Vec::new();
@@ -360,16 +360,10 @@ impl Engine {
         let mut passive_replicas = Vec::new();
         let mut active = None;
         for (me, machine, log, out) in replica_machines {
-            // The active replica does not wait for itself.
-            let done = if me.0 == 0 {
-                Arc::new(AtomicBool::new(true))
-            } else {
-                active_done.clone()
-            };
             let flags = StopFlags {
                 stop: stop.clone(),
                 halt: halt.clone(),
-                active_done: done,
+                board: board.clone(),
                 drain_max,
             };
             let io = wiring.site_io(me, log.wal, out, flags);
@@ -391,7 +385,7 @@ impl Engine {
             let flags = StopFlags {
                 stop: stop.clone(),
                 halt: halt.clone(),
-                active_done: active_done.clone(),
+                board: board.clone(),
                 drain_max,
             };
             let io = wiring.site_io(me, log.wal, Output::default(), flags);
@@ -430,7 +424,6 @@ impl Engine {
             site_stats,
             participants: config.participants.len(),
             stop,
-            active_done,
             halt,
             batcher: Some(batcher),
             active,
@@ -570,8 +563,12 @@ impl Engine {
                 note(EngineError::Panicked("batcher".into()));
             }
         }
+        // Every site drains at once: none leaves while another still holds an
+        // undecided transaction (or until its drain deadline).
         self.stop.store(true, Ordering::Release);
-        self.doorbells[0].ring();
+        for doorbell in &self.doorbells {
+            doorbell.ring();
+        }
         if let Some(active) = self.active.take() {
             match active.join() {
                 Ok(Ok(_)) => {}
@@ -583,10 +580,6 @@ impl Engine {
             if completion.join().is_err() {
                 note(EngineError::Panicked("completion".into()));
             }
-        }
-        self.active_done.store(true, Ordering::Release);
-        for doorbell in &self.doorbells {
-            doorbell.ring();
         }
         for replica in self.passive_replicas.drain(..) {
             match replica.join() {

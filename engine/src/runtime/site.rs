@@ -131,10 +131,9 @@ pub struct SiteIo {
     pub stop: Arc<AtomicBool>,
     /// Set by `Engine::crash`: return at once, syncing nothing, as a crash would.
     pub halt: Arc<AtomicBool>,
-    /// Set once the active replica has stopped; a passive site drains only after it, so
-    /// that it never leaves while the active replica still needs it. Always set for
-    /// the active replica's own `SiteIo`.
-    pub active_done: Arc<AtomicBool>,
+    /// Which sites still hold undecided transactions while the engine stops: no site
+    /// leaves while another may still need it.
+    pub board: Arc<DrainBoard>,
     /// How long a stopping site waits for its undecided transactions to be decided
     /// (recovered ones included) before it leaves them to the next open.
     pub drain_max: Duration,
@@ -259,10 +258,9 @@ impl SiteIo {
         }
     }
 
-    /// Whether the engine asked this site to stop (and, for a passive site, the active
-    /// replica is gone).
+    /// Whether the engine asked the sites to stop.
     pub fn stop_requested(&self) -> bool {
-        self.stop.load(Ordering::Acquire) && self.active_done.load(Ordering::Acquire)
+        self.stop.load(Ordering::Acquire)
     }
 
     /// Sleeps until a frame arrives, `also_ready` holds, the machine's timer is due, the
@@ -289,13 +287,61 @@ impl SiteIo {
                 || also_ready()
                 || self.halted()
                 || (!draining && self.stop_requested())
+                || (draining && self.board.all_settled())
         };
         self.doorbell.wait_until(ready, deadline);
     }
 }
 
-/// When a stopping site may leave: once nothing it holds is undecided, or once it has
-/// waited `drain_max` for the rest to be decided.
+/// Which sites still hold undecided transactions while the engine stops, one bit per
+/// site. Every site starts unsettled, so that none leaves before all have reported.
+pub struct DrainBoard {
+    unsettled: AtomicU64,
+    /// Every site's doorbell: rung when the last site settles or one leaves.
+    doorbells: Vec<Arc<crate::pipeline::Doorbell>>,
+}
+
+impl DrainBoard {
+    pub fn new(doorbells: Vec<Arc<crate::pipeline::Doorbell>>) -> DrainBoard {
+        let sites = doorbells.len() as u32;
+        let all = if sites >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << sites) - 1
+        };
+        DrainBoard {
+            unsettled: AtomicU64::new(all),
+            doorbells,
+        }
+    }
+
+    /// Records whether `site` holds undecided transactions.
+    pub fn report(&self, site: SiteId, settled: bool) {
+        if !settled {
+            self.unsettled.fetch_or(site.bit(), Ordering::AcqRel);
+            return;
+        }
+        let before = self.unsettled.fetch_and(!site.bit(), Ordering::AcqRel);
+        if before != 0 && before & !site.bit() == 0 {
+            for doorbell in &self.doorbells {
+                doorbell.ring();
+            }
+        }
+    }
+
+    /// A site that leaves (settled or not) can help nobody any more.
+    pub fn leave(&self, site: SiteId) {
+        self.report(site, true);
+    }
+
+    pub fn all_settled(&self) -> bool {
+        self.unsettled.load(Ordering::Acquire) == 0
+    }
+}
+
+/// When a stopping site may leave: once no site holds an undecided transaction (a
+/// replica that left early could strand a participant that still needs its decision),
+/// or once it has waited `drain_max` for the rest to be decided.
 pub struct Drain {
     since: Option<Instant>,
 }
@@ -310,10 +356,15 @@ impl Drain {
         self.since.map(|since| since + drain_max)
     }
 
-    /// Starts draining (once) and says whether the site may leave now.
-    pub fn may_leave<M: Machine>(&mut self, machine: &M, drain_max: Duration) -> bool {
+    /// Starts draining (once), reports this site's state, and says whether it may leave.
+    pub fn may_leave<M: Machine>(&mut self, machine: &M, io: &SiteIo) -> bool {
         let since = *self.since.get_or_insert_with(Instant::now);
-        machine.settled() || since.elapsed() >= drain_max
+        io.board.report(io.me, machine.settled());
+        let leave = io.board.all_settled() || since.elapsed() >= io.drain_max;
+        if leave {
+            io.board.leave(io.me);
+        }
+        leave
     }
 }
 
@@ -329,7 +380,7 @@ pub fn run_passive<M: Machine>(mut machine: M, mut io: SiteIo) -> Result<M, Site
         io.fire_timer(&mut machine);
         io.flush(&mut machine)?;
         if frames == 0 {
-            if io.stop_requested() && drain.may_leave(&machine, io.drain_max) {
+            if io.stop_requested() && drain.may_leave(&machine, &io) {
                 io.sync_all()?;
                 return Ok(machine);
             }

@@ -206,7 +206,7 @@ pub fn run_active(
         let batcher_gone = stage.batches.is_closed() && !stage.batches.has_items();
         let idle = batcher_gone && open.is_empty() && unsent.is_empty();
 
-        if idle && io.stop_requested() && drain.may_leave(&coordinator, io.drain_max) {
+        if idle && io.stop_requested() && drain.may_leave(&coordinator, &io) {
             io.sync_all()?;
             return Ok(coordinator);
         }
