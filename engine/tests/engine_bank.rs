@@ -159,7 +159,6 @@ fn an_id_submitted_twice_in_flight_is_applied_once_with_one_outcome() {
 }
 
 #[test]
-#[ignore = "bug: a no vote reaches the client as Aborted(Terminated), not Aborted(Rejected(reason))"]
 fn a_refused_transfer_reports_the_participants_reason() {
     // Proves that a client learns why its transfer was refused: a debit beyond the
     // balance aborts with the ledger's reason, `INSUFFICIENT_FUNDS`.

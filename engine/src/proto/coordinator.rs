@@ -708,6 +708,7 @@ impl CoordBatch {
         };
         let mut ready_pc = TxnSet::empty(len);
         let mut abort_now = TxnSet::empty(len);
+        let mut abort_reasons = Vec::new();
         let mut late_aborts = TxnSet::empty(len);
         for index in yes.iter() {
             let i = index as usize;
@@ -732,13 +733,14 @@ impl CoordBatch {
                 }
             }
         }
-        for &(index, _) in no {
+        for &(index, reason) in no {
             let i = index as usize;
             if index < len && drive.vote_pending[i] & bit != 0 {
                 drive.vote_pending[i] &= !bit;
                 drive.no_count[slot] += 1;
                 if self.m.state[i] == State::Q {
                     abort_now.insert(index);
+                    abort_reasons.push((index, reason));
                 }
             }
         }
@@ -754,7 +756,7 @@ impl CoordBatch {
                 },
             );
         }
-        self.decide(ctx, Outcome::Abort, abort_now, out);
+        self.decide_because(ctx, Outcome::Abort, abort_now, abort_reasons, out);
         self.start_normal_round(ctx, now_us, ready_pc, out);
     }
 
@@ -874,6 +876,19 @@ impl CoordBatch {
 
     /// Fixes outcomes here: log them (unforced), complete the clients, tell the sites.
     fn decide(&mut self, ctx: &mut Ctx<'_>, outcome: Outcome, txns: TxnSet, out: &mut Output) {
+        self.decide_because(ctx, outcome, txns, Vec::new(), out);
+    }
+
+    /// [`decide`](Self::decide), telling the clients why some aborts happened.
+    fn decide_because(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        outcome: Outcome,
+        txns: TxnSet,
+        mut reasons: Vec<(u32, Reason)>,
+        out: &mut Output,
+    ) {
+        reasons.sort_unstable_by_key(|&(index, _)| index);
         if txns.is_empty() {
             return;
         }
@@ -889,6 +904,7 @@ impl CoordBatch {
                 batch: self.m.desc.batch,
                 outcome,
                 txns: txns.clone(),
+                reasons,
             });
         }
         let (commit, abort) = match outcome {
@@ -965,6 +981,7 @@ impl CoordBatch {
                         batch: self.m.desc.batch,
                         outcome,
                         txns,
+                        reasons: Vec::new(),
                     });
                 }
             }
@@ -1051,7 +1068,8 @@ impl CoordBatch {
                 late.insert(index as u32);
             }
         }
-        self.decide(ctx, Outcome::Abort, late.clone(), out);
+        let reasons = late.iter().map(|index| (index, Reason::TIMEOUT)).collect();
+        self.decide_because(ctx, Outcome::Abort, late.clone(), reasons, out);
         // Sites that have not voted may vote yes later: tell them now.
         let batch = self.m.desc.batch;
         if let Some(drive) = self.drive.as_ref() {

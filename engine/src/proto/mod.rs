@@ -157,6 +157,10 @@ pub struct Completion {
     pub outcome: Outcome,
     /// Indices into the batch (the driver keeps its tickets in batch order).
     pub txns: TxnSet,
+    /// For aborts this coordinator decided on the normal path, why: the participant's
+    /// no vote, or `Reason::TIMEOUT` for a missing vote. Aborts decided by termination
+    /// (or a DECIDE from another site) carry no reason. Sorted by index.
+    pub reasons: Vec<(u32, Reason)>,
 }
 
 /// The actions a state machine asks its driver to perform. Reused across calls: the

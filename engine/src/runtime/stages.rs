@@ -274,27 +274,43 @@ fn route(
             proto::Outcome::Commit => Outcome::Committed,
             proto::Outcome::Abort => Outcome::Aborted(AbortReason::Terminated),
         };
-        let indices = completion
-            .txns
-            .iter()
-            .filter(|&index| (index as usize) < batch.completions.len());
-        let (ids, txns): (Vec<CompletionId>, Vec<TxnId>) = indices
-            .map(|index| {
-                (
-                    batch.completions[index as usize],
-                    batch.txns[index as usize],
-                )
-            })
-            .unzip();
-        batch.txns_left = batch.txns_left.saturating_sub(ids.len() as u32);
+        // One chunk per distinct outcome: an abort with a known reason (a no vote, a
+        // vote timeout) reaches its client as `Rejected(reason)`.
+        let first_chunk = unsent.len();
+        let mut reasons = completion.reasons.iter().peekable();
+        for index in completion.txns.iter() {
+            let i = index as usize;
+            if i >= batch.completions.len() {
+                continue;
+            }
+            while reasons.next_if(|(at, _)| *at < index).is_some() {}
+            let outcome = match reasons.peek() {
+                Some(&&(at, reason)) if at == index => {
+                    Outcome::Aborted(AbortReason::Rejected(reason))
+                }
+                _ => outcome,
+            };
+            let chunk = match unsent[first_chunk..]
+                .iter_mut()
+                .find(|chunk| chunk.outcome == outcome)
+            {
+                Some(chunk) => chunk,
+                None => {
+                    unsent.push(CompletionChunk {
+                        completions: Vec::new(),
+                        txns: Vec::new(),
+                        outcome,
+                    });
+                    unsent.last_mut().expect("just pushed")
+                }
+            };
+            chunk.completions.push(batch.completions[i]);
+            chunk.txns.push(batch.txns[i]);
+            batch.txns_left = batch.txns_left.saturating_sub(1);
+        }
         if batch.txns_left == 0 {
             open.remove(&completion.batch);
         }
-        unsent.push(CompletionChunk {
-            completions: ids,
-            txns,
-            outcome,
-        });
     }
 }
 
