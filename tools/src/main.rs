@@ -10,7 +10,7 @@ mod wal_cmd;
 
 /// tricommit: batched, pipelined three-phase commit.
 #[derive(Parser)]
-#[command(name = "tricommit", version, about)]
+#[command(name = "tricommit", version)]
 enum Cli {
     /// Inspect and check a write-ahead log directory.
     #[command(subcommand)]

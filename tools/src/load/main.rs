@@ -46,7 +46,7 @@ impl SyncFlag {
 
 /// Load generator for tricommit: transfers between ledgers through an in-process engine.
 #[derive(Parser, Clone, Debug, Serialize)]
-#[command(name = "tricommit-load", version, about)]
+#[command(name = "tricommit-load", version)]
 pub struct Args {
     /// What to do to the load over time (see the README).
     #[arg(long, value_enum, default_value_t = scenario::Scenario::Steady)]
