@@ -272,18 +272,7 @@ impl Member {
             out.send(from, part);
             return;
         }
-        if elected > self.elected {
-            self.elected = elected;
-            self.elected_by = from;
-            log.discard_stale(self.desc.batch, elected);
-            let record = Record::Elected {
-                batch: self.desc.batch,
-                elected,
-                by: from,
-            };
-            self.last_seq = log.append(record, out);
-            log.force(out);
-        }
+        self.join_election(log, from, elected, out);
         let states = self
             .state
             .iter()
@@ -296,6 +285,25 @@ impl Member {
             states,
         };
         log.send_after(self.last_seq, from, part, out);
+    }
+
+    /// Joins election `elected` run by `from` if it is newer than this site's. Raising
+    /// the counter is itself durable (a forced `Elected` record) before anything that
+    /// depends on it is sent, even if no transaction changes state afterwards.
+    fn join_election(&mut self, log: &mut Log, from: SiteId, elected: u32, out: &mut Output) {
+        if elected <= self.elected {
+            return;
+        }
+        self.elected = elected;
+        self.elected_by = from;
+        log.discard_stale(self.desc.batch, elected);
+        let record = Record::Elected {
+            batch: self.desc.batch,
+            elected,
+            by: from,
+        };
+        self.last_seq = log.append(record, out);
+        log.force(out);
     }
 
     /// A PRE-COMMIT / PRE-ABORT round at attempt `elected`. Decided transactions are
@@ -325,20 +333,7 @@ impl Member {
             out.send(from, part);
             return;
         }
-        if elected > self.elected {
-            // Raising the counter is itself durable before anything depends on it,
-            // even if no transaction changes state below.
-            self.elected = elected;
-            self.elected_by = from;
-            log.discard_stale(self.desc.batch, elected);
-            let record = Record::Elected {
-                batch: self.desc.batch,
-                elected,
-                by: from,
-            };
-            self.last_seq = log.append(record, out);
-            log.force(out);
-        }
+        self.join_election(log, from, elected, out);
         let mut acked = [TxnSet::empty(len), TxnSet::empty(len)];
         let mut changed = [TxnSet::empty(len), TxnSet::empty(len)];
         let mut decided = [TxnSet::empty(len), TxnSet::empty(len)];
