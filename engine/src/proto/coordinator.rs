@@ -5,7 +5,6 @@
 //! decide by the rule of DESIGN §2, run a PRE-COMMIT or PRE-ABORT round, decide on a
 //! quorum of acknowledgements.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::member::{desc_of, Log, Member};
@@ -13,8 +12,8 @@ use super::msg::{Part, ELECTED_INITIAL};
 use super::record::Record;
 use super::rm::Reason;
 use super::types::{
-    is_quorum, sites_of, AppendSeq, BatchId, Descriptor, Outcome, RetiredSet, SiteId, State,
-    TxnSet, BATCH_TXNS_MAX, SITES_MAX,
+    is_quorum, sites_of, AppendSeq, BatchId, BatchMap, Descriptor, Outcome, RetiredSet, SiteId,
+    State, TxnSet, BATCH_TXNS_MAX, SITES_MAX,
 };
 use super::{BatchInput, Completion, Output, ProtoConfig, ProtoError, Termination};
 
@@ -30,7 +29,7 @@ pub struct Coordinator {
     /// PREPAREs wait for the `Incarnation` record, so that no batch id is reused.
     incarnation_seq: u64,
     next_counter: u32,
-    batches: HashMap<BatchId, CoordBatch>,
+    batches: BatchMap<CoordBatch>,
     /// Batches forgotten after every site was done: anything about them is ignored.
     retired: RetiredSet,
     /// Batches that may be settled here: DONE (or, at `replicas[0]`, FORGET) waits
@@ -172,7 +171,7 @@ impl Coordinator {
             incarnation,
             incarnation_seq,
             next_counter: 0,
-            batches: HashMap::new(),
+            batches: BatchMap::default(),
             retired: RetiredSet::default(),
             awaiting_done: Vec::new(),
         })
@@ -194,7 +193,7 @@ impl Coordinator {
         out: &mut Output,
     ) -> Result<Self, ProtoError> {
         let mut incarnation = 0u32;
-        let mut batches: HashMap<BatchId, CoordBatch> = HashMap::new();
+        let mut batches: BatchMap<CoordBatch> = BatchMap::default();
         let first = *config
             .replicas
             .first()

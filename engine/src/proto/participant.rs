@@ -2,14 +2,15 @@
 //! votes are durable, takes part in rounds and elections, applies decisions, and asks
 //! the coordinator replicas for help when a decision is late.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::member::{desc_of, Log, Member};
 use super::msg::{Part, ELECTED_INITIAL};
 use super::record::Record;
 use super::rm::{Op, ResourceManager, TxnId, Vote};
-use super::types::{AppendSeq, BatchId, DescriptorRef, RetiredSet, SiteId, State, TxnSet};
+use super::types::{
+    AppendSeq, BatchId, BatchMap, DescriptorRef, RetiredSet, SiteId, State, TxnSet,
+};
 use super::{Output, ProtoConfig, ProtoError};
 
 /// A participant site wrapping a resource manager `R`.
@@ -18,7 +19,7 @@ pub struct Participant<R> {
     me: SiteId,
     rm: R,
     log: Log,
-    batches: HashMap<BatchId, Member>,
+    batches: BatchMap<Member>,
     /// Batches forgotten on `replicas[0]`'s FORGET: anything about them is ignored.
     retired: RetiredSet,
     /// Batches that may be settled, waiting for durability before DONE.
@@ -40,7 +41,7 @@ impl<R: ResourceManager> Participant<R> {
             me,
             rm,
             log: Log::new(),
-            batches: HashMap::new(),
+            batches: BatchMap::default(),
             retired: RetiredSet::default(),
             awaiting_done: Vec::new(),
             votes: Vec::new(),

@@ -1,6 +1,9 @@
 //! The small value types every role shares: site and batch ids, the per-transaction
 //! state, the batch descriptor and the transaction bit set.
 
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
 use super::rm::TxnId;
@@ -14,6 +17,11 @@ pub const SITES_MAX: usize = 64;
 /// The most transactions one batch may hold: it bounds every allocation a decoder makes
 /// from a length field it read from the wire or the log.
 pub const BATCH_TXNS_MAX: usize = 1 << 16;
+
+/// The map from batch to per-batch state a role keeps. Its hasher has fixed keys, so
+/// that iteration order (timeouts, retirement) depends only on the inputs: the
+/// simulator must replay a seed exactly, and std's `RandomState` differs per map.
+pub(crate) type BatchMap<V> = HashMap<BatchId, V, BuildHasherDefault<DefaultHasher>>;
 
 /// A site: a coordinator replica or a participant. Ids are below [`SITES_MAX`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
