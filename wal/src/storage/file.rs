@@ -29,6 +29,22 @@ pub struct FileStorage {
 }
 
 impl FileStorage {
+    /// Opens an existing segment for writing (and reading, when `read`), with its
+    /// length; errors name the file.
+    fn open_existing(&self, name: &str, read: bool) -> Result<(PathBuf, File, u64), WalError> {
+        let path = self.path_of(name);
+        let file = OpenOptions::new()
+            .read(read)
+            .write(true)
+            .open(&path)
+            .map_err(|error| WalError::io(&path, "open", error))?;
+        let length = file
+            .metadata()
+            .map_err(|error| WalError::io(&path, "stat", error))?
+            .len();
+        Ok((path, file, length))
+    }
+
     /// Opens (creating it if needed) the log directory. For `IoUring` the ring is probed
     /// here; if that fails the storage uses `Fdatasync` and the reason is returned.
     pub fn open(
@@ -95,30 +111,14 @@ impl Storage for FileStorage {
     }
 
     fn zero(&mut self, name: &str) -> Result<(), WalError> {
-        let path = self.path_of(name);
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(|error| WalError::io(&path, "open", error))?;
-        let bytes = file
-            .metadata()
-            .map_err(|error| WalError::io(&path, "stat", error))?
-            .len();
+        let (path, file, bytes) = self.open_existing(name, false)?;
         zero_fill(&file, bytes).map_err(|error| WalError::io(&path, "zero-fill", error))?;
         file.sync_data()
             .map_err(|error| WalError::io(&path, "fdatasync", error))
     }
 
     fn extend(&mut self, name: &str, bytes: u64) -> Result<(), WalError> {
-        let path = self.path_of(name);
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(|error| WalError::io(&path, "open", error))?;
-        let length = file
-            .metadata()
-            .map_err(|error| WalError::io(&path, "stat", error))?
-            .len();
+        let (path, file, length) = self.open_existing(name, false)?;
         if length >= bytes {
             return Ok(());
         }
@@ -130,16 +130,7 @@ impl Storage for FileStorage {
     }
 
     fn open(&mut self, name: &str) -> Result<FileSegment, WalError> {
-        let path = self.path_of(name);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|error| WalError::io(&path, "open", error))?;
-        let bytes = file
-            .metadata()
-            .map_err(|error| WalError::io(&path, "stat", error))?
-            .len();
+        let (path, file, bytes) = self.open_existing(name, true)?;
         // SAFETY: the log directory belongs to this `Wal` alone (documented on `Wal`):
         // no other process truncates or rewrites the file while it is mapped, and the
         // log never shrinks a mapped segment.
