@@ -181,7 +181,7 @@ fn wire(sites: usize) -> Result<Wiring, EngineError> {
         let doorbell = Arc::new(Doorbell::new(WaitConfig::default()));
         let (sender, receiver) = mpsc::channel(INBOX_FRAMES_CAPACITY, doorbell.clone())
             .map_err(|error| EngineError::Config(error.to_string()))?;
-        senders.push(Some(sender));
+        senders.push(sender);
         inboxes.push(Some(receiver));
         doorbells.push(doorbell);
     }

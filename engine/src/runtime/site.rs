@@ -37,7 +37,7 @@ pub struct Frame {
 }
 
 /// The links of one deployment: a sender into every site's inbox, by site id.
-pub type Links = Arc<Vec<Option<MpscSender<Frame>>>>;
+pub type Links = Arc<Vec<MpscSender<Frame>>>;
 
 /// The protocol roles a site stage can drive.
 pub trait Machine {
@@ -203,7 +203,7 @@ impl SiteIo {
             return;
         }
         for (to, parts) in self.out.frames() {
-            let Some(Some(link)) = self.links.get(to.0 as usize) else {
+            let Some(link) = self.links.get(to.0 as usize) else {
                 continue;
             };
             if link

@@ -115,7 +115,9 @@ pub fn run_batcher(mut stage: BatcherStage) {
 }
 
 /// Waits (parked in short steps) for room in the coordinator's queue: the batcher has
-/// nothing better to do, and admission already bounds what piles up behind it.
+/// nothing better to do, and admission already bounds what piles up behind it. The loop
+/// ends when the coordinator takes the batch or is gone (a stopped or failed engine);
+/// it needs no retry count because each step is a park, not a spin.
 fn push_blocking(to: &mut SpscSender<ClientBatch>, mut batch: ClientBatch) {
     const FULL_PARK_US: u64 = 50;
     loop {
@@ -181,7 +183,10 @@ pub fn run_active(
     mut io: SiteIo,
     mut stage: ActiveStage,
 ) -> Result<Coordinator, SiteError> {
+    // At most `window_batches` entries: a batch is only submitted while there is room.
     let mut open: HashMap<BatchId, OpenBatch> = HashMap::new();
+    // Chunks the completion hop had no room for yet. Bounded by the transactions in
+    // flight, which admission caps at `intake_capacity_txns`: each appears in one chunk.
     let mut unsent: Vec<CompletionChunk> = Vec::new();
     let mut drain = Drain::new();
     io.flush(&mut coordinator)?;
