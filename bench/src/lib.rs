@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use tricommit_engine::proto::TxnId;
 use tricommit_engine::runtime::EngineCounters;
-use tricommit_engine::{Engine, EngineConfig, EngineError, Outcome, Ticket, Txn};
+use tricommit_engine::{Engine, EngineConfig, EngineError, Outcome, Protocol, Ticket, Txn};
 use tricommit_wal::SyncBackend;
 
 /// Every configuration the harness knows, in the order its table lists them.
@@ -100,23 +100,24 @@ pub enum CompareError {
 pub fn engine_config(name: &str, data_dir: &Path) -> Option<EngineConfig> {
     let mut config = EngineConfig::ledgers(data_dir, LEDGERS, ACCOUNTS, BALANCE_INITIAL);
     match name {
+        // The ladder adds one feature per step: batching, pipelining, overlap.
         "unbatched" => {
             config.batching = false;
             config.pipelining = false;
+            config.overlap = false;
         }
-        "batched" => config.pipelining = false,
-        "pipelined" => {}
+        "batched" => {
+            config.pipelining = false;
+            config.overlap = false;
+        }
+        "pipelined" => config.overlap = false,
+        "overlap" => {}
+        // The baseline for "3PC ≥ 0.85× 2PC": everything on, minus the PRE-COMMIT round.
+        "2pc" => config.protocol = Protocol::TwoPhase,
+        // The backends, with everything on.
         "pipelined-msync" => config.wal.sync = SyncBackend::Msync,
         "pipelined-fdatasync" => config.wal.sync = SyncBackend::Fdatasync,
         "pipelined-io-uring" => config.wal.sync = SyncBackend::IoUring,
-        // ------------------------------------------------------------------------------
-        // NOT AVAILABLE YET. Add these when the engine has them, and nothing else needs
-        // to change (the table and the JSON pick them up):
-        //   "overlap": pipelined plus speculative phase overlap (`config.overlap = true`,
-        //              while "pipelined" then sets `config.overlap = false`);
-        //   "2pc":     pipelined with `config.protocol = Protocol::TwoPhase`.
-        // ------------------------------------------------------------------------------
-        "overlap" | "2pc" => return None,
         _ => return None,
     }
     Some(config)
@@ -446,18 +447,30 @@ mod tests {
         assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
     }
 
-    // Proves every name the table lists is either runnable or explicitly not yet
-    // available, and that the three sync rows really differ in their backend.
+    // Proves every name the table lists is runnable, that the ladder adds one feature
+    // per step, and that the three sync rows really differ in their backend.
     #[test]
     fn named_configurations() {
         let dir = Path::new("unused");
-        for name in ["overlap", "2pc", "no-such-config"] {
-            assert!(engine_config(name, dir).is_none(), "{name}");
+        assert!(engine_config("no-such-config", dir).is_none());
+        for name in CONFIG_NAMES {
+            assert!(engine_config(name, dir).is_some(), "{name}");
         }
-        let unbatched = engine_config("unbatched", dir).expect("runnable");
-        assert!(!unbatched.batching && !unbatched.pipelining);
-        let batched = engine_config("batched", dir).expect("runnable");
-        assert!(batched.batching && !batched.pipelining);
+        let features = |name: &str| {
+            let config = engine_config(name, dir).expect("runnable");
+            (
+                config.batching,
+                config.pipelining,
+                config.overlap,
+                config.protocol,
+            )
+        };
+        let three = Protocol::ThreePhase;
+        assert_eq!(features("unbatched"), (false, false, false, three));
+        assert_eq!(features("batched"), (true, false, false, three));
+        assert_eq!(features("pipelined"), (true, true, false, three));
+        assert_eq!(features("overlap"), (true, true, true, three));
+        assert_eq!(features("2pc"), (true, true, true, Protocol::TwoPhase));
         let backends: Vec<SyncBackend> = [
             "pipelined-msync",
             "pipelined-fdatasync",
@@ -467,6 +480,7 @@ mod tests {
         .map(|name| engine_config(name, dir).expect("runnable").wal.sync)
         .collect();
         assert_eq!(backends, SyncBackend::ALL.to_vec());
+        let unbatched = engine_config("unbatched", dir).expect("runnable");
         assert_eq!(load_shape(&unbatched).window_txns, UNBATCHED_WINDOW_TXNS);
     }
 }

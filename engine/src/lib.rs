@@ -9,4 +9,5 @@ pub mod runtime;
 pub mod sim;
 
 pub use pipeline::{AbortReason, Busy, Outcome, Priority, Ticket};
+pub use proto::Protocol;
 pub use runtime::{Engine, EngineConfig, EngineError, ParticipantSpec, Txn};

@@ -7,7 +7,7 @@ mod engine_support;
 use engine_support::{check_bank, Acked, Bank, Clients};
 use tricommit_engine::proto::Reason;
 use tricommit_engine::runtime::{recover_ledgers, Shutdown};
-use tricommit_engine::{AbortReason, Engine, Outcome};
+use tricommit_engine::{AbortReason, Engine, Outcome, Protocol};
 
 /// Few accounts with small balances, so that transfers contend for the same accounts
 /// and many are refused for insufficient funds: both outcomes get checked.
@@ -83,14 +83,23 @@ fn run(engine: &Engine, clients: Clients) -> Vec<(engine_support::Transfer, Acke
 }
 
 #[test]
-fn every_batching_and_pipelining_combination_keeps_the_bank_invariant() {
+fn every_toggle_combination_and_both_protocols_keep_the_bank_invariant() {
     // Proves that the comparison toggles only change speed: each combination of
-    // batching and pipelining on or off runs a small workload to the same invariant.
-    for (batching, pipelining) in [(true, true), (true, false), (false, true), (false, false)] {
+    // batching, pipelining and overlap on or off, under three-phase and two-phase
+    // commit, runs a small workload to the same invariant.
+    for mask in 0..16u8 {
+        let (batching, pipelining, overlap) = (mask & 1 != 0, mask & 2 != 0, mask & 4 != 0);
+        let protocol = if mask & 8 != 0 {
+            Protocol::TwoPhase
+        } else {
+            Protocol::ThreePhase
+        };
         let dir = temp_dir();
         let mut config = BANK.config(dir.path());
         config.batching = batching;
         config.pipelining = pipelining;
+        config.overlap = overlap;
+        config.protocol = protocol;
         let engine = Engine::open(config).expect("engine opens");
         let clients = Clients {
             threads: 2,
@@ -101,7 +110,9 @@ fn every_batching_and_pipelining_combination_keeps_the_bank_invariant() {
         let acked = run(&engine, clients);
         let shutdown = engine.shutdown().expect("clean shutdown");
         let verdict = check_bank(dir.path(), &BANK, &acked);
-        let label = format!("batching {batching}, pipelining {pipelining}");
+        let label = format!(
+            "batching {batching}, pipelining {pipelining}, overlap {overlap}, {protocol:?}"
+        );
         assert_eq!(acked.len(), 300, "{label}: every submission got an outcome");
         assert!(verdict.acked_committed > 0, "{label}: nothing committed");
         assert_eq!(

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use engine_support::{check_bank, short_timeouts, Acked, Bank, SplitMix, Transfer};
 use tricommit_engine::runtime::Shutdown;
-use tricommit_engine::{Engine, EngineConfig};
+use tricommit_engine::{Engine, EngineConfig, Protocol};
 
 const CHILD: &str = env!("CARGO_BIN_EXE_tricommit-crash-child");
 const BANK: Bank = Bank {
@@ -25,6 +25,8 @@ const BANK: Bank = Bank {
 const SEED: u64 = 0x7C0_FFEE;
 /// Kills, all on one data directory (`TRICOMMIT_CRASH_RUNS` overrides it).
 const REPETITIONS: u64 = 20;
+/// Kills of the two-phase baseline's directory (it shares the recovery code; fewer).
+const REPETITIONS_TWO_PHASE: u64 = 8;
 /// A kill under load comes after this many reports at most.
 const KILL_AFTER_REPORTS_MAX: u64 = 400;
 /// One run in this many (after the first) is killed early instead...
@@ -52,9 +54,10 @@ fn env_or(name: &str, default: u64) -> u64 {
     }
 }
 
-fn config(dir: &Path) -> EngineConfig {
+fn config(dir: &Path, protocol: Protocol) -> EngineConfig {
     let mut config = BANK.config(dir);
     config.timeouts = short_timeouts();
+    config.protocol = protocol;
     config
 }
 
@@ -73,6 +76,11 @@ fn spawn_child(dir: &Path, seed: u64, run: u64, toggles: Toggles) -> Child {
         .args(bank)
         .arg(u8::from(toggles.batching).to_string())
         .arg(u8::from(toggles.pipelining).to_string())
+        .arg(u8::from(toggles.overlap).to_string())
+        .arg(match toggles.protocol {
+            Protocol::ThreePhase => "3pc",
+            Protocol::TwoPhase => "2pc",
+        })
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -160,9 +168,9 @@ fn shutdown_watched(engine: Engine) -> Shutdown {
 /// Reopens the directory until recovery has decided every transaction a kill left open
 /// (no ledger holds a reservation), shutting down cleanly after each round. Returns the
 /// rounds it took.
-fn settle(dir: &Path) -> usize {
+fn settle(dir: &Path, protocol: Protocol) -> usize {
     for round in 1..=SETTLE_ROUNDS_MAX {
-        let engine = Engine::open(config(dir)).expect("reopen after the kill");
+        let engine = Engine::open(config(dir, protocol)).expect("reopen after the kill");
         std::thread::sleep(SETTLE_ROUND);
         let shutdown = shutdown_watched(engine);
         let held: u64 = shutdown
@@ -183,11 +191,13 @@ fn settle(dir: &Path) -> usize {
     panic!("recovery left transactions undecided after {SETTLE_ROUNDS_MAX} reopens");
 }
 
-/// The child's batching and pipelining switches (the comparison toggles).
+/// The child's comparison toggles, and the directory's protocol.
 #[derive(Clone, Copy, Debug)]
 struct Toggles {
     batching: bool,
     pipelining: bool,
+    overlap: bool,
+    protocol: Protocol,
 }
 
 /// How one run ends.
@@ -211,7 +221,7 @@ struct Plan {
 }
 
 /// The seeded plan of run `run`.
-fn plan(rng: &mut SplitMix, run: u64, repetitions: u64) -> Plan {
+fn plan(rng: &mut SplitMix, run: u64, repetitions: u64, protocol: Protocol) -> Plan {
     // The first run creates the directory and is killed under load: an early kill of a
     // directory being created is the subject of its own test in engine_reopen.rs.
     let early = run > 0 && rng.below(EARLY_KILL_ONE_IN) == 0;
@@ -229,10 +239,14 @@ fn plan(rng: &mut SplitMix, run: u64, repetitions: u64) -> Plan {
         0 => Toggles {
             batching: rng.below(2) == 0,
             pipelining: rng.below(2) == 0,
+            overlap: rng.below(2) == 0,
+            protocol,
         },
         _ => Toggles {
             batching: true,
             pipelining: true,
+            overlap: true,
+            protocol,
         },
     };
     Plan {
@@ -248,15 +262,26 @@ fn twenty_sigkills_lose_no_acknowledged_outcome() {
     // the recovery of an earlier crash: after recovery, the bank total is unchanged,
     // nothing is left undecided, every commit a child reported is posted on both
     // ledgers and every reported abort on neither.
+    sigkills(Protocol::ThreePhase, REPETITIONS);
+}
+
+#[test]
+fn two_phase_sigkills_lose_no_acknowledged_outcome() {
+    // Proves the same of the two-phase baseline: its commits are acknowledged only once
+    // the coordinator's record is durable, and a reopened coordinator aborts the rest.
+    sigkills(Protocol::TwoPhase, REPETITIONS_TWO_PHASE);
+}
+
+fn sigkills(protocol: Protocol, repetitions_default: u64) {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temporary directory");
     let seed = env_or("TRICOMMIT_CRASH_SEED", SEED);
-    let repetitions = env_or("TRICOMMIT_CRASH_RUNS", REPETITIONS);
+    let repetitions = env_or("TRICOMMIT_CRASH_RUNS", repetitions_default);
     eprintln!("seed {seed}, {repetitions} runs (TRICOMMIT_CRASH_SEED, TRICOMMIT_CRASH_RUNS)");
     let mut rng = SplitMix(seed);
     let mut history: Vec<(Transfer, Acked)> = Vec::new();
     let (mut killed_under_load, mut checks) = (0, 0);
     for run in 0..repetitions {
-        let plan = plan(&mut rng, run, repetitions);
+        let plan = plan(&mut rng, run, repetitions, protocol);
         let reports = run_and_kill(dir.path(), seed, run, plan);
         killed_under_load += usize::from(!reports.is_empty());
         history.extend(reports);
@@ -264,7 +289,7 @@ fn twenty_sigkills_lose_no_acknowledged_outcome() {
             eprintln!("run {run}: {plan:?}: left for the next run to recover");
             continue;
         }
-        let rounds = settle(dir.path());
+        let rounds = settle(dir.path(), protocol);
         let verdict = check_bank(dir.path(), &BANK, &history);
         checks += 1;
         eprintln!("run {run}: {plan:?}: settled in {rounds} reopen(s), {verdict:?}");

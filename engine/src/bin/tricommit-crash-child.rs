@@ -11,7 +11,8 @@
 //! every complete line the parent reads is an acknowledgement the engine gave.
 //!
 //! Usage: `tricommit-crash-child DATA_DIR SEED ID_FIRST LEDGERS ACCOUNTS BALANCE AMOUNT_MAX
-//! BATCHING PIPELINING`, the last two `0` (off) or `1` (on).
+//! BATCHING PIPELINING OVERLAP PROTOCOL`, the switches `0` (off) or `1` (on), the protocol
+//! `3pc` or `2pc`.
 //! It also stops by itself (cleanly) after `RUN_SECONDS_MAX` or when stdout closes, so
 //! an abandoned child never runs on.
 
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use tricommit_engine::proto::TxnId;
 use tricommit_engine::runtime::Timeouts;
-use tricommit_engine::{Engine, EngineConfig, Outcome, Ticket, Txn};
+use tricommit_engine::{Engine, EngineConfig, Outcome, Protocol, Ticket, Txn};
 use tricommit_wal::WalConfig;
 
 /// Client threads submitting at once.
@@ -53,14 +54,16 @@ struct Args {
     amount_max: u64,
     batching: bool,
     pipelining: bool,
+    overlap: bool,
+    protocol: Protocol,
 }
 
 fn parse_args() -> Result<Args, String> {
     let words: Vec<String> = std::env::args().skip(1).collect();
-    let [dir, seed, id_first, ledgers, accounts, balance, amount_max, batching, pipelining] =
+    let [dir, seed, id_first, ledgers, accounts, balance, amount_max, batching, pipelining, overlap, protocol] =
         words.as_slice()
     else {
-        return Err(format!("expected 9 arguments, got {}", words.len()));
+        return Err(format!("expected 11 arguments, got {}", words.len()));
     };
     let switch = |name: &str, text: &str| -> Result<bool, String> {
         match text {
@@ -85,6 +88,12 @@ fn parse_args() -> Result<Args, String> {
         amount_max: number("AMOUNT_MAX", amount_max)?,
         batching: switch("BATCHING", batching)?,
         pipelining: switch("PIPELINING", pipelining)?,
+        overlap: switch("OVERLAP", overlap)?,
+        protocol: match protocol.as_str() {
+            "3pc" => Protocol::ThreePhase,
+            "2pc" => Protocol::TwoPhase,
+            _ => return Err(format!("PROTOCOL: `{protocol}` is neither 3pc nor 2pc")),
+        },
     };
     if args.ledgers < 2 || args.ledgers > u64::from(u8::MAX) {
         return Err("LEDGERS must be 2..=255".into());
@@ -110,6 +119,8 @@ fn config(args: &Args) -> EngineConfig {
     config.batch_txns_max = BATCH_TXNS_MAX;
     config.batching = args.batching;
     config.pipelining = args.pipelining;
+    config.overlap = args.overlap;
+    config.protocol = args.protocol;
     config.timeouts = Timeouts {
         vote_us: 500_000,
         retransmit_us: 20_000,

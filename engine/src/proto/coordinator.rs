@@ -15,7 +15,7 @@ use super::types::{
     is_quorum, sites_of, AppendSeq, BatchId, BatchMap, Descriptor, Outcome, RetiredSet, SiteId,
     State, TxnSet, BATCH_TXNS_MAX, SITES_MAX,
 };
-use super::{BatchInput, Completion, Output, ProtoConfig, ProtoError, Termination};
+use super::{BatchInput, Completion, Output, ProtoConfig, ProtoError, Protocol, Termination};
 
 /// A coordinator replica.
 pub struct Coordinator {
@@ -35,6 +35,10 @@ pub struct Coordinator {
     /// Batches that may be settled here: DONE (or, at `replicas[0]`, FORGET) waits
     /// for durability and for the other sites.
     awaiting_done: Vec<BatchId>,
+    /// Overlap: batches whose PRE-COMMIT round left before this replica's own PC
+    /// record was durable; their quorums are checked again once it is. At most one
+    /// entry per batch in the normal path.
+    awaiting_own_pc: Vec<BatchId>,
 }
 
 /// What this replica drives for one batch, if anything.
@@ -174,6 +178,7 @@ impl Coordinator {
             batches: BatchMap::default(),
             retired: RetiredSet::default(),
             awaiting_done: Vec::new(),
+            awaiting_own_pc: Vec::new(),
         })
     }
 
@@ -337,6 +342,10 @@ impl Coordinator {
         if from.0 as usize >= SITES_MAX || from == self.me {
             return;
         }
+        if self.config.protocol == Protocol::TwoPhase && self.rank != 0 {
+            // Two-phase commit: the backups take no part (nobody sends them anything).
+            return;
+        }
         let batch_id = part.batch();
         if self.retired.contains(batch_id) {
             return;
@@ -391,6 +400,13 @@ impl Coordinator {
         batch.on_part(&mut ctx, now_us, from, part, out);
         if !batch.m.has_pending() {
             self.awaiting_done.push(batch_id);
+        }
+        let own_pc_syncing = batch
+            .drive
+            .as_ref()
+            .is_some_and(|drive| drive.round_seq > self.log.durable_seq());
+        if own_pc_syncing && self.awaiting_own_pc.last() != Some(&batch_id) {
+            self.awaiting_own_pc.push(batch_id);
         }
         self.flush_done(out);
     }
@@ -464,7 +480,43 @@ impl Coordinator {
     /// Call when the WAL is durable up to `upto`.
     pub fn handle_durable(&mut self, _now_us: u64, upto: AppendSeq, out: &mut Output) {
         self.log.on_durable(upto, out);
+        if !self.awaiting_own_pc.is_empty() {
+            self.recheck_own_pc(out);
+        }
         self.flush_done(out);
+    }
+
+    /// Overlap: this replica's own PC records became durable, so it now counts in the
+    /// quorums of the rounds that left before them.
+    fn recheck_own_pc(&mut self, out: &mut Output) {
+        let mut ctx = Ctx {
+            config: &self.config,
+            me: self.me,
+            rank: self.rank,
+            replica_mask: self.replica_mask,
+            log: &mut self.log,
+        };
+        let durable_seq = ctx.log.durable_seq();
+        let batches = &mut self.batches;
+        let awaiting_done = &mut self.awaiting_done;
+        self.awaiting_own_pc.retain(|batch_id| {
+            let Some(batch) = batches.get_mut(batch_id) else {
+                return false;
+            };
+            let Some(drive) = batch.drive.as_ref() else {
+                return false;
+            };
+            if drive.round_seq > durable_seq {
+                return true;
+            }
+            let mut candidates = drive.round_pc.clone();
+            candidates.union_with(&drive.round_pa);
+            batch.check_round(&mut ctx, &candidates, out);
+            if !batch.m.has_pending() {
+                awaiting_done.push(*batch_id);
+            }
+            false
+        });
     }
 
     /// The instant at which [`Coordinator::handle_timeout`] must be called, if any.
@@ -553,9 +605,13 @@ impl CoordBatch {
         self.m.len()
     }
 
-    /// Every site of the batch: its participants and the replicas.
+    /// Every site of the batch: its participants and the replicas (two-phase commit:
+    /// the participants and this coordinator only).
     fn sites(&self, ctx: &Ctx<'_>) -> u64 {
-        self.m.desc.participants() | ctx.replica_mask
+        match ctx.config.protocol {
+            Protocol::ThreePhase => self.m.desc.participants() | ctx.replica_mask,
+            Protocol::TwoPhase => self.m.desc.participants() | ctx.me.bit(),
+        }
     }
 
     /// The commit group of transaction `index` whose quorum fixes its outcome.
@@ -771,6 +827,12 @@ impl CoordBatch {
         if ready.is_empty() {
             return;
         }
+        if ctx.config.protocol == Protocol::TwoPhase {
+            // No PRE-COMMIT round: every vote is yes, so commit (the record is forced
+            // before anyone hears of it; see `decide_because`).
+            self.decide(ctx, Outcome::Commit, ready, out);
+            return;
+        }
         self.m.transition(
             ctx.log,
             State::PreCommit,
@@ -790,6 +852,10 @@ impl CoordBatch {
         drive.round_pc.union_with(&ready);
         drive.round_seq = seq;
         let len = ready.universe();
+        // Every vote on `ready` is in and yes, so the round may leave. Overlap: it
+        // leaves now, while this replica's PC record syncs (`check_round` counts this
+        // replica only once that record is durable); otherwise once it is durable.
+        let send_seq = if ctx.config.overlap { 0 } else { seq };
         for (site, yes) in &drive.yes_by {
             let mut set = ready.clone();
             set.intersect_with(yes);
@@ -801,7 +867,7 @@ impl CoordBatch {
                     pre_abort: TxnSet::empty(len),
                     desc: None,
                 };
-                ctx.log.send_after(seq, *site, part, out);
+                ctx.log.send_after(send_seq, *site, part, out);
             }
         }
         if ctx.config.termination == Termination::E3pc {
@@ -813,7 +879,7 @@ impl CoordBatch {
                     pre_abort: TxnSet::empty(len),
                     desc: Some(Arc::clone(&desc)),
                 };
-                ctx.log.send_after(seq, site, part, out);
+                ctx.log.send_after(send_seq, site, part, out);
             }
         }
         drive.deadline_us = drive.deadline_us.min(now_us + ctx.config.retransmit_us);
@@ -857,9 +923,16 @@ impl CoordBatch {
         };
         let mut commit = TxnSet::empty(len);
         let mut abort = TxnSet::empty(len);
+        // This replica's own acknowledgement is its PC / PA record of the round: it
+        // counts only once durable (with overlap, the round left before it was).
+        let own = if ctx.log.durable_seq() >= drive.round_seq {
+            u64::MAX
+        } else {
+            !ctx.me.bit()
+        };
         for index in candidates.iter() {
             if self.m.state[index as usize].is_final()
-                || !self.enough(ctx, drive.acks[index as usize], index)
+                || !self.enough(ctx, drive.acks[index as usize] & own, index)
             {
                 continue;
             }
@@ -898,27 +971,42 @@ impl CoordBatch {
             State::Abort
         };
         self.m.transition(ctx.log, state, 0, txns.clone(), out);
+        // Three-phase commit: a decision follows a durable PC quorum, so its record is
+        // not forced and it is announced at once. Two-phase commit: the coordinator's
+        // commit record is the only durable trace of the outcome, so the client and the
+        // participants hear of a commit only once it is durable (presumed abort: a
+        // coordinator that crashes before then recovers without it and aborts).
+        let after_seq = if outcome == Outcome::Commit && ctx.config.protocol == Protocol::TwoPhase {
+            ctx.log.force(out);
+            self.m.last_seq
+        } else {
+            0
+        };
         if self.clients {
-            out.completions.push(Completion {
+            let completion = Completion {
                 batch: self.m.desc.batch,
                 outcome,
                 txns: txns.clone(),
                 reasons,
-            });
+            };
+            ctx.log.complete_after(after_seq, completion, out);
         }
         let (commit, abort) = match outcome {
             Outcome::Commit => (txns, TxnSet::empty(len)),
             Outcome::Abort => (TxnSet::empty(len), txns),
         };
-        self.broadcast_decision(ctx, commit, abort, out);
+        self.broadcast_decision(ctx, commit, abort, after_seq, out);
         self.finish_if_done(ctx);
     }
 
+    /// Sends DECIDE to every site that holds something, once append `after_seq` is
+    /// durable (0: at once).
     fn broadcast_decision(
         &mut self,
         ctx: &mut Ctx<'_>,
         commit: TxnSet,
         abort: TxnSet,
+        after_seq: u64,
         out: &mut Output,
     ) {
         let batch = self.m.desc.batch;
@@ -937,15 +1025,13 @@ impl CoordBatch {
                 }
             }
             if !site_commit.is_empty() || !site_abort.is_empty() {
-                out.send(
-                    site,
-                    Part::Decide {
-                        batch,
-                        commit: site_commit,
-                        abort: site_abort,
-                        desc: (ctx.replica_mask & site.bit() != 0).then(|| desc_of(&self.m)),
-                    },
-                );
+                let part = Part::Decide {
+                    batch,
+                    commit: site_commit,
+                    abort: site_abort,
+                    desc: (ctx.replica_mask & site.bit() != 0).then(|| desc_of(&self.m)),
+                };
+                ctx.log.send_after(after_seq, site, part, out);
             }
         }
     }
@@ -1166,7 +1252,23 @@ impl CoordBatch {
 
     /// Recovery steps 1–2: raise `last_elected` (durable before ELECT leaves) and
     /// collect every site's states.
+    ///
+    /// Two-phase commit has no such recovery: only `replicas[0]` ever gets here, and
+    /// it aborts what it holds no commit record for (presumed abort). That is safe
+    /// because a two-phase commit is durable here before anyone hears of it.
     fn start_recovery(&mut self, ctx: &mut Ctx<'_>, now_us: u64, out: &mut Output) {
+        if ctx.config.protocol == Protocol::TwoPhase {
+            let len = self.len();
+            let mut open = TxnSet::empty(len);
+            for index in 0..len {
+                if !self.m.state[index as usize].is_final() {
+                    open.insert(index);
+                }
+            }
+            self.drive = None;
+            self.decide(ctx, Outcome::Abort, open, out);
+            return;
+        }
         let elected = self.m.elected.max(self.max_seen_elected) + 1;
         self.m.elected = elected;
         self.m.elected_by = ctx.me;
@@ -1370,8 +1472,10 @@ fn expected_done(drive: &Drive, desc: &Descriptor, ctx: &Ctx<'_>) -> Option<Vec<
             (*site, count as u32)
         })
         .collect();
-    for site in sites_of(ctx.replica_mask & !ctx.me.bit()) {
-        expected.push((site, desc.len()));
+    if ctx.config.protocol == Protocol::ThreePhase {
+        for site in sites_of(ctx.replica_mask & !ctx.me.bit()) {
+            expected.push((site, desc.len()));
+        }
     }
     Some(expected)
 }

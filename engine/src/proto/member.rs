@@ -9,7 +9,7 @@ use super::msg::{Part, ELECTED_INITIAL};
 use super::record::Record;
 use super::rm::Reason;
 use super::types::{AppendSeq, BatchId, DescriptorRef, SiteId, State, TxnSet};
-use super::{Outgoing, Output, Termination};
+use super::{Completion, Outgoing, Output, Termination};
 
 /// The site's append sequence and the messages waiting for durability.
 #[derive(Debug)]
@@ -19,6 +19,10 @@ pub(crate) struct Log {
     /// Parts that may leave once `durable_seq >= seq`. Short: one entry per
     /// destination per batch step, released on every `on_durable`.
     held: Vec<(u64, Outgoing)>,
+    /// Client outcomes that may be reported once `durable_seq >= seq` (two-phase
+    /// commit: a commit is answered only once its record is durable). At most one per
+    /// batch in flight.
+    held_completions: Vec<(u64, Completion)>,
 }
 
 impl Log {
@@ -27,6 +31,7 @@ impl Log {
             next_seq: 1,
             durable_seq: 0,
             held: Vec::new(),
+            held_completions: Vec::new(),
         }
     }
 
@@ -56,6 +61,15 @@ impl Log {
             out.send(to, part);
         } else {
             self.held.push((seq, Outgoing { to, part }));
+        }
+    }
+
+    /// Reports `completion` now if `seq` is durable, else when it becomes durable.
+    pub(crate) fn complete_after(&mut self, seq: u64, completion: Completion, out: &mut Output) {
+        if seq <= self.durable_seq {
+            out.completions.push(completion);
+        } else {
+            self.held_completions.push((seq, completion));
         }
     }
 
@@ -110,6 +124,15 @@ impl Log {
             } else {
                 index += 1;
             }
+        }
+        if !self.held_completions.is_empty() {
+            let (ready, waiting) = std::mem::take(&mut self.held_completions)
+                .into_iter()
+                .partition(|(seq, _)| *seq <= upto);
+            self.held_completions = waiting;
+            let ready: Vec<(u64, Completion)> = ready;
+            out.completions
+                .extend(ready.into_iter().map(|(_, completion)| completion));
         }
     }
 }

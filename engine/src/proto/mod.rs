@@ -32,6 +32,7 @@ use std::collections::BTreeMap;
 pub use coordinator::Coordinator;
 pub use msg::{Outgoing, Part, ELECTED_INITIAL};
 pub use participant::Participant;
+
 pub use record::{Record, RecordError};
 pub use rm::{Op, Reason, ResourceManager, TxnId, Vote, OP_PAYLOAD_BYTES};
 pub use types::{
@@ -50,6 +51,22 @@ pub enum Termination {
     /// the normal path waits for every participant's PRE-COMMIT acknowledgement.
     #[doc(hidden)]
     NaiveUnsafe,
+}
+
+/// Which commit protocol the sites run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// Three-phase commit with E3PC termination: never blocks a connected quorum.
+    #[default]
+    ThreePhase,
+    /// Two-phase commit with presumed abort, for comparison benchmarks. No PRE-COMMIT
+    /// round: once every vote is yes, `replicas[0]` forces its commit record, then
+    /// answers the client and sends COMMIT. The backups take no part and nobody runs
+    /// E3PC: a participant that voted yes waits for `replicas[0]` (it asks it again
+    /// every pending timeout), so a coordinator failure **blocks** the transactions it
+    /// had in flight until it comes back. When it does, a transaction without a commit
+    /// record is aborted (presumed abort: a commit is durable before anyone hears of it).
+    TwoPhase,
 }
 
 /// Protocol configuration shared by every site of a deployment.
@@ -76,6 +93,14 @@ pub struct ProtoConfig {
     pub collect_timeout_us: u64,
     /// Cap on the exponential backoff (as a shift) of repeated recovery attempts.
     pub backoff_shift_max: u32,
+    /// Three-phase (the product) or two-phase (a blocking baseline for benchmarks).
+    pub protocol: Protocol,
+    /// Phase overlap at the coordinator: the normal path's PRE-COMMIT leaves while the
+    /// coordinator's own PC record is still syncing (it counts itself in the quorum
+    /// only once that record is durable), and the vote timeout adapts to each
+    /// participant's observed vote latency (see [`predict`]). Off: the PC record is
+    /// durable before the round leaves, and the vote timeout is `vote_timeout_us`.
+    pub overlap: bool,
     #[doc(hidden)]
     pub termination: Termination,
 }
@@ -92,6 +117,8 @@ impl ProtoConfig {
             recovery_stagger_us: 10_000,
             collect_timeout_us: 10_000,
             backoff_shift_max: 4,
+            protocol: Protocol::ThreePhase,
+            overlap: true,
             termination: Termination::E3pc,
         }
     }
@@ -117,6 +144,11 @@ impl ProtoConfig {
         }
         if self.replica_mask().count_ones() as usize != self.replicas.len() {
             return Err(ProtoError::Config("replica ids must be distinct"));
+        }
+        if self.protocol == Protocol::TwoPhase && self.termination != Termination::E3pc {
+            return Err(ProtoError::Config(
+                "the two-phase protocol has no termination rule to choose",
+            ));
         }
         if self.retransmit_us == 0 || self.collect_timeout_us == 0 || self.pending_timeout_us == 0 {
             return Err(ProtoError::Config("timeouts must be positive"));

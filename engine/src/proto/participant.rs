@@ -11,7 +11,7 @@ use super::rm::{Op, ResourceManager, TxnId, Vote};
 use super::types::{
     AppendSeq, BatchId, BatchMap, DescriptorRef, RetiredSet, SiteId, State, TxnSet,
 };
-use super::{Output, ProtoConfig, ProtoError};
+use super::{Output, ProtoConfig, ProtoError, Protocol};
 
 /// A participant site wrapping a resource manager `R`.
 pub struct Participant<R> {
@@ -283,7 +283,11 @@ impl<R: ResourceManager> Participant<R> {
     /// Call when the instant returned by `poll_timeout` has passed: asks the
     /// replicas to finish every batch whose decision is late.
     pub fn handle_timeout(&mut self, now_us: u64, out: &mut Output) {
-        let replicas = self.config.replicas.clone();
+        // Two-phase commit has no termination protocol: only `replicas[0]` can answer.
+        let replicas = match self.config.protocol {
+            Protocol::ThreePhase => self.config.replicas.clone(),
+            Protocol::TwoPhase => self.config.replicas[..1].to_vec(),
+        };
         for member in self.batches.values_mut() {
             if member.deadline_us > now_us {
                 continue;

@@ -10,7 +10,7 @@ use crate::pipeline::bounds::{
     BATCHES_IN_FLIGHT_MAX, BATCH_DELAY_US_DEFAULT, BATCH_TXNS_DEFAULT, INTAKE_HIGH_WATER_TXNS,
     INTAKE_TXNS_MAX,
 };
-use crate::proto::{Op, ResourceManager, TxnId, Vote, SITES_MAX};
+use crate::proto::{Op, Protocol, ResourceManager, TxnId, Vote, SITES_MAX};
 
 /// The most coordinator replicas a deployment may have.
 pub const REPLICAS_MAX: usize = 7;
@@ -119,12 +119,20 @@ pub struct EngineConfig {
     pub batching: bool,
     /// Off: one batch in flight at a time (for the comparison benchmarks).
     pub pipelining: bool,
+    /// Phase overlap (see [`ProtoConfig::overlap`](crate::proto::ProtoConfig::overlap)):
+    /// the coordinator's PRE-COMMIT leaves while its own record syncs, and vote
+    /// timeouts adapt to the participants. Off for the comparison benchmarks.
+    pub overlap: bool,
     /// Normal-priority submissions get `Busy` above this many unfinished transactions.
     pub intake_high_water_txns: usize,
     /// No submission is admitted above this many unfinished transactions.
     pub intake_capacity_txns: usize,
     /// Pin stage threads to cores (round robin over the cores this process may use).
     pub pin_threads: bool,
+    /// Three-phase commit (the product), or two-phase commit as a baseline for the
+    /// comparison benchmarks. Two-phase **blocks** on a coordinator failure: see
+    /// [`Protocol::TwoPhase`]. A data directory keeps the protocol it was created with.
+    pub protocol: Protocol,
     /// The protocol's timeouts, in microseconds.
     pub timeouts: Timeouts,
 }
@@ -191,9 +199,11 @@ impl EngineConfig {
             batch_delay_us_max: BATCH_DELAY_US_DEFAULT,
             batching: true,
             pipelining: true,
+            overlap: true,
             intake_high_water_txns: INTAKE_HIGH_WATER_TXNS,
             intake_capacity_txns: INTAKE_TXNS_MAX,
             pin_threads: false,
+            protocol: Protocol::ThreePhase,
             timeouts: Timeouts::default(),
         }
     }

@@ -293,7 +293,9 @@ impl Engine {
         validate(&config)?;
         super::meta::prepare_data_dir(&config)?;
         let replicas: Vec<SiteId> = (0..config.replicas as u8).map(SiteId).collect();
-        let proto_config = config.timeouts.proto_config(replicas.clone());
+        let mut proto_config = config.timeouts.proto_config(replicas.clone());
+        proto_config.protocol = config.protocol;
+        proto_config.overlap = config.overlap;
         let sites = config.replicas + config.participants.len();
         let mut wiring = wire(sites)?;
         let stop = Arc::new(AtomicBool::new(false));

@@ -20,7 +20,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::ledger::{Ledger, LedgerConfig, PostingSink};
-use crate::proto::{Participant, Record};
+use crate::proto::{Participant, Protocol, Record};
 
 use super::config::{EngineConfig, ParticipantRm, ParticipantSpec};
 use super::stages::participant_site;
@@ -63,6 +63,12 @@ fn spec_line(spec: &ParticipantSpec) -> String {
 
 fn render(config: &EngineConfig) -> String {
     let mut text = format!("{META_HEADER}\nreplicas {}\n", config.replicas);
+    // A directory is tied to its protocol: a two-phase log holds commits that only its
+    // coordinator knows, which E3PC termination must not be asked to guess. (No line
+    // means three-phase, so older directories keep opening.)
+    if config.protocol == Protocol::TwoPhase {
+        text.push_str("protocol two-phase\n");
+    }
     for spec in &config.participants {
         text.push_str(&spec_line(spec));
         text.push('\n');
@@ -138,6 +144,7 @@ pub struct DataDirMeta {
     pub replicas: usize,
     /// Each participant's ledger genesis, or `None` for a custom resource manager.
     pub participants: Vec<Option<LedgerConfig>>,
+    pub protocol: Protocol,
 }
 
 /// Reads `data_dir/tricommit.meta`.
@@ -156,6 +163,7 @@ pub fn read_meta(data_dir: &Path) -> Result<DataDirMeta, MetaError> {
     };
     let mut replicas = None;
     let mut participants = Vec::new();
+    let mut protocol = Protocol::ThreePhase;
     for line in text.lines().skip(1) {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
@@ -177,6 +185,7 @@ pub fn read_meta(data_dir: &Path) -> Result<DataDirMeta, MetaError> {
                 participants.push(Some(config));
             }
             ["participant", "custom", _name] => participants.push(None),
+            ["protocol", "two-phase"] => protocol = Protocol::TwoPhase,
             [] => {}
             _ => return Err(malformed("unknown line")),
         }
@@ -185,6 +194,7 @@ pub fn read_meta(data_dir: &Path) -> Result<DataDirMeta, MetaError> {
     Ok(DataDirMeta {
         replicas,
         participants,
+        protocol,
     })
 }
 

@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::proto::{
     is_quorum, BatchId, Completion, DescriptorRef, Outcome, Part, Record, SiteId, State,
-    Termination, TxnSet, Vote,
+    Termination, TxnSet, Vote, ELECTED_INITIAL,
 };
 
 /// A broken invariant: its number in DESIGN §2 and what happened.
@@ -47,6 +47,9 @@ type TxnKey = (BatchId, u32);
 pub struct Checker {
     termination: Termination,
     replica_mask: u64,
+    /// Two-phase commit: the coordinator whose durable commit record alone fixes an
+    /// outcome (there is no PC quorum to check an acknowledgement against).
+    two_phase_coordinator: Option<SiteId>,
     descs: HashMap<BatchId, DescriptorRef>,
     live: HashMap<(u8, BatchId), View>,
     durable: HashMap<(u8, BatchId), View>,
@@ -65,6 +68,7 @@ impl Checker {
         Checker {
             termination,
             replica_mask,
+            two_phase_coordinator: None,
             descs: HashMap::new(),
             live: HashMap::new(),
             durable: HashMap::new(),
@@ -75,6 +79,13 @@ impl Checker {
             exposed: HashSet::new(),
             violation: None,
         }
+    }
+
+    /// Checks a two-phase run: a client commit needs `coordinator`'s durable commit
+    /// record instead of a durable PC quorum.
+    pub fn two_phase(mut self, coordinator: SiteId) -> Checker {
+        self.two_phase_coordinator = Some(coordinator);
+        self
     }
 
     /// The first violation found, if any.
@@ -165,6 +176,19 @@ impl Checker {
         let Some(len) = self.descs.get(&batch).map(|desc| desc.txns.len()) else {
             return;
         };
+        if let Record::Transition {
+            state: State::Commit,
+            txns,
+            ..
+        } = record
+        {
+            if self.two_phase_coordinator == Some(site) {
+                for index in txns.iter() {
+                    self.ever_commit.insert((batch, index));
+                    self.check_atomicity((batch, index));
+                }
+            }
+        }
         apply(
             self.durable
                 .entry((site.0, batch))
@@ -292,6 +316,9 @@ impl Checker {
         }
         let key = (batch, index);
         match state {
+            // A two-phase coordinator decides when its commit record is durable: before
+            // that, a crash loses it and presumed abort is right (see `on_durable`).
+            State::Commit if self.two_phase_coordinator == Some(site) => {}
             State::Commit => {
                 self.ever_commit.insert(key);
             }
@@ -361,18 +388,30 @@ impl Checker {
                 read_only,
                 no,
             } => self.check_votes(site, *batch, yes, read_only, no),
+            // A ROUND proposes; it acknowledges nothing. Its sender's own PC / PA counts
+            // toward the quorum only once durable (checked when a client hears of the
+            // outcome, `check_early_ack`), so with overlap it may leave before that
+            // record is durable. Its election, though, is a counter: durable first.
+            Part::Round { batch, elected, .. } => {
+                let durable = self
+                    .durable
+                    .get(&(site.0, *batch))
+                    .map_or(ELECTED_INITIAL, |view| view.elected);
+                if durable < *elected {
+                    self.fail(
+                        5,
+                        format!(
+                            "site {} sent ROUND@{elected} with durable last_elected {durable}",
+                            site.0
+                        ),
+                    );
+                }
+            }
             Part::RoundAck {
                 batch,
                 elected,
                 pre_commit,
                 pre_abort,
-            }
-            | Part::Round {
-                batch,
-                elected,
-                pre_commit,
-                pre_abort,
-                ..
             } => {
                 self.check_durable_round(
                     site,
@@ -500,7 +539,10 @@ impl Checker {
         else {
             return;
         };
-        let group = members | self.replica_mask;
+        let group = match self.two_phase_coordinator {
+            Some(coordinator) => coordinator.bit(),
+            None => members | self.replica_mask,
+        };
         let mut durable_pc = 0u64;
         for site in crate::proto::types::sites_of(group) {
             let state = self

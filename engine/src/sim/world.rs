@@ -11,7 +11,7 @@ use super::check::{Checker, Violation};
 use super::rng::Rng;
 use crate::proto::{
     AppendSeq, BatchId, BatchInput, Coordinator, Op, Outcome, Output, Part, Participant,
-    ProtoConfig, Record, SiteId, Termination, TxnId, Vote,
+    ProtoConfig, Protocol, Record, SiteId, Termination, TxnId, Vote,
 };
 
 /// Events a run may process before it is declared a livelock.
@@ -324,7 +324,12 @@ impl Sim {
         let sites = (config.replicas + config.participants) as usize;
         let mut sim = Sim {
             rng: Rng::new(config.seed),
-            checker: Checker::new(config.termination, proto.replica_mask()),
+            checker: match proto.protocol {
+                Protocol::ThreePhase => Checker::new(config.termination, proto.replica_mask()),
+                Protocol::TwoPhase => {
+                    Checker::new(config.termination, proto.replica_mask()).two_phase(SiteId(0))
+                }
+            },
             proto,
             now_us: 0,
             queue: BinaryHeap::new(),

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use serde::Serialize;
-use tricommit_engine::{Engine, EngineConfig};
+use tricommit_engine::{Engine, EngineConfig, Protocol};
 use tricommit_wal::SyncBackend;
 
 mod driver;
@@ -42,6 +42,19 @@ impl SyncFlag {
             SyncFlag::IoUring => SyncBackend::IoUring,
         }
     }
+}
+
+/// Which commit protocol the engine runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+pub enum ProtocolFlag {
+    /// Three-phase commit with E3PC termination (the product).
+    #[value(name = "3pc")]
+    #[serde(rename = "3pc")]
+    ThreePc,
+    /// Two-phase commit with presumed abort: a baseline that blocks on coordinator failure.
+    #[value(name = "2pc")]
+    #[serde(rename = "2pc")]
+    TwoPc,
 }
 
 /// Load generator for tricommit: transfers between ledgers through an in-process engine.
@@ -91,6 +104,14 @@ pub struct Args {
     /// One batch in flight at a time.
     #[arg(long)]
     pub no_pipelining: bool,
+    /// No phase overlap: the coordinator's PRE-COMMIT waits for its own sync, and vote
+    /// timeouts stay fixed.
+    #[arg(long)]
+    pub no_overlap: bool,
+    /// Commit protocol: 3pc (E3PC, non-blocking) or 2pc (baseline; blocks while the
+    /// coordinator is down).
+    #[arg(long, value_enum, default_value = "3pc")]
+    pub protocol: ProtocolFlag,
     /// Pin the engine's stage threads to cores, round robin.
     #[arg(long)]
     pub pin_threads: bool,
@@ -228,6 +249,11 @@ fn run(args: &Args) -> Result<bool, LoadError> {
     config.batch_delay_us_max = args.batch_delay_us;
     config.batching = !args.no_batching;
     config.pipelining = !args.no_pipelining;
+    config.overlap = !args.no_overlap;
+    config.protocol = match args.protocol {
+        ProtocolFlag::ThreePc => Protocol::ThreePhase,
+        ProtocolFlag::TwoPc => Protocol::TwoPhase,
+    };
     config.pin_threads = args.pin_threads;
     if let Some(flag) = args.sync {
         config.wal.sync = flag.backend();
