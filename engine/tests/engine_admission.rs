@@ -97,6 +97,8 @@ fn config(dir: &std::path::Path, gate: &Arc<Gate>) -> EngineConfig {
     // counts on none doing so.
     config.timeouts = Timeouts {
         vote_us: PATIENT_US,
+        vote_min_us: PATIENT_US,
+        vote_max_us: PATIENT_US,
         pending_us: PATIENT_US,
         ..Timeouts::default()
     };

@@ -74,6 +74,8 @@ fn config(dir: &std::path::Path, timeouts: Timeouts) -> EngineConfig {
 fn patient() -> Timeouts {
     Timeouts {
         vote_us: PATIENT_US,
+        vote_min_us: PATIENT_US,
+        vote_max_us: PATIENT_US,
         pending_us: PATIENT_US,
         ..Timeouts::default()
     }

@@ -127,6 +127,7 @@ fn config(args: &Args) -> EngineConfig {
         pending_us: 60_000,
         recovery_stagger_us: 20_000,
         collect_us: 20_000,
+        ..Timeouts::default()
     };
     config
 }

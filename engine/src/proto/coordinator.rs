@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use super::member::{desc_of, Log, Member};
 use super::msg::{Part, ELECTED_INITIAL};
+use super::predict::Predictor;
 use super::record::Record;
 use super::rm::Reason;
 use super::types::{
@@ -39,6 +40,8 @@ pub struct Coordinator {
     /// record was durable; their quorums are checked again once it is. At most one
     /// entry per batch in the normal path.
     awaiting_own_pc: Vec<BatchId>,
+    /// Overlap: the participants' vote latencies, which set each batch's vote timeout.
+    predictor: Predictor,
 }
 
 /// What this replica drives for one batch, if anything.
@@ -58,6 +61,8 @@ struct Drive {
     phase: Phase,
     deadline_us: u64,
     vote_deadline_us: u64,
+    /// Normal path: when PREPARE left (the start of every vote-latency sample).
+    opened_us: u64,
     retransmits: u32,
     /// The latest PC / PA record of the current round: retransmissions wait for it.
     round_seq: u64,
@@ -91,6 +96,7 @@ impl Drive {
             phase,
             deadline_us,
             vote_deadline_us: deadline_us,
+            opened_us: 0,
             retransmits: 0,
             round_seq: 0,
             vote_pending: Vec::new(),
@@ -135,6 +141,7 @@ struct Ctx<'a> {
     rank: u32,
     replica_mask: u64,
     log: &'a mut Log,
+    predictor: &'a mut Predictor,
 }
 
 impl Coordinator {
@@ -179,6 +186,7 @@ impl Coordinator {
             retired: RetiredSet::default(),
             awaiting_done: Vec::new(),
             awaiting_own_pc: Vec::new(),
+            predictor: Predictor::default(),
         })
     }
 
@@ -301,6 +309,12 @@ impl Coordinator {
             members: input.members,
         });
         let len = desc.len();
+        let vote_timeout_us = if self.config.overlap {
+            self.predictor
+                .vote_timeout_us(desc.participants(), self.config.vote_timeouts())
+        } else {
+            self.config.vote_timeout_us
+        };
         let mut m = Member::new(Arc::clone(&desc), self.me, true, self.me);
         m.last_seq = self.log.append(
             Record::Begin {
@@ -312,8 +326,9 @@ impl Coordinator {
             ELECTED_INITIAL,
             Phase::Normal,
             len,
-            now_us + self.config.vote_timeout_us,
+            now_us + vote_timeout_us,
         );
+        drive.opened_us = now_us;
         drive.vote_pending = desc.members.clone();
         drive.read_only = vec![0; len as usize];
         for (site, site_ops) in ops {
@@ -396,6 +411,7 @@ impl Coordinator {
             rank: self.rank,
             replica_mask: self.replica_mask,
             log: &mut self.log,
+            predictor: &mut self.predictor,
         };
         batch.on_part(&mut ctx, now_us, from, part, out);
         if !batch.m.has_pending() {
@@ -495,6 +511,7 @@ impl Coordinator {
             rank: self.rank,
             replica_mask: self.replica_mask,
             log: &mut self.log,
+            predictor: &mut self.predictor,
         };
         let durable_seq = ctx.log.durable_seq();
         let batches = &mut self.batches;
@@ -542,6 +559,7 @@ impl Coordinator {
             rank: self.rank,
             replica_mask: self.replica_mask,
             log: &mut self.log,
+            predictor: &mut self.predictor,
         };
         for batch in self.batches.values_mut() {
             batch.on_timeout(&mut ctx, now_us, out);
@@ -761,6 +779,11 @@ impl CoordBatch {
         let Some(slot) = drive.yes_by.iter().position(|(site, _)| *site == from) else {
             return;
         };
+        let first_answer = drive.vote_pending.iter().any(|&pending| pending & bit != 0);
+        if first_answer {
+            ctx.predictor
+                .on_vote(from, now_us.saturating_sub(drive.opened_us));
+        }
         let mut ready_pc = TxnSet::empty(len);
         let mut abort_now = TxnSet::empty(len);
         let mut abort_reasons = Vec::new();
@@ -1154,6 +1177,13 @@ impl CoordBatch {
             }
         }
         let reasons = late.iter().map(|index| (index, Reason::TIMEOUT)).collect();
+        let mut missed = 0u64;
+        for index in late.iter() {
+            missed |= drive.vote_pending[index as usize];
+        }
+        for site in sites_of(missed) {
+            ctx.predictor.on_missed(site);
+        }
         self.decide_because(ctx, Outcome::Abort, late.clone(), reasons, out);
         // Sites that have not voted may vote yes later: tell them now.
         let batch = self.m.desc.batch;

@@ -23,6 +23,7 @@ mod coordinator;
 mod member;
 pub mod msg;
 mod participant;
+pub mod predict;
 pub mod record;
 pub mod rm;
 pub mod types;
@@ -76,7 +77,12 @@ pub struct ProtoConfig {
     /// that opens batches. Every other site id is a participant.
     pub replicas: Vec<SiteId>,
     /// How long the active coordinator waits for votes before aborting the laggards.
+    /// With `overlap`, this is the wait before a participant's first vote-latency
+    /// sample; afterwards the wait adapts (see [`predict`]) within
+    /// `[vote_timeout_min_us, vote_timeout_max_us]`.
     pub vote_timeout_us: u64,
+    pub vote_timeout_min_us: u64,
+    pub vote_timeout_max_us: u64,
     /// Period of PRE-COMMIT / recovery-round retransmissions to sites that have not
     /// acknowledged yet.
     pub retransmit_us: u64,
@@ -111,6 +117,10 @@ impl ProtoConfig {
         ProtoConfig {
             replicas,
             vote_timeout_us: 20_000,
+            // Above the simulator's slowest failure-free vote (two 3 ms hops and a
+            // 1.5 ms sync), so that adaptation never aborts a failure-free run.
+            vote_timeout_min_us: 10_000,
+            vote_timeout_max_us: 200_000,
             retransmit_us: 5_000,
             retransmits_max: 4,
             pending_timeout_us: 30_000,
@@ -120,6 +130,15 @@ impl ProtoConfig {
             protocol: Protocol::ThreePhase,
             overlap: true,
             termination: Termination::E3pc,
+        }
+    }
+
+    /// The bounds of the adaptive vote timeout.
+    pub fn vote_timeouts(&self) -> predict::VoteTimeouts {
+        predict::VoteTimeouts {
+            initial_us: self.vote_timeout_us,
+            min_us: self.vote_timeout_min_us,
+            max_us: self.vote_timeout_max_us,
         }
     }
 
@@ -148,6 +167,11 @@ impl ProtoConfig {
         if self.protocol == Protocol::TwoPhase && self.termination != Termination::E3pc {
             return Err(ProtoError::Config(
                 "the two-phase protocol has no termination rule to choose",
+            ));
+        }
+        if self.vote_timeout_min_us > self.vote_timeout_max_us {
+            return Err(ProtoError::Config(
+                "vote_timeout_min_us must not exceed vote_timeout_max_us",
             ));
         }
         if self.retransmit_us == 0 || self.collect_timeout_us == 0 || self.pending_timeout_us == 0 {

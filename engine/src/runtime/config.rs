@@ -142,8 +142,13 @@ pub struct EngineConfig {
 /// transactions that would have committed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
-    /// How long the coordinator waits for votes before aborting the missing ones.
+    /// How long the coordinator waits for votes before aborting the missing ones. With
+    /// `overlap`, this is the wait until a participant's first vote has been timed;
+    /// then the wait adapts to the participants' vote latency (Jacobson/Karels), within
+    /// `[vote_min_us, vote_max_us]`.
     pub vote_us: u64,
+    pub vote_min_us: u64,
+    pub vote_max_us: u64,
     /// Period of retransmissions to sites that have not acknowledged a round.
     pub retransmit_us: u64,
     /// How long a site holds an undecided transaction before it chases a decision.
@@ -158,6 +163,10 @@ impl Default for Timeouts {
     fn default() -> Timeouts {
         Timeouts {
             vote_us: 1_000_000,
+            // A floor well above a loaded sync on a shared VM (tens of ms): an abort
+            // for a vote that was merely slow declines a good payment.
+            vote_min_us: 250_000,
+            vote_max_us: 5_000_000,
             retransmit_us: 100_000,
             pending_us: 2_000_000,
             recovery_stagger_us: 200_000,
@@ -171,6 +180,8 @@ impl Timeouts {
     pub fn proto_config(&self, replicas: Vec<crate::proto::SiteId>) -> crate::proto::ProtoConfig {
         let mut config = crate::proto::ProtoConfig::new(replicas);
         config.vote_timeout_us = self.vote_us;
+        config.vote_timeout_min_us = self.vote_min_us;
+        config.vote_timeout_max_us = self.vote_max_us;
         config.retransmit_us = self.retransmit_us;
         config.pending_timeout_us = self.pending_us;
         config.recovery_stagger_us = self.recovery_stagger_us;

@@ -103,6 +103,7 @@ pub fn short_timeouts() -> Timeouts {
         pending_us: 60_000,
         recovery_stagger_us: 20_000,
         collect_us: 20_000,
+        ..Timeouts::default()
     }
 }
 
