@@ -242,11 +242,17 @@ impl Coordinator {
             .ok_or(ProtoError::BadLog("incarnation overflow"))?;
         let mut coordinator = Coordinator::with_incarnation(config, me, next, out)?;
         let delay = coordinator.stagger_us();
+        let first = coordinator.rank == 0 && coordinator.config.termination == Termination::E3pc;
         for batch in batches.values_mut() {
             if batch.m.has_pending() {
                 batch.m.arm(now_us + delay);
             } else {
                 coordinator.awaiting_done.push(batch.m.desc.batch);
+            }
+            if first && batch.m.all_final() {
+                // The other sites report DONE again after their own restart, or when
+                // they next settle something: a decided batch is not kept for good.
+                batch.expected = Some(expected_everyone(&batch.m.desc, &coordinator.config, me));
             }
         }
         coordinator.batches = batches;
@@ -1071,6 +1077,12 @@ impl CoordBatch {
                 self.expected = expected_done(&drive, &self.m.desc, ctx);
             }
         }
+        if self.expected.is_none()
+            && ctx.me == ctx.config.replicas[0]
+            && ctx.config.termination == Termination::E3pc
+        {
+            self.expected = Some(expected_everyone(&self.m.desc, ctx.config, ctx.me));
+        }
         self.m.deadline_us = u64::MAX;
     }
 
@@ -1508,6 +1520,33 @@ fn expected_done(drive: &Drive, desc: &Descriptor, ctx: &Ctx<'_>) -> Option<Vec<
         }
     }
     Some(expected)
+}
+
+/// What `replicas[0]` waits for before it forgets a batch it did not decide on the
+/// normal path (recovery touched it, or it was recovered from the log): every site of
+/// the batch reports every transaction it is in as decided. That is the normal path's
+/// condition with nothing left out, so the same argument holds: then every site holds
+/// a durable decision for everything it is in, and no site is open. A read-only voter
+/// (still in Q) or a participant that never learned the batch never reports them all,
+/// so such a batch is kept.
+fn expected_everyone(desc: &Descriptor, config: &ProtoConfig, me: SiteId) -> Vec<(SiteId, u32)> {
+    let mut expected: Vec<(SiteId, u32)> = sites_of(desc.participants())
+        .map(|site| {
+            let bit = site.bit();
+            let count = desc
+                .members
+                .iter()
+                .filter(|&&members| members & bit != 0)
+                .count();
+            (site, count as u32)
+        })
+        .collect();
+    if config.protocol == Protocol::ThreePhase {
+        for site in sites_of(config.replica_mask() & !me.bit()) {
+            expected.push((site, desc.len()));
+        }
+    }
+    expected
 }
 
 fn aggregate(drive: &mut Drive, index: u32, from: SiteId, state: State, attempt: u32) {

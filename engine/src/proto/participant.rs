@@ -128,7 +128,7 @@ impl<R: ResourceManager> Participant<R> {
         }
         let mut member = Member::new(Arc::clone(desc), self.me, false, self.config.replicas[0]);
         for (&index, vote) in mine.iter().zip(votes) {
-            member.state[index as usize] = vote_state(*vote);
+            member.set_state(index, vote_state(*vote));
             if let Vote::No(reason) = vote {
                 member.no_reasons.push((index, *reason));
             }
@@ -353,7 +353,7 @@ impl<R: ResourceManager> Participant<R> {
         let mut member = Member::new(Arc::clone(&desc), self.me, false, self.config.replicas[0]);
         let mut any_yes = false;
         for (index, vote) in self.my_indices(&desc).into_iter().zip(&self.votes) {
-            member.state[index as usize] = vote_state(*vote);
+            member.set_state(index, vote_state(*vote));
             any_yes |= *vote == Vote::Yes;
             if let Vote::No(reason) = vote {
                 member.no_reasons.push((index, *reason));
