@@ -18,7 +18,8 @@ use crate::proto::{Coordinator, Output, Participant, Record, SiteId};
 use super::config::{EngineConfig, ParticipantRm, PARTICIPANTS_MAX, REPLICAS_MAX};
 use super::dedup::{Dedup, Seen};
 use super::site::{
-    run_passive, DrainBoard, Links, SiteError, SiteIo, SiteStats, INBOX_FRAMES_CAPACITY,
+    run_passive, DrainBoard, Links, SiteError, SiteIo, SiteStats, SyncInFlight,
+    INBOX_FRAMES_CAPACITY,
 };
 use super::stages::{
     participant_site, run_active, run_batcher, run_completion, ActiveStage, BatcherStage,
@@ -199,6 +200,8 @@ struct StopFlags {
     halt: Arc<AtomicBool>,
     board: Arc<DrainBoard>,
     drain_max: std::time::Duration,
+    /// Let the site take frames while its io_uring sync is in flight (`overlap`).
+    overlap_syncs: bool,
 }
 
 /// How long a stopping site waits for undecided batches: long enough for a recovery to
@@ -219,6 +222,10 @@ impl Wiring {
     /// The I/O half of site `me`: its log, its inbox, and links to every other site.
     fn site_io(&mut self, me: SiteId, wal: Wal, out: Output, flags: StopFlags) -> SiteIo {
         let index = me.0 as usize;
+        // Only io_uring returns before the sync ends; the other backends sync in
+        // `sync_submit`, so overlapping would only delay the release.
+        let overlap_syncs =
+            flags.overlap_syncs && wal.backend() == tricommit_wal::SyncBackend::IoUring;
         SiteIo {
             me,
             // Nothing is appended yet: the state machine's first append gets seq 1.
@@ -234,6 +241,7 @@ impl Wiring {
             halt: flags.halt,
             board: flags.board,
             drain_max: flags.drain_max,
+            sync: SyncInFlight::new(overlap_syncs),
             stats: Arc::new(SiteStats::default()),
             out,
             frames: Vec::new(),
@@ -367,6 +375,7 @@ impl Engine {
                 halt: halt.clone(),
                 board: board.clone(),
                 drain_max,
+                overlap_syncs: config.overlap,
             };
             let io = wiring.site_io(me, log.wal, out, flags);
             site_stats.push(io.stats.clone());
@@ -389,6 +398,7 @@ impl Engine {
                 halt: halt.clone(),
                 board: board.clone(),
                 drain_max,
+                overlap_syncs: config.overlap,
             };
             let io = wiring.site_io(me, log.wal, Output::default(), flags);
             site_stats.push(io.stats.clone());

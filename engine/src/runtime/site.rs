@@ -26,6 +26,10 @@ pub const FRAMES_PER_TURN_MAX: usize = 256;
 /// only release messages held for the sync just made, so two are enough and the bound
 /// catches a state machine that keeps asking.
 pub const FLUSH_ROUNDS_MAX: usize = 4;
+/// Turns a site goes on taking frames while its io_uring sync is in flight before it
+/// waits for that sync: the records of the next batch fill the log meanwhile, and the
+/// bound keeps the replies that wait for the sync from waiting long.
+pub const TURNS_OVERLAPPING_SYNC_MAX: u32 = 4;
 /// Frames an inbox holds. In-process links drop a frame that finds the inbox full, as a
 /// network would; the protocol retransmits what matters.
 pub const INBOX_FRAMES_CAPACITY: usize = 8192;
@@ -137,6 +141,8 @@ pub struct SiteIo {
     /// How long a stopping site waits for its undecided transactions to be decided
     /// (recovered ones included) before it leaves them to the next open.
     pub drain_max: Duration,
+    /// The sync in flight, when syncs overlap the next turns.
+    pub sync: SyncInFlight,
     pub stats: Arc<SiteStats>,
     /// Reused buffers.
     pub out: Output,
@@ -152,26 +158,105 @@ pub enum SiteError {
     Wal { site: u8, source: WalError },
 }
 
+/// A site's sync: the one in flight, and whether the next one is already wanted.
+///
+/// With `overlap` (io_uring only) a sync is submitted and the site goes back to its
+/// inbox: the next batch's records are appended while the kernel writes (the WAL
+/// allows appends during a sync). The durability report waits for [`SiteIo::finish_sync`],
+/// which the loops call when the inbox is empty, after `TURNS_OVERLAPPING_SYNC_MAX`
+/// busy turns, and always before they park, so no reply waits on a parked site.
+#[derive(Debug)]
+pub struct SyncInFlight {
+    overlap: bool,
+    /// The last append the sync in flight covers.
+    in_flight: Option<AppendSeq>,
+    /// A sync asked for while another was in flight: submitted when that one ends.
+    wanted: bool,
+    busy_turns: u32,
+}
+
+impl SyncInFlight {
+    pub fn new(overlap: bool) -> SyncInFlight {
+        SyncInFlight {
+            overlap,
+            in_flight: None,
+            wanted: false,
+            busy_turns: 0,
+        }
+    }
+}
+
 impl SiteIo {
-    /// Writes the output's appends, syncs when asked, reports durability back and
-    /// delivers the messages; repeats while reporting releases more.
+    /// Writes the output's appends, starts a sync when asked, and delivers the
+    /// messages. Without overlap it also waits for the sync and reports it back,
+    /// repeating while that releases more; with overlap the report comes from
+    /// [`finish_sync`](Self::finish_sync).
     pub fn flush<M: Machine>(&mut self, machine: &mut M) -> Result<(), SiteError> {
         for _ in 0..FLUSH_ROUNDS_MAX {
             let sync_upto = self.out.sync_upto.take();
             self.write_appends()?;
             self.deliver();
-            let Some(upto) = sync_upto else { return Ok(()) };
-            debug_assert!(upto <= self.appended, "sync asked past the last append");
-            self.wal.sync().map_err(|source| SiteError::Wal {
+            if let Some(upto) = sync_upto {
+                debug_assert!(upto <= self.appended, "sync asked past the last append");
+                self.sync.wanted = true;
+            }
+            if !self.sync.wanted || self.sync.in_flight.is_some() {
+                return Ok(());
+            }
+            self.wal.sync_submit().map_err(|source| SiteError::Wal {
                 site: self.me.0,
                 source,
             })?;
             self.stats.syncs.fetch_add(1, Ordering::Relaxed);
-            let now_us = self.clock.now_us();
-            machine.handle_durable(now_us, self.appended, &mut self.out);
+            self.sync.in_flight = Some(self.appended);
+            self.sync.wanted = false;
+            if self.sync.overlap {
+                return Ok(());
+            }
+            self.complete_sync(machine)?;
         }
         self.write_appends()?;
         self.deliver();
+        Ok(())
+    }
+
+    /// Waits for the sync in flight, if any, and reports it to the machine.
+    fn complete_sync<M: Machine>(&mut self, machine: &mut M) -> Result<bool, SiteError> {
+        let Some(upto) = self.sync.in_flight.take() else {
+            return Ok(false);
+        };
+        self.wal.sync_wait().map_err(|source| SiteError::Wal {
+            site: self.me.0,
+            source,
+        })?;
+        let now_us = self.clock.now_us();
+        machine.handle_durable(now_us, upto, &mut self.out);
+        Ok(true)
+    }
+
+    /// Says whether the loop may take another turn before it finishes the sync in
+    /// flight: only while it has work and within `TURNS_OVERLAPPING_SYNC_MAX` turns.
+    pub fn keep_overlapping(&mut self, worked: bool) -> bool {
+        if self.sync.in_flight.is_some()
+            && worked
+            && self.sync.busy_turns < TURNS_OVERLAPPING_SYNC_MAX
+        {
+            self.sync.busy_turns += 1;
+            return true;
+        }
+        self.sync.busy_turns = 0;
+        false
+    }
+
+    /// Finishes the sync in flight and flushes what its report released, until no sync
+    /// is in flight (each round can only be asked for by the one before; bounded).
+    pub fn finish_sync<M: Machine>(&mut self, machine: &mut M) -> Result<(), SiteError> {
+        for _ in 0..FLUSH_ROUNDS_MAX {
+            if !self.complete_sync(machine)? {
+                return Ok(());
+            }
+            self.flush(machine)?;
+        }
         Ok(())
     }
 
@@ -379,6 +464,10 @@ pub fn run_passive<M: Machine>(mut machine: M, mut io: SiteIo) -> Result<M, Site
         let frames = io.take_frames(&mut machine);
         io.fire_timer(&mut machine);
         io.flush(&mut machine)?;
+        if io.keep_overlapping(frames > 0) {
+            continue;
+        }
+        io.finish_sync(&mut machine)?;
         if frames == 0 {
             if io.stop_requested() && drain.may_leave(&machine, &io) {
                 io.sync_all()?;

@@ -200,6 +200,9 @@ pub fn run_active(
         let completions = std::mem::take(&mut io.out.completions);
         io.flush(&mut coordinator)?;
         route(completions, &mut open, &mut unsent);
+        if !io.keep_overlapping(worked > 0) {
+            io.finish_sync(&mut coordinator)?;
+        }
         let released = std::mem::take(&mut io.out.completions);
         route(released, &mut open, &mut unsent);
         if !unsent.is_empty() {
