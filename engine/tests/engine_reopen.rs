@@ -11,7 +11,7 @@ use std::sync::Arc;
 use engine_support::{check_bank, Bank, Clients};
 use tricommit_engine::proto::{Op, ResourceManager, TxnId, Vote, OP_PAYLOAD_BYTES};
 use tricommit_engine::runtime::{MetaError, META_FILE};
-use tricommit_engine::{Engine, EngineConfig, EngineError, Outcome, ParticipantSpec};
+use tricommit_engine::{Engine, EngineConfig, EngineError, Outcome, ParticipantSpec, Protocol};
 
 const BANK: Bank = Bank {
     ledgers: 4,
@@ -124,7 +124,8 @@ fn assert_mismatch(config: EngineConfig, what: &str) {
 fn a_directory_of_another_configuration_is_refused_and_stays_usable() {
     // Proves that a directory made for one bank is refused, with a typed error, to an
     // engine configured otherwise (other account count, balance, ledger count, replica
-    // count, or a custom participant instead of a ledger), or with a damaged meta file,
+    // count, a custom participant instead of a ledger, or the two-phase protocol), or
+    // with a damaged meta file,
     // and that none of these attempts harms it for its own configuration.
     let dir = temp_dir();
     let engine = Engine::open(BANK.config(dir.path())).expect("first open");
@@ -153,6 +154,9 @@ fn a_directory_of_another_configuration_is_refused_and_stays_usable() {
         factory: Arc::new(|| unreachable!("a refused open builds nothing")),
     };
     assert_mismatch(custom, "custom participant");
+    let mut two_phase = BANK.config(dir.path());
+    two_phase.protocol = Protocol::TwoPhase;
+    assert_mismatch(two_phase, "protocol");
     assert_eq!(
         entries(dir.path()),
         before,
