@@ -437,6 +437,11 @@ impl<S: Storage> Wal<S> {
             .map_or(self.lsn_next, |segment| segment.first_lsn)
     }
 
+    /// Segment files in the log, the active one included (checkpoints bring it down).
+    pub fn segment_count(&self) -> u32 {
+        self.segments.len() as u32
+    }
+
     /// The sync backend in use (after any io_uring fallback).
     pub fn backend(&self) -> SyncBackend {
         self.backend

@@ -480,3 +480,59 @@ impl Member {
 pub(crate) fn desc_of(member: &Member) -> DescriptorRef {
     Arc::clone(&member.desc)
 }
+
+impl Member {
+    /// The record that carries this batch forward at a checkpoint: everything recovery
+    /// would rebuild from the batch's records (see `proto::checkpoint`).
+    pub(crate) fn carried(&self) -> Record {
+        Record::CarriedBatch {
+            desc: Arc::clone(&self.desc),
+            elected: self.elected,
+            by: self.elected_by,
+            states: self
+                .state
+                .iter()
+                .copied()
+                .zip(self.attempt.iter().copied())
+                .collect(),
+            no_reasons: self.no_reasons.clone(),
+        }
+    }
+
+    /// Rebuilds a batch from its carried record, as recovery of its records would.
+    pub(crate) fn from_carried(
+        record: &Record,
+        me: SiteId,
+        replica: bool,
+        first: SiteId,
+    ) -> Result<Member, &'static str> {
+        let Record::CarriedBatch {
+            desc,
+            elected,
+            by,
+            states,
+            no_reasons,
+        } = record
+        else {
+            return Err("not a carried batch");
+        };
+        if !desc.is_well_formed() {
+            return Err("malformed batch descriptor");
+        }
+        if states.len() != desc.txns.len() {
+            return Err("carried states do not match the descriptor");
+        }
+        if no_reasons.iter().any(|&(index, _)| index >= desc.len()) {
+            return Err("carried no vote outside the batch");
+        }
+        let mut member = Member::new(Arc::clone(desc), me, replica, first);
+        member.elected = *elected;
+        member.elected_by = *by;
+        for (index, &(state, attempt)) in states.iter().enumerate() {
+            member.state[index] = state;
+            member.attempt[index] = attempt;
+        }
+        member.no_reasons = no_reasons.clone();
+        Ok(member)
+    }
+}

@@ -15,6 +15,7 @@ use crate::pipeline::{
 };
 use crate::proto::{Coordinator, Output, Participant, Record, SiteId};
 
+use super::checkpoint::Checkpointer;
 use super::config::{EngineConfig, ParticipantRm, PARTICIPANTS_MAX, REPLICAS_MAX};
 use super::dedup::{Dedup, Seen};
 use super::site::{
@@ -47,6 +48,11 @@ pub enum EngineError {
     Recover {
         site: String,
         source: crate::proto::ProtoError,
+    },
+    #[error("recovering {site}: {source}")]
+    Checkpoint {
+        site: String,
+        source: super::checkpoint::CheckpointError,
     },
     #[error("{0}")]
     Site(#[from] SiteError),
@@ -110,6 +116,15 @@ fn validate(config: &EngineConfig) -> Result<(), EngineError> {
         .wal
         .validate()
         .map_err(|error| EngineError::Config(error.to_string()))?;
+    if config
+        .log_segments_max
+        .is_some_and(|max| max < super::config::LOG_SEGMENTS_MAX_MIN)
+    {
+        return bad(format!(
+            "log_segments_max must be at least {}",
+            super::config::LOG_SEGMENTS_MAX_MIN
+        ));
+    }
     let needed = prepared_record_bytes_max(config.batch_txns_max);
     if needed > u64::from(config.wal.record_bytes_max) {
         return bad(format!(
@@ -138,10 +153,11 @@ fn prepared_record_bytes_max(batch_txns: usize) -> u64 {
         + OP_BYTES * txns
 }
 
-/// A site's log, opened and read back.
+/// A site's log, opened and read back, with the checkpoint policy its site runs.
 struct OpenedLog {
     wal: Wal,
     records: Vec<Record>,
+    checkpointer: Checkpointer,
 }
 
 fn open_log(dir: &Path, site: &str, config: &EngineConfig) -> Result<OpenedLog, EngineError> {
@@ -162,7 +178,44 @@ fn open_log(dir: &Path, site: &str, config: &EngineConfig) -> Result<OpenedLog, 
             })?;
         records.push(decoded);
     }
-    Ok(OpenedLog { wal, records })
+    let checkpointer = Checkpointer {
+        dir: dir.to_owned(),
+        log_segments_max: config.log_segments_max,
+        number_next: crate::proto::checkpoint::number_next(&records),
+        number_current: None,
+        unsupported: false,
+    };
+    Ok(OpenedLog {
+        wal,
+        records,
+        checkpointer,
+    })
+}
+
+/// Rebuilds participant `me` from its opened log and the snapshot its log starts at.
+fn recover_participant(
+    dir: &Path,
+    site: &str,
+    me: SiteId,
+    proto_config: &crate::proto::ProtoConfig,
+    rm: ParticipantRm,
+    log: &OpenedLog,
+    now_us: u64,
+) -> Result<Participant<ParticipantRm>, EngineError> {
+    let (machine, _number) = super::checkpoint::recover_participant(
+        dir,
+        proto_config.clone(),
+        me,
+        rm,
+        &log.records,
+        now_us,
+        true,
+    )
+    .map_err(|source| EngineError::Checkpoint {
+        site: site.to_owned(),
+        source,
+    })?;
+    Ok(machine)
 }
 
 /// Everything the sites share, built before any thread starts.
@@ -239,6 +292,7 @@ impl Wiring {
             frames: Vec::new(),
             encode: Vec::new(),
             appended: crate::proto::AppendSeq(0),
+            checkpoint: Checkpointer::disabled(),
         }
     }
 }
@@ -327,11 +381,8 @@ impl Engine {
             let rm = ParticipantRm::genesis(spec)
                 .map_err(|error| EngineError::Config(format!("{name}: {error}")))?;
             let now_us = wiring.clock.now_us();
-            let machine = Participant::recover(proto_config.clone(), me, rm, &log.records, now_us)
-                .map_err(|source| EngineError::Recover {
-                    site: name.clone(),
-                    source,
-                })?;
+            let dir = config.data_dir.join(&name);
+            let machine = recover_participant(&dir, &name, me, &proto_config, rm, &log, now_us)?;
             participant_machines.push((me, machine, log));
         }
 
@@ -366,7 +417,8 @@ impl Engine {
                 board: board.clone(),
                 drain_max,
             };
-            let io = wiring.site_io(me, log.wal, out, flags);
+            let mut io = wiring.site_io(me, log.wal, out, flags);
+            io.checkpoint = log.checkpointer;
             site_stats.push(io.stats.clone());
             let name = format!("tc-replica-{}", me.0);
             if me.0 == 0 {
@@ -388,7 +440,8 @@ impl Engine {
                 board: board.clone(),
                 drain_max,
             };
-            let io = wiring.site_io(me, log.wal, Output::default(), flags);
+            let mut io = wiring.site_io(me, log.wal, Output::default(), flags);
+            io.checkpoint = log.checkpointer;
             site_stats.push(io.stats.clone());
             let name = format!("tc-participant-{}", me.0 as usize - config.replicas);
             participant_threads.push(spawner.spawn(name, move || run_passive(machine, io))?);

@@ -19,6 +19,10 @@ use crate::proto::{
     AppendSeq, BatchId, Coordinator, Output, Part, Participant, ResourceManager, SiteId, State,
 };
 
+use super::checkpoint::{
+    remove_snapshots_except, write_snapshot, CheckpointError, Checkpointer, PauseTimer,
+};
+
 /// Frames one turn takes from the inbox before it flushes, so that a flood of messages
 /// cannot delay the sync (and the replies) without bound.
 pub const FRAMES_PER_TURN_MAX: usize = 256;
@@ -49,6 +53,20 @@ pub trait Machine {
     /// nothing it holds needs the protocol any more, even if some decided batches are
     /// not retired yet.
     fn settled(&self) -> bool;
+    /// The snapshot a checkpoint needs before its records (see `runtime::checkpoint`).
+    fn checkpoint_snapshot(&self) -> CheckpointSnapshot;
+    /// Appends a checkpoint group numbered `number`; returns the marker's sequence.
+    fn checkpoint(&mut self, number: u64, out: &mut Output) -> AppendSeq;
+}
+
+/// What a site must store before its checkpoint records.
+pub enum CheckpointSnapshot {
+    /// A coordinator replica: its records carry everything.
+    NotNeeded,
+    /// A participant's resource-manager snapshot.
+    Bytes(Vec<u8>),
+    /// A participant whose resource manager takes no snapshots: no checkpoint.
+    Unsupported,
 }
 
 /// Whether every transaction of every batch `txn_state` knows is final or never voted.
@@ -87,6 +105,12 @@ impl Machine for Coordinator {
             self.txn_state(batch, index)
         })
     }
+    fn checkpoint_snapshot(&self) -> CheckpointSnapshot {
+        CheckpointSnapshot::NotNeeded
+    }
+    fn checkpoint(&mut self, number: u64, out: &mut Output) -> AppendSeq {
+        Coordinator::checkpoint(self, number, out)
+    }
 }
 
 impl<R: ResourceManager> Machine for Participant<R> {
@@ -107,6 +131,15 @@ impl<R: ResourceManager> Machine for Participant<R> {
             self.txn_state(batch, index)
         })
     }
+    fn checkpoint_snapshot(&self) -> CheckpointSnapshot {
+        match self.rm().snapshot() {
+            Some(bytes) => CheckpointSnapshot::Bytes(bytes),
+            None => CheckpointSnapshot::Unsupported,
+        }
+    }
+    fn checkpoint(&mut self, number: u64, out: &mut Output) -> AppendSeq {
+        Participant::checkpoint(self, number, out)
+    }
 }
 
 /// Counters every site publishes, for the load generator and the tests.
@@ -116,6 +149,10 @@ pub struct SiteStats {
     pub records: AtomicU64,
     pub frames_in: AtomicU64,
     pub frames_dropped: AtomicU64,
+    /// Checkpoints taken, and the longest and total time they held up the site.
+    pub checkpoints: AtomicU64,
+    pub checkpoint_pause_us_max: AtomicU64,
+    pub checkpoint_pause_us_total: AtomicU64,
 }
 
 /// What a site stage owns besides its state machine.
@@ -143,6 +180,8 @@ pub struct SiteIo {
     pub frames: Vec<Frame>,
     pub encode: Vec<u8>,
     pub appended: AppendSeq,
+    /// When and where this site checkpoints its log.
+    pub checkpoint: Checkpointer,
 }
 
 /// Errors that end a site stage. A WAL error is fatal for the site (fsyncgate).
@@ -150,12 +189,24 @@ pub struct SiteIo {
 pub enum SiteError {
     #[error("site {site}: write-ahead log: {source}")]
     Wal { site: u8, source: WalError },
+    #[error("site {site}: checkpoint: {source}")]
+    Checkpoint { site: u8, source: CheckpointError },
 }
 
 impl SiteIo {
     /// Writes the output's appends, syncs when asked, reports durability back and
     /// delivers the messages; repeats while reporting releases more.
+    ///
+    /// Then, between two turns, checkpoints the log if it outgrew its bound.
     pub fn flush<M: Machine>(&mut self, machine: &mut M) -> Result<(), SiteError> {
+        self.flush_rounds(machine)?;
+        if self.checkpoint.due(self.wal.segment_count()) {
+            self.run_checkpoint(machine)?;
+        }
+        Ok(())
+    }
+
+    fn flush_rounds<M: Machine>(&mut self, machine: &mut M) -> Result<(), SiteError> {
         for _ in 0..FLUSH_ROUNDS_MAX {
             let sync_upto = self.out.sync_upto.take();
             self.write_appends()?;
@@ -172,6 +223,51 @@ impl SiteIo {
         }
         self.write_appends()?;
         self.deliver();
+        Ok(())
+    }
+
+    /// Takes a checkpoint (the steps and their crash safety are in
+    /// `runtime::checkpoint`) and records how long it held up the site.
+    fn run_checkpoint<M: Machine>(&mut self, machine: &mut M) -> Result<(), SiteError> {
+        let timer = PauseTimer::start();
+        let site = self.me.0;
+        let checkpoint_error = |source| SiteError::Checkpoint { site, source };
+        let number = self.checkpoint.number_next;
+        let snapshot_written = match machine.checkpoint_snapshot() {
+            CheckpointSnapshot::Unsupported => {
+                self.checkpoint.unsupported = true;
+                return Ok(());
+            }
+            CheckpointSnapshot::Bytes(bytes) => {
+                write_snapshot(&self.checkpoint.dir, number, &bytes).map_err(checkpoint_error)?;
+                true
+            }
+            CheckpointSnapshot::NotNeeded => false,
+        };
+        // Nothing happens between the snapshot and the records: no event is handled.
+        let marker = machine.checkpoint(number, &mut self.out);
+        self.checkpoint.number_next = number + 1;
+        self.flush_rounds(machine)?;
+        let wal_error = |source| SiteError::Wal { site, source };
+        // The whole group must be durable before anything below it goes.
+        self.wal.sync().map_err(wal_error)?;
+        let marker_lsn = self.lsn_base + marker.0;
+        debug_assert!(self.wal.durable_lsn() >= marker_lsn);
+        self.wal.checkpoint(marker_lsn).map_err(wal_error)?;
+        // The new group is durable and rules recovery: older snapshots may go.
+        self.checkpoint.number_current = Some(number);
+        if snapshot_written {
+            remove_snapshots_except(&self.checkpoint.dir, Some(number))
+                .map_err(checkpoint_error)?;
+        }
+        let pause_us = timer.elapsed_us();
+        self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .checkpoint_pause_us_max
+            .fetch_max(pause_us, Ordering::Relaxed);
+        self.stats
+            .checkpoint_pause_us_total
+            .fetch_add(pause_us, Ordering::Relaxed);
         Ok(())
     }
 

@@ -554,6 +554,21 @@ fn apply(view: &mut View, site: SiteId, record: &Record) {
                 }
             }
         }
-        Record::Incarnation { .. } | Record::Begin { .. } => {}
+        // A carried batch restates the state the site held at a checkpoint.
+        Record::CarriedBatch {
+            elected, states, ..
+        } => {
+            view.elected = view.elected.max(*elected);
+            for (i, &(state, attempt)) in states.iter().enumerate() {
+                if i < view.state.len() {
+                    view.state[i] = state;
+                    view.attempt[i] = attempt;
+                }
+            }
+        }
+        Record::Incarnation { .. }
+        | Record::Begin { .. }
+        | Record::Checkpoint { .. }
+        | Record::CarriedRetired { .. } => {}
     }
 }

@@ -1228,6 +1228,11 @@ fn describe_record(record: &Record) -> String {
         } => {
             format!("{state:?}@{attempt} {:?}", txns.iter().collect::<Vec<_>>())
         }
+        Record::Checkpoint {
+            number, records, ..
+        } => format!("CHECKPOINT {number} ({records} carried)"),
+        Record::CarriedBatch { states, .. } => format!("CARRIED {states:?}"),
+        Record::CarriedRetired { ranges } => format!("CARRIED-RETIRED {ranges:?}"),
     }
 }
 
