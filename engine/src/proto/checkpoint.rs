@@ -83,13 +83,21 @@ fn complete_group(records: &[&Record], index: usize) -> Option<usize> {
 /// Splits recovered records (in log order) at the last complete checkpoint group.
 ///
 /// Carried records after an incomplete marker belong to it and are skipped with it: a
-/// crash cut that group, and the site wrote new records after restarting. A carried
-/// record that follows no marker is a damaged log.
+/// crash cut that group, and the site wrote new records after restarting. Carried
+/// records at the very start of the log are the end of an older group whose marker a
+/// later checkpoint recycled with its segment (a group may span two segments); a later
+/// complete group must then exist. Any other carried record that follows no marker is
+/// a damaged log.
 pub fn plan<'a>(records: impl IntoIterator<Item = &'a Record>) -> Result<LogPlan<'a>, ProtoError> {
     let records: Vec<&Record> = records.into_iter().collect();
     let mut skip = vec![false; records.len()];
     let mut last_complete: Option<(usize, usize)> = None;
-    let mut index = 0;
+    let orphans = records
+        .iter()
+        .take_while(|record| is_carried(record))
+        .count();
+    skip[..orphans].fill(true);
+    let mut index = orphans;
     while index < records.len() {
         match records[index] {
             Record::Checkpoint { .. } => {
@@ -114,6 +122,11 @@ pub fn plan<'a>(records: impl IntoIterator<Item = &'a Record>) -> Result<LogPlan
         }
     }
     let (first_tail, checkpoint) = match last_complete {
+        None if orphans > 0 => {
+            return Err(ProtoError::BadLog(
+                "the log starts inside a checkpoint group and holds no complete one",
+            ));
+        }
         None => (0, None),
         Some((at, count)) => {
             let Record::Checkpoint {
@@ -207,10 +220,25 @@ mod tests {
         assert_eq!(number_next(&[]), 1);
     }
 
-    // Proves that a carried record with no marker before it is a damaged log.
+    // Proves that a carried record with no marker before it is a damaged log, unless
+    // it opens the log and a complete group follows (the rest of a group whose marker
+    // was recycled with its segment by that later checkpoint).
     #[test]
     fn a_stray_carried_record_is_bad_log() {
         let log = [incarnation(1), retired()];
         assert!(matches!(plan(&log), Err(ProtoError::BadLog(_))));
+        let log = [retired(), incarnation(1)];
+        assert!(matches!(plan(&log), Err(ProtoError::BadLog(_))));
+        let log = [
+            retired(),
+            retired(),
+            incarnation(1),
+            marker(4, 1),
+            retired(),
+        ];
+        let plan = plan(&log).expect("orphans before a complete group");
+        assert_eq!(plan.checkpoint.map(|view| view.number), Some(4));
+        assert!(plan.tail.is_empty());
+        assert_eq!(number_next(&log), 5);
     }
 }

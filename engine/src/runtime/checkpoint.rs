@@ -231,6 +231,8 @@ pub struct Checkpointer {
     pub number_current: Option<u64>,
     /// Set once a checkpoint found the resource manager without snapshots: never retry.
     pub unsupported: bool,
+    /// Segments the log held right after the last checkpoint (0 before the first).
+    pub segments_after_last: u32,
 }
 
 impl Checkpointer {
@@ -242,12 +244,20 @@ impl Checkpointer {
             number_next: 1,
             number_current: None,
             unsupported: false,
+            segments_after_last: 0,
         }
     }
 
-    /// Whether a log of `segments` segments must be checkpointed now.
+    /// Whether a log of `segments` segments must be checkpointed now: it holds more
+    /// than the bound, and more than right after the last checkpoint. The second
+    /// condition matters only when a checkpoint group itself spans the bound (a site
+    /// holding very many batches, with tiny segments): the site then checkpoints once
+    /// per new segment instead of after every turn.
     pub fn due(&self, segments: u32) -> bool {
-        !self.unsupported && self.log_segments_max.is_some_and(|max| segments > max)
+        !self.unsupported
+            && self
+                .log_segments_max
+                .is_some_and(|max| segments > max.max(self.segments_after_last))
     }
 }
 

@@ -184,6 +184,7 @@ fn open_log(dir: &Path, site: &str, config: &EngineConfig) -> Result<OpenedLog, 
         number_next: crate::proto::checkpoint::number_next(&records),
         number_current: None,
         unsupported: false,
+        segments_after_last: 0,
     };
     Ok(OpenedLog {
         wal,

@@ -254,6 +254,7 @@ impl SiteIo {
         let marker_lsn = self.lsn_base + marker.0;
         debug_assert!(self.wal.durable_lsn() >= marker_lsn);
         self.wal.checkpoint(marker_lsn).map_err(wal_error)?;
+        self.checkpoint.segments_after_last = self.wal.segment_count();
         // The new group is durable and rules recovery: older snapshots may go.
         self.checkpoint.number_current = Some(number);
         if snapshot_written {

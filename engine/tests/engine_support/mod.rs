@@ -227,6 +227,10 @@ pub struct Verdict {
     pub applied_txns: usize,
     pub acked_committed: usize,
     pub acked_aborted: usize,
+    /// Legs of acknowledged commits found posted, and legs a checkpoint compacted away
+    /// (their ledger's balances still hold them, but no posting shows them).
+    pub legs_verified: usize,
+    pub legs_compacted: usize,
 }
 
 /// What the read-only replay found: every posting still in the logs, grouped by
@@ -345,6 +349,8 @@ pub fn check_bank(dir: &Path, bank: &Bank, acked: &[(Transfer, Acked)]) -> Verdi
                         !checkpointed[leg.0] || found.iter().any(|posting| posting.0 == leg.0)
                     })
                     .collect();
+                verdict.legs_verified += expected.len();
+                verdict.legs_compacted += 2 - expected.len();
                 assert_eq!(
                     found, expected,
                     "acknowledged commit {transfer:?} is not applied, or with other postings"
