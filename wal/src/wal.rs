@@ -453,16 +453,30 @@ impl<S: Storage> Wal<S> {
     /// `below` is final; records below `below` may remain readable until their segment goes.
     pub fn checkpoint(&mut self, below: Lsn) -> Result<(), WalError> {
         self.check_usable()?;
-        let result = self.recycle_below(below);
+        let result = self.recycle_below(below, usize::MAX);
         self.poison_on_error(result)
     }
 
-    fn recycle_below(&mut self, below: Lsn) -> Result<(), WalError> {
-        let recyclable = self
-            .segments
+    /// Like `checkpoint`, but recycles at most the oldest segment, so that a caller
+    /// can spread the zero-filling of several recycled segments over several calls.
+    /// Returns whether segments wholly below `below` remain after this call.
+    pub fn checkpoint_step(&mut self, below: Lsn) -> Result<bool, WalError> {
+        self.check_usable()?;
+        let result = self.recycle_below(below, 1);
+        self.poison_on_error(result)?;
+        Ok(self.recyclable_below(below) > 0)
+    }
+
+    /// How many of the oldest segments hold only records below `below`.
+    fn recyclable_below(&self, below: Lsn) -> usize {
+        self.segments
             .windows(2)
             .take_while(|pair| pair[1].first_lsn <= below)
-            .count();
+            .count()
+    }
+
+    fn recycle_below(&mut self, below: Lsn, segments_max: usize) -> Result<(), WalError> {
+        let recyclable = self.recyclable_below(below).min(segments_max);
         // Oldest first, so a crash in between still leaves a contiguous log.
         for segment in self.segments.drain(..recyclable).collect::<Vec<_>>() {
             let LiveSegment { name, file, .. } = segment;

@@ -452,3 +452,44 @@ fn damage_in_last_batch_despite_its_own_mark_is_a_torn_tail() {
     drop(wal);
     assert_eq!(scan(dir.path()).expect("scan").report().tail, None);
 }
+
+#[test]
+fn checkpoint_step_recycles_one_segment_per_call() {
+    // Proves that `checkpoint_step` recycles the oldest segment below the bound and no
+    // more, says whether more remain, never touches records at or above the bound, and
+    // leaves a log that reopens with the same records.
+    let dir = temporary_dir();
+    let (mut wal, _) = Wal::open(dir.path(), config(SyncBackend::Fdatasync)).expect("open");
+    let mut last = 0;
+    while wal.segment_count() < 4 {
+        last = wal
+            .append(kind(last + 1), &payload(last + 1))
+            .expect("append");
+    }
+    wal.sync().expect("sync");
+    let below = last;
+    let mut segments = wal.segment_count();
+    loop {
+        let more = wal.checkpoint_step(below).expect("step");
+        assert_eq!(wal.segment_count(), segments - 1, "one segment per step");
+        segments -= 1;
+        assert!(wal.first_lsn() <= below);
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(
+        segments, 1,
+        "everything below the bound but the active segment went"
+    );
+    assert!(!wal
+        .checkpoint_step(below)
+        .expect("a step with nothing to do"));
+    assert_eq!(wal.segment_count(), 1);
+    let first = wal.first_lsn();
+    assert_records(&wal, first, last);
+    drop(wal);
+    let (wal, recovery) = Wal::open(dir.path(), config(SyncBackend::Fdatasync)).expect("reopen");
+    assert_eq!(recovery.first_lsn, first);
+    assert_records(&wal, first, last);
+}

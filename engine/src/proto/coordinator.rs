@@ -242,6 +242,7 @@ impl Coordinator {
                 coordinator.awaiting_done.push(batch.m.desc.batch);
             }
         }
+        coordinator.expect_done_for_recovered(&mut batches);
         coordinator.batches = batches;
         coordinator.retired = retired;
         Ok(coordinator)
@@ -1507,5 +1508,35 @@ impl Coordinator {
             }
         }
         Ok((view.incarnation, batches, retired))
+    }
+
+    /// Lets `replicas[0]` forget recovered batches that are wholly decided here, as it
+    /// forgets batches of its normal path: once every participant reports DONE for all
+    /// its transactions and every other replica for the whole batch. Decisions are
+    /// final and reported only once durable, so after that no site needs the batch.
+    /// Without it, every batch a restart recovers would stay in memory, and be carried
+    /// by every later checkpoint, for good. A batch with a read-only vote never gets
+    /// the participant's full count, and stays (as on the normal path).
+    fn expect_done_for_recovered(&self, batches: &mut BatchMap<CoordBatch>) {
+        if self.rank != 0 || self.config.termination != Termination::E3pc {
+            return;
+        }
+        for batch in batches.values_mut() {
+            if batch.m.has_pending() || !batch.m.all_final() {
+                continue;
+            }
+            let desc = &batch.m.desc;
+            let mut expected: Vec<(SiteId, u32)> = sites_of(desc.participants())
+                .map(|site| {
+                    let bit = site.bit();
+                    let count = desc.members.iter().filter(|&&m| m & bit != 0).count();
+                    (site, count as u32)
+                })
+                .collect();
+            for site in sites_of(self.replica_mask & !self.me.bit()) {
+                expected.push((site, desc.len()));
+            }
+            batch.expected = Some(expected);
+        }
     }
 }

@@ -9,8 +9,10 @@
 //!    fsync of the directory. The previous snapshot stays.
 //! 2. The state machine appends the checkpoint group (marker `number` and its carried
 //!    records); the site writes and syncs it like any forced record.
-//! 3. The log recycles every segment wholly before the marker (`Wal::checkpoint`).
-//! 4. Snapshots older than `number` are removed.
+//! 3. Snapshots older than `number` are removed.
+//! 4. The log recycles the segments wholly before the marker, one per turn of the site
+//!    (`Wal::checkpoint_step`): recycling zero-fills a segment, which costs about what a
+//!    segment roll costs, so spreading it bounds each pause to one segment's worth.
 //!
 //! A crash before the group is durable leaves the previous checkpoint in charge, with
 //! its snapshot still on disk; a crash after it leaves the new one in charge. Leftover
@@ -233,6 +235,9 @@ pub struct Checkpointer {
     pub unsupported: bool,
     /// Segments the log held right after the last checkpoint (0 before the first).
     pub segments_after_last: u32,
+    /// The marker LSN of the last durable group while segments below it remain to be
+    /// recycled (one per turn); no new checkpoint starts meanwhile.
+    pub recycle_below: Option<tricommit_wal::Lsn>,
 }
 
 impl Checkpointer {
@@ -245,6 +250,7 @@ impl Checkpointer {
             number_current: None,
             unsupported: false,
             segments_after_last: 0,
+            recycle_below: None,
         }
     }
 

@@ -185,6 +185,7 @@ fn open_log(dir: &Path, site: &str, config: &EngineConfig) -> Result<OpenedLog, 
         number_current: None,
         unsupported: false,
         segments_after_last: 0,
+        recycle_below: None,
     };
     Ok(OpenedLog {
         wal,
@@ -502,6 +503,14 @@ pub struct EngineCounters {
     pub records: u64,
     /// Frames dropped because an inbox was full (retransmitted by the protocol).
     pub frames_dropped: u64,
+    /// Checkpoints over every site, and the longest and total time they held up their
+    /// site (snapshot written, group synced, segments recycled), in microseconds.
+    pub checkpoints: u64,
+    pub checkpoint_pause_us_max: u64,
+    pub checkpoint_pause_us_total: u64,
+    /// The longest time one step of recycling the segments below a checkpoint (one
+    /// segment zero-filled, as a segment roll does) held up its site.
+    pub recycle_pause_us_max: u64,
 }
 
 impl Engine {
@@ -575,6 +584,14 @@ impl Engine {
             counters.syncs += load(&site.syncs);
             counters.records += load(&site.records);
             counters.frames_dropped += load(&site.frames_dropped);
+            counters.checkpoints += load(&site.checkpoints);
+            counters.checkpoint_pause_us_max = counters
+                .checkpoint_pause_us_max
+                .max(load(&site.checkpoint_pause_us_max));
+            counters.checkpoint_pause_us_total += load(&site.checkpoint_pause_us_total);
+            counters.recycle_pause_us_max = counters
+                .recycle_pause_us_max
+                .max(load(&site.recycle_pause_us_max));
         }
         counters
     }

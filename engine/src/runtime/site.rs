@@ -149,10 +149,13 @@ pub struct SiteStats {
     pub records: AtomicU64,
     pub frames_in: AtomicU64,
     pub frames_dropped: AtomicU64,
-    /// Checkpoints taken, and the longest and total time they held up the site.
+    /// Checkpoints taken, and the longest and total time they held up the site
+    /// (snapshot written, group appended and synced).
     pub checkpoints: AtomicU64,
     pub checkpoint_pause_us_max: AtomicU64,
     pub checkpoint_pause_us_total: AtomicU64,
+    /// The longest time one recycling step (one segment zero-filled) held it up.
+    pub recycle_pause_us_max: AtomicU64,
 }
 
 /// What a site stage owns besides its state machine.
@@ -200,10 +203,46 @@ impl SiteIo {
     /// Then, between two turns, checkpoints the log if it outgrew its bound.
     pub fn flush<M: Machine>(&mut self, machine: &mut M) -> Result<(), SiteError> {
         self.flush_rounds(machine)?;
-        if self.checkpoint.due(self.wal.segment_count()) {
+        if self.checkpoint.recycle_below.is_some() {
+            self.recycle_step()?;
+        } else if self.checkpoint.due(self.wal.segment_count()) {
             self.run_checkpoint(machine)?;
         }
         Ok(())
+    }
+
+    /// Recycles one segment below the last durable checkpoint group: zero-filling a
+    /// recycled segment costs about as much as a segment roll, so one per turn keeps
+    /// each pause to one segment's worth.
+    fn recycle_step(&mut self) -> Result<(), SiteError> {
+        let Some(below) = self.checkpoint.recycle_below else {
+            return Ok(());
+        };
+        let timer = PauseTimer::start();
+        let more = self
+            .wal
+            .checkpoint_step(below)
+            .map_err(|source| SiteError::Wal {
+                site: self.me.0,
+                source,
+            })?;
+        if !more {
+            self.checkpoint.recycle_below = None;
+            self.checkpoint.segments_after_last = self.wal.segment_count();
+        }
+        self.stats
+            .recycle_pause_us_max
+            .fetch_max(timer.elapsed_us(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn record_pause(&self, pause_us: u64) {
+        self.stats
+            .checkpoint_pause_us_max
+            .fetch_max(pause_us, Ordering::Relaxed);
+        self.stats
+            .checkpoint_pause_us_total
+            .fetch_add(pause_us, Ordering::Relaxed);
     }
 
     fn flush_rounds<M: Machine>(&mut self, machine: &mut M) -> Result<(), SiteError> {
@@ -253,22 +292,16 @@ impl SiteIo {
         self.wal.sync().map_err(wal_error)?;
         let marker_lsn = self.lsn_base + marker.0;
         debug_assert!(self.wal.durable_lsn() >= marker_lsn);
-        self.wal.checkpoint(marker_lsn).map_err(wal_error)?;
-        self.checkpoint.segments_after_last = self.wal.segment_count();
+        // The segments below the marker go one per turn from now on (`recycle_step`).
+        self.checkpoint.recycle_below = Some(marker_lsn);
         // The new group is durable and rules recovery: older snapshots may go.
         self.checkpoint.number_current = Some(number);
         if snapshot_written {
             remove_snapshots_except(&self.checkpoint.dir, Some(number))
                 .map_err(checkpoint_error)?;
         }
-        let pause_us = timer.elapsed_us();
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .checkpoint_pause_us_max
-            .fetch_max(pause_us, Ordering::Relaxed);
-        self.stats
-            .checkpoint_pause_us_total
-            .fetch_add(pause_us, Ordering::Relaxed);
+        self.record_pause(timer.elapsed_us());
         Ok(())
     }
 
