@@ -3,10 +3,11 @@
 //! figures and the directory's disk use.
 //!
 //! ```text
-//! cargo run --release -p tricommit-engine --example reopen -- DATA_DIR [SEGMENT_MIB]
+//! cargo run --release -p tricommit-engine --example reopen -- DATA_DIR [SEGMENT_MIB [LOG_SEGMENTS_MAX]]
 //! ```
 //! `SEGMENT_MIB` must be what the directory was written with (64 by default, as in
-//! `tricommit-load`).
+//! `tricommit-load`); `LOG_SEGMENTS_MAX` 0 opens without checkpoints (the default bound
+//! otherwise).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -44,6 +45,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let log_segments_max = match args.next().map(|text| text.parse::<u32>()) {
+        None => Some(tricommit_engine::runtime::LOG_SEGMENTS_MAX_DEFAULT),
+        Some(Ok(0)) => None,
+        Some(Ok(segments)) => Some(segments),
+        Some(Err(_)) => {
+            eprintln!("LOG_SEGMENTS_MAX must be a number");
+            return ExitCode::from(2);
+        }
+    };
     let meta = match read_meta(&dir) {
         Ok(meta) => meta,
         Err(error) => {
@@ -64,6 +74,7 @@ fn main() -> ExitCode {
         .collect();
     config.replicas = meta.replicas;
     config.wal.segment_bytes = segment_mib << 20;
+    config.log_segments_max = log_segments_max;
     config.wal.record_bytes_max = config
         .wal
         .record_bytes_max
