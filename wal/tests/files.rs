@@ -493,3 +493,51 @@ fn checkpoint_step_recycles_one_segment_per_call() {
     assert_eq!(recovery.first_lsn, first);
     assert_records(&wal, first, last);
 }
+
+#[test]
+fn recycled_spares_are_bounded() {
+    // Proves that with a lowered bound, checkpoints remove the recycled segments the
+    // bound has no room for, and that lowering it removes the spares above it at once.
+    let dir = temporary_dir();
+    let (mut wal, _) = Wal::open(dir.path(), config(SyncBackend::Fdatasync)).expect("open");
+    let mut last = 0;
+    while wal.segment_count() < 6 {
+        last = wal
+            .append(kind(last + 1), &payload(last + 1))
+            .expect("append");
+    }
+    wal.sync().expect("sync");
+    wal.checkpoint(last).expect("checkpoint");
+    let spares = |dir: &Path| {
+        fs::read_dir(dir)
+            .expect("list")
+            .filter(|entry| {
+                entry
+                    .as_ref()
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".spare")
+            })
+            .count()
+    };
+    assert_eq!(
+        spares(dir.path()),
+        6,
+        "one spare at open plus five recycled"
+    );
+    wal.set_recycled_spares_max(2).expect("lower the bound");
+    assert_eq!(spares(dir.path()), 2);
+    while wal.segment_count() < 6 {
+        last = wal
+            .append(kind(last + 1), &payload(last + 1))
+            .expect("append");
+    }
+    wal.sync().expect("sync");
+    wal.checkpoint(last).expect("checkpoint");
+    assert!(
+        spares(dir.path()) <= 2,
+        "recycling kept more spares than allowed"
+    );
+    assert_records(&wal, wal.first_lsn(), last);
+}

@@ -49,6 +49,10 @@ pub struct CheckpointView<'a> {
     pub incarnation: u32,
     /// The carried records, in order.
     pub carried: Vec<&'a Record>,
+    /// Where the marker and the group's last record are in the records given to
+    /// [`plan`] (a driver turns them into LSNs).
+    pub marker_index: usize,
+    pub end_index: usize,
 }
 
 /// Where recovery starts: the last complete checkpoint, if any, and the records to
@@ -141,6 +145,8 @@ pub fn plan<'a>(records: impl IntoIterator<Item = &'a Record>) -> Result<LogPlan
                 number: *number,
                 incarnation: *incarnation,
                 carried: records[at + 1..at + 1 + count].to_vec(),
+                marker_index: at,
+                end_index: at + count,
             };
             (at + 1 + count, Some(view))
         }

@@ -233,8 +233,8 @@ pub struct Checkpointer {
     pub number_current: Option<u64>,
     /// Set once a checkpoint found the resource manager without snapshots: never retry.
     pub unsupported: bool,
-    /// Segments the log held right after the last checkpoint (0 before the first).
-    pub segments_after_last: u32,
+    /// The LSN of the last record of the last complete checkpoint group, if any.
+    pub group_end_lsn: Option<tricommit_wal::Lsn>,
     /// The marker LSN of the last durable group while segments below it remain to be
     /// recycled (one per turn); no new checkpoint starts meanwhile.
     pub recycle_below: Option<tricommit_wal::Lsn>,
@@ -249,21 +249,56 @@ impl Checkpointer {
             number_next: 1,
             number_current: None,
             unsupported: false,
-            segments_after_last: 0,
+            group_end_lsn: None,
             recycle_below: None,
         }
     }
 
-    /// Whether a log of `segments` segments must be checkpointed now: it holds more
-    /// than the bound, and more than right after the last checkpoint. The second
-    /// condition matters only when a checkpoint group itself spans the bound (a site
-    /// holding very many batches, with tiny segments): the site then checkpoints once
-    /// per new segment instead of after every turn.
-    pub fn due(&self, segments: u32) -> bool {
-        !self.unsupported
-            && self
-                .log_segments_max
-                .is_some_and(|max| segments > max.max(self.segments_after_last))
+    /// The policy of a site whose log `wal` was just opened and read back as
+    /// `records`. A log that starts at a checkpoint resumes where the last site
+    /// instance stopped: segments still below its marker (a shutdown does not wait for
+    /// the recycling) are recycled over the first turns, and the bound counts from the
+    /// end of its group.
+    pub fn for_recovered_log(
+        dir: &Path,
+        log_segments_max: Option<u32>,
+        wal: &tricommit_wal::Wal,
+        records: &[Record],
+    ) -> Result<Checkpointer, CheckpointError> {
+        let view = plan(records)?.checkpoint;
+        let lsn_of = |index: usize| wal.first_lsn() + index as u64;
+        let checkpoint = view.as_ref();
+        Ok(Checkpointer {
+            dir: dir.to_owned(),
+            log_segments_max,
+            number_next: crate::proto::checkpoint::number_next(records),
+            number_current: checkpoint.map(|view| view.number),
+            unsupported: false,
+            group_end_lsn: checkpoint.map(|view| lsn_of(view.end_index)),
+            recycle_below: checkpoint
+                .filter(|_| log_segments_max.is_some())
+                .map(|view| lsn_of(view.marker_index)),
+        })
+    }
+
+    /// Whether `wal` must be checkpointed now: it holds more segments than the bound,
+    /// and, after a checkpoint, at least the bound's worth of segments begin after that
+    /// checkpoint's group. The second condition only matters when a group itself spans
+    /// segments (a site holding very many batches, or tiny segments): the log is then
+    /// bounded by the group plus the bound, rather than checkpointing after every turn,
+    /// and a reopen does not checkpoint again a log it just checkpointed.
+    pub fn due(&self, wal: &tricommit_wal::Wal) -> bool {
+        if self.unsupported || self.recycle_below.is_some() {
+            return false;
+        }
+        let Some(max) = self.log_segments_max else {
+            return false;
+        };
+        let grown = match self.group_end_lsn {
+            Some(end) => wal.segments_starting_after(end) >= max,
+            None => true,
+        };
+        wal.segment_count() > max && grown
     }
 }
 

@@ -166,7 +166,13 @@ fn open_log(dir: &Path, site: &str, config: &EngineConfig) -> Result<OpenedLog, 
         dir: dir.to_owned(),
         source,
     };
-    let (wal, _recovery) = Wal::open(dir, config.wal.clone()).map_err(wal_error)?;
+    let (mut wal, _recovery) = Wal::open(dir, config.wal.clone()).map_err(wal_error)?;
+    if let Some(max) = config.log_segments_max {
+        // Recycled segments serve the rolls until the next checkpoint; more would only
+        // hold disk.
+        wal.set_recycled_spares_max(max.saturating_add(config.wal.segments_spare))
+            .map_err(wal_error)?;
+    }
     let mut records = Vec::new();
     for record in wal.read_from(wal.first_lsn()) {
         let record = record.map_err(wal_error)?;
@@ -178,15 +184,13 @@ fn open_log(dir: &Path, site: &str, config: &EngineConfig) -> Result<OpenedLog, 
             })?;
         records.push(decoded);
     }
-    let checkpointer = Checkpointer {
-        dir: dir.to_owned(),
-        log_segments_max: config.log_segments_max,
-        number_next: crate::proto::checkpoint::number_next(&records),
-        number_current: None,
-        unsupported: false,
-        segments_after_last: 0,
-        recycle_below: None,
-    };
+    let checkpointer =
+        Checkpointer::for_recovered_log(dir, config.log_segments_max, &wal, &records).map_err(
+            |source| EngineError::Checkpoint {
+                site: site.to_owned(),
+                source,
+            },
+        )?;
     Ok(OpenedLog {
         wal,
         records,

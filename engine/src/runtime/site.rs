@@ -205,7 +205,7 @@ impl SiteIo {
         self.flush_rounds(machine)?;
         if self.checkpoint.recycle_below.is_some() {
             self.recycle_step()?;
-        } else if self.checkpoint.due(self.wal.segment_count()) {
+        } else if self.checkpoint.due(&self.wal) {
             self.run_checkpoint(machine)?;
         }
         Ok(())
@@ -228,7 +228,6 @@ impl SiteIo {
             })?;
         if !more {
             self.checkpoint.recycle_below = None;
-            self.checkpoint.segments_after_last = self.wal.segment_count();
         }
         self.stats
             .recycle_pause_us_max
@@ -285,6 +284,7 @@ impl SiteIo {
         };
         // Nothing happens between the snapshot and the records: no event is handled.
         let marker = machine.checkpoint(number, &mut self.out);
+        let group_len = self.out.appends.len() as u64;
         self.checkpoint.number_next = number + 1;
         self.flush_rounds(machine)?;
         let wal_error = |source| SiteError::Wal { site, source };
@@ -294,6 +294,7 @@ impl SiteIo {
         debug_assert!(self.wal.durable_lsn() >= marker_lsn);
         // The segments below the marker go one per turn from now on (`recycle_step`).
         self.checkpoint.recycle_below = Some(marker_lsn);
+        self.checkpoint.group_end_lsn = Some(marker_lsn + group_len - 1);
         // The new group is durable and rules recovery: older snapshots may go.
         self.checkpoint.number_current = Some(number);
         if snapshot_written {
