@@ -175,4 +175,28 @@ fn logs_stay_bounded_under_steady_load_and_reopen_to_the_same_balances() {
         })
         .collect();
     assert_eq!(reopened, expected, "reopening changed a balance");
+    // Reopening an idle, checkpointed directory neither checkpoints it again nor
+    // grows it: every site keeps at most its bound of segments plus capped spares.
+    let files = |dir: &Path| {
+        names(dir)
+            .iter()
+            .filter(|name| name.ends_with(".wal") || name.ends_with(".spare"))
+            .count()
+    };
+    let files_max = LOG_SEGMENTS_SEEN_MAX + (LOG_SEGMENTS_MAX + 1) as usize;
+    for _ in 0..3 {
+        Engine::open(config(dir.path()))
+            .expect("idle reopen")
+            .shutdown()
+            .expect("idle shutdown");
+        for site in site_dirs(dir.path()) {
+            assert!(
+                files(&site) <= files_max,
+                "{} holds {:?}",
+                site.display(),
+                names(&site)
+            );
+        }
+    }
+    assert_eq!(recovered_balances(dir.path(), &BANK), expected);
 }
