@@ -2,7 +2,9 @@
 //! reports every acknowledged outcome on a pipe; the test kills it with SIGKILL at a
 //! seeded random moment, recovers the data directory, and checks that nothing
 //! acknowledged was lost or reversed (DESIGN §2, invariants 6 and 8). Twenty kills hit
-//! the same directory, so recovery also runs over the leftovers of earlier crashes.
+//! the same directory, so recovery also runs over the leftovers of earlier crashes. The
+//! logs use tiny segments, so every site checkpoints every few hundred transfers and
+//! kills land around checkpoints too.
 
 mod engine_support;
 
@@ -54,11 +56,45 @@ fn env_or(name: &str, default: u64) -> u64 {
     }
 }
 
+/// The child's log settings (see tricommit-crash-child.rs): tiny segments, so that
+/// every site checkpoints often and kills land before, during and after checkpoints.
+const SEGMENT_BYTES: u64 = 32 << 10;
+const RECORD_BYTES_MAX: u32 = 16 << 10;
+const BATCH_TXNS_MAX: usize = 256;
+const LOG_SEGMENTS_MAX: u32 = 2;
+
 fn config(dir: &Path, protocol: Protocol) -> EngineConfig {
     let mut config = BANK.config(dir);
     config.timeouts = short_timeouts();
+    config.wal = tricommit_wal::WalConfig {
+        segment_bytes: SEGMENT_BYTES,
+        record_bytes_max: RECORD_BYTES_MAX,
+        ..tricommit_wal::WalConfig::default()
+    };
+    config.batch_txns_max = BATCH_TXNS_MAX;
+    config.log_segments_max = Some(LOG_SEGMENTS_MAX);
+    config.compact_postings = true;
     config.protocol = protocol;
     config
+}
+
+/// Whether some ledger's log was checkpointed (it holds a snapshot): the kills then
+/// also hit logs that start at a checkpoint.
+fn checkpointed_ledgers(dir: &Path) -> usize {
+    (0..BANK.ledgers)
+        .filter(|index| {
+            std::fs::read_dir(dir.join(format!("participant-{index}")))
+                .map(|entries| {
+                    entries.filter_map(Result::ok).any(|entry| {
+                        entry
+                            .file_name()
+                            .to_str()
+                            .is_some_and(|name| name.starts_with("snapshot-"))
+                    })
+                })
+                .unwrap_or(false)
+        })
+        .count()
 }
 
 fn spawn_child(dir: &Path, seed: u64, run: u64, toggles: Toggles) -> Child {
@@ -304,4 +340,10 @@ fn sigkills(protocol: Protocol, repetitions_default: u64) {
         .filter(|(_, acked)| *acked == Acked::Committed)
         .count();
     assert!(committed > 0, "no commit was ever acknowledged");
+    let checkpointed = checkpointed_ledgers(dir.path());
+    eprintln!("{checkpointed} of {} ledgers checkpointed", BANK.ledgers);
+    assert!(
+        checkpointed > 0,
+        "no ledger ever checkpointed: the kills never met a checkpointed log"
+    );
 }

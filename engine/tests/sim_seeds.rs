@@ -34,6 +34,9 @@ fn e3pc_passes_every_seed() {
         totals.crashes += stats.crashes;
         totals.elections += stats.elections;
         totals.forgets += stats.forgets;
+        totals.checkpoints += stats.checkpoints;
+        totals.log_cuts += stats.log_cuts;
+        totals.crashes_mid_checkpoint += stats.crashes_mid_checkpoint;
         if let Err(failure) = result {
             failures.push(failure);
             if failures.len() >= 3 {
@@ -55,6 +58,15 @@ fn e3pc_passes_every_seed() {
         events > count * 50,
         "the runs did almost nothing: {events} events"
     );
+    if count >= SEEDS_IN_TEST {
+        // Most seeds checkpoint with tiny bounds: the logs are cut, and crashes hit
+        // sites between appending a checkpoint group and its sync.
+        assert!(totals.log_cuts > 0, "no seed cut a log: {totals:?}");
+        assert!(
+            totals.crashes_mid_checkpoint > 0,
+            "no crash hit a checkpoint in progress: {totals:?}"
+        );
+    }
 }
 
 /// Seeds over which the naive rule must break and E3PC must hold.

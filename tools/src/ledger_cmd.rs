@@ -11,7 +11,8 @@ use tricommit_engine::runtime::recover_ledgers;
 pub enum LedgerCommand {
     /// Recover every ledger from its log, read-only, and print one line per account:
     /// `ledger account balance`. With --postings, print every posting instead:
-    /// `txn_id ledger account delta`.
+    /// `txn_id ledger account delta` (for a checkpointed ledger, only those after its
+    /// last checkpoint: a note on stderr names it).
     Dump {
         /// The engine's data directory.
         #[arg(long)]
@@ -55,6 +56,15 @@ pub fn run(command: LedgerCommand) -> ExitCode {
         }
     };
     if postings {
+        for recovered in &ledgers {
+            if let Some(number) = recovered.checkpoint {
+                eprintln!(
+                    "tricommit: note: ledger {} starts at checkpoint {number}: its postings \
+                     before it are compacted (its balances hold them)",
+                    recovered.index
+                );
+            }
+        }
         return ExitCode::SUCCESS;
     }
     let stdout = std::io::stdout();

@@ -203,6 +203,7 @@ fn bad_input_gets_a_one_line_error_and_exit_code_2() {
     assert_bad_input(&["--ledgers", "1"], "--ledgers");
     assert_bad_input(&["--accounts", "0"], "--accounts");
     assert_bad_input(&["--skew=-1"], "--skew");
+    assert_bad_input(&["--protocol", "4pc"], "--protocol");
     assert_bad_input(
         &["--json", "/nonexistent-dir/summary.json"],
         "/nonexistent-dir/summary.json",

@@ -90,6 +90,9 @@ pub struct Wal<S: Storage = FileStorage> {
     /// Zeroed files ready to become segments, oldest first.
     spares: Vec<String>,
     spare_id_next: u64,
+    /// Recycled segments are kept as spares while fewer than this many spares exist;
+    /// further ones are removed (`SEGMENTS_SPARE_MAX` unless the owner lowers it).
+    recycled_spares_max: u32,
     /// Set by the first write-path I/O failure; every later call returns `PreviousIo`.
     failure: Option<String>,
 }
@@ -144,6 +147,7 @@ impl<S: Storage> Wal<S> {
             durable_lsn: 0,
             spares,
             spare_id_next,
+            recycled_spares_max: crate::SEGMENTS_SPARE_MAX,
             failure: None,
         };
         let tail = wal.recover_segments(&segment_numbers)?;
@@ -437,6 +441,20 @@ impl<S: Storage> Wal<S> {
             .map_or(self.lsn_next, |segment| segment.first_lsn)
     }
 
+    /// Segment files in the log, the active one included (checkpoints bring it down).
+    pub fn segment_count(&self) -> u32 {
+        self.segments.len() as u32
+    }
+
+    /// Segments whose first record comes after `lsn` (the active one included when it
+    /// does): how far the log has grown past a point.
+    pub fn segments_starting_after(&self, lsn: Lsn) -> u32 {
+        self.segments
+            .iter()
+            .filter(|segment| segment.first_lsn > lsn)
+            .count() as u32
+    }
+
     /// The sync backend in use (after any io_uring fallback).
     pub fn backend(&self) -> SyncBackend {
         self.backend
@@ -448,16 +466,50 @@ impl<S: Storage> Wal<S> {
     /// `below` is final; records below `below` may remain readable until their segment goes.
     pub fn checkpoint(&mut self, below: Lsn) -> Result<(), WalError> {
         self.check_usable()?;
-        let result = self.recycle_below(below);
+        let result = self.recycle_below(below, usize::MAX);
         self.poison_on_error(result)
     }
 
-    fn recycle_below(&mut self, below: Lsn) -> Result<(), WalError> {
-        let recyclable = self
-            .segments
+    /// Like `checkpoint`, but recycles at most the oldest segment, so that a caller
+    /// can spread the zero-filling of several recycled segments over several calls.
+    /// Returns whether segments wholly below `below` remain after this call.
+    pub fn checkpoint_step(&mut self, below: Lsn) -> Result<bool, WalError> {
+        self.check_usable()?;
+        let result = self.recycle_below(below, 1);
+        self.poison_on_error(result)?;
+        Ok(self.recyclable_below(below) > 0)
+    }
+
+    /// Keeps at most `count` spares from recycled segments (at least the configured
+    /// `segments_spare`, at most `SEGMENTS_SPARE_MAX`): a recycled segment beyond that is
+    /// removed, without zero-filling it, so that a log's disk use stays within its
+    /// segments plus this many spares. Spares above the new bound are removed now
+    /// (newest first).
+    pub fn set_recycled_spares_max(&mut self, count: u32) -> Result<(), WalError> {
+        self.check_usable()?;
+        self.recycled_spares_max = count
+            .max(self.config.segments_spare)
+            .min(crate::SEGMENTS_SPARE_MAX);
+        while self.spares.len() > self.recycled_spares_max as usize {
+            let Some(spare) = self.spares.pop() else {
+                break;
+            };
+            let result = self.storage.remove(&spare);
+            self.poison_on_error(result)?;
+        }
+        Ok(())
+    }
+
+    /// How many of the oldest segments hold only records below `below`.
+    fn recyclable_below(&self, below: Lsn) -> usize {
+        self.segments
             .windows(2)
             .take_while(|pair| pair[1].first_lsn <= below)
-            .count();
+            .count()
+    }
+
+    fn recycle_below(&mut self, below: Lsn, segments_max: usize) -> Result<(), WalError> {
+        let recyclable = self.recyclable_below(below).min(segments_max);
         // Oldest first, so a crash in between still leaves a contiguous log.
         for segment in self.segments.drain(..recyclable).collect::<Vec<_>>() {
             let LiveSegment { name, file, .. } = segment;
@@ -466,7 +518,7 @@ impl<S: Storage> Wal<S> {
             self.spare_id_next += 1;
             let temporary = numbered_name(id, TEMPORARY_SUFFIX);
             self.storage.rename(&name, &temporary)?;
-            if self.spares.len() >= crate::SEGMENTS_SPARE_MAX as usize {
+            if self.spares.len() >= self.recycled_spares_max as usize {
                 self.storage.remove(&temporary)?;
                 continue;
             }

@@ -452,3 +452,92 @@ fn damage_in_last_batch_despite_its_own_mark_is_a_torn_tail() {
     drop(wal);
     assert_eq!(scan(dir.path()).expect("scan").report().tail, None);
 }
+
+#[test]
+fn checkpoint_step_recycles_one_segment_per_call() {
+    // Proves that `checkpoint_step` recycles the oldest segment below the bound and no
+    // more, says whether more remain, never touches records at or above the bound, and
+    // leaves a log that reopens with the same records.
+    let dir = temporary_dir();
+    let (mut wal, _) = Wal::open(dir.path(), config(SyncBackend::Fdatasync)).expect("open");
+    let mut last = 0;
+    while wal.segment_count() < 4 {
+        last = wal
+            .append(kind(last + 1), &payload(last + 1))
+            .expect("append");
+    }
+    wal.sync().expect("sync");
+    let below = last;
+    let mut segments = wal.segment_count();
+    loop {
+        let more = wal.checkpoint_step(below).expect("step");
+        assert_eq!(wal.segment_count(), segments - 1, "one segment per step");
+        segments -= 1;
+        assert!(wal.first_lsn() <= below);
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(
+        segments, 1,
+        "everything below the bound but the active segment went"
+    );
+    assert!(!wal
+        .checkpoint_step(below)
+        .expect("a step with nothing to do"));
+    assert_eq!(wal.segment_count(), 1);
+    let first = wal.first_lsn();
+    assert_records(&wal, first, last);
+    drop(wal);
+    let (wal, recovery) = Wal::open(dir.path(), config(SyncBackend::Fdatasync)).expect("reopen");
+    assert_eq!(recovery.first_lsn, first);
+    assert_records(&wal, first, last);
+}
+
+#[test]
+fn recycled_spares_are_bounded() {
+    // Proves that with a lowered bound, checkpoints remove the recycled segments the
+    // bound has no room for, and that lowering it removes the spares above it at once.
+    let dir = temporary_dir();
+    let (mut wal, _) = Wal::open(dir.path(), config(SyncBackend::Fdatasync)).expect("open");
+    let mut last = 0;
+    while wal.segment_count() < 6 {
+        last = wal
+            .append(kind(last + 1), &payload(last + 1))
+            .expect("append");
+    }
+    wal.sync().expect("sync");
+    wal.checkpoint(last).expect("checkpoint");
+    let spares = |dir: &Path| {
+        fs::read_dir(dir)
+            .expect("list")
+            .filter(|entry| {
+                entry
+                    .as_ref()
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".spare")
+            })
+            .count()
+    };
+    assert_eq!(
+        spares(dir.path()),
+        6,
+        "one spare at open plus five recycled"
+    );
+    wal.set_recycled_spares_max(2).expect("lower the bound");
+    assert_eq!(spares(dir.path()), 2);
+    while wal.segment_count() < 6 {
+        last = wal
+            .append(kind(last + 1), &payload(last + 1))
+            .expect("append");
+    }
+    wal.sync().expect("sync");
+    wal.checkpoint(last).expect("checkpoint");
+    assert!(
+        spares(dir.path()) <= 2,
+        "recycling kept more spares than allowed"
+    );
+    assert_records(&wal, wal.first_lsn(), last);
+}

@@ -36,9 +36,14 @@ const CLIENT_WINDOW_TICKETS: usize = 64;
 const IDS_PER_THREAD: u64 = 1 << 40;
 /// The child stops by itself after this long.
 const RUN_SECONDS_MAX: u64 = 120;
-/// Log segments: small, so that a fresh directory is quick to create.
-const SEGMENT_BYTES: u64 = 8 << 20;
-const RECORD_BYTES_MAX: u32 = 1 << 20;
+/// Log segments: tiny, so that a fresh directory is quick to create and the sites
+/// checkpoint every few hundred transfers, which puts many kills around checkpoints.
+/// The parent test (engine_crash.rs) reopens with the same values.
+const SEGMENT_BYTES: u64 = 32 << 10;
+/// A full prepared record of a `BATCH_TXNS_MAX` batch (about 13 KiB) fits.
+const RECORD_BYTES_MAX: u32 = 16 << 10;
+/// Checkpoint once a log spans more than this many segments.
+const LOG_SEGMENTS_MAX: u32 = 2;
 const _: () = assert!((RECORD_BYTES_MAX as u64) < SEGMENT_BYTES);
 /// Smaller batches than the default, so that a kill lands between many batches.
 const BATCH_TXNS_MAX: usize = 256;
@@ -117,6 +122,8 @@ fn config(args: &Args) -> EngineConfig {
         ..WalConfig::default()
     };
     config.batch_txns_max = BATCH_TXNS_MAX;
+    config.log_segments_max = Some(LOG_SEGMENTS_MAX);
+    config.compact_postings = true;
     config.batching = args.batching;
     config.pipelining = args.pipelining;
     config.overlap = args.overlap;

@@ -43,7 +43,8 @@
 //! # Snapshots
 //! [`Ledger::snapshot_encode`] writes balances, limits and held reservations in a
 //! checksummed format (see the `snapshot` module), so that recovery can start from a
-//! snapshot instead of replaying the whole log.
+//! snapshot instead of replaying the whole log; `ResourceManager::snapshot` and
+//! `restore` use it, which is what lets a ledger participant's log be checkpointed.
 
 mod error;
 mod op;
@@ -54,7 +55,7 @@ pub use error::LedgerError;
 pub use op::{LedgerOp, OpKind, OP_AMOUNT_MAX};
 pub use table::{HoldKind, Reservation};
 
-use crate::proto::{Op, Reason, ResourceManager, TxnId, Vote};
+use crate::proto::{Op, Reason, ResourceManager, RestoreError, TxnId, Vote};
 use table::{Home, Probe, ReservationTable, Slot};
 
 /// The vote reason for a prepare refused because the ledger already holds
@@ -537,6 +538,22 @@ impl ResourceManager for Ledger {
 
     fn abort(&mut self, txns: &[TxnId]) {
         self.decide(txns, false);
+    }
+
+    fn snapshot(&self) -> Option<Vec<u8>> {
+        let mut bytes = Vec::new();
+        self.snapshot_encode(&mut bytes);
+        Some(bytes)
+    }
+
+    /// Loads a snapshot, keeping this ledger's posting sink (postings made after the
+    /// snapshot still reach it).
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
+        let mut restored = Ledger::snapshot_decode(snapshot)
+            .map_err(|error| RestoreError::Invalid(error.to_string()))?;
+        restored.posting_sink = self.posting_sink.take();
+        *self = restored;
+        Ok(())
     }
 }
 

@@ -205,15 +205,21 @@ impl Coordinator {
         now_us: u64,
         out: &mut Output,
     ) -> Result<Self, ProtoError> {
-        let mut incarnation = 0u32;
-        let mut batches: BatchMap<CoordBatch> = BatchMap::default();
         let first = *config
             .replicas
             .first()
             .ok_or(ProtoError::Config("no replicas"))?;
-        for record in records {
+        let plan = super::checkpoint::plan(records)?;
+        let (mut incarnation, mut batches, retired) =
+            Coordinator::restore_carried(plan.checkpoint.as_ref(), me, first)?;
+        for record in plan.tail {
             match record {
                 Record::Incarnation { number } => incarnation = incarnation.max(*number),
+                Record::Checkpoint { .. }
+                | Record::CarriedBatch { .. }
+                | Record::CarriedRetired { .. } => {
+                    return Err(ProtoError::BadLog("checkpoint record outside its group"));
+                }
                 Record::Begin { desc } | Record::Prepared { desc, .. }
                     if !desc.is_well_formed() =>
                 {
@@ -256,6 +262,7 @@ impl Coordinator {
             }
         }
         coordinator.batches = batches;
+        coordinator.retired = retired;
         Ok(coordinator)
     }
 
@@ -1594,5 +1601,84 @@ fn naive_rule(drive: &Drive, index: u32) -> usize {
         0
     } else {
         1
+    }
+}
+
+impl Coordinator {
+    /// Appends a checkpoint group into `out` and asks for it to be forced: the marker
+    /// numbered `number` with this replica's incarnation, then one record for every
+    /// batch held in memory and the retired ranges (see [`super::checkpoint`]). Returns
+    /// the marker's sequence number: once the group is durable, every record before
+    /// the marker may be dropped. Call it between events.
+    ///
+    /// A drive in progress is not carried: recovery never resumes one (it restarts
+    /// open batches through termination), so the group rebuilds what recovery of the
+    /// whole log would.
+    pub fn checkpoint(&mut self, number: u64, out: &mut Output) -> AppendSeq {
+        let mut ids: Vec<BatchId> = self.batches.keys().copied().collect();
+        ids.sort_unstable();
+        let ranges: Vec<(u64, u64)> = self.retired.range_list().collect();
+        let chunks = ranges.chunks(super::checkpoint::CARRIED_RANGES_PER_RECORD_MAX);
+        let marker = Record::Checkpoint {
+            number,
+            incarnation: self.incarnation,
+            records: (ids.len() + chunks.len()) as u32,
+        };
+        let seq = self.log.append(marker, out);
+        for id in ids {
+            if let Some(batch) = self.batches.get(&id) {
+                self.log.append(batch.m.carried(), out);
+            }
+        }
+        for chunk in chunks {
+            let record = Record::CarriedRetired {
+                ranges: chunk.to_vec(),
+            };
+            self.log.append(record, out);
+        }
+        self.log.force(out);
+        AppendSeq(seq)
+    }
+
+    /// The state a checkpoint group carried: the incarnation, the batches (as recovery
+    /// leaves them: no drive, no client tickets, never forgotten by `expected`) and the
+    /// retired ranges. Empty without a checkpoint.
+    #[allow(clippy::type_complexity)]
+    fn restore_carried(
+        view: Option<&super::checkpoint::CheckpointView<'_>>,
+        me: SiteId,
+        first: SiteId,
+    ) -> Result<(u32, BatchMap<CoordBatch>, RetiredSet), ProtoError> {
+        let mut batches: BatchMap<CoordBatch> = BatchMap::default();
+        let mut retired = RetiredSet::default();
+        let Some(view) = view else {
+            return Ok((0, batches, retired));
+        };
+        for record in &view.carried {
+            match record {
+                Record::CarriedRetired { ranges } => {
+                    for &(start, end) in ranges {
+                        retired.insert_range(start, end);
+                    }
+                }
+                Record::CarriedBatch { desc, .. } => {
+                    let m = Member::from_carried(record, me, true, first)
+                        .map_err(ProtoError::BadLog)?;
+                    let entry = CoordBatch {
+                        m,
+                        drive: None,
+                        clients: false,
+                        max_seen_elected: 0,
+                        expected: None,
+                        done: Vec::new(),
+                    };
+                    if batches.insert(desc.batch, entry).is_some() {
+                        return Err(ProtoError::BadLog("batch carried twice"));
+                    }
+                }
+                _ => return Err(ProtoError::BadLog("not a carried record")),
+            }
+        }
+        Ok((view.incarnation, batches, retired))
     }
 }

@@ -141,6 +141,7 @@ impl Log {
 #[derive(Debug)]
 pub(crate) struct Member {
     pub desc: DescriptorRef,
+    /// Read freely; written only through `set_state`, which keeps `pending`.
     pub state: Vec<State>,
     pub attempt: Vec<u32>,
     /// `last_elected` for the whole batch: recovery runs per batch.
@@ -518,4 +519,95 @@ impl Member {
 /// Shares one descriptor between the batch map and the messages that carry it.
 pub(crate) fn desc_of(member: &Member) -> DescriptorRef {
     Arc::clone(&member.desc)
+}
+
+impl Member {
+    /// The record that carries this batch forward at a checkpoint: everything recovery
+    /// would rebuild from the batch's records (see `proto::checkpoint`).
+    pub(crate) fn carried(&self) -> Record {
+        Record::CarriedBatch {
+            desc: Arc::clone(&self.desc),
+            elected: self.elected,
+            by: self.elected_by,
+            states: self
+                .state
+                .iter()
+                .copied()
+                .zip(self.attempt.iter().copied())
+                .collect(),
+            no_reasons: self.no_reasons.clone(),
+        }
+    }
+
+    /// Rebuilds a batch from its carried record, as recovery of its records would.
+    pub(crate) fn from_carried(
+        record: &Record,
+        me: SiteId,
+        replica: bool,
+        first: SiteId,
+    ) -> Result<Member, &'static str> {
+        let Record::CarriedBatch {
+            desc,
+            elected,
+            by,
+            states,
+            no_reasons,
+        } = record
+        else {
+            return Err("not a carried batch");
+        };
+        if !desc.is_well_formed() {
+            return Err("malformed batch descriptor");
+        }
+        if states.len() != desc.txns.len() {
+            return Err("carried states do not match the descriptor");
+        }
+        if no_reasons.iter().any(|&(index, _)| index >= desc.len()) {
+            return Err("carried no vote outside the batch");
+        }
+        let mut member = Member::new(Arc::clone(desc), me, replica, first);
+        member.elected = *elected;
+        member.elected_by = *by;
+        for (index, &(state, attempt)) in states.iter().enumerate() {
+            member.set_state(index as u32, state);
+            member.attempt[index] = attempt;
+        }
+        member.no_reasons = no_reasons.clone();
+        Ok(member)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::types::{Descriptor, SiteId, State};
+    use crate::proto::TxnId;
+
+    // Proves that a batch rebuilt from its carried record knows which transactions are
+    // open: `has_pending` reads a count that every writer of `state` must keep, and a
+    // carried batch that came back "settled" with a W inside would never chase its
+    // decision (the SIGKILL test once hung on exactly that).
+    #[test]
+    fn a_carried_batch_keeps_its_pending_count() {
+        let desc = Arc::new(Descriptor {
+            batch: crate::proto::BatchId(1 << 32),
+            txns: vec![TxnId(1), TxnId(2), TxnId(3)],
+            members: vec![SiteId(3).bit(); 3],
+        });
+        let mut member = Member::new(desc, SiteId(3), false, SiteId(0));
+        for (index, state) in [State::W, State::Commit, State::PreCommit]
+            .into_iter()
+            .enumerate()
+        {
+            member.set_state(index as u32, state);
+        }
+        let rebuilt = Member::from_carried(&member.carried(), SiteId(3), false, SiteId(0))
+            .expect("a carried batch rebuilds");
+        assert_eq!(rebuilt.pending, 2);
+        assert!(rebuilt.has_pending());
+        let mut settled = rebuilt;
+        settled.set_state(0, State::Abort);
+        settled.set_state(2, State::Commit);
+        assert!(!settled.has_pending());
+    }
 }

@@ -17,8 +17,13 @@
 //!    durable state is held inside the machine until `handle_durable` covers it.
 //! 3. Call `poll_timeout()` again and arm one timer for the returned instant.
 //! 4. After a crash, rebuild with `Coordinator::recover` / `Participant::recover` from
-//!    the records that survived, in log order.
+//!    the records that survived, in log order (a participant whose log starts at a
+//!    checkpoint also needs that checkpoint's snapshot:
+//!    `Participant::recover_checkpointed`).
+//! 5. To bound the log, call `Coordinator::checkpoint` / `Participant::checkpoint`
+//!    between events (see [`checkpoint`]).
 
+pub mod checkpoint;
 mod coordinator;
 mod member;
 pub mod msg;
@@ -35,7 +40,7 @@ pub use msg::{Outgoing, Part, ELECTED_INITIAL};
 pub use participant::Participant;
 
 pub use record::{Record, RecordError};
-pub use rm::{Op, Reason, ResourceManager, TxnId, Vote, OP_PAYLOAD_BYTES};
+pub use rm::{Op, Reason, ResourceManager, RestoreError, TxnId, Vote, OP_PAYLOAD_BYTES};
 pub use types::{
     is_quorum, AppendSeq, BatchId, Descriptor, DescriptorRef, Outcome, SiteId, State, TxnSet,
     BATCH_TXNS_MAX, SITES_MAX,
@@ -194,6 +199,10 @@ pub enum ProtoError {
     BadLog(&'static str),
     #[error("replay diverged: the resource manager voted differently for batch {batch:?}")]
     ReplayDiverged { batch: BatchId },
+    #[error("the log starts at checkpoint {number}, but no snapshot of it was given")]
+    SnapshotMissing { number: u64 },
+    #[error("restoring the snapshot of checkpoint {number}: {source}")]
+    Restore { number: u64, source: RestoreError },
 }
 
 /// A batch of client transactions handed to the active coordinator.

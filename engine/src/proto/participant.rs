@@ -58,6 +58,9 @@ impl<R: ResourceManager> Participant<R> {
     /// back. A replica that holds nothing open need not stay up for long (a shutting
     /// down engine stops it as soon as it is settled), so waiting a pending timeout
     /// could leave this site undecided for good.
+    ///
+    /// A log that starts at a checkpoint needs its snapshot: use
+    /// [`Participant::recover_checkpointed`].
     pub fn recover<'a>(
         config: ProtoConfig,
         me: SiteId,
@@ -65,24 +68,18 @@ impl<R: ResourceManager> Participant<R> {
         records: impl IntoIterator<Item = &'a Record>,
         now_us: u64,
     ) -> Result<Self, ProtoError> {
-        let mut participant = Participant::new(config, me, rm)?;
-        for record in records {
-            participant.replay(record)?;
-        }
-        for member in participant.batches.values_mut() {
-            if member.has_pending() {
-                member.arm(now_us);
-            } else {
-                participant.awaiting_done.push(member.desc.batch);
-            }
-        }
-        Ok(participant)
+        Participant::recover_checkpointed(config, me, rm, None, records, now_us)
     }
 
     fn replay(&mut self, record: &Record) -> Result<(), ProtoError> {
         match record {
             Record::Incarnation { .. } => {
                 Err(ProtoError::BadLog("incarnation in a participant log"))
+            }
+            Record::Checkpoint { .. }
+            | Record::CarriedBatch { .. }
+            | Record::CarriedRetired { .. } => {
+                Err(ProtoError::BadLog("checkpoint record outside its group"))
             }
             Record::Begin { desc } | Record::Prepared { desc, .. } if !desc.is_well_formed() => {
                 Err(ProtoError::BadLog("malformed batch descriptor"))
@@ -504,5 +501,107 @@ fn vote_state(vote: Vote) -> State {
         Vote::Yes => State::W,
         Vote::No(_) => State::Abort,
         Vote::ReadOnly => State::Q,
+    }
+}
+
+impl<R: ResourceManager> Participant<R> {
+    /// Appends a checkpoint group into `out` and asks for it to be forced: the marker
+    /// numbered `number`, then one record for every batch held in memory and the
+    /// retired ranges (see [`super::checkpoint`]). Returns the marker's sequence number:
+    /// once the group is durable, every record before the marker may be dropped.
+    ///
+    /// Call it between events, right after taking the resource manager's snapshot for
+    /// the same `number` (the snapshot must hold exactly what the records before the
+    /// marker did to the resource manager), and only after that snapshot is durable.
+    pub fn checkpoint(&mut self, number: u64, out: &mut Output) -> AppendSeq {
+        let mut ids: Vec<BatchId> = self.batches.keys().copied().collect();
+        ids.sort_unstable();
+        let ranges: Vec<(u64, u64)> = self.retired.range_list().collect();
+        let chunks = ranges.chunks(super::checkpoint::CARRIED_RANGES_PER_RECORD_MAX);
+        let marker = Record::Checkpoint {
+            number,
+            incarnation: 0,
+            records: (ids.len() + chunks.len()) as u32,
+        };
+        let seq = self.log.append(marker, out);
+        for id in ids {
+            if let Some(member) = self.batches.get(&id) {
+                self.log.append(member.carried(), out);
+            }
+        }
+        for chunk in chunks {
+            let record = Record::CarriedRetired {
+                ranges: chunk.to_vec(),
+            };
+            self.log.append(record, out);
+        }
+        self.log.force(out);
+        AppendSeq(seq)
+    }
+
+    /// Rebuilds a participant from the records that survived a crash, in log order, as
+    /// [`Participant::recover`] does, but also from a log that starts at a checkpoint:
+    /// `snapshot` must then be the resource manager's snapshot of that checkpoint
+    /// (`rm` must start empty either way).
+    ///
+    /// The snapshot already holds the effects of every record before the checkpoint,
+    /// the reservations of the carried batches included, so the carried batches are
+    /// rebuilt without the resource manager, and only the records after the checkpoint
+    /// group are replayed through it (see [`super::checkpoint`]).
+    pub fn recover_checkpointed<'a>(
+        config: ProtoConfig,
+        me: SiteId,
+        rm: R,
+        snapshot: Option<&[u8]>,
+        records: impl IntoIterator<Item = &'a Record>,
+        now_us: u64,
+    ) -> Result<Self, ProtoError> {
+        let plan = super::checkpoint::plan(records)?;
+        let mut participant = Participant::new(config, me, rm)?;
+        if let Some(view) = &plan.checkpoint {
+            let number = view.number;
+            let bytes = snapshot.ok_or(ProtoError::SnapshotMissing { number })?;
+            participant
+                .rm
+                .restore(bytes)
+                .map_err(|source| ProtoError::Restore { number, source })?;
+            for record in &view.carried {
+                participant.restore_carried(record)?;
+            }
+        }
+        for record in plan.tail {
+            participant.replay(record)?;
+        }
+        for member in participant.batches.values_mut() {
+            if member.has_pending() {
+                member.arm(now_us);
+            } else {
+                participant.awaiting_done.push(member.desc.batch);
+            }
+        }
+        Ok(participant)
+    }
+
+    /// Rebuilds one carried record of a checkpoint (never through the resource manager).
+    fn restore_carried(&mut self, record: &Record) -> Result<(), ProtoError> {
+        match record {
+            Record::CarriedRetired { ranges } => {
+                for &(start, end) in ranges {
+                    self.retired.insert_range(start, end);
+                }
+                Ok(())
+            }
+            Record::CarriedBatch { desc, .. } => {
+                if self.batches.contains_key(&desc.batch) {
+                    return Err(ProtoError::BadLog("batch carried twice"));
+                }
+                let first = self.config.replicas[0];
+                let member = Member::from_carried(record, self.me, false, first)
+                    .map_err(ProtoError::BadLog)?;
+                self.batches.insert(desc.batch, member);
+                Ok(())
+            }
+            _ => Err(ProtoError::BadLog("not a carried record")),
+        }
     }
 }

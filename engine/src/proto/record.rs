@@ -12,10 +12,19 @@
 //! | 3 | `Prepared { desc, ops, votes }` | participant on PREPARE | yes if any vote is yes |
 //! | 4 | `Elected { batch u64, elected u32, by u8 }` | any site joining an election | yes |
 //! | 5 | `Transition { batch u64, state u8, attempt u32, elected u32, txns }` | any site | PC/PA yes, C/A no |
+//! | 6 | `Checkpoint { number u64, incarnation u32, records u32 }` | any site at a checkpoint | yes, with its carried records |
+//! | 7 | `CarriedBatch { desc, elected u32, by u8, n u32, n × (state u8, attempt u32), reasons }` | after a `Checkpoint` | yes |
+//! | 8 | `CarriedRetired { n u32, n × (start u64, end u64) }` | after a `Checkpoint` | yes |
 //!
 //! Shared encodings: `desc = batch u64 | n u32 | n × (txn u64 | members u64)`;
 //! `txns = n u32 | ceil(n/64) × word u64`; a vote is `tag u8 (0 yes, 1 no, 2 read-only) |
-//! reason u16`; `ops = m u32 | m × (txn u64 | payload [u8; 24] | vote)`.
+//! reason u16`; `ops = m u32 | m × (txn u64 | payload [u8; 24] | vote)`;
+//! `reasons = r u32 | r × (index u32 | reason u16)`.
+//!
+//! A checkpoint group is a `Checkpoint` marker followed at once by exactly `records`
+//! carried records (kinds 7 and 8): together they summarise everything recovery needs
+//! from the records before the marker (see `proto::checkpoint`). A group cut short by a
+//! crash is incomplete and recovery ignores it.
 
 use std::sync::Arc;
 
@@ -30,6 +39,9 @@ pub mod kind {
     pub const PREPARED: u8 = 3;
     pub const ELECTED: u8 = 4;
     pub const TRANSITION: u8 = 5;
+    pub const CHECKPOINT: u8 = 6;
+    pub const CARRIED_BATCH: u8 = 7;
+    pub const CARRIED_RETIRED: u8 = 8;
 }
 
 /// One WAL record of the protocol.
@@ -60,6 +72,28 @@ pub enum Record {
         elected: u32,
         txns: TxnSet,
     },
+    /// A checkpoint begins: the `records` records right after this one carry forward
+    /// what recovery needs from every record before it. `number` names the checkpoint
+    /// (a participant's resource-manager snapshot carries the same number);
+    /// `incarnation` is a coordinator replica's current one (0 at a participant).
+    Checkpoint {
+        number: u64,
+        incarnation: u32,
+        records: u32,
+    },
+    /// One batch as the site held it in memory at a checkpoint: its descriptor, its
+    /// `last_elected` and who runs that election, every transaction's state and
+    /// `last_attempt`, and a participant's no votes with their reasons.
+    CarriedBatch {
+        desc: DescriptorRef,
+        elected: u32,
+        by: SiteId,
+        states: Vec<(State, u32)>,
+        no_reasons: Vec<(u32, Reason)>,
+    },
+    /// Ranges `[start, end)` of batch ids the site had retired at a checkpoint, so that
+    /// late messages about them stay ignored once their records are gone.
+    CarriedRetired { ranges: Vec<(u64, u64)> },
 }
 
 /// Why a record did not decode.
@@ -98,14 +132,21 @@ impl Record {
             Record::Prepared { .. } => kind::PREPARED,
             Record::Elected { .. } => kind::ELECTED,
             Record::Transition { .. } => kind::TRANSITION,
+            Record::Checkpoint { .. } => kind::CHECKPOINT,
+            Record::CarriedBatch { .. } => kind::CARRIED_BATCH,
+            Record::CarriedRetired { .. } => kind::CARRIED_RETIRED,
         }
     }
 
     /// The batch a record concerns (`None` for `Incarnation`).
     pub fn batch(&self) -> Option<BatchId> {
         match self {
-            Record::Incarnation { .. } => None,
-            Record::Begin { desc } | Record::Prepared { desc, .. } => Some(desc.batch),
+            Record::Incarnation { .. }
+            | Record::Checkpoint { .. }
+            | Record::CarriedRetired { .. } => None,
+            Record::Begin { desc }
+            | Record::Prepared { desc, .. }
+            | Record::CarriedBatch { desc, .. } => Some(desc.batch),
             Record::Elected { batch, .. } | Record::Transition { batch, .. } => Some(*batch),
         }
     }
@@ -142,6 +183,43 @@ impl Record {
                 put_u32(buf, *elected);
                 put_set(buf, txns);
             }
+            Record::Checkpoint {
+                number,
+                incarnation,
+                records,
+            } => {
+                put_u64(buf, *number);
+                put_u32(buf, *incarnation);
+                put_u32(buf, *records);
+            }
+            Record::CarriedBatch {
+                desc,
+                elected,
+                by,
+                states,
+                no_reasons,
+            } => {
+                put_desc(buf, desc);
+                put_u32(buf, *elected);
+                buf.push(by.0);
+                put_u32(buf, states.len() as u32);
+                for (state, attempt) in states {
+                    buf.push(*state as u8);
+                    put_u32(buf, *attempt);
+                }
+                put_u32(buf, no_reasons.len() as u32);
+                for (index, reason) in no_reasons {
+                    put_u32(buf, *index);
+                    buf.extend_from_slice(&reason.0.to_le_bytes());
+                }
+            }
+            Record::CarriedRetired { ranges } => {
+                put_u32(buf, ranges.len() as u32);
+                for (start, end) in ranges {
+                    put_u64(buf, *start);
+                    put_u64(buf, *end);
+                }
+            }
         }
     }
 
@@ -171,6 +249,13 @@ impl Record {
                 elected: reader.u32()?,
                 txns: reader.set()?,
             },
+            kind::CHECKPOINT => Record::Checkpoint {
+                number: reader.u64()?,
+                incarnation: reader.u32()?,
+                records: reader.u32()?,
+            },
+            kind::CARRIED_BATCH => decode_carried_batch(&mut reader)?,
+            kind::CARRIED_RETIRED => decode_carried_retired(&mut reader)?,
             other => return Err(RecordError::UnknownKind(other)),
         };
         reader.finish()?;
@@ -200,6 +285,53 @@ fn decode_prepared(reader: &mut Reader<'_>) -> Result<Record, RecordError> {
         ops: ops.into(),
         votes,
     })
+}
+
+fn decode_carried_batch(reader: &mut Reader<'_>) -> Result<Record, RecordError> {
+    let desc = reader.desc()?;
+    let elected = reader.u32()?;
+    let by = SiteId(reader.u8()?);
+    let count = reader.len_field("carried states", 5)?;
+    if count != desc.txns.len() {
+        return Err(RecordError::Inconsistent(
+            "carried states do not match the descriptor",
+        ));
+    }
+    let mut states = Vec::with_capacity(count);
+    for _ in 0..count {
+        let state = reader.state()?;
+        states.push((state, reader.u32()?));
+    }
+    let reasons = reader.len_field("carried reasons", 6)?;
+    let mut no_reasons = Vec::with_capacity(reasons);
+    for _ in 0..reasons {
+        let index = reader.u32()?;
+        if index as usize >= count {
+            return Err(RecordError::Inconsistent("no vote outside the batch"));
+        }
+        no_reasons.push((index, Reason(reader.u16()?)));
+    }
+    Ok(Record::CarriedBatch {
+        desc: Arc::new(desc),
+        elected,
+        by,
+        states,
+        no_reasons,
+    })
+}
+
+fn decode_carried_retired(reader: &mut Reader<'_>) -> Result<Record, RecordError> {
+    let count = reader.len_field("retired ranges", 16)?;
+    let mut ranges = Vec::with_capacity(count);
+    for _ in 0..count {
+        let start = reader.u64()?;
+        let end = reader.u64()?;
+        if start >= end {
+            return Err(RecordError::Inconsistent("empty retired range"));
+        }
+        ranges.push((start, end));
+    }
+    Ok(Record::CarriedRetired { ranges })
 }
 
 fn put_u32(buf: &mut Vec<u8>, value: u32) {
@@ -410,6 +542,21 @@ mod tests {
                 elected: 4,
                 txns,
             },
+            Record::Checkpoint {
+                number: 3,
+                incarnation: 9,
+                records: 2,
+            },
+            Record::CarriedBatch {
+                desc: desc.clone(),
+                elected: 5,
+                by: SiteId(1),
+                states: vec![(State::PreCommit, 4), (State::Abort, 0), (State::Commit, 2)],
+                no_reasons: vec![(1, Reason::INSUFFICIENT_FUNDS)],
+            },
+            Record::CarriedRetired {
+                ranges: vec![(1, 5), (7 << 32, (7 << 32) + 3)],
+            },
         ]
     }
 
@@ -455,7 +602,7 @@ mod tests {
         // Proves that random bytes of any kind never make the decoder panic, and that
         // whatever decodes re-encodes to the same bytes.
         #[test]
-        fn random_bytes_never_panic(kind_byte in 0u8..8, bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        fn random_bytes_never_panic(kind_byte in 0u8..10, bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             if let Ok(record) = Record::decode(kind_byte, &bytes) {
                 let mut again = Vec::new();
                 record.encode(&mut again);

@@ -71,4 +71,34 @@ pub trait ResourceManager {
 
     /// Voids the reservations of the given transactions. Unknown ids are ignored.
     fn abort(&mut self, txns: &[TxnId]);
+
+    /// Encodes the whole state (balances, held reservations, whatever `prepare`,
+    /// `commit` and `abort` depend on) so that [`ResourceManager::restore`] rebuilds a
+    /// resource manager that answers every later call exactly as this one would.
+    ///
+    /// Snapshots are what let a participant's log be checkpointed: the log before a
+    /// checkpoint is dropped, so the state it built must come from somewhere else. The
+    /// default returns `None`: a resource manager without snapshots keeps working, but
+    /// its participant never checkpoints and its log grows with the load.
+    fn snapshot(&self) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Replaces the whole state with a snapshot made by [`ResourceManager::snapshot`].
+    /// Called on a fresh resource manager, before any other call. The default refuses.
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
+        let _ = snapshot;
+        Err(RestoreError::Unsupported)
+    }
+}
+
+/// Why a resource manager could not restore a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreError {
+    /// This resource manager takes no snapshots (the trait's default).
+    #[error("this resource manager does not support snapshots")]
+    Unsupported,
+    /// The bytes are not a snapshot this resource manager can load.
+    #[error("invalid snapshot: {0}")]
+    Invalid(String),
 }

@@ -349,6 +349,34 @@ impl RetiredSet {
     pub fn ranges(&self) -> usize {
         self.ranges.len()
     }
+
+    /// The retired ranges `[start, end)` of batch ids, in increasing order (what a
+    /// checkpoint carries forward).
+    pub fn range_list(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.ranges.iter().map(|(&start, &end)| (start, end))
+    }
+
+    /// Adds every batch of `[start, end)`; an empty or inverted range adds nothing.
+    pub fn insert_range(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        // Merge with every range it touches or overlaps.
+        let mut start = start;
+        let mut end = end;
+        if let Some((&before, &before_end)) = self.ranges.range(..=start).next_back() {
+            if before_end >= start {
+                start = before;
+                end = end.max(before_end);
+                self.ranges.remove(&before);
+            }
+        }
+        while let Some((&next, &next_end)) = self.ranges.range(start..=end).next() {
+            end = end.max(next_end);
+            self.ranges.remove(&next);
+        }
+        self.ranges.insert(start, end);
+    }
 }
 
 /// The sites of a mask, in increasing id order.

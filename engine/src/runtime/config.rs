@@ -10,7 +10,7 @@ use crate::pipeline::bounds::{
     BATCHES_IN_FLIGHT_MAX, BATCH_DELAY_US_DEFAULT, BATCH_TXNS_DEFAULT, INTAKE_HIGH_WATER_TXNS,
     INTAKE_TXNS_MAX,
 };
-use crate::proto::{Op, Protocol, ResourceManager, TxnId, Vote, SITES_MAX};
+use crate::proto::{Op, Protocol, ResourceManager, RestoreError, TxnId, Vote, SITES_MAX};
 
 /// The most coordinator replicas a deployment may have.
 pub const REPLICAS_MAX: usize = 7;
@@ -97,6 +97,20 @@ impl ResourceManager for ParticipantRm {
             ParticipantRm::Custom(rm) => rm.abort(txns),
         }
     }
+
+    fn snapshot(&self) -> Option<Vec<u8>> {
+        match self {
+            ParticipantRm::Ledger(ledger) => ledger.snapshot(),
+            ParticipantRm::Custom(rm) => rm.snapshot(),
+        }
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
+        match self {
+            ParticipantRm::Ledger(ledger) => ledger.restore(snapshot),
+            ParticipantRm::Custom(rm) => rm.restore(snapshot),
+        }
+    }
 }
 
 /// Everything `Engine::open` needs.
@@ -135,7 +149,28 @@ pub struct EngineConfig {
     pub protocol: Protocol,
     /// The protocol's timeouts, in microseconds.
     pub timeouts: Timeouts,
+    /// Checkpoint a site once its log holds more than this many segments: the site
+    /// writes a snapshot (participants) and a checkpoint group, then recycles every
+    /// segment before it, so each log stays within about `log_segments_max + 1`
+    /// segments under any steady load. `None` never checkpoints: the logs grow without
+    /// bound. Participants (whose logs are the postings audit trail) follow it only
+    /// with `compact_postings`.
+    pub log_segments_max: Option<u32>,
+    /// Let participants checkpoint too, dropping the postings before each checkpoint
+    /// from their logs (balances stay exact; `ledger dump --postings` then shows the
+    /// postings since the last checkpoint). Off by default: a payment ledger keeps its
+    /// postings as an audit trail, and compacting them away is an explicit choice
+    /// (DESIGN §5). The coordinator replicas' logs hold no postings and always follow
+    /// `log_segments_max`.
+    pub compact_postings: bool,
 }
+
+/// The default of [`EngineConfig::log_segments_max`]: checkpoint once a log spans more
+/// than two segments (with the default 64 MiB segments, at most about 192 MiB a site).
+pub const LOG_SEGMENTS_MAX_DEFAULT: u32 = 2;
+/// The smallest bound: a checkpoint needs at least one whole segment before the active
+/// one to recycle.
+pub const LOG_SEGMENTS_MAX_MIN: u32 = 1;
 
 /// The protocol's timers. The engine's defaults are generous: on a shared 2-core VM a
 /// sync can take tens of milliseconds, and a vote timeout that fires early aborts
@@ -216,6 +251,8 @@ impl EngineConfig {
             pin_threads: false,
             protocol: Protocol::ThreePhase,
             timeouts: Timeouts::default(),
+            log_segments_max: Some(LOG_SEGMENTS_MAX_DEFAULT),
+            compact_postings: false,
         }
     }
 

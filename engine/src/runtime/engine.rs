@@ -15,6 +15,7 @@ use crate::pipeline::{
 };
 use crate::proto::{Coordinator, Output, Participant, Record, SiteId};
 
+use super::checkpoint::Checkpointer;
 use super::config::{EngineConfig, ParticipantRm, PARTICIPANTS_MAX, REPLICAS_MAX};
 use super::dedup::{Dedup, Seen};
 use super::site::{
@@ -48,6 +49,11 @@ pub enum EngineError {
     Recover {
         site: String,
         source: crate::proto::ProtoError,
+    },
+    #[error("recovering {site}: {source}")]
+    Checkpoint {
+        site: String,
+        source: super::checkpoint::CheckpointError,
     },
     #[error("{0}")]
     Site(#[from] SiteError),
@@ -111,6 +117,15 @@ fn validate(config: &EngineConfig) -> Result<(), EngineError> {
         .wal
         .validate()
         .map_err(|error| EngineError::Config(error.to_string()))?;
+    if config
+        .log_segments_max
+        .is_some_and(|max| max < super::config::LOG_SEGMENTS_MAX_MIN)
+    {
+        return bad(format!(
+            "log_segments_max must be at least {}",
+            super::config::LOG_SEGMENTS_MAX_MIN
+        ));
+    }
     let needed = prepared_record_bytes_max(config.batch_txns_max);
     if needed > u64::from(config.wal.record_bytes_max) {
         return bad(format!(
@@ -139,19 +154,32 @@ fn prepared_record_bytes_max(batch_txns: usize) -> u64 {
         + OP_BYTES * txns
 }
 
-/// A site's log, opened and read back.
+/// A site's log, opened and read back, with the checkpoint policy its site runs.
 struct OpenedLog {
     wal: Wal,
     records: Vec<Record>,
+    checkpointer: Checkpointer,
 }
 
-fn open_log(dir: &Path, site: &str, config: &EngineConfig) -> Result<OpenedLog, EngineError> {
+/// Opens one site's log; `log_segments_max` is its checkpoint bound (`None`: never).
+fn open_log(
+    dir: &Path,
+    site: &str,
+    config: &EngineConfig,
+    log_segments_max: Option<u32>,
+) -> Result<OpenedLog, EngineError> {
     let wal_error = |source| EngineError::Wal {
         site: site.to_owned(),
         dir: dir.to_owned(),
         source,
     };
-    let (wal, _recovery) = Wal::open(dir, config.wal.clone()).map_err(wal_error)?;
+    let (mut wal, _recovery) = Wal::open(dir, config.wal.clone()).map_err(wal_error)?;
+    if let Some(max) = log_segments_max {
+        // Recycled segments serve the rolls until the next checkpoint; more would only
+        // hold disk.
+        wal.set_recycled_spares_max(max.saturating_add(config.wal.segments_spare))
+            .map_err(wal_error)?;
+    }
     let mut records = Vec::new();
     for record in wal.read_from(wal.first_lsn()) {
         let record = record.map_err(wal_error)?;
@@ -163,7 +191,42 @@ fn open_log(dir: &Path, site: &str, config: &EngineConfig) -> Result<OpenedLog, 
             })?;
         records.push(decoded);
     }
-    Ok(OpenedLog { wal, records })
+    let checkpointer = Checkpointer::for_recovered_log(dir, log_segments_max, &wal, &records)
+        .map_err(|source| EngineError::Checkpoint {
+            site: site.to_owned(),
+            source,
+        })?;
+    Ok(OpenedLog {
+        wal,
+        records,
+        checkpointer,
+    })
+}
+
+/// Rebuilds participant `me` from its opened log and the snapshot its log starts at.
+fn recover_participant(
+    dir: &Path,
+    site: &str,
+    me: SiteId,
+    proto_config: &crate::proto::ProtoConfig,
+    rm: ParticipantRm,
+    log: &OpenedLog,
+    now_us: u64,
+) -> Result<Participant<ParticipantRm>, EngineError> {
+    let (machine, _number) = super::checkpoint::recover_participant(
+        dir,
+        proto_config.clone(),
+        me,
+        rm,
+        &log.records,
+        now_us,
+        true,
+    )
+    .map_err(|source| EngineError::Checkpoint {
+        site: site.to_owned(),
+        source,
+    })?;
+    Ok(machine)
 }
 
 /// Everything the sites share, built before any thread starts.
@@ -247,6 +310,7 @@ impl Wiring {
             frames: Vec::new(),
             encode: Vec::new(),
             appended: crate::proto::AppendSeq(0),
+            checkpoint: Checkpointer::disabled(),
         }
     }
 }
@@ -315,7 +379,8 @@ impl Engine {
         let mut replica_machines = Vec::new();
         for &me in &replicas {
             let name = format!("replica-{}", me.0);
-            let log = open_log(&config.data_dir.join(&name), &name, &config)?;
+            let bound = config.log_segments_max;
+            let log = open_log(&config.data_dir.join(&name), &name, &config, bound)?;
             let mut out = Output::default();
             let now_us = wiring.clock.now_us();
             let machine = if log.records.is_empty() {
@@ -333,15 +398,16 @@ impl Engine {
         for (index, spec) in config.participants.iter().enumerate() {
             let me = participant_site(config.replicas, index as u8);
             let name = format!("participant-{index}");
-            let log = open_log(&config.data_dir.join(&name), &name, &config)?;
+            // A participant's log is its postings audit trail (DESIGN §5): it is
+            // checkpointed, and the postings before the checkpoint dropped, only when
+            // the configuration says so.
+            let bound = config.log_segments_max.filter(|_| config.compact_postings);
+            let log = open_log(&config.data_dir.join(&name), &name, &config, bound)?;
             let rm = ParticipantRm::genesis(spec)
                 .map_err(|error| EngineError::Config(format!("{name}: {error}")))?;
             let now_us = wiring.clock.now_us();
-            let machine = Participant::recover(proto_config.clone(), me, rm, &log.records, now_us)
-                .map_err(|source| EngineError::Recover {
-                    site: name.clone(),
-                    source,
-                })?;
+            let dir = config.data_dir.join(&name);
+            let machine = recover_participant(&dir, &name, me, &proto_config, rm, &log, now_us)?;
             participant_machines.push((me, machine, log));
         }
 
@@ -377,7 +443,8 @@ impl Engine {
                 drain_max,
                 overlap_syncs: config.overlap,
             };
-            let io = wiring.site_io(me, log.wal, out, flags);
+            let mut io = wiring.site_io(me, log.wal, out, flags);
+            io.checkpoint = log.checkpointer;
             site_stats.push(io.stats.clone());
             let name = format!("tc-replica-{}", me.0);
             if me.0 == 0 {
@@ -400,7 +467,8 @@ impl Engine {
                 drain_max,
                 overlap_syncs: config.overlap,
             };
-            let io = wiring.site_io(me, log.wal, Output::default(), flags);
+            let mut io = wiring.site_io(me, log.wal, Output::default(), flags);
+            io.checkpoint = log.checkpointer;
             site_stats.push(io.stats.clone());
             let name = format!("tc-participant-{}", me.0 as usize - config.replicas);
             participant_threads.push(spawner.spawn(name, move || run_passive(machine, io))?);
@@ -460,6 +528,14 @@ pub struct EngineCounters {
     pub records: u64,
     /// Frames dropped because an inbox was full (retransmitted by the protocol).
     pub frames_dropped: u64,
+    /// Checkpoints over every site, and the longest and total time they held up their
+    /// site (snapshot written, group synced, segments recycled), in microseconds.
+    pub checkpoints: u64,
+    pub checkpoint_pause_us_max: u64,
+    pub checkpoint_pause_us_total: u64,
+    /// The longest time one step of recycling the segments below a checkpoint (one
+    /// segment zero-filled, as a segment roll does) held up its site.
+    pub recycle_pause_us_max: u64,
 }
 
 impl Engine {
@@ -533,6 +609,14 @@ impl Engine {
             counters.syncs += load(&site.syncs);
             counters.records += load(&site.records);
             counters.frames_dropped += load(&site.frames_dropped);
+            counters.checkpoints += load(&site.checkpoints);
+            counters.checkpoint_pause_us_max = counters
+                .checkpoint_pause_us_max
+                .max(load(&site.checkpoint_pause_us_max));
+            counters.checkpoint_pause_us_total += load(&site.checkpoint_pause_us_total);
+            counters.recycle_pause_us_max = counters
+                .recycle_pause_us_max
+                .max(load(&site.recycle_pause_us_max));
         }
         counters
     }

@@ -203,6 +203,10 @@ pub fn read_meta(data_dir: &Path) -> Result<DataDirMeta, MetaError> {
 pub struct RecoveredLedger {
     pub index: usize,
     pub participant: Participant<ParticipantRm>,
+    /// The checkpoint the log starts at, if it was checkpointed: the balances come from
+    /// its snapshot, and only the postings made after it are replayed (the posting sink
+    /// sees no earlier ones).
+    pub checkpoint: Option<u64>,
 }
 
 impl RecoveredLedger {
@@ -237,15 +241,22 @@ pub enum DumpError {
         source: crate::proto::ProtoError,
     },
     #[error("participant {index}: {source}")]
+    Checkpoint {
+        index: usize,
+        source: super::checkpoint::CheckpointError,
+    },
+    #[error("participant {index}: {source}")]
     Ledger {
         index: usize,
         source: crate::ledger::LedgerError,
     },
 }
 
-/// Rebuilds every ledger of `data_dir` from its log without writing anything.
+/// Rebuilds every ledger of `data_dir` from its log (and, for a checkpointed log, the
+/// snapshot of the checkpoint it starts at) without writing anything.
 /// `posting_sink(index)` may give a sink that receives that ledger's postings in log
-/// order as the replay posts them (the audit trail of `ledger dump --postings`).
+/// order as the replay posts them (the audit trail of `ledger dump --postings`; after a
+/// checkpoint it holds only the postings made since, see `RecoveredLedger::checkpoint`).
 pub fn recover_ledgers(
     data_dir: &Path,
     posting_sink: impl Fn(usize) -> Option<PostingSink>,
@@ -262,9 +273,27 @@ pub fn recover_ledgers(
         ledger.set_posting_sink(posting_sink(index));
         let me = participant_site(meta.replicas, index as u8);
         let rm = ParticipantRm::Ledger(Box::new(ledger));
-        let participant = Participant::recover(proto_config.clone(), me, rm, &records, 0)
-            .map_err(|source| DumpError::Replay { index, source })?;
-        ledgers.push(RecoveredLedger { index, participant });
+        let dir = data_dir.join(format!("participant-{index}"));
+        let (participant, checkpoint) = super::checkpoint::recover_participant(
+            &dir,
+            proto_config.clone(),
+            me,
+            rm,
+            &records,
+            0,
+            false,
+        )
+        .map_err(|source| match source {
+            super::checkpoint::CheckpointError::Proto(source) => {
+                DumpError::Replay { index, source }
+            }
+            source => DumpError::Checkpoint { index, source },
+        })?;
+        ledgers.push(RecoveredLedger {
+            index,
+            participant,
+            checkpoint,
+        });
     }
     Ok(ledgers)
 }

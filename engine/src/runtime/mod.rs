@@ -5,6 +5,7 @@
 //! batch), participants the ids after them. Each site is a thread with its own log in
 //! `data_dir/replica-N` or `data_dir/participant-N`.
 
+pub mod checkpoint;
 mod config;
 mod dedup;
 mod engine;
@@ -14,8 +15,8 @@ mod stages;
 mod txn;
 
 pub use config::{
-    EngineConfig, ParticipantRm, ParticipantSpec, RmFactory, Timeouts, PARTICIPANTS_MAX,
-    REPLICAS_DEFAULT, REPLICAS_MAX,
+    EngineConfig, ParticipantRm, ParticipantSpec, RmFactory, Timeouts, LOG_SEGMENTS_MAX_DEFAULT,
+    LOG_SEGMENTS_MAX_MIN, PARTICIPANTS_MAX, REPLICAS_DEFAULT, REPLICAS_MAX,
 };
 pub use dedup::DEDUP_DECIDED_MAX;
 pub use engine::{Engine, EngineCounters, EngineError, Shutdown};

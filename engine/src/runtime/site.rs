@@ -19,6 +19,10 @@ use crate::proto::{
     AppendSeq, BatchId, Coordinator, Output, Part, Participant, ResourceManager, SiteId, State,
 };
 
+use super::checkpoint::{
+    remove_snapshots_except, write_snapshot, CheckpointError, Checkpointer, PauseTimer,
+};
+
 /// Frames one turn takes from the inbox before it flushes, so that a flood of messages
 /// cannot delay the sync (and the replies) without bound.
 pub const FRAMES_PER_TURN_MAX: usize = 256;
@@ -53,6 +57,20 @@ pub trait Machine {
     /// nothing it holds needs the protocol any more, even if some decided batches are
     /// not retired yet.
     fn settled(&self) -> bool;
+    /// The snapshot a checkpoint needs before its records (see `runtime::checkpoint`).
+    fn checkpoint_snapshot(&self) -> CheckpointSnapshot;
+    /// Appends a checkpoint group numbered `number`; returns the marker's sequence.
+    fn checkpoint(&mut self, number: u64, out: &mut Output) -> AppendSeq;
+}
+
+/// What a site must store before its checkpoint records.
+pub enum CheckpointSnapshot {
+    /// A coordinator replica: its records carry everything.
+    NotNeeded,
+    /// A participant's resource-manager snapshot.
+    Bytes(Vec<u8>),
+    /// A participant whose resource manager takes no snapshots: no checkpoint.
+    Unsupported,
 }
 
 /// Whether every transaction of every batch `txn_state` knows is final or never voted.
@@ -91,6 +109,12 @@ impl Machine for Coordinator {
             self.txn_state(batch, index)
         })
     }
+    fn checkpoint_snapshot(&self) -> CheckpointSnapshot {
+        CheckpointSnapshot::NotNeeded
+    }
+    fn checkpoint(&mut self, number: u64, out: &mut Output) -> AppendSeq {
+        Coordinator::checkpoint(self, number, out)
+    }
 }
 
 impl<R: ResourceManager> Machine for Participant<R> {
@@ -111,6 +135,15 @@ impl<R: ResourceManager> Machine for Participant<R> {
             self.txn_state(batch, index)
         })
     }
+    fn checkpoint_snapshot(&self) -> CheckpointSnapshot {
+        match self.rm().snapshot() {
+            Some(bytes) => CheckpointSnapshot::Bytes(bytes),
+            None => CheckpointSnapshot::Unsupported,
+        }
+    }
+    fn checkpoint(&mut self, number: u64, out: &mut Output) -> AppendSeq {
+        Participant::checkpoint(self, number, out)
+    }
 }
 
 /// Counters every site publishes, for the load generator and the tests.
@@ -120,6 +153,13 @@ pub struct SiteStats {
     pub records: AtomicU64,
     pub frames_in: AtomicU64,
     pub frames_dropped: AtomicU64,
+    /// Checkpoints taken, and the longest and total time they held up the site
+    /// (snapshot written, group appended and synced).
+    pub checkpoints: AtomicU64,
+    pub checkpoint_pause_us_max: AtomicU64,
+    pub checkpoint_pause_us_total: AtomicU64,
+    /// The longest time one recycling step (one segment zero-filled) held it up.
+    pub recycle_pause_us_max: AtomicU64,
 }
 
 /// What a site stage owns besides its state machine.
@@ -149,6 +189,8 @@ pub struct SiteIo {
     pub frames: Vec<Frame>,
     pub encode: Vec<u8>,
     pub appended: AppendSeq,
+    /// When and where this site checkpoints its log.
+    pub checkpoint: Checkpointer,
 }
 
 /// Errors that end a site stage. A WAL error is fatal for the site (fsyncgate).
@@ -156,6 +198,8 @@ pub struct SiteIo {
 pub enum SiteError {
     #[error("site {site}: write-ahead log: {source}")]
     Wal { site: u8, source: WalError },
+    #[error("site {site}: checkpoint: {source}")]
+    Checkpoint { site: u8, source: CheckpointError },
 }
 
 /// A site's sync: the one in flight, and whether the next one is already wanted.
@@ -191,7 +235,52 @@ impl SiteIo {
     /// messages. Without overlap it also waits for the sync and reports it back,
     /// repeating while that releases more; with overlap the report comes from
     /// [`finish_sync`](Self::finish_sync).
+    ///
+    /// Then, between two turns, checkpoints the log if it outgrew its bound.
     pub fn flush<M: Machine>(&mut self, machine: &mut M) -> Result<(), SiteError> {
+        self.flush_rounds(machine)?;
+        if self.checkpoint.recycle_below.is_some() {
+            self.recycle_step()?;
+        } else if self.checkpoint.due(&self.wal) {
+            self.run_checkpoint(machine)?;
+        }
+        Ok(())
+    }
+
+    /// Recycles one segment below the last durable checkpoint group: zero-filling a
+    /// recycled segment costs about as much as a segment roll, so one per turn keeps
+    /// each pause to one segment's worth.
+    fn recycle_step(&mut self) -> Result<(), SiteError> {
+        let Some(below) = self.checkpoint.recycle_below else {
+            return Ok(());
+        };
+        let timer = PauseTimer::start();
+        let more = self
+            .wal
+            .checkpoint_step(below)
+            .map_err(|source| SiteError::Wal {
+                site: self.me.0,
+                source,
+            })?;
+        if !more {
+            self.checkpoint.recycle_below = None;
+        }
+        self.stats
+            .recycle_pause_us_max
+            .fetch_max(timer.elapsed_us(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn record_pause(&self, pause_us: u64) {
+        self.stats
+            .checkpoint_pause_us_max
+            .fetch_max(pause_us, Ordering::Relaxed);
+        self.stats
+            .checkpoint_pause_us_total
+            .fetch_add(pause_us, Ordering::Relaxed);
+    }
+
+    fn flush_rounds<M: Machine>(&mut self, machine: &mut M) -> Result<(), SiteError> {
         for _ in 0..FLUSH_ROUNDS_MAX {
             let sync_upto = self.out.sync_upto.take();
             self.write_appends()?;
@@ -257,6 +346,50 @@ impl SiteIo {
             }
             self.flush(machine)?;
         }
+        Ok(())
+    }
+
+    /// Takes a checkpoint (the steps and their crash safety are in
+    /// `runtime::checkpoint`) and records how long it held up the site.
+    fn run_checkpoint<M: Machine>(&mut self, machine: &mut M) -> Result<(), SiteError> {
+        let timer = PauseTimer::start();
+        // The group's accounting starts from a quiet log: report the sync in flight.
+        self.complete_sync(machine)?;
+        let site = self.me.0;
+        let checkpoint_error = |source| SiteError::Checkpoint { site, source };
+        let number = self.checkpoint.number_next;
+        let snapshot_written = match machine.checkpoint_snapshot() {
+            CheckpointSnapshot::Unsupported => {
+                self.checkpoint.unsupported = true;
+                return Ok(());
+            }
+            CheckpointSnapshot::Bytes(bytes) => {
+                write_snapshot(&self.checkpoint.dir, number, &bytes).map_err(checkpoint_error)?;
+                true
+            }
+            CheckpointSnapshot::NotNeeded => false,
+        };
+        // Nothing happens between the snapshot and the records: no event is handled.
+        let marker = machine.checkpoint(number, &mut self.out);
+        let group_len = self.out.appends.len() as u64;
+        self.checkpoint.number_next = number + 1;
+        self.flush_rounds(machine)?;
+        let wal_error = |source| SiteError::Wal { site, source };
+        // The whole group must be durable before anything below it goes.
+        self.wal.sync().map_err(wal_error)?;
+        let marker_lsn = self.lsn_base + marker.0;
+        debug_assert!(self.wal.durable_lsn() >= marker_lsn);
+        // The segments below the marker go one per turn from now on (`recycle_step`).
+        self.checkpoint.recycle_below = Some(marker_lsn);
+        self.checkpoint.group_end_lsn = Some(marker_lsn + group_len - 1);
+        // The new group is durable and rules recovery: older snapshots may go.
+        self.checkpoint.number_current = Some(number);
+        if snapshot_written {
+            remove_snapshots_except(&self.checkpoint.dir, Some(number))
+                .map_err(checkpoint_error)?;
+        }
+        self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.record_pause(timer.elapsed_us());
         Ok(())
     }
 

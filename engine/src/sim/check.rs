@@ -596,6 +596,33 @@ fn apply(view: &mut View, site: SiteId, record: &Record) {
                 }
             }
         }
-        Record::Incarnation { .. } | Record::Begin { .. } => {}
+        // A carried batch restates the state the site held at a checkpoint.
+        // A site leaves Q only by voting yes or no (or, as a witness replica, by a
+        // round, where `yes` does not matter), and a no vote carries its reason: the
+        // yes votes a crash-rebuilt view must remember follow.
+        Record::CarriedBatch {
+            desc,
+            elected,
+            states,
+            no_reasons,
+            ..
+        } => {
+            view.elected = view.elected.max(*elected);
+            for (i, &(state, attempt)) in states.iter().enumerate() {
+                if i < view.state.len() {
+                    view.state[i] = state;
+                    view.attempt[i] = attempt;
+                    let member = desc.members.get(i).is_some_and(|m| m & site.bit() != 0);
+                    let voted_no = no_reasons.iter().any(|&(index, _)| index as usize == i);
+                    if member && state != State::Q && !voted_no {
+                        view.yes[i] = true;
+                    }
+                }
+            }
+        }
+        Record::Incarnation { .. }
+        | Record::Begin { .. }
+        | Record::Checkpoint { .. }
+        | Record::CarriedRetired { .. } => {}
     }
 }

@@ -71,7 +71,16 @@ pub struct SimConfig {
     /// Timeouts and retry bounds (its `replicas` and `termination` are overwritten
     /// from the fields above).
     pub proto: ProtoConfig,
+    /// Checkpoint a site once its log holds more records than this (`None`: never).
+    /// The group is durable only after its sync; the log is cut at its marker then,
+    /// and crashes in between lose the unsynced part of it like any record.
+    pub checkpoint_records_max: Option<usize>,
 }
+
+/// The checkpoint bounds seeds draw from (by seed bits, so that the rest of a seed's
+/// configuration stays what it was): often tiny, so that runs checkpoint many times
+/// and crashes land around checkpoints.
+const CHECKPOINT_RECORDS_MAX_CHOICES: [Option<usize>; 4] = [None, Some(6), Some(12), Some(24)];
 
 impl SimConfig {
     /// A fault-free configuration with 3 replicas and 3 participants.
@@ -101,6 +110,7 @@ impl SimConfig {
             final_crash: true,
             termination: Termination::E3pc,
             proto: ProtoConfig::new(Vec::new()),
+            checkpoint_records_max: None,
         }
     }
 
@@ -112,6 +122,8 @@ impl SimConfig {
         let mut rng = Rng::new(seed ^ 0x0005_1A7E_C0FF_EE00);
         let mut config = SimConfig::quiet(seed);
         config.termination = termination;
+        config.checkpoint_records_max = CHECKPOINT_RECORDS_MAX_CHOICES
+            [((seed >> 4) % CHECKPOINT_RECORDS_MAX_CHOICES.len() as u64) as usize];
         config.participants = 3 + rng.below(2) as u8;
         config.batches = rng.range(3, 8) as u32;
         config.batch_txns_max = rng.range(1, 6) as u32;
@@ -200,10 +212,19 @@ struct SiteSim {
     wal: Vec<(u8, Vec<u8>)>,
     records: Vec<Record>,
     durable_len: usize,
-    /// `wal.len()` when the current instance started: `seq s` is `wal[base + s - 1]`.
-    seq_base: usize,
+    /// `wal.len()` when the current instance started: `seq s` is `wal[base + s - 1]`
+    /// (negative once a checkpoint cut more records than the instance found).
+    seq_base: i64,
     epoch: u32,
     timer_us: Option<u64>,
+    /// Participant snapshots by checkpoint number; written durably before the group.
+    snapshots: Vec<(u64, Vec<u8>)>,
+    checkpoint_next: u64,
+    /// The group appended last, until durable: (marker index, end index, number).
+    pending_cut: Option<(usize, usize, u64)>,
+    /// Records of the last group the log was cut at: the bound counts records beyond
+    /// it, so a group larger than the bound does not set off the next checkpoint.
+    carried_len: usize,
 }
 
 #[derive(Debug)]
@@ -285,6 +306,11 @@ pub struct RunStats {
     pub elections: u64,
     /// FORGET parts sent: batches retired once every site durably decided them.
     pub forgets: u64,
+    /// Checkpoint groups appended, and logs cut at one once it was durable.
+    pub checkpoints: u64,
+    pub log_cuts: u64,
+    /// Crashes of a site whose last checkpoint group was not durable yet.
+    pub crashes_mid_checkpoint: u64,
 }
 
 /// A message filter for scenario tests, called as `filter(from, to, part)` for every
@@ -356,6 +382,10 @@ impl Sim {
                 seq_base: 0,
                 epoch: 0,
                 timer_us: None,
+                snapshots: Vec::new(),
+                checkpoint_next: 1,
+                pending_cut: None,
+                carried_len: 0,
             });
             sim.start_site(site);
         }
@@ -629,9 +659,11 @@ impl Sim {
         state.node = Node::Down;
         state.epoch += 1;
         state.timer_us = None;
+        let mid_checkpoint = state.pending_cut.take().is_some();
         let survivors = state.records.clone();
         self.checker.on_crash(SiteId(site), &survivors);
         self.stats.crashes += 1;
+        self.stats.crashes_mid_checkpoint += u64::from(mid_checkpoint);
         self.disturbed = true;
         let lost = unsynced - (keep - durable_before);
         self.note(
@@ -671,12 +703,20 @@ impl Sim {
                 .map(|c| Node::Coordinator(Box::new(c)))
         } else {
             let bank = Bank::new(self.config.accounts, self.config.balance);
-            Participant::recover(self.proto.clone(), id, bank, &decoded, now)
-                .map(|p| Node::Participant(Box::new(p)))
+            let snapshot = self.snapshot_for(site, &decoded);
+            Participant::recover_checkpointed(
+                self.proto.clone(),
+                id,
+                bank,
+                snapshot.as_deref(),
+                &decoded,
+                now,
+            )
+            .map(|p| Node::Participant(Box::new(p)))
         };
         self.out = out;
         let state = &mut self.sites[site as usize];
-        state.seq_base = state.wal.len();
+        state.seq_base = state.wal.len() as i64;
         state.durable_len = state.wal.len();
         match node {
             Ok(node) => state.node = node,
@@ -731,7 +771,7 @@ impl Sim {
         if state.epoch != epoch || matches!(state.node, Node::Down) {
             return;
         }
-        let new_len = (state.seq_base + upto as usize).min(state.wal.len());
+        let new_len = ((state.seq_base + upto as i64).max(0) as usize).min(state.wal.len());
         let old_len = state.durable_len;
         if new_len > old_len {
             state.durable_len = new_len;
@@ -752,7 +792,80 @@ impl Sim {
             Node::Down => {}
         }
         self.out = out;
+        self.cut_at_durable_checkpoint(site);
         self.drain(site);
+    }
+
+    /// The snapshot of the checkpoint `records` start at, if they start at one.
+    fn snapshot_for(&self, site: u8, records: &[Record]) -> Option<Vec<u8>> {
+        let number = crate::proto::checkpoint::plan(records)
+            .ok()?
+            .checkpoint?
+            .number;
+        let state = &self.sites[site as usize];
+        state
+            .snapshots
+            .iter()
+            .find(|(taken, _)| *taken == number)
+            .map(|(_, bytes)| bytes.clone())
+    }
+
+    /// Checkpoints the site if its log outgrew the bound and no group is pending:
+    /// snapshot first (durable at once, like the engine's fsynced file), then the group
+    /// through `drain`, which may crash the site part-way like any step.
+    fn maybe_checkpoint(&mut self, site: u8) {
+        let Some(max) = self.config.checkpoint_records_max else {
+            return;
+        };
+        let state = &mut self.sites[site as usize];
+        if state.pending_cut.is_some() || state.wal.len() <= max + state.carried_len {
+            return;
+        }
+        let number = state.checkpoint_next;
+        let mut out = std::mem::take(&mut self.out);
+        match &mut state.node {
+            Node::Down => {
+                self.out = out;
+                return;
+            }
+            Node::Coordinator(coordinator) => {
+                coordinator.checkpoint(number, &mut out);
+            }
+            Node::Participant(participant) => {
+                if let Some(bytes) = crate::proto::ResourceManager::snapshot(participant.rm()) {
+                    state.snapshots.push((number, bytes));
+                }
+                participant.checkpoint(number, &mut out);
+            }
+        }
+        state.checkpoint_next += 1;
+        let marker = state.wal.len();
+        state.pending_cut = Some((marker, marker + out.appends.len(), number));
+        self.out = out;
+        self.stats.checkpoints += 1;
+        self.note(site, "checkpoint", None, None, format!("number {number}"));
+        self.drain(site);
+    }
+
+    /// Once the pending group is durable, drops every record before its marker and
+    /// the snapshots older than it.
+    fn cut_at_durable_checkpoint(&mut self, site: u8) {
+        let state = &mut self.sites[site as usize];
+        let Some((marker, end, number)) = state.pending_cut else {
+            return;
+        };
+        if state.durable_len < end {
+            return;
+        }
+        state.wal.drain(..marker);
+        state.records.drain(..marker);
+        state.durable_len -= marker;
+        state.seq_base -= marker as i64;
+        state.snapshots.retain(|(taken, _)| *taken >= number);
+        state.pending_cut = None;
+        state.carried_len = end - marker;
+        self.stats.log_cuts += 1;
+        self.note(site, "cut", None, None, format!("{marker} records"));
     }
 
     /// Carries out a site's output: log, sync, send, complete; then re-arms its timer.
@@ -761,7 +874,7 @@ impl Sim {
         let id = SiteId(site);
         for (seq, record) in out.appends.drain(..) {
             let state = &mut self.sites[site as usize];
-            if seq.0 as usize != state.wal.len() - state.seq_base + 1 {
+            if seq.0 as i64 != state.wal.len() as i64 - state.seq_base + 1 {
                 self.checker
                     .fail(5, format!("site {site} append seq {} is not dense", seq.0));
             }
@@ -839,6 +952,7 @@ impl Sim {
             Node::Down => None,
         }
         .map(|at| at.max(self.now_us));
+        self.maybe_checkpoint(site);
     }
 
     fn transmit(&mut self, from: u8, to: u8, part: Part) {
@@ -1233,6 +1347,11 @@ fn describe_record(record: &Record) -> String {
         } => {
             format!("{state:?}@{attempt} {:?}", txns.iter().collect::<Vec<_>>())
         }
+        Record::Checkpoint {
+            number, records, ..
+        } => format!("CHECKPOINT {number} ({records} carried)"),
+        Record::CarriedBatch { states, .. } => format!("CARRIED {states:?}"),
+        Record::CarriedRetired { ranges } => format!("CARRIED-RETIRED {ranges:?}"),
     }
 }
 

@@ -162,6 +162,10 @@ pub fn add_counters(a: &EngineCounters, b: &EngineCounters) -> EngineCounters {
         syncs: a.syncs + b.syncs,
         records: a.records + b.records,
         frames_dropped: a.frames_dropped + b.frames_dropped,
+        checkpoints: a.checkpoints + b.checkpoints,
+        checkpoint_pause_us_max: a.checkpoint_pause_us_max.max(b.checkpoint_pause_us_max),
+        checkpoint_pause_us_total: a.checkpoint_pause_us_total + b.checkpoint_pause_us_total,
+        recycle_pause_us_max: a.recycle_pause_us_max.max(b.recycle_pause_us_max),
     }
 }
 

@@ -119,6 +119,16 @@ pub struct Args {
     /// active and one spare segment at open).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1_024))]
     pub segment_mib: u64,
+    /// Checkpoint a site's log once it spans more than this many segments, so that
+    /// disk use stays bounded; 0 never checkpoints. Ledger logs follow it only with
+    /// --compact-postings.
+    #[arg(long, default_value_t = u64::from(tricommit_engine::runtime::LOG_SEGMENTS_MAX_DEFAULT), value_parser = clap::value_parser!(u64).range(0..=1_024))]
+    pub log_segments_max: u64,
+    /// Let the ledgers checkpoint too, dropping the postings before each checkpoint from
+    /// their logs (balances stay exact). Off: the ledger logs keep every posting as the
+    /// audit trail and grow.
+    #[arg(long)]
+    pub compact_postings: bool,
     /// WAL sync backend (the WAL's measured-fastest default when not given).
     #[arg(long, value_enum)]
     pub sync: Option<SyncFlag>,
@@ -259,6 +269,11 @@ fn run(args: &Args) -> Result<bool, LoadError> {
         config.wal.sync = flag.backend();
     }
     config.wal.segment_bytes = args.segment_mib << 20;
+    config.log_segments_max = match args.log_segments_max {
+        0 => None,
+        segments => Some(segments as u32),
+    };
+    config.compact_postings = args.compact_postings;
     config.wal.record_bytes_max = config
         .wal
         .record_bytes_max

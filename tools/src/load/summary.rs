@@ -48,6 +48,14 @@ pub struct Summary {
     pub undecided_at_shutdown: Option<u64>,
     /// Extra open-and-shutdown passes until everything was decided (failure scenario).
     pub settle_passes: Option<u32>,
+    /// Acknowledged commits whose postings a checkpoint compacted away, so that only
+    /// the balances hold them (failure scenario; see `Durability::compacted`).
+    pub compacted_commits: Option<u64>,
+    /// Log checkpoints over every site, and the longest time one held up its site.
+    pub checkpoints: u64,
+    pub checkpoint_pause_us_max: u64,
+    /// The longest time recycling one segment below a checkpoint held up its site.
+    pub recycle_pause_us_max: u64,
     pub config: Args,
 }
 
@@ -113,6 +121,13 @@ impl Summary {
                 .as_ref()
                 .map(|durability| durability.undecided),
             settle_passes: outcome.settle_passes,
+            compacted_commits: outcome
+                .durability
+                .as_ref()
+                .map(|durability| durability.compacted),
+            checkpoints: counters.checkpoints,
+            checkpoint_pause_us_max: counters.checkpoint_pause_us_max,
+            recycle_pause_us_max: counters.recycle_pause_us_max,
             config: args.clone(),
         }
     }
@@ -154,9 +169,24 @@ impl Summary {
                 format!("{:.0}% of one core", self.cpu_percent),
             ),
             ("duration".to_owned(), format!("{:.2} s", self.duration_s)),
+            ("checkpoints".to_owned(), self.checkpoints.to_string()),
+            (
+                "checkpoint pause max".to_owned(),
+                format!("{} us", self.checkpoint_pause_us_max),
+            ),
+            (
+                "segment recycle pause max".to_owned(),
+                format!("{} us", self.recycle_pause_us_max),
+            ),
         ]);
         if let Some(lost) = self.lost {
             rows.push(("lost commits".to_owned(), lost.to_string()));
+        }
+        if let Some(compacted) = self.compacted_commits.filter(|&count| count > 0) {
+            rows.push((
+                "commits checkpointed (balances only)".to_owned(),
+                compacted.to_string(),
+            ));
         }
         if let Some(undecided) = self.undecided_at_shutdown {
             rows.push(("undecided after settling".to_owned(), undecided.to_string()));
@@ -286,6 +316,11 @@ pub struct Durability {
     /// termination protocol had not finished them when the engine shut down; the next
     /// open finishes them.
     pub undecided: u64,
+    /// Neither posted in the logs nor held, on ledgers whose logs start at a checkpoint:
+    /// the checkpoint compacted their postings away (the balances hold them), so no
+    /// posting can prove them. Counted apart from `lost`, which stays exact only while
+    /// no ledger is checkpointed (`--log-segments-max 0`).
+    pub compacted: u64,
 }
 
 /// Checks every acknowledged commit against what the ledgers' logs hold.
@@ -316,9 +351,13 @@ pub fn check_durability(
     let posted = posted
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let checkpointed = ledgers
+        .iter()
+        .any(|recovered| recovered.checkpoint.is_some());
     let mut durability = Durability {
         lost: 0,
         undecided: 0,
+        compacted: 0,
     };
     for id in clients.iter().flat_map(|client| &client.committed_ids) {
         if posted.contains(id) {
@@ -326,6 +365,8 @@ pub fn check_durability(
         }
         if held.contains(id) {
             durability.undecided += 1;
+        } else if checkpointed {
+            durability.compacted += 1;
         } else {
             durability.lost += 1;
         }
