@@ -19,6 +19,7 @@ use super::types::{
 use super::{BatchInput, Completion, Output, ProtoConfig, ProtoError, Protocol, Termination};
 
 /// A coordinator replica.
+#[derive(Clone)]
 pub struct Coordinator {
     config: ProtoConfig,
     me: SiteId,
@@ -45,7 +46,7 @@ pub struct Coordinator {
 }
 
 /// What this replica drives for one batch, if anything.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Phase {
     /// The normal path at election 1: votes come in, PRE-COMMIT goes out per txn.
     Normal,
@@ -55,7 +56,7 @@ enum Phase {
     Round,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Drive {
     elected: u32,
     phase: Phase,
@@ -117,7 +118,7 @@ impl Drive {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct CoordBatch {
     m: Member,
     drive: Option<Drive>,
@@ -1680,5 +1681,90 @@ impl Coordinator {
             }
         }
         Ok((view.incarnation, batches, retired))
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Canonical digest, for model checkers. Additive: nothing above calls it.
+// ---------------------------------------------------------------------------------
+
+impl Coordinator {
+    /// Hashes this replica's logical state into `state`, canonically, so that a model
+    /// checker can hold the machine itself (it is `Clone`) and recognise the same
+    /// state reached by different event orders.
+    ///
+    /// Canonical means: batches in id order (not the map's order), the held parts and
+    /// the DONE reports as multisets, the batches awaiting DONE as a set, and every
+    /// instant relative to `now_us`, the driver's clock (the machine only adds to and
+    /// compares the instants it is given, so a shift in time changes nothing). The
+    /// configuration is not hashed: compare replicas of one deployment only.
+    pub fn digest<H: std::hash::Hasher>(&self, now_us: u64, state: &mut H) {
+        use std::hash::Hash;
+        self.me.hash(state);
+        self.rank.hash(state);
+        self.replica_mask.hash(state);
+        self.log.digest(state);
+        self.incarnation.hash(state);
+        self.incarnation_seq.hash(state);
+        self.next_counter.hash(state);
+        let mut ids: Vec<BatchId> = self.batches.keys().copied().collect();
+        ids.sort_unstable();
+        ids.len().hash(state);
+        for id in ids {
+            id.hash(state);
+            if let Some(batch) = self.batches.get(&id) {
+                batch.digest(now_us, state);
+            }
+        }
+        self.retired.hash(state);
+        super::member::hash_batch_set(&self.awaiting_done, state);
+        super::member::hash_batch_set(&self.awaiting_own_pc, state);
+        self.predictor.hash(state);
+    }
+}
+
+impl CoordBatch {
+    fn digest<H: std::hash::Hasher>(&self, now_us: u64, state: &mut H) {
+        use std::hash::Hash;
+        self.m.digest(now_us, state);
+        self.drive.is_some().hash(state);
+        if let Some(drive) = &self.drive {
+            drive.digest(now_us, state);
+        }
+        self.clients.hash(state);
+        self.max_seen_elected.hash(state);
+        self.expected.hash(state);
+        // Looked up by site, never iterated in order.
+        let mut done = self.done.clone();
+        done.sort_unstable();
+        done.hash(state);
+    }
+}
+
+impl Drive {
+    fn digest<H: std::hash::Hasher>(&self, now_us: u64, state: &mut H) {
+        use std::hash::Hash;
+        self.elected.hash(state);
+        self.phase.hash(state);
+        super::member::hash_instant(self.deadline_us, now_us, state);
+        super::member::hash_instant(self.vote_deadline_us, now_us, state);
+        // Vote latencies are measured from it: only its distance to now matters.
+        now_us.saturating_sub(self.opened_us).hash(state);
+        self.retransmits.hash(state);
+        self.round_seq.hash(state);
+        self.vote_pending.hash(state);
+        self.read_only.hash(state);
+        self.yes_by.hash(state);
+        self.no_count.hash(state);
+        self.responded.hash(state);
+        self.responders.hash(state);
+        self.max_attempt.hash(state);
+        self.max_all_pc.hash(state);
+        self.any_pc.hash(state);
+        self.any_commit.hash(state);
+        self.any_abort.hash(state);
+        self.round_pc.hash(state);
+        self.round_pa.hash(state);
+        self.acks.hash(state);
     }
 }

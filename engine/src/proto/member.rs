@@ -3,6 +3,8 @@
 //! join elections, take part in PRE-COMMIT / PRE-ABORT rounds and learn decisions,
 //! logging each change before any message that depends on it leaves.
 
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use super::msg::{Part, ELECTED_INITIAL};
@@ -12,7 +14,7 @@ use super::types::{AppendSeq, BatchId, DescriptorRef, SiteId, State, TxnSet};
 use super::{Completion, Outgoing, Output, Termination};
 
 /// The site's append sequence and the messages waiting for durability.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Log {
     next_seq: u64,
     durable_seq: u64,
@@ -138,7 +140,7 @@ impl Log {
 }
 
 /// One site's view of one batch.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Member {
     pub desc: DescriptorRef,
     /// Read freely; written only through `set_state`, which keeps `pending`.
@@ -574,6 +576,74 @@ impl Member {
         }
         member.no_reasons = no_reasons.clone();
         Ok(member)
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Canonical digests, for model checkers (see `Coordinator::digest`).
+// ---------------------------------------------------------------------------------
+
+/// Hashes the instant `at_us` relative to the driver's clock `now_us`.
+///
+/// The machines read time only as the `now_us` their driver passes in, and only add
+/// durations to it and compare instants, so two machines whose instants differ by one
+/// shift behave alike. An instant already passed hashes as "now": every later `now_us`
+/// is at least the driver's clock, so a passed deadline fires at the next poll either
+/// way, and `arm` keeps the earlier one.
+pub(crate) fn hash_instant<H: Hasher>(at_us: u64, now_us: u64, state: &mut H) {
+    if at_us == u64::MAX {
+        u64::MAX.hash(state);
+    } else {
+        at_us.saturating_sub(now_us).hash(state);
+    }
+}
+
+/// A fixed-key fingerprint of one element, to hash a multiset in sorted order.
+pub(crate) fn fingerprint<T: Hash + ?Sized>(value: &T) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Hashes the batch ids of an `awaiting_done` list as a set: `flush_done` acts once
+/// per batch whatever the order and however often it is listed.
+pub(crate) fn hash_batch_set<H: Hasher>(batches: &[BatchId], state: &mut H) {
+    let mut sorted = batches.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    sorted.hash(state);
+}
+
+impl Log {
+    /// Hashes the sequence numbers and the held parts, the latter as a multiset: they
+    /// leave together on one `on_durable`, and the network does not order them.
+    pub(crate) fn digest<H: Hasher>(&self, state: &mut H) {
+        self.next_seq.hash(state);
+        self.durable_seq.hash(state);
+        let mut held: Vec<u64> = self.held.iter().map(fingerprint).collect();
+        held.sort_unstable();
+        held.hash(state);
+        // Two-phase commit's held client outcomes, in the order they were held (one
+        // per decision, released in that order).
+        self.held_completions.hash(state);
+    }
+}
+
+impl Member {
+    /// Hashes every field, with the chase deadline relative to `now_us`.
+    pub(crate) fn digest<H: Hasher>(&self, now_us: u64, state: &mut H) {
+        self.desc.hash(state);
+        self.state.hash(state);
+        self.attempt.hash(state);
+        self.elected.hash(state);
+        self.elected_by.hash(state);
+        self.last_seq.hash(state);
+        hash_instant(self.deadline_us, now_us, state);
+        self.backoff_shift.hash(state);
+        self.done_reported.hash(state);
+        self.no_reasons.hash(state);
+        self.replica.hash(state);
+        self.me.hash(state);
     }
 }
 

@@ -216,7 +216,7 @@ pub struct BatchInput {
 }
 
 /// Outcomes the coordinator fixed for client transactions of one batch.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Completion {
     pub batch: BatchId,
     pub outcome: Outcome,

@@ -13,7 +13,7 @@ pub const ELECTED_INITIAL: u32 = 1;
 
 /// One message part. `elected` stamps are the sender's election for the batch: a
 /// receiver that joined a higher election rejects the part (fencing).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Hash)]
 pub enum Part {
     /// Phase 1, coordinator → participant, stamped [`ELECTED_INITIAL`]: the batch and
     /// this participant's operations, in batch order.
@@ -113,7 +113,7 @@ impl Part {
 }
 
 /// A part addressed to a site.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Hash)]
 pub struct Outgoing {
     pub to: SiteId,
     pub part: Part,

@@ -14,6 +14,7 @@ use super::types::{
 use super::{Output, ProtoConfig, ProtoError, Protocol};
 
 /// A participant site wrapping a resource manager `R`.
+#[derive(Clone)]
 pub struct Participant<R> {
     config: ProtoConfig,
     me: SiteId,
@@ -603,5 +604,34 @@ impl<R: ResourceManager> Participant<R> {
             }
             _ => Err(ProtoError::BadLog("not a carried record")),
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Canonical digest, for model checkers. Additive: nothing above calls it.
+// ---------------------------------------------------------------------------------
+
+impl<R: ResourceManager + std::hash::Hash> Participant<R> {
+    /// Hashes this participant's logical state, its resource manager's included, into
+    /// `state`, canonically (see [`Coordinator::digest`](super::Coordinator::digest)):
+    /// batches in id order, held parts as a multiset, batches awaiting DONE as a set,
+    /// instants relative to `now_us`. The reusable buffers (`votes`, `txn_ids`) are
+    /// scratch, cleared before every use, and the configuration is not hashed.
+    pub fn digest<H: std::hash::Hasher>(&self, now_us: u64, state: &mut H) {
+        use std::hash::Hash;
+        self.me.hash(state);
+        self.rm.hash(state);
+        self.log.digest(state);
+        let mut ids: Vec<BatchId> = self.batches.keys().copied().collect();
+        ids.sort_unstable();
+        ids.len().hash(state);
+        for id in ids {
+            id.hash(state);
+            if let Some(member) = self.batches.get(&id) {
+                member.digest(now_us, state);
+            }
+        }
+        self.retired.hash(state);
+        super::member::hash_batch_set(&self.awaiting_done, state);
     }
 }

@@ -45,7 +45,7 @@ pub mod kind {
 }
 
 /// One WAL record of the protocol.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Hash)]
 pub enum Record {
     /// A coordinator replica (re)started; batch ids it opens carry this number.
     Incarnation { number: u32 },

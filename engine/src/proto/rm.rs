@@ -16,7 +16,7 @@ pub const OP_PAYLOAD_BYTES: usize = 24;
 pub struct TxnId(pub u64);
 
 /// One transaction's operation at one participant: opaque to the protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Op {
     pub txn: TxnId,
     pub payload: [u8; OP_PAYLOAD_BYTES],

@@ -102,7 +102,7 @@ pub enum Outcome {
 ///
 /// Index `i` into `txns` is the transaction's name inside the batch: every message,
 /// record and per-transaction vector uses it, so the hot path never hashes a `TxnId`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Descriptor {
     pub batch: BatchId,
     pub txns: Vec<TxnId>,
@@ -142,7 +142,7 @@ pub type DescriptorRef = Arc<Descriptor>;
 ///
 /// Bits at or above `len` are always zero; every constructor keeps that true, so
 /// `count` and equality need no masking.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
 pub struct TxnSet {
     len: u32,
     words: Vec<u64>,
@@ -312,7 +312,7 @@ pub fn is_quorum(acked: u64, group: u64) -> bool {
 
 /// Batch ids a site has retired (forgotten after every site durably decided them), as
 /// disjoint half-open ranges: batches retire almost in order, so it stays a few ranges.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Hash, Default)]
 pub struct RetiredSet {
     ranges: std::collections::BTreeMap<u64, u64>,
 }
