@@ -84,7 +84,7 @@ pub struct ProtoConfig {
     /// How long the active coordinator waits for votes before aborting the laggards.
     /// With `overlap`, this is the wait before a participant's first vote-latency
     /// sample; afterwards the wait adapts (see [`predict`]) within
-    /// `[vote_timeout_min_us, vote_timeout_max_us]`.
+    /// `[min(vote_timeout_min_us, vote_timeout_us), vote_timeout_max_us]`.
     pub vote_timeout_us: u64,
     pub vote_timeout_min_us: u64,
     pub vote_timeout_max_us: u64,

@@ -6,8 +6,8 @@
 //! participant the predictor keeps the smoothed latency `srtt` (EWMA, gain 1/8) and
 //! its mean deviation `rttvar` (EWMA, gain 1/4); the participant's timeout is
 //! `srtt + 4·rttvar`. A batch waits for the slowest of its participants, clamped to
-//! `[vote_timeout_min_us, vote_timeout_max_us]`; before a participant's first sample,
-//! the configured `vote_timeout_us` stands. After a participant misses a deadline its
+//! `[min(vote_timeout_min_us, vote_timeout_us), vote_timeout_max_us]`; before a
+//! participant's first sample, the configured `vote_timeout_us` stands. After a participant misses a deadline its
 //! timeout doubles (Karn's backoff, up to `BACKOFF_SHIFT_MAX`) until a vote arrives in
 //! time again, so one slow spell does not turn into a run of aborts.
 //!
@@ -99,7 +99,10 @@ impl Predictor {
             };
             timeout_us = timeout_us.max(base_us.saturating_mul(1 << estimate.backoff_shift));
         }
-        timeout_us.clamp(bounds.min_us, bounds.max_us.max(bounds.min_us))
+        // A configured initial timeout below the floor lowers the floor: it is what the
+        // operator asked for before any sample.
+        let min_us = bounds.min_us.min(bounds.initial_us);
+        timeout_us.clamp(min_us, bounds.max_us.max(min_us))
     }
 
     /// The smoothed vote latency of `site` and its deviation, once sampled.
