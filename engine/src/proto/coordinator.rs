@@ -145,6 +145,21 @@ struct Ctx<'a> {
     predictor: &'a mut Predictor,
 }
 
+/// Borrows a coordinator's [`Ctx`] field by field, so that its batch map stays free to
+/// borrow beside it (a method would borrow the whole coordinator).
+macro_rules! ctx {
+    ($coordinator:expr) => {
+        Ctx {
+            config: &$coordinator.config,
+            me: $coordinator.me,
+            rank: $coordinator.rank,
+            replica_mask: $coordinator.replica_mask,
+            log: &mut $coordinator.log,
+            predictor: &mut $coordinator.predictor,
+        }
+    };
+}
+
 impl Coordinator {
     /// A fresh replica with an empty log. It appends its first `Incarnation` record
     /// into `out` (forced); PREPAREs wait for it.
@@ -419,14 +434,7 @@ impl Coordinator {
         let Some(batch) = self.batches.get_mut(&batch_id) else {
             return;
         };
-        let mut ctx = Ctx {
-            config: &self.config,
-            me: self.me,
-            rank: self.rank,
-            replica_mask: self.replica_mask,
-            log: &mut self.log,
-            predictor: &mut self.predictor,
-        };
+        let mut ctx = ctx!(self);
         batch.on_part(&mut ctx, now_us, from, part, out);
         if !batch.m.has_pending() {
             self.awaiting_done.push(batch_id);
@@ -519,14 +527,7 @@ impl Coordinator {
     /// Overlap: this replica's own PC records became durable, so it now counts in the
     /// quorums of the rounds that left before them.
     fn recheck_own_pc(&mut self, out: &mut Output) {
-        let mut ctx = Ctx {
-            config: &self.config,
-            me: self.me,
-            rank: self.rank,
-            replica_mask: self.replica_mask,
-            log: &mut self.log,
-            predictor: &mut self.predictor,
-        };
+        let mut ctx = ctx!(self);
         let durable_seq = ctx.log.durable_seq();
         let batches = &mut self.batches;
         let awaiting_done = &mut self.awaiting_done;
@@ -567,14 +568,7 @@ impl Coordinator {
 
     /// Call when the instant returned by `poll_timeout` has passed.
     pub fn handle_timeout(&mut self, now_us: u64, out: &mut Output) {
-        let mut ctx = Ctx {
-            config: &self.config,
-            me: self.me,
-            rank: self.rank,
-            replica_mask: self.replica_mask,
-            log: &mut self.log,
-            predictor: &mut self.predictor,
-        };
+        let mut ctx = ctx!(self);
         for batch in self.batches.values_mut() {
             batch.on_timeout(&mut ctx, now_us, out);
         }
@@ -1707,15 +1701,9 @@ impl Coordinator {
         self.incarnation.hash(state);
         self.incarnation_seq.hash(state);
         self.next_counter.hash(state);
-        let mut ids: Vec<BatchId> = self.batches.keys().copied().collect();
-        ids.sort_unstable();
-        ids.len().hash(state);
-        for id in ids {
-            id.hash(state);
-            if let Some(batch) = self.batches.get(&id) {
-                batch.digest(now_us, state);
-            }
-        }
+        super::member::hash_batch_map(&self.batches, state, |batch, state| {
+            batch.digest(now_us, state)
+        });
         self.retired.hash(state);
         super::member::hash_batch_set(&self.awaiting_done, state);
         super::member::hash_batch_set(&self.awaiting_own_pc, state);

@@ -607,6 +607,23 @@ pub(crate) fn fingerprint<T: Hash + ?Sized>(value: &T) -> u64 {
 
 /// Hashes the batch ids of an `awaiting_done` list as a set: `flush_done` acts once
 /// per batch whatever the order and however often it is listed.
+/// Hashes a batch map in batch id order (not the map's), each batch by `digest`.
+pub(crate) fn hash_batch_map<V, H: Hasher>(
+    batches: &super::types::BatchMap<V>,
+    state: &mut H,
+    mut digest: impl FnMut(&V, &mut H),
+) {
+    let mut ids: Vec<BatchId> = batches.keys().copied().collect();
+    ids.sort_unstable();
+    ids.len().hash(state);
+    for id in ids {
+        id.hash(state);
+        if let Some(batch) = batches.get(&id) {
+            digest(batch, state);
+        }
+    }
+}
+
 pub(crate) fn hash_batch_set<H: Hasher>(batches: &[BatchId], state: &mut H) {
     let mut sorted = batches.to_vec();
     sorted.sort_unstable();

@@ -622,15 +622,9 @@ impl<R: ResourceManager + std::hash::Hash> Participant<R> {
         self.me.hash(state);
         self.rm.hash(state);
         self.log.digest(state);
-        let mut ids: Vec<BatchId> = self.batches.keys().copied().collect();
-        ids.sort_unstable();
-        ids.len().hash(state);
-        for id in ids {
-            id.hash(state);
-            if let Some(member) = self.batches.get(&id) {
-                member.digest(now_us, state);
-            }
-        }
+        super::member::hash_batch_map(&self.batches, state, |member, state| {
+            member.digest(now_us, state)
+        });
         self.retired.hash(state);
         super::member::hash_batch_set(&self.awaiting_done, state);
     }
