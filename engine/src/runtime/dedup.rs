@@ -160,6 +160,11 @@ impl Shard {
     }
 }
 
+/// The shard of a hash: its top bits (the maps and filters use the others).
+fn shard_index(hash: u64) -> usize {
+    (hash >> 60) as usize % DEDUP_SHARDS
+}
+
 /// What the table knows of an id, under its shard's lock.
 pub enum Seen {
     New,
@@ -218,9 +223,7 @@ impl Dedup {
     }
 
     fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
-        // The top bits pick the shard; the maps and filters use the others.
-        let index = (hash >> 60) as usize % DEDUP_SHARDS;
-        self.shards[index]
+        self.shards[shard_index(hash)]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
@@ -235,10 +238,61 @@ impl Dedup {
         }
     }
 
+    /// Records one outcome for every id of `ids` and appends the tickets of their
+    /// duplicates to `waiters`. Each shard is locked once for all its ids: the
+    /// completion stage decides whole chunks, and a lock per id (whose line the client
+    /// threads also take) was a fifth of this table's cost in the profile.
+    pub fn decide_all(
+        &self,
+        ids: &[TxnId],
+        outcome: Outcome,
+        scratch: &mut Vec<(TxnId, u64)>,
+        waiters: &mut Vec<CompletionId>,
+    ) {
+        let mut counts = [0usize; DEDUP_SHARDS];
+        let hashed = || ids.iter().map(|&id| (id, id_hash(id)));
+        for (_, hash) in hashed() {
+            counts[shard_index(hash)] += 1;
+        }
+        // Counting sort by shard into `scratch`.
+        let mut starts = [0usize; DEDUP_SHARDS];
+        let mut total = 0;
+        for (start, count) in starts.iter_mut().zip(counts) {
+            *start = total;
+            total += count;
+        }
+        scratch.clear();
+        scratch.resize(ids.len(), (TxnId(0), 0));
+        let mut next = starts;
+        for (id, hash) in hashed() {
+            let slot = &mut next[shard_index(hash)];
+            scratch[*slot] = (id, hash);
+            *slot += 1;
+        }
+        for (index, (&start, count)) in starts.iter().zip(counts).enumerate() {
+            if count == 0 {
+                continue;
+            }
+            let mut shard = self.shards[index]
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for &(id, hash) in &scratch[start..start + count] {
+                waiters.extend(shard.decide(id, hash, outcome));
+            }
+        }
+    }
+
     /// Records the outcome of `id` and returns the tickets of its duplicates.
     pub fn decide(&self, id: TxnId, outcome: Outcome) -> Vec<CompletionId> {
         let hash = id_hash(id);
-        let mut shard = self.shard(hash);
+        self.shard(hash).decide(id, hash, outcome)
+    }
+}
+
+impl Shard {
+    /// Records the outcome of `id` (hashed `hash`) and returns its duplicates' tickets.
+    fn decide(&mut self, id: TxnId, hash: u64, outcome: Outcome) -> Vec<CompletionId> {
+        let shard = self;
         let waiters = match shard.in_flight.remove(&id) {
             Some(waiters) => waiters,
             // Decided twice (a stale completion): keep the first outcome.
@@ -246,7 +300,6 @@ impl Dedup {
             None => Vec::new(),
         };
         if shard.current.outcomes.len() >= GENERATION_IDS {
-            let shard = &mut *shard;
             std::mem::swap(&mut shard.current, &mut shard.previous);
             shard.current.clear();
         }
@@ -321,6 +374,35 @@ mod tests {
             .filter(|&id| decided(&dedup, id).is_none())
             .count();
         assert_eq!(forgotten, 1_000, "the oldest generation was never dropped");
+    }
+
+    // Proves deciding a chunk at once equals deciding its ids one by one: every id is
+    // decided with the chunk's outcome whatever its shard, and every duplicate in
+    // flight comes back exactly once.
+    #[test]
+    fn a_chunk_decides_like_its_ids() {
+        let dedup = Dedup::new();
+        let admission = crate::pipeline::Admission::new(Default::default()).unwrap();
+        let ids: Vec<TxnId> = (1_000..1_300).map(TxnId).collect();
+        let mut attached = Vec::new();
+        for &id in &ids {
+            dedup.lock(id).start();
+            if id.0 % 7 == 0 {
+                let duplicate = admission
+                    .admit((), crate::pipeline::Priority::Normal)
+                    .unwrap();
+                dedup.lock(id).attach(duplicate.completion);
+                attached.push(duplicate.completion);
+            }
+        }
+        let (mut scratch, mut waiters) = (Vec::new(), Vec::new());
+        dedup.decide_all(&ids, Outcome::Committed, &mut scratch, &mut waiters);
+        waiters.sort_unstable_by_key(|completion| format!("{completion:?}"));
+        attached.sort_unstable_by_key(|completion| format!("{completion:?}"));
+        assert_eq!(waiters, attached);
+        for &id in &ids {
+            assert_eq!(decided(&dedup, id.0), Some(Outcome::Committed), "{id:?}");
+        }
     }
 
     // Proves duplicates in flight get their tickets back at the decision.

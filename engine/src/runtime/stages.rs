@@ -330,6 +330,8 @@ pub fn run_completion(
     dedup: Arc<super::dedup::Dedup>,
 ) {
     let mut chunks = Vec::new();
+    let mut scratch = Vec::new();
+    let mut duplicates = Vec::new();
     loop {
         chunks.clear();
         if let Received::Closed = from.wait_batch(&mut chunks, COMPLETION_CHUNKS_CAPACITY, None) {
@@ -341,13 +343,13 @@ pub fn run_completion(
                 _ => &stats.aborted,
             };
             counter.fetch_add(chunk.completions.len() as u64, Ordering::Relaxed);
-            for (id, txn) in chunk.completions.into_iter().zip(chunk.txns) {
-                // A stale id means the ticket was already completed (at a fatal error).
-                let _ = admission.complete(id, chunk.outcome);
-                for duplicate in dedup.decide(txn, chunk.outcome) {
-                    let _ = admission.complete(duplicate, chunk.outcome);
-                }
-            }
+            // A stale id means the ticket was already completed (at a fatal error).
+            admission.complete_chunk(&chunk.completions, chunk.outcome);
+            // A duplicate submitted once its original's ticket completed, but before
+            // this, still finds the id in flight, and is completed here.
+            duplicates.clear();
+            dedup.decide_all(&chunk.txns, chunk.outcome, &mut scratch, &mut duplicates);
+            admission.complete_chunk(&duplicates, chunk.outcome);
         }
     }
 }
