@@ -1,13 +1,14 @@
 //! Scripted failure scenarios on the simulator: coordinator crashes in each phase,
 //! participant crashes in each state, both counterexamples of DESIGN §2, split brain
-//! after a partition heals, and the seed's T1–T4 mix in one batch.
+//! after a partition heals, the seed's T1–T4 mix in one batch, and the two-phase
+//! baseline blocking while its coordinator is down.
 //!
 //! Sites: coordinator replicas R0 (active), R1, R2; participants A, B, C (and D).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use tricommit_engine::proto::{BatchId, Outcome, Part, State, Termination};
+use tricommit_engine::proto::{BatchId, Outcome, Part, Protocol, State, Termination};
 use tricommit_engine::sim::{Fault, Sim, SimConfig, Transfer};
 
 const R0: u8 = 0;
@@ -97,6 +98,56 @@ fn coordinator_crash_during_prepare() {
     sim.run_until(sim.now_us() + 300_000);
     assert_only(&sim, batch, 0, Outcome::Abort);
     assert!(sim.stats.elections > 0, "a backup must have run recovery");
+    finish_clean(&mut sim);
+}
+
+// Proves what the two-phase baseline gives up: with its coordinator down after both
+// participants voted yes, nobody decides (no backup runs recovery, and the yes voters
+// may not guess), where three-phase's backups decide at once (the test above). Once the
+// coordinator restarts it finishes the transaction, and every invariant holds.
+#[test]
+fn two_phase_blocks_while_its_coordinator_is_down() {
+    let mut config = SimConfig::quiet(11);
+    config.batches = 0;
+    config.participants = 3;
+    config.proto.protocol = Protocol::TwoPhase;
+    let mut sim = Sim::new(config);
+    let batch = sim.submit(&[Transfer::simple(A, B, 10)]).expect("R0 is up");
+    assert!(run_until(&mut sim, |s| {
+        state(s, A, batch, 0) == Some(State::W) && state(s, B, batch, 0) == Some(State::W)
+    }));
+    sim.crash(R0);
+    // Ten pending timeouts of the participants, with their backoff.
+    sim.run_until(sim.now_us() + 300_000);
+    assert!(!decided(&sim, batch, 0, Outcome::Commit) && !decided(&sim, batch, 0, Outcome::Abort));
+    assert_eq!(
+        state(&sim, A, batch, 0),
+        Some(State::W),
+        "A is blocked in W"
+    );
+    assert_eq!(
+        state(&sim, B, batch, 0),
+        Some(State::W),
+        "B is blocked in W"
+    );
+    assert_eq!(sim.stats.elections, 0, "nobody ran E3PC");
+    sim.restart(R0);
+    assert!(run_until(&mut sim, |s| {
+        [A, B]
+            .iter()
+            .all(|&site| matches!(state(s, site, batch, 0), Some(State::Commit | State::Abort)))
+    }));
+    let committed = decided(&sim, batch, 0, Outcome::Commit);
+    assert_only(
+        &sim,
+        batch,
+        0,
+        if committed {
+            Outcome::Commit
+        } else {
+            Outcome::Abort
+        },
+    );
     finish_clean(&mut sim);
 }
 
