@@ -33,7 +33,10 @@
 //!
 //! [`ResourceManager::snapshot`]: super::rm::ResourceManager::snapshot
 
+use super::member::{Log, Member};
 use super::record::Record;
+use super::types::{AppendSeq, BatchId, BatchMap, RetiredSet};
+use super::Output;
 use super::ProtoError;
 
 /// The most retired ranges one `CarriedRetired` record holds (16 bytes each), so that
@@ -82,6 +85,44 @@ fn complete_group(records: &[&Record], index: usize) -> Option<usize> {
         .iter()
         .all(|record| is_carried(record))
         .then_some(count)
+}
+
+/// Appends a checkpoint group into `out` and asks for it to be forced: the marker
+/// numbered `number`, then one `CarriedBatch` per batch of `batches` (in id order) and
+/// the retired ranges. Returns the marker's sequence number. Both roles write their
+/// groups with it; `member` picks each entry's batch state.
+pub(crate) fn append_group<V>(
+    log: &mut Log,
+    number: u64,
+    incarnation: u32,
+    batches: &BatchMap<V>,
+    member: impl Fn(&V) -> &Member,
+    retired: &RetiredSet,
+    out: &mut Output,
+) -> AppendSeq {
+    let mut ids: Vec<BatchId> = batches.keys().copied().collect();
+    ids.sort_unstable();
+    let ranges: Vec<(u64, u64)> = retired.range_list().collect();
+    let chunks = ranges.chunks(CARRIED_RANGES_PER_RECORD_MAX);
+    let marker = Record::Checkpoint {
+        number,
+        incarnation,
+        records: (ids.len() + chunks.len()) as u32,
+    };
+    let seq = log.append(marker, out);
+    for id in ids {
+        if let Some(entry) = batches.get(&id) {
+            log.append(member(entry).carried(), out);
+        }
+    }
+    for chunk in chunks {
+        let record = Record::CarriedRetired {
+            ranges: chunk.to_vec(),
+        };
+        log.append(record, out);
+    }
+    log.force(out);
+    AppendSeq(seq)
 }
 
 /// Splits recovered records (in log order) at the last complete checkpoint group.

@@ -242,13 +242,8 @@ impl Coordinator {
                     return Err(ProtoError::BadLog("malformed batch descriptor"));
                 }
                 Record::Begin { desc } | Record::Prepared { desc, .. } => {
-                    batches.entry(desc.batch).or_insert_with(|| CoordBatch {
-                        m: Member::new(Arc::clone(desc), me, true, first),
-                        drive: None,
-                        clients: false,
-                        max_seen_elected: 0,
-                        expected: None,
-                        done: Vec::new(),
+                    batches.entry(desc.batch).or_insert_with(|| {
+                        CoordBatch::witness(Member::new(Arc::clone(desc), me, true, first))
                     });
                 }
                 Record::Elected { batch, .. } | Record::Transition { batch, .. } => {
@@ -296,7 +291,7 @@ impl Coordinator {
     pub fn txn_state(&self, batch: BatchId, index: u32) -> Option<(State, u32)> {
         let member = &self.batches.get(&batch)?.m;
         let i = index as usize;
-        Some((*member.state.get(i)?, member.attempt[i]))
+        Some((*member.states().get(i)?, member.attempt[i]))
     }
 
     /// How many batches this replica holds in memory (retired ones are not counted).
@@ -370,12 +365,9 @@ impl Coordinator {
             self.log.send_after(self.incarnation_seq, site, part, out);
         }
         let entry = CoordBatch {
-            m,
             drive: Some(drive),
             clients: true,
-            max_seen_elected: 0,
-            expected: None,
-            done: Vec::new(),
+            ..CoordBatch::witness(m)
         };
         self.batches.insert(batch, entry);
         Ok(batch)
@@ -421,15 +413,7 @@ impl Coordinator {
                 },
                 out,
             );
-            let entry = CoordBatch {
-                m,
-                drive: None,
-                clients: false,
-                max_seen_elected: 0,
-                expected: None,
-                done: Vec::new(),
-            };
-            self.batches.insert(batch_id, entry);
+            self.batches.insert(batch_id, CoordBatch::witness(m));
         }
         let Some(batch) = self.batches.get_mut(&batch_id) else {
             return;
@@ -627,6 +611,19 @@ fn validate_input(input: &BatchInput, replica_mask: u64) -> Result<(), ProtoErro
 }
 
 impl CoordBatch {
+    /// A batch this replica holds without driving it or holding its clients: learned
+    /// from another site, or rebuilt by recovery.
+    fn witness(m: Member) -> CoordBatch {
+        CoordBatch {
+            m,
+            drive: None,
+            clients: false,
+            max_seen_elected: 0,
+            expected: None,
+            done: Vec::new(),
+        }
+    }
+
     fn len(&self) -> u32 {
         self.m.len()
     }
@@ -787,11 +784,9 @@ impl CoordBatch {
         let Some(slot) = drive.yes_by.iter().position(|(site, _)| *site == from) else {
             return;
         };
-        let first_answer = drive.vote_pending.iter().any(|&pending| pending & bit != 0);
-        if first_answer {
-            ctx.predictor
-                .on_vote(from, now_us.saturating_sub(drive.opened_us));
-        }
+        // Whether this part carried any vote still missing: a participant answers a
+        // batch with one VOTES part, so that is its vote latency (a duplicate is not).
+        let mut answered = false;
         let mut ready_pc = TxnSet::empty(len);
         let mut abort_now = TxnSet::empty(len);
         let mut abort_reasons = Vec::new();
@@ -802,8 +797,9 @@ impl CoordBatch {
                 continue;
             }
             drive.vote_pending[i] &= !bit;
+            answered = true;
             drive.yes_by[slot].1.insert(index);
-            match self.m.state[i] {
+            match self.m.states()[i] {
                 State::Abort => late_aborts.insert(index),
                 State::Q if drive.vote_pending[i] == 0 => ready_pc.insert(index),
                 _ => {}
@@ -813,8 +809,9 @@ impl CoordBatch {
             let i = index as usize;
             if drive.vote_pending[i] & bit != 0 {
                 drive.vote_pending[i] &= !bit;
+                answered = true;
                 drive.read_only[i] |= bit;
-                if self.m.state[i] == State::Q && drive.vote_pending[i] == 0 {
+                if self.m.states()[i] == State::Q && drive.vote_pending[i] == 0 {
                     ready_pc.insert(index);
                 }
             }
@@ -823,12 +820,17 @@ impl CoordBatch {
             let i = index as usize;
             if index < len && drive.vote_pending[i] & bit != 0 {
                 drive.vote_pending[i] &= !bit;
+                answered = true;
                 drive.no_count[slot] += 1;
-                if self.m.state[i] == State::Q {
+                if self.m.states()[i] == State::Q {
                     abort_now.insert(index);
                     abort_reasons.push((index, reason));
                 }
             }
+        }
+        if answered {
+            ctx.predictor
+                .on_vote(from, now_us.saturating_sub(drive.opened_us));
         }
         ready_pc.subtract(&abort_now);
         if !late_aborts.is_empty() {
@@ -962,7 +964,7 @@ impl CoordBatch {
             !ctx.me.bit()
         };
         for index in candidates.iter() {
-            if self.m.state[index as usize].is_final()
+            if self.m.states()[index as usize].is_final()
                 || !self.enough(ctx, drive.acks[index as usize] & own, index)
             {
                 continue;
@@ -1186,7 +1188,7 @@ impl CoordBatch {
         };
         let mut late = TxnSet::empty(len);
         for (index, &pending) in drive.vote_pending.iter().enumerate() {
-            if pending != 0 && self.m.state[index] == State::Q {
+            if pending != 0 && self.m.states()[index] == State::Q {
                 late.insert(index as u32);
             }
         }
@@ -1236,7 +1238,7 @@ impl CoordBatch {
         let mut open = drive.round_pc.clone();
         open.union_with(&drive.round_pa);
         for index in open.clone().iter() {
-            if self.m.state[index as usize].is_final() {
+            if self.m.states()[index as usize].is_final() {
                 open.remove(index);
             }
         }
@@ -1305,7 +1307,7 @@ impl CoordBatch {
             let len = self.len();
             let mut open = TxnSet::empty(len);
             for index in 0..len {
-                if !self.m.state[index as usize].is_final() {
+                if !self.m.states()[index as usize].is_final() {
                     open.insert(index);
                 }
             }
@@ -1338,7 +1340,7 @@ impl CoordBatch {
                     &mut drive,
                     index,
                     ctx.me,
-                    self.m.state[i],
+                    self.m.states()[i],
                     self.m.attempt[i],
                 );
             }
@@ -1373,7 +1375,7 @@ impl CoordBatch {
         };
         if drive.phase != Phase::Collect
             || drive.elected != elected
-            || states.len() != self.m.state.len()
+            || states.len() != self.m.states().len()
         {
             return;
         }
@@ -1411,7 +1413,7 @@ impl CoordBatch {
         ];
         let mut unresolved = false;
         for index in 0..len {
-            if self.m.state[index as usize].is_final() {
+            if self.m.states()[index as usize].is_final() {
                 continue;
             }
             let slot = match ctx.config.termination {
@@ -1610,29 +1612,16 @@ impl Coordinator {
     /// open batches through termination), so the group rebuilds what recovery of the
     /// whole log would.
     pub fn checkpoint(&mut self, number: u64, out: &mut Output) -> AppendSeq {
-        let mut ids: Vec<BatchId> = self.batches.keys().copied().collect();
-        ids.sort_unstable();
-        let ranges: Vec<(u64, u64)> = self.retired.range_list().collect();
-        let chunks = ranges.chunks(super::checkpoint::CARRIED_RANGES_PER_RECORD_MAX);
-        let marker = Record::Checkpoint {
+        let (log, batches, retired) = (&mut self.log, &self.batches, &self.retired);
+        super::checkpoint::append_group(
+            log,
             number,
-            incarnation: self.incarnation,
-            records: (ids.len() + chunks.len()) as u32,
-        };
-        let seq = self.log.append(marker, out);
-        for id in ids {
-            if let Some(batch) = self.batches.get(&id) {
-                self.log.append(batch.m.carried(), out);
-            }
-        }
-        for chunk in chunks {
-            let record = Record::CarriedRetired {
-                ranges: chunk.to_vec(),
-            };
-            self.log.append(record, out);
-        }
-        self.log.force(out);
-        AppendSeq(seq)
+            self.incarnation,
+            batches,
+            |batch| &batch.m,
+            retired,
+            out,
+        )
     }
 
     /// The state a checkpoint group carried: the incarnation, the batches (as recovery
@@ -1659,15 +1648,7 @@ impl Coordinator {
                 Record::CarriedBatch { desc, .. } => {
                     let m = Member::from_carried(record, me, true, first)
                         .map_err(ProtoError::BadLog)?;
-                    let entry = CoordBatch {
-                        m,
-                        drive: None,
-                        clients: false,
-                        max_seen_elected: 0,
-                        expected: None,
-                        done: Vec::new(),
-                    };
-                    if batches.insert(desc.batch, entry).is_some() {
+                    if batches.insert(desc.batch, CoordBatch::witness(m)).is_some() {
                         return Err(ProtoError::BadLog("batch carried twice"));
                     }
                 }

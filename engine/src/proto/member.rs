@@ -143,8 +143,9 @@ impl Log {
 #[derive(Debug, Clone)]
 pub(crate) struct Member {
     pub desc: DescriptorRef,
-    /// Read freely; written only through `set_state`, which keeps `pending`.
-    pub state: Vec<State>,
+    /// Private: written only through `set_state`, which keeps `pending`; read through
+    /// `states`.
+    state: Vec<State>,
     pub attempt: Vec<u32>,
     /// `last_elected` for the whole batch: recovery runs per batch.
     pub elected: u32,
@@ -211,6 +212,11 @@ impl Member {
             self.state.iter().filter(|state| state.is_pending()).count()
         );
         self.pending > 0
+    }
+
+    /// Every transaction's state, in batch order.
+    pub(crate) fn states(&self) -> &[State] {
+        &self.state
     }
 
     /// Sets transaction `index`'s state, keeping the pending count.

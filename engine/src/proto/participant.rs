@@ -149,7 +149,7 @@ impl<R: ResourceManager> Participant<R> {
     pub fn txn_state(&self, batch: BatchId, index: u32) -> Option<(State, u32)> {
         let member = self.batches.get(&batch)?;
         let i = index as usize;
-        Some((*member.state.get(i)?, member.attempt[i]))
+        Some((*member.states().get(i)?, member.attempt[i]))
     }
 
     /// How many batches this site holds in memory (retired ones are not counted).
@@ -403,7 +403,7 @@ impl<R: ResourceManager> Participant<R> {
             if !member.is_member(index) || voted_no.contains(index) {
                 continue;
             }
-            match member.state[index as usize] {
+            match member.states()[index as usize] {
                 State::Q => read_only.insert(index),
                 // Aborted since by a decision: the vote was yes.
                 _ => yes.insert(index),
@@ -515,29 +515,8 @@ impl<R: ResourceManager> Participant<R> {
     /// the same `number` (the snapshot must hold exactly what the records before the
     /// marker did to the resource manager), and only after that snapshot is durable.
     pub fn checkpoint(&mut self, number: u64, out: &mut Output) -> AppendSeq {
-        let mut ids: Vec<BatchId> = self.batches.keys().copied().collect();
-        ids.sort_unstable();
-        let ranges: Vec<(u64, u64)> = self.retired.range_list().collect();
-        let chunks = ranges.chunks(super::checkpoint::CARRIED_RANGES_PER_RECORD_MAX);
-        let marker = Record::Checkpoint {
-            number,
-            incarnation: 0,
-            records: (ids.len() + chunks.len()) as u32,
-        };
-        let seq = self.log.append(marker, out);
-        for id in ids {
-            if let Some(member) = self.batches.get(&id) {
-                self.log.append(member.carried(), out);
-            }
-        }
-        for chunk in chunks {
-            let record = Record::CarriedRetired {
-                ranges: chunk.to_vec(),
-            };
-            self.log.append(record, out);
-        }
-        self.log.force(out);
-        AppendSeq(seq)
+        let (log, batches, retired) = (&mut self.log, &self.batches, &self.retired);
+        super::checkpoint::append_group(log, number, 0, batches, |member| member, retired, out)
     }
 
     /// Rebuilds a participant from the records that survived a crash, in log order, as

@@ -432,18 +432,18 @@ impl Engine {
         let (intake, intake_receiver) = mpsc::channel(INTAKE_QUEUE_TXNS_CAPACITY, intake_doorbell)
             .map_err(|error| EngineError::Config(error.to_string()))?;
 
+        let flags = || StopFlags {
+            stop: stop.clone(),
+            halt: halt.clone(),
+            board: board.clone(),
+            drain_max,
+            overlap_syncs: config.overlap,
+        };
         let mut spawner = Spawner::new(config.pin_threads);
         let mut passive_replicas = Vec::new();
         let mut active = None;
         for (me, machine, log, out) in replica_machines {
-            let flags = StopFlags {
-                stop: stop.clone(),
-                halt: halt.clone(),
-                board: board.clone(),
-                drain_max,
-                overlap_syncs: config.overlap,
-            };
-            let mut io = wiring.site_io(me, log.wal, out, flags);
+            let mut io = wiring.site_io(me, log.wal, out, flags());
             io.checkpoint = log.checkpointer;
             site_stats.push(io.stats.clone());
             let name = format!("tc-replica-{}", me.0);
@@ -460,14 +460,7 @@ impl Engine {
         }
         let mut participant_threads = Vec::new();
         for (me, machine, log) in participant_machines {
-            let flags = StopFlags {
-                stop: stop.clone(),
-                halt: halt.clone(),
-                board: board.clone(),
-                drain_max,
-                overlap_syncs: config.overlap,
-            };
-            let mut io = wiring.site_io(me, log.wal, Output::default(), flags);
+            let mut io = wiring.site_io(me, log.wal, Output::default(), flags());
             io.checkpoint = log.checkpointer;
             site_stats.push(io.stats.clone());
             let name = format!("tc-participant-{}", me.0 as usize - config.replicas);
