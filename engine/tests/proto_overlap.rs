@@ -1,11 +1,13 @@
 //! The active coordinator's overlap, driven by hand through the I/O-free API: the
 //! PRE-COMMIT leaves before the coordinator's own record is durable but the coordinator
 //! counts itself only once it is; the vote timeout adapts to the votes it has timed;
-//! and without overlap both stay as they were.
+//! speculation announces a batch to the other replicas while its votes come in, a late
+//! no vote cancels it for exactly the transactions it names, and the success predictor
+//! switches it off while votes fail; and without overlap all of it stays as it was.
 
 use tricommit_engine::proto::{
-    AppendSeq, BatchId, BatchInput, Coordinator, Op, Output, Part, ProtoConfig, SiteId, TxnId,
-    TxnSet, OP_PAYLOAD_BYTES,
+    AppendSeq, BatchId, BatchInput, Coordinator, Op, Outcome, Output, Part, ProtoConfig, Reason,
+    Record, SiteId, State, TxnId, TxnSet, OP_PAYLOAD_BYTES,
 };
 
 const REPLICAS: [SiteId; 3] = [SiteId(0), SiteId(1), SiteId(2)];
@@ -189,4 +191,226 @@ fn the_vote_timeout_adapts_to_timed_votes() {
     );
     assert!(adapted >= fixed.vote_timeout_min_us, "{adapted} µs");
     assert_eq!(vote_wait_after_warm_up(false, 20), fixed.vote_timeout_us);
+}
+
+/// `len` transfers between the two participants, ids `first..`.
+fn transfers(first: u64, len: u64) -> BatchInput {
+    let members = PARTICIPANTS.iter().fold(0, |mask, site| mask | site.bit());
+    let ops: Vec<Op> = (first..first + len)
+        .map(|id| Op {
+            txn: TxnId(id),
+            payload: [0; OP_PAYLOAD_BYTES],
+        })
+        .collect();
+    BatchInput {
+        txns: (first..first + len).map(TxnId).collect(),
+        members: vec![members; len as usize],
+        ops: PARTICIPANTS
+            .iter()
+            .map(|&site| (site, ops.clone()))
+            .collect(),
+    }
+}
+
+fn votes(batch: BatchId, len: u32, yes: &[u32], no: &[u32]) -> Part {
+    let mut yes_set = TxnSet::empty(len);
+    for &index in yes {
+        yes_set.insert(index);
+    }
+    Part::Votes {
+        batch,
+        yes: yes_set,
+        read_only: TxnSet::empty(len),
+        no: no
+            .iter()
+            .map(|&index| (index, Reason::INSUFFICIENT_FUNDS))
+            .collect(),
+    }
+}
+
+fn announced_to(out: &Output) -> Vec<SiteId> {
+    out.sends
+        .iter()
+        .filter(|sent| matches!(sent.part, Part::Announce { .. }))
+        .map(|sent| sent.to)
+        .collect()
+}
+
+/// A backup replica (site 1) whose incarnation record is durable.
+fn backup() -> (Coordinator, Output) {
+    let mut out = Output::default();
+    let mut backup = Coordinator::new(config(true), REPLICAS[1], &mut out).expect("valid");
+    let upto = out.appends.last().expect("incarnation appended").0;
+    out.clear();
+    backup.handle_durable(0, upto, &mut out);
+    out.clear();
+    (backup, out)
+}
+
+/// Hands every part `from_out` sends to `to` over to `site`.
+fn deliver(from: SiteId, from_out: &Output, to: SiteId, site: &mut Coordinator, now_us: u64) {
+    let mut out = Output::default();
+    for sent in from_out.sends.iter().filter(|sent| sent.to == to) {
+        site.handle_message(now_us, from, sent.part.clone(), &mut out);
+    }
+}
+
+// Proves speculation and its cancellation. The batch is announced to both backups with
+// the PREPAREs; a backup logs its descriptor then and holds every transaction in Q. One
+// participant votes no on transaction 1 after both voted yes on transaction 0: the
+// round carries transaction 0 only (no descriptor: the backups have it), transaction 1
+// aborts with the participant's reason, and the backup ends with 0 pre-committed and 1
+// aborted. No ROUND ever names transaction 1.
+#[test]
+fn speculation_announces_and_a_late_no_cancels_cleanly() {
+    let (mut coordinator, mut out) = coordinator(true);
+    let (mut backup, mut backup_out) = backup();
+    let batch = coordinator
+        .submit(0, transfers(1, 2), &mut out)
+        .expect("batch accepted");
+    assert_eq!(announced_to(&out), vec![REPLICAS[1], REPLICAS[2]]);
+    for sent in &out.sends {
+        if sent.to == REPLICAS[1] {
+            backup.handle_message(10, REPLICAS[0], sent.part.clone(), &mut backup_out);
+        }
+    }
+    assert!(
+        matches!(backup_out.appends.as_slice(), [(_, Record::Begin { .. })]),
+        "the backup logs the descriptor at the announcement"
+    );
+    assert!(
+        backup_out.sends.is_empty(),
+        "an announcement asks for nothing"
+    );
+    assert_eq!(backup.txn_state(batch, 0), Some((State::Q, 0)));
+    assert_eq!(backup.txn_state(batch, 1), Some((State::Q, 0)));
+    backup_out.clear();
+    out.clear();
+
+    coordinator.handle_message(
+        1_000,
+        PARTICIPANTS[0],
+        votes(batch, 2, &[0, 1], &[]),
+        &mut out,
+    );
+    coordinator.handle_message(1_500, PARTICIPANTS[1], votes(batch, 2, &[0], &[]), &mut out);
+    coordinator.handle_message(2_500, PARTICIPANTS[1], votes(batch, 2, &[], &[1]), &mut out);
+    for sent in &out.sends {
+        if let Part::Round {
+            pre_commit, desc, ..
+        } = &sent.part
+        {
+            assert!(pre_commit.contains(0));
+            assert!(
+                !pre_commit.contains(1),
+                "a ROUND named the refused transaction"
+            );
+            if REPLICAS.contains(&sent.to) {
+                assert!(desc.is_none(), "the round repeated an announced descriptor");
+            }
+        }
+    }
+    let aborted: Vec<_> = out
+        .completions
+        .iter()
+        .filter(|done| done.outcome == Outcome::Abort)
+        .collect();
+    assert_eq!(aborted.len(), 1);
+    assert!(aborted[0].txns.contains(1) && !aborted[0].txns.contains(0));
+    assert_eq!(aborted[0].reasons, vec![(1, Reason::INSUFFICIENT_FUNDS)]);
+
+    deliver(REPLICAS[0], &out, REPLICAS[1], &mut backup, 3_000);
+    assert_eq!(backup.txn_state(batch, 0), Some((State::PreCommit, 1)));
+    assert_eq!(
+        backup.txn_state(batch, 1).map(|(state, _)| state),
+        Some(State::Abort)
+    );
+}
+
+/// Runs `batches` one-transaction batches in which participant 3 votes yes (or no,
+/// with `yes` false; participant 4 always votes yes), and returns how many of them
+/// were announced to the backups.
+fn announced_batches(coordinator: &mut Coordinator, first_id: u64, batches: u64, yes: bool) -> u64 {
+    let mut out = Output::default();
+    let mut announced = 0;
+    for k in 0..batches {
+        let now_us = (first_id + k) * 10_000;
+        let batch = coordinator
+            .submit(now_us, one_transfer(first_id + k), &mut out)
+            .expect("batch accepted");
+        if !announced_to(&out).is_empty() {
+            announced += 1;
+        }
+        let (p3, p4) = if yes {
+            (votes(batch, 1, &[0], &[]), votes(batch, 1, &[0], &[]))
+        } else {
+            (votes(batch, 1, &[], &[0]), votes(batch, 1, &[0], &[]))
+        };
+        coordinator.handle_message(now_us + 1_000, PARTICIPANTS[0], p3, &mut out);
+        coordinator.handle_message(now_us + 1_000, PARTICIPANTS[1], p4, &mut out);
+        if let Some(upto) = highest_append(&out) {
+            coordinator.handle_durable(now_us + 1_500, upto, &mut out);
+        }
+        if yes {
+            for site in PARTICIPANTS {
+                coordinator.handle_message(now_us + 2_000, site, round_ack(batch), &mut out);
+            }
+        }
+        assert_eq!(out.completions.len(), 1, "batch {k} was decided");
+        out.clear();
+    }
+    announced
+}
+
+// Proves the success predictor switches speculation: a participant that starts voting
+// no turns announcements off within a few batches, they stay off while it refuses, and
+// they come back once it votes yes again. Without overlap nothing is ever announced.
+#[test]
+fn the_success_predictor_switches_speculation_off_and_on() {
+    let (mut active, _) = coordinator(true);
+    assert_eq!(announced_batches(&mut active, 1, 10, true), 10);
+    let refusing = announced_batches(&mut active, 11, 30, false);
+    assert!(
+        (1..=10).contains(&refusing),
+        "{refusing} of 30 refused batches announced"
+    );
+    assert_eq!(announced_batches(&mut active, 41, 10, false), 0);
+    let recovering = announced_batches(&mut active, 51, 30, true);
+    assert!(
+        (10..30).contains(&recovering),
+        "{recovering} of 30 batches announced after the votes turned yes"
+    );
+    let (mut plain, _) = coordinator(false);
+    assert_eq!(announced_batches(&mut plain, 1, 10, true), 0);
+}
+
+// Proves an announced batch is not left hanging at a backup if its announcer fails
+// before any round: the backup arms a timer past the longest vote wait plus a pending
+// timeout, and then starts recovery of its own (an election).
+#[test]
+fn a_backup_recovers_an_announced_batch_whose_announcer_failed() {
+    let (mut coordinator, mut out) = coordinator(true);
+    let (mut backup, mut backup_out) = backup();
+    coordinator
+        .submit(0, one_transfer(1), &mut out)
+        .expect("batch accepted");
+    deliver(REPLICAS[0], &out, REPLICAS[1], &mut backup, 10);
+    let config = config(true);
+    let deadline_us = backup.poll_timeout().expect("the backup armed a timer");
+    assert!(deadline_us >= 10 + config.vote_timeout_max_us + config.pending_timeout_us);
+    backup.handle_timeout(deadline_us - 1, &mut backup_out);
+    assert!(
+        backup_out.is_empty(),
+        "the backup acted before its deadline"
+    );
+    backup.handle_timeout(deadline_us, &mut backup_out);
+    let elected = backup_out.sync_upto.expect("the election is forced first");
+    backup.handle_durable(deadline_us, elected, &mut backup_out);
+    assert!(
+        backup_out
+            .sends
+            .iter()
+            .any(|sent| matches!(sent.part, Part::Elect { .. })),
+        "the backup did not start recovery"
+    );
 }

@@ -50,7 +50,7 @@ fn random_part(rng: &mut Rng, batches: &[BatchId]) -> Part {
     };
     let elected = rng.below(6) as u32;
     let universe_max = 8;
-    match rng.below(11) {
+    match rng.below(12) {
         0 => {
             let desc = random_desc(rng, batch);
             let ops: Vec<Op> = (0..rng.below(5))
@@ -109,6 +109,9 @@ fn random_part(rng: &mut Rng, batches: &[BatchId]) -> Part {
         9 => Part::Done {
             batch,
             decided: rng.below(10) as u32,
+        },
+        10 => Part::Announce {
+            desc: random_desc(rng, batch),
         },
         _ => Part::Forget { batch },
     }

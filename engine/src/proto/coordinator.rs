@@ -64,6 +64,9 @@ struct Drive {
     vote_deadline_us: u64,
     /// Normal path: when PREPARE left (the start of every vote-latency sample).
     opened_us: u64,
+    /// Normal path: the other replicas got ANNOUNCE with the PREPAREs (speculation),
+    /// so the round to them need not carry the descriptor.
+    announced: bool,
     retransmits: u32,
     /// The latest PC / PA record of the current round: retransmissions wait for it.
     round_seq: u64,
@@ -98,6 +101,7 @@ impl Drive {
             deadline_us,
             vote_deadline_us: deadline_us,
             opened_us: 0,
+            announced: false,
             retransmits: 0,
             round_seq: 0,
             vote_pending: Vec::new(),
@@ -353,6 +357,23 @@ impl Coordinator {
             now_us + vote_timeout_us,
         );
         drive.opened_us = now_us;
+        // Speculation: the other replicas log the descriptor while the votes come in,
+        // if the predictor expects enough of the batch to reach PRE-COMMIT. Cancelling
+        // it needs nothing more: whatever aborts reaches them as DECIDE, as it would
+        // without the announcement.
+        drive.announced = self.config.overlap
+            && self.config.protocol == Protocol::ThreePhase
+            && self.config.termination == Termination::E3pc
+            && self.replica_mask & !self.me.bit() != 0
+            && self.predictor.speculate(&desc.members);
+        if drive.announced {
+            for site in sites_of(self.replica_mask & !self.me.bit()) {
+                let part = Part::Announce {
+                    desc: Arc::clone(&desc),
+                };
+                self.log.send_after(self.incarnation_seq, site, part, out);
+            }
+        }
         drive.vote_pending = desc.members.clone();
         drive.read_only = vec![0; len as usize];
         for (site, site_ops) in ops {
@@ -398,6 +419,7 @@ impl Coordinator {
                 desc: Some(desc), ..
             }
             | Part::Elect { desc, .. }
+            | Part::Announce { desc }
             | Part::Help { desc } => Some(desc),
             _ => None,
         };
@@ -720,6 +742,22 @@ impl CoordBatch {
                     self.done.push((from, decided));
                 }
             }
+            Part::Announce { .. } => {
+                // Known only from the announcement, the batch is Q here. Should the
+                // announcer fail before any round or decision arrives, recover it
+                // once the longest vote wait and a pending timeout have passed.
+                if !self.m.all_final() {
+                    self.m.arm(
+                        now_us
+                            + ctx
+                                .config
+                                .vote_timeout_max_us
+                                .max(ctx.config.vote_timeout_us)
+                            + ctx.config.pending_timeout_us
+                            + ctx.config.recovery_stagger_us * ctx.rank as u64,
+                    );
+                }
+            }
             Part::Prepare { .. } | Part::Forget { .. } => {}
         }
     }
@@ -787,6 +825,7 @@ impl CoordBatch {
         // Whether this part carried any vote still missing: a participant answers a
         // batch with one VOTES part, so that is its vote latency (a duplicate is not).
         let mut answered = false;
+        let (mut yes_count, mut no_count) = (0u64, 0u64);
         let mut ready_pc = TxnSet::empty(len);
         let mut abort_now = TxnSet::empty(len);
         let mut abort_reasons = Vec::new();
@@ -798,6 +837,7 @@ impl CoordBatch {
             }
             drive.vote_pending[i] &= !bit;
             answered = true;
+            yes_count += 1;
             drive.yes_by[slot].1.insert(index);
             match self.m.states()[i] {
                 State::Abort => late_aborts.insert(index),
@@ -810,6 +850,7 @@ impl CoordBatch {
             if drive.vote_pending[i] & bit != 0 {
                 drive.vote_pending[i] &= !bit;
                 answered = true;
+                yes_count += 1;
                 drive.read_only[i] |= bit;
                 if self.m.states()[i] == State::Q && drive.vote_pending[i] == 0 {
                     ready_pc.insert(index);
@@ -821,6 +862,7 @@ impl CoordBatch {
             if index < len && drive.vote_pending[i] & bit != 0 {
                 drive.vote_pending[i] &= !bit;
                 answered = true;
+                no_count += 1;
                 drive.no_count[slot] += 1;
                 if self.m.states()[i] == State::Q {
                     abort_now.insert(index);
@@ -831,6 +873,7 @@ impl CoordBatch {
         if answered {
             ctx.predictor
                 .on_vote(from, now_us.saturating_sub(drive.opened_us));
+            ctx.predictor.on_outcomes(from, yes_count, no_count);
         }
         ready_pc.subtract(&abort_now);
         if !late_aborts.is_empty() {
@@ -904,13 +947,17 @@ impl CoordBatch {
             }
         }
         if ctx.config.termination == Termination::E3pc {
+            // Announced replicas logged the descriptor already; if the announcement
+            // was lost, they ignore this round and the retransmission (which always
+            // carries the descriptor) brings them in.
+            let desc = (!drive.announced).then_some(desc);
             for site in sites_of(ctx.replica_mask & !ctx.me.bit()) {
                 let part = Part::Round {
                     batch,
                     elected: ELECTED_INITIAL,
                     pre_commit: ready.clone(),
                     pre_abort: TxnSet::empty(len),
-                    desc: Some(Arc::clone(&desc)),
+                    desc: desc.clone(),
                 };
                 ctx.log.send_after(send_seq, site, part, out);
             }

@@ -27,6 +27,11 @@ pub enum Part {
         read_only: TxnSet,
         no: Vec<(u32, Reason)>,
     },
+    /// Speculation (`overlap`), `replicas[0]` → the other replicas, sent with the
+    /// PREPAREs: the batch, so that each replica logs its descriptor while the votes
+    /// are still coming in and its PRE-COMMIT record is small. It proposes nothing: a
+    /// replica that knows a batch only from it holds every transaction in Q.
+    Announce { desc: DescriptorRef },
     /// Phase 2 (normal path at election 1, or a recovery round): move `pre_commit` to
     /// PC and `pre_abort` to PA at attempt `elected`. Carries the descriptor for sites
     /// that may not know the batch (coordinator replicas, recovery).
@@ -80,9 +85,10 @@ impl Part {
     /// The batch this part concerns.
     pub fn batch(&self) -> BatchId {
         match self {
-            Part::Prepare { desc, .. } | Part::Elect { desc, .. } | Part::Help { desc } => {
-                desc.batch
-            }
+            Part::Prepare { desc, .. }
+            | Part::Announce { desc }
+            | Part::Elect { desc, .. }
+            | Part::Help { desc } => desc.batch,
             Part::Votes { batch, .. }
             | Part::Round { batch, .. }
             | Part::RoundAck { batch, .. }
@@ -99,6 +105,7 @@ impl Part {
         match self {
             Part::Prepare { .. } => "PREPARE",
             Part::Votes { .. } => "VOTES",
+            Part::Announce { .. } => "ANNOUNCE",
             Part::Round { .. } => "ROUND",
             Part::RoundAck { .. } => "ROUND-ACK",
             Part::Decide { .. } => "DECIDE",

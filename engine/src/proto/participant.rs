@@ -255,6 +255,7 @@ impl<R: ResourceManager> Participant<R> {
                 }
             }
             Part::Votes { .. }
+            | Part::Announce { .. }
             | Part::Done { .. }
             | Part::RoundAck { .. }
             | Part::ElectAck { .. }

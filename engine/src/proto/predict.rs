@@ -11,7 +11,15 @@
 //! timeout doubles (Karn's backoff, up to `BACKOFF_SHIFT_MAX`) until a vote arrives in
 //! time again, so one slow spell does not turn into a run of aborts.
 //!
-//! All arithmetic is integer microseconds; no clock is read here.
+//! It also keeps, per participant, the smoothed share of its votes that were yes (EWMA,
+//! gain 1/8; a missed deadline counts as a batch of no votes). From those shares it
+//! predicts which share of a batch's transactions will reach PRE-COMMIT, and the
+//! coordinator speculates on a batch (announces it to the other replicas while its
+//! votes are still coming in, protocol.md §4.6) only when that share is at least
+//! [`SPECULATE_SHARE_MIN`].
+//!
+//! All arithmetic is integer microseconds and fixed-point shares; no clock is read
+//! here.
 
 use super::types::{sites_of, SiteId, SITES_MAX};
 
@@ -23,18 +31,45 @@ const RTTVAR_GAIN_SHIFT: u32 = 2;
 const RTTVAR_WEIGHT: u64 = 4;
 /// Doublings after consecutive missed deadlines.
 const BACKOFF_SHIFT_MAX: u32 = 4;
+/// Fixed-point one for success shares: a share is `yes / (yes + no)` times this.
+pub const SHARE_ONE: u64 = 1 << 16;
+/// Gain of the success share: `share += (sample - share) / 8`, one sample per VOTES.
+const SHARE_GAIN_SHIFT: u32 = 3;
+/// Speculate on a batch only if at least this share of its transactions is predicted
+/// to reach PRE-COMMIT (fixed point, [`SHARE_ONE`] = all). Below it, most of what the
+/// backups would log early belongs to transactions that abort.
+pub const SPECULATE_SHARE_MIN: u64 = SHARE_ONE / 2;
+/// Distinct member masks whose predicted success is remembered while one batch is
+/// scored; transactions with other masks are scored one by one.
+const SCORED_MASKS_MAX: usize = 8;
 
 /// One participant's estimate.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Estimate {
     /// Smoothed vote latency; 0 until the first sample.
     srtt_us: u64,
     rttvar_us: u64,
     samples: u64,
     backoff_shift: u32,
+    /// Smoothed share of yes (and read-only) votes, fixed point; [`SHARE_ONE`] until
+    /// the first sample (optimistic: a new participant is speculated on).
+    success_share: u64,
 }
 
-/// Vote-latency estimates for every site id (only participants get samples).
+impl Default for Estimate {
+    fn default() -> Estimate {
+        Estimate {
+            srtt_us: 0,
+            rttvar_us: 0,
+            samples: 0,
+            backoff_shift: 0,
+            success_share: SHARE_ONE,
+        }
+    }
+}
+
+/// Vote-latency and success estimates for every site id (only participants get
+/// samples).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Predictor {
     sites: [Estimate; SITES_MAX],
@@ -75,11 +110,67 @@ impl Predictor {
         estimate.backoff_shift = 0;
     }
 
-    /// `site` missed its vote deadline: back its timeout off.
+    /// `site` missed its vote deadline: back its timeout off, and count the miss as a
+    /// batch of no votes.
     pub fn on_missed(&mut self, site: SiteId) {
         if let Some(estimate) = self.sites.get_mut(site.0 as usize) {
             estimate.backoff_shift = (estimate.backoff_shift + 1).min(BACKOFF_SHIFT_MAX);
+            estimate.success_share = ewma(estimate.success_share, 0, SHARE_GAIN_SHIFT);
         }
+    }
+
+    /// One VOTES part of `site` carried `yes` yes or read-only votes and `no` no votes.
+    pub fn on_outcomes(&mut self, site: SiteId, yes: u64, no: u64) {
+        let Some(estimate) = self.sites.get_mut(site.0 as usize) else {
+            return;
+        };
+        let Some(total) = yes.checked_add(no).filter(|&total| total > 0) else {
+            return;
+        };
+        let sample = yes.min(total) * SHARE_ONE / total;
+        estimate.success_share = ewma(estimate.success_share, sample, SHARE_GAIN_SHIFT);
+    }
+
+    /// The smoothed share of `site`'s votes that were yes, fixed point.
+    pub fn success_share(&self, site: SiteId) -> u64 {
+        self.sites
+            .get(site.0 as usize)
+            .map_or(SHARE_ONE, |estimate| estimate.success_share)
+    }
+
+    /// The predicted share of the transactions, given as their member masks, that
+    /// will reach PRE-COMMIT: per transaction, the product of its participants'
+    /// success shares (votes taken as independent), averaged.
+    pub fn predicted_share(&self, members: &[u64]) -> u64 {
+        if members.is_empty() {
+            return SHARE_ONE;
+        }
+        let mut scored: [(u64, u64); SCORED_MASKS_MAX] = [(0, 0); SCORED_MASKS_MAX];
+        let mut scored_len = 0;
+        let mut sum = 0u64;
+        for &mask in members {
+            let share = match scored[..scored_len].iter().find(|(m, _)| *m == mask) {
+                Some(&(_, share)) => share,
+                None => {
+                    let share = sites_of(mask).fold(SHARE_ONE, |share, site| {
+                        share * self.success_share(site) / SHARE_ONE
+                    });
+                    if scored_len < SCORED_MASKS_MAX {
+                        scored[scored_len] = (mask, share);
+                        scored_len += 1;
+                    }
+                    share
+                }
+            };
+            sum = sum.saturating_add(share);
+        }
+        sum / members.len() as u64
+    }
+
+    /// Whether speculating on a batch whose transactions have these member masks pays:
+    /// see [`SPECULATE_SHARE_MIN`].
+    pub fn speculate(&self, members: &[u64]) -> bool {
+        self.predicted_share(members) >= SPECULATE_SHARE_MIN
     }
 
     /// How long a batch whose participants are `participants` (a site mask) waits for
@@ -206,5 +297,44 @@ mod tests {
         assert_eq!(slow.vote_timeout_us(site, BOUNDS), BOUNDS.max_us);
         slow.on_vote(SiteId(5), 1_000_000);
         assert!(slow.vote_timeout_us(site, BOUNDS) < BOUNDS.max_us);
+    }
+
+    // Proves the success share: optimistic before any sample, it follows a
+    // participant that starts voting no below the speculation bound, counts a missed
+    // deadline as no votes, and climbs back once the votes are yes again.
+    #[test]
+    fn success_share_switches_speculation() {
+        let mut predictor = Predictor::default();
+        let txns = [SiteId(3).bit() | SiteId(4).bit(); 100];
+        assert!(predictor.speculate(&txns));
+        for _ in 0..50 {
+            predictor.on_outcomes(SiteId(3), 99, 1);
+            predictor.on_outcomes(SiteId(4), 100, 0);
+        }
+        assert!(predictor.speculate(&txns));
+        assert!(predictor.success_share(SiteId(3)) > SHARE_ONE * 98 / 100);
+        for _ in 0..40 {
+            predictor.on_outcomes(SiteId(3), 10, 90);
+        }
+        let share = predictor.success_share(SiteId(3));
+        assert!(share < SHARE_ONE * 15 / 100, "{share}");
+        assert!(!predictor.speculate(&txns));
+        // Transactions on site 4 alone still pay: the batch average decides.
+        let mixed: Vec<u64> = (0..100)
+            .map(|k| if k < 80 { SiteId(4).bit() } else { txns[0] })
+            .collect();
+        assert!(predictor.speculate(&mixed));
+        for _ in 0..40 {
+            predictor.on_outcomes(SiteId(3), 100, 0);
+        }
+        assert!(predictor.speculate(&txns));
+        for _ in 0..10 {
+            predictor.on_missed(SiteId(3));
+        }
+        assert!(!predictor.speculate(&txns));
+        // No votes at all (an empty part) is no sample.
+        let before = predictor.success_share(SiteId(3));
+        predictor.on_outcomes(SiteId(3), 0, 0);
+        assert_eq!(predictor.success_share(SiteId(3)), before);
     }
 }
