@@ -365,7 +365,7 @@ impl Coordinator {
             && self.config.protocol == Protocol::ThreePhase
             && self.config.termination == Termination::E3pc
             && self.replica_mask & !self.me.bit() != 0
-            && self.predictor.speculate(&desc.members);
+            && self.predictor.speculate(desc.participants(), &desc.members);
         if drive.announced {
             for site in sites_of(self.replica_mask & !self.me.bit()) {
                 let part = Part::Announce {

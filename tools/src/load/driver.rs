@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -343,10 +343,14 @@ impl Client<'_> {
                 at
             } else {
                 next_at = None;
+                // Closed loop: the send follows the reap at once, so the reap's clock
+                // reading serves as the send time (one reading per reaped run of
+                // outcomes instead of two per transaction).
+                let mut reaped_at = None;
                 while self.outstanding.len() >= self.plan.window {
-                    self.reap_oldest()?;
+                    reaped_at = Some(self.reap_oldest()?);
                 }
-                Instant::now()
+                reaped_at.unwrap_or_else(Instant::now)
             };
             self.send(intended)?;
         }
@@ -421,9 +425,10 @@ impl Client<'_> {
     }
 
     /// Waits for the oldest outstanding outcome, then takes every later one already in.
-    fn reap_oldest(&mut self) -> std::io::Result<()> {
+    /// Returns the instant they were taken at.
+    fn reap_oldest(&mut self) -> std::io::Result<Instant> {
         let Some(oldest) = self.outstanding.pop_front() else {
-            return Ok(());
+            return Ok(Instant::now());
         };
         let InFlight {
             ticket,
@@ -437,7 +442,12 @@ impl Client<'_> {
                 Err(pending) => ticket = pending,
             }
         };
-        self.record(intended, transfer, outcome)?;
+        let now = Instant::now();
+        let shared = self.shared;
+        let mut interval = shared.interval[self.plan.index]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.record(now, &mut interval, intended, transfer, outcome)?;
         while let Some(front) = self.outstanding.front_mut() {
             let Some(outcome) = front.ticket.try_outcome() else {
                 break;
@@ -445,9 +455,9 @@ impl Client<'_> {
             let InFlight {
                 intended, transfer, ..
             } = self.outstanding.pop_front().expect("front exists");
-            self.record(intended, transfer, outcome)?;
+            self.record(now, &mut interval, intended, transfer, outcome)?;
         }
-        Ok(())
+        Ok(now)
     }
 
     /// Reaps outcomes until `deadline` (open loop: until the next intended send).
@@ -462,7 +472,20 @@ impl Client<'_> {
                 continue;
             };
             match oldest.ticket.wait_timeout(deadline - now) {
-                Ok(outcome) => self.record(oldest.intended, oldest.transfer, outcome)?,
+                Ok(outcome) => {
+                    let shared = self.shared;
+                    let mut interval = shared.interval[self.plan.index]
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    let now = Instant::now();
+                    self.record(
+                        now,
+                        &mut interval,
+                        oldest.intended,
+                        oldest.transfer,
+                        outcome,
+                    )?;
+                }
                 Err(ticket) => {
                     self.outstanding.push_front(InFlight { ticket, ..oldest });
                     return Ok(());
@@ -471,20 +494,24 @@ impl Client<'_> {
         }
     }
 
+    /// Records one outcome taken at `now` into the run's histogram and into
+    /// `interval`, this client's histogram of the current progress interval (the
+    /// caller holds its lock once for a run of outcomes).
     fn record(
         &mut self,
+        now: Instant,
+        interval: &mut Histogram<u64>,
         intended: Instant,
         transfer: Transfer,
         outcome: Outcome,
     ) -> std::io::Result<()> {
-        let latency_us = (intended.elapsed().as_micros() as u64).clamp(1, LATENCY_US_MAX);
+        let latency_us =
+            (now.saturating_duration_since(intended).as_micros() as u64).clamp(1, LATENCY_US_MAX);
         self.result
             .latency
             .record(latency_us)
             .expect("clamped into range");
-        if let Ok(mut interval) = self.shared.interval[self.plan.index].lock() {
-            interval.record(latency_us).expect("clamped into range");
-        }
+        interval.record(latency_us).expect("clamped into range");
         let word = match outcome {
             Outcome::Committed => {
                 self.result.committed += 1;
