@@ -609,3 +609,53 @@ fn committed_at(sim: &Sim, batch: BatchId, at: &[u8]) -> bool {
     at.iter()
         .all(|&site| state(sim, site, batch, 0) == Some(State::Commit))
 }
+
+// Proves that a replica which restarts holding a batch only from ANNOUNCE (the rounds
+// and the decision never reached it) does not hold it for good: after the undecided
+// wait it recovers the batch, learns the commit, reports DONE, and every site forgets
+// the batch. Before, R1 kept it in Q and R0 waited for R1's DONE forever.
+#[test]
+fn a_replica_restarted_with_an_announced_batch_learns_it_and_everyone_forgets_it() {
+    let mut sim = world(3, Termination::E3pc);
+    // R1 hears nothing from R0 but ANNOUNCE.
+    sim.set_filter(Some(Box::new(move |from, to, part| {
+        (from != R0 || to != R1 || matches!(part, Part::Announce { .. })).then_some(0)
+    })));
+    let first = sim.submit(&[Transfer::simple(A, B, 10)]).expect("R0 is up");
+    assert!(run_until(&mut sim, |s| committed_at(s, first, &[R0, A, B])));
+    assert_eq!(state(&sim, R1, first, 0), Some(State::Q));
+    // A second batch reaches R1 whole: its forced PC record makes the first batch's
+    // descriptor durable at R1 too.
+    sim.set_filter(Some(Box::new(move |from, to, part| {
+        (from != R0 || to != R1 || part.batch() != first).then_some(0)
+    })));
+    let second = sim.submit(&[Transfer::simple(B, C, 5)]).expect("R0 is up");
+    assert!(run_until(&mut sim, |s| committed_at(s, second, &[R0, R1])));
+    sim.crash_losing_unsynced(R1);
+    sim.set_filter(None);
+    sim.restart(R1);
+    assert_eq!(
+        state(&sim, R1, first, 0),
+        Some(State::Q),
+        "R1 kept the announcement"
+    );
+    let wait_us = sim.config.proto().undecided_wait_us();
+    sim.run_until(sim.now_us() + wait_us + 200_000);
+    assert_eq!(
+        state(&sim, R1, first, 0),
+        Some(State::Commit),
+        "R1 learned the commit"
+    );
+    // Decisions are logged unforced: the next batch's syncs make them durable, and
+    // DONE follows.
+    sim.submit(&[Transfer::simple(C, A, 1)]).expect("R0 is up");
+    sim.run_until(sim.now_us() + 200_000);
+    for site in [R0, R1, R2, A, B] {
+        assert_eq!(
+            sim.holds_batch(site, first),
+            Some(false),
+            "site {site} still holds the announced batch"
+        );
+    }
+    finish_clean(&mut sim);
+}

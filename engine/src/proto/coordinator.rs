@@ -264,10 +264,18 @@ impl Coordinator {
         let mut coordinator = Coordinator::with_incarnation(config, me, next, out)?;
         let delay = coordinator.stagger_us();
         let first = coordinator.rank == 0 && coordinator.config.termination == Termination::E3pc;
+        let undecided_wait_us = coordinator.config.undecided_wait_us();
         for batch in batches.values_mut() {
             if batch.m.has_pending() {
                 batch.m.arm(now_us + delay);
             } else {
+                if !batch.m.all_final() {
+                    // Known here but undecided and not pending (Q only: an ANNOUNCE, a
+                    // PREPARE that was never answered, or a decision that was not yet
+                    // durable). If no decision arrives in time, recovery learns or
+                    // makes one, so that the batch is not held here for good.
+                    batch.m.arm(now_us + undecided_wait_us + delay);
+                }
                 coordinator.awaiting_done.push(batch.m.desc.batch);
             }
             if first && batch.m.all_final() {
@@ -749,11 +757,7 @@ impl CoordBatch {
                 if !self.m.all_final() {
                     self.m.arm(
                         now_us
-                            + ctx
-                                .config
-                                .vote_timeout_max_us
-                                .max(ctx.config.vote_timeout_us)
-                            + ctx.config.pending_timeout_us
+                            + ctx.config.undecided_wait_us()
                             + ctx.config.recovery_stagger_us * ctx.rank as u64,
                     );
                 }

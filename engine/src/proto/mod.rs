@@ -138,6 +138,15 @@ impl ProtoConfig {
         }
     }
 
+    /// How long a replica waits for the decisions of a batch it knows but holds in Q
+    /// only (from ANNOUNCE, or after a restart) before it recovers the batch itself:
+    /// the longest vote wait, then a pending timeout.
+    pub fn undecided_wait_us(&self) -> u64 {
+        self.vote_timeout_max_us
+            .max(self.vote_timeout_us)
+            .saturating_add(self.pending_timeout_us)
+    }
+
     /// The bounds of the adaptive vote timeout.
     pub fn vote_timeouts(&self) -> predict::VoteTimeouts {
         predict::VoteTimeouts {

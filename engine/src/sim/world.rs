@@ -444,6 +444,15 @@ impl Sim {
         })
     }
 
+    /// Whether a running site holds `batch` in memory (it has not forgotten it).
+    pub fn holds_batch(&self, site: u8, batch: BatchId) -> Option<bool> {
+        match &self.sites.get(site as usize)?.node {
+            Node::Coordinator(coordinator) => Some(coordinator.batch_ids().any(|b| b == batch)),
+            Node::Participant(participant) => Some(participant.batch_ids().any(|b| b == batch)),
+            Node::Down => None,
+        }
+    }
+
     /// How many batches a running site holds in memory.
     pub fn batch_count(&self, site: u8) -> Option<usize> {
         match &self.sites.get(site as usize)?.node {
