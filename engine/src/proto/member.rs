@@ -235,7 +235,7 @@ impl Member {
         &self.state
     }
 
-    /// Sets transaction `index`'s state, keeping the pending count.
+    /// Sets transaction `index`'s state, keeping the pending and decided counts.
     pub(crate) fn set_state(&mut self, index: u32, state: State) {
         let member = self.is_member(index);
         let slot = &mut self.state[index as usize];
