@@ -90,11 +90,22 @@ pub struct Wal<S: Storage = FileStorage> {
     /// Zeroed files ready to become segments, oldest first.
     spares: Vec<String>,
     spare_id_next: u64,
+    /// A recycled segment being zero-filled over several `checkpoint_step_bounded`
+    /// calls (under its temporary name); it becomes a spare when the fill ends.
+    recycling: Option<Recycling>,
     /// Recycled segments are kept as spares while fewer than this many spares exist;
     /// further ones are removed (`SEGMENTS_SPARE_MAX` unless the owner lowers it).
     recycled_spares_max: u32,
     /// Set by the first write-path I/O failure; every later call returns `PreviousIo`.
     failure: Option<String>,
+}
+
+/// A recycled segment whose zero-fill is spread over several calls.
+struct Recycling {
+    temporary: String,
+    spare: String,
+    /// Zeros are written below this offset.
+    zeroed_bytes: u64,
 }
 
 impl Wal<FileStorage> {
@@ -147,6 +158,7 @@ impl<S: Storage> Wal<S> {
             durable_lsn: 0,
             spares,
             spare_id_next,
+            recycling: None,
             recycled_spares_max: crate::SEGMENTS_SPARE_MAX,
             failure: None,
         };
@@ -466,7 +478,9 @@ impl<S: Storage> Wal<S> {
     /// `below` is final; records below `below` may remain readable until their segment goes.
     pub fn checkpoint(&mut self, below: Lsn) -> Result<(), WalError> {
         self.check_usable()?;
-        let result = self.recycle_below(below, usize::MAX);
+        let result = self
+            .continue_recycling(u64::MAX)
+            .and_then(|()| self.recycle_below(below, usize::MAX));
         self.poison_on_error(result)
     }
 
@@ -475,9 +489,76 @@ impl<S: Storage> Wal<S> {
     /// Returns whether segments wholly below `below` remain after this call.
     pub fn checkpoint_step(&mut self, below: Lsn) -> Result<bool, WalError> {
         self.check_usable()?;
-        let result = self.recycle_below(below, 1);
+        let result = self
+            .continue_recycling(u64::MAX)
+            .and_then(|()| self.recycle_below(below, 1));
         self.poison_on_error(result)?;
         Ok(self.recyclable_below(below) > 0)
+    }
+
+    /// Like `checkpoint_step`, but zero-fills at most `zero_bytes_max` bytes per call:
+    /// a recycled segment is renamed away from the log at once, then filled over as
+    /// many calls as it takes, and becomes a spare when the fill ends (durably). So a
+    /// caller on a latency-critical thread pauses for `zero_bytes_max` bytes of writes
+    /// at a time, not a whole segment. Returns whether anything remains to do: a fill
+    /// in progress, or segments wholly below `below`.
+    ///
+    /// A crash in the middle leaves the segment under its temporary name; the next
+    /// open removes it, as it removes any unfinished spare.
+    pub fn checkpoint_step_bounded(
+        &mut self,
+        below: Lsn,
+        zero_bytes_max: u64,
+    ) -> Result<bool, WalError> {
+        self.check_usable()?;
+        let result = self.recycle_bounded(below, zero_bytes_max.max(1));
+        self.poison_on_error(result)?;
+        Ok(self.recycling.is_some() || self.recyclable_below(below) > 0)
+    }
+
+    fn recycle_bounded(&mut self, below: Lsn, zero_bytes_max: u64) -> Result<(), WalError> {
+        if self.recycling.is_none() && self.recyclable_below(below) > 0 {
+            let LiveSegment { name, file, .. } = self.segments.remove(0);
+            drop(file);
+            let id = self.spare_id_next;
+            self.spare_id_next += 1;
+            let temporary = numbered_name(id, TEMPORARY_SUFFIX);
+            self.storage.rename(&name, &temporary)?;
+            if self.spares.len() >= self.recycled_spares_max as usize {
+                return self.storage.remove(&temporary);
+            }
+            self.recycling = Some(Recycling {
+                temporary,
+                spare: numbered_name(id, SPARE_SUFFIX),
+                zeroed_bytes: 0,
+            });
+        }
+        self.continue_recycling(zero_bytes_max)
+    }
+
+    /// Zero-fills up to `zero_bytes_max` more bytes of the segment being recycled, and
+    /// makes it a spare once it is all zeros.
+    fn continue_recycling(&mut self, zero_bytes_max: u64) -> Result<(), WalError> {
+        let Some(recycling) = self.recycling.as_mut() else {
+            return Ok(());
+        };
+        let bytes = self.storage.file_bytes(&recycling.temporary)?;
+        recycling.zeroed_bytes =
+            self.storage
+                .zero_part(&recycling.temporary, recycling.zeroed_bytes, zero_bytes_max)?;
+        if recycling.zeroed_bytes < bytes {
+            return Ok(());
+        }
+        let Recycling {
+            temporary, spare, ..
+        } = self.recycling.take().expect("checked above");
+        if self.spares.len() >= self.recycled_spares_max as usize {
+            // New spares were made meanwhile: keep within the bound.
+            return self.storage.remove(&temporary);
+        }
+        self.storage.rename(&temporary, &spare)?;
+        self.spares.push(spare);
+        Ok(())
     }
 
     /// Keeps at most `count` spares from recycled segments (at least the configured
@@ -614,6 +695,10 @@ impl<S: Storage> Wal<S> {
     /// Turns a spare into segment `number`, starting at `lsn_next`: header written and
     /// synced first, then the rename that makes it part of the log.
     fn activate_segment(&mut self, number: u64) -> Result<(), WalError> {
+        if self.spares.is_empty() {
+            // Finishing a recycled segment's fill costs no more than a new spare.
+            self.continue_recycling(u64::MAX)?;
+        }
         if self.spares.is_empty() {
             self.create_spares(1)?;
         }

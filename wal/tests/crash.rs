@@ -42,6 +42,12 @@ enum Op {
     Checkpoint {
         fraction: u8,
     },
+    /// `checkpoint_step_bounded` with a small fill per call, so crashes land in the
+    /// middle of a recycled segment's zero-fill.
+    CheckpointStep {
+        fraction: u8,
+        zero_bytes_max: u64,
+    },
     Reopen,
     Crash {
         seed: u64,
@@ -67,6 +73,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         1 => Just(Op::Submit),
         1 => Just(Op::Wait),
         1 => any::<u8>().prop_map(|fraction| Op::Checkpoint { fraction }),
+        2 => (any::<u8>(), 1..SEGMENT_BYTES).prop_map(|(fraction, zero_bytes_max)| Op::CheckpointStep { fraction, zero_bytes_max }),
         1 => Just(Op::Reopen),
         2 => (any::<u64>(), proptest::option::of(any::<(u64, u64, u8)>()))
             .prop_map(|(seed, flip)| Op::Crash { seed, flip }),
@@ -342,6 +349,19 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 prop_assert!(
                     wal.first_lsn() <= below.max(model.first_lsn),
                     "checkpoint recycled records at or above {below}"
+                );
+            }
+            Op::CheckpointStep {
+                fraction,
+                zero_bytes_max,
+            } => {
+                let span = wal.last_lsn().saturating_sub(wal.first_lsn());
+                let below = wal.first_lsn() + span * u64::from(fraction) / 255;
+                wal.checkpoint_step_bounded(below, zero_bytes_max)
+                    .map_err(|error| TestCaseError::fail(error.to_string()))?;
+                prop_assert!(
+                    wal.first_lsn() <= below.max(model.first_lsn),
+                    "checkpoint step recycled records at or above {below}"
                 );
             }
             Op::Reopen => {

@@ -495,6 +495,93 @@ fn checkpoint_step_recycles_one_segment_per_call() {
 }
 
 #[test]
+fn checkpoint_step_bounded_spreads_the_zero_fill() {
+    // Proves that `checkpoint_step_bounded` takes a recycled segment out of the log at
+    // once and zero-fills it over several calls, one bounded part per call; that a
+    // segment roll meanwhile finishes the fill rather than waiting; that a log dropped
+    // with a fill in progress reopens with its records and without the half-filled file
+    // as a spare; and that the finished spares are reused.
+    let dir = temporary_dir();
+    let (mut wal, _) = Wal::open(dir.path(), config(SyncBackend::Fdatasync)).expect("open");
+    let mut last = 0;
+    while wal.segment_count() < 4 {
+        last = wal
+            .append(kind(last + 1), &payload(last + 1))
+            .expect("append");
+    }
+    wal.sync().expect("sync");
+    let below = last;
+    let zero_bytes_max = SEGMENT_BYTES / 8;
+    let mut calls = 0;
+    while wal
+        .checkpoint_step_bounded(below, zero_bytes_max)
+        .expect("step")
+    {
+        calls += 1;
+        assert!(calls < 100, "the steps never end");
+        if calls == 3 {
+            // Drop and reopen in the middle of the first segment's fill.
+            assert!(
+                names_ending(dir.path(), ".tmp") == 1,
+                "a fill is in progress"
+            );
+            drop(wal);
+            let (reopened, _) =
+                Wal::open(dir.path(), config(SyncBackend::Fdatasync)).expect("reopen");
+            wal = reopened;
+            assert_eq!(
+                names_ending(dir.path(), ".tmp"),
+                0,
+                "the half-filled file went"
+            );
+            assert_records(&wal, wal.first_lsn(), last);
+        }
+    }
+    assert_eq!(wal.segment_count(), 1);
+    assert!(
+        calls >= 2 * 8,
+        "two segments at 8 parts each take at least 16 calls, took {calls}"
+    );
+    let first = wal.first_lsn();
+    assert_records(&wal, first, last);
+    let spares = names_ending(dir.path(), ".spare");
+    assert!(spares >= 2, "recycled segments became spares: {spares}");
+    // Rolls reuse them.
+    while wal.segment_count() < 3 {
+        last = wal
+            .append(kind(last + 1), &payload(last + 1))
+            .expect("append");
+    }
+    wal.sync().expect("sync");
+    assert_records(&wal, first, last);
+    // A roll in the middle of a fill finishes it and uses it.
+    assert!(wal
+        .checkpoint_step_bounded(wal.last_lsn(), zero_bytes_max)
+        .expect("step"));
+    let segments = wal.segment_count();
+    while wal.segment_count() == segments {
+        last = wal
+            .append(kind(last + 1), &payload(last + 1))
+            .expect("append");
+    }
+    wal.sync().expect("sync");
+    drop(wal);
+    let (wal, _) = Wal::open(dir.path(), config(SyncBackend::Fdatasync)).expect("reopen");
+    assert_records(&wal, wal.first_lsn(), last);
+}
+
+fn names_ending(dir: &std::path::Path, suffix: &str) -> usize {
+    std::fs::read_dir(dir)
+        .expect("list")
+        .filter(|entry| {
+            entry
+                .as_ref()
+                .is_ok_and(|entry| entry.file_name().to_string_lossy().ends_with(suffix))
+        })
+        .count()
+}
+
+#[test]
 fn recycled_spares_are_bounded() {
     // Proves that with a lowered bound, checkpoints remove the recycled segments the
     // bound has no room for, and that lowering it removes the spares above it at once.

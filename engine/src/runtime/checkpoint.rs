@@ -10,9 +10,10 @@
 //! 2. The state machine appends the checkpoint group (marker `number` and its carried
 //!    records); the site writes and syncs it like any forced record.
 //! 3. Snapshots older than `number` are removed.
-//! 4. The log recycles the segments wholly before the marker, one per turn of the site
-//!    (`Wal::checkpoint_step`): recycling zero-fills a segment, which costs about what a
-//!    segment roll costs, so spreading it bounds each pause to one segment's worth.
+//! 4. The log recycles the segments wholly before the marker, a bounded part per turn of
+//!    the site (`Wal::checkpoint_step_bounded`, `RECYCLE_ZERO_BYTES_PER_TURN`): a recycled
+//!    segment leaves the log at once and is zero-filled over several turns before it
+//!    becomes a spare, so no turn pauses for a whole segment's fill.
 //!
 //! A crash before the group is durable leaves the previous checkpoint in charge, with
 //! its snapshot still on disk; a crash after it leaves the new one in charge. Leftover

@@ -30,6 +30,10 @@ pub const FRAMES_PER_TURN_MAX: usize = 256;
 /// only release messages held for the sync just made, so two are enough and the bound
 /// catches a state machine that keeps asking.
 pub const FLUSH_ROUNDS_MAX: usize = 4;
+/// Bytes of a recycled segment a site zero-fills per turn (`Wal::checkpoint_step_bounded`):
+/// a few milliseconds of writes, so a checkpoint's recycling never stalls a turn for
+/// long; a 64 MiB segment takes 64 turns, well under a second under load.
+pub const RECYCLE_ZERO_BYTES_PER_TURN: u64 = 1 << 20;
 /// Turns a site goes on taking frames while its io_uring sync is in flight before it
 /// waits for that sync: the records of the next batch fill the log meanwhile, and the
 /// bound keeps the replies that wait for the sync from waiting long.
@@ -247,9 +251,9 @@ impl SiteIo {
         Ok(())
     }
 
-    /// Recycles one segment below the last durable checkpoint group: zero-filling a
-    /// recycled segment costs about as much as a segment roll, so one per turn keeps
-    /// each pause to one segment's worth.
+    /// Recycles the segments below the last durable checkpoint group, zero-filling at
+    /// most `RECYCLE_ZERO_BYTES_PER_TURN` per turn: a whole 64 MiB segment at once
+    /// paused the site for 60–230 ms.
     fn recycle_step(&mut self) -> Result<(), SiteError> {
         let Some(below) = self.checkpoint.recycle_below else {
             return Ok(());
@@ -257,7 +261,7 @@ impl SiteIo {
         let timer = PauseTimer::start();
         let more = self
             .wal
-            .checkpoint_step(below)
+            .checkpoint_step_bounded(below, RECYCLE_ZERO_BYTES_PER_TURN)
             .map_err(|source| SiteError::Wal {
                 site: self.me.0,
                 source,
