@@ -24,15 +24,20 @@ fn config(overlap: bool) -> ProtoConfig {
     config
 }
 
-/// A replica at site 0 whose incarnation record is durable.
-fn coordinator(overlap: bool) -> (Coordinator, Output) {
+/// A replica at site `me` whose incarnation record is durable.
+fn replica(overlap: bool, me: SiteId) -> (Coordinator, Output) {
     let mut out = Output::default();
-    let mut coordinator = Coordinator::new(config(overlap), REPLICAS[0], &mut out).expect("valid");
+    let mut replica = Coordinator::new(config(overlap), me, &mut out).expect("valid");
     let upto = out.appends.last().expect("incarnation appended").0;
     out.clear();
-    coordinator.handle_durable(0, upto, &mut out);
+    replica.handle_durable(0, upto, &mut out);
     out.clear();
-    (coordinator, out)
+    (replica, out)
+}
+
+/// The active replica, site 0.
+fn coordinator(overlap: bool) -> (Coordinator, Output) {
+    replica(overlap, REPLICAS[0])
 }
 
 /// One transfer between the two participants.
@@ -236,15 +241,9 @@ fn announced_to(out: &Output) -> Vec<SiteId> {
         .collect()
 }
 
-/// A backup replica (site 1) whose incarnation record is durable.
+/// A backup replica, site 1.
 fn backup() -> (Coordinator, Output) {
-    let mut out = Output::default();
-    let mut backup = Coordinator::new(config(true), REPLICAS[1], &mut out).expect("valid");
-    let upto = out.appends.last().expect("incarnation appended").0;
-    out.clear();
-    backup.handle_durable(0, upto, &mut out);
-    out.clear();
-    (backup, out)
+    replica(true, REPLICAS[1])
 }
 
 /// Hands every part `from_out` sends to `to` over to `site`.

@@ -478,9 +478,7 @@ impl<S: Storage> Wal<S> {
     /// `below` is final; records below `below` may remain readable until their segment goes.
     pub fn checkpoint(&mut self, below: Lsn) -> Result<(), WalError> {
         self.check_usable()?;
-        let result = self
-            .continue_recycling(u64::MAX)
-            .and_then(|()| self.recycle_below(below, usize::MAX));
+        let result = self.recycle_below(below, usize::MAX);
         self.poison_on_error(result)
     }
 
@@ -489,9 +487,7 @@ impl<S: Storage> Wal<S> {
     /// Returns whether segments wholly below `below` remain after this call.
     pub fn checkpoint_step(&mut self, below: Lsn) -> Result<bool, WalError> {
         self.check_usable()?;
-        let result = self
-            .continue_recycling(u64::MAX)
-            .and_then(|()| self.recycle_below(below, 1));
+        let result = self.recycle_below(below, 1);
         self.poison_on_error(result)?;
         Ok(self.recyclable_below(below) > 0)
     }
@@ -518,46 +514,54 @@ impl<S: Storage> Wal<S> {
 
     fn recycle_bounded(&mut self, below: Lsn, zero_bytes_max: u64) -> Result<(), WalError> {
         if self.recycling.is_none() && self.recyclable_below(below) > 0 {
-            let LiveSegment { name, file, .. } = self.segments.remove(0);
-            drop(file);
-            let id = self.spare_id_next;
-            self.spare_id_next += 1;
-            let temporary = numbered_name(id, TEMPORARY_SUFFIX);
-            self.storage.rename(&name, &temporary)?;
-            if self.spares.len() >= self.recycled_spares_max as usize {
-                return self.storage.remove(&temporary);
-            }
-            self.recycling = Some(Recycling {
-                temporary,
-                spare: numbered_name(id, SPARE_SUFFIX),
-                zeroed_bytes: 0,
-            });
+            self.start_recycling()?;
         }
         self.continue_recycling(zero_bytes_max)
+    }
+
+    /// Takes the oldest segment out of the log under a temporary name, to be zero-filled
+    /// into a spare (`continue_recycling`), or removes it if the spares are at their
+    /// bound. Oldest first, so a crash in between still leaves a contiguous log.
+    fn start_recycling(&mut self) -> Result<(), WalError> {
+        debug_assert!(self.recycling.is_none(), "one fill at a time");
+        let LiveSegment { name, file, .. } = self.segments.remove(0);
+        drop(file);
+        let id = self.spare_id_next;
+        self.spare_id_next += 1;
+        let temporary = numbered_name(id, TEMPORARY_SUFFIX);
+        self.storage.rename(&name, &temporary)?;
+        if self.spares.len() >= self.recycled_spares_max as usize {
+            return self.storage.remove(&temporary);
+        }
+        self.recycling = Some(Recycling {
+            temporary,
+            spare: numbered_name(id, SPARE_SUFFIX),
+            zeroed_bytes: 0,
+        });
+        Ok(())
     }
 
     /// Zero-fills up to `zero_bytes_max` more bytes of the segment being recycled, and
     /// makes it a spare once it is all zeros.
     fn continue_recycling(&mut self, zero_bytes_max: u64) -> Result<(), WalError> {
-        let Some(recycling) = self.recycling.as_mut() else {
+        let Some(mut recycling) = self.recycling.take() else {
             return Ok(());
         };
-        let bytes = self.storage.file_bytes(&recycling.temporary)?;
-        recycling.zeroed_bytes =
+        let next =
             self.storage
                 .zero_part(&recycling.temporary, recycling.zeroed_bytes, zero_bytes_max)?;
-        if recycling.zeroed_bytes < bytes {
+        if let Some(zeroed_bytes) = next {
+            recycling.zeroed_bytes = zeroed_bytes;
+            self.recycling = Some(recycling);
             return Ok(());
         }
-        let Recycling {
-            temporary, spare, ..
-        } = self.recycling.take().expect("checked above");
         if self.spares.len() >= self.recycled_spares_max as usize {
             // New spares were made meanwhile: keep within the bound.
-            return self.storage.remove(&temporary);
+            return self.storage.remove(&recycling.temporary);
         }
-        self.storage.rename(&temporary, &spare)?;
-        self.spares.push(spare);
+        self.storage
+            .rename(&recycling.temporary, &recycling.spare)?;
+        self.spares.push(recycling.spare);
         Ok(())
     }
 
@@ -589,24 +593,13 @@ impl<S: Storage> Wal<S> {
             .count()
     }
 
+    /// Recycles up to `segments_max` segments wholly below `below`, each zero-filled at
+    /// once, after finishing a fill `checkpoint_step_bounded` left in progress.
     fn recycle_below(&mut self, below: Lsn, segments_max: usize) -> Result<(), WalError> {
-        let recyclable = self.recyclable_below(below).min(segments_max);
-        // Oldest first, so a crash in between still leaves a contiguous log.
-        for segment in self.segments.drain(..recyclable).collect::<Vec<_>>() {
-            let LiveSegment { name, file, .. } = segment;
-            drop(file);
-            let id = self.spare_id_next;
-            self.spare_id_next += 1;
-            let temporary = numbered_name(id, TEMPORARY_SUFFIX);
-            self.storage.rename(&name, &temporary)?;
-            if self.spares.len() >= self.recycled_spares_max as usize {
-                self.storage.remove(&temporary)?;
-                continue;
-            }
-            self.storage.zero(&temporary)?;
-            let spare = numbered_name(id, SPARE_SUFFIX);
-            self.storage.rename(&temporary, &spare)?;
-            self.spares.push(spare);
+        self.continue_recycling(u64::MAX)?;
+        for _ in 0..self.recyclable_below(below).min(segments_max) {
+            self.start_recycling()?;
+            self.continue_recycling(u64::MAX)?;
         }
         Ok(())
     }

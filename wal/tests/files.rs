@@ -58,6 +58,31 @@ fn assert_records(wal: &Wal, from: Lsn, last: Lsn) {
     );
 }
 
+/// Appends the records after `last` while `more` holds, and returns the last LSN.
+fn append_while(wal: &mut Wal, mut last: Lsn, more: impl Fn(&Wal) -> bool) -> Lsn {
+    while more(wal) {
+        last = wal
+            .append(kind(last + 1), &payload(last + 1))
+            .expect("append");
+    }
+    last
+}
+
+/// How many files in `dir` have names ending in `suffix`.
+fn names_ending(dir: &Path, suffix: &str) -> usize {
+    fs::read_dir(dir)
+        .expect("list")
+        .filter(|entry| {
+            entry
+                .as_ref()
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .ends_with(suffix)
+        })
+        .count()
+}
+
 fn segment_paths(dir: &Path) -> Vec<PathBuf> {
     let mut paths: Vec<PathBuf> = fs::read_dir(dir)
         .expect("read dir")
@@ -460,12 +485,7 @@ fn checkpoint_step_recycles_one_segment_per_call() {
     // leaves a log that reopens with the same records.
     let dir = temporary_dir();
     let (mut wal, _) = Wal::open(dir.path(), config(SyncBackend::Fdatasync)).expect("open");
-    let mut last = 0;
-    while wal.segment_count() < 4 {
-        last = wal
-            .append(kind(last + 1), &payload(last + 1))
-            .expect("append");
-    }
+    let last = append_while(&mut wal, 0, |wal| wal.segment_count() < 4);
     wal.sync().expect("sync");
     let below = last;
     let mut segments = wal.segment_count();
@@ -503,12 +523,7 @@ fn checkpoint_step_bounded_spreads_the_zero_fill() {
     // as a spare; and that the finished spares are reused.
     let dir = temporary_dir();
     let (mut wal, _) = Wal::open(dir.path(), config(SyncBackend::Fdatasync)).expect("open");
-    let mut last = 0;
-    while wal.segment_count() < 4 {
-        last = wal
-            .append(kind(last + 1), &payload(last + 1))
-            .expect("append");
-    }
+    let mut last = append_while(&mut wal, 0, |wal| wal.segment_count() < 4);
     wal.sync().expect("sync");
     let below = last;
     let zero_bytes_max = SEGMENT_BYTES / 8;
@@ -547,11 +562,7 @@ fn checkpoint_step_bounded_spreads_the_zero_fill() {
     let spares = names_ending(dir.path(), ".spare");
     assert!(spares >= 2, "recycled segments became spares: {spares}");
     // Rolls reuse them.
-    while wal.segment_count() < 3 {
-        last = wal
-            .append(kind(last + 1), &payload(last + 1))
-            .expect("append");
-    }
+    last = append_while(&mut wal, last, |wal| wal.segment_count() < 3);
     wal.sync().expect("sync");
     assert_records(&wal, first, last);
     // A roll in the middle of a fill finishes it and uses it.
@@ -559,26 +570,11 @@ fn checkpoint_step_bounded_spreads_the_zero_fill() {
         .checkpoint_step_bounded(wal.last_lsn(), zero_bytes_max)
         .expect("step"));
     let segments = wal.segment_count();
-    while wal.segment_count() == segments {
-        last = wal
-            .append(kind(last + 1), &payload(last + 1))
-            .expect("append");
-    }
+    last = append_while(&mut wal, last, |wal| wal.segment_count() == segments);
     wal.sync().expect("sync");
     drop(wal);
     let (wal, _) = Wal::open(dir.path(), config(SyncBackend::Fdatasync)).expect("reopen");
     assert_records(&wal, wal.first_lsn(), last);
-}
-
-fn names_ending(dir: &std::path::Path, suffix: &str) -> usize {
-    std::fs::read_dir(dir)
-        .expect("list")
-        .filter(|entry| {
-            entry
-                .as_ref()
-                .is_ok_and(|entry| entry.file_name().to_string_lossy().ends_with(suffix))
-        })
-        .count()
 }
 
 #[test]
@@ -587,27 +583,10 @@ fn recycled_spares_are_bounded() {
     // bound has no room for, and that lowering it removes the spares above it at once.
     let dir = temporary_dir();
     let (mut wal, _) = Wal::open(dir.path(), config(SyncBackend::Fdatasync)).expect("open");
-    let mut last = 0;
-    while wal.segment_count() < 6 {
-        last = wal
-            .append(kind(last + 1), &payload(last + 1))
-            .expect("append");
-    }
+    let mut last = append_while(&mut wal, 0, |wal| wal.segment_count() < 6);
     wal.sync().expect("sync");
     wal.checkpoint(last).expect("checkpoint");
-    let spares = |dir: &Path| {
-        fs::read_dir(dir)
-            .expect("list")
-            .filter(|entry| {
-                entry
-                    .as_ref()
-                    .expect("entry")
-                    .file_name()
-                    .to_string_lossy()
-                    .ends_with(".spare")
-            })
-            .count()
-    };
+    let spares = |dir: &Path| names_ending(dir, ".spare");
     assert_eq!(
         spares(dir.path()),
         6,
@@ -615,11 +594,7 @@ fn recycled_spares_are_bounded() {
     );
     wal.set_recycled_spares_max(2).expect("lower the bound");
     assert_eq!(spares(dir.path()), 2);
-    while wal.segment_count() < 6 {
-        last = wal
-            .append(kind(last + 1), &payload(last + 1))
-            .expect("append");
-    }
+    last = append_while(&mut wal, last, |wal| wal.segment_count() < 6);
     wal.sync().expect("sync");
     wal.checkpoint(last).expect("checkpoint");
     assert!(

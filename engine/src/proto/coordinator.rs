@@ -1552,29 +1552,21 @@ impl CoordBatch {
 ///
 /// `None` (keep the batch) if anyone voted read-only: a read-only voter stays in Q and
 /// a recovery round R0 never saw could still move it to PC or PA after it reported.
+///
+/// The participants sent PREPARE (`yes_by`) are exactly the batch's participants, so
+/// this is [`expected_everyone`] once no read-only vote excludes the batch.
 fn expected_done(drive: &Drive, desc: &Descriptor, ctx: &Ctx<'_>) -> Option<Vec<(SiteId, u32)>> {
     if drive.read_only.iter().any(|&voters| voters != 0) {
         return None;
     }
-    let mut expected: Vec<(SiteId, u32)> = drive
-        .yes_by
-        .iter()
-        .map(|(site, _)| {
-            let bit = site.bit();
-            let count = desc
-                .members
-                .iter()
-                .filter(|&&members| members & bit != 0)
-                .count();
-            (*site, count as u32)
-        })
-        .collect();
-    if ctx.config.protocol == Protocol::ThreePhase {
-        for site in sites_of(ctx.replica_mask & !ctx.me.bit()) {
-            expected.push((site, desc.len()));
-        }
-    }
-    Some(expected)
+    debug_assert_eq!(
+        drive
+            .yes_by
+            .iter()
+            .fold(0, |mask, (site, _)| mask | site.bit()),
+        desc.participants()
+    );
+    Some(expected_everyone(desc, ctx.config, ctx.me))
 }
 
 /// What `replicas[0]` waits for before it forgets a batch it did not decide on the
@@ -1586,15 +1578,7 @@ fn expected_done(drive: &Drive, desc: &Descriptor, ctx: &Ctx<'_>) -> Option<Vec<
 /// so such a batch is kept.
 fn expected_everyone(desc: &Descriptor, config: &ProtoConfig, me: SiteId) -> Vec<(SiteId, u32)> {
     let mut expected: Vec<(SiteId, u32)> = sites_of(desc.participants())
-        .map(|site| {
-            let bit = site.bit();
-            let count = desc
-                .members
-                .iter()
-                .filter(|&&members| members & bit != 0)
-                .count();
-            (site, count as u32)
-        })
+        .map(|site| (site, desc.member_txns(site)))
         .collect();
     if config.protocol == Protocol::ThreePhase {
         for site in sites_of(config.replica_mask() & !me.bit()) {

@@ -186,19 +186,16 @@ impl Member {
     pub(crate) fn new(desc: DescriptorRef, me: SiteId, replica: bool, first: SiteId) -> Member {
         let len = desc.txns.len();
         let member_txns = if replica {
-            len
+            desc.len()
         } else {
-            desc.members
-                .iter()
-                .filter(|&&members| members & me.bit() != 0)
-                .count()
+            desc.member_txns(me)
         };
         Member {
             desc,
             state: vec![State::Q; len],
             pending: 0,
             decided: 0,
-            member_txns: member_txns as u32,
+            member_txns,
             attempt: vec![0; len],
             elected: ELECTED_INITIAL,
             elected_by: first,

@@ -284,8 +284,8 @@ impl<R: ResourceManager> Participant<R> {
     pub fn handle_timeout(&mut self, now_us: u64, out: &mut Output) {
         // Two-phase commit has no termination protocol: only `replicas[0]` can answer.
         let replicas = match self.config.protocol {
-            Protocol::ThreePhase => self.config.replicas.clone(),
-            Protocol::TwoPhase => self.config.replicas[..1].to_vec(),
+            Protocol::ThreePhase => &self.config.replicas[..],
+            Protocol::TwoPhase => &self.config.replicas[..1],
         };
         for member in self.batches.values_mut() {
             if member.deadline_us > now_us {
@@ -295,7 +295,7 @@ impl<R: ResourceManager> Participant<R> {
                 member.deadline_us = u64::MAX;
                 continue;
             }
-            for &replica in &replicas {
+            for &replica in replicas {
                 out.send(
                     replica,
                     Part::Help {

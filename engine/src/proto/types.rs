@@ -126,6 +126,15 @@ impl Descriptor {
         self.members.iter().fold(0, |acc, mask| acc | mask)
     }
 
+    /// How many transactions `site` is a participant of.
+    pub fn member_txns(&self, site: SiteId) -> u32 {
+        let bit = site.bit();
+        self.members
+            .iter()
+            .filter(|&&members| members & bit != 0)
+            .count() as u32
+    }
+
     /// Checks the shape a decoder or a peer could get wrong: equal lengths, bounded
     /// size, and no transaction without participants.
     pub fn is_well_formed(&self) -> bool {

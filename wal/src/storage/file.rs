@@ -110,33 +110,24 @@ impl Storage for FileStorage {
         self.sync_directory()
     }
 
-    fn zero(&mut self, name: &str) -> Result<(), WalError> {
-        let (path, file, bytes) = self.open_existing(name, false)?;
-        zero_fill(&file, bytes).map_err(|error| WalError::io(&path, "zero-fill", error))?;
-        file.sync_data()
-            .map_err(|error| WalError::io(&path, "fdatasync", error))
-    }
-
-    fn zero_part(&mut self, name: &str, offset: u64, bytes_max: u64) -> Result<u64, WalError> {
+    fn zero_part(
+        &mut self,
+        name: &str,
+        offset: u64,
+        bytes_max: u64,
+    ) -> Result<Option<u64>, WalError> {
         let (path, file, length) = self.open_existing(name, false)?;
         let start = offset.min(length);
         let end = start.saturating_add(bytes_max).min(length);
         zero_fill_range(&file, start..end)
             .map_err(|error| WalError::io(&path, "zero-fill", error))?;
-        if end == length {
-            file.sync_data()
-                .map_err(|error| WalError::io(&path, "fdatasync", error))?;
-        } else if end > start {
+        if end < length {
             start_writeback(&file, start..end);
+            return Ok(Some(end));
         }
-        Ok(end)
-    }
-
-    fn file_bytes(&mut self, name: &str) -> Result<u64, WalError> {
-        let path = self.path_of(name);
-        fs::metadata(&path)
-            .map(|metadata| metadata.len())
-            .map_err(|error| WalError::io(&path, "stat", error))
+        file.sync_data()
+            .map_err(|error| WalError::io(&path, "fdatasync", error))?;
+        Ok(None)
     }
 
     fn extend(&mut self, name: &str, bytes: u64) -> Result<(), WalError> {

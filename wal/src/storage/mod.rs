@@ -31,16 +31,18 @@ pub trait Storage {
     fn list(&mut self) -> Result<Vec<String>, WalError>;
     /// Creates a file of `bytes` bytes, preallocated and zeroed, durably.
     fn create_zeroed(&mut self, name: &str, bytes: u64) -> Result<(), WalError>;
-    /// Overwrites an existing, unopened file with zeros, durably.
-    fn zero(&mut self, name: &str) -> Result<(), WalError>;
     /// Overwrites at most `bytes_max` bytes of an existing, unopened file with zeros,
-    /// from `offset` on, and returns the offset after them. The zeros are not durable
-    /// until the call that reaches the end of the file: that call makes the whole file
-    /// durable before it returns. Lets a caller spread a long zero-fill over several
-    /// short calls.
-    fn zero_part(&mut self, name: &str, offset: u64, bytes_max: u64) -> Result<u64, WalError>;
-    /// The length of an existing, unopened file.
-    fn file_bytes(&mut self, name: &str) -> Result<u64, WalError>;
+    /// from `offset` on, and returns the offset after them, or `None` once the call
+    /// reached the end of the file. The zeros are not durable until that last call: it
+    /// makes the whole file durable before it returns. Lets a caller spread a long
+    /// zero-fill over several short calls; one call with `bytes_max` of `u64::MAX`
+    /// zeroes the file durably.
+    fn zero_part(
+        &mut self,
+        name: &str,
+        offset: u64,
+        bytes_max: u64,
+    ) -> Result<Option<u64>, WalError>;
     /// Grows an existing, unopened file to `bytes` bytes: preallocated, the new bytes
     /// zeroed, durably. Recovery uses it on a last segment found shorter than its header.
     fn extend(&mut self, name: &str, bytes: u64) -> Result<(), WalError>;

@@ -231,17 +231,12 @@ impl Storage for SimStorage {
         Ok(())
     }
 
-    fn zero(&mut self, name: &str) -> Result<(), WalError> {
-        let mut image = self.disk.0.borrow_mut();
-        let id = *image.names.get(name).ok_or_else(|| not_found(name))?;
-        let file = &mut image.files[id];
-        file.durable.fill(0);
-        file.live.fill(0);
-        file.synced.fill(true);
-        Ok(())
-    }
-
-    fn zero_part(&mut self, name: &str, offset: u64, bytes_max: u64) -> Result<u64, WalError> {
+    fn zero_part(
+        &mut self,
+        name: &str,
+        offset: u64,
+        bytes_max: u64,
+    ) -> Result<Option<u64>, WalError> {
         let mut image = self.disk.0.borrow_mut();
         let id = *image.names.get(name).ok_or_else(|| not_found(name))?;
         let file = &mut image.files[id];
@@ -252,17 +247,12 @@ impl Storage for SimStorage {
         // Not durable yet: a crash may keep old bytes, zeros, or tear the pages.
         file.live[range.clone()].fill(0);
         file.synced[range].fill(false);
-        if end == length {
-            file.durable.clone_from(&file.live);
-            file.synced.fill(true);
+        if end < length {
+            return Ok(Some(end));
         }
-        Ok(end)
-    }
-
-    fn file_bytes(&mut self, name: &str) -> Result<u64, WalError> {
-        let image = self.disk.0.borrow();
-        let id = *image.names.get(name).ok_or_else(|| not_found(name))?;
-        Ok(image.files[id].live.len() as u64)
+        file.durable.clone_from(&file.live);
+        file.synced.fill(true);
+        Ok(None)
     }
 
     fn extend(&mut self, name: &str, bytes: u64) -> Result<(), WalError> {
