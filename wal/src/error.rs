@@ -57,6 +57,23 @@ pub enum WalError {
     /// The configuration is inconsistent.
     #[error("invalid WAL configuration: {0}")]
     Config(&'static str),
+    /// Another process (or another `Wal` or `LogView` in this one) holds the directory's
+    /// lock in a mode that excludes the one asked for (`lock.rs`).
+    #[error("{path} is in use by another process (its LOCK file is locked); {}", locked_advice(*wanted))]
+    Locked {
+        /// The log directory.
+        path: PathBuf,
+        /// The lock that was refused.
+        wanted: crate::lock::LockMode,
+    },
+    /// `WalConfig::sync_fallback` is off and the configured backend is unavailable.
+    #[error("the {backend:?} sync backend was asked for and is unavailable: {reason}")]
+    BackendUnavailable {
+        /// The backend asked for.
+        backend: crate::SyncBackend,
+        /// Why the kernel refused it.
+        reason: String,
+    },
     /// `read_from` asked for records that a checkpoint has already recycled.
     #[error("LSN {lsn} is no longer in the log, which now starts at LSN {first_lsn}")]
     LsnUnavailable {
@@ -65,6 +82,18 @@ pub enum WalError {
         /// The oldest LSN still held.
         first_lsn: Lsn,
     },
+}
+
+/// What to do about a refused lock, by the lock that was asked for.
+fn locked_advice(wanted: crate::lock::LockMode) -> &'static str {
+    match wanted {
+        crate::lock::LockMode::Exclusive => {
+            "only one engine may open a log directory: stop the other one first"
+        }
+        crate::lock::LockMode::Shared => {
+            "a running engine writes it: stop it before reading the log, which is never read under a writer"
+        }
+    }
 }
 
 impl WalError {

@@ -22,6 +22,7 @@
 
 mod error;
 mod format;
+mod lock;
 mod reader;
 mod scan;
 pub mod storage;
@@ -34,9 +35,10 @@ pub use format::{
     Lsn, Record, SegmentHeader, SyncMark, FORMAT_VERSION, RECORD_HEADER_BYTES, SEGMENT_BYTES_MAX,
     SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC, SYNC_MARK_BYTES, SYNC_MARK_TAG,
 };
+pub use lock::{LockMode, LOCK_FILE};
 pub use reader::RecordIter;
 pub use scan::{ScanReport, SegmentSummary, TornTail};
-pub use view::{scan, LogView};
+pub use view::{holds_segments, scan, LogView};
 pub use wal::{Recovery, Wal};
 
 /// How `sync` makes appended records durable.
@@ -83,8 +85,13 @@ pub struct WalConfig {
     /// Largest record accepted by `append`, header included; at most
     /// `segment_bytes - SEGMENT_HEADER_BYTES - SYNC_MARKS_RESERVED_BYTES`.
     pub record_bytes_max: u32,
-    /// The sync backend. `IoUring` falls back to `Fdatasync` when the kernel refuses it.
+    /// The sync backend. `IoUring` falls back to `Fdatasync` when the kernel refuses it
+    /// and `sync_fallback` allows it; `Recovery` says which backend is in use, and why.
     pub sync: SyncBackend,
+    /// Whether an unavailable `IoUring` may be replaced by `Fdatasync` (the default, for
+    /// a backend chosen by default). A backend a user asked for by name should set it
+    /// to false: `open` then fails with `WalError::BackendUnavailable`.
+    pub sync_fallback: bool,
     /// Zeroed spare segments kept ready (at most `SEGMENTS_SPARE_MAX`). Checkpoints turn
     /// recycled segments into further spares, up to `SEGMENTS_SPARE_MAX` in all.
     pub segments_spare: u32,
@@ -100,6 +107,7 @@ impl Default for WalConfig {
             segment_bytes: SEGMENT_BYTES_DEFAULT,
             record_bytes_max: RECORD_BYTES_MAX_DEFAULT,
             sync: SyncBackend::IoUring,
+            sync_fallback: true,
             segments_spare: SEGMENTS_SPARE_DEFAULT,
         }
     }

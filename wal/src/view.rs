@@ -6,6 +6,7 @@ use memmap2::Mmap;
 
 use crate::error::WalError;
 use crate::format::Lsn;
+use crate::lock::{DirLock, LockMode};
 use crate::reader::{RecordIter, Span};
 use crate::scan::{scan as scan_segments, ScanReport, SegmentInput};
 use crate::storage::file::{list_names, map_read_only};
@@ -16,11 +17,15 @@ use crate::wal::parse_segment_name;
 pub struct LogView {
     maps: Vec<(PathBuf, Mmap)>,
     report: ScanReport,
+    /// The directory's shared lock: no writer opens the log while the view maps it.
+    _lock: DirLock,
 }
 
-/// Maps and scans every segment in `dir` without modifying anything.
+/// Maps and scans every segment in `dir` without modifying anything (beyond creating
+/// the empty lock file, where it may).
 ///
-/// Fails with `WalError::Io` when the directory or a segment cannot be read,
+/// Takes a shared lock on the directory first: a log that a `Wal` holds open fails at
+/// once with `WalError::Locked`. Fails with `WalError::Io` when the directory or a segment cannot be read,
 /// `WalError::NotAWal` when `dir` holds no segment or a segment has the wrong magic, and
 /// `WalError::Corrupt` (file and byte offset) for damage that is not a torn tail.
 pub fn scan(dir: &Path) -> Result<LogView, WalError> {
@@ -37,6 +42,7 @@ pub fn scan(dir: &Path) -> Result<LogView, WalError> {
             std::io::Error::from_raw_os_error(libc::ENOENT),
         ));
     }
+    let lock = DirLock::acquire(dir, LockMode::Shared)?;
     let mut numbered: Vec<(u64, PathBuf)> = list_names(dir)?
         .iter()
         .filter_map(|name| parse_segment_name(name).map(|number| (number, dir.join(name))))
@@ -63,7 +69,24 @@ pub fn scan(dir: &Path) -> Result<LogView, WalError> {
         })
         .collect();
     let report = scan_segments(&inputs)?;
-    Ok(LogView { maps, report })
+    Ok(LogView {
+        maps,
+        report,
+        _lock: lock,
+    })
+}
+
+/// Whether `dir` holds any segment file. A directory that does not exist, or holds only
+/// a lock file, spares or temporary files, is a log whose creation never finished (a
+/// crash in its first moments): `Wal::open` starts it empty, and readers should treat
+/// it as a log without records rather than as something foreign.
+pub fn holds_segments(dir: &Path) -> Result<bool, WalError> {
+    if !dir.exists() {
+        return Ok(false);
+    }
+    Ok(list_names(dir)?
+        .iter()
+        .any(|name| parse_segment_name(name).is_some()))
 }
 
 impl LogView {

@@ -66,7 +66,9 @@ struct InFlight {
 ///
 /// The directory belongs to one `Wal` at a time: another process (or a second `Wal`)
 /// writing or truncating its files while they are mapped is undefined behaviour, as for
-/// any memory-mapped file. `scan` is the safe way for tools to look at a live log.
+/// any memory-mapped file. `open` enforces this with an exclusive `flock` on the
+/// directory's lock file (`lock.rs`), and `scan` takes a shared one, so a tool never
+/// maps a log that a writer is changing.
 pub struct Wal<S: Storage = FileStorage> {
     /// Declared before `segments` so it drops first: an io_uring write in flight is
     /// reaped before the segment buffer it reads from is freed.
@@ -109,7 +111,10 @@ struct Recycling {
 }
 
 impl Wal<FileStorage> {
-    /// Opens (creating if needed) the log in `dir` and recovers it.
+    /// Opens (creating if needed) the log in `dir`, locks it exclusively and recovers it.
+    /// A directory that another `Wal` or `LogView` holds is refused at once with
+    /// `WalError::Locked`; an io_uring backend the kernel refuses, with
+    /// `WalError::BackendUnavailable` when `config.sync_fallback` is off.
     ///
     /// Recovery checks every header, record, CRC and LSN. A torn or zeroed tail in the
     /// last segment ends the log; its bytes are zeroed and counted in
@@ -119,6 +124,12 @@ impl Wal<FileStorage> {
     pub fn open(dir: &Path, config: WalConfig) -> Result<(Wal, Recovery), WalError> {
         config.validate()?;
         let (storage, fallback_reason) = FileStorage::open(dir, config.sync)?;
+        if let (Some(reason), false) = (&fallback_reason, config.sync_fallback) {
+            return Err(WalError::BackendUnavailable {
+                backend: config.sync,
+                reason: reason.clone(),
+            });
+        }
         let backend = storage.backend();
         Wal::open_on(storage, config, backend, fallback_reason)
     }
@@ -470,6 +481,16 @@ impl<S: Storage> Wal<S> {
     /// The sync backend in use (after any io_uring fallback).
     pub fn backend(&self) -> SyncBackend {
         self.backend
+    }
+
+    /// Closes the log as a crash right after the last sync would leave it: without the
+    /// clean close's sync mark, and without syncing anything appended since. Crash tests
+    /// use it where they once leaked the `Wal`, which now would also keep the
+    /// directory's lock held. A sync in flight is still waited for, because the kernel
+    /// may be reading its buffer.
+    pub fn abandon(mut self) {
+        self.failure
+            .get_or_insert_with(|| "abandoned without a clean close".to_owned());
     }
 
     /// Recycles every segment whose records all have LSNs below `below`: each is renamed

@@ -112,6 +112,7 @@ fn config() -> WalConfig {
         segment_bytes: SEGMENT_BYTES,
         record_bytes_max: RECORD_BYTES_MAX,
         sync: SyncBackend::Fdatasync,
+        sync_fallback: true,
         segments_spare: 1,
     }
 }

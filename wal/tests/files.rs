@@ -16,6 +16,9 @@ fn config(sync: SyncBackend) -> WalConfig {
         segment_bytes: SEGMENT_BYTES,
         record_bytes_max: RECORD_BYTES_MAX,
         sync,
+        // An io_uring test that ran on the fdatasync fallback would prove nothing about
+        // io_uring: it must fail (or skip loudly, see `io_uring_or_skip`).
+        sync_fallback: false,
         segments_spare: 1,
     }
 }
@@ -93,21 +96,45 @@ fn segment_paths(dir: &Path) -> Vec<PathBuf> {
     paths
 }
 
+/// Set this to run the io_uring tests as loud skips on a kernel (or a container's
+/// seccomp profile) that refuses io_uring; without it they fail there.
+const ALLOW_NO_IO_URING_VAR: &str = "TRICOMMIT_ALLOW_NO_IO_URING";
+
+/// Whether an io_uring test should run: true where the kernel grants io_uring. Where it
+/// does not, the test fails, unless `ALLOW_NO_IO_URING_VAR` is set: then this prints
+/// that the test is skipped, and why, and returns false.
+fn io_uring_or_skip(test: &str) -> bool {
+    let dir = temporary_dir();
+    let probe = WalConfig {
+        sync_fallback: true,
+        ..config(SyncBackend::IoUring)
+    };
+    let (_, recovery) = Wal::open(dir.path(), probe).expect("open a probe log");
+    let Some(reason) = recovery.backend_fallback_reason else {
+        assert_eq!(recovery.backend, SyncBackend::IoUring);
+        return true;
+    };
+    if std::env::var_os(ALLOW_NO_IO_URING_VAR).is_some() {
+        eprintln!("SKIPPED {test}: io_uring is unavailable here ({reason}); {ALLOW_NO_IO_URING_VAR} is set");
+        return false;
+    }
+    panic!(
+        "{test}: io_uring is unavailable here ({reason}), so this test would only exercise \
+         the fdatasync fallback; set {ALLOW_NO_IO_URING_VAR}=1 to skip it"
+    );
+}
+
 /// Appends, syncs (plain and overlapped), reopens and reads back on one backend.
 fn exercise_backend(sync: SyncBackend) {
     let dir = temporary_dir();
     let (mut wal, recovery) = Wal::open(dir.path(), config(sync)).expect("open fresh");
     assert_eq!((recovery.records, recovery.last_lsn), (0, 0));
-    match &recovery.backend_fallback_reason {
-        None => assert_eq!(recovery.backend, sync),
-        Some(reason) => {
-            assert_eq!(
-                (sync, recovery.backend),
-                (SyncBackend::IoUring, SyncBackend::Fdatasync),
-                "{reason}"
-            );
-        }
-    }
+    // The backend asked for is the one that ran: no silent fallback.
+    assert_eq!(
+        (recovery.backend, recovery.backend_fallback_reason),
+        (sync, None)
+    );
+    assert_eq!(wal.backend(), sync);
     assert_eq!(wal.sync().expect("empty sync"), 0);
     for batch in 0..40u64 {
         let records: Vec<(u8, Vec<u8>)> = (1..=10)
@@ -166,17 +193,40 @@ fn fdatasync_backend_round_trip() {
     exercise_backend(SyncBackend::Fdatasync);
 }
 
-// Proves the IoUring backend (or its reported Fdatasync fallback) appends, syncs with
-// overlap, rolls segments and recovers every record.
+// Proves the IoUring backend itself (never the fallback) appends, syncs with overlap,
+// rolls segments and recovers every record.
 #[test]
 fn io_uring_backend_round_trip() {
-    exercise_backend(SyncBackend::IoUring);
+    if io_uring_or_skip("io_uring_backend_round_trip") {
+        exercise_backend(SyncBackend::IoUring);
+    }
+}
+
+// Proves that io_uring asked for with the fallback off either runs on io_uring or fails
+// with `BackendUnavailable`: it never quietly becomes fdatasync.
+#[test]
+fn io_uring_without_fallback_is_io_uring_or_an_error() {
+    let dir = temporary_dir();
+    match Wal::open(dir.path(), config(SyncBackend::IoUring)) {
+        Ok((wal, recovery)) => {
+            assert_eq!(wal.backend(), SyncBackend::IoUring);
+            assert_eq!(recovery.backend_fallback_reason, None);
+        }
+        Err(WalError::BackendUnavailable { backend, reason }) => {
+            assert_eq!(backend, SyncBackend::IoUring);
+            assert!(!reason.is_empty());
+        }
+        Err(other) => panic!("unexpected error: {other}"),
+    }
 }
 
 // Proves that with io_uring the caller can append while a sync is in flight, that the
 // in-flight sync covers only what was appended before it, and that reads see everything.
 #[test]
 fn io_uring_appends_during_an_inflight_sync() {
+    if !io_uring_or_skip("io_uring_appends_during_an_inflight_sync") {
+        return;
+    }
     let dir = temporary_dir();
     let (mut wal, _) = Wal::open(dir.path(), config(SyncBackend::IoUring)).expect("open");
     for lsn in 1..=5 {
@@ -432,8 +482,12 @@ fn assert_corrupt_at(dir: &Path, sync: SyncBackend, offset: u64) {
 fn bit_flip_in_last_segment_before_later_syncs_fails_open() {
     const BATCH_RECORDS: u64 = 10;
     for sync in SyncBackend::ALL {
+        if sync == SyncBackend::IoUring && !io_uring_or_skip("bit_flip_in_last_segment (io_uring)")
+        {
+            continue;
+        }
         let (dir, wal) = one_segment_log(sync, BATCH_RECORDS);
-        std::mem::forget(wal);
+        wal.abandon();
         assert_eq!(segment_paths(dir.path()).len(), 1);
         let offset = vouched_record_offset(VOUCHED_DAMAGED_LSN, BATCH_RECORDS);
         flip_bit(&segment_paths(dir.path())[0], offset + 17 + 30);
@@ -461,7 +515,7 @@ fn bit_flip_after_one_sync_and_clean_close_fails_open() {
 fn damage_in_last_batch_despite_its_own_mark_is_a_torn_tail() {
     const BATCH_RECORDS: u64 = 100;
     let (dir, wal) = one_segment_log(SyncBackend::Fdatasync, BATCH_RECORDS);
-    std::mem::forget(wal);
+    wal.abandon();
     let last_batch_first = VOUCHED_RECORDS - BATCH_RECORDS + 1;
     let offset = vouched_record_offset(last_batch_first, BATCH_RECORDS);
     let segment = segment_paths(dir.path()).remove(0);

@@ -28,6 +28,7 @@ fn config(sync: SyncBackend) -> WalConfig {
         segment_bytes: SEGMENT_BYTES,
         record_bytes_max: 4096,
         sync,
+        sync_fallback: true,
         segments_spare: 1,
     }
 }

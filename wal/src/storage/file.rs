@@ -10,6 +10,7 @@ use memmap2::{Mmap, MmapMut, MmapOptions};
 
 use super::{SegmentFile, Storage};
 use crate::error::WalError;
+use crate::lock::{DirLock, LockMode};
 use crate::sync::uring::UringSync;
 use crate::SyncBackend;
 
@@ -26,6 +27,8 @@ pub struct FileStorage {
     uring: Option<UringSync>,
     /// The shadow of the last sealed segment, kept for the next one (io_uring only).
     shadow_spare: Option<Box<[u8]>>,
+    /// The directory's exclusive lock, held while the storage lives (`lock.rs`).
+    _lock: DirLock,
 }
 
 impl FileStorage {
@@ -45,8 +48,10 @@ impl FileStorage {
         Ok((path, file, length))
     }
 
-    /// Opens (creating it if needed) the log directory. For `IoUring` the ring is probed
-    /// here; if that fails the storage uses `Fdatasync` and the reason is returned.
+    /// Opens (creating it if needed) the log directory and locks it exclusively; a
+    /// directory another process has open fails with `WalError::Locked`. For `IoUring`
+    /// the ring is probed here; if that fails the storage uses `Fdatasync` and the
+    /// reason is returned.
     pub fn open(
         dir: &Path,
         requested: SyncBackend,
@@ -58,6 +63,7 @@ impl FileStorage {
                 reason: "not a directory",
             });
         }
+        let lock = DirLock::acquire(dir, LockMode::Exclusive)?;
         let (backend, uring, fallback_reason) = choose_backend(requested, UringSync::probe);
         Ok((
             FileStorage {
@@ -65,6 +71,7 @@ impl FileStorage {
                 backend,
                 uring,
                 shadow_spare: None,
+                _lock: lock,
             },
             fallback_reason,
         ))
