@@ -771,15 +771,25 @@ impl<S: Storage> Drop for Wal<S> {
     fn drop(&mut self) {
         // The kernel may still be reading the active segment's buffer for an io_uring
         // write; it must finish before the buffer is freed.
+        let mut reaped = true;
         if let Some(in_flight) = self.in_flight.take() {
-            if self.storage.sync_wait().is_err() {
-                return;
+            match self.storage.sync_wait() {
+                Ok(()) => self.complete_sync(in_flight),
+                Err(_) => reaped = false,
             }
-            self.complete_sync(in_flight);
+        }
+        if self.storage.sync_pending() {
+            // The wait failed with completions still owed: the kernel may read a
+            // segment's buffer at any time from now on, so no segment may free its
+            // buffer. Leaking them (a segment's size each, once, on a log that is
+            // failing anyway) is the price of never letting the kernel read freed
+            // memory into the file.
+            std::mem::forget(std::mem::take(&mut self.segments));
+            return;
         }
         // A clean close vouches for the last synced batch (one small sync, and only when
         // everything appended is already durable: unsynced records stay unsynced).
-        if self.failure.is_none() {
+        if reaped && self.failure.is_none() {
             let _ = self.mark_all_durable();
         }
     }
@@ -851,3 +861,134 @@ const _: fn() = || {
     fn assert_send<T: Send>() {}
     assert_send::<Wal<FileStorage>>();
 };
+
+#[cfg(test)]
+mod drop_tests {
+    use std::cell::Cell;
+    use std::ops::Range;
+    use std::path::PathBuf;
+    use std::rc::Rc;
+
+    use super::Wal;
+    use crate::error::WalError;
+    use crate::storage::sim::SimSegment;
+    use crate::storage::{SegmentFile, SimDisk, SimStorage, Storage};
+    use crate::{SyncBackend, WalConfig};
+
+    /// A simulated storage whose sync never completes: `sync_wait` fails and the
+    /// "kernel" still owes the completion, as after an io_uring wait that failed.
+    struct StuckStorage {
+        inner: SimStorage,
+        stuck: bool,
+        segments_freed: Rc<Cell<u32>>,
+    }
+
+    /// A segment that counts when its buffer is freed.
+    struct CountedSegment {
+        inner: SimSegment,
+        freed: Rc<Cell<u32>>,
+    }
+
+    impl Drop for CountedSegment {
+        fn drop(&mut self) {
+            self.freed.set(self.freed.get() + 1);
+        }
+    }
+
+    impl SegmentFile for CountedSegment {
+        fn bytes(&self) -> &[u8] {
+            self.inner.bytes()
+        }
+        fn bytes_mut(&mut self, range: Range<u64>) -> &mut [u8] {
+            self.inner.bytes_mut(range)
+        }
+    }
+
+    impl Storage for StuckStorage {
+        type Segment = CountedSegment;
+        fn path_of(&self, name: &str) -> PathBuf {
+            self.inner.path_of(name)
+        }
+        fn list(&mut self) -> Result<Vec<String>, WalError> {
+            self.inner.list()
+        }
+        fn create_zeroed(&mut self, name: &str, bytes: u64) -> Result<(), WalError> {
+            self.inner.create_zeroed(name, bytes)
+        }
+        fn zero_part(&mut self, name: &str, at: u64, max: u64) -> Result<Option<u64>, WalError> {
+            self.inner.zero_part(name, at, max)
+        }
+        fn extend(&mut self, name: &str, bytes: u64) -> Result<(), WalError> {
+            self.inner.extend(name, bytes)
+        }
+        fn open(&mut self, name: &str) -> Result<CountedSegment, WalError> {
+            Ok(CountedSegment {
+                inner: self.inner.open(name)?,
+                freed: self.segments_freed.clone(),
+            })
+        }
+        fn rename(&mut self, from: &str, to: &str) -> Result<(), WalError> {
+            self.inner.rename(from, to)
+        }
+        fn remove(&mut self, name: &str) -> Result<(), WalError> {
+            self.inner.remove(name)
+        }
+        fn sync_submit(
+            &mut self,
+            segment: &mut CountedSegment,
+            r: Range<u64>,
+        ) -> Result<(), WalError> {
+            self.inner.sync_submit(&mut segment.inner, r)
+        }
+        fn sync_wait(&mut self) -> Result<(), WalError> {
+            if self.stuck {
+                return Err(WalError::Config(
+                    "the simulated kernel still owes a completion",
+                ));
+            }
+            self.inner.sync_wait()
+        }
+        fn sync_pending(&self) -> bool {
+            self.stuck
+        }
+        fn sync_all(&mut self, segment: &mut CountedSegment) -> Result<(), WalError> {
+            self.inner.sync_all(&mut segment.inner)
+        }
+    }
+
+    fn config() -> WalConfig {
+        WalConfig {
+            segment_bytes: 64 * 1024,
+            record_bytes_max: 4096,
+            sync: SyncBackend::IoUring,
+            sync_fallback: true,
+            segments_spare: 0,
+        }
+    }
+
+    // Proves that a log dropped while its storage still owes a sync completion (a
+    // failed io_uring wait) frees no segment buffer the kernel might still read, and
+    // that an ordinary drop frees them all.
+    #[test]
+    fn a_pending_sync_keeps_every_segment_buffer_alive() {
+        for stuck in [false, true] {
+            let disk = SimDisk::new();
+            let freed = Rc::new(Cell::new(0));
+            let storage = StuckStorage {
+                inner: disk.storage(),
+                stuck: false,
+                segments_freed: freed.clone(),
+            };
+            let (mut wal, _) = Wal::open_with_storage(storage, config()).expect("open");
+            wal.append(1, b"in flight").expect("append");
+            wal.storage.stuck = stuck;
+            wal.sync_submit().expect("submit");
+            assert!(wal.sync_wait().is_err() == stuck);
+            let live_segments = wal.segments.len() as u32;
+            assert!(live_segments >= 1);
+            drop(wal);
+            let expected = if stuck { 0 } else { live_segments };
+            assert_eq!(freed.get(), expected, "stuck: {stuck}");
+        }
+    }
+}

@@ -245,6 +245,10 @@ impl Storage for FileStorage {
             .map_err(|error| WalError::io(&segment.path, "fdatasync", error))
     }
 
+    fn sync_pending(&self) -> bool {
+        self.uring.as_ref().is_some_and(UringSync::pending)
+    }
+
     fn sync_wait(&mut self) -> Result<(), WalError> {
         match self.uring.as_mut() {
             Some(uring) => uring

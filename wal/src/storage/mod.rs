@@ -60,6 +60,12 @@ pub trait Storage {
     ) -> Result<(), WalError>;
     /// Waits for the sync started by `sync_submit`; returns at once if none is in flight.
     fn sync_wait(&mut self) -> Result<(), WalError>;
+    /// Whether a submitted sync may still be using a segment's memory: true only after
+    /// `sync_wait` failed before the kernel returned every completion. The log then
+    /// never frees a segment's buffer (see `Wal`'s `Drop`).
+    fn sync_pending(&self) -> bool {
+        false
+    }
     /// Makes every byte already written to `segment`'s file durable (recovery uses it:
     /// after a process crash, records may sit only in the page cache).
     fn sync_all(&mut self, segment: &mut Self::Segment) -> Result<(), WalError>;

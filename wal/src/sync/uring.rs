@@ -14,6 +14,8 @@ use io_uring::{opcode, squeue, types, IoUring, Probe};
 const RING_ENTRIES: u32 = 8;
 /// Bound on retries of a wait interrupted by a signal before giving up.
 const WAIT_INTERRUPTED_RETRIES_MAX: u32 = 1024;
+/// Attempts to reap a pair in flight when the ring is dropped.
+const DROP_WAIT_ATTEMPTS_MAX: u32 = 3;
 const USER_DATA_WRITE: u64 = 1;
 const USER_DATA_FSYNC: u64 = 2;
 
@@ -114,12 +116,26 @@ impl UringSync {
     }
 }
 
+impl UringSync {
+    /// Whether the kernel still owes completions for the pair in flight: then it may
+    /// still read the write's buffer, which must stay allocated (`Wal`'s `Drop` leaks
+    /// its segments when this holds after a failed wait).
+    pub(crate) fn pending(&self) -> bool {
+        self.completions_pending > 0
+    }
+}
+
 impl Drop for UringSync {
     /// The kernel may still read the buffer of a pair in flight; reap it before the
-    /// buffer's owner can free it (`Wal` drops its storage before its segments).
+    /// buffer's owner can free it (`Wal` drops its storage before its segments). A wait
+    /// that keeps failing is retried a bounded number of times; if completions are
+    /// still owed after that, `Wal` has already kept its segments' buffers alive (see
+    /// `pending`), and closing the ring makes the kernel cancel the pair.
     fn drop(&mut self) {
-        if self.completions_pending > 0 {
-            let _ = self.wait();
+        for _ in 0..DROP_WAIT_ATTEMPTS_MAX {
+            if self.completions_pending == 0 || self.wait().is_ok() {
+                return;
+            }
         }
     }
 }
