@@ -138,10 +138,82 @@ fn a_decided_id_submitted_again_gets_its_outcome_and_is_applied_once() {
     };
     let first = engine_support::submit_retrying(&engine, transfer.txn()).wait();
     assert_eq!(first, Outcome::Committed);
-    let again = engine_support::submit_retrying(&engine, transfer.txn()).wait();
+    let mut ticket_again = engine_support::submit_retrying(&engine, transfer.txn());
+    // The decided path answers at once, from the table, without a batch.
+    let again = ticket_again.try_outcome();
+    assert_eq!(
+        engine.counters().batch_txns_total,
+        1,
+        "the retry was batched"
+    );
     engine.shutdown().expect("clean shutdown");
     check_bank(dir.path(), &BANK, &[(transfer, Acked::Committed)]);
-    assert_eq!(again, first, "a decided id must return its outcome");
+    assert_eq!(
+        again,
+        Some(first),
+        "a decided id must return its outcome at once"
+    );
+}
+
+#[test]
+fn an_id_resubmitted_with_other_legs_is_rejected_with_its_own_reason() {
+    // Proves that idempotency compares the payload: an id already decided, or in
+    // flight, that comes back with another amount or other accounts is rejected with
+    // EXISTS_WITH_DIFFERENT_LEGS at once, is never batched, and never changes the
+    // first transfer's outcome or balances.
+    let dir = temp_dir();
+    let engine = Engine::open(BANK.config(dir.path())).expect("engine opens");
+    let transfer = engine_support::Transfer {
+        id: 1,
+        from: (0, 1),
+        to: (1, 2),
+        amount: 10,
+    };
+    let first = engine_support::submit_retrying(&engine, transfer.txn()).wait();
+    assert_eq!(first, Outcome::Committed);
+    let different = [
+        engine_support::Transfer {
+            amount: 11,
+            ..transfer
+        },
+        engine_support::Transfer {
+            to: (1, 3),
+            ..transfer
+        },
+        engine_support::Transfer {
+            from: (2, 1),
+            ..transfer
+        },
+    ];
+    let rejected = Outcome::Aborted(AbortReason::Rejected(Reason::EXISTS_WITH_DIFFERENT_LEGS));
+    for other in different {
+        let mut ticket = engine_support::submit_retrying(&engine, other.txn());
+        assert_eq!(ticket.try_outcome(), Some(rejected), "{other:?}");
+    }
+    // The same id in flight: a second submission with other legs is refused too.
+    let in_flight = engine_support::Transfer { id: 2, ..transfer };
+    let ticket = engine_support::submit_retrying(&engine, in_flight.txn());
+    let mut clash = engine_support::submit_retrying(
+        &engine,
+        engine_support::Transfer {
+            amount: 12,
+            ..in_flight
+        }
+        .txn(),
+    );
+    assert_eq!(clash.try_outcome(), Some(rejected));
+    let second = ticket.wait();
+    assert_eq!(
+        engine.counters().batch_txns_total,
+        2,
+        "a rejected clash was batched"
+    );
+    engine.shutdown().expect("clean shutdown");
+    check_bank(
+        dir.path(),
+        &BANK,
+        &[(transfer, Acked::Committed), (in_flight, Acked::of(second))],
+    );
 }
 
 #[test]
@@ -159,6 +231,13 @@ fn an_id_submitted_twice_in_flight_is_applied_once_with_one_outcome() {
     let ticket_first = engine_support::submit_retrying(&engine, transfer.txn());
     let ticket_again = engine_support::submit_retrying(&engine, transfer.txn());
     let (first, again) = (ticket_first.wait(), ticket_again.wait());
+    // Had the second submission missed the in-flight path it would have been batched
+    // as a transaction of its own (and refused by the ledgers as a duplicate).
+    assert_eq!(
+        engine.counters().batch_txns_total,
+        1,
+        "the duplicate in flight was submitted again"
+    );
     engine.shutdown().expect("clean shutdown");
     let acked: Vec<_> = [first, again]
         .into_iter()
@@ -234,9 +313,39 @@ fn a_full_reservation_table_refuses_transfers_without_breaking_the_bank() {
         id_first: 1,
         seed: 41,
     };
-    let acked = run(&engine, clients);
+    let mut acked = run(&engine, clients);
+    assert_eq!(acked.len(), 3_000, "every submission got an outcome");
+    // A burst from one thread fills whole batches, so a batch holds far more
+    // transfers per ledger than it has reservations: the refusals must name the full
+    // table, not some other reason.
+    let mut rng = engine_support::SplitMix(43);
+    let burst: Vec<_> = (BURST_ID_FIRST..BURST_ID_FIRST + BURST_TXNS)
+        .map(|id| {
+            let transfer = BANK.transfer(&mut rng, id);
+            (
+                transfer,
+                engine_support::submit_retrying(&engine, transfer.txn()),
+            )
+        })
+        .collect();
+    let mut refused_full = 0;
+    for (transfer, ticket) in burst {
+        let outcome = ticket.wait();
+        let full = Reason(tricommit_engine::ledger::REASON_RESERVATIONS_FULL.0);
+        if outcome == Outcome::Aborted(AbortReason::Rejected(full)) {
+            refused_full += 1;
+        }
+        acked.push((transfer, Acked::of(outcome)));
+    }
     engine.shutdown().expect("clean shutdown");
     let verdict = check_bank(dir.path(), &BANK, &acked);
-    assert_eq!(acked.len(), 3_000, "every submission got an outcome");
     assert!(verdict.acked_committed > 0, "{verdict:?}");
+    assert!(
+        refused_full > 0,
+        "no transfer was refused for a full reservation table: {verdict:?}"
+    );
 }
+
+/// The one-thread burst of the reservation test: ids far above the clients' ones.
+const BURST_ID_FIRST: u64 = 1_000_000;
+const BURST_TXNS: u64 = 2_000;

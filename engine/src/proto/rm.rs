@@ -39,6 +39,11 @@ impl Reason {
     pub const OVERFLOW: Reason = Reason(5);
     /// The transaction id was already prepared at this participant.
     pub const DUPLICATE: Reason = Reason(6);
+    /// The transaction id is known (in flight or recently decided) with other legs:
+    /// a resubmission that is not a retry of the same transfer. The engine rejects it
+    /// at `submit`, as TigerBeetle answers `exists_with_different_*`, instead of
+    /// handing back the first transfer's outcome as if it were this one's.
+    pub const EXISTS_WITH_DIFFERENT_LEGS: Reason = Reason(16);
 }
 
 /// A participant's vote on one transaction.

@@ -1,6 +1,13 @@
 //! Idempotent transaction ids: a resubmitted id gets the first submission's outcome and
 //! is never applied twice.
 //!
+//! Only a resubmission of the same transaction is a retry. Every id is remembered with a
+//! 64-bit digest of its legs (`legs_digest`); an id that comes back with other legs is
+//! reported as `Seen::DifferentLegs`, and the engine rejects it with
+//! `Reason::EXISTS_WITH_DIFFERENT_LEGS` (TigerBeetle's `exists_with_different_*`).
+//! Two different leg sets share a digest with probability 2^-64 per pair; such a
+//! collision would hand back the first outcome, as before digests existed.
+//!
 //! The table remembers every id in flight and the outcomes of recently decided ids, in
 //! memory, for the life of the engine: the ids are spread over `DEDUP_SHARDS` shards,
 //! and each shard remembers at least its last `DEDUP_DECIDED_MAX / DEDUP_SHARDS` decided
@@ -15,6 +22,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::pipeline::{CompletionId, Outcome};
 use crate::proto::TxnId;
+
+use super::txn::Leg;
 
 /// Decided outcomes remembered at least, over all shards (each shard remembers at
 /// least its last `DEDUP_DECIDED_MAX / DEDUP_SHARDS`, and at most twice that).
@@ -57,6 +66,26 @@ impl Hasher for IdHasher {
 
 type IdMap<V> = HashMap<TxnId, V, BuildHasherDefault<IdHasher>>;
 
+/// A 64-bit digest of a transaction's legs (participant and operation bytes, in order),
+/// to tell a retry from a different transaction under the same id. Eight bytes at a
+/// time through the splitmix64 finalizer: no allocation, a few dozen multiplications.
+pub fn legs_digest(legs: &[Leg]) -> u64 {
+    let mut hasher = IdHasher(legs.len() as u64);
+    for leg in legs {
+        hasher.write_u64(u64::from(leg.participant));
+        let mut words = leg.payload.chunks_exact(8);
+        for word in &mut words {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(word);
+            hasher.write_u64(u64::from_le_bytes(bytes));
+        }
+        let mut rest = [0u8; 8];
+        rest[..words.remainder().len()].copy_from_slice(words.remainder());
+        hasher.write_u64(u64::from_le_bytes(rest));
+    }
+    hasher.finish()
+}
+
 /// The splitmix64 hash of an id, as the maps compute it (the Bloom filters reuse it).
 fn id_hash(id: TxnId) -> u64 {
     let mut hasher = IdHasher::default();
@@ -82,7 +111,8 @@ const _: () = assert!(
 /// One generation of decided ids: their outcomes, and a Bloom filter over them that
 /// answers "never decided here" without touching the (cache-cold) map.
 struct Generation {
-    outcomes: IdMap<Outcome>,
+    /// Each decided id's outcome and legs digest.
+    outcomes: IdMap<(Outcome, u64)>,
     bloom: Box<[[u64; BLOOM_BLOCK_BITS / 64]]>,
 }
 
@@ -108,14 +138,14 @@ impl Generation {
         positions.all(|bit| words[bit / 64] & (1 << (bit % 64)) != 0)
     }
 
-    fn get(&self, id: TxnId, hash: u64) -> Option<Outcome> {
+    fn get(&self, id: TxnId, hash: u64) -> Option<(Outcome, u64)> {
         if !self.might_hold(hash) {
             return None;
         }
         self.outcomes.get(&id).copied()
     }
 
-    fn insert(&mut self, id: TxnId, hash: u64, outcome: Outcome) {
+    fn insert(&mut self, id: TxnId, hash: u64, outcome: (Outcome, u64)) {
         let (block, positions) = Self::probes(hash);
         let words = &mut self.bloom[block];
         for bit in positions {
@@ -138,8 +168,8 @@ impl Generation {
 /// at most twice that), with no per-id eviction: a profile of the default load showed
 /// the eviction's and the lookups' cache misses as 15% of the engine's CPU.
 pub struct Shard {
-    /// Submitted, not decided; the tickets of duplicates wait here.
-    in_flight: IdMap<Vec<CompletionId>>,
+    /// Submitted, not decided: the legs digest, and the tickets of duplicates.
+    in_flight: IdMap<(u64, Vec<CompletionId>)>,
     current: Generation,
     previous: Generation,
 }
@@ -153,7 +183,7 @@ impl Shard {
         }
     }
 
-    fn decided(&self, id: TxnId, hash: u64) -> Option<Outcome> {
+    fn decided(&self, id: TxnId, hash: u64) -> Option<(Outcome, u64)> {
         self.current
             .get(id, hash)
             .or_else(|| self.previous.get(id, hash))
@@ -168,8 +198,12 @@ fn shard_index(hash: u64) -> usize {
 /// What the table knows of an id, under its shard's lock.
 pub enum Seen {
     New,
+    /// In flight with the same legs: a retry.
     InFlight,
+    /// Decided with the same legs: a retry, answered with this outcome.
     Decided(Outcome),
+    /// In flight or decided with other legs: not a retry (see the module docs).
+    DifferentLegs,
 }
 
 pub struct Dedup {
@@ -181,27 +215,36 @@ pub struct Locked<'a> {
     shard: MutexGuard<'a, Shard>,
     id: TxnId,
     hash: u64,
+    /// The legs digest of the submission asking.
+    digest: u64,
 }
 
 impl Locked<'_> {
     pub fn seen(&self) -> Seen {
-        if self.shard.in_flight.contains_key(&self.id) {
-            return Seen::InFlight;
-        }
-        match self.shard.decided(self.id, self.hash) {
-            Some(outcome) => Seen::Decided(outcome),
+        let known = match self.shard.in_flight.get(&self.id) {
+            Some((digest, _)) => Some((Seen::InFlight, *digest)),
+            None => self
+                .shard
+                .decided(self.id, self.hash)
+                .map(|(outcome, digest)| (Seen::Decided(outcome), digest)),
+        };
+        match known {
             None => Seen::New,
+            Some((_, digest)) if digest != self.digest => Seen::DifferentLegs,
+            Some((seen, _)) => seen,
         }
     }
 
-    /// Records the id as submitted.
+    /// Records the id as submitted, with its legs digest.
     pub fn start(&mut self) {
-        self.shard.in_flight.insert(self.id, Vec::new());
+        self.shard
+            .in_flight
+            .insert(self.id, (self.digest, Vec::new()));
     }
 
     /// Adds a duplicate's ticket to the id in flight.
     pub fn attach(&mut self, completion: CompletionId) {
-        if let Some(waiters) = self.shard.in_flight.get_mut(&self.id) {
+        if let Some((_, waiters)) = self.shard.in_flight.get_mut(&self.id) {
             waiters.push(completion);
         }
     }
@@ -228,13 +271,15 @@ impl Dedup {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Locks the shard of `id`.
-    pub fn lock(&self, id: TxnId) -> Locked<'_> {
+    /// Locks the shard of `id`, for a submission whose legs digest is `digest`
+    /// (`legs_digest`).
+    pub fn lock(&self, id: TxnId, digest: u64) -> Locked<'_> {
         let hash = id_hash(id);
         Locked {
             shard: self.shard(hash),
             id,
             hash,
+            digest,
         }
     }
 
@@ -293,17 +338,16 @@ impl Shard {
     /// Records the outcome of `id` (hashed `hash`) and returns its duplicates' tickets.
     fn decide(&mut self, id: TxnId, hash: u64, outcome: Outcome) -> Vec<CompletionId> {
         let shard = self;
-        let waiters = match shard.in_flight.remove(&id) {
-            Some(waiters) => waiters,
-            // Decided twice (a stale completion): keep the first outcome.
-            None if shard.decided(id, hash).is_some() => return Vec::new(),
-            None => Vec::new(),
+        let (digest, waiters) = match shard.in_flight.remove(&id) {
+            Some(entry) => entry,
+            // Decided twice (a stale completion), or never started: keep what is known.
+            None => return Vec::new(),
         };
         if shard.current.outcomes.len() >= GENERATION_IDS {
             std::mem::swap(&mut shard.current, &mut shard.previous);
             shard.current.clear();
         }
-        shard.current.insert(id, hash, outcome);
+        shard.current.insert(id, hash, (outcome, digest));
         waiters
     }
 }
@@ -313,8 +357,11 @@ mod tests {
     use super::*;
     use crate::pipeline::AbortReason;
 
+    /// The legs digest of the tests' submissions.
+    const DIGEST: u64 = 0x5EED;
+
     fn decided(dedup: &Dedup, id: u64) -> Option<Outcome> {
-        match dedup.lock(TxnId(id)).seen() {
+        match dedup.lock(TxnId(id), DIGEST).seen() {
             Seen::Decided(outcome) => Some(outcome),
             _ => None,
         }
@@ -325,7 +372,7 @@ mod tests {
     #[test]
     fn new_in_flight_decided() {
         let dedup = Dedup::new();
-        let mut locked = dedup.lock(TxnId(7));
+        let mut locked = dedup.lock(TxnId(7), DIGEST);
         assert!(matches!(locked.seen(), Seen::New));
         locked.start();
         assert!(matches!(locked.seen(), Seen::InFlight));
@@ -350,6 +397,7 @@ mod tests {
             } else {
                 Outcome::Committed
             };
+            dedup.lock(TxnId(id), DIGEST).start();
             dedup.decide(TxnId(id), outcome);
         }
         for shard in &dedup.shards {
@@ -368,7 +416,10 @@ mod tests {
             assert_eq!(decided(&dedup, id), Some(expected), "id {id}");
         }
         for id in total..total + 100_000 {
-            assert!(matches!(dedup.lock(TxnId(id)).seen(), Seen::New), "id {id}");
+            assert!(
+                matches!(dedup.lock(TxnId(id), DIGEST).seen(), Seen::New),
+                "id {id}"
+            );
         }
         let forgotten = (0..1_000)
             .filter(|&id| decided(&dedup, id).is_none())
@@ -386,12 +437,12 @@ mod tests {
         let ids: Vec<TxnId> = (1_000..1_300).map(TxnId).collect();
         let mut attached = Vec::new();
         for &id in &ids {
-            dedup.lock(id).start();
+            dedup.lock(id, DIGEST).start();
             if id.0 % 7 == 0 {
                 let duplicate = admission
                     .admit((), crate::pipeline::Priority::Normal)
                     .unwrap();
-                dedup.lock(id).attach(duplicate.completion);
+                dedup.lock(id, DIGEST).attach(duplicate.completion);
                 attached.push(duplicate.completion);
             }
         }
@@ -409,13 +460,54 @@ mod tests {
     #[test]
     fn duplicates_in_flight_are_returned() {
         let dedup = Dedup::new();
-        dedup.lock(TxnId(1)).start();
+        dedup.lock(TxnId(1), DIGEST).start();
         let admission = crate::pipeline::Admission::new(Default::default()).unwrap();
         let first = admission
             .admit((), crate::pipeline::Priority::Normal)
             .unwrap();
-        dedup.lock(TxnId(1)).attach(first.completion);
+        dedup.lock(TxnId(1), DIGEST).attach(first.completion);
         let waiters = dedup.decide(TxnId(1), Outcome::Committed);
         assert_eq!(waiters, vec![first.completion]);
+    }
+
+    // Proves that an id is a retry only with the same legs: another leg set under an id
+    // in flight or decided is `DifferentLegs`, never the first outcome; and that the
+    // digest tells apart transfers that differ in one byte, amount or direction.
+    #[test]
+    fn an_id_with_other_legs_is_not_a_retry() {
+        use crate::proto::OP_PAYLOAD_BYTES;
+        let leg = |participant: u8, byte: u8| Leg {
+            participant,
+            payload: [byte; OP_PAYLOAD_BYTES],
+        };
+        let first = legs_digest(&[leg(0, 1), leg(1, 2)]);
+        let mut last_byte = [leg(0, 1), leg(1, 2)];
+        last_byte[1].payload[OP_PAYLOAD_BYTES - 1] = 3;
+        let others = [
+            legs_digest(&[leg(1, 2), leg(0, 1)]),
+            legs_digest(&[leg(0, 1), leg(1, 3)]),
+            legs_digest(&[leg(0, 1)]),
+            legs_digest(&last_byte),
+        ];
+        assert_eq!(first, legs_digest(&[leg(0, 1), leg(1, 2)]));
+        for other in others {
+            assert_ne!(first, other);
+        }
+        let dedup = Dedup::new();
+        dedup.lock(TxnId(9), first).start();
+        assert!(matches!(dedup.lock(TxnId(9), first).seen(), Seen::InFlight));
+        assert!(matches!(
+            dedup.lock(TxnId(9), others[1]).seen(),
+            Seen::DifferentLegs
+        ));
+        dedup.decide(TxnId(9), Outcome::Committed);
+        assert!(matches!(
+            dedup.lock(TxnId(9), first).seen(),
+            Seen::Decided(Outcome::Committed)
+        ));
+        assert!(matches!(
+            dedup.lock(TxnId(9), others[3]).seen(),
+            Seen::DifferentLegs
+        ));
     }
 }

@@ -536,7 +536,10 @@ impl Engine {
     /// [`Busy`] when the engine sheds load (`Normal` priority first).
     ///
     /// A transaction naming a participant the engine does not have, or none at all, is
-    /// not submitted: its ticket is ready at once with `Rejected(MALFORMED)`. After
+    /// not submitted: its ticket is ready at once with `Rejected(MALFORMED)`. An id
+    /// still remembered (in flight, or among the recently decided) is a retry when its
+    /// legs are the same: it gets the first submission's outcome. With other legs it is
+    /// rejected at once with `Rejected(EXISTS_WITH_DIFFERENT_LEGS)`. After
     /// shutdown began, tickets are ready at once with `Aborted(Shutdown)`.
     pub fn submit(&self, txn: Txn) -> Result<Ticket, Busy<Txn>> {
         let legs = txn.legs();
@@ -553,9 +556,15 @@ impl Engine {
         let Some(intake) = &self.intake else {
             return Ok(Ticket::ready(Outcome::Aborted(AbortReason::Shutdown)));
         };
-        let mut seen = self.dedup.lock(txn.id);
+        let mut seen = self.dedup.lock(txn.id, super::dedup::legs_digest(legs));
         match seen.seen() {
             Seen::Decided(outcome) => return Ok(Ticket::ready(outcome)),
+            Seen::DifferentLegs => {
+                let reason = crate::proto::Reason::EXISTS_WITH_DIFFERENT_LEGS;
+                return Ok(Ticket::ready(Outcome::Aborted(AbortReason::Rejected(
+                    reason,
+                ))));
+            }
             Seen::InFlight => {
                 // A duplicate of a transaction in flight: its own ticket, completed
                 // with the original's outcome, and nothing submitted twice.
