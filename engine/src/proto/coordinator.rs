@@ -320,6 +320,17 @@ impl Coordinator {
         self.config.recovery_stagger_us * self.rank as u64
     }
 
+    /// The vote timeout a batch on `participants` (a site mask) gets when it opens now:
+    /// adaptive with `overlap` (see [`super::predict`]), `vote_timeout_us` without.
+    pub fn vote_timeout_us(&self, participants: u64) -> u64 {
+        if self.config.overlap {
+            self.predictor
+                .vote_timeout_us(participants, self.config.vote_timeouts())
+        } else {
+            self.config.vote_timeout_us
+        }
+    }
+
     /// Opens a batch (active replica only) and sends PREPARE to its participants.
     ///
     /// Every transaction's outcome is later reported once in `out.completions`.
@@ -345,12 +356,7 @@ impl Coordinator {
             members: input.members,
         });
         let len = desc.len();
-        let vote_timeout_us = if self.config.overlap {
-            self.predictor
-                .vote_timeout_us(desc.participants(), self.config.vote_timeouts())
-        } else {
-            self.config.vote_timeout_us
-        };
+        let vote_timeout_us = self.vote_timeout_us(desc.participants());
         let mut m = Member::new(Arc::clone(&desc), self.me, true, self.me);
         m.last_seq = self.log.append(
             Record::Begin {

@@ -69,9 +69,11 @@ pub enum EngineError {
 }
 
 /// What `Engine::shutdown` hands back: the participants' state machines, so that a
-/// caller can check their resource managers (the bank invariant, for one).
+/// caller can check their resource managers (the bank invariant, for one), and the
+/// counters once every stage stopped (whether draining hit its bound, for one).
 pub struct Shutdown {
     pub participants: Vec<Participant<ParticipantRm>>,
+    pub counters: EngineCounters,
 }
 
 /// The embedded commit engine.
@@ -91,6 +93,12 @@ pub struct Engine {
     passive_replicas: Vec<JoinHandle<Result<Coordinator, SiteError>>>,
     participant_threads: Vec<JoinHandle<Result<Participant<ParticipantRm>, SiteError>>>,
     doorbells: Vec<Arc<Doorbell>>,
+    /// The clock the sites stamp their syncs with (for the age of a sync in flight).
+    clock: Arc<MonotonicClock>,
+    /// What opening each site's log found and did.
+    recovery: super::recovery::RecoveryReport,
+    /// How long a stopping site waits for undecided transactions.
+    drain_max: std::time::Duration,
 }
 
 fn validate(config: &EngineConfig) -> Result<(), EngineError> {
@@ -157,6 +165,7 @@ fn prepared_record_bytes_max(batch_txns: usize) -> u64 {
 /// A site's log, opened and read back, with the checkpoint policy its site runs.
 struct OpenedLog {
     wal: Wal,
+    recovery: tricommit_wal::Recovery,
     records: Vec<Record>,
     checkpointer: Checkpointer,
 }
@@ -173,7 +182,7 @@ fn open_log(
         dir: dir.to_owned(),
         source,
     };
-    let (mut wal, _recovery) = Wal::open(dir, config.wal.clone()).map_err(wal_error)?;
+    let (mut wal, recovery) = Wal::open(dir, config.wal.clone()).map_err(wal_error)?;
     if let Some(max) = log_segments_max {
         // Recycled segments serve the rolls until the next checkpoint; more would only
         // hold disk.
@@ -198,6 +207,7 @@ fn open_log(
         })?;
     Ok(OpenedLog {
         wal,
+        recovery,
         records,
         checkpointer,
     })
@@ -375,12 +385,17 @@ impl Engine {
         let drain_max = drain_max(&config);
         let halt = Arc::new(AtomicBool::new(false));
         let mut site_stats = Vec::new();
+        let mut recovery = super::recovery::RecoveryReport::default();
 
         let mut replica_machines = Vec::new();
         for &me in &replicas {
             let name = format!("replica-{}", me.0);
             let bound = config.log_segments_max;
             let log = open_log(&config.data_dir.join(&name), &name, &config, bound)?;
+            recovery.sites.push(super::recovery::SiteRecovery {
+                site: name.clone(),
+                wal: log.recovery.clone(),
+            });
             let mut out = Output::default();
             let now_us = wiring.clock.now_us();
             let machine = if log.records.is_empty() {
@@ -403,6 +418,10 @@ impl Engine {
             // the configuration says so.
             let bound = config.log_segments_max.filter(|_| config.compact_postings);
             let log = open_log(&config.data_dir.join(&name), &name, &config, bound)?;
+            recovery.sites.push(super::recovery::SiteRecovery {
+                site: name.clone(),
+                wal: log.recovery.clone(),
+            });
             let rm = ParticipantRm::genesis(spec)
                 .map_err(|error| EngineError::Config(format!("{name}: {error}")))?;
             let now_us = wiring.clock.now_us();
@@ -504,6 +523,9 @@ impl Engine {
             passive_replicas,
             participant_threads,
             doorbells: wiring.doorbells,
+            clock: wiring.clock,
+            recovery,
+            drain_max,
         })
     }
 }
@@ -529,6 +551,19 @@ pub struct EngineCounters {
     /// The longest time one step of recycling the segments below a checkpoint (one
     /// segment zero-filled, as a segment roll does) held up its site.
     pub recycle_pause_us_max: u64,
+    /// The longest WAL sync so far over every site (submit to completion).
+    pub sync_us_max: u64,
+    /// The age of the oldest WAL sync in flight now (0 when none is): a disk that
+    /// stalls shows here while it stalls, before any sync completes.
+    pub sync_in_flight_us_max: u64,
+    /// The vote timeout the coordinator gave its last batch: with `overlap` it follows
+    /// the participants' measured vote latency within the `Timeouts` bounds.
+    pub vote_timeout_us: u64,
+    /// Whether a site stopped because its drain bound (`drain_us_max`) ran out while
+    /// transactions were still undecided; they stay in doubt until the next open.
+    pub drain_bound_hit: bool,
+    /// How long a stopping site waits for undecided transactions to be decided.
+    pub drain_us_max: u64,
 }
 
 impl Engine {
@@ -600,7 +635,9 @@ impl Engine {
     /// The engine's counters so far.
     pub fn counters(&self) -> EngineCounters {
         let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        let now_us = self.clock.now_us();
         let mut counters = EngineCounters {
+            drain_us_max: self.drain_max.as_micros() as u64,
             committed: load(&self.stats.committed),
             aborted: load(&self.stats.aborted),
             batches: load(&self.stats.batches),
@@ -619,8 +656,23 @@ impl Engine {
             counters.recycle_pause_us_max = counters
                 .recycle_pause_us_max
                 .max(load(&site.recycle_pause_us_max));
+            counters.sync_us_max = counters.sync_us_max.max(load(&site.sync_us_max));
+            let started_us = load(&site.sync_started_us);
+            if started_us > 0 {
+                let age_us = now_us.saturating_sub(started_us);
+                counters.sync_in_flight_us_max = counters.sync_in_flight_us_max.max(age_us);
+            }
+            counters.vote_timeout_us = counters.vote_timeout_us.max(load(&site.vote_timeout_us));
+            counters.drain_bound_hit |= site.drain_bound_hit.load(Ordering::Relaxed);
         }
         counters
+    }
+
+    /// What opening each site's log found and did: records recovered, torn tails
+    /// dropped (bytes and place, per site), and the sync backend in use, with the
+    /// reason where io_uring fell back to fdatasync.
+    pub fn recovery_report(&self) -> &super::recovery::RecoveryReport {
+        &self.recovery
     }
 
     /// Transactions admitted and not yet completed.
@@ -698,7 +750,10 @@ impl Engine {
         self.admission.complete_all_pending(Outcome::InDoubt);
         match first_error {
             Some(error) => Err(error),
-            None => Ok(Shutdown { participants }),
+            None => Ok(Shutdown {
+                participants,
+                counters: self.counters(),
+            }),
         }
     }
 }

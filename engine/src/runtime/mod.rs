@@ -10,19 +10,21 @@ mod config;
 mod dedup;
 mod engine;
 mod meta;
+mod recovery;
 mod site;
 mod stages;
 mod txn;
 
 pub use config::{
     EngineConfig, ParticipantRm, ParticipantSpec, RmFactory, Timeouts, LOG_SEGMENTS_MAX_DEFAULT,
-    LOG_SEGMENTS_MAX_MIN, PARTICIPANTS_MAX, REPLICAS_DEFAULT, REPLICAS_MAX,
+    LOG_SEGMENTS_MAX_MIN, PARTICIPANTS_MAX, REPLICAS_DEFAULT, REPLICAS_MAX, VOTE_MIN_US_DEFAULT,
 };
 pub use dedup::DEDUP_DECIDED_MAX;
 pub use engine::{Engine, EngineCounters, EngineError, Shutdown};
 pub use meta::{
     read_meta, recover_ledgers, DataDirMeta, DumpError, MetaError, RecoveredLedger, META_FILE,
 };
+pub use recovery::{RecoveryReport, SiteRecovery};
 pub use site::{FLUSH_ROUNDS_MAX, FRAMES_PER_TURN_MAX, INBOX_FRAMES_CAPACITY};
 pub use stages::{BATCHES_QUEUED_MAX, COMPLETION_CHUNKS_CAPACITY};
 pub use txn::{Leg, Txn, TxnError, TXN_LEGS_MAX};

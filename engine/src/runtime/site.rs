@@ -164,6 +164,34 @@ pub struct SiteStats {
     pub checkpoint_pause_us_total: AtomicU64,
     /// The longest time one recycling step (one segment zero-filled) held it up.
     pub recycle_pause_us_max: AtomicU64,
+    /// When the sync in flight began (the engine clock's microseconds, at least 1), or
+    /// 0 when none is: a stalled disk shows as an old sync here (`Engine::counters`).
+    pub sync_started_us: AtomicU64,
+    /// The longest sync so far, submit to completion, in microseconds.
+    pub sync_us_max: AtomicU64,
+    /// Whether this site stopped because its drain bound ran out while transactions
+    /// it or another site holds were still undecided (they are left in doubt, for
+    /// recovery at the next open).
+    pub drain_bound_hit: AtomicBool,
+    /// The vote timeout the active replica gave its last batch, in microseconds (0 on
+    /// other sites): with `overlap` it follows the measured vote latency.
+    pub vote_timeout_us: AtomicU64,
+}
+
+impl SiteStats {
+    /// Notes that a sync begins at `now_us`.
+    fn sync_began(&self, now_us: u64) {
+        self.sync_started_us.store(now_us.max(1), Ordering::Relaxed);
+    }
+
+    /// Notes that the sync in flight ended at `now_us`.
+    fn sync_ended(&self, now_us: u64) {
+        let started_us = self.sync_started_us.swap(0, Ordering::Relaxed);
+        if started_us > 0 {
+            self.sync_us_max
+                .fetch_max(now_us.saturating_sub(started_us), Ordering::Relaxed);
+        }
+    }
 }
 
 /// What a site stage owns besides its state machine.
@@ -296,6 +324,7 @@ impl SiteIo {
             if !self.sync.wanted || self.sync.in_flight.is_some() {
                 return Ok(());
             }
+            self.stats.sync_began(self.clock.now_us());
             self.wal.sync_submit().map_err(|source| SiteError::Wal {
                 site: self.me.0,
                 source,
@@ -323,6 +352,7 @@ impl SiteIo {
             source,
         })?;
         let now_us = self.clock.now_us();
+        self.stats.sync_ended(now_us);
         machine.handle_durable(now_us, upto, &mut self.out);
         Ok(true)
     }
@@ -582,7 +612,11 @@ impl Drain {
     pub fn may_leave<M: Machine>(&mut self, machine: &M, io: &SiteIo) -> bool {
         let since = *self.since.get_or_insert_with(Instant::now);
         io.board.report(io.me, machine.settled());
-        let leave = io.board.all_settled() || since.elapsed() >= io.drain_max;
+        let settled = io.board.all_settled();
+        let leave = settled || since.elapsed() >= io.drain_max;
+        if leave && !settled {
+            io.stats.drain_bound_hit.store(true, Ordering::Relaxed);
+        }
         if leave {
             io.board.leave(io.me);
         }

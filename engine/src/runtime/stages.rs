@@ -241,8 +241,13 @@ fn take_batches(
         let now_us = io.clock.now_us();
         let txns_left = batch.completions.len() as u32;
         let txns = batch.input.txns.clone();
+        let participants = batch.input.members.iter().fold(0, |mask, m| mask | m);
         match coordinator.submit(now_us, batch.input, &mut io.out) {
             Ok(id) => {
+                let vote_timeout_us = coordinator.vote_timeout_us(participants);
+                io.stats
+                    .vote_timeout_us
+                    .store(vote_timeout_us, std::sync::atomic::Ordering::Relaxed);
                 let open_batch = OpenBatch {
                     completions: batch.completions,
                     txns,
