@@ -14,7 +14,7 @@ use std::time::Duration;
 use engine_support::{check_bank, submit_retrying, Acked, Bank, SplitMix, Transfer};
 use tricommit_engine::proto::{Op, Reason, ResourceManager, TxnId, Vote, OP_PAYLOAD_BYTES};
 use tricommit_engine::runtime::Timeouts;
-use tricommit_engine::{Engine, EngineConfig, Outcome, ParticipantSpec, Ticket};
+use tricommit_engine::{AbortReason, Engine, EngineConfig, Outcome, ParticipantSpec, Ticket};
 
 const BANK: Bank = Bank {
     ledgers: 2,
@@ -112,9 +112,11 @@ fn a_late_no_vote_aborts_exactly_its_transactions() {
     for (transfer, refused, ticket) in tickets {
         let outcome = ticket.wait();
         if refused {
-            assert!(
-                matches!(outcome, Outcome::Aborted(_)),
-                "{transfer:?} was refused, yet {outcome:?}"
+            // The referee's own reason, not a timeout or a termination.
+            assert_eq!(
+                outcome,
+                Outcome::Aborted(AbortReason::Rejected(REASON_REFEREE)),
+                "{transfer:?} was refused by the referee"
             );
         } else {
             // Balances are ample and no timeout fires: only a refusal aborts.
@@ -143,9 +145,10 @@ fn a_vote_after_the_timeout_is_ignored_and_the_engine_carries_on() {
     let mut rng = SplitMix(37);
     let slow = BANK.transfer(&mut rng, 1);
     let slow_outcome = submit_refereed(&engine, &slow, VOTE_YES_AFTER_TIMEOUT).wait();
-    assert!(
-        matches!(slow_outcome, Outcome::Aborted(_)),
-        "a vote past the timeout must abort, got {slow_outcome:?}"
+    assert_eq!(
+        slow_outcome,
+        Outcome::Aborted(AbortReason::Rejected(Reason::TIMEOUT)),
+        "a vote past the timeout must abort for the timeout"
     );
     let mut acked = vec![(slow, Acked::of(slow_outcome))];
     let mut committed_after = false;
