@@ -166,6 +166,12 @@ pub fn add_counters(a: &EngineCounters, b: &EngineCounters) -> EngineCounters {
         checkpoint_pause_us_max: a.checkpoint_pause_us_max.max(b.checkpoint_pause_us_max),
         checkpoint_pause_us_total: a.checkpoint_pause_us_total + b.checkpoint_pause_us_total,
         recycle_pause_us_max: a.recycle_pause_us_max.max(b.recycle_pause_us_max),
+        sync_us_max: a.sync_us_max.max(b.sync_us_max),
+        // Point-in-time values: the later snapshot's.
+        sync_in_flight_us_max: b.sync_in_flight_us_max,
+        vote_timeout_us: b.vote_timeout_us,
+        drain_bound_hit: a.drain_bound_hit || b.drain_bound_hit,
+        drain_us_max: a.drain_us_max.max(b.drain_us_max),
     }
 }
 
