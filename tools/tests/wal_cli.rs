@@ -32,6 +32,7 @@ fn write_log() -> tempfile::TempDir {
         segment_bytes: SEGMENT_BYTES,
         record_bytes_max: 4096,
         sync: SyncBackend::Fdatasync,
+        sync_fallback: true,
         segments_spare: 1,
     };
     let (mut wal, _) = Wal::open(dir.path(), config).expect("open");
@@ -127,6 +128,7 @@ fn verify_reports_a_bit_flip_in_the_last_segment() {
         segment_bytes: ONE_SEGMENT_BYTES,
         record_bytes_max: 4096,
         sync: SyncBackend::Fdatasync,
+        sync_fallback: true,
         segments_spare: 1,
     };
     let (mut wal, _) = Wal::open(dir.path(), config).expect("open");
@@ -237,6 +239,7 @@ fn verify_reports_a_torn_tail_read_only() {
         segment_bytes: SEGMENT_BYTES,
         record_bytes_max: 4096,
         sync: SyncBackend::Fdatasync,
+        sync_fallback: true,
         segments_spare: 1,
     };
     let (_wal, recovery) = Wal::open(dir.path(), config).expect("open");
