@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod ledger_cmd;
+mod recover_cmd;
 mod sim_cmd;
 mod wal_cmd;
 
@@ -20,6 +21,9 @@ enum Cli {
     /// Inspect the ledgers of an engine's data directory.
     #[command(subcommand)]
     Ledger(ledger_cmd::LedgerCommand),
+    /// Finish what a crash left in doubt: open the data directory, let the termination
+    /// protocol decide every transaction in doubt, shut down cleanly, print the counts.
+    Recover(recover_cmd::RecoverArgs),
 }
 
 fn main() -> ExitCode {
@@ -27,5 +31,6 @@ fn main() -> ExitCode {
         Cli::Wal(command) => wal_cmd::run(command),
         Cli::Sim(args) => sim_cmd::run(args),
         Cli::Ledger(command) => ledger_cmd::run(command),
+        Cli::Recover(args) => recover_cmd::run(args),
     }
 }

@@ -80,10 +80,14 @@ pub fn scan(dir: &Path) -> Result<LogView, WalError> {
 /// a lock file, spares or temporary files, is a log whose creation never finished (a
 /// crash in its first moments): `Wal::open` starts it empty, and readers should treat
 /// it as a log without records rather than as something foreign.
+///
+/// Like `scan`, it refuses (`WalError::Locked`) a directory that a writer holds: a log
+/// still being created by a live engine is not an interrupted one.
 pub fn holds_segments(dir: &Path) -> Result<bool, WalError> {
     if !dir.exists() {
         return Ok(false);
     }
+    let _lock = DirLock::acquire(dir, LockMode::Shared)?;
     Ok(list_names(dir)?
         .iter()
         .any(|name| parse_segment_name(name).is_some()))

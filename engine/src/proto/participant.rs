@@ -152,6 +152,21 @@ impl<R: ResourceManager> Participant<R> {
         Some((*member.states().get(i)?, member.attempt[i]))
     }
 
+    /// The transactions this site holds undecided (W, PC or PA) with their states, in
+    /// no particular order: after a crash, those whose outcome only the termination
+    /// protocol can settle (`tricommit recover`). Linear in the transactions held.
+    pub fn undecided(&self) -> Vec<(TxnId, State)> {
+        let mut undecided = Vec::new();
+        for member in self.batches.values() {
+            for (index, state) in member.states().iter().enumerate() {
+                if state.is_pending() {
+                    undecided.push((member.desc.txns[index], *state));
+                }
+            }
+        }
+        undecided
+    }
+
     /// How many batches this site holds in memory (retired ones are not counted).
     pub fn batch_count(&self) -> usize {
         self.batches.len()

@@ -210,6 +210,16 @@ pub struct RecoveredLedger {
 }
 
 impl RecoveredLedger {
+    /// The transactions this ledger holds in doubt (prepared or pre-decided, outcome
+    /// not known here), with their states. After a crash, its balances may hold some
+    /// transfers on one ledger and not yet on another until `tricommit recover` (or
+    /// `Engine::open`) lets the termination protocol decide them.
+    pub fn in_doubt(&self) -> Vec<(crate::proto::TxnId, crate::proto::State)> {
+        let mut in_doubt = self.participant.undecided();
+        in_doubt.sort_unstable_by_key(|(txn, _)| txn.0);
+        in_doubt
+    }
+
     /// The rebuilt ledger.
     pub fn ledger(&self) -> &Ledger {
         self.participant
@@ -300,6 +310,11 @@ pub fn recover_ledgers(
 
 fn read_participant_log(data_dir: &Path, index: usize) -> Result<Vec<Record>, DumpError> {
     let dir = data_dir.join(format!("participant-{index}"));
+    // A log whose creation a crash interrupted (no directory yet, or no segment file
+    // yet) holds no record: `Engine::open` starts it empty, and so does a dump.
+    if !tricommit_wal::holds_segments(&dir).map_err(|source| DumpError::Wal { index, source })? {
+        return Ok(Vec::new());
+    }
     let view = tricommit_wal::scan(&dir).map_err(|source| DumpError::Wal { index, source })?;
     let mut records = Vec::new();
     for record in view.read_from(view.report().first_lsn) {
