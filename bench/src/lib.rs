@@ -117,7 +117,11 @@ pub fn engine_config(name: &str, data_dir: &Path) -> Option<EngineConfig> {
         // The backends, with everything on.
         "pipelined-msync" => config.wal.sync = SyncBackend::Msync,
         "pipelined-fdatasync" => config.wal.sync = SyncBackend::Fdatasync,
-        "pipelined-io-uring" => config.wal.sync = SyncBackend::IoUring,
+        // The row is io_uring or an error: no silent fallback to fdatasync.
+        "pipelined-io-uring" => {
+            config.wal.sync = SyncBackend::IoUring;
+            config.wal.sync_fallback = false;
+        }
         _ => return None,
     }
     Some(config)

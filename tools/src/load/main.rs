@@ -267,6 +267,8 @@ fn run(args: &Args) -> Result<bool, LoadError> {
     config.pin_threads = args.pin_threads;
     if let Some(flag) = args.sync {
         config.wal.sync = flag.backend();
+        // A backend asked for by name is that backend or an error, never a fallback.
+        config.wal.sync_fallback = false;
     }
     config.wal.segment_bytes = args.segment_mib << 20;
     config.log_segments_max = match args.log_segments_max {
@@ -346,11 +348,11 @@ fn drive(args: &Args, config: EngineConfig) -> Result<RunOutcome, LoadError> {
         scenario::Scenario::Ramp | scenario::Scenario::Burst => 0,
         _ => args.rate,
     };
-    let shared = driver::Shared::new(
-        Engine::open(config.clone())?,
-        args.clients as usize,
-        initial_rate,
-    );
+    let engine = Engine::open(config.clone())?;
+    // What opening the logs found: records, torn tails, and the sync backend really in
+    // use (with the reason, where io_uring fell back).
+    eprintln!("tricommit-load: {}", engine.recovery_report());
+    let shared = driver::Shared::new(engine, args.clients as usize, initial_rate);
     let history_parts: Vec<PathBuf> = match &args.history {
         Some(path) => (0..args.clients)
             .map(|index| part_path(path, index))
@@ -392,9 +394,12 @@ fn drive(args: &Args, config: EngineConfig) -> Result<RunOutcome, LoadError> {
                 .map_err(LoadError::Client)?,
         );
     }
-    let counters = shared.counters();
+    let mut counters = shared.counters();
     let busy = shared.busy.load(Ordering::Relaxed);
     let shutdown = shared.shutdown()?;
+    // The drain happens during shutdown: only its final counters know how it ended.
+    counters.drain_bound_hit |= shutdown.counters.drain_bound_hit;
+    counters.sync_us_max = counters.sync_us_max.max(shutdown.counters.sync_us_max);
     let cpu_s = summary::cpu_seconds() - cpu_before;
     let expected_total =
         args.ledgers as i128 * args.accounts as i128 * args.initial_balance as i128;
