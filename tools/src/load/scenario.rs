@@ -104,8 +104,11 @@ impl Sampler {
                 &mut self.window,
             );
             self.status = format!(
-                "{:.0} committed/s, p99 {} us, batch {:.0}",
-                sample.committed_per_s, sample.p99_us, sample.batch_txns_avg
+                "{:.0} committed/s, p99 {} us, batch {:.0}; {}",
+                sample.committed_per_s,
+                sample.p99_us,
+                sample.batch_txns_avg,
+                crate::progress::sync_status(&counters)
             );
             self.samples.push(sample);
             (self.last, self.last_at) = (counters, now);

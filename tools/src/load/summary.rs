@@ -56,7 +56,48 @@ pub struct Summary {
     pub checkpoint_pause_us_max: u64,
     /// The longest time recycling one segment below a checkpoint held up its site.
     pub recycle_pause_us_max: u64,
+    /// The longest WAL sync of the run, and the age of the oldest sync still in flight
+    /// when the clients stopped: a stalled disk shows here (issue 13).
+    pub sync_us_max: u64,
+    pub sync_in_flight_us_at_end: u64,
+    /// Whether a stopping site gave up waiting at its drain bound (`drain_us_max`),
+    /// leaving transactions in doubt for the next open.
+    pub drain_bound_hit: bool,
+    pub drain_us_max: u64,
+    /// Why transactions were decided by the termination protocol, when some were.
+    pub terminated_why: Option<String>,
     pub config: Args,
+}
+
+/// Why `terminated` transactions were terminated, in words, from the run's counters;
+/// `None` when none were.
+fn terminated_why(terminated: u64, counters: &EngineCounters) -> Option<String> {
+    if terminated == 0 {
+        return None;
+    }
+    let disk = if counters.sync_us_max >= crate::progress::SYNC_STALL_US {
+        format!(
+            "the disk stalled (the longest WAL sync took {} ms), so batches waited past \
+             their timeouts and the E3PC termination protocol decided them",
+            counters.sync_us_max / 1_000
+        )
+    } else {
+        format!(
+            "their batches waited past a protocol timeout (vote, pending) and the E3PC \
+             termination protocol decided them (the longest WAL sync took {} ms)",
+            counters.sync_us_max / 1_000
+        )
+    };
+    let drain = if counters.drain_bound_hit {
+        format!(
+            "; at shutdown the drain bound of {} ms was hit, and what was still \
+             undecided stays in doubt until the next open (`tricommit recover`)",
+            counters.drain_us_max / 1_000
+        )
+    } else {
+        "; the shutdown drain finished within its bound".to_owned()
+    };
+    Some(format!("{terminated} transactions: {disk}{drain}"))
 }
 
 impl Summary {
@@ -83,6 +124,10 @@ impl Summary {
             .map(|durability| durability.lost);
         let duration_s = outcome.elapsed.as_secs_f64();
         let counters = &outcome.counters;
+        let terminated = by_reason
+            .iter()
+            .find(|(reason, _)| reason == "terminated")
+            .map_or(0, |(_, count)| *count);
         Summary {
             committed,
             aborted: by_reason.iter().map(|(_, count)| count).sum(),
@@ -128,6 +173,11 @@ impl Summary {
             checkpoints: counters.checkpoints,
             checkpoint_pause_us_max: counters.checkpoint_pause_us_max,
             recycle_pause_us_max: counters.recycle_pause_us_max,
+            sync_us_max: counters.sync_us_max,
+            sync_in_flight_us_at_end: counters.sync_in_flight_us_max,
+            drain_bound_hit: counters.drain_bound_hit,
+            drain_us_max: counters.drain_us_max,
+            terminated_why: terminated_why(terminated, counters),
             config: args.clone(),
         }
     }
@@ -179,6 +229,28 @@ impl Summary {
                 format!("{} us", self.recycle_pause_us_max),
             ),
         ]);
+        rows.push((
+            "longest sync".to_owned(),
+            format!("{} ms", self.sync_us_max / 1_000),
+        ));
+        if self.sync_in_flight_us_at_end > 0 {
+            rows.push((
+                "sync in flight at end".to_owned(),
+                format!("{} ms", self.sync_in_flight_us_at_end / 1_000),
+            ));
+        }
+        let drain = if self.drain_bound_hit {
+            format!(
+                "HIT after {} ms: undecided transactions left in doubt",
+                self.drain_us_max / 1_000
+            )
+        } else {
+            format!("not hit (bound {} ms)", self.drain_us_max / 1_000)
+        };
+        rows.push(("shutdown drain".to_owned(), drain));
+        if let Some(why) = &self.terminated_why {
+            rows.push(("why terminated".to_owned(), why.clone()));
+        }
         if let Some(lost) = self.lost {
             rows.push(("lost commits".to_owned(), lost.to_string()));
         }
@@ -372,4 +444,38 @@ pub fn check_durability(
         }
     }
     Ok(durability)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves the summary says why transactions were terminated: a stalled disk (the
+    // longest sync) when there was one, and whether the drain bound was hit; and says
+    // nothing when none were terminated.
+    #[test]
+    fn the_summary_explains_terminated_transactions() {
+        let stalled = EngineCounters {
+            sync_us_max: 2_500_000,
+            drain_bound_hit: true,
+            drain_us_max: 6_400_000,
+            ..EngineCounters::default()
+        };
+        let why = terminated_why(3_517, &stalled).expect("an explanation");
+        assert!(
+            why.starts_with("3517 transactions: the disk stalled"),
+            "{why}"
+        );
+        assert!(why.contains("2500 ms"), "{why}");
+        assert!(why.contains("drain bound of 6400 ms was hit"), "{why}");
+        let quiet = EngineCounters {
+            sync_us_max: 4_000,
+            drain_us_max: 6_400_000,
+            ..EngineCounters::default()
+        };
+        let why = terminated_why(2, &quiet).expect("an explanation");
+        assert!(why.contains("protocol timeout"), "{why}");
+        assert!(why.contains("finished within its bound"), "{why}");
+        assert_eq!(terminated_why(0, &stalled), None);
+    }
 }
