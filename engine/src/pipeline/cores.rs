@@ -1,11 +1,23 @@
-//! Which core each stage's thread runs on, through core_affinity.
+//! Pinning threads to cores, through core_affinity.
 //!
-//! Why a map and not "one core per stage": this VM has 2 cores and the pipeline has five
-//! stages plus one per participant, so stages must share cores. The default deals the
-//! stages out round-robin over the cores the machine really reports, in pipeline order,
-//! so that two neighbouring stages (producer and consumer of one hop) land on different
-//! cores and can run at the same time. A configured core that the machine does not have
-//! is a typed error at configuration time, not a silent unpinned thread.
+//! [`pin_current_thread`] is the crate's one way to pin: the engine's threads
+//! (`runtime::Engine`, with `EngineConfig::pin_threads`) and [`CoreMap::spawn`] both go
+//! through it, and both report a refusal (the engine counts it in
+//! `EngineCounters::pins_failed`; `CoreMap::spawn` returns `StageError::PinFailed`).
+//!
+//! [`CoreMap`] places the stages of a pipeline split into per-phase threads (intake,
+//! prepare, pre-commit, commit, completion, one per participant): the design DESIGN §3
+//! keeps in reserve for when one site thread caps the engine. The engine does not run
+//! such threads today (docs/ops.md, "Stages and threads"); its own threads are
+//! `tc-batcher`, `tc-replica-N`, `tc-completion` and `tc-participant-N`, dealt
+//! round-robin over [`cores_of_this_machine`] in that order.
+//!
+//! Why a map and not "one core per stage": this VM has 2 cores and such a pipeline has
+//! five stages plus one per participant, so stages must share cores. The default deals
+//! the stages out round-robin over the cores the machine really reports, in pipeline
+//! order, so that two neighbouring stages (producer and consumer of one hop) land on
+//! different cores and can run at the same time. A configured core that the machine does
+//! not have is a typed error at configuration time, not a silent unpinned thread.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -184,7 +196,7 @@ impl CoreMap {
         let handle = thread::Builder::new()
             .name(format!("tc-{stage}"))
             .spawn(move || {
-                let pinned = core.is_none_or(|id| core_affinity::set_for_current(CoreId { id }));
+                let pinned = core.is_none_or(pin_current_thread);
                 let _ = pinned_sender.send(pinned);
                 pinned.then(run)
             })
@@ -202,6 +214,19 @@ impl CoreMap {
         }
     }
 }
+
+/// Pins the calling thread to `core`; false when the operating system refuses. The
+/// one pinning path of the crate (see the module docs).
+pub fn pin_current_thread(core: usize) -> bool {
+    // core_affinity indexes a fixed `cpu_set_t` and panics past it; no such core exists.
+    if core >= CPU_SET_CORES_MAX {
+        return false;
+    }
+    core_affinity::set_for_current(CoreId { id: core })
+}
+
+/// Cores a Linux `cpu_set_t` can name (glibc's `CPU_SETSIZE`).
+const CPU_SET_CORES_MAX: usize = 1024;
 
 /// The cores core_affinity reports for this process, ascending; empty if unknown.
 pub fn cores_of_this_machine() -> Vec<usize> {

@@ -1,8 +1,13 @@
 //! The runtime primitives the pipelined engine is assembled from.
 //!
-//! The engine runs each stage (intake/batcher → prepare → pre-commit → commit →
-//! completion, plus one per participant) on its own thread, joined by bounded lock-free
-//! queues. This module holds the generic, separately tested pieces:
+//! The engine (`runtime::Engine`) runs R + P + 2 threads, joined by bounded lock-free
+//! queues: `tc-batcher` (intake, closing batches), `tc-replica-0` (the site of the
+//! active coordinator replica: PREPARE, PRE-COMMIT and COMMIT of every batch, its log
+//! and syncs), `tc-completion` (answering tickets), one `tc-replica-N` per backup
+//! replica and one `tc-participant-N` per participant. The three protocol phases are
+//! stages of each batch on `tc-replica-0`, not threads of their own; docs/ops.md
+//! ("Stages and threads") argues why. This module holds the generic, separately tested
+//! pieces:
 //!
 //! - [`bounds`]: every capacity as a named constant, their relations checked at compile
 //!   time;
@@ -12,7 +17,9 @@
 //! - [`batcher`]: the pure rule for closing batches, with time passed in;
 //! - [`ticket`] and [`admission`]: what a client holds for a submitted transaction, and
 //!   load shedding by priority;
-//! - [`cores`]: stage-to-core pinning that fits the machine;
+//! - [`cores`]: the one path that pins a thread to a core (the engine's threads and
+//!   [`CoreMap`] both use it), and `CoreMap`, a stage-to-core placement for a pipeline
+//!   split into per-phase threads (DESIGN §3's fallback; the engine does not run one);
 //! - [`clock`]: the `now_us` the pure pieces take.
 
 pub mod admission;

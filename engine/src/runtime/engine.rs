@@ -99,6 +99,8 @@ pub struct Engine {
     recovery: super::recovery::RecoveryReport,
     /// How long a stopping site waits for undecided transactions.
     drain_max: std::time::Duration,
+    /// Threads the kernel refused to pin (with `pin_threads`).
+    pins_failed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn validate(config: &EngineConfig) -> Result<(), EngineError> {
@@ -328,11 +330,14 @@ impl Wiring {
 /// Starts the stage threads, pinning each to a core in turn when the configuration
 /// asks for it. Stages are dealt round-robin over the cores this process may use, in
 /// pipeline order, so that neighbouring stages land on different cores; on a machine
-/// with fewer cores than stages they share. Pinning is best effort: a thread the kernel
-/// refuses to pin runs unpinned.
+/// with fewer cores than stages they share. Pinning goes through the crate's one path
+/// (`pipeline::cores::pin_current_thread`) and is best effort: a thread the kernel
+/// refuses to pin runs unpinned, and is counted in `pins_failed`
+/// (`EngineCounters::pins_failed`), so the refusal is reported, not silent.
 struct Spawner {
     cores: Vec<usize>,
     next: usize,
+    pins_failed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Spawner {
@@ -342,7 +347,11 @@ impl Spawner {
         } else {
             Vec::new()
         };
-        Spawner { cores, next: 0 }
+        Spawner {
+            cores,
+            next: 0,
+            pins_failed: Arc::default(),
+        }
     }
 
     fn spawn<R: Send + 'static>(
@@ -352,11 +361,12 @@ impl Spawner {
     ) -> Result<JoinHandle<R>, EngineError> {
         let core = (!self.cores.is_empty()).then(|| self.cores[self.next % self.cores.len()]);
         self.next += 1;
+        let pins_failed = self.pins_failed.clone();
         std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {
-                if let Some(id) = core {
-                    core_affinity::set_for_current(core_affinity::CoreId { id });
+                if core.is_some_and(|id| !crate::pipeline::cores::pin_current_thread(id)) {
+                    pins_failed.fetch_add(1, Ordering::Relaxed);
                 }
                 run()
             })
@@ -526,6 +536,7 @@ impl Engine {
             clock: wiring.clock,
             recovery,
             drain_max,
+            pins_failed: spawner.pins_failed,
         })
     }
 }
@@ -564,6 +575,9 @@ pub struct EngineCounters {
     pub drain_bound_hit: bool,
     /// How long a stopping site waits for undecided transactions to be decided.
     pub drain_us_max: u64,
+    /// Stage threads the kernel refused to pin to their core (`pin_threads`); they run
+    /// unpinned.
+    pub pins_failed: u64,
 }
 
 impl Engine {
@@ -638,6 +652,7 @@ impl Engine {
         let now_us = self.clock.now_us();
         let mut counters = EngineCounters {
             drain_us_max: self.drain_max.as_micros() as u64,
+            pins_failed: load(&self.pins_failed),
             committed: load(&self.stats.committed),
             aborted: load(&self.stats.aborted),
             batches: load(&self.stats.batches),
@@ -768,7 +783,38 @@ impl Drop for Engine {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
     use std::sync::Arc;
+
+    // Proves a pin the kernel refuses is reported, not ignored: the Spawner counts it
+    // and the thread still runs (unpinned); a core the process may use pins cleanly.
+    #[test]
+    fn a_refused_pin_is_counted_and_the_stage_still_runs() {
+        // Within a cpu_set_t, and far above any core of the machines this runs on.
+        const CORE_ABSENT: usize = 1000;
+        let mut spawner = super::Spawner::new(false);
+        spawner.cores = vec![CORE_ABSENT];
+        let ran = spawner
+            .spawn("tc-test-absent".into(), || true)
+            .expect("spawn")
+            .join()
+            .expect("join");
+        assert!(ran);
+        assert_eq!(spawner.pins_failed.load(Ordering::Relaxed), 1);
+        // Past what a cpu_set_t holds core_affinity would panic; the pin refuses.
+        assert!(!crate::pipeline::cores::pin_current_thread(1 << 20));
+        let mut spawner = super::Spawner::new(true);
+        if spawner.cores.is_empty() {
+            return; // The OS reports no cores: nothing is pinned, nothing can fail.
+        }
+        spawner.cores.truncate(1);
+        spawner
+            .spawn("tc-test-present".into(), || ())
+            .expect("spawn")
+            .join()
+            .expect("join");
+        assert_eq!(spawner.pins_failed.load(Ordering::Relaxed), 0);
+    }
 
     use super::prepared_record_bytes_max;
     use crate::proto::{BatchId, Descriptor, Op, Record, TxnId, Vote, OP_PAYLOAD_BYTES};

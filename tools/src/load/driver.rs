@@ -172,6 +172,7 @@ pub fn add_counters(a: &EngineCounters, b: &EngineCounters) -> EngineCounters {
         vote_timeout_us: b.vote_timeout_us,
         drain_bound_hit: a.drain_bound_hit || b.drain_bound_hit,
         drain_us_max: a.drain_us_max.max(b.drain_us_max),
+        pins_failed: a.pins_failed + b.pins_failed,
     }
 }
 
