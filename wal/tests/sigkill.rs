@@ -1,11 +1,14 @@
 //! A real process killed with SIGKILL while it appends and syncs.
 //!
-//! The test binary re-executes itself as the child: with `CHILD_DIR_ENV` set, the
-//! `child_process_body` test runs the append/sync loop and reports each synced LSN on its
-//! stdout pipe. The parent kills it at a random moment, reopens the log and checks that
-//! every reported LSN is there, with the right bytes, and that the log scans clean.
+//! The test binary re-executes itself as the child: the ignored `child_process_body`
+//! test, run with `--ignored` and `CHILD_DIR_ENV` set, runs the append/sync loop and
+//! reports each synced LSN on its stdout pipe. The parent kills it at a random moment,
+//! reopens the log and checks that every reported LSN is there, with the right bytes,
+//! and that the log scans clean. The random kill points come from a seed that is
+//! printed, and that `SEED_ENV` sets to replay a failure.
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -14,6 +17,8 @@ use tricommit_wal::{scan, Lsn, SyncBackend, Wal, WalConfig};
 
 const CHILD_DIR_ENV: &str = "TRICOMMIT_WAL_SIGKILL_CHILD_DIR";
 const CHILD_BACKEND_ENV: &str = "TRICOMMIT_WAL_SIGKILL_CHILD_BACKEND";
+/// Set to replay a run: the seed the failing run printed.
+const SEED_ENV: &str = "TRICOMMIT_WAL_SIGKILL_SEED";
 const REPETITIONS: u64 = 24;
 /// The child stops on its own after this many batches if nobody kills it.
 const CHILD_BATCHES_MAX: u64 = 200_000;
@@ -69,17 +74,26 @@ fn child_main(dir: &Path, sync: SyncBackend) {
     }
 }
 
-// Not a check on its own: this is the child process's body, and it returns at once
-// unless the parent test below started this binary with CHILD_DIR_ENV set.
+// Not a check of its own, so it is ignored in a normal run: it is the child process's
+// body, which `sigkill_loses_no_reported_lsn` runs with `--ignored` and CHILD_DIR_ENV
+// set. Run any other way it fails, saying so, rather than pass without checking.
 #[test]
+#[ignore = "the child process of sigkill_loses_no_reported_lsn, which runs it"]
 fn child_process_body() {
-    if let Ok(dir) = std::env::var(CHILD_DIR_ENV) {
-        let backend = std::env::var(CHILD_BACKEND_ENV).unwrap_or_default();
-        child_main(Path::new(&dir), backend_from_name(&backend));
-    }
+    let dir = std::env::var(CHILD_DIR_ENV)
+        .expect("child_process_body is run only by sigkill_loses_no_reported_lsn");
+    let backend = std::env::var(CHILD_BACKEND_ENV).unwrap_or_default();
+    child_main(Path::new(&dir), backend_from_name(&backend));
 }
 
+/// The run's seed: `SEED_ENV` when set (to replay), the clock otherwise.
 fn seed() -> u64 {
+    if let Some(seed) = std::env::var(SEED_ENV)
+        .ok()
+        .and_then(|text| text.parse().ok())
+    {
+        return seed;
+    }
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(1, |elapsed| elapsed.as_nanos() as u64)
@@ -103,6 +117,7 @@ fn run_child_and_kill(dir: &Path, backend: &str, reports_wanted: u64) -> Lsn {
         .args([
             "--exact",
             "child_process_body",
+            "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])
@@ -134,7 +149,18 @@ fn run_child_and_kill(dir: &Path, backend: &str, reports_wanted: u64) -> Lsn {
         .lines()
         .filter_map(parse_report)
         .fold(reported, Lsn::max);
-    child.wait().expect("reap child");
+    let status = child.wait().expect("reap child");
+    // The kill must have landed mid-run, and the child must have synced something:
+    // a child that failed at once, or finished on its own, would prove nothing.
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "the child was not killed mid-run: {status}"
+    );
+    assert!(
+        reports > 0 && reported > 0,
+        "the child reported no synced LSN"
+    );
     reported
 }
 
@@ -143,15 +169,19 @@ fn run_child_and_kill(dir: &Path, backend: &str, reports_wanted: u64) -> Lsn {
 // right bytes and then scans clean.
 #[test]
 fn sigkill_loses_no_reported_lsn() {
-    let mut random = seed() | 1;
+    let seed = seed();
+    // Printed so that a failure can be replayed with SEED_ENV.
+    eprintln!("sigkill_loses_no_reported_lsn: seed {seed} (replay: {SEED_ENV}={seed})");
+    let mut random = seed | 1;
     let backends = ["fdatasync", "msync", "io_uring"];
     for repetition in 0..REPETITIONS {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temporary directory");
         let backend = backends[(repetition % 3) as usize];
         let reports_wanted = next_random(&mut random) % REPORTS_BEFORE_KILL_MAX + 1;
         let reported = run_child_and_kill(dir.path(), backend, reports_wanted);
-        let context =
-            format!("repetition {repetition}, backend {backend}, reports {reports_wanted}");
+        let context = format!(
+            "seed {seed}, repetition {repetition}, backend {backend}, reports {reports_wanted}"
+        );
         let (wal, recovery) =
             Wal::open(dir.path(), config(backend_from_name(backend))).expect(&context);
         assert!(
