@@ -4,7 +4,8 @@
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use tricommit_engine::ledger::{
-    HoldKind, Ledger, LedgerConfig, LedgerOp, Posting, Reservation, REASON_RESERVATIONS_FULL,
+    HoldKind, Ledger, LedgerConfig, LedgerError, LedgerOp, Posting, Reservation,
+    REASON_RESERVATIONS_FULL,
 };
 use tricommit_engine::proto::{Op, Reason, ResourceManager, TxnId, Vote, OP_PAYLOAD_BYTES};
 
@@ -360,16 +361,69 @@ proptest! {
     }
 
     // Proves that arbitrary bytes, with or without a valid magic and version in front,
-    // never make snapshot_decode panic.
+    // and with or without a valid checksum after them, never make snapshot_decode
+    // panic; and that whatever it accepts keeps the ledger's invariants. The checksum
+    // matters: without it random bytes never get past the CRC check, and the decoder
+    // behind it would go untested.
     #[test]
-    fn snapshot_decode_never_panics(tail in prop::collection::vec(any::<u8>(), 0..400), framed in any::<bool>()) {
+    fn snapshot_decode_never_panics(
+        tail in prop::collection::vec(any::<u8>(), 0..400),
+        framed in any::<bool>(),
+        sealed in any::<bool>(),
+    ) {
         let mut bytes = Vec::new();
         if framed {
             bytes.extend_from_slice(b"TRILEDG1");
             bytes.extend_from_slice(&1u32.to_le_bytes());
         }
         bytes.extend_from_slice(&tail);
-        let _ = Ledger::snapshot_decode(&bytes);
+        if sealed {
+            let checksum = crc32c::crc32c(&bytes);
+            bytes.extend_from_slice(&checksum.to_le_bytes());
+        }
+        if let Ok(decoded) = Ledger::snapshot_decode(&bytes) {
+            prop_assert_eq!(decoded.accounts_below_limit().count(), 0);
+        }
+    }
+
+    // Proves random snapshots reach the decoder behind the header, length and checksum
+    // checks: a well-formed header with counts that match the length, random account
+    // and reservation bytes, and a valid checksum is refused (if at all) only for what
+    // those bytes say, and an accepted one keeps the ledger's invariants.
+    #[test]
+    fn sealed_random_snapshots_reach_the_body_decoder(
+        accounts in 1u64..8,
+        reservations_max in 1u64..16,
+        reservations_len in 0u64..4,
+        seed in prop::collection::vec(any::<u8>(), 16 * 8 + 25 * 4),
+    ) {
+        let reservations_len = reservations_len.min(reservations_max);
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(b"TRILEDG1");
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+        for count in [accounts, reservations_max, reservations_len] {
+            bytes.extend_from_slice(&count.to_le_bytes());
+        }
+        let body = (16 * accounts + 25 * reservations_len) as usize;
+        bytes.extend_from_slice(&seed[..body]);
+        let checksum = crc32c::crc32c(&bytes);
+        bytes.extend_from_slice(&checksum.to_le_bytes());
+        match Ledger::snapshot_decode(&bytes) {
+            Ok(decoded) => prop_assert_eq!(decoded.accounts_below_limit().count(), 0),
+            Err(error) => prop_assert!(
+                !matches!(
+                    error,
+                    LedgerError::SnapshotLength { .. }
+                        | LedgerError::SnapshotChecksum { .. }
+                        | LedgerError::SnapshotMagic
+                        | LedgerError::SnapshotVersion(_)
+                        | LedgerError::SnapshotTruncated { .. }
+                ),
+                "refused before the body: {}",
+                error
+            ),
+        }
     }
 
     // Proves that a real snapshot with random bytes overwritten, even when its checksum
