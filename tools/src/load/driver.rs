@@ -266,6 +266,9 @@ pub struct ClientResult {
     pub aborted_by_reason: Vec<(String, u64)>,
     pub in_doubt: u64,
     pub history: Option<PathBuf>,
+    /// Transactions built, and how many of them with `Priority::High`.
+    pub built: u64,
+    pub built_high_priority: u64,
 }
 
 /// A client's settings.
@@ -316,6 +319,8 @@ pub fn run_client(
             aborted_by_reason: Vec::new(),
             in_doubt: 0,
             history: plan.history.clone(),
+            built: 0,
+            built_high_priority: 0,
         },
         plan,
         workload,
@@ -399,6 +404,8 @@ impl Client<'_> {
         } else {
             Priority::Normal
         };
+        self.result.built += 1;
+        self.result.built_high_priority += u64::from(priority == Priority::High);
         (transfer, build_txn(&transfer, priority))
     }
 

@@ -66,6 +66,8 @@ pub struct Summary {
     pub drain_us_max: u64,
     /// Why transactions were decided by the termination protocol, when some were.
     pub terminated_why: Option<String>,
+    /// The share of the transactions built with high priority, in percent.
+    pub high_priority_percent_built: f64,
     pub config: Args,
 }
 
@@ -178,6 +180,15 @@ impl Summary {
             drain_bound_hit: counters.drain_bound_hit,
             drain_us_max: counters.drain_us_max,
             terminated_why: terminated_why(terminated, counters),
+            high_priority_percent_built: {
+                let built: u64 = outcome.clients.iter().map(|client| client.built).sum();
+                let high: u64 = outcome
+                    .clients
+                    .iter()
+                    .map(|client| client.built_high_priority)
+                    .sum();
+                100.0 * ratio(high, built)
+            },
             config: args.clone(),
         }
     }
