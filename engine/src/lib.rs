@@ -2,6 +2,7 @@
 //!
 //! `proto` is the I/O-free protocol core; everything else drives it with real I/O.
 
+pub mod client;
 pub mod ledger;
 pub mod pipeline;
 pub mod proto;
