@@ -10,6 +10,7 @@ mod config;
 mod dedup;
 mod engine;
 mod meta;
+pub mod node;
 mod site;
 mod stages;
 mod txn;
