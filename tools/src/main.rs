@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod cluster;
 mod ledger_cmd;
 mod sim_cmd;
 mod wal_cmd;
@@ -20,6 +21,9 @@ enum Cli {
     /// Inspect the ledgers of an engine's data directory.
     #[command(subcommand)]
     Ledger(ledger_cmd::LedgerCommand),
+    /// Create and run a local cluster: one process per site.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
 }
 
 fn main() -> ExitCode {
@@ -27,5 +31,6 @@ fn main() -> ExitCode {
         Cli::Wal(command) => wal_cmd::run(command),
         Cli::Sim(args) => sim_cmd::run(args),
         Cli::Ledger(command) => ledger_cmd::run(command),
+        Cli::Cluster(command) => cluster::run(command),
     }
 }
