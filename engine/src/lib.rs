@@ -8,6 +8,7 @@ pub mod pipeline;
 pub mod proto;
 pub mod runtime;
 pub mod sim;
+pub mod transport;
 
 pub use pipeline::{AbortReason, Busy, Outcome, Priority, Ticket};
 pub use proto::Protocol;
