@@ -6,6 +6,7 @@ use clap::Parser;
 
 mod cluster;
 mod ledger_cmd;
+mod node_cmd;
 mod sim_cmd;
 mod wal_cmd;
 
@@ -24,6 +25,8 @@ enum Cli {
     /// Create and run a local cluster: one process per site.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// Run one site of a cluster in the foreground (see `cluster up`).
+    Node(node_cmd::NodeArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,5 +35,6 @@ fn main() -> ExitCode {
         Cli::Sim(args) => sim_cmd::run(args),
         Cli::Ledger(command) => ledger_cmd::run(command),
         Cli::Cluster(command) => cluster::run(command),
+        Cli::Node(args) => node_cmd::run(args),
     }
 }

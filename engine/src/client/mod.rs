@@ -5,8 +5,10 @@
 //! [`RemoteClient`] with one line: the constructor.
 
 pub mod config;
+pub mod remote;
 
 pub use config::{ClusterConfig, ConfigError, InitOptions, SiteEntry};
+pub use remote::{ClientError, RemoteClient};
 
 use crate::pipeline::{Busy, Ticket};
 use crate::runtime::{Engine, Txn};

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::client::config::{ClusterConfig, ConfigError, SiteEntry, SyncName};
+use crate::client::config::{load_key, ClusterConfig, ConfigError, SiteEntry, SyncName};
 use crate::ledger::LedgerConfig;
 use crate::pipeline::bounds::{BATCH_TXNS_MAX, INTAKE_QUEUE_TXNS_CAPACITY};
 use crate::pipeline::mpsc::{self, MpscReceiver, MpscSender};
@@ -29,6 +29,10 @@ use crate::pipeline::{
     Outcome, Ticket, WaitConfig,
 };
 use crate::proto::{Coordinator, Output, Participant, SiteId};
+use crate::transport::codec::{BusyReply, ClientReply, Outcomes, REPLY_ITEMS_MAX};
+use crate::transport::{
+    ClientId, ClientRequest, ClientResponder, Transport, TransportConfig, TransportError,
+};
 
 use super::config::{EngineConfig, ParticipantRm, ParticipantSpec};
 use super::dedup::Dedup;
@@ -57,6 +61,8 @@ pub enum NodeError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Site(#[from] SiteError),
+    #[error("transport: {0}")]
+    Transport(#[from] TransportError),
     #[error("{0} panicked")]
     Panicked(&'static str),
 }
@@ -151,9 +157,77 @@ pub struct Node {
     stats: Arc<SiteStats>,
     site_thread: Option<JoinHandle<Result<(), SiteError>>>,
     front: Option<Front>,
+    /// Network clients' gateway (replica-0 of a networked node).
+    gateway: Option<GatewayThread>,
+    transport: Option<Transport>,
+}
+
+/// The gateway's thread and how to stop it.
+struct GatewayThread {
+    stop: Arc<AtomicBool>,
+    doorbell: Arc<Doorbell>,
+    thread: JoinHandle<()>,
 }
 
 impl Node {
+    /// Starts site `name` of the cluster in `dir` as a networked node: recovers it,
+    /// starts its transport (listening on its address, dialling its peers), runs it,
+    /// and on `replica-0` serves network clients.
+    pub fn start(dir: &Path, name: &str) -> Result<Node, NodeError> {
+        let cluster = ClusterConfig::load(dir)?;
+        let site = cluster.site(name)?;
+        let secret = load_key(dir)?;
+        prepare_cluster_dir(&cluster, dir)?;
+        let opened = OpenedNode::open(site.clone(), engine_config(&cluster, dir))?;
+        let transport_config = TransportConfig {
+            cluster_id: cluster.cluster_id,
+            me: site.id,
+            listen: site.addr,
+            peers: cluster
+                .site_entries()
+                .into_iter()
+                .filter(|peer| peer.id != site.id)
+                .map(|peer| (peer.id, peer.addr))
+                .collect(),
+            secret,
+            heartbeat_interval_ms: cluster.transport.heartbeat_interval_ms,
+            peer_silent_ms_max: cluster.transport.peer_silent_ms_max,
+            reconnect_backoff_ms_min: cluster.transport.reconnect_backoff_ms_min,
+            reconnect_backoff_ms_max: cluster.transport.reconnect_backoff_ms_max,
+            accept_clients: site.id.0 == 0,
+        };
+        let mut transport = Transport::start(transport_config, opened.inbox())?;
+        let requests = transport.take_client_requests();
+        let mut node = opened.run(transport.links())?;
+        if let (Some(requests), Some(front)) = (requests, &node.front) {
+            node.gateway = Some(start_gateway(
+                front,
+                requests,
+                transport.client_responder(),
+            )?);
+        }
+        node.transport = Some(transport);
+        Ok(node)
+    }
+
+    /// Whether this node's transport has a link up to every other site.
+    pub fn links_up(&self) -> bool {
+        let Some(transport) = &self.transport else {
+            return false;
+        };
+        let stats = transport.stats();
+        (0..=u8::MAX)
+            .map(SiteId)
+            .take_while(|&id| stats.peer(id).is_some())
+            .filter(|&id| id != self.site.id)
+            .all(|id| stats.link_up(id))
+    }
+
+    /// The transport's counters (a networked node).
+    pub fn transport_stats(&self) -> Option<Arc<crate::transport::TransportStats>> {
+        self.transport.as_ref().map(|transport| transport.stats())
+    }
+
     /// Reads the cluster in `dir`, opens site `name`'s log in `dir/<name>/` and
     /// recovers its state machine. Nothing runs until [`OpenedNode::run`].
     pub fn open(dir: &Path, name: &str) -> Result<OpenedNode, NodeError> {
@@ -222,6 +296,14 @@ impl Node {
 
     fn stop_all(&mut self) -> Result<(), NodeError> {
         let mut first: Option<NodeError> = None;
+        // No new client transactions: the gateway goes first (it holds intake senders).
+        if let Some(gateway) = self.gateway.take() {
+            gateway.stop.store(true, Ordering::Release);
+            gateway.doorbell.ring();
+            if gateway.thread.join().is_err() {
+                first.get_or_insert(NodeError::Panicked("gateway"));
+            }
+        }
         if let Some(front) = &mut self.front {
             // Closing the intake lets the batcher drain it and exit.
             front.intake = None;
@@ -253,6 +335,12 @@ impl Node {
             // Whatever the site left undecided is in doubt for its clients.
             front.admission.complete_all_pending(Outcome::InDoubt);
         }
+        // Last: the site loop needed its links to drain.
+        if let Some(transport) = self.transport.take() {
+            if let Err(error) = transport.shutdown() {
+                first.get_or_insert(error.into());
+            }
+        }
         match first {
             Some(error) => Err(error),
             None => Ok(()),
@@ -262,7 +350,7 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        if self.site_thread.is_some() {
+        if self.site_thread.is_some() || self.transport.is_some() {
             let _ = self.stop_all();
         }
     }
@@ -389,6 +477,8 @@ impl OpenedNode {
             stats,
             site_thread: Some(site_thread),
             front,
+            gateway: None,
+            transport: None,
         })
     }
 }
@@ -466,6 +556,109 @@ fn start_front(
         completion: Some(completion),
     };
     Ok((site_thread, Some(front)))
+}
+
+/// Client requests the gateway takes per turn.
+const CLIENT_REQUESTS_PER_TURN_MAX: usize = 64;
+/// The longest the gateway sleeps without looking at its stop flag.
+const GATEWAY_TICK_MS: u64 = 50;
+/// How long the gateway retries a reply the transport's full reply queue refused before
+/// it drops it (its client's transaction then ends `InDoubt` when it gives up).
+const REPLY_RETRY_MS_MAX: u64 = 5_000;
+
+/// Starts the gateway of a networked `replica-0`: client requests in, through the
+/// engine's submission path, outcomes back.
+fn start_gateway(
+    front: &Front,
+    mut requests: MpscReceiver<ClientRequest>,
+    responder: ClientResponder,
+) -> Result<GatewayThread, NodeError> {
+    let intake = front
+        .intake
+        .clone()
+        .expect("the intake is open while the node starts");
+    let (admission, dedup) = (front.admission.clone(), front.dedup.clone());
+    let participants = front.participants;
+    let stop = Arc::new(AtomicBool::new(false));
+    let doorbell = requests.doorbell().clone();
+    let held_max = admission.ticket_slots_total();
+    let thread = {
+        let (stop, doorbell) = (stop.clone(), doorbell.clone());
+        std::thread::Builder::new()
+            .name("tc-gateway".into())
+            .spawn(move || {
+                let mut gateway: gateway::Gateway<ClientId> =
+                    gateway::Gateway::new(held_max, REPLY_ITEMS_MAX, doorbell.clone());
+                let mut taken = Vec::new();
+                let answer = |client: ClientId, answer: gateway::Answer| {
+                    let reply: ClientReply = match answer {
+                        gateway::Answer::Outcomes(items) => Outcomes { items }.into(),
+                        gateway::Answer::Busy(ids, reason) => BusyReply { ids, reason }.into(),
+                    };
+                    send_reply(&responder, client, reply, &stop);
+                };
+                while !stop.load(Ordering::Acquire) {
+                    let tick = std::time::Instant::now()
+                        + std::time::Duration::from_millis(GATEWAY_TICK_MS);
+                    doorbell.wait_until(
+                        || {
+                            requests.has_items()
+                                || gateway.has_ready()
+                                || stop.load(Ordering::Acquire)
+                        },
+                        Some(tick),
+                    );
+                    taken.clear();
+                    requests.pop_batch(&mut taken, CLIENT_REQUESTS_PER_TURN_MAX);
+                    for request in taken.drain(..) {
+                        let ClientRequest { client, submit } = request;
+                        gateway.take(
+                            client,
+                            submit.txns,
+                            |txn| submit_to(Some(&intake), &admission, &dedup, participants, txn),
+                            answer,
+                        );
+                    }
+                    gateway.answer_ready(answer);
+                }
+            })
+            .map_err(|source| EngineError::Spawn {
+                stage: "gateway".into(),
+                source,
+            })?
+    };
+    Ok(GatewayThread {
+        stop,
+        doorbell,
+        thread,
+    })
+}
+
+/// Queues a reply, retrying (parked in short steps) while the transport's reply queue
+/// is full, up to `REPLY_RETRY_MS_MAX` or a stop.
+fn send_reply(
+    responder: &ClientResponder,
+    client: ClientId,
+    reply: ClientReply,
+    stop: &AtomicBool,
+) {
+    const FULL_PARK_US: u64 = 100;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(REPLY_RETRY_MS_MAX);
+    let mut reply = reply;
+    loop {
+        match responder.send(client, reply) {
+            Ok(()) => return,
+            Err(error)
+                if error.is_full()
+                    && !stop.load(Ordering::Acquire)
+                    && std::time::Instant::now() < deadline =>
+            {
+                reply = error.into_inner().1;
+                std::thread::park_timeout(std::time::Duration::from_micros(FULL_PARK_US));
+            }
+            Err(_) => return,
+        }
+    }
 }
 
 #[cfg(test)]
