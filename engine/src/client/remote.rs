@@ -85,6 +85,8 @@ struct Shared {
     busy_until_us: AtomicU64,
     /// The connection is gone (or the client stops): nothing more is sent.
     closed: AtomicBool,
+    /// `close` began: no new submissions; the sender leaves once its queue is empty.
+    closing: AtomicBool,
     stopping: AtomicBool,
     counters: ClientCounters,
 }
@@ -92,6 +94,8 @@ struct Shared {
 /// What the client counted.
 #[derive(Debug, Default)]
 pub struct ClientCounters {
+    pub committed: AtomicU64,
+    pub aborted: AtomicU64,
     pub frames_sent: AtomicU64,
     pub txns_sent: AtomicU64,
     pub busy_replies: AtomicU64,
@@ -122,9 +126,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// A client of a running cluster: submits to `replica-0`, which opens every batch.
 pub struct RemoteClient {
     shared: Arc<Shared>,
-    queue: Option<MpscSender<(Txn, CompletionId)>>,
-    sender: Option<JoinHandle<()>>,
-    receiver: Option<JoinHandle<()>>,
+    queue: MpscSender<(Txn, CompletionId)>,
+    sender: Mutex<Option<JoinHandle<()>>>,
+    receiver: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl RemoteClient {
@@ -159,6 +163,7 @@ impl RemoteClient {
             refused: Mutex::new(Vec::new()),
             busy_until_us: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             counters: ClientCounters::default(),
         });
@@ -182,9 +187,9 @@ impl RemoteClient {
         };
         Ok(RemoteClient {
             shared,
-            queue: Some(queue),
-            sender: Some(sender),
-            receiver: Some(receiver),
+            queue,
+            sender: Mutex::new(Some(sender)),
+            receiver: Mutex::new(Some(receiver)),
         })
     }
 
@@ -192,17 +197,14 @@ impl RemoteClient {
     /// the node sheds load or the client holds `CLIENT_IN_FLIGHT_TXNS_MAX` already.
     pub fn submit(&self, txn: Txn) -> Result<Ticket, Busy<Txn>> {
         let shared = &self.shared;
-        let Some(queue) = &self.queue else {
-            return Ok(Ticket::ready(Outcome::Aborted(AbortReason::Shutdown)));
-        };
-        if shared.closed.load(Ordering::Acquire) {
+        if shared.closed.load(Ordering::Acquire) || shared.closing.load(Ordering::Acquire) {
             return Ok(Ticket::ready(Outcome::Aborted(AbortReason::Shutdown)));
         }
         if shared.clock.now_us() < shared.busy_until_us.load(Ordering::Relaxed) {
             return Err(Busy::new(txn, BusyReason::HighWater));
         }
         let admitted = shared.admission.admit(txn, txn.priority)?;
-        if let Err(error) = queue.push((admitted.txn, admitted.completion)) {
+        if let Err(error) = self.queue.push((admitted.txn, admitted.completion)) {
             // The queue holds as many as admission admits: only a stopped sender
             // lands here, and the transaction never left.
             let (_, completion) = error.into_inner();
@@ -229,13 +231,15 @@ impl RemoteClient {
     /// Sends what is queued, waits (up to `SHUTDOWN_WAIT_MS_MAX`) for the outcomes still
     /// outstanding, and closes the connection. What is still unanswered then completes
     /// `InDoubt`.
-    pub fn shutdown(mut self) {
-        self.stop();
+    pub fn shutdown(self) {
+        self.close();
     }
 
-    fn stop(&mut self) {
-        self.queue = None;
-        if let Some(sender) = self.sender.take() {
+    /// [`shutdown`](Self::shutdown) through a shared reference: later submissions
+    /// complete `Aborted(Shutdown)` at once.
+    pub fn close(&self) {
+        self.shared.closing.store(true, Ordering::Release);
+        if let Some(sender) = lock(&self.sender).take() {
             let _ = sender.join();
         }
         let deadline = Instant::now() + Duration::from_millis(SHUTDOWN_WAIT_MS_MAX);
@@ -246,7 +250,7 @@ impl RemoteClient {
             std::thread::sleep(Duration::from_millis(1));
         }
         self.shared.stopping.store(true, Ordering::Release);
-        if let Some(receiver) = self.receiver.take() {
+        if let Some(receiver) = lock(&self.receiver).take() {
             let _ = receiver.join();
         }
         self.shared.fail_waiting();
@@ -255,9 +259,7 @@ impl RemoteClient {
 
 impl Drop for RemoteClient {
     fn drop(&mut self) {
-        if self.sender.is_some() || self.receiver.is_some() {
-            self.stop();
-        }
+        self.close();
     }
 }
 
@@ -277,8 +279,13 @@ fn run_sender(
     let mut taken: Vec<(Txn, CompletionId)> = Vec::new();
     let mut frame = SubmitFrame { txns: Vec::new() };
     let mut queue_closed = false;
-    while !queue_closed || !lock(&shared.refused).is_empty() {
-        if shared.closed.load(Ordering::Acquire) {
+    loop {
+        let closing = shared.closing.load(Ordering::Acquire);
+        if shared.closed.load(Ordering::Acquire)
+            || ((queue_closed || closing)
+                && !queued.has_items()
+                && lock(&shared.refused).is_empty())
+        {
             break;
         }
         taken.clear();
@@ -362,6 +369,11 @@ fn run_receiver(mut connection: ClientReceiver, shared: &Shared) {
                 let mut waiting = lock(&shared.waiting);
                 for (id, outcome) in outcomes.items {
                     if let Some(entry) = waiting.remove(&id) {
+                        let counter = match outcome {
+                            Outcome::Committed => &shared.counters.committed,
+                            _ => &shared.counters.aborted,
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
                         shared.complete(&entry.completions, outcome);
                     }
                 }

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use tricommit_engine::client::RemoteClient;
 use tricommit_engine::ledger::LedgerOp;
 use tricommit_engine::proto::TxnId;
 use tricommit_engine::runtime::{EngineCounters, Shutdown, TXN_LEGS_MAX};
@@ -142,6 +143,8 @@ pub struct Shared {
     /// The engine; replaced (under the write lock) when the failure scenario crashes and
     /// reopens it, so that submissions wait out the outage instead of failing.
     engine: RwLock<Option<Engine>>,
+    /// With `--cluster`: the network client that replaces the engine.
+    remote: Option<RemoteClient>,
     /// Counters of engines that were crashed, so that totals keep growing.
     counters_base: Mutex<EngineCounters>,
     pub stop: AtomicBool,
@@ -173,6 +176,7 @@ impl Shared {
     pub fn new(engine: Engine, clients: usize, rate_per_s: u64) -> Shared {
         Shared {
             engine: RwLock::new(Some(engine)),
+            remote: None,
             counters_base: Mutex::new(EngineCounters::default()),
             stop: AtomicBool::new(false),
             busy: AtomicU64::new(0),
@@ -181,7 +185,30 @@ impl Shared {
         }
     }
 
+    /// Drives a running cluster through `client` instead of an embedded engine.
+    pub fn remote(client: RemoteClient, clients: usize, rate_per_s: u64) -> Shared {
+        Shared {
+            engine: RwLock::new(None),
+            remote: Some(client),
+            counters_base: Mutex::new(EngineCounters::default()),
+            stop: AtomicBool::new(false),
+            busy: AtomicU64::new(0),
+            rate_per_s: AtomicU64::new(rate_per_s),
+            interval: (0..clients).map(|_| Mutex::new(histogram())).collect(),
+        }
+    }
+
+    /// Waits for the cluster's outstanding outcomes and closes the network client.
+    pub fn close_remote(&self) {
+        if let Some(client) = &self.remote {
+            client.close();
+        }
+    }
+
     fn submit(&self, txn: Txn) -> Result<Ticket, Busy<Txn>> {
+        if let Some(client) = &self.remote {
+            return client.submit(txn);
+        }
         let engine = self
             .engine
             .read()
@@ -194,6 +221,15 @@ impl Shared {
 
     /// Totals over every engine this run used.
     pub fn counters(&self) -> EngineCounters {
+        if let Some(client) = &self.remote {
+            // A network client sees outcomes, not the nodes' batches and syncs.
+            let counters = client.counters();
+            return EngineCounters {
+                committed: counters.committed.load(Ordering::Relaxed),
+                aborted: counters.aborted.load(Ordering::Relaxed),
+                ..EngineCounters::default()
+            };
+        }
         let base = *self
             .counters_base
             .lock()
@@ -230,6 +266,9 @@ impl Shared {
 
     /// Committed so far by the engine that runs now.
     pub fn current_committed(&self) -> u64 {
+        if self.remote.is_some() {
+            return self.counters().committed;
+        }
         let engine = self
             .engine
             .read()
