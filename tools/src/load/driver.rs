@@ -50,7 +50,14 @@ pub struct Workload {
     pub ledgers_per_txn_max: u8,
     /// Keep the id of every acknowledged commit (the failure scenario checks them all).
     pub record_committed: bool,
+    /// ORed into every id: 0 in-process (a fresh engine each run); a random run prefix
+    /// against a cluster, whose nodes remember the ids of earlier runs (a repeated id
+    /// would be answered with the earlier outcome, not run again).
+    pub id_base: u64,
 }
+
+/// Bits of an id below the run prefix of `Workload::id_base` (client index and sequence).
+pub const RUN_PREFIX_SHIFT: u32 = CLIENT_SEQUENCE_BITS + 8;
 
 /// A payment as the history file records it: one debit, up to three credits.
 #[derive(Clone, Copy, Debug)]
@@ -196,6 +203,11 @@ impl Shared {
             rate_per_s: AtomicU64::new(rate_per_s),
             interval: (0..clients).map(|_| Mutex::new(histogram())).collect(),
         }
+    }
+
+    /// The network client of a cluster run.
+    pub fn remote_client(&self) -> Option<&RemoteClient> {
+        self.remote.as_ref()
     }
 
     /// Waits for the cluster's outstanding outcomes and closes the network client.
@@ -411,7 +423,9 @@ impl Client<'_> {
         let credits = (legs - 1) as u8;
         let amount = (1 + self.rng.below(self.workload.amount_max)).max(credits as u64);
         let mut transfer = Transfer {
-            id: ((self.plan.index as u64) << CLIENT_SEQUENCE_BITS) | (self.next_sequence + 1),
+            id: self.workload.id_base
+                | ((self.plan.index as u64) << CLIENT_SEQUENCE_BITS)
+                | (self.next_sequence + 1),
             from: (ledger_at(0), self.picker.pick(&mut self.rng)),
             to: [(0, 0, 0); TXN_LEGS_MAX - 1],
             credits,
@@ -574,7 +588,8 @@ impl Client<'_> {
             }
             Outcome::InDoubt => {
                 self.result.in_doubt += 1;
-                "in-doubt"
+                // DESIGN §5: an outcome the client never learned.
+                "unknown"
             }
         };
         if let Some(history) = self.history.as_mut() {

@@ -362,6 +362,10 @@ fn drive(args: &Args, config: EngineConfig) -> Result<RunOutcome, LoadError> {
         high_priority_percent: if mixed { 10 } else { 0 },
         ledgers_per_txn_max: if mixed { 4 } else { args.ledgers_per_txn as u8 },
         record_committed: failure,
+        id_base: match &args.cluster {
+            Some(_) => cluster::run_prefix()?,
+            None => 0,
+        },
     };
     let picker = driver::AccountPicker::new(args.accounts, args.skew);
     let initial_rate = match args.scenario {
@@ -425,9 +429,11 @@ fn drive(args: &Args, config: EngineConfig) -> Result<RunOutcome, LoadError> {
         args.ledgers as i128 * args.accounts as i128 * args.initial_balance as i128;
     let (cpu_s, mut invariant) = match &args.cluster {
         Some(dir) => {
+            let client = shared.remote_client().expect("a cluster run has a client");
+            let verdict =
+                cluster::check_bank(dir, client, args.ledgers, workload.id_base, expected_total)?;
             shared.close_remote();
-            let cpu_s = summary::cpu_seconds() - cpu_before;
-            (cpu_s, cluster::check_bank(dir, expected_total)?)
+            (summary::cpu_seconds() - cpu_before, verdict)
         }
         None => {
             let shutdown = shared.shutdown()?;
