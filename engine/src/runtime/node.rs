@@ -76,6 +76,8 @@ impl NodeError {
             NodeError::Config(_)
                 | NodeError::DataDir { .. }
                 | NodeError::Engine(EngineError::Config(_))
+                | NodeError::Transport(TransportError::Bind { .. })
+                | NodeError::Transport(TransportError::Config { .. })
         )
     }
 }
