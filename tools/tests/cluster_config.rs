@@ -57,7 +57,7 @@ fn a_missing_unreadable_or_malformed_cluster_file_exits_2() {
     .unwrap();
     refused(&node_args(c, "replica-0"), "vote_timeout");
     std::fs::write(&path, good.replace("replicas = 3", "replicas = 0")).unwrap();
-    refused(&vec!["cluster", "up", c], "`replicas`");
+    refused(&["cluster", "up", c], "`replicas`");
     std::fs::write(&path, good.clone()).unwrap();
 
     refused(

@@ -126,7 +126,7 @@ pub fn prepare_cluster_dir(cluster: &ClusterConfig, dir: &Path) -> Result<(), No
 /// The state machine a node drives.
 enum Role {
     Participant(Box<Participant<ParticipantRm>>),
-    Replica(Coordinator),
+    Replica(Box<Coordinator>),
 }
 
 /// A site recovered from its log, not running yet.
@@ -381,7 +381,7 @@ impl OpenedNode {
                 site: site.name.clone(),
                 source,
             })?;
-            (Role::Replica(machine), log)
+            (Role::Replica(Box::new(machine)), log)
         } else {
             let index = site.id.0 as usize - config.replicas;
             debug_assert_eq!(participant_site(config.replicas, index as u8), site.id);
@@ -465,11 +465,11 @@ impl OpenedNode {
             Role::Replica(machine) if self.site.id.0 != 0 => {
                 let io = self.io;
                 let thread =
-                    spawner.spawn(thread_name, move || run_passive(machine, io).map(|_| ()))?;
+                    spawner.spawn(thread_name, move || run_passive(*machine, io).map(|_| ()))?;
                 (thread, None)
             }
             Role::Replica(machine) => {
-                start_front(machine, self.io, &self.config, &mut spawner, thread_name)?
+                start_front(*machine, self.io, &self.config, &mut spawner, thread_name)?
             }
         };
         Ok(Node {
