@@ -80,3 +80,135 @@ pub fn forget(batch: u64) -> Part {
         batch: BatchId(batch),
     }
 }
+
+/// A site played by hand over a plain socket: it dials a transport, handshakes with the
+/// given secret, and writes whatever bytes a test wants.
+pub struct FakeSite {
+    pub stream: std::net::TcpStream,
+    pub me: u16,
+    pub peer: u16,
+    pub send_key: tricommit_engine::transport::MacKey,
+    pub recv_key: tricommit_engine::transport::MacKey,
+    pub send_sequence: u64,
+}
+
+impl FakeSite {
+    /// Dials `addr` (site `peer`) as site `me` and completes the handshake.
+    pub fn handshake(addr: SocketAddr, me: u16, peer: u16, secret: &[u8; 32]) -> FakeSite {
+        use std::io::{Read, Write};
+        use tricommit_engine::transport::auth::{fresh_nonce, MacKey, SessionIds};
+        use tricommit_engine::transport::frame::{
+            kind, role, seal_frame, Expect, FrameReader, Header, Hello,
+        };
+        let mut stream = std::net::TcpStream::connect(addr).expect("dial the transport");
+        stream
+            .set_read_timeout(Some(WAIT_MAX))
+            .expect("read timeout");
+        let hello_key = MacKey::hello(secret, CLUSTER_ID);
+        let nonce = fresh_nonce().expect("nonce");
+        let mut bytes = Vec::new();
+        let header = Header {
+            kind: kind::HELLO,
+            body_len: 0,
+            sender: me,
+            receiver: peer,
+            cluster_id: CLUSTER_ID,
+            sequence: 0,
+        };
+        let hello = Hello {
+            role: role::SITE,
+            nonce,
+        };
+        seal_frame(&mut bytes, &hello_key, header, |body| hello.encode(body)).expect("hello");
+        stream.write_all(&bytes).expect("send the hello");
+        let mut reader = FrameReader::new();
+        let expect = Expect {
+            cluster_id: CLUSTER_ID,
+            receiver: me,
+            receiver_any_ok: false,
+            sender: Some(peer),
+            sequence: 0,
+        };
+        let answer = loop {
+            if let Some(frame) = reader.next_frame(&expect, &hello_key).expect("valid hello") {
+                break frame;
+            }
+            let mut chunk = [0u8; 256];
+            let got = stream.read(&mut chunk).expect("read the answer");
+            assert!(got > 0, "the transport closed during the handshake");
+            reader.buffer_mut().extend_from_slice(&chunk[..got]);
+        };
+        let theirs = Hello::decode(&answer.body).expect("hello body");
+        let ids = |sender| SessionIds {
+            dialer: me,
+            acceptor: peer,
+            dialer_nonce: nonce,
+            acceptor_nonce: theirs.nonce,
+            sender,
+        };
+        FakeSite {
+            stream,
+            me,
+            peer,
+            send_key: MacKey::session(secret, CLUSTER_ID, &ids(me)),
+            recv_key: MacKey::session(secret, CLUSTER_ID, &ids(peer)),
+            send_sequence: 1,
+        }
+    }
+
+    /// The bytes of the next SITE frame carrying `parts` (advances the sequence).
+    pub fn site_frame(&mut self, parts: &[Part]) -> Vec<u8> {
+        use tricommit_engine::transport::codec::encode_parts;
+        use tricommit_engine::transport::frame::{kind, seal_frame, Header};
+        let header = Header {
+            kind: kind::SITE,
+            body_len: 0,
+            sender: self.me,
+            receiver: self.peer,
+            cluster_id: CLUSTER_ID,
+            sequence: self.send_sequence,
+        };
+        self.send_sequence += 1;
+        let mut bytes = Vec::new();
+        seal_frame(&mut bytes, &self.send_key, header, |body| {
+            encode_parts(parts, body)
+        })
+        .expect("small frame");
+        bytes
+    }
+
+    /// Writes `bytes` (errors ignored: the transport may have closed already).
+    pub fn write(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        let _ = self.stream.write_all(bytes);
+    }
+
+    /// Whether the transport closes the connection within [`WAIT_MAX`] (reads and
+    /// discards whatever it sends first, heartbeats included).
+    pub fn closed_by_peer(&mut self) -> bool {
+        closed_by_peer(&mut self.stream)
+    }
+}
+
+/// Whether the other end closes `stream` within [`WAIT_MAX`].
+pub fn closed_by_peer(stream: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    let deadline = Instant::now() + WAIT_MAX;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("read timeout");
+    let mut chunk = [0u8; 4096];
+    while Instant::now() < deadline {
+        match stream.read(&mut chunk) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
