@@ -2,11 +2,13 @@
 //!
 //! `proto` is the I/O-free protocol core; everything else drives it with real I/O.
 
+pub mod client;
 pub mod ledger;
 pub mod pipeline;
 pub mod proto;
 pub mod runtime;
 pub mod sim;
+pub mod transport;
 
 pub use pipeline::{AbortReason, Busy, Outcome, Priority, Ticket};
 pub use proto::Protocol;

@@ -27,8 +27,12 @@ pub enum LedgerCommand {
     /// a running engine holds.
     Dump {
         /// The engine's data directory.
+        #[arg(long, required_unless_present = "cluster", conflicts_with = "cluster")]
+        data_dir: Option<PathBuf>,
+        /// A stopped cluster's directory (`tricommit cluster init`): every
+        /// participant's data directory in it.
         #[arg(long)]
-        data_dir: PathBuf,
+        cluster: Option<PathBuf>,
         /// Print the postings (the audit trail) instead of the balances.
         #[arg(long)]
         postings: bool,
@@ -43,9 +47,24 @@ pub enum LedgerCommand {
 pub fn run(command: LedgerCommand) -> ExitCode {
     let LedgerCommand::Dump {
         data_dir,
+        cluster,
         postings,
         include_in_doubt,
     } = command;
+    let data_dir = match (data_dir, cluster) {
+        (Some(data_dir), _) => data_dir,
+        (None, Some(cluster)) => {
+            // A cluster directory is its participants' data directory (`cluster init`
+            // marks it as one); its configuration is checked first so that a damaged
+            // cluster says so.
+            if let Err(error) = tricommit_engine::client::ClusterConfig::load(&cluster) {
+                eprintln!("tricommit: error: {error}");
+                return ExitCode::from(2);
+            }
+            cluster
+        }
+        (None, None) => unreachable!("clap requires --data-dir or --cluster"),
+    };
     if !data_dir.is_dir() {
         eprintln!(
             "tricommit: error: {} is not a directory",

@@ -4,8 +4,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod cluster;
 mod ledger_cmd;
 mod recover_cmd;
+mod node_cmd;
 mod sim_cmd;
 mod wal_cmd;
 
@@ -24,6 +26,11 @@ enum Cli {
     /// Finish what a crash left in doubt: open the data directory, let the termination
     /// protocol decide every transaction in doubt, shut down cleanly, print the counts.
     Recover(recover_cmd::RecoverArgs),
+    /// Create and run a local cluster: one process per site.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
+    /// Run one site of a cluster in the foreground (see `cluster up`).
+    Node(node_cmd::NodeArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,5 +39,7 @@ fn main() -> ExitCode {
         Cli::Sim(args) => sim_cmd::run(args),
         Cli::Ledger(command) => ledger_cmd::run(command),
         Cli::Recover(args) => recover_cmd::run(args),
+        Cli::Cluster(command) => cluster::run(command),
+        Cli::Node(args) => node_cmd::run(args),
     }
 }

@@ -47,6 +47,11 @@ pub struct Busy<T> {
 }
 
 impl<T> Busy<T> {
+    /// Refuses `txn` for `reason` (a network client relaying its node's refusal).
+    pub fn new(txn: T, reason: BusyReason) -> Busy<T> {
+        Busy { txn, reason }
+    }
+
     /// The transaction that was not submitted.
     pub fn into_inner(self) -> T {
         self.txn

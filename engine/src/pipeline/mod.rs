@@ -39,4 +39,4 @@ pub use clock::MonotonicClock;
 pub use cores::{CoreMap, Stage, StageError, StageThread};
 pub use hop::{HopError, PushError, Received};
 pub use ticket::{AbortReason, CompletionId, Completions, Outcome, Ticket, TicketError};
-pub use wait::{Doorbell, WaitConfig};
+pub use wait::{Doorbell, WaitConfig, WakeHook};

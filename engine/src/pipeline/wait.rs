@@ -36,7 +36,7 @@
 //! also sees the thread registered in C1.
 
 use std::sync::atomic::{fence, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
@@ -126,6 +126,23 @@ pub struct Doorbell {
     parks_total: AtomicU64,
     /// How many times a producer had to unpark the consumer.
     unparks_total: AtomicU64,
+    /// Wakes a consumer that sleeps outside `thread::park` (see [`WakeHook`]).
+    wake_hook: Option<WakeHook>,
+}
+
+/// How to wake a consumer that sleeps somewhere other than `thread::park`: the
+/// transport's event loop sleeps in `epoll_wait`, and `mio::Waker::wake` wakes it.
+///
+/// Such a consumer brackets its sleep with [`Doorbell::begin_external_wait`] and
+/// [`Doorbell::end_external_wait`] (steps C2–C3 and the return to running); a producer
+/// that rings while it is marked parked calls the hook instead of `unpark`.
+#[derive(Clone)]
+pub struct WakeHook(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for WakeHook {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("WakeHook(..)")
+    }
 }
 
 impl Doorbell {
@@ -137,7 +154,30 @@ impl Doorbell {
             config,
             parks_total: AtomicU64::new(0),
             unparks_total: AtomicU64::new(0),
+            wake_hook: None,
         }
+    }
+
+    /// A doorbell whose consumer sleeps outside [`wait_until`](Self::wait_until) and is
+    /// woken by `hook`.
+    pub fn with_wake_hook(hook: WakeHook) -> Self {
+        Self {
+            wake_hook: Some(hook),
+            ..Self::new(WaitConfig::default())
+        }
+    }
+
+    /// Consumer side, for a consumer that sleeps outside `wait_until`: steps C2–C3 of
+    /// the protocol. Call it, then check the queues, and sleep only if they are empty;
+    /// a producer that publishes after this call runs the wake hook.
+    pub fn begin_external_wait(&self) {
+        self.state.store(STATE_PARKED, Ordering::Release);
+        fence(Ordering::SeqCst);
+    }
+
+    /// Consumer side: the external sleep is over, producers need not wake it.
+    pub fn end_external_wait(&self) {
+        self.state.store(STATE_RUNNING, Ordering::Relaxed);
     }
 
     /// Producer side: call after publishing an item, so that a parked consumer wakes.
@@ -153,6 +193,11 @@ impl Doorbell {
 
     #[cold]
     fn unpark_consumer(&self) {
+        if let Some(hook) = &self.wake_hook {
+            (hook.0)();
+            self.unparks_total.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let consumer = self.consumer.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(thread) = consumer.as_ref() {
             thread.unpark();

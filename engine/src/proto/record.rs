@@ -334,15 +334,15 @@ fn decode_carried_retired(reader: &mut Reader<'_>) -> Result<Record, RecordError
     Ok(Record::CarriedRetired { ranges })
 }
 
-fn put_u32(buf: &mut Vec<u8>, value: u32) {
+pub(crate) fn put_u32(buf: &mut Vec<u8>, value: u32) {
     buf.extend_from_slice(&value.to_le_bytes());
 }
 
-fn put_u64(buf: &mut Vec<u8>, value: u64) {
+pub(crate) fn put_u64(buf: &mut Vec<u8>, value: u64) {
     buf.extend_from_slice(&value.to_le_bytes());
 }
 
-fn put_desc(buf: &mut Vec<u8>, desc: &Descriptor) {
+pub(crate) fn put_desc(buf: &mut Vec<u8>, desc: &Descriptor) {
     put_u64(buf, desc.batch.0);
     put_u32(buf, desc.len());
     for (txn, members) in desc.txns.iter().zip(&desc.members) {
@@ -351,7 +351,7 @@ fn put_desc(buf: &mut Vec<u8>, desc: &Descriptor) {
     }
 }
 
-fn put_set(buf: &mut Vec<u8>, set: &TxnSet) {
+pub(crate) fn put_set(buf: &mut Vec<u8>, set: &TxnSet) {
     put_u32(buf, set.universe());
     for word in set.words() {
         put_u64(buf, *word);
@@ -369,13 +369,19 @@ fn put_vote(buf: &mut Vec<u8>, vote: Vote) {
 }
 
 /// A bounds-checked cursor over a payload.
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     bytes: &'a [u8],
     offset: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, needed: usize) -> Result<&'a [u8], RecordError> {
+    /// A cursor at the start of `bytes` (the transport's codec reads message bodies
+    /// with the same checks as the log).
+    pub(crate) fn new(bytes: &'a [u8]) -> Reader<'a> {
+        Reader { bytes, offset: 0 }
+    }
+
+    pub(crate) fn take(&mut self, needed: usize) -> Result<&'a [u8], RecordError> {
         let end = self
             .offset
             .checked_add(needed)
@@ -392,23 +398,23 @@ impl<'a> Reader<'a> {
         Ok(slice)
     }
 
-    fn u8(&mut self) -> Result<u8, RecordError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, RecordError> {
         Ok(self.take(1)?[0])
     }
 
-    fn u16(&mut self) -> Result<u16, RecordError> {
+    pub(crate) fn u16(&mut self) -> Result<u16, RecordError> {
         let mut raw = [0u8; 2];
         raw.copy_from_slice(self.take(2)?);
         Ok(u16::from_le_bytes(raw))
     }
 
-    fn u32(&mut self) -> Result<u32, RecordError> {
+    pub(crate) fn u32(&mut self) -> Result<u32, RecordError> {
         let mut raw = [0u8; 4];
         raw.copy_from_slice(self.take(4)?);
         Ok(u32::from_le_bytes(raw))
     }
 
-    fn u64(&mut self) -> Result<u64, RecordError> {
+    pub(crate) fn u64(&mut self) -> Result<u64, RecordError> {
         let mut raw = [0u8; 8];
         raw.copy_from_slice(self.take(8)?);
         Ok(u64::from_le_bytes(raw))
@@ -416,7 +422,11 @@ impl<'a> Reader<'a> {
 
     /// Reads a count and checks it against the batch limit and the bytes left, so a
     /// corrupt length never drives a large allocation.
-    fn len_field(&mut self, field: &'static str, item_bytes: usize) -> Result<usize, RecordError> {
+    pub(crate) fn len_field(
+        &mut self,
+        field: &'static str,
+        item_bytes: usize,
+    ) -> Result<usize, RecordError> {
         let count = self.u32()? as usize;
         if count > BATCH_TXNS_MAX {
             return Err(RecordError::TooLarge {
@@ -436,7 +446,7 @@ impl<'a> Reader<'a> {
         Ok(count)
     }
 
-    fn state(&mut self) -> Result<State, RecordError> {
+    pub(crate) fn state(&mut self) -> Result<State, RecordError> {
         let byte = self.u8()?;
         State::from_u8(byte).ok_or(RecordError::BadState(byte))
     }
@@ -452,7 +462,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn desc(&mut self) -> Result<Descriptor, RecordError> {
+    pub(crate) fn desc(&mut self) -> Result<Descriptor, RecordError> {
         let batch = BatchId(self.u64()?);
         let count = self.len_field("transactions", 16)?;
         let mut txns = Vec::with_capacity(count);
@@ -474,7 +484,7 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn set(&mut self) -> Result<TxnSet, RecordError> {
+    pub(crate) fn set(&mut self) -> Result<TxnSet, RecordError> {
         let universe = self.u32()?;
         if universe as usize > BATCH_TXNS_MAX {
             return Err(RecordError::TooLarge {
@@ -492,7 +502,7 @@ impl<'a> Reader<'a> {
             .ok_or(RecordError::Inconsistent("set bits past its universe"))
     }
 
-    fn finish(&self) -> Result<(), RecordError> {
+    pub(crate) fn finish(&self) -> Result<(), RecordError> {
         match self.bytes.len() - self.offset {
             0 => Ok(()),
             extra => Err(RecordError::TrailingBytes(extra)),

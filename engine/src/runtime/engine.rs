@@ -103,7 +103,7 @@ pub struct Engine {
     pins_failed: Arc<std::sync::atomic::AtomicU64>,
 }
 
-fn validate(config: &EngineConfig) -> Result<(), EngineError> {
+pub(crate) fn validate(config: &EngineConfig) -> Result<(), EngineError> {
     let bad = |text: String| Err(EngineError::Config(text));
     if !(1..=REPLICAS_MAX).contains(&config.replicas) {
         return bad(format!(
@@ -165,15 +165,15 @@ fn prepared_record_bytes_max(batch_txns: usize) -> u64 {
 }
 
 /// A site's log, opened and read back, with the checkpoint policy its site runs.
-struct OpenedLog {
-    wal: Wal,
-    recovery: tricommit_wal::Recovery,
-    records: Vec<Record>,
-    checkpointer: Checkpointer,
+pub(crate) struct OpenedLog {
+    pub(crate) wal: Wal,
+    pub(crate) recovery: tricommit_wal::Recovery,
+    pub(crate) records: Vec<Record>,
+    pub(crate) checkpointer: Checkpointer,
 }
 
 /// Opens one site's log; `log_segments_max` is its checkpoint bound (`None`: never).
-fn open_log(
+pub(crate) fn open_log(
     dir: &Path,
     site: &str,
     config: &EngineConfig,
@@ -216,7 +216,7 @@ fn open_log(
 }
 
 /// Rebuilds participant `me` from its opened log and the snapshot its log starts at.
-fn recover_participant(
+pub(crate) fn recover_participant(
     dir: &Path,
     site: &str,
     me: SiteId,
@@ -282,7 +282,7 @@ struct StopFlags {
 /// How long a stopping site waits for undecided batches: long enough for a recovery to
 /// start (pending timeout plus every replica's stagger), collect, and run its round with
 /// a few retransmissions, twice.
-fn drain_max(config: &EngineConfig) -> std::time::Duration {
+pub(crate) fn drain_max(config: &EngineConfig) -> std::time::Duration {
     const RETRANSMITS_BUDGETED: u64 = 4;
     const ATTEMPTS_BUDGETED: u64 = 2;
     let timeouts = &config.timeouts;
@@ -334,14 +334,14 @@ impl Wiring {
 /// (`pipeline::cores::pin_current_thread`) and is best effort: a thread the kernel
 /// refuses to pin runs unpinned, and is counted in `pins_failed`
 /// (`EngineCounters::pins_failed`), so the refusal is reported, not silent.
-struct Spawner {
+pub(crate) struct Spawner {
     cores: Vec<usize>,
     next: usize,
     pins_failed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Spawner {
-    fn new(pin_threads: bool) -> Spawner {
+    pub(crate) fn new(pin_threads: bool) -> Spawner {
         let cores = if pin_threads {
             crate::pipeline::cores::cores_of_this_machine()
         } else {
@@ -354,7 +354,7 @@ impl Spawner {
         }
     }
 
-    fn spawn<R: Send + 'static>(
+    pub(crate) fn spawn<R: Send + 'static>(
         &mut self,
         name: String,
         run: impl FnOnce() -> R + Send + 'static,
@@ -541,6 +541,68 @@ impl Engine {
     }
 }
 
+/// The submission path of [`Engine::submit`], shared with a cluster node's gateway
+/// (`runtime::node`): validation, deduplication by id, admission, then the intake.
+pub(crate) fn submit_to(
+    intake: Option<&MpscSender<Pending>>,
+    admission: &Admission,
+    dedup: &Dedup,
+    participants: usize,
+    txn: Txn,
+) -> Result<Ticket, Busy<Txn>> {
+    let legs = txn.legs();
+    if legs.is_empty()
+        || legs
+            .iter()
+            .any(|leg| leg.participant as usize >= participants)
+    {
+        let reason = crate::proto::Reason::MALFORMED;
+        return Ok(Ticket::ready(Outcome::Aborted(AbortReason::Rejected(
+            reason,
+        ))));
+    }
+    let Some(intake) = intake else {
+        return Ok(Ticket::ready(Outcome::Aborted(AbortReason::Shutdown)));
+    };
+    let mut seen = dedup.lock(txn.id, super::dedup::legs_digest(legs));
+    match seen.seen() {
+        Seen::Decided(outcome) => return Ok(Ticket::ready(outcome)),
+        Seen::DifferentLegs => {
+            let reason = crate::proto::Reason::EXISTS_WITH_DIFFERENT_LEGS;
+            return Ok(Ticket::ready(Outcome::Aborted(AbortReason::Rejected(
+                reason,
+            ))));
+        }
+        Seen::InFlight => {
+            // A duplicate of a transaction in flight: its own ticket, completed
+            // with the original's outcome, and nothing submitted twice.
+            let admitted = admission.admit(txn, txn.priority)?;
+            seen.attach(admitted.completion);
+            return Ok(admitted.ticket);
+        }
+        Seen::New => {}
+    }
+    // The shard stays locked until the transaction is in the intake, so that a
+    // duplicate racing with it sees it in flight, never half-submitted.
+    let admitted = admission.admit(txn, txn.priority)?;
+    seen.start();
+    drop(seen);
+    let pending = Pending {
+        txn: admitted.txn,
+        completion: admitted.completion,
+    };
+    if let Err(error) = intake.push(pending) {
+        // Admission keeps the intake queue from filling, so only a stopped batcher
+        // lands here.
+        let outcome = Outcome::Aborted(AbortReason::Shutdown);
+        let _ = admission.complete(error.into_inner().completion, outcome);
+        for waiter in dedup.decide(txn.id, outcome) {
+            let _ = admission.complete(waiter, outcome);
+        }
+    }
+    Ok(admitted.ticket)
+}
+
 /// A snapshot of the engine's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EngineCounters {
@@ -591,59 +653,13 @@ impl Engine {
     /// rejected at once with `Rejected(EXISTS_WITH_DIFFERENT_LEGS)`. After
     /// shutdown began, tickets are ready at once with `Aborted(Shutdown)`.
     pub fn submit(&self, txn: Txn) -> Result<Ticket, Busy<Txn>> {
-        let legs = txn.legs();
-        if legs.is_empty()
-            || legs
-                .iter()
-                .any(|leg| leg.participant as usize >= self.participants)
-        {
-            let reason = crate::proto::Reason::MALFORMED;
-            return Ok(Ticket::ready(Outcome::Aborted(AbortReason::Rejected(
-                reason,
-            ))));
-        }
-        let Some(intake) = &self.intake else {
-            return Ok(Ticket::ready(Outcome::Aborted(AbortReason::Shutdown)));
-        };
-        let mut seen = self.dedup.lock(txn.id, super::dedup::legs_digest(legs));
-        match seen.seen() {
-            Seen::Decided(outcome) => return Ok(Ticket::ready(outcome)),
-            Seen::DifferentLegs => {
-                let reason = crate::proto::Reason::EXISTS_WITH_DIFFERENT_LEGS;
-                return Ok(Ticket::ready(Outcome::Aborted(AbortReason::Rejected(
-                    reason,
-                ))));
-            }
-            Seen::InFlight => {
-                // A duplicate of a transaction in flight: its own ticket, completed
-                // with the original's outcome, and nothing submitted twice.
-                let admitted = self.admission.admit(txn, txn.priority)?;
-                seen.attach(admitted.completion);
-                return Ok(admitted.ticket);
-            }
-            Seen::New => {}
-        }
-        // The shard stays locked until the transaction is in the intake, so that a
-        // duplicate racing with it sees it in flight, never half-submitted.
-        let admitted = self.admission.admit(txn, txn.priority)?;
-        seen.start();
-        drop(seen);
-        let pending = Pending {
-            txn: admitted.txn,
-            completion: admitted.completion,
-        };
-        if let Err(error) = intake.push(pending) {
-            // Admission keeps the intake queue from filling, so only a stopped batcher
-            // lands here.
-            let outcome = Outcome::Aborted(AbortReason::Shutdown);
-            let _ = self
-                .admission
-                .complete(error.into_inner().completion, outcome);
-            for waiter in self.dedup.decide(txn.id, outcome) {
-                let _ = self.admission.complete(waiter, outcome);
-            }
-        }
-        Ok(admitted.ticket)
+        submit_to(
+            self.intake.as_ref(),
+            &self.admission,
+            &self.dedup,
+            self.participants,
+            txn,
+        )
     }
 
     /// The engine's counters so far.

@@ -11,6 +11,7 @@ mod dedup;
 mod engine;
 mod meta;
 mod recovery;
+pub mod node;
 mod site;
 mod stages;
 mod txn;
@@ -25,6 +26,6 @@ pub use meta::{
     read_meta, recover_ledgers, DataDirMeta, DumpError, MetaError, RecoveredLedger, META_FILE,
 };
 pub use recovery::{RecoveryReport, SiteRecovery};
-pub use site::{FLUSH_ROUNDS_MAX, FRAMES_PER_TURN_MAX, INBOX_FRAMES_CAPACITY};
+pub use site::{Frame, Links, FLUSH_ROUNDS_MAX, FRAMES_PER_TURN_MAX, INBOX_FRAMES_CAPACITY};
 pub use stages::{BATCHES_QUEUED_MAX, COMPLETION_CHUNKS_CAPACITY};
 pub use txn::{Leg, Txn, TxnError, TXN_LEGS_MAX};

@@ -567,6 +567,15 @@ impl DrainBoard {
         }
     }
 
+    /// The board of a site that runs alone in its process (a cluster node): only its
+    /// own state decides when it may leave.
+    pub fn for_one_site(site: SiteId, doorbell: Arc<crate::pipeline::Doorbell>) -> DrainBoard {
+        DrainBoard {
+            unsettled: AtomicU64::new(site.bit()),
+            doorbells: vec![doorbell],
+        }
+    }
+
     /// Records whether `site` holds undecided transactions.
     pub fn report(&self, site: SiteId, settled: bool) {
         if !settled {

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use tricommit_engine::client::RemoteClient;
 use tricommit_engine::ledger::LedgerOp;
 use tricommit_engine::proto::TxnId;
 use tricommit_engine::runtime::{EngineCounters, Shutdown, TXN_LEGS_MAX};
@@ -49,7 +50,14 @@ pub struct Workload {
     pub ledgers_per_txn_max: u8,
     /// Keep the id of every acknowledged commit (the failure scenario checks them all).
     pub record_committed: bool,
+    /// ORed into every id: 0 in-process (a fresh engine each run); a random run prefix
+    /// against a cluster, whose nodes remember the ids of earlier runs (a repeated id
+    /// would be answered with the earlier outcome, not run again).
+    pub id_base: u64,
 }
+
+/// Bits of an id below the run prefix of `Workload::id_base` (client index and sequence).
+pub const RUN_PREFIX_SHIFT: u32 = CLIENT_SEQUENCE_BITS + 8;
 
 /// A payment as the history file records it: one debit, up to three credits.
 #[derive(Clone, Copy, Debug)]
@@ -142,6 +150,8 @@ pub struct Shared {
     /// The engine; replaced (under the write lock) when the failure scenario crashes and
     /// reopens it, so that submissions wait out the outage instead of failing.
     engine: RwLock<Option<Engine>>,
+    /// With `--cluster`: the network client that replaces the engine.
+    remote: Option<RemoteClient>,
     /// Counters of engines that were crashed, so that totals keep growing.
     counters_base: Mutex<EngineCounters>,
     pub stop: AtomicBool,
@@ -180,6 +190,7 @@ impl Shared {
     pub fn new(engine: Engine, clients: usize, rate_per_s: u64) -> Shared {
         Shared {
             engine: RwLock::new(Some(engine)),
+            remote: None,
             counters_base: Mutex::new(EngineCounters::default()),
             stop: AtomicBool::new(false),
             busy: AtomicU64::new(0),
@@ -188,7 +199,35 @@ impl Shared {
         }
     }
 
+    /// Drives a running cluster through `client` instead of an embedded engine.
+    pub fn remote(client: RemoteClient, clients: usize, rate_per_s: u64) -> Shared {
+        Shared {
+            engine: RwLock::new(None),
+            remote: Some(client),
+            counters_base: Mutex::new(EngineCounters::default()),
+            stop: AtomicBool::new(false),
+            busy: AtomicU64::new(0),
+            rate_per_s: AtomicU64::new(rate_per_s),
+            interval: (0..clients).map(|_| Mutex::new(histogram())).collect(),
+        }
+    }
+
+    /// The network client of a cluster run.
+    pub fn remote_client(&self) -> Option<&RemoteClient> {
+        self.remote.as_ref()
+    }
+
+    /// Waits for the cluster's outstanding outcomes and closes the network client.
+    pub fn close_remote(&self) {
+        if let Some(client) = &self.remote {
+            client.close();
+        }
+    }
+
     fn submit(&self, txn: Txn) -> Result<Ticket, Busy<Txn>> {
+        if let Some(client) = &self.remote {
+            return client.submit(txn);
+        }
         let engine = self
             .engine
             .read()
@@ -201,6 +240,15 @@ impl Shared {
 
     /// Totals over every engine this run used.
     pub fn counters(&self) -> EngineCounters {
+        if let Some(client) = &self.remote {
+            // A network client sees outcomes, not the nodes' batches and syncs.
+            let counters = client.counters();
+            return EngineCounters {
+                committed: counters.committed.load(Ordering::Relaxed),
+                aborted: counters.aborted.load(Ordering::Relaxed),
+                ..EngineCounters::default()
+            };
+        }
         let base = *self
             .counters_base
             .lock()
@@ -237,6 +285,9 @@ impl Shared {
 
     /// Committed so far by the engine that runs now.
     pub fn current_committed(&self) -> u64 {
+        if self.remote.is_some() {
+            return self.counters().committed;
+        }
         let engine = self
             .engine
             .read()
@@ -384,7 +435,9 @@ impl Client<'_> {
         let credits = (legs - 1) as u8;
         let amount = (1 + self.rng.below(self.workload.amount_max)).max(credits as u64);
         let mut transfer = Transfer {
-            id: ((self.plan.index as u64) << CLIENT_SEQUENCE_BITS) | (self.next_sequence + 1),
+            id: self.workload.id_base
+                | ((self.plan.index as u64) << CLIENT_SEQUENCE_BITS)
+                | (self.next_sequence + 1),
             from: (ledger_at(0), self.picker.pick(&mut self.rng)),
             to: [(0, 0, 0); TXN_LEGS_MAX - 1],
             credits,
@@ -549,7 +602,8 @@ impl Client<'_> {
             }
             Outcome::InDoubt => {
                 self.result.in_doubt += 1;
-                "in-doubt"
+                // DESIGN §5: an outcome the client never learned.
+                "unknown"
             }
         };
         if let Some(history) = self.history.as_mut() {

@@ -15,6 +15,7 @@ use serde::Serialize;
 use tricommit_engine::{Engine, EngineConfig, Protocol};
 use tricommit_wal::SyncBackend;
 
+mod cluster;
 mod driver;
 mod progress;
 mod report;
@@ -132,6 +133,11 @@ pub struct Args {
     /// WAL sync backend (the WAL's measured-fastest default when not given).
     #[arg(long, value_enum)]
     pub sync: Option<SyncFlag>,
+    /// Drive the running cluster of this directory (`tricommit cluster up`) as a network
+    /// client instead of an embedded engine. The ledgers, accounts and initial balance,
+    /// and every engine setting, come from its cluster.toml.
+    #[arg(long, conflicts_with = "data_dir")]
+    pub cluster: Option<PathBuf>,
     /// Data directory: must be empty or absent, and is kept. A fresh temporary one under
     /// the working directory (removed afterwards) when not given.
     #[arg(long)]
@@ -196,6 +202,10 @@ pub enum LoadError {
     ClientPanicked,
     #[error("reading the ledgers back: {0}")]
     Dump(#[from] tricommit_engine::runtime::DumpError),
+    #[error("cluster: {0}")]
+    Cluster(String),
+    #[error("--scenario failure crashes the engine in-process; it needs the embedded engine (run it without --cluster)")]
+    FailureNeedsEmbedded,
 }
 
 fn main() -> ExitCode {
@@ -246,9 +256,21 @@ fn validate(args: &Args) -> Result<(), LoadError> {
 
 /// Runs the load and returns the invariant's verdict.
 fn run(args: &Args) -> Result<bool, LoadError> {
+    let cluster_args;
+    let args = match &args.cluster {
+        Some(dir) => {
+            cluster_args = cluster::args_for(args, dir)?;
+            &cluster_args
+        }
+        None => args,
+    };
     validate(args)?;
     check_outputs(args)?;
-    let (root, temporary) = data_root(args.data_dir.as_deref())?;
+    // A cluster keeps its own data; the embedded engine's directory is not used.
+    let (root, temporary) = match &args.cluster {
+        Some(dir) => (dir.clone(), None),
+        None => data_root(args.data_dir.as_deref())?,
+    };
     let mut config = EngineConfig::ledgers(
         &root,
         args.ledgers as usize,
@@ -342,17 +364,28 @@ fn drive(args: &Args, config: EngineConfig) -> Result<RunOutcome, LoadError> {
         high_priority_percent: if mixed { 10 } else { 0 },
         ledgers_per_txn_max: if mixed { 4 } else { args.ledgers_per_txn as u8 },
         record_committed: failure,
+        id_base: match &args.cluster {
+            Some(_) => cluster::run_prefix()?,
+            None => 0,
+        },
     };
     let picker = driver::AccountPicker::new(args.accounts, args.skew);
     let initial_rate = match args.scenario {
         scenario::Scenario::Ramp | scenario::Scenario::Burst => 0,
         _ => args.rate,
     };
-    let engine = Engine::open(config.clone())?;
-    // What opening the logs found: records, torn tails, and the sync backend really in
-    // use (with the reason, where io_uring fell back).
-    eprintln!("tricommit-load: {}", engine.recovery_report());
-    let shared = driver::Shared::new(engine, args.clients as usize, initial_rate);
+    let shared = match &args.cluster {
+        Some(dir) => {
+            driver::Shared::remote(cluster::connect(dir)?, args.clients as usize, initial_rate)
+        }
+        None => {
+            let engine = Engine::open(config.clone())?;
+            // What opening the logs found: records, torn tails, and the sync backend
+            // really in use (with the reason, where io_uring fell back).
+            eprintln!("tricommit-load: {}", engine.recovery_report());
+            driver::Shared::new(engine, args.clients as usize, initial_rate)
+        }
+    };
     let history_parts: Vec<PathBuf> = match &args.history {
         Some(path) => (0..args.clients)
             .map(|index| part_path(path, index))
@@ -396,15 +429,26 @@ fn drive(args: &Args, config: EngineConfig) -> Result<RunOutcome, LoadError> {
     }
     let mut counters = shared.counters();
     let busy = shared.busy.load(Ordering::Relaxed);
-    let shutdown = shared.shutdown()?;
-    // The drain happens during shutdown: only its final counters know how it ended.
-    counters.drain_bound_hit |= shutdown.counters.drain_bound_hit;
-    counters.sync_us_max = counters.sync_us_max.max(shutdown.counters.sync_us_max);
-    let cpu_s = summary::cpu_seconds() - cpu_before;
     let expected_total =
         args.ledgers as i128 * args.accounts as i128 * args.initial_balance as i128;
-    let mut invariant = summary::check_bank(&shutdown, expected_total);
-    drop(shutdown);
+    let (cpu_s, mut invariant) = match &args.cluster {
+        Some(dir) => {
+            let client = shared.remote_client().expect("a cluster run has a client");
+            let verdict =
+                cluster::check_bank(dir, client, args.ledgers, workload.id_base, expected_total)?;
+            shared.close_remote();
+            (summary::cpu_seconds() - cpu_before, verdict)
+        }
+        None => {
+            let shutdown = shared.shutdown()?;
+            // The drain happens during shutdown: only its final counters know how it
+            // ended.
+            counters.drain_bound_hit |= shutdown.counters.drain_bound_hit;
+            counters.sync_us_max = counters.sync_us_max.max(shutdown.counters.sync_us_max);
+            let cpu_s = summary::cpu_seconds() - cpu_before;
+            (cpu_s, summary::check_bank(&shutdown, expected_total))
+        }
+    };
     let (durability, settle_passes) = if failure {
         let (durability, passes) =
             settle_after_failure(&config, &clients, expected_total, &mut invariant)?;

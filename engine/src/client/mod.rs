@@ -1,0 +1,28 @@
+//! Clients of a tricommit cluster, and the one submission surface that the embedded
+//! engine and the network client share.
+//!
+//! Code written against [`Submit`] switches between an in-process [`Engine`] and a
+//! [`RemoteClient`] with one line: the constructor.
+
+pub mod config;
+pub mod remote;
+
+pub use config::{ClusterConfig, ConfigError, InitOptions, SiteEntry};
+pub use remote::{ClientError, RemoteClient};
+
+use crate::pipeline::{Busy, Ticket};
+use crate::runtime::{Engine, Txn};
+
+/// Submits transactions and hands back tickets: implemented by the embedded [`Engine`]
+/// and by the network [`RemoteClient`].
+pub trait Submit {
+    /// Submits `txn`. Returns its ticket (wait on it, or `.await` it), or hands the
+    /// transaction back in [`Busy`] when the engine sheds load.
+    fn submit(&self, txn: Txn) -> Result<Ticket, Busy<Txn>>;
+}
+
+impl Submit for Engine {
+    fn submit(&self, txn: Txn) -> Result<Ticket, Busy<Txn>> {
+        Engine::submit(self, txn)
+    }
+}

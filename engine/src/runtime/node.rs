@@ -1,0 +1,739 @@
+//! One site of a cluster, as its own process: `tricommit node --cluster DIR --site NAME`.
+//!
+//! A node is the in-process runtime cut to one site. It opens and recovers that site's
+//! log with the engine's own functions, and runs the engine's own site loop
+//! (`run_passive`, or `run_active` on `replica-0`) with links that lead to the other
+//! processes instead of to in-process inboxes. `replica-0` also runs the engine's
+//! intake, batcher and completion stages, and a gateway that takes network clients'
+//! transactions through the engine's submission path (`submit_to`) and answers their
+//! outcomes. Nothing of the protocol or the site loop is forked: the transport is one
+//! more set of links.
+//!
+//! Lifecycle: [`Node::open`] recovers the site (nothing runs yet), [`OpenedNode::run`]
+//! starts it on the given links, [`Node::shutdown`] drains and stops it (a stopping site
+//! waits, within the engine's drain bound, for the transactions it holds undecided).
+
+pub mod gateway;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::client::config::{load_key, ClusterConfig, ConfigError, SiteEntry, SyncName};
+use crate::ledger::LedgerConfig;
+use crate::pipeline::bounds::{BATCH_TXNS_MAX, INTAKE_QUEUE_TXNS_CAPACITY};
+use crate::pipeline::mpsc::{self, MpscReceiver, MpscSender};
+use crate::pipeline::{
+    spsc, Admission, AdmissionLimits, BatchPolicy, Batcher, Busy, Doorbell, MonotonicClock,
+    Outcome, Ticket, WaitConfig,
+};
+use crate::proto::{Coordinator, Output, Participant, SiteId};
+use crate::transport::codec::{BusyReply, ClientReply, Outcomes, REPLY_ITEMS_MAX};
+use crate::transport::{
+    ClientId, ClientRequest, ClientResponder, Transport, TransportConfig, TransportError,
+};
+
+use super::config::{EngineConfig, ParticipantRm, ParticipantSpec};
+use super::dedup::Dedup;
+use super::engine::{drain_max, open_log, recover_participant, submit_to, validate, EngineError};
+use super::site::{
+    run_passive, DrainBoard, Frame, Links, SiteError, SiteIo, SiteStats, SyncInFlight,
+    INBOX_FRAMES_CAPACITY,
+};
+use super::stages::{
+    participant_site, run_active, run_batcher, run_completion, ActiveStage, BatcherStage,
+    EngineStats, Pending, BATCHES_QUEUED_MAX, COMPLETION_CHUNKS_CAPACITY,
+};
+use super::txn::Txn;
+
+/// Why a node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("data directory {dir}: {source}")]
+    DataDir {
+        dir: PathBuf,
+        source: super::meta::MetaError,
+    },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Site(#[from] SiteError),
+    #[error("transport: {0}")]
+    Transport(#[from] TransportError),
+    #[error("{0} panicked")]
+    Panicked(&'static str),
+}
+
+impl NodeError {
+    /// Whether the error is the user's input (a configuration, a directory), as
+    /// opposed to a failure while running: the CLI exits 2 for these.
+    pub fn is_input(&self) -> bool {
+        matches!(
+            self,
+            NodeError::Config(_)
+                | NodeError::DataDir { .. }
+                | NodeError::Engine(EngineError::Config(_))
+                | NodeError::Transport(TransportError::Bind { .. })
+                | NodeError::Transport(TransportError::Config { .. })
+        )
+    }
+}
+
+/// The engine configuration every site of `cluster` (in directory `dir`) runs with.
+pub fn engine_config(cluster: &ClusterConfig, dir: &Path) -> EngineConfig {
+    let mut ledger = LedgerConfig::new(cluster.ledger.accounts);
+    ledger.balance_initial = cluster.ledger.initial_balance;
+    ledger.reservations_max = cluster.ledger.reservations_max;
+    let mut config = EngineConfig::ledgers(dir, cluster.participants as usize, 1, 0);
+    config.participants = vec![ParticipantSpec::Ledger(ledger); cluster.participants as usize];
+    config.replicas = cluster.replicas as usize;
+    config.batch_txns_max = cluster.engine.batch_txns_max as usize;
+    config.batch_delay_us_max = cluster.engine.batch_delay_us_max;
+    config.timeouts = cluster.timeouts.timeouts();
+    config.wal.sync = match cluster.engine.sync {
+        SyncName::Msync => tricommit_wal::SyncBackend::Msync,
+        SyncName::Fdatasync => tricommit_wal::SyncBackend::Fdatasync,
+        SyncName::IoUring => tricommit_wal::SyncBackend::IoUring,
+    };
+    config.wal.segment_bytes = cluster.engine.segment_mib << 20;
+    config.wal.record_bytes_max = config
+        .wal
+        .record_bytes_max
+        .min((config.wal.segment_bytes / 2) as u32);
+    config.log_segments_max = match cluster.engine.log_segments_max {
+        0 => None,
+        segments => Some(segments as u32),
+    };
+    config
+}
+
+/// Marks `dir` as the data directory of `cluster` (its `tricommit.meta`, as an
+/// engine's data directory has): `cluster init` calls it on the empty directory, and
+/// every node checks it at start, so a node never replays a log against another
+/// genesis. It also lets `ledger dump` read the cluster's ledgers.
+pub fn prepare_cluster_dir(cluster: &ClusterConfig, dir: &Path) -> Result<(), NodeError> {
+    let config = engine_config(cluster, dir);
+    validate(&config)?;
+    super::meta::prepare_data_dir(&config).map_err(|source| NodeError::DataDir {
+        dir: dir.to_owned(),
+        source,
+    })
+}
+
+/// The state machine a node drives.
+enum Role {
+    Participant(Box<Participant<ParticipantRm>>),
+    Replica(Box<Coordinator>),
+}
+
+/// A site recovered from its log, not running yet.
+pub struct OpenedNode {
+    site: SiteEntry,
+    config: EngineConfig,
+    role: Role,
+    io: SiteIo,
+    inbox: MpscSender<Frame>,
+    /// The inbox end, until `run` hands it to the site loop.
+    inbox_receiver: Option<MpscReceiver<Frame>>,
+}
+
+/// The opening replica's client-facing stages.
+struct Front {
+    intake: Option<MpscSender<Pending>>,
+    admission: Arc<Admission>,
+    dedup: Arc<Dedup>,
+    stats: Arc<EngineStats>,
+    participants: usize,
+    batcher: Option<JoinHandle<()>>,
+    completion: Option<JoinHandle<()>>,
+}
+
+/// A running site.
+pub struct Node {
+    site: SiteEntry,
+    stop: Arc<AtomicBool>,
+    doorbell: Arc<Doorbell>,
+    stats: Arc<SiteStats>,
+    site_thread: Option<JoinHandle<Result<(), SiteError>>>,
+    front: Option<Front>,
+    /// Network clients' gateway (replica-0 of a networked node).
+    gateway: Option<GatewayThread>,
+    transport: Option<Transport>,
+}
+
+/// The gateway's thread and how to stop it.
+struct GatewayThread {
+    stop: Arc<AtomicBool>,
+    doorbell: Arc<Doorbell>,
+    thread: JoinHandle<()>,
+}
+
+impl Node {
+    /// Starts site `name` of the cluster in `dir` as a networked node: recovers it,
+    /// starts its transport (listening on its address, dialling its peers), runs it,
+    /// and on `replica-0` serves network clients.
+    pub fn start(dir: &Path, name: &str) -> Result<Node, NodeError> {
+        let cluster = ClusterConfig::load(dir)?;
+        let site = cluster.site(name)?;
+        let secret = load_key(dir)?;
+        prepare_cluster_dir(&cluster, dir)?;
+        let opened = OpenedNode::open(site.clone(), engine_config(&cluster, dir))?;
+        let transport_config = TransportConfig {
+            cluster_id: cluster.cluster_id,
+            me: site.id,
+            listen: site.addr,
+            peers: cluster
+                .site_entries()
+                .into_iter()
+                .filter(|peer| peer.id != site.id)
+                .map(|peer| (peer.id, peer.addr))
+                .collect(),
+            secret,
+            heartbeat_interval_ms: cluster.transport.heartbeat_interval_ms,
+            peer_silent_ms_max: cluster.transport.peer_silent_ms_max,
+            reconnect_backoff_ms_min: cluster.transport.reconnect_backoff_ms_min,
+            reconnect_backoff_ms_max: cluster.transport.reconnect_backoff_ms_max,
+            accept_clients: site.id.0 == 0,
+        };
+        let mut transport = Transport::start(transport_config, opened.inbox())?;
+        let requests = transport.take_client_requests();
+        let mut node = opened.run(transport.links())?;
+        if let (Some(requests), Some(front)) = (requests, &node.front) {
+            node.gateway = Some(start_gateway(
+                front,
+                requests,
+                transport.client_responder(),
+            )?);
+        }
+        node.transport = Some(transport);
+        Ok(node)
+    }
+
+    /// Whether this node's transport has a link up to every other site.
+    pub fn links_up(&self) -> bool {
+        let Some(transport) = &self.transport else {
+            return false;
+        };
+        let stats = transport.stats();
+        (0..=u8::MAX)
+            .map(SiteId)
+            .take_while(|&id| stats.peer(id).is_some())
+            .filter(|&id| id != self.site.id)
+            .all(|id| stats.link_up(id))
+    }
+
+    /// The transport's counters (a networked node).
+    pub fn transport_stats(&self) -> Option<Arc<crate::transport::TransportStats>> {
+        self.transport.as_ref().map(|transport| transport.stats())
+    }
+
+    /// Reads the cluster in `dir`, opens site `name`'s log in `dir/<name>/` and
+    /// recovers its state machine. Nothing runs until [`OpenedNode::run`].
+    pub fn open(dir: &Path, name: &str) -> Result<OpenedNode, NodeError> {
+        let cluster = ClusterConfig::load(dir)?;
+        let site = cluster.site(name)?;
+        prepare_cluster_dir(&cluster, dir)?;
+        let config = engine_config(&cluster, dir);
+        OpenedNode::open(site, config)
+    }
+
+    /// This node's site.
+    pub fn site(&self) -> &SiteEntry {
+        &self.site
+    }
+
+    /// The site's counters.
+    pub fn stats(&self) -> &Arc<SiteStats> {
+        &self.stats
+    }
+
+    /// Submits a transaction on the opening replica (`replica-0`), exactly as
+    /// [`Engine::submit`](super::Engine::submit) does. Other sites open no batches:
+    /// their tickets are ready at once with `Aborted(Shutdown)`.
+    pub fn submit(&self, txn: Txn) -> Result<Ticket, Busy<Txn>> {
+        match &self.front {
+            Some(front) => submit_to(
+                front.intake.as_ref(),
+                &front.admission,
+                &front.dedup,
+                front.participants,
+                txn,
+            ),
+            None => Ok(Ticket::ready(Outcome::Aborted(
+                crate::pipeline::AbortReason::Shutdown,
+            ))),
+        }
+    }
+
+    /// Whether this node opens batches (and so takes clients).
+    pub fn takes_clients(&self) -> bool {
+        self.front.is_some()
+    }
+
+    /// Committed and aborted transactions so far (the opening replica's count).
+    pub fn outcomes(&self) -> (u64, u64) {
+        self.front.as_ref().map_or((0, 0), |front| {
+            (
+                front.stats.committed.load(Ordering::Relaxed),
+                front.stats.aborted.load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// Whether the site loop ended (an error, or a stop).
+    pub fn site_finished(&self) -> bool {
+        self.site_thread
+            .as_ref()
+            .is_none_or(|thread| thread.is_finished())
+    }
+
+    /// Stops taking transactions, lets the site finish what it holds (within the
+    /// engine's drain bound), syncs its log and stops every stage.
+    pub fn shutdown(mut self) -> Result<(), NodeError> {
+        self.stop_all()
+    }
+
+    fn stop_all(&mut self) -> Result<(), NodeError> {
+        let mut first: Option<NodeError> = None;
+        // No new client transactions: the gateway goes first (it holds intake senders).
+        if let Some(gateway) = self.gateway.take() {
+            gateway.stop.store(true, Ordering::Release);
+            gateway.doorbell.ring();
+            if gateway.thread.join().is_err() {
+                first.get_or_insert(NodeError::Panicked("gateway"));
+            }
+        }
+        if let Some(front) = &mut self.front {
+            // Closing the intake lets the batcher drain it and exit.
+            front.intake = None;
+            if let Some(batcher) = front.batcher.take() {
+                if batcher.join().is_err() {
+                    first.get_or_insert(NodeError::Panicked("batcher"));
+                }
+            }
+        }
+        self.stop.store(true, Ordering::Release);
+        self.doorbell.ring();
+        if let Some(thread) = self.site_thread.take() {
+            match thread.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    first.get_or_insert(error.into());
+                }
+                Err(_) => {
+                    first.get_or_insert(NodeError::Panicked("site loop"));
+                }
+            }
+        }
+        if let Some(front) = &mut self.front {
+            if let Some(completion) = front.completion.take() {
+                if completion.join().is_err() {
+                    first.get_or_insert(NodeError::Panicked("completion"));
+                }
+            }
+            // Whatever the site left undecided is in doubt for its clients.
+            front.admission.complete_all_pending(Outcome::InDoubt);
+        }
+        // Last: the site loop needed its links to drain.
+        if let Some(transport) = self.transport.take() {
+            if let Err(error) = transport.shutdown() {
+                first.get_or_insert(error.into());
+            }
+        }
+        match first {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if self.site_thread.is_some() || self.transport.is_some() {
+            let _ = self.stop_all();
+        }
+    }
+}
+
+impl OpenedNode {
+    fn open(site: SiteEntry, config: EngineConfig) -> Result<OpenedNode, NodeError> {
+        validate(&config)?;
+        let replicas: Vec<SiteId> = (0..config.replicas as u8).map(SiteId).collect();
+        let mut proto_config = config.timeouts.proto_config(replicas);
+        proto_config.protocol = config.protocol;
+        proto_config.overlap = config.overlap;
+        let clock = Arc::new(MonotonicClock::new());
+        let dir = config.data_dir.join(&site.name);
+        let mut out = Output::default();
+        let is_replica = (site.id.0 as usize) < config.replicas;
+        let (role, log) = if is_replica {
+            let log = open_log(&dir, &site.name, &config, config.log_segments_max)?;
+            let now_us = clock.now_us();
+            let machine = if log.records.is_empty() {
+                Coordinator::new(proto_config, site.id, &mut out)
+            } else {
+                Coordinator::recover(proto_config, site.id, &log.records, now_us, &mut out)
+            }
+            .map_err(|source| EngineError::Recover {
+                site: site.name.clone(),
+                source,
+            })?;
+            (Role::Replica(Box::new(machine)), log)
+        } else {
+            let index = site.id.0 as usize - config.replicas;
+            debug_assert_eq!(participant_site(config.replicas, index as u8), site.id);
+            // A participant's log is its postings audit trail: checkpointed only when
+            // the configuration says so (as in-process).
+            let bound = config.log_segments_max.filter(|_| config.compact_postings);
+            let log = open_log(&dir, &site.name, &config, bound)?;
+            let rm = ParticipantRm::genesis(&config.participants[index])
+                .map_err(|error| EngineError::Config(format!("{}: {error}", site.name)))?;
+            let now_us = clock.now_us();
+            let machine =
+                recover_participant(&dir, &site.name, site.id, &proto_config, rm, &log, now_us)?;
+            (Role::Participant(Box::new(machine)), log)
+        };
+        let doorbell = Arc::new(Doorbell::new(WaitConfig::default()));
+        let (inbox, inbox_receiver) = mpsc::channel(INBOX_FRAMES_CAPACITY, doorbell.clone())
+            .map_err(|error| EngineError::Config(error.to_string()))?;
+        let overlap_syncs =
+            config.overlap && log.wal.backend() == tricommit_wal::SyncBackend::IoUring;
+        let io = SiteIo {
+            me: site.id,
+            lsn_base: log.wal.last_lsn(),
+            wal: log.wal,
+            inbox: placeholder_inbox()?,
+            doorbell: doorbell.clone(),
+            links: Arc::new(Vec::new()),
+            clock,
+            stop: Arc::new(AtomicBool::new(false)),
+            halt: Arc::new(AtomicBool::new(false)),
+            board: Arc::new(DrainBoard::for_one_site(site.id, doorbell)),
+            drain_max: drain_max(&config),
+            sync: SyncInFlight::new(overlap_syncs),
+            stats: Arc::new(SiteStats::default()),
+            out,
+            frames: Vec::new(),
+            encode: Vec::new(),
+            appended: crate::proto::AppendSeq(0),
+            checkpoint: log.checkpointer,
+        };
+        Ok(OpenedNode {
+            site,
+            config,
+            role,
+            io,
+            inbox,
+            inbox_receiver: Some(inbox_receiver),
+        })
+    }
+
+    /// This node's site.
+    pub fn site(&self) -> &SiteEntry {
+        &self.site
+    }
+
+    /// The sender into this site's inbox: the transport delivers the frames it
+    /// receives here (and `links[me]` is this sender).
+    pub fn inbox(&self) -> MpscSender<Frame> {
+        self.inbox.clone()
+    }
+
+    /// Starts the site on `links` (index = site id): the site loop, and on `replica-0`
+    /// the client-facing stages.
+    pub fn run(mut self, links: Links) -> Result<Node, NodeError> {
+        self.io.links = links;
+        self.io.inbox = self
+            .inbox_receiver
+            .take()
+            .expect("an opened node runs once");
+        let stop = self.io.stop.clone();
+        let doorbell = self.io.doorbell.clone();
+        let stats = self.io.stats.clone();
+        let mut spawner = super::engine::Spawner::new(self.config.pin_threads);
+        let thread_name = format!("tc-{}", self.site.name);
+        let (site_thread, front) = match self.role {
+            Role::Participant(machine) => {
+                let io = self.io;
+                let thread =
+                    spawner.spawn(thread_name, move || run_passive(*machine, io).map(|_| ()))?;
+                (thread, None)
+            }
+            Role::Replica(machine) if self.site.id.0 != 0 => {
+                let io = self.io;
+                let thread =
+                    spawner.spawn(thread_name, move || run_passive(*machine, io).map(|_| ()))?;
+                (thread, None)
+            }
+            Role::Replica(machine) => {
+                start_front(*machine, self.io, &self.config, &mut spawner, thread_name)?
+            }
+        };
+        Ok(Node {
+            site: self.site,
+            stop,
+            doorbell,
+            stats,
+            site_thread: Some(site_thread),
+            front,
+            gateway: None,
+            transport: None,
+        })
+    }
+}
+
+/// An inbox that is replaced before the site runs (`SiteIo` has no optional inbox).
+fn placeholder_inbox() -> Result<MpscReceiver<Frame>, EngineError> {
+    let (_, receiver) = mpsc::channel(1, Arc::new(Doorbell::default()))
+        .map_err(|error| EngineError::Config(error.to_string()))?;
+    Ok(receiver)
+}
+
+type SiteThread = JoinHandle<Result<(), SiteError>>;
+
+/// Starts the opening replica with the engine's intake, batcher and completion stages,
+/// wired as `Engine::open` wires them.
+fn start_front(
+    machine: Coordinator,
+    io: SiteIo,
+    config: &EngineConfig,
+    spawner: &mut super::engine::Spawner,
+    thread_name: String,
+) -> Result<(SiteThread, Option<Front>), NodeError> {
+    let config_error = |error: &dyn std::fmt::Display| EngineError::Config(error.to_string());
+    let limits = AdmissionLimits::new(config.intake_high_water_txns, config.intake_capacity_txns)
+        .map_err(|error| config_error(&error))?;
+    let admission = Arc::new(Admission::new(limits).map_err(|error| config_error(&error))?);
+    let stats = Arc::new(EngineStats::default());
+    let (to_coordinator, from_batcher) = spsc::channel(BATCHES_QUEUED_MAX, io.doorbell.clone())
+        .map_err(|error| config_error(&error))?;
+    let completion_doorbell = Arc::new(Doorbell::new(WaitConfig::default()));
+    let (to_completion, from_coordinator) =
+        spsc::channel(COMPLETION_CHUNKS_CAPACITY, completion_doorbell)
+            .map_err(|error| config_error(&error))?;
+    let intake_doorbell = Arc::new(Doorbell::new(WaitConfig::default()));
+    let (intake, intake_receiver) = mpsc::channel(INTAKE_QUEUE_TXNS_CAPACITY, intake_doorbell)
+        .map_err(|error| config_error(&error))?;
+    let policy = BatchPolicy::new(
+        config.batch_txns_max.min(BATCH_TXNS_MAX),
+        config.batch_delay_us_max,
+        config.batching,
+    )
+    .map_err(|error| config_error(&error))?;
+    let batcher_stage = BatcherStage {
+        intake: intake_receiver,
+        batcher: Batcher::new(policy),
+        to_coordinator,
+        clock: io.clock.clone(),
+        replicas: config.replicas,
+        participants: config.participants.len(),
+        stats: stats.clone(),
+    };
+    let stage = ActiveStage {
+        batches: from_batcher,
+        to_completion,
+        window_batches: config.batches_in_flight_max(),
+    };
+    let site_thread = spawner.spawn(thread_name, move || {
+        run_active(machine, io, stage).map(|_| ())
+    })?;
+    let dedup = Arc::new(Dedup::new());
+    let completion = {
+        let (admission, stats, dedup) = (admission.clone(), stats.clone(), dedup.clone());
+        spawner.spawn("tc-completion".into(), move || {
+            run_completion(from_coordinator, admission, stats, dedup)
+        })?
+    };
+    let batcher = spawner.spawn("tc-batcher".into(), move || run_batcher(batcher_stage))?;
+    let front = Front {
+        intake: Some(intake),
+        admission,
+        dedup,
+        stats,
+        participants: config.participants.len(),
+        batcher: Some(batcher),
+        completion: Some(completion),
+    };
+    Ok((site_thread, Some(front)))
+}
+
+/// Client requests the gateway takes per turn.
+const CLIENT_REQUESTS_PER_TURN_MAX: usize = 64;
+/// The longest the gateway sleeps without looking at its stop flag.
+const GATEWAY_TICK_MS: u64 = 50;
+/// How long the gateway retries a reply the transport's full reply queue refused before
+/// it drops it (its client's transaction then ends `InDoubt` when it gives up).
+const REPLY_RETRY_MS_MAX: u64 = 5_000;
+
+/// Starts the gateway of a networked `replica-0`: client requests in, through the
+/// engine's submission path, outcomes back.
+fn start_gateway(
+    front: &Front,
+    mut requests: MpscReceiver<ClientRequest>,
+    responder: ClientResponder,
+) -> Result<GatewayThread, NodeError> {
+    let intake = front
+        .intake
+        .clone()
+        .expect("the intake is open while the node starts");
+    let (admission, dedup) = (front.admission.clone(), front.dedup.clone());
+    let participants = front.participants;
+    let stop = Arc::new(AtomicBool::new(false));
+    let doorbell = requests.doorbell().clone();
+    let held_max = admission.ticket_slots_total();
+    let thread = {
+        let (stop, doorbell) = (stop.clone(), doorbell.clone());
+        std::thread::Builder::new()
+            .name("tc-gateway".into())
+            .spawn(move || {
+                let mut gateway: gateway::Gateway<ClientId> =
+                    gateway::Gateway::new(held_max, REPLY_ITEMS_MAX, doorbell.clone());
+                let mut taken = Vec::new();
+                let answer = |client: ClientId, answer: gateway::Answer| {
+                    let reply: ClientReply = match answer {
+                        gateway::Answer::Outcomes(items) => Outcomes { items }.into(),
+                        gateway::Answer::Busy(ids, reason) => BusyReply { ids, reason }.into(),
+                    };
+                    send_reply(&responder, client, reply, &stop);
+                };
+                while !stop.load(Ordering::Acquire) {
+                    let tick = std::time::Instant::now()
+                        + std::time::Duration::from_millis(GATEWAY_TICK_MS);
+                    doorbell.wait_until(
+                        || {
+                            requests.has_items()
+                                || gateway.has_ready()
+                                || stop.load(Ordering::Acquire)
+                        },
+                        Some(tick),
+                    );
+                    taken.clear();
+                    requests.pop_batch(&mut taken, CLIENT_REQUESTS_PER_TURN_MAX);
+                    for request in taken.drain(..) {
+                        let ClientRequest { client, submit } = request;
+                        gateway.take(
+                            client,
+                            submit.txns,
+                            |txn| submit_to(Some(&intake), &admission, &dedup, participants, txn),
+                            answer,
+                        );
+                    }
+                    gateway.answer_ready(answer);
+                }
+            })
+            .map_err(|source| EngineError::Spawn {
+                stage: "gateway".into(),
+                source,
+            })?
+    };
+    Ok(GatewayThread {
+        stop,
+        doorbell,
+        thread,
+    })
+}
+
+/// Queues a reply, retrying (parked in short steps) while the transport's reply queue
+/// is full, up to `REPLY_RETRY_MS_MAX` or a stop.
+fn send_reply(
+    responder: &ClientResponder,
+    client: ClientId,
+    reply: ClientReply,
+    stop: &AtomicBool,
+) {
+    const FULL_PARK_US: u64 = 100;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(REPLY_RETRY_MS_MAX);
+    let mut reply = reply;
+    loop {
+        match responder.send(client, reply) {
+            Ok(()) => return,
+            Err(error)
+                if error.is_full()
+                    && !stop.load(Ordering::Acquire)
+                    && std::time::Instant::now() < deadline =>
+            {
+                reply = error.into_inner().1;
+                std::thread::park_timeout(std::time::Duration::from_micros(FULL_PARK_US));
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::config::InitOptions;
+
+    /// Opens every site of a small cluster in `dir` and wires them with in-process
+    /// links, as the transport would with sockets.
+    fn start_all(dir: &Path) -> Vec<Node> {
+        let mut opened = Vec::new();
+        let names: Vec<String> = ClusterConfig::load(dir)
+            .unwrap()
+            .site_entries()
+            .into_iter()
+            .map(|site| site.name)
+            .collect();
+        for name in &names {
+            opened.push(Node::open(dir, name).unwrap());
+        }
+        let links: Links = Arc::new(opened.iter().map(|node| node.inbox()).collect());
+        opened
+            .into_iter()
+            .map(|node| node.run(links.clone()).unwrap())
+            .collect()
+    }
+
+    fn init(dir: &Path) {
+        let options = InitOptions {
+            accounts: 10,
+            initial_balance: 100,
+            base_port: 20_000,
+            ..InitOptions::default()
+        };
+        let mut cluster = ClusterConfig::from_init(&options, 5).unwrap();
+        cluster.engine.segment_mib = 1;
+        cluster.engine.sync = SyncName::Fdatasync;
+        prepare_cluster_dir(&cluster, dir).unwrap();
+        std::fs::write(dir.join("cluster.toml"), cluster.render()).unwrap();
+    }
+
+    #[test]
+    fn nodes_wired_by_links_commit_and_recover() {
+        // Proves that the node entry point runs the engine's runtime one site at a time:
+        // seven nodes linked like processes commit transfers, and a reopened cluster
+        // recovers balances that add up.
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path());
+        let nodes = start_all(dir.path());
+        let mut tickets = Vec::new();
+        for id in 0..50u64 {
+            let txn = Txn::transfer(crate::proto::TxnId(id + 1), (0, id % 10), (1, 0), 1).unwrap();
+            tickets.push(nodes[0].submit(txn).unwrap());
+        }
+        let outcomes: Vec<Outcome> = tickets
+            .into_iter()
+            .map(|ticket| {
+                ticket
+                    .wait_timeout(std::time::Duration::from_secs(20))
+                    .unwrap()
+            })
+            .collect();
+        assert!(outcomes
+            .iter()
+            .all(|outcome| *outcome == Outcome::Committed));
+        for node in nodes {
+            node.shutdown().unwrap();
+        }
+        let ledgers = super::super::recover_ledgers(dir.path(), |_| None).unwrap();
+        let balance = |ledger: usize, account: usize| {
+            ledgers[ledger].ledger().balances().nth(account).unwrap()
+        };
+        assert_eq!(balance(1, 0), 150);
+        assert_eq!(balance(0, 0), 95);
+    }
+}

@@ -1,0 +1,1474 @@
+//! The sockets: one mio event loop per process, and the blocking client connection.
+//!
+//! This is the only module of the transport that makes syscalls. It reads bytes into
+//! each connection's [`FrameReader`], which checks every frame in a fixed order before
+//! anything is decoded, and writes whatever is queued for a connection with one `write`
+//! of its contiguous buffer (write-combining: every frame the site loop queued for a peer
+//! since the last turn goes into one wire frame, every reply for a client into one send).
+//!
+//! # Connections
+//! Site *i* dials only sites *j > i*; site *j* accepts only hellos from sites below it,
+//! so two sites never dial each other at once. A dial that fails or a link that drops
+//! is retried after an exponential backoff with jitter (`reconnect_backoff_ms_min`,
+//! doubling up to `reconnect_backoff_ms_max`, each wait drawn uniformly from its upper
+//! half). A link sends a heartbeat when it sent nothing for `heartbeat_interval_ms`; a
+//! link that heard nothing for `peer_silent_ms_max` is closed and marked down, because a
+//! paused process or a partition closes no socket.
+//!
+//! # Waking the loop
+//! The loop sleeps in `epoll_wait`. Every queue it consumes (the queues toward peers,
+//! the client replies) shares one [`Doorbell`] whose [`WakeHook`] calls
+//! `mio::Waker::wake`. Before it sleeps the loop marks itself parked, then checks the
+//! queues (the doorbell's Dekker protocol): a frame pushed after that check finds the
+//! loop parked and wakes it, a frame pushed before it is seen by the check.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use super::auth::{fresh_nonce, random_seed, MacKey, SessionIds, NONCE_BYTES, SECRET_BYTES};
+use super::codec::{
+    self, BusyReply, ClientReply, Outcomes, Submit, FRAME_PARTS_MAX, REPLY_ITEMS_MAX,
+};
+use super::frame::{
+    kind, role, seal_frame, Expect, FrameReader, Header, Hello, OpenFrame, RejectReason,
+    ANY_RECEIVER, CLIENT_ID, FRAME_BODY_BYTES_MAX,
+};
+use super::stats::TransportStats;
+use super::{
+    TransportConfig, TransportError, CLIENTS_MAX, CLIENT_REPLIES_MAX, CLIENT_REQUESTS_MAX,
+    CLIENT_WRITE_BYTES_MAX, HANDSHAKES_MAX, PEER_QUEUE_FRAMES_MAX, PEER_WRITE_BYTES_MAX,
+};
+use crate::pipeline::mpsc::{channel, MpscReceiver, MpscSender};
+use crate::pipeline::{BusyReason, Doorbell, PushError, WakeHook};
+use crate::proto::SiteId;
+use crate::runtime::{Frame, Links};
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+/// The first token handed to a connection.
+const FIRST_CONNECTION_TOKEN: usize = 2;
+/// Readiness events taken per poll.
+const EVENTS_CAPACITY: usize = 1024;
+/// Bytes one `read` asks for.
+const READ_CHUNK_BYTES: usize = 64 << 10;
+/// Frames taken from one peer's queue per turn, so that one busy peer cannot starve
+/// the rest of the loop.
+const PEER_FRAMES_PER_TURN_MAX: usize = 1024;
+/// Replies taken from the reply queue per turn.
+const REPLIES_PER_TURN_MAX: usize = 4096;
+/// The longest the loop sleeps without looking at its timers.
+const TICK_MS_MAX: u64 = 50;
+/// The blocking client's bound on connecting and on the handshake.
+const CLIENT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A network client's connection to this node: unique for the transport's lifetime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(pub u64);
+
+/// Transactions a network client submitted, for the node's intake.
+#[derive(Debug)]
+pub struct ClientRequest {
+    pub client: ClientId,
+    pub submit: Submit,
+}
+
+/// The way back to network clients: queue a reply for the event loop to send.
+#[derive(Clone)]
+pub struct ClientResponder {
+    replies: MpscSender<(ClientId, ClientReply)>,
+}
+
+impl ClientResponder {
+    /// Queues `reply` for `client`. A full queue hands the reply back (retry, or let the
+    /// client time out); a reply for a client that is gone is dropped by the loop.
+    pub fn send(
+        &self,
+        client: ClientId,
+        reply: impl Into<ClientReply>,
+    ) -> Result<(), PushError<(ClientId, ClientReply)>> {
+        self.replies.push((client, reply.into()))
+    }
+}
+
+/// The transport of one site: its links, its client side, its counters.
+pub struct Transport {
+    links: Links,
+    stats: Arc<TransportStats>,
+    client_requests: Option<MpscReceiver<ClientRequest>>,
+    responder: ClientResponder,
+    waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<(), TransportError>>>,
+    local_addr: SocketAddr,
+}
+
+impl Transport {
+    /// Binds `listen` and starts the event-loop thread. Site frames that arrive are
+    /// pushed into `inbox` (the local site's inbox, as in-process); a full inbox drops
+    /// the frame and counts it.
+    pub fn start(
+        config: TransportConfig,
+        inbox: MpscSender<Frame>,
+    ) -> Result<Transport, TransportError> {
+        let sites = config.validate()?;
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let hook_waker = waker.clone();
+        let doorbell = Arc::new(Doorbell::with_wake_hook(WakeHook(Arc::new(move || {
+            // A failed wake leaves the loop to its next tick (at most TICK_MS_MAX).
+            let _ = hook_waker.wake();
+        }))));
+        let mut links = Vec::with_capacity(sites);
+        let mut peers = Vec::with_capacity(sites);
+        for index in 0..sites {
+            let id = SiteId(index as u8);
+            if id == config.me {
+                links.push(inbox.clone());
+                peers.push(None);
+                continue;
+            }
+            let (sender, receiver) = channel(PEER_QUEUE_FRAMES_MAX, doorbell.clone())?;
+            let addr = config
+                .peers
+                .iter()
+                .find(|(peer, _)| *peer == id)
+                .map(|(_, addr)| *addr)
+                .expect("validate() checked that every id below `sites` is a peer or me");
+            links.push(sender);
+            peers.push(Some(Peer::new(id, addr, receiver, &config)));
+        }
+        let (replies_sender, replies) = channel(CLIENT_REPLIES_MAX, doorbell.clone())?;
+        let (requests_sender, requests) =
+            channel(CLIENT_REQUESTS_MAX, Arc::new(Doorbell::default()))?;
+        let mut listener =
+            TcpListener::bind(config.listen).map_err(|source| TransportError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let stats = Arc::new(TransportStats::new(sites));
+        let stop = Arc::new(AtomicBool::new(false));
+        let accept_clients = config.accept_clients;
+        let event_loop = EventLoop {
+            hello_key: MacKey::hello(&config.secret, config.cluster_id),
+            config,
+            poll,
+            listener,
+            conns: HashMap::new(),
+            next_token: FIRST_CONNECTION_TOKEN,
+            peers,
+            inbox,
+            requests: accept_clients.then_some(requests_sender),
+            replies,
+            clients: HashMap::new(),
+            next_client: 1,
+            doorbell,
+            stats: stats.clone(),
+            stop: stop.clone(),
+            jitter: Jitter::new(random_seed()?),
+            parts_body: Vec::new(),
+            popped: Vec::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("tricommit-transport".into())
+            .spawn(move || event_loop.run())?;
+        Ok(Transport {
+            links: Arc::new(links),
+            stats,
+            client_requests: accept_clients.then_some(requests),
+            responder: ClientResponder {
+                replies: replies_sender,
+            },
+            waker,
+            stop,
+            thread: Some(thread),
+            local_addr,
+        })
+    }
+
+    /// The links for the site loop, by site id: the entry for `me` is the inbox, every
+    /// other entry is the bounded queue toward that peer.
+    pub fn links(&self) -> Links {
+        self.links.clone()
+    }
+
+    /// The address the transport listens on (useful when `listen` had port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The requests of network clients. `Some` once, to the first caller, when the
+    /// configuration accepts clients; the receiver's doorbell is its own (the consumer
+    /// waits on it with `wait_batch`).
+    pub fn take_client_requests(&mut self) -> Option<MpscReceiver<ClientRequest>> {
+        self.client_requests.take()
+    }
+
+    /// The way to answer network clients; clone it for every thread that answers.
+    pub fn client_responder(&self) -> ClientResponder {
+        self.responder.clone()
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> Arc<TransportStats> {
+        self.stats.clone()
+    }
+
+    /// Stops the event loop, closes every connection and the listener, and returns the
+    /// loop's error if it failed.
+    pub fn shutdown(mut self) -> Result<(), TransportError> {
+        self.stop_and_join()
+    }
+
+    fn stop_and_join(&mut self) -> Result<(), TransportError> {
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        self.stop.store(true, Ordering::Release);
+        self.waker.wake()?;
+        thread
+            .join()
+            .map_err(|_| TransportError::EventLoopPanicked)?
+    }
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        // A transport dropped without `shutdown` still stops its thread; its error, if
+        // any, has nobody to go to.
+        let _ = self.stop_and_join();
+    }
+}
+
+/// Draws each reconnect wait uniformly from the upper half of the current backoff
+/// (xorshift64*, seeded from the OS), so that sites that lost each other at the same
+/// moment do not redial in lockstep.
+struct Jitter {
+    state: u64,
+}
+
+impl Jitter {
+    fn new(seed: u64) -> Jitter {
+        Jitter { state: seed | 1 }
+    }
+
+    fn wait_ms(&mut self, backoff_ms: u64) -> u64 {
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        let random = self.state.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        let half = backoff_ms / 2;
+        half + random % (backoff_ms - half + 1)
+    }
+}
+
+/// One peer site, seen from the event loop.
+struct Peer {
+    id: SiteId,
+    addr: SocketAddr,
+    queue: MpscReceiver<Frame>,
+    /// The connection carrying the link, once handshaken (or, for a dialer, dialed).
+    conn: Option<Token>,
+    /// Whether this end dials the peer (this site's id is the lower).
+    dials: bool,
+    backoff_ms: u64,
+    next_dial: Instant,
+}
+
+impl Peer {
+    fn new(
+        id: SiteId,
+        addr: SocketAddr,
+        queue: MpscReceiver<Frame>,
+        config: &TransportConfig,
+    ) -> Peer {
+        Peer {
+            id,
+            addr,
+            queue,
+            conn: None,
+            dials: config.me < id,
+            backoff_ms: config.reconnect_backoff_ms_min,
+            next_dial: Instant::now(),
+        }
+    }
+}
+
+/// Who is at the other end of a connection, once its hello said so.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Site(SiteId),
+    Client(ClientId),
+}
+
+/// The keys and counters of a handshaken connection.
+struct Session {
+    send_key: MacKey,
+    recv_key: MacKey,
+    send_sequence: u64,
+    recv_sequence: u64,
+}
+
+/// One TCP connection.
+struct Conn {
+    stream: TcpStream,
+    /// For a dialed connection: the site dialed. For an accepted one: `None` until the
+    /// hello names the sender.
+    dialed: Option<SiteId>,
+    nonce: [u8; NONCE_BYTES],
+    role: Option<Role>,
+    session: Option<Session>,
+    reader: FrameReader,
+    /// Bytes to write; `written` of them are gone already.
+    write: Vec<u8>,
+    written: usize,
+    opened: Instant,
+    last_heard: Instant,
+    last_sent: Instant,
+}
+
+impl Conn {
+    fn new(stream: TcpStream, dialed: Option<SiteId>, nonce: [u8; NONCE_BYTES]) -> Conn {
+        let now = Instant::now();
+        Conn {
+            stream,
+            dialed,
+            nonce,
+            role: None,
+            session: None,
+            reader: FrameReader::new(),
+            write: Vec::new(),
+            written: 0,
+            opened: now,
+            last_heard: now,
+            last_sent: now,
+        }
+    }
+
+    fn pending_write_bytes(&self) -> usize {
+        self.write.len() - self.written
+    }
+
+    /// Seals one frame of `kind` with the next send sequence; the body is written in
+    /// place by `encode_body`. Returns the frame's bytes, or `None` if the body is above
+    /// the frame limit (nothing is written then).
+    fn seal(
+        &mut self,
+        me: u16,
+        cluster_id: u64,
+        kind: u8,
+        encode_body: impl FnOnce(&mut Vec<u8>),
+    ) -> Option<usize> {
+        let session = self.session.as_mut()?;
+        let receiver = match self.role? {
+            Role::Site(site) => site.0 as u16,
+            Role::Client(_) => CLIENT_ID,
+        };
+        let header = Header {
+            kind,
+            body_len: 0,
+            sender: me,
+            receiver,
+            cluster_id,
+            sequence: session.send_sequence,
+        };
+        let bytes = seal_frame(&mut self.write, &session.send_key, header, encode_body)?;
+        session.send_sequence += 1;
+        Some(bytes)
+    }
+}
+
+/// Why a connection is being closed.
+enum CloseCause {
+    Rejected(RejectReason),
+    PeerClosed,
+    Io,
+    Silent,
+    Replaced,
+    SlowClient,
+    Shutdown,
+}
+
+struct EventLoop {
+    config: TransportConfig,
+    hello_key: MacKey,
+    poll: Poll,
+    listener: TcpListener,
+    conns: HashMap<Token, Conn>,
+    next_token: usize,
+    /// By site id; `None` for this site.
+    peers: Vec<Option<Peer>>,
+    inbox: MpscSender<Frame>,
+    requests: Option<MpscSender<ClientRequest>>,
+    replies: MpscReceiver<(ClientId, ClientReply)>,
+    clients: HashMap<ClientId, Token>,
+    next_client: u64,
+    doorbell: Arc<Doorbell>,
+    stats: Arc<TransportStats>,
+    stop: Arc<AtomicBool>,
+    jitter: Jitter,
+    /// Reused: the encoded parts of the frame being combined.
+    parts_body: Vec<u8>,
+    /// Reused: the frames taken from one peer's queue.
+    popped: Vec<Frame>,
+}
+
+impl EventLoop {
+    fn run(mut self) -> Result<(), TransportError> {
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        let result = self.turns(&mut events);
+        let tokens: Vec<Token> = self.conns.keys().copied().collect();
+        for token in tokens {
+            self.flush(token);
+            self.close(token, CloseCause::Shutdown);
+        }
+        result
+    }
+
+    fn turns(&mut self, events: &mut Events) -> Result<(), TransportError> {
+        while !self.stop.load(Ordering::Acquire) {
+            self.doorbell.begin_external_wait();
+            let timeout = if self.has_queued_work() {
+                Duration::ZERO
+            } else {
+                self.sleep_bound()
+            };
+            let polled = self.poll.poll(events, Some(timeout));
+            self.doorbell.end_external_wait();
+            match polled {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error.into()),
+            }
+            self.stats.polls_total.fetch_add(1, Ordering::Relaxed);
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(),
+                    WAKER => {}
+                    token => self.connection_ready(
+                        token,
+                        event.is_readable() || event.is_read_closed() || event.is_error(),
+                    ),
+                }
+            }
+            self.send_site_frames();
+            self.send_client_replies();
+            self.timers();
+            let tokens: Vec<Token> = self
+                .conns
+                .iter()
+                .filter(|(_, conn)| conn.pending_write_bytes() > 0)
+                .map(|(token, _)| *token)
+                .collect();
+            for token in tokens {
+                self.flush(token);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a queue holds something the loop can act on now: a frame for a peer
+    /// whose connection has room (or for a down peer, to drop), or a client reply.
+    fn has_queued_work(&self) -> bool {
+        let peer_work = self.peers.iter().flatten().any(|peer| {
+            peer.queue.has_items()
+                && match peer.conn.and_then(|token| self.conns.get(&token)) {
+                    Some(conn) if conn.session.is_some() => {
+                        conn.pending_write_bytes() < PEER_WRITE_BYTES_MAX
+                    }
+                    Some(_) => false,
+                    None => true,
+                }
+        });
+        peer_work || self.replies.has_items()
+    }
+
+    /// How long the loop may sleep: until the nearest dial, at most a tick.
+    fn sleep_bound(&self) -> Duration {
+        let tick =
+            Duration::from_millis((self.config.heartbeat_interval_ms / 2).clamp(1, TICK_MS_MAX));
+        let now = Instant::now();
+        self.peers
+            .iter()
+            .flatten()
+            .filter(|peer| peer.dials && peer.conn.is_none())
+            .map(|peer| peer.next_dial.saturating_duration_since(now))
+            .fold(tick, Duration::min)
+    }
+
+    fn register(&mut self, mut stream: TcpStream) -> io::Result<Token> {
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        self.poll.registry().register(
+            &mut stream,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        let conn = Conn::new(stream, None, [0; NONCE_BYTES]);
+        self.conns.insert(token, conn);
+        Ok(token)
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                // A transient failure (a connection reset before accept, out of file
+                // descriptors): the listener stays; the next readiness tries again.
+                Err(_) => return,
+            };
+            let handshaking = self.conns.values().filter(|c| c.session.is_none()).count();
+            let sites = self.peers.len();
+            if handshaking >= HANDSHAKES_MAX || self.conns.len() >= sites + CLIENTS_MAX {
+                self.stats.count_reject(RejectReason::ConnectionLimit);
+                let _ = stream.shutdown(Shutdown::Both);
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let nonce = match fresh_nonce() {
+                Ok(nonce) => nonce,
+                Err(_) => continue,
+            };
+            if let Ok(token) = self.register(stream) {
+                if let Some(conn) = self.conns.get_mut(&token) {
+                    conn.nonce = nonce;
+                }
+            }
+        }
+    }
+
+    fn dial(&mut self, index: usize) {
+        let me = self.config.me.0 as u16;
+        let cluster_id = self.config.cluster_id;
+        let Some(peer) = self.peers[index].as_mut() else {
+            return;
+        };
+        self.stats.peers_dial(peer.id);
+        let (id, addr) = (peer.id, peer.addr);
+        let stream = match TcpStream::connect(addr) {
+            Ok(stream) => stream,
+            Err(_) => {
+                self.schedule_redial(index);
+                return;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (nonce, token) = match fresh_nonce().map_err(io::Error::other).and_then(|nonce| {
+            let token = self.register(stream)?;
+            Ok((nonce, token))
+        }) {
+            Ok(pair) => pair,
+            Err(_) => {
+                self.schedule_redial(index);
+                return;
+            }
+        };
+        let hello_key = self.hello_key.clone();
+        let conn = self.conns.get_mut(&token).expect("registered just now");
+        conn.dialed = Some(id);
+        conn.nonce = nonce;
+        let header = Header {
+            kind: kind::HELLO,
+            body_len: 0,
+            sender: me,
+            receiver: id.0 as u16,
+            cluster_id,
+            sequence: 0,
+        };
+        let hello = Hello {
+            role: role::SITE,
+            nonce,
+        };
+        seal_frame(&mut conn.write, &hello_key, header, |body| {
+            hello.encode(body)
+        });
+        if let Some(peer) = self.peers[index].as_mut() {
+            peer.conn = Some(token);
+        }
+    }
+
+    fn schedule_redial(&mut self, index: usize) {
+        let max = self.config.reconnect_backoff_ms_max;
+        let Some(peer) = self.peers[index].as_mut() else {
+            return;
+        };
+        let wait_ms = self.jitter.wait_ms(peer.backoff_ms);
+        peer.next_dial = Instant::now() + Duration::from_millis(wait_ms);
+        peer.backoff_ms = (peer.backoff_ms * 2).min(max);
+    }
+
+    fn connection_ready(&mut self, token: Token, readable: bool) {
+        if readable {
+            self.read(token);
+        }
+        // A writable event (a finished connect, room in the send buffer) is served by
+        // the flush at the end of the turn.
+    }
+
+    /// Reads until the socket would block, handling each complete frame as it comes, so
+    /// the read buffer never holds more than one frame and one chunk.
+    fn read(&mut self, token: Token) {
+        loop {
+            let Some(conn) = self.conns.get_mut(&token) else {
+                return;
+            };
+            let buffer = conn.reader.buffer_mut();
+            let filled = buffer.len();
+            buffer.resize(filled + READ_CHUNK_BYTES, 0);
+            let result = conn.stream.read(&mut buffer[filled..]);
+            let got = *result.as_ref().unwrap_or(&0);
+            buffer.truncate(filled + got);
+            match result {
+                Ok(0) => return self.close(token, CloseCause::PeerClosed),
+                Ok(bytes) => {
+                    conn.last_heard = Instant::now();
+                    if let Some(Role::Site(site)) = conn.role {
+                        if let Some(peer) = self.stats.peer(site) {
+                            peer.bytes_in_total
+                                .fetch_add(bytes as u64, Ordering::Relaxed);
+                        }
+                    }
+                    if let Err(reason) = self.handle_frames(token) {
+                        self.stats.count_reject(reason);
+                        return self.close(token, CloseCause::Rejected(reason));
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.close(token, CloseCause::Io),
+            }
+        }
+    }
+
+    /// Handles every complete frame in the connection's read buffer.
+    fn handle_frames(&mut self, token: Token) -> Result<(), RejectReason> {
+        loop {
+            let Some(conn) = self.conns.get(&token) else {
+                return Ok(());
+            };
+            let expect = self.expect(conn);
+            let Some(conn) = self.conns.get_mut(&token) else {
+                return Ok(());
+            };
+            let key = match &conn.session {
+                Some(session) => &session.recv_key,
+                None => &self.hello_key,
+            };
+            let Some(frame) = conn.reader.next_frame(&expect, key)? else {
+                return Ok(());
+            };
+            if let Some(session) = conn.session.as_mut() {
+                session.recv_sequence += 1;
+            }
+            match conn.role {
+                None => self.handle_hello(token, frame)?,
+                Some(Role::Site(site)) => self.handle_site_frame(site, frame)?,
+                Some(Role::Client(client)) => self.handle_client_frame(token, client, frame)?,
+            }
+        }
+    }
+
+    /// What the next frame on `conn` must carry.
+    fn expect(&self, conn: &Conn) -> Expect {
+        let me = self.config.me.0 as u16;
+        match (&conn.session, conn.role) {
+            (Some(session), Some(role)) => Expect {
+                cluster_id: self.config.cluster_id,
+                receiver: me,
+                receiver_any_ok: false,
+                sender: Some(match role {
+                    Role::Site(site) => site.0 as u16,
+                    Role::Client(_) => CLIENT_ID,
+                }),
+                sequence: session.recv_sequence,
+            },
+            _ => Expect {
+                cluster_id: self.config.cluster_id,
+                receiver: me,
+                receiver_any_ok: conn.dialed.is_none() && self.config.accept_clients,
+                sender: conn.dialed.map(|site| site.0 as u16),
+                sequence: 0,
+            },
+        }
+    }
+
+    /// The first frame of a connection: checks who speaks, answers an accepted hello
+    /// with ours, and derives the session keys.
+    fn handle_hello(&mut self, token: Token, frame: OpenFrame) -> Result<(), RejectReason> {
+        if frame.header.kind != kind::HELLO {
+            return Err(RejectReason::UnexpectedKind);
+        }
+        let hello = Hello::decode(&frame.body)?;
+        let me = self.config.me;
+        let sender = frame.header.sender;
+        let conn = self.conns.get(&token).expect("the caller holds this token");
+        let (role, dialer, acceptor, answer) = match (conn.dialed, hello.role) {
+            // Our dial: the acceptor answered.
+            (Some(site), role::SITE) => (Role::Site(site), me.0 as u16, sender, false),
+            (Some(_), _) => return Err(RejectReason::BadSender),
+            (None, role::SITE) => {
+                let is_lower_peer = (sender as usize) < self.peers.len()
+                    && sender < me.0 as u16
+                    && frame.header.receiver == me.0 as u16;
+                if !is_lower_peer {
+                    return Err(RejectReason::BadSender);
+                }
+                let site = SiteId(sender as u8);
+                (Role::Site(site), sender, me.0 as u16, true)
+            }
+            (None, _) => {
+                let client_ok = sender == CLIENT_ID && self.requests.is_some();
+                if !client_ok {
+                    return Err(RejectReason::BadSender);
+                }
+                if self.clients.len() >= CLIENTS_MAX {
+                    return Err(RejectReason::ConnectionLimit);
+                }
+                let client = ClientId(self.next_client);
+                self.next_client += 1;
+                (Role::Client(client), CLIENT_ID, me.0 as u16, true)
+            }
+        };
+        let (dialer_nonce, acceptor_nonce) = if answer {
+            (hello.nonce, conn.nonce)
+        } else {
+            (conn.nonce, hello.nonce)
+        };
+        let ids = |sender: u16| SessionIds {
+            dialer,
+            acceptor,
+            dialer_nonce,
+            acceptor_nonce,
+            sender,
+        };
+        let peer_id = if answer { dialer } else { acceptor };
+        let session = Session {
+            send_key: MacKey::session(
+                &self.config.secret,
+                self.config.cluster_id,
+                &ids(me.0 as u16),
+            ),
+            recv_key: MacKey::session(&self.config.secret, self.config.cluster_id, &ids(peer_id)),
+            send_sequence: 1,
+            recv_sequence: 1,
+        };
+        let hello_key = self.hello_key.clone();
+        let cluster_id = self.config.cluster_id;
+        let conn = self
+            .conns
+            .get_mut(&token)
+            .expect("the caller holds this token");
+        if answer {
+            let header = Header {
+                kind: kind::HELLO,
+                body_len: 0,
+                sender: me.0 as u16,
+                receiver: peer_id,
+                cluster_id,
+                sequence: 0,
+            };
+            let ours = Hello {
+                role: role::SITE,
+                nonce: conn.nonce,
+            };
+            seal_frame(&mut conn.write, &hello_key, header, |body| {
+                ours.encode(body)
+            });
+        }
+        conn.session = Some(session);
+        conn.role = Some(role);
+        match role {
+            Role::Site(site) => self.link_up(site, token),
+            Role::Client(client) => {
+                self.clients.insert(client, token);
+                self.stats.clients_connected.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .client_connects_total
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// A handshake finished with `site`: this connection carries the link now. An older
+    /// connection of the same peer (it restarted and dialed again) is closed.
+    fn link_up(&mut self, site: SiteId, token: Token) {
+        let min = self.config.reconnect_backoff_ms_min;
+        let index = site.0 as usize;
+        let old = self.peers[index]
+            .as_mut()
+            .and_then(|peer| peer.conn.replace(token))
+            .filter(|&old| old != token);
+        if let Some(old) = old {
+            self.close(old, CloseCause::Replaced);
+            if let Some(peer) = self.peers[index].as_mut() {
+                peer.conn = Some(token);
+            }
+        }
+        if let Some(peer) = self.peers[index].as_mut() {
+            peer.backoff_ms = min;
+        }
+        if let Some(stats) = self.stats.peer(site) {
+            stats.up.store(true, Ordering::Relaxed);
+            stats.connects_total.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn handle_site_frame(&mut self, site: SiteId, frame: OpenFrame) -> Result<(), RejectReason> {
+        if let Some(stats) = self.stats.peer(site) {
+            stats.frames_in_total.fetch_add(1, Ordering::Relaxed);
+        }
+        match frame.header.kind {
+            kind::HEARTBEAT if frame.body.is_empty() => Ok(()),
+            kind::HEARTBEAT => Err(RejectReason::BadBody),
+            kind::SITE => {
+                let parts = codec::decode_parts(&frame.body).map_err(|_| RejectReason::BadBody)?;
+                if self.inbox.push(Frame { from: site, parts }).is_err() {
+                    if let Some(stats) = self.stats.peer(site) {
+                        stats
+                            .frames_dropped_inbox_total
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(())
+            }
+            _ => Err(RejectReason::UnexpectedKind),
+        }
+    }
+
+    fn handle_client_frame(
+        &mut self,
+        token: Token,
+        client: ClientId,
+        frame: OpenFrame,
+    ) -> Result<(), RejectReason> {
+        match frame.header.kind {
+            kind::HEARTBEAT if frame.body.is_empty() => Ok(()),
+            kind::HEARTBEAT => Err(RejectReason::BadBody),
+            kind::SUBMIT => {
+                let submit =
+                    codec::decode_submit(&frame.body).map_err(|_| RejectReason::BadBody)?;
+                let txns = submit.txns.len() as u64;
+                self.stats
+                    .client_txns_in_total
+                    .fetch_add(txns, Ordering::Relaxed);
+                let Some(requests) = &self.requests else {
+                    return Err(RejectReason::UnexpectedKind);
+                };
+                if let Err(refused) = requests.push(ClientRequest { client, submit }) {
+                    let ids = refused
+                        .into_inner()
+                        .submit
+                        .txns
+                        .iter()
+                        .map(|txn| txn.id)
+                        .collect();
+                    self.stats
+                        .client_txns_busy_total
+                        .fetch_add(txns, Ordering::Relaxed);
+                    let busy = ClientReply::Busy(BusyReply {
+                        ids,
+                        reason: BusyReason::Capacity,
+                    });
+                    self.queue_client_reply(token, &busy);
+                }
+                Ok(())
+            }
+            _ => Err(RejectReason::UnexpectedKind),
+        }
+    }
+
+    /// Takes the frames queued toward each peer and write-combines their parts into as
+    /// few wire frames as the limits allow; frames toward a down peer are dropped.
+    fn send_site_frames(&mut self) {
+        for index in 0..self.peers.len() {
+            let Some(peer) = self.peers[index].as_mut() else {
+                continue;
+            };
+            let up_token = peer
+                .conn
+                .filter(|token| self.conns.get(token).is_some_and(|c| c.session.is_some()));
+            let Some(token) = up_token else {
+                // Down (or still handshaking): what the site loop sent is lost, as on
+                // a network; the protocol retransmits.
+                let dropped = peer
+                    .queue
+                    .pop_batch(&mut self.popped, PEER_FRAMES_PER_TURN_MAX);
+                self.popped.clear();
+                if let Some(stats) = self.stats.peer(peer.id) {
+                    stats
+                        .frames_dropped_down_total
+                        .fetch_add(dropped as u64, Ordering::Relaxed);
+                }
+                continue;
+            };
+            let conn = self.conns.get(&token).expect("filtered above");
+            if conn.pending_write_bytes() >= PEER_WRITE_BYTES_MAX {
+                continue;
+            }
+            peer.queue
+                .pop_batch(&mut self.popped, PEER_FRAMES_PER_TURN_MAX);
+            if !self.popped.is_empty() {
+                self.combine_and_seal(token, SiteId(index as u8));
+            }
+        }
+    }
+
+    /// Encodes every part of `self.popped` into SITE frames on connection `token`.
+    fn combine_and_seal(&mut self, token: Token, site: SiteId) {
+        let me = self.config.me.0 as u16;
+        let cluster_id = self.config.cluster_id;
+        let mut popped = std::mem::take(&mut self.popped);
+        let mut parts_body = std::mem::take(&mut self.parts_body);
+        let mut part_count = 0u32;
+        let mut scratch = Vec::new();
+        let conn = self.conns.get_mut(&token).expect("the caller checked it");
+        let stats = self.stats.peer(site).expect("a peer of the cluster");
+        let mut sealed_frames = 0u64;
+        for frame in popped.drain(..) {
+            for part in &frame.parts {
+                scratch.clear();
+                codec::encode_part(part, &mut scratch);
+                if 4 + scratch.len() > FRAME_BODY_BYTES_MAX {
+                    stats
+                        .parts_dropped_oversized_total
+                        .fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let full = part_count as usize == FRAME_PARTS_MAX
+                    || 4 + parts_body.len() + scratch.len() > FRAME_BODY_BYTES_MAX;
+                if full {
+                    seal_parts(conn, me, cluster_id, part_count, &parts_body);
+                    sealed_frames += 1;
+                    parts_body.clear();
+                    part_count = 0;
+                }
+                parts_body.extend_from_slice(&scratch);
+                part_count += 1;
+            }
+        }
+        if part_count > 0 {
+            seal_parts(conn, me, cluster_id, part_count, &parts_body);
+            sealed_frames += 1;
+        }
+        stats
+            .frames_out_total
+            .fetch_add(sealed_frames, Ordering::Relaxed);
+        parts_body.clear();
+        self.parts_body = parts_body;
+        self.popped = popped;
+    }
+
+    fn send_client_replies(&mut self) {
+        let mut replies = Vec::new();
+        self.replies.pop_batch(&mut replies, REPLIES_PER_TURN_MAX);
+        for (client, reply) in replies {
+            match self.clients.get(&client) {
+                Some(&token) => self.queue_client_reply(token, &reply),
+                None => {
+                    self.stats
+                        .client_replies_dropped_total
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn queue_client_reply(&mut self, token: Token, reply: &ClientReply) {
+        let me = self.config.me.0 as u16;
+        let cluster_id = self.config.cluster_id;
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        if conn.pending_write_bytes() >= CLIENT_WRITE_BYTES_MAX {
+            self.stats
+                .clients_closed_slow_total
+                .fetch_add(1, Ordering::Relaxed);
+            return self.close(token, CloseCause::SlowClient);
+        }
+        // A reply of more items than a frame may carry goes out in several frames.
+        match reply {
+            ClientReply::Outcomes(outcomes) => {
+                for items in outcomes.items.chunks(REPLY_ITEMS_MAX) {
+                    let chunk = Outcomes {
+                        items: items.to_vec(),
+                    };
+                    conn.seal(me, cluster_id, kind::OUTCOMES, |body| {
+                        codec::encode_outcomes(&chunk, body)
+                    });
+                }
+            }
+            ClientReply::Busy(busy) => {
+                for ids in busy.ids.chunks(REPLY_ITEMS_MAX) {
+                    let chunk = BusyReply {
+                        ids: ids.to_vec(),
+                        reason: busy.reason,
+                    };
+                    conn.seal(me, cluster_id, kind::BUSY, |body| {
+                        codec::encode_busy(&chunk, body)
+                    });
+                }
+            }
+        }
+    }
+
+    /// Dials peers whose time has come, sends heartbeats, and closes silent links and
+    /// handshakes that take too long.
+    fn timers(&mut self) {
+        let now = Instant::now();
+        for index in 0..self.peers.len() {
+            let due = self.peers[index]
+                .as_ref()
+                .is_some_and(|peer| peer.dials && peer.conn.is_none() && peer.next_dial <= now);
+            if due {
+                self.dial(index);
+            }
+        }
+        let heartbeat = Duration::from_millis(self.config.heartbeat_interval_ms);
+        let silent = Duration::from_millis(self.config.peer_silent_ms_max);
+        let me = self.config.me.0 as u16;
+        let cluster_id = self.config.cluster_id;
+        let mut to_close = Vec::new();
+        for (&token, conn) in self.conns.iter_mut() {
+            match conn.role {
+                None if now.duration_since(conn.opened) > silent => {
+                    to_close.push((token, CloseCause::Rejected(RejectReason::HandshakeTimeout)))
+                }
+                None => {}
+                Some(role) => {
+                    let is_site = matches!(role, Role::Site(_));
+                    if is_site && now.duration_since(conn.last_heard) > silent {
+                        to_close.push((token, CloseCause::Silent));
+                        continue;
+                    }
+                    if now.duration_since(conn.last_sent) >= heartbeat
+                        && conn.pending_write_bytes() == 0
+                        && conn.seal(me, cluster_id, kind::HEARTBEAT, |_| {}).is_some()
+                    {
+                        self.stats
+                            .heartbeats_out_total
+                            .fetch_add(1, Ordering::Relaxed);
+                        conn.last_sent = now;
+                    }
+                }
+            }
+        }
+        for (token, cause) in to_close {
+            if let CloseCause::Rejected(reason) = cause {
+                self.stats.count_reject(reason);
+            }
+            self.close(token, cause);
+        }
+    }
+
+    /// Writes what is pending on `token` until done or the socket would block.
+    fn flush(&mut self, token: Token) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        let mut sent = 0usize;
+        let mut failed = false;
+        while conn.written < conn.write.len() {
+            match conn.stream.write(&conn.write[conn.written..]) {
+                Ok(0) => {
+                    failed = true;
+                    break;
+                }
+                Ok(bytes) => {
+                    conn.written += bytes;
+                    sent += bytes;
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                // A connect still in progress reports NotConnected until it finishes.
+                Err(error) if error.kind() == io::ErrorKind::NotConnected => break,
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if sent > 0 {
+            conn.last_sent = Instant::now();
+        }
+        if conn.written == conn.write.len() {
+            conn.write.clear();
+            conn.written = 0;
+        }
+        if let Some(Role::Site(site)) = conn.role {
+            if let Some(stats) = self.stats.peer(site) {
+                stats
+                    .bytes_out_total
+                    .fetch_add(sent as u64, Ordering::Relaxed);
+            }
+        }
+        if failed {
+            self.close(token, CloseCause::Io);
+        }
+    }
+
+    /// Closes a connection and updates whatever it carried: a site link goes down (and
+    /// is redialed, if this end dials), a client is forgotten.
+    fn close(&mut self, token: Token, cause: CloseCause) {
+        let Some(mut conn) = self.conns.remove(&token) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        let _ = conn.stream.shutdown(Shutdown::Both);
+        let site = match conn.role {
+            Some(Role::Site(site)) => Some(site),
+            Some(Role::Client(client)) => {
+                self.clients.remove(&client);
+                self.stats.clients_connected.fetch_sub(1, Ordering::Relaxed);
+                None
+            }
+            None => conn.dialed,
+        };
+        let Some(site) = site else {
+            return;
+        };
+        let index = site.0 as usize;
+        let carried = self.peers[index]
+            .as_ref()
+            .is_some_and(|peer| peer.conn == Some(token));
+        if !carried {
+            return;
+        }
+        if let Some(peer) = self.peers[index].as_mut() {
+            peer.conn = None;
+        }
+        if let Some(stats) = self.stats.peer(site) {
+            if stats.up.swap(false, Ordering::Relaxed) {
+                stats.downs_total.fetch_add(1, Ordering::Relaxed);
+            }
+            if matches!(cause, CloseCause::Silent) {
+                stats.silent_downs_total.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if self.peers[index].as_ref().is_some_and(|peer| peer.dials)
+            && !matches!(cause, CloseCause::Shutdown)
+        {
+            self.schedule_redial(index);
+        }
+    }
+}
+
+fn seal_parts(conn: &mut Conn, me: u16, cluster_id: u64, count: u32, parts_body: &[u8]) {
+    let sealed = conn.seal(me, cluster_id, kind::SITE, |body| {
+        body.extend_from_slice(&count.to_le_bytes());
+        body.extend_from_slice(parts_body);
+    });
+    debug_assert!(
+        sealed.is_some(),
+        "the caller keeps the body within the limit"
+    );
+}
+
+impl TransportStats {
+    fn peers_dial(&self, site: SiteId) {
+        if let Some(peer) = self.peer(site) {
+            peer.dials_total.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The blocking network client.
+
+/// A network client's connection to one node, authenticated with the cluster secret
+/// under the role "client". Blocking; [`split`](Self::split) it to send from one thread
+/// and receive on another.
+pub struct ClientConnection {
+    sender: ClientSender,
+    receiver: ClientReceiver,
+}
+
+/// The sending half of a [`ClientConnection`].
+pub struct ClientSender {
+    stream: std::net::TcpStream,
+    key: MacKey,
+    sequence: u64,
+    node: u16,
+    cluster_id: u64,
+    buffer: Vec<u8>,
+}
+
+/// The receiving half of a [`ClientConnection`].
+pub struct ClientReceiver {
+    stream: std::net::TcpStream,
+    key: MacKey,
+    sequence: u64,
+    node: u16,
+    cluster_id: u64,
+    reader: FrameReader,
+}
+
+impl ClientConnection {
+    /// Connects to the node at `addr` and runs the handshake; fails if the node does not
+    /// answer within a few seconds, or answers with a bad frame.
+    pub fn connect(
+        addr: SocketAddr,
+        cluster_id: u64,
+        secret: &[u8; SECRET_BYTES],
+    ) -> Result<ClientConnection, TransportError> {
+        let connect_error = |source| TransportError::Connect { addr, source };
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, CLIENT_HANDSHAKE_TIMEOUT)
+            .map_err(connect_error)?;
+        stream.set_nodelay(true).map_err(connect_error)?;
+        let hello_key = MacKey::hello(secret, cluster_id);
+        let nonce = fresh_nonce()?;
+        let mut hello_frame = Vec::new();
+        let header = Header {
+            kind: kind::HELLO,
+            body_len: 0,
+            sender: CLIENT_ID,
+            receiver: ANY_RECEIVER,
+            cluster_id,
+            sequence: 0,
+        };
+        let ours = Hello {
+            role: role::CLIENT,
+            nonce,
+        };
+        seal_frame(&mut hello_frame, &hello_key, header, |body| {
+            ours.encode(body)
+        });
+        stream.write_all(&hello_frame).map_err(connect_error)?;
+        let mut reader = FrameReader::new();
+        let expect = Expect {
+            cluster_id,
+            receiver: CLIENT_ID,
+            receiver_any_ok: false,
+            sender: None,
+            sequence: 0,
+        };
+        let deadline = Instant::now() + CLIENT_HANDSHAKE_TIMEOUT;
+        let frame = read_frame(
+            &mut stream,
+            &mut reader,
+            &expect,
+            &hello_key,
+            Some(deadline),
+        )?
+        .ok_or(TransportError::HandshakeTimeout { addr })?;
+        let theirs = Hello::decode(&frame.body).map_err(TransportError::Rejected)?;
+        if frame.header.kind != kind::HELLO || theirs.role != role::SITE {
+            return Err(TransportError::Rejected(RejectReason::UnexpectedKind));
+        }
+        let node = frame.header.sender;
+        let ids = |sender| SessionIds {
+            dialer: CLIENT_ID,
+            acceptor: node,
+            dialer_nonce: nonce,
+            acceptor_nonce: theirs.nonce,
+            sender,
+        };
+        let receive_stream = stream.try_clone()?;
+        Ok(ClientConnection {
+            sender: ClientSender {
+                stream,
+                key: MacKey::session(secret, cluster_id, &ids(CLIENT_ID)),
+                sequence: 1,
+                node,
+                cluster_id,
+                buffer: Vec::new(),
+            },
+            receiver: ClientReceiver {
+                stream: receive_stream,
+                key: MacKey::session(secret, cluster_id, &ids(node)),
+                sequence: 1,
+                node,
+                cluster_id,
+                reader,
+            },
+        })
+    }
+
+    /// The site id of the node this connection reached.
+    pub fn node(&self) -> SiteId {
+        SiteId(self.sender.node as u8)
+    }
+
+    /// Sends many transactions in one frame.
+    pub fn send(&mut self, submit: &Submit) -> Result<(), TransportError> {
+        self.sender.send(submit)
+    }
+
+    /// Waits for the next reply.
+    pub fn recv(&mut self) -> Result<ClientReply, TransportError> {
+        self.receiver.recv()
+    }
+
+    /// Waits at most `timeout` for the next reply.
+    pub fn recv_timeout(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Option<ClientReply>, TransportError> {
+        self.receiver.recv_timeout(timeout)
+    }
+
+    /// The two halves, to send and receive on different threads.
+    pub fn split(self) -> (ClientSender, ClientReceiver) {
+        (self.sender, self.receiver)
+    }
+}
+
+impl ClientSender {
+    /// Sends many transactions in one frame (at most `SUBMIT_TXNS_MAX`).
+    pub fn send(&mut self, submit: &Submit) -> Result<(), TransportError> {
+        if submit.txns.len() > codec::SUBMIT_TXNS_MAX {
+            return Err(TransportError::TooManyTxns {
+                count: submit.txns.len(),
+            });
+        }
+        self.send_frame(kind::SUBMIT, |body| codec::encode_submit(submit, body))
+    }
+
+    /// Sends a heartbeat (the node does not require them from clients; a client that
+    /// wants its idle connection to show life may send them).
+    pub fn heartbeat(&mut self) -> Result<(), TransportError> {
+        self.send_frame(kind::HEARTBEAT, |_| {})
+    }
+
+    fn send_frame(
+        &mut self,
+        kind: u8,
+        encode_body: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), TransportError> {
+        self.buffer.clear();
+        let header = Header {
+            kind,
+            body_len: 0,
+            sender: CLIENT_ID,
+            receiver: self.node,
+            cluster_id: self.cluster_id,
+            sequence: self.sequence,
+        };
+        seal_frame(&mut self.buffer, &self.key, header, encode_body).ok_or(
+            TransportError::TooLarge {
+                bytes: self.buffer.len(),
+            },
+        )?;
+        self.sequence += 1;
+        self.stream.write_all(&self.buffer)?;
+        Ok(())
+    }
+}
+
+impl ClientReceiver {
+    /// Waits for the next reply (heartbeats are skipped).
+    pub fn recv(&mut self) -> Result<ClientReply, TransportError> {
+        loop {
+            if let Some(reply) = self.next(None)? {
+                return Ok(reply);
+            }
+        }
+    }
+
+    /// Waits at most `timeout` for the next reply.
+    pub fn recv_timeout(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Option<ClientReply>, TransportError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.next(Some(deadline))? {
+                Some(reply) => return Ok(Some(reply)),
+                None if Instant::now() >= deadline => return Ok(None),
+                None => {}
+            }
+        }
+    }
+
+    /// One frame: a reply, or `None` for a heartbeat or a passed deadline.
+    fn next(&mut self, deadline: Option<Instant>) -> Result<Option<ClientReply>, TransportError> {
+        let expect = Expect {
+            cluster_id: self.cluster_id,
+            receiver: CLIENT_ID,
+            receiver_any_ok: false,
+            sender: Some(self.node),
+            sequence: self.sequence,
+        };
+        let Some(frame) = read_frame(
+            &mut self.stream,
+            &mut self.reader,
+            &expect,
+            &self.key,
+            deadline,
+        )?
+        else {
+            return Ok(None);
+        };
+        self.sequence += 1;
+        let bad_body = |_| TransportError::Rejected(RejectReason::BadBody);
+        match frame.header.kind {
+            kind::HEARTBEAT => Ok(None),
+            kind::OUTCOMES => Ok(Some(ClientReply::Outcomes(
+                codec::decode_outcomes(&frame.body).map_err(bad_body)?,
+            ))),
+            kind::BUSY => Ok(Some(ClientReply::Busy(
+                codec::decode_busy(&frame.body).map_err(bad_body)?,
+            ))),
+            _ => Err(TransportError::Rejected(RejectReason::UnexpectedKind)),
+        }
+    }
+}
+
+/// Reads from a blocking stream until one frame is complete or `deadline` passes
+/// (`Ok(None)`); `None` waits without a deadline.
+fn read_frame(
+    stream: &mut std::net::TcpStream,
+    reader: &mut FrameReader,
+    expect: &Expect,
+    key: &MacKey,
+    deadline: Option<Instant>,
+) -> Result<Option<OpenFrame>, TransportError> {
+    loop {
+        if let Some(frame) = reader
+            .next_frame(expect, key)
+            .map_err(TransportError::Rejected)?
+        {
+            return Ok(Some(frame));
+        }
+        let timeout = match deadline {
+            None => None,
+            Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => return Ok(None),
+            },
+        };
+        stream.set_read_timeout(timeout)?;
+        let buffer = reader.buffer_mut();
+        let filled = buffer.len();
+        buffer.resize(filled + READ_CHUNK_BYTES, 0);
+        let result = stream.read(&mut buffer[filled..]);
+        let got = *result.as_ref().unwrap_or(&0);
+        buffer.truncate(filled + got);
+        match result {
+            Ok(0) => return Err(TransportError::Closed),
+            Ok(_) => {}
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! `tricommit cluster up DIR`: every site as a child process, until a signal.
+//!
+//! Readiness: each node prints `ready <site>` on its stdout once its transport has a
+//! link up to every other site (and, on `replica-0`, takes clients); `cluster up`
+//! prints `ready` once every node has. Other lines of the nodes' stdout are passed on
+//! prefixed with the site's name; their stderr is passed through.
+
+use std::io::{BufRead, Write};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use tricommit_engine::client::config::{load_key, ClusterConfig};
+
+/// How often the supervisor looks at signals and children.
+const POLL_MS: u64 = 20;
+/// Node output lines passed on per turn, so that a chatty node cannot hold off the
+/// checks for signals and dead nodes.
+const LINES_PER_TURN_MAX: usize = 1024;
+/// How long the nodes have to become ready before `up` gives up on them.
+const READY_WAIT_MS_MAX: u64 = 60_000;
+/// How long a stopping node may take (its drain bound is a few seconds) before it is
+/// killed.
+const STOP_GRACE_MS: u64 = 30_000;
+
+/// The children, killed on every path out of `run` (Drop).
+struct Children {
+    sites: Vec<(String, Child)>,
+}
+
+impl Children {
+    /// Sends SIGTERM to every child still running and waits for them, up to
+    /// `STOP_GRACE_MS`; then SIGKILLs the rest. Returns whether every child exited 0.
+    fn stop(&mut self) -> bool {
+        for (_, child) in &mut self.sites {
+            if matches!(child.try_wait(), Ok(None)) {
+                signal(child, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_millis(STOP_GRACE_MS);
+        let mut clean = true;
+        for (name, child) in &mut self.sites {
+            let status = loop {
+                match child.try_wait() {
+                    Ok(Some(status)) => break Some(status),
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(POLL_MS))
+                    }
+                    _ => {
+                        eprintln!("tricommit: {name} did not stop in time; killing it");
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break None;
+                    }
+                }
+            };
+            if !status.is_some_and(|status| status.success()) {
+                clean = false;
+            }
+        }
+        self.sites.clear();
+        clean
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        if !self.sites.is_empty() {
+            self.stop();
+        }
+    }
+}
+
+fn signal(child: &Child, number: libc::c_int) {
+    let Ok(pid) = libc::pid_t::try_from(child.id()) else {
+        return;
+    };
+    // SAFETY: kill(2) takes plain integers and touches no memory of this process; the
+    // pid is our own child, not yet reaped (try_wait said it runs), so it names it.
+    unsafe {
+        libc::kill(pid, number);
+    }
+}
+
+pub fn run(dir: &Path) -> ExitCode {
+    let cluster = match ClusterConfig::load(dir).and_then(|cluster| {
+        load_key(dir)?;
+        Ok(cluster)
+    }) {
+        Ok(cluster) => cluster,
+        Err(error) => {
+            eprintln!("tricommit: error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for number in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(error) = signal_hook::flag::register(number, stop.clone()) {
+            eprintln!("tricommit: error: cannot handle signal {number}: {error}");
+            return ExitCode::from(1);
+        }
+    }
+    let (lines, receiver) = mpsc::channel();
+    let mut children = Children { sites: Vec::new() };
+    for site in cluster.site_entries() {
+        match spawn_node(dir, &site.name, children.sites.len(), lines.clone()) {
+            Ok(child) => children.sites.push((site.name, child)),
+            Err(error) => {
+                eprintln!("tricommit: error: cannot start {}: {error}", site.name);
+                return ExitCode::from(1);
+            }
+        }
+    }
+    drop(lines);
+    supervise(&mut children, &receiver, &stop)
+}
+
+/// Starts `tricommit node` for one site; a thread passes its stdout lines on.
+fn spawn_node(
+    dir: &Path,
+    name: &str,
+    index: usize,
+    lines: mpsc::Sender<(usize, String)>,
+) -> std::io::Result<Child> {
+    let exe = std::env::current_exe()?;
+    let mut command = Command::new(exe);
+    command
+        .args(["node", "--cluster"])
+        .arg(dir)
+        .args(["--site", name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe calls are allowed; prctl(2) is one, and it allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            // A supervisor killed without a chance to stop its nodes takes them along.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let mut child = command.spawn()?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines.send((index, line)).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(child)
+}
+
+/// Waits for readiness, then for a signal or a dead node; stops every node.
+fn supervise(
+    children: &mut Children,
+    lines: &mpsc::Receiver<(usize, String)>,
+    stop: &AtomicBool,
+) -> ExitCode {
+    let names: Vec<String> = children
+        .sites
+        .iter()
+        .map(|(name, _)| name.clone())
+        .collect();
+    let mut ready = vec![false; names.len()];
+    let mut announced = false;
+    let started = Instant::now();
+    loop {
+        let mut received = match lines.recv_timeout(Duration::from_millis(POLL_MS)) {
+            Ok(first) => vec![first],
+            Err(mpsc::RecvTimeoutError::Timeout) => Vec::new(),
+            // Every node's stdout closed: they are exiting, which the checks below see.
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(Duration::from_millis(POLL_MS));
+                Vec::new()
+            }
+        };
+        received.extend(lines.try_iter().take(LINES_PER_TURN_MAX));
+        for (index, line) in received {
+            if line.starts_with("ready") {
+                ready[index] = true;
+            } else {
+                println!("[{}] {line}", names[index]);
+            }
+        }
+        if !announced && ready.iter().all(|&ready| ready) {
+            announced = true;
+            println!("ready");
+            let _ = std::io::stdout().flush();
+        }
+        if stop.load(Ordering::Relaxed) {
+            eprintln!("tricommit: stopping the cluster");
+            return if children.stop() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            };
+        }
+        for (name, child) in &mut children.sites {
+            if let Ok(Some(status)) = child.try_wait() {
+                eprintln!("tricommit: error: {name} exited ({status}); stopping the others");
+                children.stop();
+                return ExitCode::from(1);
+            }
+        }
+        if !announced && started.elapsed() > Duration::from_millis(READY_WAIT_MS_MAX) {
+            let waiting: Vec<&str> = names
+                .iter()
+                .zip(&ready)
+                .filter(|(_, &ready)| !ready)
+                .map(|(name, _)| name.as_str())
+                .collect();
+            eprintln!(
+                "tricommit: error: not ready after {} s: {}; stopping the cluster",
+                READY_WAIT_MS_MAX / 1000,
+                waiting.join(", ")
+            );
+            children.stop();
+            return ExitCode::from(1);
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! `tricommit-load --cluster DIR`: the load generator as a network client of a running
+//! cluster.
+//!
+//! The workload, scenarios, `--json` and `--history` are the in-process ones; only the
+//! engine is replaced by a [`RemoteClient`]. The cluster's shape (ledgers, accounts,
+//! initial balance) comes from its cluster.toml, as do its engine settings.
+//!
+//! The bank invariant is checked on the nodes' logs: once every outcome is in, the
+//! participants' ledgers are recovered read-only from their data directories
+//! (`DIR/participant-N/`, as `ledger dump --cluster` does) while the cluster keeps
+//! running, and their total must equal the genesis total.
+//!
+//! Two things make a live read lag: a participant logs COMMIT without a sync (the
+//! records of the last batches may still be in its buffers), and COMMIT reaches the
+//! participants after the client's answer. So the check first sends one probe transfer
+//! per ledger that no ledger can accept (an amount above every balance): each ledger
+//! prepares it, which syncs its log past every COMMIT that came before it on the same
+//! link. The probes abort and change no balance; their ids have the top bit set, which
+//! no workload id has. Probes and read are repeated, within `BANK_CHECK_WAIT_MS_MAX`,
+//! while a commit may still be in flight; a real violation never settles. (The
+//! stopped cluster's `ledger dump --cluster` is the check that needs no waiting: a
+//! node syncs everything when it stops.)
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tricommit_engine::client::{ClusterConfig, RemoteClient};
+use tricommit_engine::proto::TxnId;
+use tricommit_engine::runtime::recover_ledgers;
+use tricommit_engine::{Outcome, Txn};
+
+use super::{scenario::Scenario, Args, LoadError};
+
+/// Read-only recoveries of the ledgers before the bank check gives its verdict, and
+/// the time they may take: a COMMIT lost to a full queue is only re-learned by the
+/// participant's pending timeout and termination (seconds), so a verdict of failure
+/// waits that long.
+const BANK_CHECK_ATTEMPTS_MAX: u32 = 100;
+const BANK_CHECK_WAIT_MS_MAX: u64 = 20_000;
+/// Pause between two of them.
+const BANK_CHECK_PAUSE_MS: u64 = 200;
+/// Rounds of probes, one after the other: a COMMIT may travel in the same frame as the
+/// next batch's PREPARE, after it, so one round's sync may not cover it; the next
+/// round's does.
+const PROBE_ROUNDS: u64 = 2;
+/// How long a probe may take to be answered.
+const PROBE_WAIT_MS_MAX: u64 = 30_000;
+/// The id bit of the probes; workload ids stay below it.
+const PROBE_ID_BIT: u64 = 1 << 63;
+/// Bits of the random run prefix (`Workload::id_base`), between the workload's own id
+/// bits and the probe bit. Two runs against one cluster collide with probability
+/// 2^-15; a collision shows as transactions answered with an earlier run's outcome.
+const RUN_PREFIX_BITS: u32 = 63 - super::driver::RUN_PREFIX_SHIFT;
+
+/// A random, non-zero run prefix for the ids of a cluster run.
+pub fn run_prefix() -> Result<u64, LoadError> {
+    let bytes = tricommit_engine::client::config::random_key()
+        .map_err(|error| LoadError::Cluster(format!("reading /dev/urandom: {error}")))?;
+    let random = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    let prefix = (random % ((1 << RUN_PREFIX_BITS) - 1)) + 1;
+    Ok(prefix << super::driver::RUN_PREFIX_SHIFT)
+}
+
+/// Sends the probes (see the module comment) and waits for their outcomes.
+fn probe_ledgers(client: &RemoteClient, ledgers: u64, id_base: u64) -> Result<(), LoadError> {
+    let mut tickets = Vec::new();
+    for ledger in 0..ledgers {
+        let id = TxnId(PROBE_ID_BIT | id_base | ledger);
+        let to = ((ledger + 1) % ledgers) as u8;
+        let txn = Txn::transfer(id, (ledger as u8, 0), (to, 0), i64::MAX as u64)
+            .map_err(|error| LoadError::Cluster(format!("probe: {error}")))?;
+        let ticket = client
+            .submit(txn)
+            .map_err(|busy| LoadError::Cluster(format!("probe: {busy}")))?;
+        tickets.push(ticket);
+    }
+    for ticket in tickets {
+        match ticket.wait_timeout(Duration::from_millis(PROBE_WAIT_MS_MAX)) {
+            Ok(Outcome::Aborted(_)) => {}
+            Ok(outcome) => {
+                return Err(LoadError::Cluster(format!(
+                    "a probe transfer above every balance ended {outcome:?}"
+                )))
+            }
+            Err(_) => return Err(LoadError::Cluster("a probe was not answered".into())),
+        }
+    }
+    Ok(())
+}
+
+/// The arguments of a cluster run: the cluster's ledgers replace the flags'.
+pub fn args_for(args: &Args, dir: &Path) -> Result<Args, LoadError> {
+    if args.scenario == Scenario::Failure {
+        return Err(LoadError::FailureNeedsEmbedded);
+    }
+    let cluster =
+        ClusterConfig::load(dir).map_err(|error| LoadError::Cluster(error.to_string()))?;
+    let mut args = args.clone();
+    args.ledgers = cluster.participants;
+    args.accounts = cluster.ledger.accounts;
+    args.initial_balance = cluster.ledger.initial_balance;
+    args.batch_txns_max = cluster.engine.batch_txns_max;
+    args.batch_delay_us = cluster.engine.batch_delay_us_max;
+    Ok(args)
+}
+
+/// Connects to the cluster's opening replica.
+pub fn connect(dir: &Path) -> Result<RemoteClient, LoadError> {
+    RemoteClient::connect(dir).map_err(|error| LoadError::Cluster(error.to_string()))
+}
+
+/// The bank invariant over the running cluster's ledgers (see the module comment).
+pub fn check_bank(
+    dir: &Path,
+    client: &RemoteClient,
+    ledgers: u64,
+    id_base: u64,
+    expected_total: i128,
+) -> Result<Result<(), String>, LoadError> {
+    let deadline = Instant::now() + Duration::from_millis(BANK_CHECK_WAIT_MS_MAX);
+    let mut verdict = Err("no attempt".to_owned());
+    for attempt in 0..BANK_CHECK_ATTEMPTS_MAX {
+        for round in 0..PROBE_ROUNDS {
+            let round_id = (u64::from(attempt) * PROBE_ROUNDS + round) << 16;
+            probe_ledgers(client, ledgers, id_base | round_id)?;
+        }
+        let last = attempt + 1 == BANK_CHECK_ATTEMPTS_MAX || Instant::now() >= deadline;
+        verdict = match recover_ledgers(dir, |_| None) {
+            Ok(ledgers) => total_of(&ledgers, expected_total),
+            // A log read while its node appends may end in a record being written: the
+            // next attempt reads it whole.
+            Err(error) if !last => Err(error.to_string()),
+            Err(error) => return Err(error.into()),
+        };
+        if verdict.is_ok() || last {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(BANK_CHECK_PAUSE_MS));
+    }
+    Ok(verdict)
+}
+
+fn total_of(
+    ledgers: &[tricommit_engine::runtime::RecoveredLedger],
+    expected_total: i128,
+) -> Result<(), String> {
+    let mut total: i128 = 0;
+    for recovered in ledgers {
+        let ledger = recovered.ledger();
+        ledger
+            .check_invariants()
+            .map_err(|error| format!("ledger {}: {error}", recovered.index))?;
+        total += ledger.total_balance();
+    }
+    if total != expected_total {
+        return Err(format!(
+            "total balance is {total}, expected {expected_total}"
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,77 @@
+//! `tricommit node --cluster DIR --site NAME`: one site of a cluster, in the foreground.
+//!
+//! It recovers the site from `DIR/<site>/`, starts its transport and serves until
+//! SIGTERM or SIGINT, then drains and exits 0. It prints `ready <site>` on stdout once
+//! its links to every other site are up (what `cluster up` waits for). Bad input (the
+//! cluster files, the site name, a port in use) exits 2; a failure while running
+//! exits 1.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tricommit_engine::runtime::node::Node;
+
+/// How often the node looks at signals, its links and its site loop.
+const POLL_MS: u64 = 20;
+
+#[derive(clap::Args)]
+pub struct NodeArgs {
+    /// The cluster directory (`tricommit cluster init`).
+    #[arg(long)]
+    cluster: PathBuf,
+    /// This node's site: replica-N or participant-N.
+    #[arg(long)]
+    site: String,
+    /// Serve metrics on HOST:PORT. Not served by this build: the flag is refused
+    /// rather than ignored.
+    #[arg(long)]
+    metrics_addr: Option<String>,
+}
+
+pub fn run(args: NodeArgs) -> ExitCode {
+    if let Some(addr) = &args.metrics_addr {
+        eprintln!(
+            "tricommit: error: --metrics-addr {addr}: this build serves no metrics (the \
+             observability work adds them)"
+        );
+        return ExitCode::from(2);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for number in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(error) = signal_hook::flag::register(number, stop.clone()) {
+            eprintln!("tricommit: error: cannot handle signal {number}: {error}");
+            return ExitCode::from(1);
+        }
+    }
+    let node = match Node::start(&args.cluster, &args.site) {
+        Ok(node) => node,
+        Err(error) => {
+            eprintln!("tricommit: error: {}: {error}", args.site);
+            return ExitCode::from(if error.is_input() { 2 } else { 1 });
+        }
+    };
+    let mut announced = false;
+    while !stop.load(Ordering::Relaxed) && !node.site_finished() {
+        if !announced && node.links_up() {
+            announced = true;
+            println!("ready {}", args.site);
+            let _ = std::io::stdout().flush();
+        }
+        std::thread::sleep(Duration::from_millis(POLL_MS));
+    }
+    match node.shutdown() {
+        Ok(()) if stop.load(Ordering::Relaxed) => ExitCode::SUCCESS,
+        Ok(()) => {
+            eprintln!("tricommit: error: {}: the site stopped", args.site);
+            ExitCode::from(1)
+        }
+        Err(error) => {
+            eprintln!("tricommit: error: {}: {error}", args.site);
+            ExitCode::from(1)
+        }
+    }
+}
