@@ -1472,3 +1472,92 @@ fn read_frame(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves that every reconnect wait lies in the upper half of its backoff, and that
+    // the waits are not all equal (the jitter that keeps sites out of lockstep).
+    #[test]
+    fn jitter_stays_in_the_upper_half() {
+        let mut jitter = Jitter::new(12345);
+        for backoff_ms in [1u64, 2, 10, 1000, 600_000] {
+            let waits: Vec<u64> = (0..200).map(|_| jitter.wait_ms(backoff_ms)).collect();
+            assert!(waits
+                .iter()
+                .all(|&wait| wait >= backoff_ms / 2 && wait <= backoff_ms));
+            if backoff_ms >= 10 {
+                assert!(waits.iter().any(|&wait| wait != waits[0]), "{backoff_ms}");
+            }
+        }
+    }
+
+    // Proves the doorbell's wake hook protocol as the event loop uses it: a push while
+    // the loop is marked waiting runs the hook (wakes epoll), a push while it runs does
+    // not (the loop will see the item on its next check).
+    #[test]
+    fn doorbell_wakes_the_event_loop_only_while_it_waits() {
+        use std::sync::atomic::AtomicU64;
+        let wakes = Arc::new(AtomicU64::new(0));
+        let counter = wakes.clone();
+        let doorbell = Arc::new(Doorbell::with_wake_hook(WakeHook(Arc::new(move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }))));
+        let (sender, mut receiver) = channel::<u32>(8, doorbell.clone()).expect("capacity");
+        sender.push(1).expect("room");
+        assert_eq!(wakes.load(Ordering::Relaxed), 0, "running: no wake needed");
+        doorbell.begin_external_wait();
+        assert!(
+            receiver.has_items(),
+            "the check after begin sees the earlier item"
+        );
+        sender.push(2).expect("room");
+        assert_eq!(wakes.load(Ordering::Relaxed), 1, "waiting: the hook ran");
+        doorbell.end_external_wait();
+        sender.push(3).expect("room");
+        assert_eq!(wakes.load(Ordering::Relaxed), 1);
+        let mut items = Vec::new();
+        receiver.pop_batch(&mut items, 8);
+        assert_eq!(items, vec![1, 2, 3]);
+    }
+
+    // Proves that a configuration with gaps in the site ids, a duplicate id, or timers
+    // out of their bounds is refused with a sentence, before anything binds.
+    #[test]
+    fn bad_configurations_are_refused() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().expect("address");
+        let good = TransportConfig {
+            cluster_id: 1,
+            me: SiteId(0),
+            listen: addr,
+            peers: vec![(SiteId(1), addr)],
+            secret: [0; SECRET_BYTES],
+            heartbeat_interval_ms: 10,
+            peer_silent_ms_max: 20,
+            reconnect_backoff_ms_min: 1,
+            reconnect_backoff_ms_max: 1,
+            accept_clients: false,
+        };
+        assert_eq!(good.validate().expect("valid"), 2);
+        let mut gap = good.clone();
+        gap.peers = vec![(SiteId(2), addr)];
+        let mut duplicate = good.clone();
+        duplicate.peers = vec![(SiteId(1), addr), (SiteId(1), addr)];
+        let mut silent = good.clone();
+        silent.peer_silent_ms_max = 19;
+        let mut heartbeat = good.clone();
+        heartbeat.heartbeat_interval_ms = 0;
+        let mut backoff = good.clone();
+        backoff.reconnect_backoff_ms_max = 0;
+        for bad in [gap, duplicate, silent, heartbeat, backoff] {
+            let (inbox, _receiver) =
+                channel::<Frame>(8, Arc::new(Doorbell::default())).expect("capacity");
+            match Transport::start(bad, inbox) {
+                Err(TransportError::Config { reason }) => assert!(!reason.is_empty()),
+                Err(other) => panic!("expected a configuration error, got {other}"),
+                Ok(_) => panic!("a bad configuration started"),
+            }
+        }
+    }
+}
