@@ -3,6 +3,7 @@
 //! `proto` is the I/O-free protocol core; everything else drives it with real I/O.
 
 pub mod ledger;
+pub mod metrics;
 pub mod pipeline;
 pub mod proto;
 pub mod runtime;

@@ -15,6 +15,10 @@ use crate::pipeline::{
 };
 use crate::proto::{Coordinator, Output, Participant, Record, SiteId};
 
+use crate::metrics::observe::SiteObserver;
+use crate::metrics::trace::BatchSpans;
+use crate::metrics::EngineMetrics;
+
 use super::checkpoint::Checkpointer;
 use super::config::{EngineConfig, ParticipantRm, PARTICIPANTS_MAX, REPLICAS_MAX};
 use super::dedup::{Dedup, Seen};
@@ -91,6 +95,10 @@ pub struct Engine {
     passive_replicas: Vec<JoinHandle<Result<Coordinator, SiteError>>>,
     participant_threads: Vec<JoinHandle<Result<Participant<ParticipantRm>, SiteError>>>,
     doorbells: Vec<Arc<Doorbell>>,
+    /// What the stages record into, for a scraper (`Engine::metrics`).
+    metrics: Arc<EngineMetrics>,
+    /// The stages' clock, for the submission timestamps of the latency metric.
+    clock: Arc<MonotonicClock>,
 }
 
 fn validate(config: &EngineConfig) -> Result<(), EngineError> {
@@ -173,7 +181,8 @@ fn open_log(
         dir: dir.to_owned(),
         source,
     };
-    let (mut wal, _recovery) = Wal::open(dir, config.wal.clone()).map_err(wal_error)?;
+    let (mut wal, recovery) = Wal::open(dir, config.wal.clone()).map_err(wal_error)?;
+    log_recovery(site, &recovery);
     if let Some(max) = log_segments_max {
         // Recycled segments serve the rolls until the next checkpoint; more would only
         // hold disk.
@@ -201,6 +210,37 @@ fn open_log(
         records,
         checkpointer,
     })
+}
+
+/// One structured log line per site for what recovery found, and one for each notable
+/// thing it did (a torn tail dropped, a sync backend replaced).
+fn log_recovery(site: &str, recovery: &tricommit_wal::Recovery) {
+    tracing::info!(
+        site,
+        records = recovery.records,
+        first_lsn = recovery.first_lsn,
+        last_lsn = recovery.last_lsn,
+        segments = recovery.segments,
+        backend = ?recovery.backend,
+        "wal recovered"
+    );
+    if recovery.tail_bytes_dropped > 0 {
+        let (segment, offset) = recovery
+            .tail_position
+            .as_ref()
+            .map(|(path, offset)| (path.display().to_string(), *offset))
+            .unwrap_or_default();
+        tracing::warn!(
+            site,
+            bytes = recovery.tail_bytes_dropped,
+            segment,
+            offset,
+            "torn wal tail dropped"
+        );
+    }
+    if let Some(reason) = &recovery.backend_fallback_reason {
+        tracing::warn!(site, backend = ?recovery.backend, reason, "wal sync backend fallback");
+    }
 }
 
 /// Rebuilds participant `me` from its opened log and the snapshot its log starts at.
@@ -235,9 +275,17 @@ struct Wiring {
     links: Links,
     inboxes: Vec<Option<mpsc::MpscReceiver<super::site::Frame>>>,
     doorbells: Vec<Arc<Doorbell>>,
+    metrics: Arc<EngineMetrics>,
+    spans: Arc<BatchSpans>,
+    /// Undecided past this, a transaction counts as in doubt (the pending timeout).
+    in_doubt_after_us: u64,
 }
 
-fn wire(sites: usize) -> Result<Wiring, EngineError> {
+fn wire(
+    sites: usize,
+    metrics: Arc<EngineMetrics>,
+    in_doubt_after_us: u64,
+) -> Result<Wiring, EngineError> {
     let mut senders = Vec::with_capacity(sites);
     let mut inboxes = Vec::with_capacity(sites);
     let mut doorbells = Vec::with_capacity(sites);
@@ -254,6 +302,9 @@ fn wire(sites: usize) -> Result<Wiring, EngineError> {
         links: Arc::new(senders),
         inboxes,
         doorbells,
+        metrics,
+        spans: Arc::new(BatchSpans::new()),
+        in_doubt_after_us,
     })
 }
 
@@ -311,6 +362,13 @@ impl Wiring {
             encode: Vec::new(),
             appended: crate::proto::AppendSeq(0),
             checkpoint: Checkpointer::disabled(),
+            observe: SiteObserver::new(
+                self.metrics.clone(),
+                me,
+                self.in_doubt_after_us,
+                self.spans.clone(),
+                self.clock.clone(),
+            ),
         }
     }
 }
@@ -362,6 +420,15 @@ impl Engine {
     /// what survived, and starts the stages. Open batches left by a crash are finished
     /// by the E3PC termination protocol once the stages run.
     pub fn open(config: EngineConfig) -> Result<Engine, EngineError> {
+        Engine::open_observed(config, Arc::new(EngineMetrics::new()))
+    }
+
+    /// [`Engine::open`], recording into `metrics`: a process creates its metrics once
+    /// and serves them (`metrics::encode_text`), and they outlive engine restarts.
+    pub fn open_observed(
+        config: EngineConfig,
+        metrics: Arc<EngineMetrics>,
+    ) -> Result<Engine, EngineError> {
         validate(&config)?;
         super::meta::prepare_data_dir(&config)?;
         let replicas: Vec<SiteId> = (0..config.replicas as u8).map(SiteId).collect();
@@ -369,7 +436,8 @@ impl Engine {
         proto_config.protocol = config.protocol;
         proto_config.overlap = config.overlap;
         let sites = config.replicas + config.participants.len();
-        let mut wiring = wire(sites)?;
+        metrics.set_topology(config.replicas, config.participants.len());
+        let mut wiring = wire(sites, metrics.clone(), config.timeouts.pending_us)?;
         let stop = Arc::new(AtomicBool::new(false));
         let board = Arc::new(DrainBoard::new(wiring.doorbells.clone()));
         let drain_max = drain_max(&config);
@@ -418,6 +486,7 @@ impl Engine {
             Admission::new(limits).map_err(|error| EngineError::Config(error.to_string()))?,
         );
         let stats = Arc::new(EngineStats::default());
+        metrics.set_admission(&admission);
 
         // The active replica listens to its inbox and to the batcher on one doorbell.
         let active_doorbell = wiring.doorbells[0].clone();
@@ -469,8 +538,9 @@ impl Engine {
         let dedup = Arc::new(Dedup::new());
         let completion = {
             let (admission, stats, dedup) = (admission.clone(), stats.clone(), dedup.clone());
+            let (metrics, clock) = (metrics.clone(), wiring.clock.clone());
             spawner.spawn("tc-completion".into(), move || {
-                run_completion(from_coordinator, admission, stats, dedup)
+                run_completion(from_coordinator, admission, stats, dedup, metrics, clock)
             })?
         };
         let policy = BatchPolicy::new(
@@ -487,6 +557,7 @@ impl Engine {
             replicas: config.replicas,
             participants: config.participants.len(),
             stats: stats.clone(),
+            metrics: metrics.clone(),
         };
         let batcher = spawner.spawn("tc-batcher".into(), move || run_batcher(batcher_stage))?;
         Ok(Engine {
@@ -504,6 +575,8 @@ impl Engine {
             passive_replicas,
             participant_threads,
             doorbells: wiring.doorbells,
+            metrics,
+            clock: wiring.clock,
         })
     }
 }
@@ -567,12 +640,17 @@ impl Engine {
         }
         // The shard stays locked until the transaction is in the intake, so that a
         // duplicate racing with it sees it in flight, never half-submitted.
-        let admitted = self.admission.admit(txn, txn.priority)?;
+        let priority = txn.priority;
+        let admitted = self
+            .admission
+            .admit(txn, priority)
+            .inspect_err(|busy| self.metrics.record_busy(priority, busy.reason()))?;
         seen.start();
         drop(seen);
         let pending = Pending {
             txn: admitted.txn,
             completion: admitted.completion,
+            submitted_us: self.clock.now_us(),
         };
         if let Err(error) = intake.push(pending) {
             // Admission keeps the intake queue from filling, so only a stopped batcher
@@ -612,6 +690,11 @@ impl Engine {
                 .max(load(&site.recycle_pause_us_max));
         }
         counters
+    }
+
+    /// The metrics the stages record into; serve them with `metrics::encode_text`.
+    pub fn metrics(&self) -> &Arc<EngineMetrics> {
+        &self.metrics
     }
 
     /// Transactions admitted and not yet completed.
