@@ -8,12 +8,19 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use serde::Serialize;
+use tricommit_engine::metrics::EngineMetrics;
 use tricommit_engine::{Engine, EngineConfig, Protocol};
 use tricommit_wal::SyncBackend;
+
+#[path = "../metrics_http.rs"]
+mod metrics_http;
+#[path = "../metrics_trace.rs"]
+mod metrics_trace;
 
 mod driver;
 mod progress;
@@ -162,6 +169,18 @@ pub struct Args {
     /// Seed of the workload's random choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Serve `GET /metrics` (OpenMetrics) and `GET /healthz` on this HOST:PORT while
+    /// the run lasts.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
+    /// Export a trace per batch (a span per phase and site) over OTLP/HTTP to this
+    /// http:// URL (`/v1/traces` is added when it has no path). Off when not given.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// How log lines (recovery, torn tails, termination; never per transaction) are
+    /// written to stderr.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: metrics_trace::LogFormat,
 }
 
 /// Why a run could not be made. Every variant is bad input or the environment, and
@@ -196,6 +215,10 @@ pub enum LoadError {
     ClientPanicked,
     #[error("reading the ledgers back: {0}")]
     Dump(#[from] tricommit_engine::runtime::DumpError),
+    #[error("{0}")]
+    Metrics(#[from] metrics_http::MetricsHttpError),
+    #[error("{0}")]
+    Telemetry(#[from] metrics_trace::TelemetryError),
 }
 
 fn main() -> ExitCode {
@@ -248,6 +271,26 @@ fn validate(args: &Args) -> Result<(), LoadError> {
 fn run(args: &Args) -> Result<bool, LoadError> {
     validate(args)?;
     check_outputs(args)?;
+    let _telemetry = metrics_trace::init(
+        args.log_format,
+        args.otlp_endpoint.as_deref(),
+        "tricommit-load",
+    )?;
+    let metrics = Arc::new(EngineMetrics::new());
+    let _metrics_server = match &args.metrics_addr {
+        Some(addr) => {
+            let served = metrics.clone();
+            // Healthy while an engine is open (not during the failure scenario's reopen).
+            let health = Arc::new(move || served.in_flight_txns().is_some());
+            let server = metrics_http::MetricsServer::start(addr, metrics.clone(), health)?;
+            eprintln!(
+                "tricommit-load: metrics on http://{}/metrics",
+                server.local_addr()
+            );
+            Some(server)
+        }
+        None => None,
+    };
     let (root, temporary) = data_root(args.data_dir.as_deref())?;
     let mut config = EngineConfig::ledgers(
         &root,
@@ -278,7 +321,7 @@ fn run(args: &Args) -> Result<bool, LoadError> {
         .wal
         .record_bytes_max
         .min((config.wal.segment_bytes / 2) as u32);
-    let outcome = drive(args, config)?;
+    let outcome = drive(args, config, metrics)?;
     let summary = summary::Summary::new(args, &outcome);
     summary.print();
     if let Some(path) = &args.json {
@@ -331,7 +374,11 @@ pub struct RunOutcome {
     pub history_parts: Vec<PathBuf>,
 }
 
-fn drive(args: &Args, config: EngineConfig) -> Result<RunOutcome, LoadError> {
+fn drive(
+    args: &Args,
+    config: EngineConfig,
+    metrics: Arc<EngineMetrics>,
+) -> Result<RunOutcome, LoadError> {
     let mixed = args.scenario == scenario::Scenario::Mixed;
     let failure = args.scenario == scenario::Scenario::Failure;
     let workload = driver::Workload {
@@ -347,7 +394,7 @@ fn drive(args: &Args, config: EngineConfig) -> Result<RunOutcome, LoadError> {
         _ => args.rate,
     };
     let shared = driver::Shared::new(
-        Engine::open(config.clone())?,
+        Engine::open_observed(config.clone(), metrics)?,
         args.clients as usize,
         initial_rate,
     );
