@@ -173,6 +173,10 @@ pub struct Args {
     /// the run lasts.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_addr: Option<String>,
+    /// With --metrics-addr: keep serving this many seconds after the run, so that a
+    /// scraper's last scrape sees the final counters (the summary is written first).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=3_600))]
+    pub metrics_linger_s: u64,
     /// Export a trace per batch (a span per phase and site) over OTLP/HTTP to this
     /// http:// URL (`/v1/traces` is added when it has no path). Off when not given.
     #[arg(long, value_name = "URL")]
@@ -277,7 +281,7 @@ fn run(args: &Args) -> Result<bool, LoadError> {
         "tricommit-load",
     )?;
     let metrics = Arc::new(EngineMetrics::new());
-    let _metrics_server = match &args.metrics_addr {
+    let metrics_server = match &args.metrics_addr {
         Some(addr) => {
             let served = metrics.clone();
             // Healthy while an engine is open (not during the failure scenario's reopen).
@@ -354,6 +358,9 @@ fn run(args: &Args) -> Result<bool, LoadError> {
         })?;
     }
     drop(temporary);
+    if metrics_server.is_some() && args.metrics_linger_s > 0 {
+        std::thread::sleep(Duration::from_secs(args.metrics_linger_s));
+    }
     Ok(summary.invariant_ok)
 }
 
