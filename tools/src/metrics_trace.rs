@@ -121,9 +121,12 @@ pub fn init(
     let log_filter = Targets::new()
         .with_default(LevelFilter::INFO)
         .with_target(BATCH_SPAN_TARGET, LevelFilter::OFF);
+    // Colours only for a person at a terminal, never into a file or a pipe.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let log_layer = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_ansi(colour)
             .with_filter(log_filter)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()

@@ -126,7 +126,7 @@ impl Families<'_, '_> {
             self.encoder
                 .encode_descriptor(name, help, unit.as_ref(), MetricType::Histogram)?;
         for (labels, snapshot) in samples {
-            let mut buckets: Vec<(f64, u64)> = snapshot
+            let buckets: Vec<(f64, u64)> = snapshot
                 .bounds
                 .iter()
                 .map(|&bound| bound as f64 * scale)
@@ -140,11 +140,10 @@ impl Families<'_, '_> {
             if labels.is_empty() {
                 metric.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
             } else {
-                let family = metric.encode_family(labels)?;
-                let mut family = family;
-                family.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+                metric
+                    .encode_family(labels)?
+                    .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
             }
-            buckets.clear();
         }
         Ok(())
     }

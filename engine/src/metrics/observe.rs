@@ -405,3 +405,137 @@ impl SiteObserver {
         self.site_spans.remove(&key);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{Descriptor, TxnId, TxnSet};
+
+    const COORDINATOR: SiteId = SiteId(0);
+    const P0: SiteId = SiteId(2);
+    const P1: SiteId = SiteId(3);
+
+    fn observer(me: SiteId) -> (Arc<EngineMetrics>, SiteObserver) {
+        let metrics = Arc::new(EngineMetrics::new());
+        metrics.set_topology(2, 2);
+        let observer = SiteObserver::new(
+            metrics.clone(),
+            me,
+            1_000,
+            Arc::new(BatchSpans::new()),
+            Arc::new(MonotonicClock::new()),
+        );
+        (metrics, observer)
+    }
+
+    fn votes(batch: BatchId) -> Part {
+        Part::Votes {
+            batch,
+            yes: TxnSet::full(2),
+            read_only: TxnSet::empty(2),
+            no: Vec::new(),
+        }
+    }
+
+    fn counts(metrics: &EngineMetrics) -> Vec<u64> {
+        Phase::ALL
+            .iter()
+            .map(|phase| metrics.phase_us[*phase as usize].snapshot().count)
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_is_timed_through_its_three_phases() {
+        // Proves the phase cuts: prepare ends with the last expected vote, pre-commit
+        // with the decision, commit with FORGET; each vote's latency is counted for
+        // its participant, and a duplicate vote is not counted twice.
+        let (metrics, mut observer) = observer(COORDINATOR);
+        let batch = BatchId(7);
+        observer.batch_opened(batch, 100, 2, P0.bit() | P1.bit());
+        observer.on_receive(300, P0, &votes(batch));
+        observer.on_receive(350, P0, &votes(batch));
+        assert_eq!(counts(&metrics), vec![0, 0, 0]);
+        observer.on_receive(600, P1, &votes(batch));
+        observer.batch_decided(batch, 1_000);
+        observer.on_send(5_000, P0, &Part::Forget { batch });
+        observer.on_send(5_000, P1, &Part::Forget { batch });
+        assert_eq!(counts(&metrics), vec![1, 1, 1]);
+        let sums: Vec<u64> = Phase::ALL
+            .iter()
+            .map(|phase| metrics.phase_us[*phase as usize].snapshot().sum)
+            .collect();
+        assert_eq!(sums, vec![500, 400, 4_000]);
+        assert_eq!(metrics.site(2).vote_latency_us.snapshot().sum, 200);
+        assert_eq!(metrics.site(3).vote_latency_us.snapshot().count, 1);
+        assert_eq!(metrics.site(3).vote_timeouts.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_vote_missing_at_the_decision_is_a_timeout_and_the_batch_in_doubt_until_then() {
+        // Proves that a participant whose votes never came is charged a vote timeout,
+        // that prepare then ends at the decision, and that the in-doubt gauge counts
+        // the batch's transactions only while it is undecided past the timeout.
+        let (metrics, mut observer) = observer(COORDINATOR);
+        let batch = BatchId(8);
+        observer.batch_opened(batch, 0, 2, P0.bit() | P1.bit());
+        observer.on_receive(200, P0, &votes(batch));
+        observer.refresh(IN_DOUBT_REFRESH_US);
+        assert_eq!(metrics.in_doubt_txns.load(Ordering::Relaxed), 2);
+        observer.batch_decided(batch, IN_DOUBT_REFRESH_US + 1);
+        observer.refresh(3 * IN_DOUBT_REFRESH_US);
+        assert_eq!(metrics.in_doubt_txns.load(Ordering::Relaxed), 0);
+        assert_eq!(metrics.site(3).vote_timeouts.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.site(2).vote_timeouts.load(Ordering::Relaxed), 0);
+        assert_eq!(counts(&metrics), vec![1, 1, 0]);
+    }
+
+    #[test]
+    fn a_termination_round_is_counted_once_with_its_results() {
+        // Proves that an election sent to several sites counts one round, that its
+        // PRE-COMMIT round and its decision are recorded once, and that a normal-path
+        // decision of another batch is not mistaken for a termination.
+        let (metrics, mut observer) = observer(SiteId(1));
+        let batch = BatchId(9);
+        let desc = Arc::new(Descriptor {
+            batch,
+            txns: vec![TxnId(1), TxnId(2)],
+            members: vec![P0.bit() | P1.bit(); 2],
+        });
+        for to in [P0, P1, COORDINATOR] {
+            observer.on_send(
+                0,
+                to,
+                &Part::Elect {
+                    desc: desc.clone(),
+                    elected: 2,
+                },
+            );
+        }
+        let round = Part::Round {
+            batch,
+            elected: 2,
+            pre_commit: TxnSet::full(2),
+            pre_abort: TxnSet::empty(2),
+            desc: None,
+        };
+        observer.on_send(0, P0, &round);
+        observer.on_send(0, P1, &round);
+        let decide = |batch| Part::Decide {
+            batch,
+            commit: TxnSet::full(2),
+            abort: TxnSet::empty(2),
+            desc: None,
+        };
+        observer.on_send(0, P0, &decide(batch));
+        observer.on_send(0, P1, &decide(batch));
+        observer.on_send(0, P0, &decide(BatchId(10)));
+        let site = metrics.site(1);
+        assert_eq!(site.termination_started.load(Ordering::Relaxed), 1);
+        let results: Vec<u64> = site
+            .termination_results
+            .iter()
+            .map(|count| count.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(results, vec![1, 0, 1, 0]);
+    }
+}
