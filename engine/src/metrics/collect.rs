@@ -59,6 +59,8 @@ pub fn encode_prometheus_text(metrics: &Arc<EngineMetrics>) -> Result<String, st
 }
 
 type Labels<'a> = Vec<(&'static str, &'a str)>;
+/// A site's label and its metrics.
+type Site<'a> = (&'a str, &'a super::SiteMetrics);
 
 /// Helpers over one descriptor encoder: one family per call.
 struct Families<'e, 'a> {
@@ -158,9 +160,23 @@ impl prometheus_client::collector::Collector for EngineCollector {
         let mut families = Families {
             encoder: &mut encoder,
         };
-        encode_engine(&self.metrics, &mut families)?;
-        encode_sites(&self.metrics, &mut families)?;
-        encode_links(&self.metrics, &mut families)
+        let m = &self.metrics;
+        encode_engine(m, &mut families)?;
+        encode_load(m, &mut families)?;
+        let (replicas, participants) = m.topology();
+        let labels: Vec<String> = (0..replicas + participants)
+            .map(|index| m.site_label(index))
+            .collect();
+        let sites: Vec<Site<'_>> = labels
+            .iter()
+            .enumerate()
+            .map(|(index, label)| (label.as_str(), m.site(index)))
+            .collect();
+        encode_site_logs(&sites, &mut families)?;
+        let (replica_sites, participant_sites) = sites.split_at(replicas.min(sites.len()));
+        encode_replicas(replica_sites, &mut families)?;
+        encode_participants(participant_sites, &mut families)?;
+        encode_links(m, &mut families)
     }
 }
 
@@ -214,6 +230,11 @@ fn encode_engine(m: &EngineMetrics, f: &mut Families<'_, '_>) -> Result<(), std:
         Some(Unit::Seconds),
         &phases,
     )?;
+    Ok(())
+}
+
+/// The engine-wide families about load and failures.
+fn encode_load(m: &EngineMetrics, f: &mut Families<'_, '_>) -> Result<(), std::fmt::Error> {
     f.gauge(
         "tricommit_transactions_in_doubt",
         "Transactions of open batches still undecided past the pending timeout.",
@@ -251,17 +272,8 @@ fn encode_engine(m: &EngineMetrics, f: &mut Families<'_, '_>) -> Result<(), std:
     )
 }
 
-/// The per-site families.
-fn encode_sites(m: &EngineMetrics, f: &mut Families<'_, '_>) -> Result<(), std::fmt::Error> {
-    let (replicas, participants) = m.topology();
-    let labels: Vec<String> = (0..replicas + participants)
-        .map(|index| m.site_label(index))
-        .collect();
-    let sites: Vec<(&str, &super::SiteMetrics)> = labels
-        .iter()
-        .enumerate()
-        .map(|(index, label)| (label.as_str(), m.site(index)))
-        .collect();
+/// The per-site WAL, checkpoint and drop families.
+fn encode_site_logs(sites: &[Site<'_>], f: &mut Families<'_, '_>) -> Result<(), std::fmt::Error> {
     let per_site = |read: &dyn Fn(&super::SiteMetrics) -> u64| -> Vec<(Labels<'_>, u64)> {
         sites
             .iter()
@@ -308,7 +320,14 @@ fn encode_sites(m: &EngineMetrics, f: &mut Families<'_, '_>) -> Result<(), std::
         Some(Unit::Seconds),
         &histograms(&|site| site.checkpoint_pause_us.snapshot()),
     )?;
-    let replica_sites = &sites[..replicas.min(sites.len())];
+    Ok(())
+}
+
+/// The families only coordinator replicas have.
+fn encode_replicas(
+    replica_sites: &[Site<'_>],
+    f: &mut Families<'_, '_>,
+) -> Result<(), std::fmt::Error> {
     let started: Vec<(Labels<'_>, u64)> = replica_sites
         .iter()
         .map(|(label, site)| (vec![("site", *label)], load(&site.termination_started)))
@@ -332,7 +351,14 @@ fn encode_sites(m: &EngineMetrics, f: &mut Families<'_, '_>) -> Result<(), std::
         "What E3PC recovery rounds led to: a decision, or a pre-commit or pre-abort round.",
         &results,
     )?;
-    let participant_sites = &sites[replicas.min(sites.len())..];
+    Ok(())
+}
+
+/// The families about participants, as the active coordinator sees them.
+fn encode_participants(
+    participant_sites: &[Site<'_>],
+    f: &mut Families<'_, '_>,
+) -> Result<(), std::fmt::Error> {
     let votes: Vec<(Labels<'_>, HistogramSnapshot)> = participant_sites
         .iter()
         .map(|(label, site)| {
