@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod ledger;
+pub mod metrics;
 pub mod pipeline;
 pub mod proto;
 pub mod runtime;

@@ -15,6 +15,10 @@ use crate::pipeline::{
 };
 use crate::proto::{Coordinator, Output, Participant, Record, SiteId};
 
+use crate::metrics::observe::SiteObserver;
+use crate::metrics::trace::BatchSpans;
+use crate::metrics::EngineMetrics;
+
 use super::checkpoint::Checkpointer;
 use super::config::{EngineConfig, ParticipantRm, PARTICIPANTS_MAX, REPLICAS_MAX};
 use super::dedup::{Dedup, Seen};
@@ -101,6 +105,8 @@ pub struct Engine {
     drain_max: std::time::Duration,
     /// Threads the kernel refused to pin (with `pin_threads`).
     pins_failed: Arc<std::sync::atomic::AtomicU64>,
+    /// What the stages record into, for a scraper (`Engine::metrics`).
+    metrics: Arc<EngineMetrics>,
 }
 
 pub(crate) fn validate(config: &EngineConfig) -> Result<(), EngineError> {
@@ -185,6 +191,7 @@ pub(crate) fn open_log(
         source,
     };
     let (mut wal, recovery) = Wal::open(dir, config.wal.clone()).map_err(wal_error)?;
+    log_recovery(site, &recovery);
     if let Some(max) = log_segments_max {
         // Recycled segments serve the rolls until the next checkpoint; more would only
         // hold disk.
@@ -213,6 +220,37 @@ pub(crate) fn open_log(
         records,
         checkpointer,
     })
+}
+
+/// One structured log line per site for what recovery found, and one for each notable
+/// thing it did (a torn tail dropped, a sync backend replaced).
+fn log_recovery(site: &str, recovery: &tricommit_wal::Recovery) {
+    tracing::info!(
+        site,
+        records = recovery.records,
+        first_lsn = recovery.first_lsn,
+        last_lsn = recovery.last_lsn,
+        segments = recovery.segments,
+        backend = ?recovery.backend,
+        "wal recovered"
+    );
+    if recovery.tail_bytes_dropped > 0 {
+        let (segment, offset) = recovery
+            .tail_position
+            .as_ref()
+            .map(|(path, offset)| (path.display().to_string(), *offset))
+            .unwrap_or_default();
+        tracing::warn!(
+            site,
+            bytes = recovery.tail_bytes_dropped,
+            segment,
+            offset,
+            "torn wal tail dropped"
+        );
+    }
+    if let Some(reason) = &recovery.backend_fallback_reason {
+        tracing::warn!(site, backend = ?recovery.backend, reason, "wal sync backend fallback");
+    }
 }
 
 /// Rebuilds participant `me` from its opened log and the snapshot its log starts at.
@@ -247,9 +285,17 @@ struct Wiring {
     links: Links,
     inboxes: Vec<Option<mpsc::MpscReceiver<super::site::Frame>>>,
     doorbells: Vec<Arc<Doorbell>>,
+    metrics: Arc<EngineMetrics>,
+    spans: Arc<BatchSpans>,
+    /// Undecided past this, a transaction counts as in doubt (the pending timeout).
+    in_doubt_after_us: u64,
 }
 
-fn wire(sites: usize) -> Result<Wiring, EngineError> {
+fn wire(
+    sites: usize,
+    metrics: Arc<EngineMetrics>,
+    in_doubt_after_us: u64,
+) -> Result<Wiring, EngineError> {
     let mut senders = Vec::with_capacity(sites);
     let mut inboxes = Vec::with_capacity(sites);
     let mut doorbells = Vec::with_capacity(sites);
@@ -266,6 +312,9 @@ fn wire(sites: usize) -> Result<Wiring, EngineError> {
         links: Arc::new(senders),
         inboxes,
         doorbells,
+        metrics,
+        spans: Arc::new(BatchSpans::new()),
+        in_doubt_after_us,
     })
 }
 
@@ -323,6 +372,13 @@ impl Wiring {
             encode: Vec::new(),
             appended: crate::proto::AppendSeq(0),
             checkpoint: Checkpointer::disabled(),
+            observe: SiteObserver::new(
+                self.metrics.clone(),
+                me,
+                self.in_doubt_after_us,
+                self.spans.clone(),
+                self.clock.clone(),
+            ),
         }
     }
 }
@@ -382,6 +438,15 @@ impl Engine {
     /// what survived, and starts the stages. Open batches left by a crash are finished
     /// by the E3PC termination protocol once the stages run.
     pub fn open(config: EngineConfig) -> Result<Engine, EngineError> {
+        Engine::open_observed(config, Arc::new(EngineMetrics::new()))
+    }
+
+    /// [`Engine::open`], recording into `metrics`: a process creates its metrics once
+    /// and serves them (`metrics::encode_text`), and they outlive engine restarts.
+    pub fn open_observed(
+        config: EngineConfig,
+        metrics: Arc<EngineMetrics>,
+    ) -> Result<Engine, EngineError> {
         validate(&config)?;
         super::meta::prepare_data_dir(&config)?;
         let replicas: Vec<SiteId> = (0..config.replicas as u8).map(SiteId).collect();
@@ -389,7 +454,8 @@ impl Engine {
         proto_config.protocol = config.protocol;
         proto_config.overlap = config.overlap;
         let sites = config.replicas + config.participants.len();
-        let mut wiring = wire(sites)?;
+        metrics.set_topology(config.replicas, config.participants.len());
+        let mut wiring = wire(sites, metrics.clone(), config.timeouts.pending_us)?;
         let stop = Arc::new(AtomicBool::new(false));
         let board = Arc::new(DrainBoard::new(wiring.doorbells.clone()));
         let drain_max = drain_max(&config);
@@ -447,6 +513,7 @@ impl Engine {
             Admission::new(limits).map_err(|error| EngineError::Config(error.to_string()))?,
         );
         let stats = Arc::new(EngineStats::default());
+        metrics.set_admission(&admission);
 
         // The active replica listens to its inbox and to the batcher on one doorbell.
         let active_doorbell = wiring.doorbells[0].clone();
@@ -498,8 +565,9 @@ impl Engine {
         let dedup = Arc::new(Dedup::new());
         let completion = {
             let (admission, stats, dedup) = (admission.clone(), stats.clone(), dedup.clone());
+            let (metrics, clock) = (metrics.clone(), wiring.clock.clone());
             spawner.spawn("tc-completion".into(), move || {
-                run_completion(from_coordinator, admission, stats, dedup)
+                run_completion(from_coordinator, admission, stats, dedup, metrics, clock)
             })?
         };
         let policy = BatchPolicy::new(
@@ -516,6 +584,7 @@ impl Engine {
             replicas: config.replicas,
             participants: config.participants.len(),
             stats: stats.clone(),
+            metrics: metrics.clone(),
         };
         let batcher = spawner.spawn("tc-batcher".into(), move || run_batcher(batcher_stage))?;
         Ok(Engine {
@@ -537,6 +606,7 @@ impl Engine {
             recovery,
             drain_max,
             pins_failed: spawner.pins_failed,
+            metrics,
         })
     }
 }
@@ -548,6 +618,8 @@ pub(crate) fn submit_to(
     admission: &Admission,
     dedup: &Dedup,
     participants: usize,
+    metrics: &EngineMetrics,
+    submitted_us: u64,
     txn: Txn,
 ) -> Result<Ticket, Busy<Txn>> {
     let legs = txn.legs();
@@ -584,12 +656,16 @@ pub(crate) fn submit_to(
     }
     // The shard stays locked until the transaction is in the intake, so that a
     // duplicate racing with it sees it in flight, never half-submitted.
-    let admitted = admission.admit(txn, txn.priority)?;
+    let priority = txn.priority;
+    let admitted = admission
+        .admit(txn, priority)
+        .inspect_err(|busy| metrics.record_busy(priority, busy.reason()))?;
     seen.start();
     drop(seen);
     let pending = Pending {
         txn: admitted.txn,
         completion: admitted.completion,
+        submitted_us,
     };
     if let Err(error) = intake.push(pending) {
         // Admission keeps the intake queue from filling, so only a stopped batcher
@@ -658,6 +734,8 @@ impl Engine {
             &self.admission,
             &self.dedup,
             self.participants,
+            &self.metrics,
+            self.clock.now_us(),
             txn,
         )
     }
@@ -704,6 +782,11 @@ impl Engine {
     /// reason where io_uring fell back to fdatasync.
     pub fn recovery_report(&self) -> &super::recovery::RecoveryReport {
         &self.recovery
+    }
+
+    /// The metrics the stages record into; serve them with `metrics::encode_text`.
+    pub fn metrics(&self) -> &Arc<EngineMetrics> {
+        &self.metrics
     }
 
     /// Transactions admitted and not yet completed.

@@ -36,6 +36,9 @@ use crate::transport::{
 
 use super::config::{EngineConfig, ParticipantRm, ParticipantSpec};
 use super::dedup::Dedup;
+use crate::metrics::observe::SiteObserver;
+use crate::metrics::trace::BatchSpans;
+use crate::metrics::EngineMetrics;
 use super::engine::{drain_max, open_log, recover_participant, submit_to, validate, EngineError};
 use super::site::{
     run_passive, DrainBoard, Frame, Links, SiteError, SiteIo, SiteStats, SyncInFlight,
@@ -138,6 +141,8 @@ pub struct OpenedNode {
     inbox: MpscSender<Frame>,
     /// The inbox end, until `run` hands it to the site loop.
     inbox_receiver: Option<MpscReceiver<Frame>>,
+    /// What this site's stages record into (served by `node --metrics-addr`).
+    metrics: Arc<EngineMetrics>,
 }
 
 /// The opening replica's client-facing stages.
@@ -146,6 +151,8 @@ struct Front {
     admission: Arc<Admission>,
     dedup: Arc<Dedup>,
     stats: Arc<EngineStats>,
+    metrics: Arc<EngineMetrics>,
+    clock: Arc<MonotonicClock>,
     participants: usize,
     batcher: Option<JoinHandle<()>>,
     completion: Option<JoinHandle<()>>,
@@ -154,6 +161,8 @@ struct Front {
 /// A running site.
 pub struct Node {
     site: SiteEntry,
+    /// What this site's stages record into (served by `node --metrics-addr`).
+    metrics: Arc<EngineMetrics>,
     stop: Arc<AtomicBool>,
     doorbell: Arc<Doorbell>,
     stats: Arc<SiteStats>,
@@ -240,6 +249,11 @@ impl Node {
         OpenedNode::open(site, config)
     }
 
+    /// What this site's stages record into: serve it with `metrics::encode_text`.
+    pub fn metrics(&self) -> &Arc<EngineMetrics> {
+        &self.metrics
+    }
+
     /// This node's site.
     pub fn site(&self) -> &SiteEntry {
         &self.site
@@ -260,6 +274,8 @@ impl Node {
                 &front.admission,
                 &front.dedup,
                 front.participants,
+                &front.metrics,
+                front.clock.now_us(),
                 txn,
             ),
             None => Ok(Ticket::ready(Outcome::Aborted(
@@ -366,6 +382,8 @@ impl OpenedNode {
         proto_config.protocol = config.protocol;
         proto_config.overlap = config.overlap;
         let clock = Arc::new(MonotonicClock::new());
+        let metrics = Arc::new(EngineMetrics::new());
+        metrics.set_topology(config.replicas, config.participants.len());
         let dir = config.data_dir.join(&site.name);
         let mut out = Output::default();
         let is_replica = (site.id.0 as usize) < config.replicas;
@@ -408,7 +426,7 @@ impl OpenedNode {
             inbox: placeholder_inbox()?,
             doorbell: doorbell.clone(),
             links: Arc::new(Vec::new()),
-            clock,
+            clock: clock.clone(),
             stop: Arc::new(AtomicBool::new(false)),
             halt: Arc::new(AtomicBool::new(false)),
             board: Arc::new(DrainBoard::for_one_site(site.id, doorbell)),
@@ -420,6 +438,13 @@ impl OpenedNode {
             encode: Vec::new(),
             appended: crate::proto::AppendSeq(0),
             checkpoint: log.checkpointer,
+            observe: SiteObserver::new(
+                metrics.clone(),
+                site.id,
+                config.timeouts.pending_us,
+                Arc::new(BatchSpans::new()),
+                clock.clone(),
+            ),
         };
         Ok(OpenedNode {
             site,
@@ -428,6 +453,7 @@ impl OpenedNode {
             io,
             inbox,
             inbox_receiver: Some(inbox_receiver),
+            metrics,
         })
     }
 
@@ -468,12 +494,18 @@ impl OpenedNode {
                     spawner.spawn(thread_name, move || run_passive(*machine, io).map(|_| ()))?;
                 (thread, None)
             }
-            Role::Replica(machine) => {
-                start_front(*machine, self.io, &self.config, &mut spawner, thread_name)?
-            }
+            Role::Replica(machine) => start_front(
+                *machine,
+                self.io,
+                &self.config,
+                &mut spawner,
+                thread_name,
+                self.metrics.clone(),
+            )?,
         };
         Ok(Node {
             site: self.site,
+            metrics: self.metrics,
             stop,
             doorbell,
             stats,
@@ -502,6 +534,7 @@ fn start_front(
     config: &EngineConfig,
     spawner: &mut super::engine::Spawner,
     thread_name: String,
+    metrics: Arc<EngineMetrics>,
 ) -> Result<(SiteThread, Option<Front>), NodeError> {
     let config_error = |error: &dyn std::fmt::Display| EngineError::Config(error.to_string());
     let limits = AdmissionLimits::new(config.intake_high_water_txns, config.intake_capacity_txns)
@@ -531,20 +564,23 @@ fn start_front(
         replicas: config.replicas,
         participants: config.participants.len(),
         stats: stats.clone(),
+        metrics: metrics.clone(),
     };
     let stage = ActiveStage {
         batches: from_batcher,
         to_completion,
         window_batches: config.batches_in_flight_max(),
     };
+    let clock = io.clock.clone();
     let site_thread = spawner.spawn(thread_name, move || {
         run_active(machine, io, stage).map(|_| ())
     })?;
     let dedup = Arc::new(Dedup::new());
     let completion = {
         let (admission, stats, dedup) = (admission.clone(), stats.clone(), dedup.clone());
+        let (metrics, clock) = (metrics.clone(), clock.clone());
         spawner.spawn("tc-completion".into(), move || {
-            run_completion(from_coordinator, admission, stats, dedup)
+            run_completion(from_coordinator, admission, stats, dedup, metrics, clock)
         })?
     };
     let batcher = spawner.spawn("tc-batcher".into(), move || run_batcher(batcher_stage))?;
@@ -553,6 +589,8 @@ fn start_front(
         admission,
         dedup,
         stats,
+        metrics,
+        clock,
         participants: config.participants.len(),
         batcher: Some(batcher),
         completion: Some(completion),
@@ -581,6 +619,7 @@ fn start_gateway(
         .expect("the intake is open while the node starts");
     let (admission, dedup) = (front.admission.clone(), front.dedup.clone());
     let participants = front.participants;
+    let (metrics, clock) = (front.metrics.clone(), front.clock.clone());
     let stop = Arc::new(AtomicBool::new(false));
     let doorbell = requests.doorbell().clone();
     let held_max = admission.ticket_slots_total();
@@ -617,7 +656,17 @@ fn start_gateway(
                         gateway.take(
                             client,
                             submit.txns,
-                            |txn| submit_to(Some(&intake), &admission, &dedup, participants, txn),
+                            |txn| {
+                                submit_to(
+                                    Some(&intake),
+                                    &admission,
+                                    &dedup,
+                                    participants,
+                                    &metrics,
+                                    clock.now_us(),
+                                    txn,
+                                )
+                            },
                             answer,
                         );
                     }

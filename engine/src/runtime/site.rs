@@ -223,6 +223,8 @@ pub struct SiteIo {
     pub appended: AppendSeq,
     /// When and where this site checkpoints its log.
     pub checkpoint: Checkpointer,
+    /// Metrics and spans of this site (see `metrics::observe`).
+    pub observe: crate::metrics::observe::SiteObserver,
 }
 
 /// Errors that end a site stage. A WAL error is fatal for the site (fsyncgate).
@@ -330,6 +332,7 @@ impl SiteIo {
                 source,
             })?;
             self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+            self.observe.sync_started(self.clock.now_us());
             self.sync.in_flight = Some(self.appended);
             self.sync.wanted = false;
             if self.sync.overlap {
@@ -353,6 +356,7 @@ impl SiteIo {
         })?;
         let now_us = self.clock.now_us();
         self.stats.sync_ended(now_us);
+        self.observe.sync_finished(now_us);
         machine.handle_durable(now_us, upto, &mut self.out);
         Ok(true)
     }
@@ -423,7 +427,9 @@ impl SiteIo {
                 .map_err(checkpoint_error)?;
         }
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
-        self.record_pause(timer.elapsed_us());
+        let pause_us = timer.elapsed_us();
+        self.record_pause(pause_us);
+        self.observe.checkpoint_paused(pause_us);
         Ok(())
     }
 
@@ -445,6 +451,8 @@ impl SiteIo {
             );
             self.appended = seq;
             self.stats.records.fetch_add(1, Ordering::Relaxed);
+            self.observe
+                .appended(self.encode.len() as u64 + tricommit_wal::RECORD_HEADER_BYTES);
         }
         Ok(())
     }
@@ -453,6 +461,10 @@ impl SiteIo {
     fn deliver(&mut self) {
         if self.out.sends.is_empty() {
             return;
+        }
+        let now_us = self.clock.now_us();
+        for outgoing in &self.out.sends {
+            self.observe.on_send(now_us, outgoing.to, &outgoing.part);
         }
         for (to, parts) in self.out.frames() {
             let Some(link) = self.links.get(to.0 as usize) else {
@@ -466,6 +478,7 @@ impl SiteIo {
                 .is_err()
             {
                 self.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                self.observe.frame_dropped();
             }
         }
     }
@@ -493,6 +506,7 @@ impl SiteIo {
         let now_us = self.clock.now_us();
         for frame in self.frames.drain(..) {
             for part in frame.parts {
+                self.observe.on_receive(now_us, frame.from, &part);
                 machine.handle_message(now_us, frame.from, part, &mut self.out);
             }
         }

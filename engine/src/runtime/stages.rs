@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::metrics::{EngineMetrics, LocalHistogram, LATENCY_BOUNDS_US};
 use crate::pipeline::mpsc::MpscReceiver;
 use crate::pipeline::spsc::{SpscReceiver, SpscSender};
 use crate::pipeline::{
@@ -31,12 +32,16 @@ pub const COMPLETION_CHUNKS_CAPACITY: usize = 1024;
 pub struct Pending {
     pub txn: Txn,
     pub completion: CompletionId,
+    /// When `Engine::submit` took it, on the engine's clock (for the latency metric).
+    pub submitted_us: u64,
 }
 
 /// A closed batch: the protocol's input plus the tickets, in batch order.
 pub struct ClientBatch {
     pub input: BatchInput,
     pub completions: Vec<CompletionId>,
+    /// Each transaction's submission time, in batch order.
+    pub submitted_us: Vec<u64>,
 }
 
 /// Outcomes for some transactions of one batch, for the completion stage.
@@ -45,6 +50,8 @@ pub struct CompletionChunk {
     /// The transaction of each completion, in the same order.
     pub txns: Vec<TxnId>,
     pub outcome: Outcome,
+    /// Each completion's submission time, in the same order.
+    pub submitted_us: Vec<u64>,
 }
 
 /// Engine-wide counters.
@@ -70,6 +77,7 @@ pub struct BatcherStage {
     pub replicas: usize,
     pub participants: usize,
     pub stats: Arc<EngineStats>,
+    pub metrics: Arc<EngineMetrics>,
 }
 
 /// Takes admitted transactions, closes batches by size, time or an idle coordinator,
@@ -109,6 +117,11 @@ pub fn run_batcher(mut stage: BatcherStage) {
                 .stats
                 .batch_txns_total
                 .fetch_add(batch.completions.len() as u64, Ordering::Relaxed);
+            stage.metrics.batches.fetch_add(1, Ordering::Relaxed);
+            stage
+                .metrics
+                .batch_txns
+                .observe(batch.completions.len() as u64);
             push_blocking(&mut stage.to_coordinator, batch);
         }
     }
@@ -145,7 +158,9 @@ fn build_batch(closed: &mut Vec<Pending>, replicas: usize, participants: usize) 
             .collect(),
     };
     let mut completions = Vec::with_capacity(len);
+    let mut submitted_us = Vec::with_capacity(len);
     for pending in closed.drain(..) {
+        submitted_us.push(pending.submitted_us);
         let mut mask = 0u64;
         for leg in pending.txn.legs() {
             let site = participant_site(replicas, leg.participant);
@@ -160,7 +175,11 @@ fn build_batch(closed: &mut Vec<Pending>, replicas: usize, participants: usize) 
         completions.push(pending.completion);
     }
     input.ops.retain(|(_, ops)| !ops.is_empty());
-    ClientBatch { input, completions }
+    ClientBatch {
+        input,
+        completions,
+        submitted_us,
+    }
 }
 
 /// A batch the active coordinator opened whose outcomes are not all reported yet.
@@ -168,6 +187,7 @@ struct OpenBatch {
     completions: Vec<CompletionId>,
     txns: Vec<TxnId>,
     txns_left: u32,
+    submitted_us: Vec<u64>,
 }
 
 /// The active coordinator's extra state.
@@ -199,12 +219,13 @@ pub fn run_active(
         io.fire_timer(&mut coordinator);
         let completions = std::mem::take(&mut io.out.completions);
         io.flush(&mut coordinator)?;
-        route(completions, &mut open, &mut unsent);
+        route(completions, &mut open, &mut unsent, &mut io.observe);
         if !io.keep_overlapping(worked > 0) {
             io.finish_sync(&mut coordinator)?;
         }
         let released = std::mem::take(&mut io.out.completions);
-        route(released, &mut open, &mut unsent);
+        route(released, &mut open, &mut unsent, &mut io.observe);
+        io.observe.refresh(io.clock.now_us());
         if !unsent.is_empty() {
             let _ = stage.to_completion.push_from(&mut unsent);
         }
@@ -248,10 +269,12 @@ fn take_batches(
                 io.stats
                     .vote_timeout_us
                     .store(vote_timeout_us, std::sync::atomic::Ordering::Relaxed);
+                io.observe.batch_opened(id, now_us, txns_left, participants);
                 let open_batch = OpenBatch {
                     completions: batch.completions,
                     txns,
                     txns_left,
+                    submitted_us: batch.submitted_us,
                 };
                 open.insert(id, open_batch);
             }
@@ -265,6 +288,7 @@ fn take_batches(
                     completions: batch.completions,
                     txns,
                     outcome: aborted,
+                    submitted_us: batch.submitted_us,
                 });
             }
         }
@@ -278,7 +302,9 @@ fn route(
     completions: Vec<proto::Completion>,
     open: &mut HashMap<BatchId, OpenBatch>,
     unsent: &mut Vec<CompletionChunk>,
+    observe: &mut crate::metrics::observe::SiteObserver,
 ) {
+    let mut now_us = None;
     for completion in completions {
         let Some(batch) = open.get_mut(&completion.batch) else {
             continue;
@@ -313,16 +339,21 @@ fn route(
                         completions: Vec::new(),
                         txns: Vec::new(),
                         outcome,
+                        submitted_us: Vec::new(),
                     });
                     unsent.last_mut().expect("just pushed")
                 }
             };
             chunk.completions.push(batch.completions[i]);
             chunk.txns.push(batch.txns[i]);
+            chunk.submitted_us.push(batch.submitted_us[i]);
             batch.txns_left = batch.txns_left.saturating_sub(1);
         }
         if batch.txns_left == 0 {
             open.remove(&completion.batch);
+            // One clock read per call, and only when a batch is fully decided.
+            let now_us = *now_us.get_or_insert_with(|| observe.clock_us());
+            observe.batch_decided(completion.batch, now_us);
         }
     }
 }
@@ -333,7 +364,10 @@ pub fn run_completion(
     admission: Arc<Admission>,
     stats: Arc<EngineStats>,
     dedup: Arc<super::dedup::Dedup>,
+    metrics: Arc<EngineMetrics>,
+    clock: Arc<crate::pipeline::MonotonicClock>,
 ) {
+    let mut latency_us = LocalHistogram::new(LATENCY_BOUNDS_US);
     let mut chunks = Vec::new();
     let mut scratch = Vec::new();
     let mut duplicates = Vec::new();
@@ -342,6 +376,16 @@ pub fn run_completion(
         if let Received::Closed = from.wait_batch(&mut chunks, COMPLETION_CHUNKS_CAPACITY, None) {
             return;
         }
+        // One clock read per wake-up; every transaction's latency is counted locally
+        // and folded into the shared histogram once.
+        let now_us = clock.now_us();
+        for chunk in chunks.iter() {
+            metrics.record_outcomes(chunk.outcome, chunk.completions.len() as u64);
+            for &submitted in &chunk.submitted_us {
+                latency_us.observe(now_us.saturating_sub(submitted));
+            }
+        }
+        latency_us.flush_into(&metrics.txn_latency_us);
         for chunk in chunks.drain(..) {
             let counter = match chunk.outcome {
                 Outcome::Committed => &stats.committed,

@@ -270,7 +270,11 @@ impl Shared {
             .engine
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut metrics = None;
         if let Some(old) = engine.take() {
+            // The reopened engine records into the same metrics, so a scraper's
+            // counters keep growing across the crash.
+            metrics = Some(old.metrics().clone());
             let mut base = self
                 .counters_base
                 .lock()
@@ -279,7 +283,10 @@ impl Shared {
             old.crash();
         }
         let started = Instant::now();
-        *engine = Some(Engine::open(config)?);
+        *engine = Some(match metrics {
+            Some(metrics) => Engine::open_observed(config, metrics)?,
+            None => Engine::open(config)?,
+        });
         Ok(started.elapsed())
     }
 

@@ -8,14 +8,21 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use serde::Serialize;
+use tricommit_engine::metrics::EngineMetrics;
 use tricommit_engine::{Engine, EngineConfig, Protocol};
 use tricommit_wal::SyncBackend;
 
 mod cluster;
+#[path = "../metrics_http.rs"]
+mod metrics_http;
+#[path = "../metrics_trace.rs"]
+mod metrics_trace;
+
 mod driver;
 mod progress;
 mod report;
@@ -168,6 +175,22 @@ pub struct Args {
     /// Seed of the workload's random choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Serve `GET /metrics` (OpenMetrics) and `GET /healthz` on this HOST:PORT while
+    /// the run lasts.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
+    /// With --metrics-addr: keep serving this many seconds after the run, so that a
+    /// scraper's last scrape sees the final counters (the summary is written first).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=3_600))]
+    pub metrics_linger_s: u64,
+    /// Export a trace per batch (a span per phase and site) over OTLP/HTTP to this
+    /// http:// URL (`/v1/traces` is added when it has no path). Off when not given.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// How log lines (recovery, torn tails, termination; never per transaction) are
+    /// written to stderr.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: metrics_trace::LogFormat,
 }
 
 /// Why a run could not be made. Every variant is bad input or the environment, and
@@ -206,6 +229,10 @@ pub enum LoadError {
     Cluster(String),
     #[error("--scenario failure crashes the engine in-process; it needs the embedded engine (run it without --cluster)")]
     FailureNeedsEmbedded,
+    #[error("{0}")]
+    Metrics(#[from] metrics_http::MetricsHttpError),
+    #[error("{0}")]
+    Telemetry(#[from] metrics_trace::TelemetryError),
 }
 
 fn main() -> ExitCode {
@@ -266,6 +293,26 @@ fn run(args: &Args) -> Result<bool, LoadError> {
     };
     validate(args)?;
     check_outputs(args)?;
+    let _telemetry = metrics_trace::init(
+        args.log_format,
+        args.otlp_endpoint.as_deref(),
+        "tricommit-load",
+    )?;
+    let metrics = Arc::new(EngineMetrics::new());
+    let metrics_server = match &args.metrics_addr {
+        Some(addr) => {
+            let served = metrics.clone();
+            // Healthy while an engine is open (not during the failure scenario's reopen).
+            let health = Arc::new(move || served.in_flight_txns().is_some());
+            let server = metrics_http::MetricsServer::start(addr, metrics.clone(), health)?;
+            eprintln!(
+                "tricommit-load: metrics on http://{}/metrics",
+                server.local_addr()
+            );
+            Some(server)
+        }
+        None => None,
+    };
     // A cluster keeps its own data; the embedded engine's directory is not used.
     let (root, temporary) = match &args.cluster {
         Some(dir) => (dir.clone(), None),
@@ -302,7 +349,7 @@ fn run(args: &Args) -> Result<bool, LoadError> {
         .wal
         .record_bytes_max
         .min((config.wal.segment_bytes / 2) as u32);
-    let outcome = drive(args, config)?;
+    let outcome = drive(args, config, metrics)?;
     let summary = summary::Summary::new(args, &outcome);
     summary.print();
     if let Some(path) = &args.json {
@@ -335,6 +382,9 @@ fn run(args: &Args) -> Result<bool, LoadError> {
         })?;
     }
     drop(temporary);
+    if metrics_server.is_some() && args.metrics_linger_s > 0 {
+        std::thread::sleep(Duration::from_secs(args.metrics_linger_s));
+    }
     Ok(summary.invariant_ok)
 }
 
@@ -355,7 +405,11 @@ pub struct RunOutcome {
     pub history_parts: Vec<PathBuf>,
 }
 
-fn drive(args: &Args, config: EngineConfig) -> Result<RunOutcome, LoadError> {
+fn drive(
+    args: &Args,
+    config: EngineConfig,
+    metrics: Arc<EngineMetrics>,
+) -> Result<RunOutcome, LoadError> {
     let mixed = args.scenario == scenario::Scenario::Mixed;
     let failure = args.scenario == scenario::Scenario::Failure;
     let workload = driver::Workload {
@@ -379,7 +433,7 @@ fn drive(args: &Args, config: EngineConfig) -> Result<RunOutcome, LoadError> {
             driver::Shared::remote(cluster::connect(dir)?, args.clients as usize, initial_rate)
         }
         None => {
-            let engine = Engine::open(config.clone())?;
+            let engine = Engine::open_observed(config.clone(), metrics)?;
             // What opening the logs found: records, torn tails, and the sync backend
             // really in use (with the reason, where io_uring fell back).
             eprintln!("tricommit-load: {}", engine.recovery_report());
