@@ -38,7 +38,9 @@ pub const ECHO_0430: &[u8] = &[2, 3, 4, 7, 11, 12, 13, 37, 41, 42, 49, 90];
 pub const ECHO_0810: &[u8] = &[7, 11, 37, 41, 70];
 
 /// Field 70 values of an 0800: sign-on, sign-off, echo test.
-pub const NETWORK_CODES: &[&[u8]] = &[b"001", b"002", b"301"];
+pub const NETWORK_SIGN_ON: &[u8] = b"001";
+pub const NETWORK_SIGN_OFF: &[u8] = b"002";
+pub const NETWORK_ECHO: &[u8] = b"301";
 
 /// The identity of a request in ISO 8583 terms: terminal (41), STAN (11) and
 /// transmission date and time (7). It is the idempotency key.

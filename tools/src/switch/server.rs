@@ -159,6 +159,8 @@ fn read_requests(
 ) -> io::Result<()> {
     let mut buffer = vec![0u8; READ_CHUNK_BYTES];
     let mut filled = 0usize;
+    // A connection is in service from the start; an 0800 sign-off takes it out.
+    let mut in_service = true;
     while !switch.stop.load(Ordering::SeqCst) {
         match stream.read(&mut buffer[filled..]) {
             Ok(0) => return Ok(()),
@@ -190,7 +192,11 @@ fn read_requests(
             if end > filled {
                 break;
             }
-            let job = request(&buffer[start + FRAME_PREFIX_BYTES..end], switch);
+            let job = request(
+                &buffer[start + FRAME_PREFIX_BYTES..end],
+                switch,
+                &mut in_service,
+            );
             start = end;
             match job {
                 Some(job) => {
@@ -217,7 +223,8 @@ fn read_requests(
 }
 
 /// Decides one request; `None` when it cannot be answered (close the connection).
-fn request(frame: &[u8], switch: &Switch) -> Option<Job> {
+/// `in_service` is the connection's sign-on state, which 0800 messages change.
+fn request(frame: &[u8], switch: &Switch, in_service: &mut bool) -> Option<Job> {
     switch.stats.requests.fetch_add(1, Ordering::Relaxed);
     let (message, error) = codec::decode_partial(frame).ok()?;
     let response_mti = rules::response_mti(message.mti)?;
@@ -225,9 +232,18 @@ fn request(frame: &[u8], switch: &Switch) -> Option<Job> {
         return Some(format_error(&message, response_mti, switch));
     }
     let job = match &message.mti {
+        b"0200" | b"0420" if !*in_service => {
+            let echo = echo_fields(&message.mti);
+            Job::Ready(rules::response(
+                &message,
+                response_mti,
+                echo,
+                code::UNAVAILABLE,
+            ))
+        }
         b"0200" => payment_request(message, switch),
         b"0420" => reversal_request(message, switch),
-        b"0800" => network_request(&message),
+        b"0800" => network_request(&message, in_service),
         _ => format_error(&message, response_mti, switch),
     };
     Some(job)
@@ -329,14 +345,19 @@ fn reversal_request(request: Message, switch: &Switch) -> Job {
     }
 }
 
-fn network_request(request: &Message) -> Job {
-    let known = request
-        .get(70)
-        .is_some_and(|value| rules::NETWORK_CODES.contains(&value));
-    let answer = if known {
-        code::APPROVED
-    } else {
-        code::FORMAT_ERROR
+/// An 0800: 001 signs the connection on, 002 signs it off, 301 is an echo test.
+fn network_request(request: &Message, in_service: &mut bool) -> Job {
+    let answer = match request.get(70) {
+        Some(rules::NETWORK_SIGN_ON) => {
+            *in_service = true;
+            code::APPROVED
+        }
+        Some(rules::NETWORK_SIGN_OFF) => {
+            *in_service = false;
+            code::APPROVED
+        }
+        Some(rules::NETWORK_ECHO) => code::APPROVED,
+        _ => code::FORMAT_ERROR,
     };
     Job::Ready(rules::response(request, *b"0810", rules::ECHO_0810, answer))
 }
