@@ -16,6 +16,7 @@ use tricommit_engine::{Engine, EngineConfig, Protocol};
 use tricommit_wal::SyncBackend;
 
 mod driver;
+mod iso8583;
 mod progress;
 mod report;
 mod scenario;
@@ -162,6 +163,11 @@ pub struct Args {
     /// Seed of the workload's random choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Drive a running `tricommit-switch` at HOST:PORT with ISO 8583 purchases instead
+    /// of an in-process engine (uses --clients as connections, --window, --duration,
+    /// --amount-max, --seed, --json).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub iso8583: Option<String>,
 }
 
 /// Why a run could not be made. Every variant is bad input or the environment, and
@@ -196,6 +202,8 @@ pub enum LoadError {
     ClientPanicked,
     #[error("reading the ledgers back: {0}")]
     Dump(#[from] tricommit_engine::runtime::DumpError),
+    #[error("iso8583: {0}")]
+    Iso8583(#[from] iso8583::Iso8583Error),
 }
 
 fn main() -> ExitCode {
@@ -211,6 +219,28 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `--iso8583 HOST:PORT`: the switch's load; every response is a verdict, so it
+/// always "passes" once the run completes (the switch checks nothing here).
+fn run_iso8583(address: &str, args: &Args) -> Result<bool, LoadError> {
+    let summary = iso8583::run(
+        address,
+        args.clients,
+        args.window,
+        Duration::from_secs(args.duration),
+        args.amount_max,
+        args.seed,
+    )?;
+    iso8583::print(&summary);
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&summary).expect("a summary always serializes");
+        std::fs::write(path, text).map_err(|source| LoadError::Output {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(true)
 }
 
 /// Checks every output path can be written before the run, not after it.
@@ -248,6 +278,9 @@ fn validate(args: &Args) -> Result<(), LoadError> {
 fn run(args: &Args) -> Result<bool, LoadError> {
     validate(args)?;
     check_outputs(args)?;
+    if let Some(address) = &args.iso8583 {
+        return run_iso8583(address, args);
+    }
     let (root, temporary) = data_root(args.data_dir.as_deref())?;
     let mut config = EngineConfig::ledgers(
         &root,
