@@ -311,3 +311,171 @@ impl State {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(stan: &[u8; 6]) -> Key {
+        Key {
+            terminal: *b"TERM0001",
+            stan: *stan,
+            transmitted: *b"1204161500",
+        }
+    }
+
+    fn payment(stan: &[u8; 6], amount: u64) -> Payment {
+        Payment {
+            key: key(stan),
+            pan: 4111111111111111,
+            merchant: 42,
+            amount,
+            fee: 0,
+            processing: *b"000000",
+        }
+    }
+
+    // A new payment is submitted once; while it is pending a retransmission waits, and
+    // after it is decided a retransmission gets the same code, a changed one gets 94.
+    #[test]
+    fn retransmissions() {
+        let book = Book::with_history(History::default());
+        let first = payment(b"000001", 100);
+        let PaymentStep::Submit(id) = book.payment(&first) else {
+            panic!("a new payment is submitted");
+        };
+        assert_eq!(id, payment_id(&first.key));
+        assert_eq!(book.payment(&first), PaymentStep::Wait);
+        book.decide(id, Status::Approved, false);
+        assert_eq!(
+            book.payment(&first),
+            PaymentStep::Answer(code::APPROVED, id)
+        );
+        let changed = payment(b"000001", 101);
+        assert_eq!(
+            book.payment(&changed),
+            PaymentStep::Answer(code::DUPLICATE, id)
+        );
+    }
+
+    // A payment the engine never took is forgotten, so its retransmission is submitted.
+    #[test]
+    fn busy_payment_is_forgotten() {
+        let book = Book::with_history(History::default());
+        let first = payment(b"000002", 100);
+        let PaymentStep::Submit(id) = book.payment(&first) else {
+            panic!("submitted");
+        };
+        book.decide(id, Status::Declined(code::UNAVAILABLE), true);
+        assert_eq!(book.payment(&first), PaymentStep::Submit(id));
+    }
+
+    // Two keys with one transaction id (a hash collision) never share a posting: the
+    // second is answered 96 and not submitted, for a payment and for a reversal.
+    #[test]
+    fn collision_is_refused() {
+        let book = Book::with_history(History::default());
+        let victim = payment(b"000003", 100);
+        let id = payment_id(&victim.key);
+        let other = key(b"999999");
+        book.lock().insert(
+            id.0,
+            Entry {
+                key: other,
+                payment: Some(payment(b"999999", 5)),
+                status: Status::Approved,
+                reversed: Reversed::No,
+            },
+        );
+        assert_eq!(
+            book.payment(&victim),
+            PaymentStep::Answer(code::MALFUNCTION, id)
+        );
+        assert_eq!(
+            book.reversal(&victim.key),
+            ReversalStep::Answer(code::MALFUNCTION)
+        );
+    }
+
+    // A reversal before its original leaves a tombstone: the late original is declined
+    // 94 and never submitted; a second reversal is accepted without posting.
+    #[test]
+    fn reversal_before_original() {
+        let book = Book::with_history(History::default());
+        let late = payment(b"000004", 100);
+        assert_eq!(
+            book.reversal(&late.key),
+            ReversalStep::Answer(code::APPROVED)
+        );
+        let id = payment_id(&late.key);
+        assert_eq!(
+            book.payment(&late),
+            PaymentStep::Answer(code::DUPLICATE, id)
+        );
+        assert_eq!(
+            book.reversal(&late.key),
+            ReversalStep::Answer(code::APPROVED)
+        );
+    }
+
+    // An approved payment is compensated once: while the compensation is in flight a
+    // second reversal waits; after it commits, reversals are answered without posting;
+    // after it fails, the next reversal compensates again.
+    #[test]
+    fn reversal_compensates_once() {
+        let book = Book::with_history(History::default());
+        let paid = payment(b"000005", 100);
+        let PaymentStep::Submit(id) = book.payment(&paid) else {
+            panic!("submitted");
+        };
+        assert_eq!(book.reversal(&paid.key), ReversalStep::Wait);
+        book.decide(id, Status::Approved, false);
+        let compensate = ReversalStep::Compensate(reversal_id(&paid.key), paid);
+        assert_eq!(book.reversal(&paid.key), compensate);
+        assert_eq!(book.reversal(&paid.key), ReversalStep::Wait);
+        book.reversal_done(&paid.key, false);
+        assert_eq!(book.reversal(&paid.key), compensate);
+        book.reversal_done(&paid.key, true);
+        assert_eq!(
+            book.reversal(&paid.key),
+            ReversalStep::Answer(code::APPROVED)
+        );
+        assert_ne!(reversal_id(&paid.key), id);
+    }
+
+    // After a restart, a payment the ledgers hold is answered 00 without a new
+    // posting, and its reversal compensates it from the recorded legs.
+    #[test]
+    fn history_survives_restart() {
+        let paid = payment(b"000006", 100);
+        let id = payment_id(&paid.key);
+        let mut history = History::default();
+        history.payments.insert(id.0, paid);
+        let book = Book::with_history(history);
+        assert_eq!(book.payment(&paid), PaymentStep::Answer(code::APPROVED, id));
+        let other = Book::with_history(History {
+            payments: [(id.0, paid)].into(),
+            reversed: HashSet::new(),
+        });
+        assert_eq!(
+            other.reversal(&paid.key),
+            ReversalStep::Compensate(reversal_id(&paid.key), paid)
+        );
+    }
+
+    // The id is stable (a restart computes the same one) and keys differing in any
+    // part get different ids.
+    #[test]
+    fn ids_are_stable_and_spread() {
+        let base = key(b"000001");
+        assert_eq!(payment_id(&base), payment_id(&key(b"000001")));
+        let mut other = base;
+        other.terminal[7] = b'2';
+        assert_ne!(payment_id(&base), payment_id(&other));
+        let mut later = base;
+        later.transmitted[9] = b'1';
+        assert_ne!(payment_id(&base), payment_id(&later));
+        assert_eq!(payment_id(&base).0 & REVERSAL_ID_BIT, 0);
+        assert_ne!(reversal_id(&base).0 & REVERSAL_ID_BIT, 0);
+    }
+}
