@@ -130,6 +130,12 @@ fn check(args: &Args) -> Result<(), SwitchError> {
 
 fn run(args: Args) -> Result<(), SwitchError> {
     check(&args)?;
+    // Bound first, so that a bad address fails before any directory is touched; the
+    // kernel queues connections until `serve` accepts them.
+    let listener = TcpListener::bind(&args.listen).map_err(|source| SwitchError::Listen {
+        address: args.listen.clone(),
+        source,
+    })?;
     // Before any thread exists, so that every thread inherits the blocked mask.
     signal::block().map_err(SwitchError::Signals)?;
     let data_dir_error = |path: &PathBuf| {
@@ -159,10 +165,6 @@ fn run(args: Args) -> Result<(), SwitchError> {
         initial_balance: args.initial_balance,
     };
     let backend = Backend::open_in_process(&data_dir, sizes)?;
-    let listener = TcpListener::bind(&args.listen).map_err(|source| SwitchError::Listen {
-        address: args.listen.clone(),
-        source,
-    })?;
     let address = listener.local_addr().map_err(SwitchError::Serve)?;
     let stop = Arc::new(AtomicBool::new(false));
     signal::watch(stop.clone()).map_err(SwitchError::Signals)?;
