@@ -32,6 +32,9 @@ pub const FRAME_BYTES_MAX: usize = 8192;
 pub const FRAME_PREFIX_BYTES: usize = 2;
 /// How often a blocked read or accept looks at the stop flag.
 pub const STOP_POLL: Duration = Duration::from_millis(50);
+/// How long a response write may block on a client that does not read before the
+/// switch gives up writing to it (it still records every outcome).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the switch waits for an outcome before it answers 91.
 pub const OUTCOME_WAIT: Duration = Duration::from_secs(10);
 /// Bytes read from a socket at once.
@@ -137,6 +140,7 @@ fn connection(stream: TcpStream, switch: &Arc<Switch>) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(STOP_POLL))?;
+    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let (jobs, queue) = mpsc::sync_channel(IN_FLIGHT_PER_CONNECTION_MAX);
     let writer = stream.try_clone()?;
     let answering = {
@@ -162,6 +166,9 @@ fn read_requests(
     // A connection is in service from the start; an 0800 sign-off takes it out.
     let mut in_service = true;
     while !switch.stop.load(Ordering::SeqCst) {
+        // At most one incomplete frame is kept, and the buffer holds more than a whole
+        // one, so there is always room: a read of 0 bytes is the peer closing.
+        debug_assert!(filled < buffer.len());
         match stream.read(&mut buffer[filled..]) {
             Ok(0) => return Ok(()),
             Ok(read) => filled += read,
