@@ -1,6 +1,6 @@
 //! End-to-end tests of `tricommit-switch` as a process: bad flags, clean shutdown on
-//! SIGTERM, and idempotency across a restart (the engine forgets ids; the switch
-//! rebuilds them from the ledgers' postings).
+//! SIGTERM, idempotency across a restart (the engine forgets ids; the switch rebuilds
+//! them from the ledgers' postings), and conservation under `tricommit-load --iso8583`.
 
 #[path = "../src/switch/codec.rs"]
 #[allow(dead_code)]
@@ -17,6 +17,7 @@ use std::time::Duration;
 use codec::Message;
 
 const SWITCH: &str = env!("CARGO_BIN_EXE_tricommit-switch");
+const LOAD: &str = env!("CARGO_BIN_EXE_tricommit-load");
 const TRICOMMIT: &str = env!("CARGO_BIN_EXE_tricommit");
 /// Bounds on every wait, so that a broken switch fails the test instead of hanging it.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -38,9 +39,16 @@ impl Drop for Running {
 
 impl Running {
     fn start(data_dir: &Path) -> Running {
+        Running::start_with(
+            data_dir,
+            &["--accounts", "100", "--initial-balance", "10000"],
+        )
+    }
+
+    fn start_with(data_dir: &Path, args: &[&str]) -> Running {
         let mut child = Command::new(SWITCH)
-            .args(["--listen", "127.0.0.1:0", "--accounts", "100"])
-            .args(["--initial-balance", "10000", "--fee-bps", "200"])
+            .args(["--listen", "127.0.0.1:0", "--fee-bps", "200"])
+            .args(args)
             .arg("--data-dir")
             .arg(data_dir)
             .stdout(Stdio::piped())
@@ -202,4 +210,66 @@ fn bad_flags_exit_2() {
         assert!(stderr.contains("error"), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn load_over_many_connections_conserves_money() {
+    // Proves that under pipelined load on eight connections every approval the load
+    // generator counted is one payment on all three ledgers, and that no minor unit is
+    // created or lost: the ledgers' total equals the issuer's opening total.
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch");
+    let data = scratch.path().join("data");
+    let json = scratch.path().join("load.json");
+    let (accounts, initial) = (1_000i64, 1_000_000_000i64);
+    let switch = Running::start_with(
+        &data,
+        &["--accounts", "1000", "--initial-balance", "1000000000"],
+    );
+    let output = Command::new(LOAD)
+        .args([
+            "--iso8583",
+            &switch.address,
+            "--clients",
+            "8",
+            "--window",
+            "16",
+        ])
+        .args(["--duration", "1", "--json"])
+        .arg(&json)
+        .output()
+        .expect("the load runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(switch.stop(), Some(0));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("parses");
+    let approved = summary["approved"].as_u64().expect("approved");
+    assert!(approved > 0, "{summary}");
+    assert_eq!(summary["requests"].as_u64(), Some(approved), "all approved");
+    let lines = postings(&data);
+    let issuer_postings = lines
+        .iter()
+        .filter(|line| line.split(' ').nth(1) == Some("0"));
+    assert_eq!(issuer_postings.count() as u64, approved);
+    let dump = Command::new(TRICOMMIT)
+        .args(["ledger", "dump", "--data-dir"])
+        .arg(&data)
+        .output()
+        .expect("dump runs");
+    let total: i128 = String::from_utf8_lossy(&dump.stdout)
+        .lines()
+        .map(|line| {
+            i128::from(
+                line.split(' ')
+                    .nth(2)
+                    .expect("balance")
+                    .parse::<i64>()
+                    .expect("number"),
+            )
+        })
+        .sum();
+    assert_eq!(total, i128::from(accounts) * i128::from(initial));
 }
