@@ -170,7 +170,8 @@ fn run(args: Args) -> Result<(), SwitchError> {
     signal::watch(stop.clone()).map_err(SwitchError::Signals)?;
     let switch = Arc::new(Switch {
         backend,
-        book: Book::with_history(history),
+        book: Arc::new(Book::with_history(history)),
+        late_watchers: Arc::default(),
         tariff: Tariff {
             accounts: args.accounts,
             fee_bps: args.fee_bps,

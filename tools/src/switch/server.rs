@@ -37,6 +37,8 @@ pub const STOP_POLL: Duration = Duration::from_millis(50);
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the switch waits for an outcome before it answers 91.
 pub const OUTCOME_WAIT: Duration = Duration::from_secs(10);
+/// The most threads at once that wait for outcomes later than [`OUTCOME_WAIT`].
+pub const LATE_WATCHERS_MAX: usize = 64;
 /// Bytes read from a socket at once.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
 
@@ -59,7 +61,9 @@ pub struct Stats {
 /// Everything the connections share.
 pub struct Switch {
     pub backend: Backend,
-    pub book: Book,
+    pub book: Arc<Book>,
+    /// Threads waiting for outcomes that came later than [`OUTCOME_WAIT`].
+    pub late_watchers: Arc<AtomicUsize>,
     pub tariff: Tariff,
     pub stats: Stats,
     pub stop: Arc<AtomicBool>,
@@ -446,17 +450,49 @@ fn answer(job: Job, switch: &Switch) -> Message {
 
 /// Waits for a submitted payment and records its outcome.
 fn payment_outcome(switch: &Switch, id: TxnId, ticket: Ticket) -> &'static [u8; 2] {
-    let outcome = ticket
-        .wait_timeout(OUTCOME_WAIT)
-        .unwrap_or(Outcome::InDoubt);
+    let outcome = match ticket.wait_timeout(OUTCOME_WAIT) {
+        Ok(outcome) => outcome,
+        Err(ticket) => {
+            watch_late(switch, id, ticket);
+            Outcome::InDoubt
+        }
+    };
     let answer = rules::outcome_code(outcome);
-    let status = match outcome {
+    switch.book.decide(id, status_of(outcome), false);
+    answer
+}
+
+/// The book's status for an outcome.
+fn status_of(outcome: Outcome) -> Status {
+    match outcome {
         Outcome::Committed => Status::Approved,
         Outcome::InDoubt => Status::Unknown,
-        Outcome::Aborted(_) => Status::Declined(answer),
-    };
-    switch.book.decide(id, status, false);
-    answer
+        Outcome::Aborted(_) => Status::Declined(rules::outcome_code(outcome)),
+    }
+}
+
+/// Keeps waiting, on its own thread, for an outcome the client was told is unknown
+/// (`91`), so that the book learns it and a later reversal or retransmission gets the
+/// truth. At most [`LATE_WATCHERS_MAX`] such threads exist at once; beyond that the
+/// payment stays unknown. Each ends when the engine completes the ticket, which it does for
+/// every ticket by shutdown at the latest.
+fn watch_late(switch: &Switch, id: TxnId, ticket: Ticket) {
+    if switch.late_watchers.fetch_add(1, Ordering::SeqCst) >= LATE_WATCHERS_MAX {
+        switch.late_watchers.fetch_sub(1, Ordering::SeqCst);
+        return;
+    }
+    let (book, watchers) = (switch.book.clone(), switch.late_watchers.clone());
+    let spawned = thread::Builder::new()
+        .name("late-outcome".into())
+        .spawn(move || {
+            let outcome = ticket.wait();
+            book.decide(id, status_of(outcome), false);
+            watchers.fetch_sub(1, Ordering::SeqCst);
+        });
+    if spawned.is_err() {
+        switch.late_watchers.fetch_sub(1, Ordering::SeqCst);
+        eprintln!("tricommit-switch: cannot start a thread to wait for a late outcome");
+    }
 }
 
 /// Answers a retransmission once the first transmission's outcome is known.
