@@ -19,6 +19,7 @@ fi
 cargo build --release -p tricommit-tools --bin tricommit-switch --bin tricommit
 
 status=0
+export PYTHONDONTWRITEBYTECODE=1
 TRICOMMIT_BIN_DIR="$PWD/target/release" timeout 600 \
     "$venv/bin/python" -m pytest -p no:cacheprovider -v tests/iso8583 || status=$?
 if [ "$status" -eq 5 ]; then
