@@ -83,6 +83,8 @@ enum SwitchError {
     Signals(std::io::Error),
     #[error("serving: {0}")]
     Serve(std::io::Error),
+    #[error("a connection thread still holds the engine; it was not shut down cleanly")]
+    StillShared,
 }
 
 impl SwitchError {
@@ -188,10 +190,9 @@ fn run(args: Args) -> Result<(), SwitchError> {
     println!("listening on {address}");
     let _ = std::io::stdout().flush();
     let served = server::serve(listener, switch.clone());
-    let switch = Arc::into_inner(switch).expect("every connection thread has been joined");
     print_stats(&switch);
-    let stop_flag = switch.stop.load(Ordering::SeqCst);
-    debug_assert!(stop_flag || served.is_err());
+    // `serve` joined every connection thread, so this is the last handle.
+    let switch = Arc::into_inner(switch).ok_or(SwitchError::StillShared)?;
     switch.backend.shutdown()?;
     served.map_err(SwitchError::Serve)
 }
