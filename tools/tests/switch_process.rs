@@ -215,8 +215,8 @@ fn bad_flags_exit_2() {
 #[test]
 fn load_over_many_connections_conserves_money() {
     // Proves that under pipelined load on eight connections every approval the load
-    // generator counted is one payment on all three ledgers, and that no minor unit is
-    // created or lost: the ledgers' total equals the issuer's opening total.
+    // generator counted is one payment on the ledgers (and nothing else posted), and
+    // that no minor unit is created or lost: the total equals the issuer's opening total.
     let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch");
     let data = scratch.path().join("data");
     let json = scratch.path().join("load.json");
@@ -248,12 +248,17 @@ fn load_over_many_connections_conserves_money() {
         serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("parses");
     let approved = summary["approved"].as_u64().expect("approved");
     assert!(approved > 0, "{summary}");
-    assert_eq!(summary["requests"].as_u64(), Some(approved), "all approved");
+    // On a loaded machine a participant may time out a vote: 91, nothing posted.
+    let codes = summary["codes"].as_object().expect("codes");
+    assert!(
+        codes.keys().all(|code| code == "00" || code == "91"),
+        "only approvals and timeouts: {summary}"
+    );
     let lines = postings(&data);
     let issuer_postings = lines
         .iter()
         .filter(|line| line.split(' ').nth(1) == Some("0"));
-    assert_eq!(issuer_postings.count() as u64, approved);
+    assert_eq!(issuer_postings.count() as u64, approved, "{summary}");
     let dump = Command::new(TRICOMMIT)
         .args(["ledger", "dump", "--data-dir"])
         .arg(&data)
