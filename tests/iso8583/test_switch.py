@@ -12,6 +12,7 @@ binaries (default: target/release of this checkout).
 """
 
 import os
+import re
 import select
 import signal
 import socket
@@ -191,6 +192,22 @@ def client(switch):
     connection = Client(switch["address"])
     yield connection
     connection.close()
+
+
+def test_codec_table_is_pyiso8583_default_ascii():
+    # The Rust codec's field table (tools/src/switch/codec.rs) has, for every field
+    # 1..=128, the length prefix and maximum length of pyiso8583's default_ascii, and
+    # every field there is ASCII-encoded.
+    source = (ROOT / "tools" / "src" / "switch" / "codec.rs").read_text()
+    rows = re.findall(r'^\s*(fixed|llvar|lllvar)\((\d+), "[^"]*"\),\s*// (\d+)$', source, re.M)
+    assert [int(number) for _, _, number in rows] == list(range(1, 129))
+    prefix = {"fixed": 0, "llvar": 2, "lllvar": 3}
+    for kind, length, number in rows:
+        field = SPEC[number]
+        assert (prefix[kind], int(length)) == (field["len_type"], field["max_len"]), number
+        assert field["data_enc"] == "ascii" and field["len_enc"] == "ascii", number
+    for key in ("t", "p"):
+        assert SPEC[key]["data_enc"] == "ascii"
 
 
 ECHOED_0210 = ("2", "3", "4", "7", "11", "12", "13", "37", "41", "42", "49")

@@ -37,647 +37,162 @@ pub struct FieldSpec {
 
 /// Fields 1 to 128, at index `field - 1`.
 pub static FIELDS: [FieldSpec; FIELD_NUMBER_MAX as usize] = [
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 16,
-        name: "Bitmap, Secondary",
-    }, // 1
-    FieldSpec {
-        len_prefix_digits: 2,
-        len_max: 19,
-        name: "Primary Account Number (PAN)",
-    }, // 2
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 6,
-        name: "Processing Code",
-    }, // 3
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 12,
-        name: "Amount, Transaction",
-    }, // 4
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 12,
-        name: "Amount, Settlement",
-    }, // 5
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 12,
-        name: "Amount, Cardholder Billing",
-    }, // 6
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 10,
-        name: "Transmission Date and Time",
-    }, // 7
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 8,
-        name: "Amount, Cardholder Billing Fee",
-    }, // 8
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 8,
-        name: "Conversion Rate, Settlement",
-    }, // 9
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 8,
-        name: "Conversion Rate, Cardholder Billing",
-    }, // 10
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 6,
-        name: "System Trace Audit Number",
-    }, // 11
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 6,
-        name: "Time, Local Transaction",
-    }, // 12
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 4,
-        name: "Date, Local Transaction",
-    }, // 13
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 4,
-        name: "Date, Expiration",
-    }, // 14
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 4,
-        name: "Date, Settlement",
-    }, // 15
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 4,
-        name: "Date, Conversion",
-    }, // 16
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 4,
-        name: "Date, Capture",
-    }, // 17
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 4,
-        name: "Merchant Type",
-    }, // 18
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 3,
-        name: "Acquiring Institution Country Code",
-    }, // 19
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 3,
-        name: "PAN Country Code",
-    }, // 20
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 3,
-        name: "Forwarding Institution Country Code",
-    }, // 21
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 3,
-        name: "Point-of-Service Entry Mode",
-    }, // 22
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 3,
-        name: "PAN Sequence Number",
-    }, // 23
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 3,
-        name: "Network International ID (NII)",
-    }, // 24
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 2,
-        name: "Point-of-Service Condition Code",
-    }, // 25
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 2,
-        name: "Point-of-Service Capture Code",
-    }, // 26
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 1,
-        name: "Authorizing ID Response Length",
-    }, // 27
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 9,
-        name: "Amount, Transaction Fee",
-    }, // 28
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 9,
-        name: "Amount, Settlement Fee",
-    }, // 29
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 9,
-        name: "Amount, Transaction Processing Fee",
-    }, // 30
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 9,
-        name: "Amount, Settlement Processing Fee",
-    }, // 31
-    FieldSpec {
-        len_prefix_digits: 2,
-        len_max: 11,
-        name: "Acquiring Institution ID Code",
-    }, // 32
-    FieldSpec {
-        len_prefix_digits: 2,
-        len_max: 11,
-        name: "Forwarding Institution ID Code",
-    }, // 33
-    FieldSpec {
-        len_prefix_digits: 2,
-        len_max: 28,
-        name: "Primary Account Number, Extended",
-    }, // 34
-    FieldSpec {
-        len_prefix_digits: 2,
-        len_max: 37,
-        name: "Track 2 Data",
-    }, // 35
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 104,
-        name: "Track 3 Data",
-    }, // 36
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 12,
-        name: "Retrieval Reference Number",
-    }, // 37
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 6,
-        name: "Authorization ID Response",
-    }, // 38
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 2,
-        name: "Response Code",
-    }, // 39
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 3,
-        name: "Service Restriction Code",
-    }, // 40
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 8,
-        name: "Card Acceptor Terminal ID",
-    }, // 41
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 15,
-        name: "Card Acceptor ID Code",
-    }, // 42
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 40,
-        name: "Card Acceptor Name/Location",
-    }, // 43
-    FieldSpec {
-        len_prefix_digits: 2,
-        len_max: 25,
-        name: "Additional Response Data",
-    }, // 44
-    FieldSpec {
-        len_prefix_digits: 2,
-        len_max: 76,
-        name: "Track 1 Data",
-    }, // 45
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 999,
-        name: "Additional Data - ISO",
-    }, // 46
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 999,
-        name: "Additional Data - National",
-    }, // 47
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 999,
-        name: "Additional Data - Private",
-    }, // 48
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 3,
-        name: "Currency Code, Transaction",
-    }, // 49
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 3,
-        name: "Currency Code, Settlement",
-    }, // 50
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 3,
-        name: "Currency Code, Cardholder Billing",
-    }, // 51
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 16,
-        name: "PIN",
-    }, // 52
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 16,
-        name: "Security-Related Control Information",
-    }, // 53
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 240,
-        name: "Additional Amounts",
-    }, // 54
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 510,
-        name: "ICC data",
-    }, // 55
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 999,
-        name: "Reserved ISO",
-    }, // 56
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 999,
-        name: "Reserved National",
-    }, // 57
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 999,
-        name: "Reserved National",
-    }, // 58
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 999,
-        name: "Reserved National",
-    }, // 59
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 999,
-        name: "Reserved National",
-    }, // 60
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 999,
-        name: "Reserved Private",
-    }, // 61
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 999,
-        name: "Reserved Private",
-    }, // 62
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 999,
-        name: "Reserved Private",
-    }, // 63
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 16,
-        name: "MAC",
-    }, // 64
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 16,
-        name: "Bitmap, Extended",
-    }, // 65
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 1,
-        name: "Settlement Code",
-    }, // 66
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 2,
-        name: "Extended Payment Code",
-    }, // 67
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 3,
-        name: "Receiving Institution Country Code",
-    }, // 68
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 3,
-        name: "Settlement Institution Country Code",
-    }, // 69
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 3,
-        name: "Network Management Information Code",
-    }, // 70
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 4,
-        name: "Message Number",
-    }, // 71
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 4,
-        name: "Message Number, Last",
-    }, // 72
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 6,
-        name: "Date, Action",
-    }, // 73
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 10,
-        name: "Credits, Number",
-    }, // 74
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 10,
-        name: "Credits, Reversal Number",
-    }, // 75
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 10,
-        name: "Debits, Number",
-    }, // 76
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 10,
-        name: "Debits, Reversal Number",
-    }, // 77
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 10,
-        name: "Transfer, Number",
-    }, // 78
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 10,
-        name: "Transfer, Reversal Number",
-    }, // 79
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 10,
-        name: "Inquiries, Number",
-    }, // 80
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 10,
-        name: "Authorizations, Number",
-    }, // 81
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 12,
-        name: "Credits, Processing Fee Amount",
-    }, // 82
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 12,
-        name: "Credits, Transaction Fee Amount",
-    }, // 83
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 12,
-        name: "Debits, Processing Fee Amount",
-    }, // 84
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 12,
-        name: "Debits, Transaction Fee Amount",
-    }, // 85
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 16,
-        name: "Credits, Amount",
-    }, // 86
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 16,
-        name: "Credits, Reversal Amount",
-    }, // 87
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 16,
-        name: "Debits, Amount",
-    }, // 88
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 16,
-        name: "Debits, Reversal Amount",
-    }, // 89
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 42,
-        name: "Original Data Elements",
-    }, // 90
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 1,
-        name: "File Update Code",
-    }, // 91
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 2,
-        name: "File Security Code",
-    }, // 92
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 5,
-        name: "Response Indicator",
-    }, // 93
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 7,
-        name: "Service Indicator",
-    }, // 94
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 42,
-        name: "Replacement Amounts",
-    }, // 95
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 16,
-        name: "Message Security Code",
-    }, // 96
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 17,
-        name: "Amount, Net Settlement",
-    }, // 97
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 25,
-        name: "Payee",
-    }, // 98
-    FieldSpec {
-        len_prefix_digits: 2,
-        len_max: 11,
-        name: "Settlement Institution ID Code",
-    }, // 99
-    FieldSpec {
-        len_prefix_digits: 2,
-        len_max: 11,
-        name: "Receiving Institution ID Code",
-    }, // 100
-    FieldSpec {
-        len_prefix_digits: 2,
-        len_max: 17,
-        name: "File Name",
-    }, // 101
-    FieldSpec {
-        len_prefix_digits: 2,
-        len_max: 28,
-        name: "Account ID 1",
-    }, // 102
-    FieldSpec {
-        len_prefix_digits: 2,
-        len_max: 28,
-        name: "Account ID 2",
-    }, // 103
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 100,
-        name: "Transaction Description",
-    }, // 104
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 999,
-        name: "Reserved for ISO Use",
-    }, // 105
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 999,
-        name: "Reserved for ISO Use",
-    }, // 106
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 999,
-        name: "Reserved for ISO Use",
-    }, // 107
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 999,
-        name: "Reserved for ISO Use",
-    }, // 108
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 999,
-        name: "Reserved for ISO Use",
-    }, // 109
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 999,
-        name: "Reserved for ISO Use",
-    }, // 110
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 999,
-        name: "Reserved for ISO Use",
-    }, // 111
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 999,
-        name: "Reserved for National Use",
-    }, // 112
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 999,
-        name: "Reserved for National Use",
-    }, // 113
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 999,
-        name: "Reserved for National Use",
-    }, // 114
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 999,
-        name: "Reserved for National Use",
-    }, // 115
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 999,
-        name: "Reserved for National Use",
-    }, // 116
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 999,
-        name: "Reserved for National Use",
-    }, // 117
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 999,
-        name: "Reserved for National Use",
-    }, // 118
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 999,
-        name: "Reserved for National Use",
-    }, // 119
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 999,
-        name: "Reserved for Private Use",
-    }, // 120
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 999,
-        name: "Reserved for Private Use",
-    }, // 121
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 999,
-        name: "Reserved for Private Use",
-    }, // 122
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 999,
-        name: "Reserved for Private Use",
-    }, // 123
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 999,
-        name: "Reserved for Private Use",
-    }, // 124
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 999,
-        name: "Reserved for Private Use",
-    }, // 125
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 999,
-        name: "Reserved for Private Use",
-    }, // 126
-    FieldSpec {
-        len_prefix_digits: 3,
-        len_max: 999,
-        name: "Reserved for Private Use",
-    }, // 127
-    FieldSpec {
-        len_prefix_digits: 0,
-        len_max: 16,
-        name: "MAC",
-    }, // 128
+    fixed(16, "Bitmap, Secondary"),                    // 1
+    llvar(19, "Primary Account Number (PAN)"),         // 2
+    fixed(6, "Processing Code"),                       // 3
+    fixed(12, "Amount, Transaction"),                  // 4
+    fixed(12, "Amount, Settlement"),                   // 5
+    fixed(12, "Amount, Cardholder Billing"),           // 6
+    fixed(10, "Transmission Date and Time"),           // 7
+    fixed(8, "Amount, Cardholder Billing Fee"),        // 8
+    fixed(8, "Conversion Rate, Settlement"),           // 9
+    fixed(8, "Conversion Rate, Cardholder Billing"),   // 10
+    fixed(6, "System Trace Audit Number"),             // 11
+    fixed(6, "Time, Local Transaction"),               // 12
+    fixed(4, "Date, Local Transaction"),               // 13
+    fixed(4, "Date, Expiration"),                      // 14
+    fixed(4, "Date, Settlement"),                      // 15
+    fixed(4, "Date, Conversion"),                      // 16
+    fixed(4, "Date, Capture"),                         // 17
+    fixed(4, "Merchant Type"),                         // 18
+    fixed(3, "Acquiring Institution Country Code"),    // 19
+    fixed(3, "PAN Country Code"),                      // 20
+    fixed(3, "Forwarding Institution Country Code"),   // 21
+    fixed(3, "Point-of-Service Entry Mode"),           // 22
+    fixed(3, "PAN Sequence Number"),                   // 23
+    fixed(3, "Network International ID (NII)"),        // 24
+    fixed(2, "Point-of-Service Condition Code"),       // 25
+    fixed(2, "Point-of-Service Capture Code"),         // 26
+    fixed(1, "Authorizing ID Response Length"),        // 27
+    fixed(9, "Amount, Transaction Fee"),               // 28
+    fixed(9, "Amount, Settlement Fee"),                // 29
+    fixed(9, "Amount, Transaction Processing Fee"),    // 30
+    fixed(9, "Amount, Settlement Processing Fee"),     // 31
+    llvar(11, "Acquiring Institution ID Code"),        // 32
+    llvar(11, "Forwarding Institution ID Code"),       // 33
+    llvar(28, "Primary Account Number, Extended"),     // 34
+    llvar(37, "Track 2 Data"),                         // 35
+    lllvar(104, "Track 3 Data"),                       // 36
+    fixed(12, "Retrieval Reference Number"),           // 37
+    fixed(6, "Authorization ID Response"),             // 38
+    fixed(2, "Response Code"),                         // 39
+    fixed(3, "Service Restriction Code"),              // 40
+    fixed(8, "Card Acceptor Terminal ID"),             // 41
+    fixed(15, "Card Acceptor ID Code"),                // 42
+    fixed(40, "Card Acceptor Name/Location"),          // 43
+    llvar(25, "Additional Response Data"),             // 44
+    llvar(76, "Track 1 Data"),                         // 45
+    lllvar(999, "Additional Data - ISO"),              // 46
+    lllvar(999, "Additional Data - National"),         // 47
+    lllvar(999, "Additional Data - Private"),          // 48
+    fixed(3, "Currency Code, Transaction"),            // 49
+    fixed(3, "Currency Code, Settlement"),             // 50
+    fixed(3, "Currency Code, Cardholder Billing"),     // 51
+    fixed(16, "PIN"),                                  // 52
+    fixed(16, "Security-Related Control Information"), // 53
+    lllvar(240, "Additional Amounts"),                 // 54
+    lllvar(510, "ICC data"),                           // 55
+    lllvar(999, "Reserved ISO"),                       // 56
+    lllvar(999, "Reserved National"),                  // 57
+    lllvar(999, "Reserved National"),                  // 58
+    lllvar(999, "Reserved National"),                  // 59
+    lllvar(999, "Reserved National"),                  // 60
+    lllvar(999, "Reserved Private"),                   // 61
+    lllvar(999, "Reserved Private"),                   // 62
+    lllvar(999, "Reserved Private"),                   // 63
+    fixed(16, "MAC"),                                  // 64
+    fixed(16, "Bitmap, Extended"),                     // 65
+    fixed(1, "Settlement Code"),                       // 66
+    fixed(2, "Extended Payment Code"),                 // 67
+    fixed(3, "Receiving Institution Country Code"),    // 68
+    fixed(3, "Settlement Institution Country Code"),   // 69
+    fixed(3, "Network Management Information Code"),   // 70
+    fixed(4, "Message Number"),                        // 71
+    fixed(4, "Message Number, Last"),                  // 72
+    fixed(6, "Date, Action"),                          // 73
+    fixed(10, "Credits, Number"),                      // 74
+    fixed(10, "Credits, Reversal Number"),             // 75
+    fixed(10, "Debits, Number"),                       // 76
+    fixed(10, "Debits, Reversal Number"),              // 77
+    fixed(10, "Transfer, Number"),                     // 78
+    fixed(10, "Transfer, Reversal Number"),            // 79
+    fixed(10, "Inquiries, Number"),                    // 80
+    fixed(10, "Authorizations, Number"),               // 81
+    fixed(12, "Credits, Processing Fee Amount"),       // 82
+    fixed(12, "Credits, Transaction Fee Amount"),      // 83
+    fixed(12, "Debits, Processing Fee Amount"),        // 84
+    fixed(12, "Debits, Transaction Fee Amount"),       // 85
+    fixed(16, "Credits, Amount"),                      // 86
+    fixed(16, "Credits, Reversal Amount"),             // 87
+    fixed(16, "Debits, Amount"),                       // 88
+    fixed(16, "Debits, Reversal Amount"),              // 89
+    fixed(42, "Original Data Elements"),               // 90
+    fixed(1, "File Update Code"),                      // 91
+    fixed(2, "File Security Code"),                    // 92
+    fixed(5, "Response Indicator"),                    // 93
+    fixed(7, "Service Indicator"),                     // 94
+    fixed(42, "Replacement Amounts"),                  // 95
+    fixed(16, "Message Security Code"),                // 96
+    fixed(17, "Amount, Net Settlement"),               // 97
+    fixed(25, "Payee"),                                // 98
+    llvar(11, "Settlement Institution ID Code"),       // 99
+    llvar(11, "Receiving Institution ID Code"),        // 100
+    llvar(17, "File Name"),                            // 101
+    llvar(28, "Account ID 1"),                         // 102
+    llvar(28, "Account ID 2"),                         // 103
+    lllvar(100, "Transaction Description"),            // 104
+    lllvar(999, "Reserved for ISO Use"),               // 105
+    lllvar(999, "Reserved for ISO Use"),               // 106
+    lllvar(999, "Reserved for ISO Use"),               // 107
+    lllvar(999, "Reserved for ISO Use"),               // 108
+    lllvar(999, "Reserved for ISO Use"),               // 109
+    lllvar(999, "Reserved for ISO Use"),               // 110
+    lllvar(999, "Reserved for ISO Use"),               // 111
+    lllvar(999, "Reserved for National Use"),          // 112
+    lllvar(999, "Reserved for National Use"),          // 113
+    lllvar(999, "Reserved for National Use"),          // 114
+    lllvar(999, "Reserved for National Use"),          // 115
+    lllvar(999, "Reserved for National Use"),          // 116
+    lllvar(999, "Reserved for National Use"),          // 117
+    lllvar(999, "Reserved for National Use"),          // 118
+    lllvar(999, "Reserved for National Use"),          // 119
+    lllvar(999, "Reserved for Private Use"),           // 120
+    lllvar(999, "Reserved for Private Use"),           // 121
+    lllvar(999, "Reserved for Private Use"),           // 122
+    lllvar(999, "Reserved for Private Use"),           // 123
+    lllvar(999, "Reserved for Private Use"),           // 124
+    lllvar(999, "Reserved for Private Use"),           // 125
+    lllvar(999, "Reserved for Private Use"),           // 126
+    lllvar(999, "Reserved for Private Use"),           // 127
+    fixed(16, "MAC"),                                  // 128
 ];
+
+/// A fixed field of `len` bytes.
+const fn fixed(len: u16, name: &'static str) -> FieldSpec {
+    FieldSpec {
+        len_prefix_digits: 0,
+        len_max: len,
+        name,
+    }
+}
+
+/// A variable field with a 2-digit length prefix (LLVAR), at most `len_max` bytes.
+const fn llvar(len_max: u16, name: &'static str) -> FieldSpec {
+    FieldSpec {
+        len_prefix_digits: 2,
+        len_max,
+        name,
+    }
+}
+
+/// A variable field with a 3-digit length prefix (LLLVAR), at most `len_max` bytes.
+const fn lllvar(len_max: u16, name: &'static str) -> FieldSpec {
+    FieldSpec {
+        len_prefix_digits: 3,
+        len_max,
+        name,
+    }
+}
 
 /// The spec of field `number` (1..=128), or `None`.
 pub fn field_spec(number: u8) -> Option<&'static FieldSpec> {
