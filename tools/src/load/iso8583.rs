@@ -1,7 +1,8 @@
 //! `tricommit-load --iso8583 HOST:PORT`: drives a running `tricommit-switch` over TCP
 //! with ISO 8583 0200 purchases (pyiso8583 `default_ascii` encoding, 2-byte big-endian
-//! framing), one thread per connection, each keeping `--window` requests in flight
-//! (at most [`WINDOW_ISO8583_MAX`], the switch's per-connection bound). Latency is
+//! framing), one thread per connection, each keeping between half of `--window` and
+//! `--window` requests in flight (at most [`WINDOW_ISO8583_MAX`], the switch's
+//! per-connection bound), refilled in one write. Latency is
 //! measured from the request's write to its response's arrival, matched by STAN.
 //!
 //! Flags used: `--clients` (connections), `--window`, `--duration`, `--amount-max`,
@@ -280,7 +281,7 @@ fn purchase(
     out[at..at + 2].copy_from_slice(&len.to_be_bytes());
 }
 
-/// One connection: fill the window, then send one more request per response, until
+/// One connection: fill the window, refill it whenever half of it is answered, until
 /// the deadline; then drain what is in flight.
 fn connection(
     address: &str,
@@ -316,7 +317,9 @@ fn connection(
     let mut frame = vec![0u8; FRAME_BYTES_MAX];
     loop {
         let open = Instant::now() < deadline;
-        if open && (sent.len() as u64) < window {
+        // Refill once half the window is answered: one write carries many requests,
+        // instead of one write per response.
+        if open && (sent.len() as u64) <= window / 2 {
             let transmitted = transmitted_now();
             batch.clear();
             let now = Instant::now();
