@@ -245,53 +245,76 @@ pub enum EncodeError {
     BadMti { mti: [u8; MTI_BYTES] },
 }
 
-/// A decoded message: the MTI and the data fields present, sorted by field number.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// Field bytes reserved up front for a message built field by field.
+const MESSAGE_DATA_BYTES_INITIAL: usize = 160;
+/// Fields reserved up front (a payment message has about a dozen).
+const MESSAGE_FIELDS_INITIAL: usize = 16;
+
+/// A decoded message: the MTI and the data fields present. The values live back to
+/// back in one buffer, so that a message costs two allocations, not one per field.
+#[derive(Debug, Clone, Default)]
 pub struct Message {
     pub mti: [u8; MTI_BYTES],
-    fields: Vec<(u8, Vec<u8>)>,
+    /// Every value set, in the order set (a replaced value stays, unreferenced).
+    data: Vec<u8>,
+    /// `(field, start, end)` of each present field's value in `data`, sorted by field.
+    index: Vec<(u8, u32, u32)>,
 }
+
+impl PartialEq for Message {
+    /// Equal when the MTI and every field's value are equal, however they were built.
+    fn eq(&self, other: &Message) -> bool {
+        self.mti == other.mti && self.fields().eq(other.fields())
+    }
+}
+
+impl Eq for Message {}
 
 impl Message {
     /// An empty message of type `mti` (e.g. `*b"0200"`).
     pub fn new(mti: [u8; MTI_BYTES]) -> Message {
         Message {
             mti,
-            fields: Vec::new(),
+            data: Vec::with_capacity(MESSAGE_DATA_BYTES_INITIAL),
+            index: Vec::with_capacity(MESSAGE_FIELDS_INITIAL),
         }
     }
 
     /// The value of field `number`, if present.
     pub fn get(&self, number: u8) -> Option<&[u8]> {
-        self.fields
-            .binary_search_by_key(&number, |(field, _)| *field)
-            .ok()
-            .map(|at| self.fields[at].1.as_slice())
+        let at = self
+            .index
+            .binary_search_by_key(&number, |(field, _, _)| *field)
+            .ok()?;
+        let (_, start, end) = self.index[at];
+        self.data.get(start as usize..end as usize)
     }
 
     /// Sets field `number`, replacing any value it had.
-    pub fn set(&mut self, number: u8, value: impl Into<Vec<u8>>) {
-        let value = value.into();
+    pub fn set(&mut self, number: u8, value: impl AsRef<[u8]>) {
+        let start = self.data.len() as u32;
+        self.data.extend_from_slice(value.as_ref());
+        let span = (number, start, self.data.len() as u32);
         match self
-            .fields
-            .binary_search_by_key(&number, |(field, _)| *field)
+            .index
+            .binary_search_by_key(&number, |(field, _, _)| *field)
         {
-            Ok(at) => self.fields[at].1 = value,
-            Err(at) => self.fields.insert(at, (number, value)),
+            Ok(at) => self.index[at] = span,
+            Err(at) => self.index.insert(at, span),
         }
     }
 
     /// The fields present, in field order.
     pub fn fields(&self) -> impl Iterator<Item = (u8, &[u8])> {
-        self.fields
+        self.index
             .iter()
-            .map(|(field, value)| (*field, value.as_slice()))
+            .map(|&(field, start, end)| (field, &self.data[start as usize..end as usize]))
     }
 
     /// Copies field `number` from `other` when it is present there.
     pub fn echo(&mut self, other: &Message, number: u8) {
         if let Some(value) = other.get(number) {
-            self.set(number, value.to_vec());
+            self.set(number, value);
         }
     }
 
@@ -411,7 +434,8 @@ fn decode_field(
     if !value.is_ascii() {
         return Err(DecodeError::NonAscii { field });
     }
-    message.fields.push((field, value.to_vec()));
+    // Fields are decoded in ascending order, so appending keeps the index sorted.
+    message.set(field, value);
     Ok(at + len)
 }
 

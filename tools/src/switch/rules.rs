@@ -253,7 +253,7 @@ pub fn response(request: &Message, mti: [u8; 4], echo: &[u8], code: &[u8; 2]) ->
     for &field in echo {
         response.echo(request, field);
     }
-    response.set(39, code.to_vec());
+    response.set(39, code);
     response
 }
 

@@ -322,7 +322,7 @@ fn submit_payment(switch: &Switch, id: TxnId, payment: &Payment) -> Option<Ticke
 fn payment_response(request: &Message, answer: &[u8; 2], id: Option<TxnId>) -> Message {
     let mut response = rules::response(request, *b"0210", rules::ECHO_0210, answer);
     if let (Some(id), true) = (id, answer == code::APPROVED) {
-        response.set(38, rules::approval_code(id).to_vec());
+        response.set(38, rules::approval_code(id));
     }
     response
 }
@@ -373,8 +373,9 @@ fn network_request(request: &Message, in_service: &mut bool) -> Job {
     Job::Ready(rules::response(request, *b"0810", rules::ECHO_0810, answer))
 }
 
-/// Answers the jobs in order; flushes whenever the queue runs dry. After a write error
-/// it still waits for every outcome, so that the book records them.
+/// Answers the jobs in order; flushes whenever the queue runs dry or the next answer
+/// must wait for an outcome. After a write error it still waits for every outcome, so
+/// that the book records them.
 fn respond(queue: Receiver<Job>, stream: TcpStream, switch: &Switch) {
     let mut out = BufWriter::new(&stream);
     let mut frame = Vec::with_capacity(FRAME_BYTES_MAX);
@@ -391,6 +392,12 @@ fn respond(queue: Receiver<Job>, stream: TcpStream, switch: &Switch) {
             }
             Err(TryRecvError::Disconnected) => break,
         };
+        let mut job = job;
+        if !ready(&mut job) {
+            // Send what is answered before blocking on an outcome, so that no response
+            // waits for a later batch.
+            writable = writable && out.flush().is_ok();
+        }
         let response = answer(job, switch);
         if !writable {
             continue;
@@ -411,6 +418,15 @@ fn respond(queue: Receiver<Job>, stream: TcpStream, switch: &Switch) {
     let _ = out.flush();
     drop(out);
     let _ = stream.shutdown(Shutdown::Write);
+}
+
+/// Whether a job's response can be built without blocking.
+fn ready(job: &mut Job) -> bool {
+    match job {
+        Job::Ready(_) => true,
+        Job::Payment { ticket, .. } => ticket.try_outcome().is_some(),
+        Job::Retransmission { .. } | Job::Reversal { .. } => false,
+    }
 }
 
 /// The response to one job, waiting for outcomes as needed.
