@@ -15,6 +15,7 @@
 //!   forgotten first. After a restart the committed payments and reversals are known
 //!   again from the ledgers' postings ([`Book::with_history`]).
 
+use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -103,6 +104,21 @@ pub enum ReversalStep {
     Wait,
 }
 
+/// What a 0200 gets when its id is already in the book.
+fn existing(entry: &Entry, payment: &Payment, id: TxnId) -> PaymentStep {
+    if entry.key != payment.key {
+        return PaymentStep::Answer(code::MALFUNCTION, id);
+    }
+    match (entry.payment, entry.status) {
+        (None, _) => PaymentStep::Answer(code::DUPLICATE, id),
+        (Some(first), _) if first != *payment => PaymentStep::Answer(code::DUPLICATE, id),
+        (_, Status::Pending) => PaymentStep::Wait,
+        (_, Status::Approved) => PaymentStep::Answer(code::APPROVED, id),
+        (_, Status::Declined(code)) => PaymentStep::Answer(code, id),
+        (_, Status::Unknown) => PaymentStep::Answer(code::UNAVAILABLE, id),
+    }
+}
+
 /// Payments and reversals the ledgers already hold, read from their postings at start.
 #[derive(Debug, Default)]
 pub struct History {
@@ -149,38 +165,29 @@ impl Book {
     /// Decides what a 0200 with this payment becomes.
     pub fn payment(&self, payment: &Payment) -> PaymentStep {
         let id = payment_id(&payment.key);
-        let mut state = self.lock();
-        let Some(entry) = state.entries.get(&id.0) else {
-            let (status, step) = match state.history.payments.get(&id.0) {
-                Some(_) => (Status::Approved, PaymentStep::Answer(code::APPROVED, id)),
-                None => (Status::Pending, PaymentStep::Submit(id)),
-            };
-            let reversed = match state.history.reversed.contains(&id.0) {
-                true => Reversed::Yes,
-                false => Reversed::No,
-            };
-            state.insert(
-                id.0,
-                Entry {
-                    key: payment.key,
-                    payment: Some(*payment),
-                    status,
-                    reversed,
-                },
-            );
-            return step;
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        // One probe of the map for the common case, a new identity.
+        let vacant = match state.entries.entry(id.0) {
+            MapEntry::Occupied(occupied) => return existing(occupied.get(), payment, id),
+            MapEntry::Vacant(vacant) => vacant,
         };
-        if entry.key != payment.key {
-            return PaymentStep::Answer(code::MALFUNCTION, id);
-        }
-        match (entry.payment, entry.status) {
-            (None, _) => PaymentStep::Answer(code::DUPLICATE, id),
-            (Some(first), _) if first != *payment => PaymentStep::Answer(code::DUPLICATE, id),
-            (_, Status::Pending) => PaymentStep::Wait,
-            (_, Status::Approved) => PaymentStep::Answer(code::APPROVED, id),
-            (_, Status::Declined(code)) => PaymentStep::Answer(code, id),
-            (_, Status::Unknown) => PaymentStep::Answer(code::UNAVAILABLE, id),
-        }
+        let (status, step) = match state.history.payments.contains_key(&id.0) {
+            true => (Status::Approved, PaymentStep::Answer(code::APPROVED, id)),
+            false => (Status::Pending, PaymentStep::Submit(id)),
+        };
+        let reversed = match state.history.reversed.contains(&id.0) {
+            true => Reversed::Yes,
+            false => Reversed::No,
+        };
+        vacant.insert(Entry {
+            key: payment.key,
+            payment: Some(*payment),
+            status,
+            reversed,
+        });
+        state.remember(id.0);
+        step
     }
 
     /// Records a submitted payment's outcome (or `forget` it: it was never submitted,
@@ -281,11 +288,6 @@ impl Book {
 const WAIT_SLICE: Duration = Duration::from_millis(50);
 
 impl State {
-    fn insert(&mut self, id: u64, entry: Entry) {
-        self.entries.insert(id, entry);
-        self.remember(id);
-    }
-
     /// Adds `id` to the age order and forgets the oldest decided entries over the bound.
     fn remember(&mut self, id: u64) {
         self.order.push_back(id);
@@ -378,7 +380,7 @@ mod tests {
         let victim = payment(b"000003", 100);
         let id = payment_id(&victim.key);
         let other = key(b"999999");
-        book.lock().insert(
+        book.lock().entries.insert(
             id.0,
             Entry {
                 key: other,
