@@ -11,6 +11,7 @@ if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >
 fi
 
 venv=target/iso8583-venv
+mkdir -p target
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
