@@ -24,6 +24,7 @@ mod metrics_http;
 mod metrics_trace;
 
 mod driver;
+mod iso8583;
 mod progress;
 mod report;
 mod scenario;
@@ -191,6 +192,11 @@ pub struct Args {
     /// written to stderr.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: metrics_trace::LogFormat,
+    /// Drive a running `tricommit-switch` at HOST:PORT with ISO 8583 purchases instead
+    /// of an in-process engine (uses --clients as connections, --window, --duration,
+    /// --amount-max, --seed, --json).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub iso8583: Option<String>,
 }
 
 /// Why a run could not be made. Every variant is bad input or the environment, and
@@ -233,6 +239,8 @@ pub enum LoadError {
     Metrics(#[from] metrics_http::MetricsHttpError),
     #[error("{0}")]
     Telemetry(#[from] metrics_trace::TelemetryError),
+    #[error("iso8583: {0}")]
+    Iso8583(#[from] iso8583::Iso8583Error),
 }
 
 fn main() -> ExitCode {
@@ -248,6 +256,28 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `--iso8583 HOST:PORT`: the switch's load; every response is a verdict, so it
+/// always "passes" once the run completes (the switch checks nothing here).
+fn run_iso8583(address: &str, args: &Args) -> Result<bool, LoadError> {
+    let summary = iso8583::run(
+        address,
+        args.clients,
+        args.window,
+        Duration::from_secs(args.duration),
+        args.amount_max,
+        args.seed,
+    )?;
+    iso8583::print(&summary);
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&summary).expect("a summary always serializes");
+        std::fs::write(path, text).map_err(|source| LoadError::Output {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(true)
 }
 
 /// Checks every output path can be written before the run, not after it.
@@ -293,6 +323,9 @@ fn run(args: &Args) -> Result<bool, LoadError> {
     };
     validate(args)?;
     check_outputs(args)?;
+    if let Some(address) = &args.iso8583 {
+        return run_iso8583(address, args);
+    }
     let _telemetry = metrics_trace::init(
         args.log_format,
         args.otlp_endpoint.as_deref(),
