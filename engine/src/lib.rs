@@ -3,6 +3,8 @@
 //! `proto` is the I/O-free protocol core; everything else drives it with real I/O.
 
 pub mod ledger;
+#[cfg(feature = "pg")]
+pub mod pg;
 pub mod pipeline;
 pub mod proto;
 pub mod runtime;
