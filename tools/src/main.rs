@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod ledger_cmd;
+#[cfg(feature = "pg")]
+mod pg_cmd;
 mod sim_cmd;
 mod wal_cmd;
 
@@ -20,6 +22,10 @@ enum Cli {
     /// Inspect the ledgers of an engine's data directory.
     #[command(subcommand)]
     Ledger(ledger_cmd::LedgerCommand),
+    /// PostgreSQL shards as ledgers: create the schema, read a balance, audit.
+    #[cfg(feature = "pg")]
+    #[command(subcommand)]
+    Pg(pg_cmd::PgCommand),
 }
 
 fn main() -> ExitCode {
@@ -27,5 +33,7 @@ fn main() -> ExitCode {
         Cli::Wal(command) => wal_cmd::run(command),
         Cli::Sim(args) => sim_cmd::run(args),
         Cli::Ledger(command) => ledger_cmd::run(command),
+        #[cfg(feature = "pg")]
+        Cli::Pg(command) => pg_cmd::run(command),
     }
 }

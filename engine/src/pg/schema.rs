@@ -103,7 +103,7 @@ pub fn init(
     transaction
         .execute(
             "INSERT INTO tc_accounts (id, opening, balance)
-             SELECT g, $2, $2 FROM generate_series(0::bigint, $1 - 1) g",
+             SELECT g, $2::bigint, $2::bigint FROM generate_series(0::bigint, $1::bigint - 1) g",
             &[&accounts_sql, &initial_balance],
         )
         .map_err(&error)?;
