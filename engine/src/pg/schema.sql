@@ -41,54 +41,72 @@ CREATE TABLE tc_postings (
     delta bigint NOT NULL
 );
 
--- PREPARE of one batch: conditional reservations in order (a later leg sees the
--- reservations of the earlier ones), each vote recorded. A transaction already voted by
--- this batch (a retry after a lost connection) returns its recorded vote; one voted by
--- another batch is a duplicate.
+-- PREPARE of one batch, set-based (one statement, whatever the batch's size): each leg
+-- is judged against its account as the batch found it plus the legs before it in the
+-- batch on the same account. A debit reserves only if the available funds (balance
+-- minus held debits) cover it and every earlier debit of the batch on that account,
+-- granted or not: conservative, so never an overdraft. A credit reserves only if the
+-- balance plus held credits cannot overflow; a check reads (read-only vote). Every vote
+-- is recorded. A transaction already voted by this batch (a retry after a lost
+-- connection) gets its recorded vote back; one voted by another batch, or repeated
+-- within the batch, is a duplicate.
 CREATE FUNCTION tc_prepare(seq bigint, txns bigint[], accounts bigint[], amounts bigint[],
                            kinds smallint[]) RETURNS smallint[]
-LANGUAGE plpgsql AS $$
-DECLARE
-    reasons smallint[] := '{}';
-    vote smallint;
-    prior record;
-    account_count bigint;
-BEGIN
-    SELECT m.accounts INTO account_count FROM tc_meta m;
-    FOR i IN 1 .. coalesce(array_length(txns, 1), 0) LOOP
-        SELECT v.batch_seq, v.reason INTO prior FROM tc_votes v WHERE v.txn_id = txns[i];
-        IF FOUND THEN
-            reasons := reasons || CASE WHEN prior.batch_seq = seq THEN prior.reason
-                                       ELSE 6::smallint END;
-            CONTINUE;
-        END IF;
-        IF accounts[i] < 0 OR accounts[i] >= account_count THEN
-            vote := 2;
-        ELSIF kinds[i] = 1 THEN
-            UPDATE tc_accounts SET debits_pending = debits_pending + amounts[i]
-             WHERE id = accounts[i] AND balance - debits_pending >= amounts[i];
-            vote := CASE WHEN FOUND THEN 0 ELSE 3 END;
-            IF vote = 0 THEN
-                INSERT INTO tc_pending VALUES (txns[i], accounts[i], -amounts[i]);
-            END IF;
-        ELSIF kinds[i] = 2 THEN
-            UPDATE tc_accounts SET credits_pending = credits_pending + amounts[i]
-             WHERE id = accounts[i]
-               AND balance::numeric + credits_pending + amounts[i] <= 9223372036854775807;
-            vote := CASE WHEN FOUND THEN 0 ELSE 5 END;
-            IF vote = 0 THEN
-                INSERT INTO tc_pending VALUES (txns[i], accounts[i], amounts[i]);
-            END IF;
-        ELSE
-            PERFORM 1 FROM tc_accounts
-             WHERE id = accounts[i] AND balance - debits_pending >= amounts[i];
-            vote := CASE WHEN FOUND THEN -1 ELSE 3 END;
-        END IF;
-        INSERT INTO tc_votes VALUES (txns[i], seq, vote);
-        reasons := reasons || vote;
-    END LOOP;
-    RETURN reasons;
-END $$;
+LANGUAGE sql AS $$
+    WITH legs AS (
+        SELECT l.ord, l.txn, l.account, l.amount, l.kind,
+               row_number() OVER (PARTITION BY l.txn ORDER BY l.ord) AS copy
+          FROM unnest(txns, accounts, amounts, kinds) WITH ORDINALITY
+               AS l(txn, account, amount, kind, ord)
+    ), prior AS (
+        SELECT l.ord, CASE WHEN v.batch_seq = seq AND l.copy = 1 THEN v.reason
+                           ELSE 6::smallint END AS vote
+          FROM legs l JOIN tc_votes v ON v.txn_id = l.txn
+    ), fresh AS (
+        SELECT l.* FROM legs l
+         WHERE NOT EXISTS (SELECT 1 FROM tc_votes v WHERE v.txn_id = l.txn)
+    ), repeated AS (
+        SELECT f.ord, 6::smallint AS vote FROM fresh f WHERE f.copy > 1
+    ), running AS (
+        SELECT f.*,
+               sum(CASE WHEN f.kind = 1 THEN f.amount ELSE 0 END) OVER w AS debits_run,
+               sum(CASE WHEN f.kind = 2 THEN f.amount ELSE 0 END) OVER w AS credits_run
+          FROM fresh f WHERE f.copy = 1
+        WINDOW w AS (PARTITION BY f.account ORDER BY f.ord)
+    ), judged AS (
+        SELECT r.ord, r.txn, r.account, r.amount, r.kind,
+               CASE
+                 WHEN a.id IS NULL THEN 2
+                 WHEN r.kind = 1 AND r.debits_run <= a.balance - a.debits_pending THEN 0
+                 WHEN r.kind = 1 THEN 3
+                 WHEN r.kind = 2 AND a.balance::numeric + a.credits_pending + r.credits_run
+                                     <= 9223372036854775807 THEN 0
+                 WHEN r.kind = 2 THEN 5
+                 WHEN r.debits_run + r.amount <= a.balance - a.debits_pending THEN -1
+                 ELSE 3
+               END::smallint AS vote
+          FROM running r LEFT JOIN tc_accounts a ON a.id = r.account
+    ), held AS (
+        UPDATE tc_accounts a
+           SET debits_pending = a.debits_pending + s.debits,
+               credits_pending = a.credits_pending + s.credits
+          FROM (SELECT account,
+                       sum(CASE WHEN kind = 1 THEN amount ELSE 0 END)::bigint AS debits,
+                       sum(CASE WHEN kind = 2 THEN amount ELSE 0 END)::bigint AS credits
+                  FROM judged WHERE vote = 0 GROUP BY account) s
+         WHERE a.id = s.account
+    ), pending AS (
+        INSERT INTO tc_pending
+        SELECT txn, account, CASE WHEN kind = 1 THEN -amount ELSE amount END
+          FROM judged WHERE vote = 0
+    ), recorded AS (
+        INSERT INTO tc_votes SELECT txn, seq, vote FROM judged
+    )
+    SELECT coalesce(array_agg(vote ORDER BY ord), '{}')
+      FROM (SELECT ord, vote FROM prior
+            UNION ALL SELECT ord, vote FROM repeated
+            UNION ALL SELECT ord, vote FROM judged) votes;
+$$;
 
 -- Posts (commit) or voids (abort) the reservations of the given transactions; ids
 -- without a reservation are ignored, so a replayed decision changes nothing twice.

@@ -584,6 +584,7 @@ pub fn abort_reason_name(reason: AbortReason) -> &'static str {
         AbortReason::Rejected(Reason::TIMEOUT) => "timeout",
         AbortReason::Rejected(Reason::OVERFLOW) => "overflow",
         AbortReason::Rejected(Reason::DUPLICATE) => "duplicate",
+        AbortReason::Rejected(Reason::UNAVAILABLE) => "unavailable",
         AbortReason::Rejected(_) => "rejected-other",
         AbortReason::Terminated => "terminated",
         AbortReason::Shutdown => "shutdown",

@@ -16,6 +16,8 @@ use tricommit_engine::{Engine, EngineConfig, Protocol};
 use tricommit_wal::SyncBackend;
 
 mod driver;
+#[cfg(feature = "pg")]
+mod pg;
 mod progress;
 mod report;
 mod scenario;
@@ -162,6 +164,23 @@ pub struct Args {
     /// Seed of the workload's random choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Run the ledgers on PostgreSQL: one database per ledger, named by this URL with
+    /// `{ledger}` replaced by the ledger's index (create each with `tricommit pg init`).
+    /// The bank check then reads the databases.
+    #[cfg(feature = "pg")]
+    #[arg(long, value_name = "URL_TEMPLATE")]
+    #[serde(serialize_with = "serialize_redacted")]
+    pub pg: Option<String>,
+}
+
+/// Writes a URL template into the JSON summary without its password.
+#[cfg(feature = "pg")]
+fn serialize_redacted<S: serde::Serializer>(
+    template: &Option<String>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let redacted = template.as_deref().map(tricommit_engine::pg::redact);
+    serde::Serialize::serialize(&redacted, serializer)
 }
 
 /// Why a run could not be made. Every variant is bad input or the environment, and
@@ -196,6 +215,10 @@ pub enum LoadError {
     ClientPanicked,
     #[error("reading the ledgers back: {0}")]
     Dump(#[from] tricommit_engine::runtime::DumpError),
+    #[error("PostgreSQL: {0}")]
+    Pg(String),
+    #[error("PostgreSQL: {0}")]
+    PgState(String),
 }
 
 fn main() -> ExitCode {
@@ -278,7 +301,14 @@ fn run(args: &Args) -> Result<bool, LoadError> {
         .wal
         .record_bytes_max
         .min((config.wal.segment_bytes / 2) as u32);
-    let outcome = drive(args, config)?;
+    #[cfg(feature = "pg")]
+    let shards = match &args.pg {
+        Some(template) => Some(pg::PgShards::setup(template, args, &mut config)?),
+        None => None,
+    };
+    #[cfg(not(feature = "pg"))]
+    let shards: Option<NoShards> = None;
+    let outcome = drive(args, config, shards.as_ref())?;
     let summary = summary::Summary::new(args, &outcome);
     summary.print();
     if let Some(path) = &args.json {
@@ -331,7 +361,20 @@ pub struct RunOutcome {
     pub history_parts: Vec<PathBuf>,
 }
 
-fn drive(args: &Args, config: EngineConfig) -> Result<RunOutcome, LoadError> {
+/// Stands in for the PostgreSQL shards in a build without them.
+#[cfg(not(feature = "pg"))]
+enum NoShards {}
+
+#[cfg(feature = "pg")]
+use pg::PgShards as Shards;
+#[cfg(not(feature = "pg"))]
+use NoShards as Shards;
+
+fn drive(
+    args: &Args,
+    config: EngineConfig,
+    shards: Option<&Shards>,
+) -> Result<RunOutcome, LoadError> {
     let mixed = args.scenario == scenario::Scenario::Mixed;
     let failure = args.scenario == scenario::Scenario::Failure;
     let workload = driver::Workload {
@@ -398,14 +441,19 @@ fn drive(args: &Args, config: EngineConfig) -> Result<RunOutcome, LoadError> {
     let cpu_s = summary::cpu_seconds() - cpu_before;
     let expected_total =
         args.ledgers as i128 * args.accounts as i128 * args.initial_balance as i128;
-    let mut invariant = summary::check_bank(&shutdown, expected_total);
+    let mut invariant = bank_check(shards, &shutdown, expected_total);
     drop(shutdown);
     let (durability, settle_passes) = if failure {
         let (durability, passes) =
-            settle_after_failure(&config, &clients, expected_total, &mut invariant)?;
+            settle_after_failure(&config, shards, &clients, expected_total, &mut invariant)?;
         (Some(durability), Some(passes))
     } else {
         (None, None)
+    };
+    #[cfg(feature = "pg")]
+    let scenario_figures = match shards {
+        Some(shards) => with_pg_figures(scenario_figures, shards.figures()),
+        None => scenario_figures,
     };
     Ok(RunOutcome {
         clients,
@@ -431,20 +479,52 @@ const SETTLE_PASSES_MAX: u32 = 5;
 /// and shuts the engine again so that recovery finishes it, up to a bound.
 fn settle_after_failure(
     config: &EngineConfig,
+    shards: Option<&Shards>,
     clients: &[driver::ClientResult],
     expected_total: i128,
     invariant: &mut Result<(), String>,
 ) -> Result<(summary::Durability, u32), LoadError> {
     let mut passes = 0;
     loop {
-        let durability = summary::check_durability(&config.data_dir, clients)?;
+        let durability = match shards {
+            #[cfg(feature = "pg")]
+            Some(shards) => shards.check_durability(clients)?,
+            _ => summary::check_durability(&config.data_dir, clients)?,
+        };
         let settled = invariant.is_ok() && durability.undecided == 0;
         if settled || passes == SETTLE_PASSES_MAX {
             return Ok((durability, passes));
         }
         let shutdown = Engine::open(config.clone())?.shutdown()?;
-        *invariant = summary::check_bank(&shutdown, expected_total);
+        *invariant = bank_check(shards, &shutdown, expected_total);
         passes += 1;
+    }
+}
+
+/// The bank invariant: read from the PostgreSQL shards when there are some, else from
+/// the built-in ledgers the shutdown handed back.
+fn bank_check(
+    shards: Option<&Shards>,
+    shutdown: &tricommit_engine::runtime::Shutdown,
+    expected_total: i128,
+) -> Result<(), String> {
+    match shards {
+        #[cfg(feature = "pg")]
+        Some(shards) => shards.check_bank(),
+        _ => summary::check_bank(shutdown, expected_total),
+    }
+}
+
+/// Adds the PostgreSQL ledgers' counters to the scenario's figures, under `pg`.
+#[cfg(feature = "pg")]
+fn with_pg_figures(figures: serde_json::Value, pg: serde_json::Value) -> serde_json::Value {
+    match figures {
+        serde_json::Value::Object(mut map) => {
+            map.insert("pg".to_owned(), pg);
+            serde_json::Value::Object(map)
+        }
+        serde_json::Value::Null => serde_json::json!({ "pg": pg }),
+        other => serde_json::json!({ "scenario": other, "pg": pg }),
     }
 }
 
