@@ -17,6 +17,39 @@ pub use error::{describe, redact, PgError};
 pub use ledger::{PgLedger, PgLedgerStats, ATTEMPTS_MAX, OWED_CALLS_MAX, RETRY_DELAY_MS_FIRST};
 pub use schema::{ShardInfo, SCHEMA_VERSION};
 
+/// How long the coordinator waits for a shard's votes (the floor of its adaptive
+/// wait), in µs: a batch's commit in PostgreSQL takes a round trip and the server's own
+/// fsync, far longer than a local log append.
+pub const PG_VOTE_TIMEOUT_US: u64 = 5_000_000;
+
+/// An engine configuration whose participants are the shards at `urls` (ledger `i`
+/// is `urls[i]`, its log directory `pg-ledger-i`), each counting into `stats[i]`, with
+/// the engine's defaults otherwise and the vote timeouts raised for a database.
+pub fn engine_config(
+    data_dir: impl Into<std::path::PathBuf>,
+    urls: &[String],
+    stats: &[std::sync::Arc<PgLedgerStats>],
+) -> Result<crate::EngineConfig, PgError> {
+    // The ledger genesis below is replaced: only the count and the defaults matter.
+    let mut config = crate::EngineConfig::ledgers(data_dir, urls.len(), 1, 0);
+    config.participants = urls
+        .iter()
+        .zip(stats)
+        .enumerate()
+        .map(|(index, (url, stats))| {
+            PgLedger::spec(
+                &format!("pg-ledger-{index}"),
+                url,
+                std::sync::Arc::clone(stats),
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    config.timeouts.vote_us = config.timeouts.vote_us.max(PG_VOTE_TIMEOUT_US);
+    config.timeouts.vote_min_us = config.timeouts.vote_min_us.max(PG_VOTE_TIMEOUT_US);
+    config.timeouts.vote_max_us = config.timeouts.vote_max_us.max(2 * PG_VOTE_TIMEOUT_US);
+    Ok(config)
+}
+
 /// The placeholder a URL template holds for the ledger's index.
 pub const LEDGER_PLACEHOLDER: &str = "{ledger}";
 
