@@ -108,6 +108,11 @@ pub fn init(
         )
         .map_err(&error)?;
     transaction.commit().map_err(&error)?;
+    // Statistics now, not when autovacuum gets round to it: the first batches would
+    // otherwise be planned for empty tables.
+    client
+        .batch_execute("ANALYZE tc_accounts, tc_votes, tc_pending, tc_postings")
+        .map_err(&error)?;
     Ok(ShardInfo {
         accounts,
         initial_balance,
