@@ -20,6 +20,9 @@ use tricommit_engine::runtime::EngineCounters;
 use tricommit_engine::{Engine, EngineConfig, EngineError, Outcome, Protocol, Ticket, Txn};
 use tricommit_wal::SyncBackend;
 
+#[cfg(feature = "pg")]
+pub mod pg;
+
 /// Every configuration the harness knows, in the order its table lists them.
 pub const CONFIG_NAMES: [&str; 8] = [
     "unbatched",
@@ -93,6 +96,8 @@ pub enum CompareError {
     DrainTimeout,
     #[error("bank invariant broken: ledgers hold {actual} in total, expected {expected}")]
     Bank { actual: i128, expected: i128 },
+    #[error("PostgreSQL: {0}")]
+    Pg(String),
 }
 
 /// The engine configuration of a named harness configuration, with its logs below
@@ -178,6 +183,19 @@ pub fn measure(
     window: Duration,
 ) -> Result<Measurement, CompareError> {
     let expected_total = LEDGERS as i128 * ACCOUNTS as i128 * BALANCE_INITIAL as i128;
+    measure_checked(config, shape, window, |shutdown| {
+        check_bank(shutdown, expected_total)
+    })
+}
+
+/// [`measure`] with the caller's bank check, run after the clean shutdown (for ledgers
+/// whose state lives outside the engine, such as PostgreSQL shards).
+pub fn measure_checked(
+    config: EngineConfig,
+    shape: LoadShape,
+    window: Duration,
+    check: impl FnOnce(&tricommit_engine::runtime::Shutdown) -> Result<(), CompareError>,
+) -> Result<Measurement, CompareError> {
     let engine = Engine::open(config)?;
     let warm_up = window
         .mul_f64(WARM_UP_SHARE)
@@ -196,7 +214,7 @@ pub fn measure(
         latency.add(&client).expect("histograms share their bounds");
     }
     let shutdown = shared.engine.shutdown()?;
-    check_bank(&shutdown, expected_total)?;
+    check(&shutdown)?;
     Ok(summarize(&before, &after, window, &latency))
 }
 

@@ -5,6 +5,8 @@
 pub mod client;
 pub mod ledger;
 pub mod metrics;
+#[cfg(feature = "pg")]
+pub mod pg;
 pub mod pipeline;
 pub mod proto;
 pub mod runtime;

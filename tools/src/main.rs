@@ -8,6 +8,8 @@ mod cluster;
 mod ledger_cmd;
 mod recover_cmd;
 mod node_cmd;
+#[cfg(feature = "pg")]
+mod pg_cmd;
 mod sim_cmd;
 mod wal_cmd;
 
@@ -31,6 +33,10 @@ enum Cli {
     Cluster(cluster::ClusterCommand),
     /// Run one site of a cluster in the foreground (see `cluster up`).
     Node(node_cmd::NodeArgs),
+    /// PostgreSQL shards as ledgers: create the schema, read a balance, audit.
+    #[cfg(feature = "pg")]
+    #[command(subcommand)]
+    Pg(pg_cmd::PgCommand),
 }
 
 fn main() -> ExitCode {
@@ -41,5 +47,7 @@ fn main() -> ExitCode {
         Cli::Recover(args) => recover_cmd::run(args),
         Cli::Cluster(command) => cluster::run(command),
         Cli::Node(args) => node_cmd::run(args),
+        #[cfg(feature = "pg")]
+        Cli::Pg(command) => pg_cmd::run(command),
     }
 }

@@ -46,15 +46,35 @@ struct Args {
     /// Directory below which each run's fresh data directory is made (not a tmpfs).
     #[arg(long, default_value = ".")]
     dir: PathBuf,
+    /// PostgreSQL shards for pg-batched and pg-2pc: one database per ledger, `{ledger}`
+    /// standing for its index. Every run drops and recreates their tricommit schema.
+    /// Without --configs, runs those two.
+    #[cfg(feature = "pg")]
+    #[arg(long, value_name = "URL_TEMPLATE")]
+    pg: Option<String>,
+    /// Client threads of pg-2pc, each with one connection per shard.
+    #[cfg(feature = "pg")]
+    #[arg(long, default_value_t = tricommit_bench::pg::TWO_PC_CLIENTS_DEFAULT as u64,
+          value_parser = clap::value_parser!(u64).range(1..=tricommit_bench::pg::TWO_PC_CLIENTS_MAX as u64))]
+    pg_clients: u64,
+}
+
+/// Every configuration name this build knows, engine ones first.
+fn known_names() -> Vec<&'static str> {
+    let mut names = CONFIG_NAMES.to_vec();
+    #[cfg(feature = "pg")]
+    names.extend(tricommit_bench::pg::PG_CONFIG_NAMES);
+    names
 }
 
 fn parse_config_name(name: &str) -> Result<String, String> {
-    if CONFIG_NAMES.contains(&name) {
+    let known = known_names();
+    if known.contains(&name) {
         Ok(name.to_owned())
     } else {
         Err(format!(
             "unknown configuration (known: {})",
-            CONFIG_NAMES.join(", ")
+            known.join(", ")
         ))
     }
 }
@@ -95,6 +115,9 @@ struct Report {
     /// competes for the cores and the figures say so.
     load_average_start: Option<String>,
     load_average_end: Option<String>,
+    /// The configuration every ratio is taken against (`ratio_to_unbatched` keeps its
+    /// name for the engine-only runs): unbatched, or pg-2pc in a PostgreSQL run.
+    baseline: String,
     configs: Vec<ConfigReport>,
 }
 
@@ -135,7 +158,14 @@ fn main() -> ExitCode {
         eprintln!("compare: --dir {} is not a directory", args.dir.display());
         return ExitCode::from(2);
     }
-    match run(&args) {
+    let shards = match pg_shards(&args) {
+        Ok(shards) => shards,
+        Err(error) => {
+            eprintln!("compare: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&args, &shards) {
         Ok(report) => finish(&report, json),
         Err(error) => {
             eprintln!("compare: {error}");
@@ -169,12 +199,35 @@ fn finish(report: &Report, json: Option<File>) -> ExitCode {
     }
 }
 
+/// The PostgreSQL shards' URLs (empty without --pg), each checked reachable; an error
+/// for a pg-* configuration without --pg.
+fn pg_shards(args: &Args) -> Result<Vec<String>, String> {
+    #[cfg(feature = "pg")]
+    if let Some(template) = &args.pg {
+        return tricommit_bench::pg::shard_urls(template).map_err(|error| error.to_string());
+    }
+    let wants_pg = args
+        .configs
+        .iter()
+        .flatten()
+        .any(|name| name.starts_with("pg-"));
+    match wants_pg {
+        true => Err("the pg-* configurations need --pg URL_TEMPLATE".to_owned()),
+        false => Ok(Vec::new()),
+    }
+}
+
 /// Runs every selected configuration once per round, in table order within a round.
-fn run(args: &Args) -> Result<Report, CompareError> {
+fn run(args: &Args, shards: &[String]) -> Result<Report, CompareError> {
     let names: Vec<String> = match &args.configs {
-        Some(names) => CONFIG_NAMES
+        Some(names) => known_names()
             .iter()
             .filter(|name| names.iter().any(|chosen| chosen == *name))
+            .map(|name| name.to_string())
+            .collect(),
+        None if !shards.is_empty() => known_names()
+            .iter()
+            .filter(|name| name.starts_with("pg-"))
             .map(|name| name.to_string())
             .collect(),
         None => CONFIG_NAMES.iter().map(|name| name.to_string()).collect(),
@@ -186,15 +239,20 @@ fn run(args: &Args) -> Result<Report, CompareError> {
     let mut results: Vec<Vec<Measurement>> = vec![Vec::new(); names.len()];
     for round in 1..=args.rounds {
         for (name, result) in names.iter().zip(&mut results) {
-            if let Some(measurement) = run_once(args, name, round)? {
+            if let Some(measurement) = run_once(args, shards, name, round)? {
                 result.push(measurement);
             }
         }
     }
+    // Ratios are to unbatched when it ran, else to per-transaction 2PC on PostgreSQL.
+    let baseline = [BASELINE_NAME, "pg-2pc"]
+        .into_iter()
+        .find(|baseline| names.iter().any(|name| name == baseline))
+        .unwrap_or(BASELINE_NAME);
     let baseline_per_s = names
         .iter()
         .zip(&results)
-        .find(|(name, _)| *name == BASELINE_NAME)
+        .find(|(name, _)| *name == baseline)
         .and_then(|(_, rounds)| median_of(rounds, |m| m.committed_per_s));
     let configs = names
         .into_iter()
@@ -207,16 +265,38 @@ fn run(args: &Args) -> Result<Report, CompareError> {
         started_unix_s,
         load_average_start,
         load_average_end: load_average(),
+        baseline: baseline.to_owned(),
         configs,
     })
 }
 
 /// One measurement of `name` in a fresh data directory; `None` when the engine cannot
 /// run that configuration yet.
-fn run_once(args: &Args, name: &str, round: u64) -> Result<Option<Measurement>, CompareError> {
+fn run_once(
+    args: &Args,
+    shards: &[String],
+    name: &str,
+    round: u64,
+) -> Result<Option<Measurement>, CompareError> {
     let data_dir = tempfile::Builder::new()
         .prefix("tricommit-compare-")
         .tempdir_in(&args.dir)?;
+    #[cfg(feature = "pg")]
+    if name.starts_with("pg-") {
+        eprintln!(
+            "compare: round {round}/{}: {name} ({} s)",
+            args.rounds, args.seconds
+        );
+        let window = Duration::from_secs(args.seconds);
+        let clients = args.pg_clients as usize;
+        let measurement =
+            tricommit_bench::pg::measure(name, shards, data_dir.path(), window, clients)
+                .inspect_err(|_| eprintln!("compare: {name} failed in round {round}"))?;
+        report_round(args, name, round, &measurement);
+        data_dir.close()?;
+        return Ok(Some(measurement));
+    }
+    let _ = shards;
     let Some(config) = engine_config(name, data_dir.path()) else {
         if round == 1 {
             eprintln!("compare: {name}: not available yet, skipped");
@@ -232,6 +312,12 @@ fn run_once(args: &Args, name: &str, round: u64) -> Result<Option<Measurement>, 
         measure(config, shape, Duration::from_secs(args.seconds)).inspect_err(|_| {
             eprintln!("compare: {name} failed in round {round}");
         })?;
+    report_round(args, name, round, &measurement);
+    data_dir.close()?;
+    Ok(Some(measurement))
+}
+
+fn report_round(args: &Args, name: &str, round: u64, measurement: &Measurement) {
     eprintln!(
         "compare: round {round}/{}: {name}: {:.0} committed/s, p50 {} µs, p99 {} µs, \
          {:.1} txns/batch, {:.0} syncs/s",
@@ -242,8 +328,6 @@ fn run_once(args: &Args, name: &str, round: u64) -> Result<Option<Measurement>, 
         measurement.batch_txns_avg,
         measurement.syncs_per_s
     );
-    data_dir.close()?;
-    Ok(Some(measurement))
 }
 
 fn median_of(rounds: &[Measurement], field: fn(&Measurement) -> f64) -> Option<f64> {
@@ -297,7 +381,11 @@ fn print_table(report: &Report) {
     );
     println!(
         "{:<22} {:>14} {:>10} {:>10} {:>14}",
-        "config", "committed/s", "p50 µs", "p99 µs", "× unbatched"
+        "config",
+        "committed/s",
+        "p50 µs",
+        "p99 µs",
+        format!("× {}", report.baseline)
     );
     for config in &report.configs {
         let Some(committed_per_s) = config.committed_per_s else {

@@ -120,7 +120,7 @@ impl<R: ResourceManager> Participant<R> {
             ));
         }
         self.votes.clear();
-        self.rm.prepare(ops, &mut self.votes);
+        self.rm.replay_prepare(ops, votes, &mut self.votes);
         if self.votes.as_slice() != votes {
             return Err(ProtoError::ReplayDiverged { batch: desc.batch });
         }
@@ -568,6 +568,7 @@ impl<R: ResourceManager> Participant<R> {
         for record in plan.tail {
             participant.replay(record)?;
         }
+        participant.rm.recovered();
         for member in participant.batches.values_mut() {
             if member.has_pending() {
                 member.arm(now_us);

@@ -44,6 +44,9 @@ impl Reason {
     /// at `submit`, as TigerBeetle answers `exists_with_different_*`, instead of
     /// handing back the first transfer's outcome as if it were this one's.
     pub const EXISTS_WITH_DIFFERENT_LEGS: Reason = Reason(16);
+    /// The resource manager's backing store (e.g. a PostgreSQL shard) could not be
+    /// reached in time; nothing was reserved for the transaction.
+    pub const UNAVAILABLE: Reason = Reason(7);
 }
 
 /// A participant's vote on one transaction.
@@ -76,6 +79,23 @@ pub trait ResourceManager {
 
     /// Voids the reservations of the given transactions. Unknown ids are ignored.
     fn abort(&mut self, txns: &[TxnId]);
+
+    /// Replays a batch prepared before a crash: `logged` holds the votes the participant
+    /// logged for `ops` then, and this call must push exactly those votes onto `votes`.
+    ///
+    /// The default prepares again and lets the participant compare (an in-memory
+    /// resource manager rebuilt from its log votes the same by determinism). A resource
+    /// manager whose state outlives the process (a database) overrides it: it reconciles
+    /// what it holds with the logged votes, which are the truth the protocol acted on.
+    fn replay_prepare(&mut self, ops: &[Op], logged: &[Vote], votes: &mut Vec<Vote>) {
+        let _ = logged;
+        self.prepare(ops, votes);
+    }
+
+    /// Called once when the participant has replayed its whole log, before any live
+    /// call. A resource manager with durable state of its own releases here what it
+    /// reserved for batches the participant never logged (it crashed in between).
+    fn recovered(&mut self) {}
 
     /// Encodes the whole state (balances, held reservations, whatever `prepare`,
     /// `commit` and `abort` depend on) so that [`ResourceManager::restore`] rebuilds a

@@ -84,6 +84,20 @@ impl ResourceManager for ParticipantRm {
         }
     }
 
+    fn replay_prepare(&mut self, ops: &[Op], logged: &[Vote], votes: &mut Vec<Vote>) {
+        match self {
+            ParticipantRm::Ledger(ledger) => ledger.replay_prepare(ops, logged, votes),
+            ParticipantRm::Custom(rm) => rm.replay_prepare(ops, logged, votes),
+        }
+    }
+
+    fn recovered(&mut self) {
+        match self {
+            ParticipantRm::Ledger(ledger) => ledger.recovered(),
+            ParticipantRm::Custom(rm) => rm.recovered(),
+        }
+    }
+
     fn commit(&mut self, txns: &[TxnId]) {
         match self {
             ParticipantRm::Ledger(ledger) => ledger.commit(txns),

@@ -25,6 +25,8 @@ mod metrics_trace;
 
 mod driver;
 mod iso8583;
+#[cfg(feature = "pg")]
+mod pg;
 mod progress;
 mod report;
 mod scenario;
@@ -197,6 +199,23 @@ pub struct Args {
     /// --amount-max, --seed, --json).
     #[arg(long, value_name = "HOST:PORT")]
     pub iso8583: Option<String>,
+    /// Run the ledgers on PostgreSQL: one database per ledger, named by this URL with
+    /// `{ledger}` replaced by the ledger's index (create each with `tricommit pg init`).
+    /// The bank check then reads the databases.
+    #[cfg(feature = "pg")]
+    #[arg(long, value_name = "URL_TEMPLATE")]
+    #[serde(serialize_with = "serialize_redacted")]
+    pub pg: Option<String>,
+}
+
+/// Writes a URL template into the JSON summary without its password.
+#[cfg(feature = "pg")]
+fn serialize_redacted<S: serde::Serializer>(
+    template: &Option<String>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let redacted = template.as_deref().map(tricommit_engine::pg::redact);
+    serde::Serialize::serialize(&redacted, serializer)
 }
 
 /// Why a run could not be made. Every variant is bad input or the environment, and
@@ -241,6 +260,10 @@ pub enum LoadError {
     Telemetry(#[from] metrics_trace::TelemetryError),
     #[error("iso8583: {0}")]
     Iso8583(#[from] iso8583::Iso8583Error),
+    #[error("PostgreSQL: {0}")]
+    Pg(String),
+    #[error("PostgreSQL: {0}")]
+    PgState(String),
 }
 
 fn main() -> ExitCode {
@@ -382,7 +405,14 @@ fn run(args: &Args) -> Result<bool, LoadError> {
         .wal
         .record_bytes_max
         .min((config.wal.segment_bytes / 2) as u32);
-    let outcome = drive(args, config, metrics)?;
+    #[cfg(feature = "pg")]
+    let shards = match &args.pg {
+        Some(template) => Some(pg::PgShards::setup(template, args, &mut config)?),
+        None => None,
+    };
+    #[cfg(not(feature = "pg"))]
+    let shards: Option<NoShards> = None;
+    let outcome = drive(args, config, metrics, shards.as_ref())?;
     let summary = summary::Summary::new(args, &outcome);
     summary.print();
     if let Some(path) = &args.json {
@@ -438,10 +468,20 @@ pub struct RunOutcome {
     pub history_parts: Vec<PathBuf>,
 }
 
+/// Stands in for the PostgreSQL shards in a build without them.
+#[cfg(not(feature = "pg"))]
+enum NoShards {}
+
+#[cfg(feature = "pg")]
+use pg::PgShards as Shards;
+#[cfg(not(feature = "pg"))]
+use NoShards as Shards;
+
 fn drive(
     args: &Args,
     config: EngineConfig,
     metrics: Arc<EngineMetrics>,
+    shards: Option<&Shards>,
 ) -> Result<RunOutcome, LoadError> {
     let mixed = args.scenario == scenario::Scenario::Mixed;
     let failure = args.scenario == scenario::Scenario::Failure;
@@ -533,15 +573,20 @@ fn drive(
             counters.drain_bound_hit |= shutdown.counters.drain_bound_hit;
             counters.sync_us_max = counters.sync_us_max.max(shutdown.counters.sync_us_max);
             let cpu_s = summary::cpu_seconds() - cpu_before;
-            (cpu_s, summary::check_bank(&shutdown, expected_total))
+            (cpu_s, bank_check(shards, &shutdown, expected_total))
         }
     };
     let (durability, settle_passes) = if failure {
         let (durability, passes) =
-            settle_after_failure(&config, &clients, expected_total, &mut invariant)?;
+            settle_after_failure(&config, shards, &clients, expected_total, &mut invariant)?;
         (Some(durability), Some(passes))
     } else {
         (None, None)
+    };
+    #[cfg(feature = "pg")]
+    let scenario_figures = match shards {
+        Some(shards) => with_pg_figures(scenario_figures, shards.figures()),
+        None => scenario_figures,
     };
     Ok(RunOutcome {
         clients,
@@ -567,20 +612,52 @@ const SETTLE_PASSES_MAX: u32 = 5;
 /// and shuts the engine again so that recovery finishes it, up to a bound.
 fn settle_after_failure(
     config: &EngineConfig,
+    shards: Option<&Shards>,
     clients: &[driver::ClientResult],
     expected_total: i128,
     invariant: &mut Result<(), String>,
 ) -> Result<(summary::Durability, u32), LoadError> {
     let mut passes = 0;
     loop {
-        let durability = summary::check_durability(&config.data_dir, clients)?;
+        let durability = match shards {
+            #[cfg(feature = "pg")]
+            Some(shards) => shards.check_durability(clients)?,
+            _ => summary::check_durability(&config.data_dir, clients)?,
+        };
         let settled = invariant.is_ok() && durability.undecided == 0;
         if settled || passes == SETTLE_PASSES_MAX {
             return Ok((durability, passes));
         }
         let shutdown = Engine::open(config.clone())?.shutdown()?;
-        *invariant = summary::check_bank(&shutdown, expected_total);
+        *invariant = bank_check(shards, &shutdown, expected_total);
         passes += 1;
+    }
+}
+
+/// The bank invariant: read from the PostgreSQL shards when there are some, else from
+/// the built-in ledgers the shutdown handed back.
+fn bank_check(
+    shards: Option<&Shards>,
+    shutdown: &tricommit_engine::runtime::Shutdown,
+    expected_total: i128,
+) -> Result<(), String> {
+    match shards {
+        #[cfg(feature = "pg")]
+        Some(shards) => shards.check_bank(),
+        _ => summary::check_bank(shutdown, expected_total),
+    }
+}
+
+/// Adds the PostgreSQL ledgers' counters to the scenario's figures, under `pg`.
+#[cfg(feature = "pg")]
+fn with_pg_figures(figures: serde_json::Value, pg: serde_json::Value) -> serde_json::Value {
+    match figures {
+        serde_json::Value::Object(mut map) => {
+            map.insert("pg".to_owned(), pg);
+            serde_json::Value::Object(map)
+        }
+        serde_json::Value::Null => serde_json::json!({ "pg": pg }),
+        other => serde_json::json!({ "scenario": other, "pg": pg }),
     }
 }
 
