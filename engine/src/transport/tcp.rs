@@ -177,7 +177,10 @@ impl Transport {
             stop: stop.clone(),
             jitter: Jitter::new(random_seed()?),
             parts_body: Vec::new(),
+            part_scratch: Vec::new(),
             popped: Vec::new(),
+            reply_batch: Vec::new(),
+            flush_tokens: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("tricommit-transport".into())
@@ -419,8 +422,14 @@ struct EventLoop {
     jitter: Jitter,
     /// Reused: the encoded parts of the frame being combined.
     parts_body: Vec<u8>,
+    /// Reused: one part, encoded before it is known to fit the current frame.
+    part_scratch: Vec<u8>,
     /// Reused: the frames taken from one peer's queue.
     popped: Vec<Frame>,
+    /// Reused: the replies taken from the reply queue.
+    reply_batch: Vec<(ClientId, ClientReply)>,
+    /// Reused: the connections with bytes to write at the end of a turn.
+    flush_tokens: Vec<Token>,
 }
 
 impl EventLoop {
@@ -464,15 +473,17 @@ impl EventLoop {
             self.send_site_frames();
             self.send_client_replies();
             self.timers();
-            let tokens: Vec<Token> = self
-                .conns
-                .iter()
-                .filter(|(_, conn)| conn.pending_write_bytes() > 0)
-                .map(|(token, _)| *token)
-                .collect();
-            for token in tokens {
+            let mut tokens = std::mem::take(&mut self.flush_tokens);
+            tokens.extend(
+                self.conns
+                    .iter()
+                    .filter(|(_, conn)| conn.pending_write_bytes() > 0)
+                    .map(|(token, _)| *token),
+            );
+            for token in tokens.drain(..) {
                 self.flush(token);
             }
+            self.flush_tokens = tokens;
         }
         Ok(())
     }
@@ -933,7 +944,7 @@ impl EventLoop {
         let mut popped = std::mem::take(&mut self.popped);
         let mut parts_body = std::mem::take(&mut self.parts_body);
         let mut part_count = 0u32;
-        let mut scratch = Vec::new();
+        let mut scratch = std::mem::take(&mut self.part_scratch);
         let conn = self.conns.get_mut(&token).expect("the caller checked it");
         let stats = self.stats.peer(site).expect("a peer of the cluster");
         let mut sealed_frames = 0u64;
@@ -968,13 +979,14 @@ impl EventLoop {
             .fetch_add(sealed_frames, Ordering::Relaxed);
         parts_body.clear();
         self.parts_body = parts_body;
+        self.part_scratch = scratch;
         self.popped = popped;
     }
 
     fn send_client_replies(&mut self) {
-        let mut replies = Vec::new();
+        let mut replies = std::mem::take(&mut self.reply_batch);
         self.replies.pop_batch(&mut replies, REPLIES_PER_TURN_MAX);
-        for (client, reply) in replies {
+        for (client, reply) in replies.drain(..) {
             match self.clients.get(&client) {
                 Some(&token) => self.queue_client_reply(token, &reply),
                 None => {
@@ -984,6 +996,7 @@ impl EventLoop {
                 }
             }
         }
+        self.reply_batch = replies;
     }
 
     fn queue_client_reply(&mut self, token: Token, reply: &ClientReply) {
