@@ -62,6 +62,8 @@ const READ_CHUNK_BYTES: usize = 64 << 10;
 /// Frames taken from one peer's queue per turn, so that one busy peer cannot starve
 /// the rest of the loop.
 const PEER_FRAMES_PER_TURN_MAX: usize = 1024;
+/// Sent bytes at the front of a write buffer above which a partial write compacts it.
+const WRITE_COMPACT_BYTES_MIN: usize = 1 << 20;
 /// Replies taken from the reply queue per turn.
 const REPLIES_PER_TURN_MAX: usize = 4096;
 /// The longest the loop sleeps without looking at its timers.
@@ -424,7 +426,7 @@ struct EventLoop {
     parts_body: Vec<u8>,
     /// Reused: one part, encoded before it is known to fit the current frame.
     part_scratch: Vec<u8>,
-    /// Reused: the frames taken from one peer's queue.
+    /// Reused: the frames taken from the queue of a down peer, to drop.
     popped: Vec<Frame>,
     /// Reused: the replies taken from the reply queue.
     reply_batch: Vec<(ClientId, ClientReply)>,
@@ -925,30 +927,35 @@ impl EventLoop {
                 }
                 continue;
             };
-            let conn = self.conns.get(&token).expect("filtered above");
-            if conn.pending_write_bytes() >= PEER_WRITE_BYTES_MAX {
-                continue;
-            }
-            peer.queue
-                .pop_batch(&mut self.popped, PEER_FRAMES_PER_TURN_MAX);
-            if !self.popped.is_empty() {
-                self.combine_and_seal(token, SiteId(index as u8));
-            }
+            self.combine_and_seal(index, token);
         }
     }
 
-    /// Encodes every part of `self.popped` into SITE frames on connection `token`.
-    fn combine_and_seal(&mut self, token: Token, site: SiteId) {
+    /// Takes frames from the queue toward peer `index` while the connection's unsent
+    /// bytes stay below [`PEER_WRITE_BYTES_MAX`], and encodes all their parts into as
+    /// few SITE frames on `token` as the limits allow. The write buffer thus holds at
+    /// most the bound plus one frame; the rest waits in the bounded queue.
+    fn combine_and_seal(&mut self, index: usize, token: Token) {
         let me = self.config.me.0 as u16;
         let cluster_id = self.config.cluster_id;
-        let mut popped = std::mem::take(&mut self.popped);
+        let (Some(peer), Some(conn)) = (self.peers[index].as_mut(), self.conns.get_mut(&token))
+        else {
+            return;
+        };
+        let Some(stats) = self.stats.peer(peer.id) else {
+            return;
+        };
         let mut parts_body = std::mem::take(&mut self.parts_body);
-        let mut part_count = 0u32;
         let mut scratch = std::mem::take(&mut self.part_scratch);
-        let conn = self.conns.get_mut(&token).expect("the caller checked it");
-        let stats = self.stats.peer(site).expect("a peer of the cluster");
+        let mut part_count = 0u32;
         let mut sealed_frames = 0u64;
-        for frame in popped.drain(..) {
+        for _ in 0..PEER_FRAMES_PER_TURN_MAX {
+            if conn.pending_write_bytes() + parts_body.len() >= PEER_WRITE_BYTES_MAX {
+                break;
+            }
+            let Some(frame) = peer.queue.pop() else {
+                break;
+            };
             for part in &frame.parts {
                 scratch.clear();
                 codec::encode_part(part, &mut scratch);
@@ -980,7 +987,6 @@ impl EventLoop {
         parts_body.clear();
         self.parts_body = parts_body;
         self.part_scratch = scratch;
-        self.popped = popped;
     }
 
     fn send_client_replies(&mut self) {
@@ -1118,6 +1124,11 @@ impl EventLoop {
         }
         if conn.written == conn.write.len() {
             conn.write.clear();
+            conn.written = 0;
+        } else if conn.written >= WRITE_COMPACT_BYTES_MIN {
+            // A slow peer: drop the sent prefix so the buffer holds only unsent bytes
+            // (plus less than this), whatever the peer's pace.
+            conn.write.drain(..conn.written);
             conn.written = 0;
         }
         if let Some(Role::Site(site)) = conn.role {
