@@ -39,7 +39,7 @@ use super::codec::{
 };
 use super::frame::{
     kind, role, seal_frame, Expect, FrameReader, Header, Hello, OpenFrame, RejectReason,
-    ANY_RECEIVER, CLIENT_ID, FRAME_BODY_BYTES_MAX,
+    ANY_RECEIVER, CLIENT_ID, FRAME_BODY_BYTES_MAX, HELLO_BODY_BYTES,
 };
 use super::stats::TransportStats;
 use super::{
@@ -706,6 +706,7 @@ impl EventLoop {
                     Role::Client(_) => CLIENT_ID,
                 }),
                 sequence: session.recv_sequence,
+                body_bytes_max: FRAME_BODY_BYTES_MAX,
             },
             _ => Expect {
                 cluster_id: self.config.cluster_id,
@@ -713,6 +714,7 @@ impl EventLoop {
                 receiver_any_ok: conn.dialed.is_none() && self.config.accept_clients,
                 sender: conn.dialed.map(|site| site.0 as u16),
                 sequence: 0,
+                body_bytes_max: HELLO_BODY_BYTES,
             },
         }
     }
@@ -1285,6 +1287,7 @@ impl ClientConnection {
             receiver_any_ok: false,
             sender: None,
             sequence: 0,
+            body_bytes_max: HELLO_BODY_BYTES,
         };
         let deadline = Instant::now() + CLIENT_HANDSHAKE_TIMEOUT;
         let frame = read_frame(
@@ -1432,6 +1435,7 @@ impl ClientReceiver {
             receiver_any_ok: false,
             sender: Some(self.node),
             sequence: self.sequence,
+            body_bytes_max: FRAME_BODY_BYTES_MAX,
         };
         let Some(frame) = read_frame(
             &mut self.stream,
