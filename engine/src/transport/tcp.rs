@@ -39,7 +39,7 @@ use super::codec::{
 };
 use super::frame::{
     kind, role, seal_frame, Expect, FrameReader, Header, Hello, OpenFrame, RejectReason,
-    ANY_RECEIVER, CLIENT_ID, FRAME_BODY_BYTES_MAX,
+    ANY_RECEIVER, CLIENT_ID, FRAME_BODY_BYTES_MAX, HELLO_BODY_BYTES,
 };
 use super::stats::TransportStats;
 use super::{
@@ -62,6 +62,8 @@ const READ_CHUNK_BYTES: usize = 64 << 10;
 /// Frames taken from one peer's queue per turn, so that one busy peer cannot starve
 /// the rest of the loop.
 const PEER_FRAMES_PER_TURN_MAX: usize = 1024;
+/// Sent bytes at the front of a write buffer above which a partial write compacts it.
+const WRITE_COMPACT_BYTES_MIN: usize = 1 << 20;
 /// Replies taken from the reply queue per turn.
 const REPLIES_PER_TURN_MAX: usize = 4096;
 /// The longest the loop sleeps without looking at its timers.
@@ -177,7 +179,10 @@ impl Transport {
             stop: stop.clone(),
             jitter: Jitter::new(random_seed()?),
             parts_body: Vec::new(),
+            part_scratch: Vec::new(),
             popped: Vec::new(),
+            reply_batch: Vec::new(),
+            flush_tokens: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("tricommit-transport".into())
@@ -419,8 +424,14 @@ struct EventLoop {
     jitter: Jitter,
     /// Reused: the encoded parts of the frame being combined.
     parts_body: Vec<u8>,
-    /// Reused: the frames taken from one peer's queue.
+    /// Reused: one part, encoded before it is known to fit the current frame.
+    part_scratch: Vec<u8>,
+    /// Reused: the frames taken from the queue of a down peer, to drop.
     popped: Vec<Frame>,
+    /// Reused: the replies taken from the reply queue.
+    reply_batch: Vec<(ClientId, ClientReply)>,
+    /// Reused: the connections with bytes to write at the end of a turn.
+    flush_tokens: Vec<Token>,
 }
 
 impl EventLoop {
@@ -464,15 +475,17 @@ impl EventLoop {
             self.send_site_frames();
             self.send_client_replies();
             self.timers();
-            let tokens: Vec<Token> = self
-                .conns
-                .iter()
-                .filter(|(_, conn)| conn.pending_write_bytes() > 0)
-                .map(|(token, _)| *token)
-                .collect();
-            for token in tokens {
+            let mut tokens = std::mem::take(&mut self.flush_tokens);
+            tokens.extend(
+                self.conns
+                    .iter()
+                    .filter(|(_, conn)| conn.pending_write_bytes() > 0)
+                    .map(|(token, _)| *token),
+            );
+            for token in tokens.drain(..) {
                 self.flush(token);
             }
+            self.flush_tokens = tokens;
         }
         Ok(())
     }
@@ -693,6 +706,7 @@ impl EventLoop {
                     Role::Client(_) => CLIENT_ID,
                 }),
                 sequence: session.recv_sequence,
+                body_bytes_max: FRAME_BODY_BYTES_MAX,
             },
             _ => Expect {
                 cluster_id: self.config.cluster_id,
@@ -700,6 +714,7 @@ impl EventLoop {
                 receiver_any_ok: conn.dialed.is_none() && self.config.accept_clients,
                 sender: conn.dialed.map(|site| site.0 as u16),
                 sequence: 0,
+                body_bytes_max: HELLO_BODY_BYTES,
             },
         }
     }
@@ -712,35 +727,9 @@ impl EventLoop {
         }
         let hello = Hello::decode(&frame.body)?;
         let me = self.config.me;
-        let sender = frame.header.sender;
+        let dialed = self.conns.get(&token).and_then(|conn| conn.dialed);
+        let (role, dialer, acceptor, answer) = self.hello_peer(dialed, &hello, &frame.header)?;
         let conn = self.conns.get(&token).expect("the caller holds this token");
-        let (role, dialer, acceptor, answer) = match (conn.dialed, hello.role) {
-            // Our dial: the acceptor answered.
-            (Some(site), role::SITE) => (Role::Site(site), me.0 as u16, sender, false),
-            (Some(_), _) => return Err(RejectReason::BadSender),
-            (None, role::SITE) => {
-                let is_lower_peer = (sender as usize) < self.peers.len()
-                    && sender < me.0 as u16
-                    && frame.header.receiver == me.0 as u16;
-                if !is_lower_peer {
-                    return Err(RejectReason::BadSender);
-                }
-                let site = SiteId(sender as u8);
-                (Role::Site(site), sender, me.0 as u16, true)
-            }
-            (None, _) => {
-                let client_ok = sender == CLIENT_ID && self.requests.is_some();
-                if !client_ok {
-                    return Err(RejectReason::BadSender);
-                }
-                if self.clients.len() >= CLIENTS_MAX {
-                    return Err(RejectReason::ConnectionLimit);
-                }
-                let client = ClientId(self.next_client);
-                self.next_client += 1;
-                (Role::Client(client), CLIENT_ID, me.0 as u16, true)
-            }
-        };
         let (dialer_nonce, acceptor_nonce) = if answer {
             (hello.nonce, conn.nonce)
         } else {
@@ -754,13 +743,10 @@ impl EventLoop {
             sender,
         };
         let peer_id = if answer { dialer } else { acceptor };
+        let (secret, cluster_id) = (&self.config.secret, self.config.cluster_id);
         let session = Session {
-            send_key: MacKey::session(
-                &self.config.secret,
-                self.config.cluster_id,
-                &ids(me.0 as u16),
-            ),
-            recv_key: MacKey::session(&self.config.secret, self.config.cluster_id, &ids(peer_id)),
+            send_key: MacKey::session(secret, cluster_id, &ids(me.0 as u16)),
+            recv_key: MacKey::session(secret, cluster_id, &ids(peer_id)),
             send_sequence: 1,
             recv_sequence: 1,
         };
@@ -800,6 +786,43 @@ impl EventLoop {
             }
         }
         Ok(())
+    }
+
+    /// Who says hello, and whether it may: returns the peer's role, the ids of the
+    /// dialer and the acceptor, and whether this end must answer (it accepted).
+    fn hello_peer(
+        &mut self,
+        dialed: Option<SiteId>,
+        hello: &Hello,
+        header: &Header,
+    ) -> Result<(Role, u16, u16, bool), RejectReason> {
+        let me = self.config.me.0 as u16;
+        let sender = header.sender;
+        match (dialed, hello.role) {
+            // Our dial: the acceptor answered (the reader checked it is the site dialed).
+            (Some(site), role::SITE) => Ok((Role::Site(site), me, sender, false)),
+            (Some(_), _) => Err(RejectReason::BadSender),
+            (None, role::SITE) => {
+                // Only a lower site dials this one, and it must name this site.
+                let is_lower_peer =
+                    (sender as usize) < self.peers.len() && sender < me && header.receiver == me;
+                if !is_lower_peer {
+                    return Err(RejectReason::BadSender);
+                }
+                Ok((Role::Site(SiteId(sender as u8)), sender, me, true))
+            }
+            (None, _) => {
+                if sender != CLIENT_ID || self.requests.is_none() {
+                    return Err(RejectReason::BadSender);
+                }
+                if self.clients.len() >= CLIENTS_MAX {
+                    return Err(RejectReason::ConnectionLimit);
+                }
+                let client = ClientId(self.next_client);
+                self.next_client += 1;
+                Ok((Role::Client(client), CLIENT_ID, me, true))
+            }
+        }
     }
 
     /// A handshake finished with `site`: this connection carries the link now. An older
@@ -914,30 +937,35 @@ impl EventLoop {
                 }
                 continue;
             };
-            let conn = self.conns.get(&token).expect("filtered above");
-            if conn.pending_write_bytes() >= PEER_WRITE_BYTES_MAX {
-                continue;
-            }
-            peer.queue
-                .pop_batch(&mut self.popped, PEER_FRAMES_PER_TURN_MAX);
-            if !self.popped.is_empty() {
-                self.combine_and_seal(token, SiteId(index as u8));
-            }
+            self.combine_and_seal(index, token);
         }
     }
 
-    /// Encodes every part of `self.popped` into SITE frames on connection `token`.
-    fn combine_and_seal(&mut self, token: Token, site: SiteId) {
+    /// Takes frames from the queue toward peer `index` while the connection's unsent
+    /// bytes stay below [`PEER_WRITE_BYTES_MAX`], and encodes all their parts into as
+    /// few SITE frames on `token` as the limits allow. The write buffer thus holds at
+    /// most the bound plus one frame; the rest waits in the bounded queue.
+    fn combine_and_seal(&mut self, index: usize, token: Token) {
         let me = self.config.me.0 as u16;
         let cluster_id = self.config.cluster_id;
-        let mut popped = std::mem::take(&mut self.popped);
+        let (Some(peer), Some(conn)) = (self.peers[index].as_mut(), self.conns.get_mut(&token))
+        else {
+            return;
+        };
+        let Some(stats) = self.stats.peer(peer.id) else {
+            return;
+        };
         let mut parts_body = std::mem::take(&mut self.parts_body);
+        let mut scratch = std::mem::take(&mut self.part_scratch);
         let mut part_count = 0u32;
-        let mut scratch = Vec::new();
-        let conn = self.conns.get_mut(&token).expect("the caller checked it");
-        let stats = self.stats.peer(site).expect("a peer of the cluster");
         let mut sealed_frames = 0u64;
-        for frame in popped.drain(..) {
+        for _ in 0..PEER_FRAMES_PER_TURN_MAX {
+            if conn.pending_write_bytes() + parts_body.len() >= PEER_WRITE_BYTES_MAX {
+                break;
+            }
+            let Some(frame) = peer.queue.pop() else {
+                break;
+            };
             for part in &frame.parts {
                 scratch.clear();
                 codec::encode_part(part, &mut scratch);
@@ -968,13 +996,13 @@ impl EventLoop {
             .fetch_add(sealed_frames, Ordering::Relaxed);
         parts_body.clear();
         self.parts_body = parts_body;
-        self.popped = popped;
+        self.part_scratch = scratch;
     }
 
     fn send_client_replies(&mut self) {
-        let mut replies = Vec::new();
+        let mut replies = std::mem::take(&mut self.reply_batch);
         self.replies.pop_batch(&mut replies, REPLIES_PER_TURN_MAX);
-        for (client, reply) in replies {
+        for (client, reply) in replies.drain(..) {
             match self.clients.get(&client) {
                 Some(&token) => self.queue_client_reply(token, &reply),
                 None => {
@@ -984,6 +1012,7 @@ impl EventLoop {
                 }
             }
         }
+        self.reply_batch = replies;
     }
 
     fn queue_client_reply(&mut self, token: Token, reply: &ClientReply) {
@@ -1105,6 +1134,11 @@ impl EventLoop {
         }
         if conn.written == conn.write.len() {
             conn.write.clear();
+            conn.written = 0;
+        } else if conn.written >= WRITE_COMPACT_BYTES_MIN {
+            // A slow peer: drop the sent prefix so the buffer holds only unsent bytes
+            // (plus less than this), whatever the peer's pace.
+            conn.write.drain(..conn.written);
             conn.written = 0;
         }
         if let Some(Role::Site(site)) = conn.role {
@@ -1253,6 +1287,7 @@ impl ClientConnection {
             receiver_any_ok: false,
             sender: None,
             sequence: 0,
+            body_bytes_max: HELLO_BODY_BYTES,
         };
         let deadline = Instant::now() + CLIENT_HANDSHAKE_TIMEOUT;
         let frame = read_frame(
@@ -1400,6 +1435,7 @@ impl ClientReceiver {
             receiver_any_ok: false,
             sender: Some(self.node),
             sequence: self.sequence,
+            body_bytes_max: FRAME_BODY_BYTES_MAX,
         };
         let Some(frame) = read_frame(
             &mut self.stream,
