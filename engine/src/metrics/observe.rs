@@ -382,8 +382,13 @@ impl SiteObserver {
             _ => return,
         };
         let key = (batch, phase as u8);
-        if self.site_spans.contains_key(&key) || self.site_spans.len() >= SITE_SPANS_MAX {
+        if self.site_spans.contains_key(&key) {
             return;
+        }
+        if self.site_spans.len() >= SITE_SPANS_MAX {
+            // Replies that never left (a batch finished by recovery elsewhere) would
+            // otherwise fill the map for good: close every open span and start over.
+            self.site_spans.clear();
         }
         let Some(root) = self.spans.get(batch) else {
             return;
