@@ -27,6 +27,7 @@ use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
+use tricommit_engine::metrics::TraceContext;
 
 /// The target of the engine's batch spans.
 pub const BATCH_SPAN_TARGET: &str = "tricommit::batch";
@@ -174,6 +175,41 @@ pub fn init(
     })
 }
 
+/// The trace context of `span`, to carry in a frame, when it is exported (tracing on
+/// and an OTLP layer installed); `None` otherwise. For the cluster's node binary: the
+/// opener puts its batch span's context in the frames of that batch.
+#[allow(dead_code)] // Used by the node (cluster issue) and the tests; not by the load generator.
+pub fn context_of(span: &tracing::Span) -> Option<TraceContext> {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    if !span_context.is_valid() {
+        return None;
+    }
+    Some(TraceContext {
+        trace_id: span_context.trace_id().to_bytes(),
+        span_id: span_context.span_id().to_bytes(),
+    })
+}
+
+/// Makes `span` a child of the remote parent a frame carried, so that one batch is one
+/// trace across processes. Call it before the span is entered or closed.
+#[allow(dead_code)] // Used by the node (cluster issue) and the tests; not by the load generator.
+pub fn attach_parent(span: &tracing::Span, parent: TraceContext) {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId};
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let remote = SpanContext::new(
+        TraceId::from_bytes(parent.trace_id),
+        SpanId::from_bytes(parent.span_id),
+        TraceFlags::SAMPLED,
+        true,
+        opentelemetry::trace::TraceState::default(),
+    );
+    // Fails only without an OpenTelemetry layer, where there is no trace to join.
+    let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+}
+
 /// A blocking HTTP/1.1 client for the OTLP exporter: one connection per export, with
 /// timeouts and a bounded response.
 #[derive(Debug, Clone, Copy)]
@@ -273,6 +309,27 @@ mod tests {
             .expect_err("not absolute")
             .to_string()
             .contains("--otlp-endpoint"));
+    }
+
+    #[test]
+    fn a_span_joins_the_trace_of_a_context_carried_from_another_process() {
+        // Proves the cluster half of tracing: the 24 bytes taken from the opener's
+        // batch span, decoded on the other side, make a span there part of the same
+        // trace (same trace id, its own span id).
+        let provider = SdkTracerProvider::builder().build();
+        let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("test"));
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            let root = tracing::info_span!(target: "tricommit::batch", "batch");
+            let sent = context_of(&root).expect("an exported span has a context");
+            let received = TraceContext::decode(&sent.encode()).expect("valid bytes");
+            let remote = tracing::info_span!(target: "tricommit::batch", "prepare");
+            attach_parent(&remote, received);
+            let joined = context_of(&remote).expect("context");
+            assert_eq!(joined.trace_id, sent.trace_id);
+            assert_ne!(joined.span_id, sent.span_id);
+        });
+        assert!(context_of(&tracing::Span::none()).is_none());
     }
 
     #[test]

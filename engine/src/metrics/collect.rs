@@ -346,6 +346,18 @@ fn encode_replicas(
             results.push((vec![("site", *label), ("result", *result)], load(count)));
         }
     }
+    let pending: Vec<(Labels<'_>, i64)> = replica_sites
+        .iter()
+        .map(|(label, site)| {
+            let txns = load(&site.termination_pending_txns) as i64;
+            (vec![("site", *label)], txns)
+        })
+        .collect();
+    f.labelled_gauges(
+        "tricommit_termination_transactions_pending",
+        "Transactions of batches this replica is terminating (E3PC) and has not decided.",
+        &pending,
+    )?;
     f.labelled_counters(
         "tricommit_termination_results",
         "What E3PC recovery rounds led to: a decision, or a pre-commit or pre-abort round.",

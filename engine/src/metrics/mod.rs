@@ -133,6 +133,10 @@ pub struct SiteMetrics {
     /// Recovery elections this site started (as a replica), and how they ended.
     pub termination_started: AtomicU64,
     pub termination_results: [AtomicU64; TERMINATION_RESULT_LABELS.len()],
+    /// Transactions of the batches this replica is terminating and has not decided:
+    /// in doubt past their timeout (termination starts only after it), including
+    /// batches a restarted engine recovered, which the active coordinator never opened.
+    pub termination_pending_txns: AtomicU64,
     /// As a participant: from the batch's opening at the active coordinator to its
     /// votes arriving there, in microseconds; and the votes that never came in time.
     pub vote_latency_us: AtomicHistogram,
@@ -150,6 +154,7 @@ impl SiteMetrics {
             checkpoint_pause_us: AtomicHistogram::new(LATENCY_BOUNDS_US),
             termination_started: AtomicU64::new(0),
             termination_results: Default::default(),
+            termination_pending_txns: AtomicU64::new(0),
             vote_latency_us: AtomicHistogram::new(LATENCY_BOUNDS_US),
             vote_timeouts: AtomicU64::new(0),
         }

@@ -55,6 +55,7 @@ struct BatchTrack {
 struct Termination {
     elected: u32,
     round_counted: bool,
+    txns: u32,
 }
 
 /// The recording half of one site stage.
@@ -209,7 +210,9 @@ impl SiteObserver {
         let _ = to;
         match part {
             Part::Forget { batch } => self.batch_forgotten(*batch, now_us),
-            Part::Elect { desc, elected } => self.termination_started(desc.batch, *elected),
+            Part::Elect { desc, elected } => {
+                self.termination_started(desc.batch, *elected, desc.txns.len() as u32);
+            }
             Part::Round {
                 batch,
                 elected,
@@ -279,7 +282,20 @@ impl SiteObserver {
         }
     }
 
-    fn termination_started(&mut self, batch: BatchId, elected: u32) {
+    /// Publishes how many transactions the terminations in progress hold (on each
+    /// start and decision only: both are rare).
+    fn publish_terminations(&self) {
+        let pending: u64 = self
+            .terminations
+            .values()
+            .map(|termination| u64::from(termination.txns))
+            .sum();
+        self.site()
+            .termination_pending_txns
+            .store(pending, Ordering::Relaxed);
+    }
+
+    fn termination_started(&mut self, batch: BatchId, elected: u32, txns: u32) {
         if self
             .terminations
             .get(&batch)
@@ -297,8 +313,10 @@ impl SiteObserver {
             Termination {
                 elected,
                 round_counted: false,
+                txns,
             },
         );
+        self.publish_terminations();
         self.site()
             .termination_started
             .fetch_add(1, Ordering::Relaxed);
@@ -330,6 +348,7 @@ impl SiteObserver {
         if self.terminations.remove(&batch).is_none() {
             return;
         }
+        self.publish_terminations();
         let site = self.site();
         if committed > 0 {
             site.record_termination(TerminationResult::Commit);
@@ -382,8 +401,13 @@ impl SiteObserver {
             _ => return,
         };
         let key = (batch, phase as u8);
-        if self.site_spans.contains_key(&key) || self.site_spans.len() >= SITE_SPANS_MAX {
+        if self.site_spans.contains_key(&key) {
             return;
+        }
+        if self.site_spans.len() >= SITE_SPANS_MAX {
+            // Replies that never left (a batch finished by recovery elsewhere) would
+            // otherwise fill the map for good: close every open span and start over.
+            self.site_spans.clear();
         }
         let Some(root) = self.spans.get(batch) else {
             return;
@@ -511,6 +535,13 @@ mod tests {
                 },
             );
         }
+        let pending = || {
+            metrics
+                .site(1)
+                .termination_pending_txns
+                .load(Ordering::Relaxed)
+        };
+        assert_eq!(pending(), 2);
         let round = Part::Round {
             batch,
             elected: 2,
@@ -537,5 +568,6 @@ mod tests {
             .map(|count| count.load(Ordering::Relaxed))
             .collect();
         assert_eq!(results, vec![1, 0, 1, 0]);
+        assert_eq!(pending(), 0);
     }
 }
