@@ -92,13 +92,14 @@ impl PgShards {
             compacted: 0,
         };
         for &id in clients.iter().flat_map(|client| &client.committed_ids) {
-            if !report.posted.contains(&(id as i64)) {
-                // A reservation still held is counted by the audit (pending rows): the
-                // next open decides it. Without one the commit is gone.
-                match report.pending_rows {
-                    0 => durability.lost += 1,
-                    _ => durability.undecided += 1,
-                }
+            let id = id as i64;
+            if report.posted.contains(&id) {
+                continue;
+            }
+            // A reservation still held is decided by the next open; without one, gone.
+            match report.pending.contains(&id) {
+                true => durability.undecided += 1,
+                false => durability.lost += 1,
             }
         }
         Ok(durability)
