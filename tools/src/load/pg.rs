@@ -6,14 +6,10 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tricommit_engine::pg::{self, schema, PgError, PgLedger, PgLedgerStats};
+use tricommit_engine::pg::{self, schema, PgError, PgLedger, PgLedgerStats, PG_VOTE_TIMEOUT_US};
 use tricommit_engine::EngineConfig;
 
 use crate::{driver, summary, Args, LoadError};
-
-/// How long the coordinator waits for a PostgreSQL ledger's votes (the floor of the
-/// adaptive wait), in µs.
-pub const PG_VOTE_TIMEOUT_US: u64 = 5_000_000;
 
 /// The shards of one run, the total they held before it, and each ledger's counters.
 pub struct PgShards {
