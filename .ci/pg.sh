@@ -52,7 +52,7 @@ export TRICOMMIT_PG_URL="postgres://postgres@127.0.0.1:$port/postgres"
 export TRICOMMIT_PG_RESTART="${as_owner_text}$bin_dir/pg_ctl -D $data -l $log -w -t 60 restart -m fast >/dev/null"
 
 timeout 1200 cargo test --release -p tricommit-engine --features pg \
-    --test pg_bank --test pg_crash --test pg_restart
+    --test pg_ledger --test pg_bank --test pg_crash --test pg_restart
 timeout 600 cargo test --release -p tricommit-tools --test pg_cli
 
 # The comparison harness end to end (a smoke run: the figures are not the point).

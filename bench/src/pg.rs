@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use postgres::Client;
-use tricommit_engine::pg::{self, schema, PgLedger, PgLedgerStats};
+use tricommit_engine::pg::{self, schema, PgLedger, PgLedgerStats, PG_VOTE_TIMEOUT_US};
 use tricommit_engine::EngineConfig;
 
 use crate::{
@@ -33,8 +33,6 @@ pub const PG_CONFIG_NAMES: [&str; 2] = ["pg-batched", "pg-2pc"];
 pub const TWO_PC_CLIENTS_DEFAULT: usize = 16;
 /// The most baseline clients (each holds one connection per shard).
 pub const TWO_PC_CLIENTS_MAX: usize = 64;
-/// How long the coordinator waits for a shard's votes (as `tricommit-load --pg`).
-const PG_VOTE_TIMEOUT_US: u64 = 5_000_000;
 const LATENCY_US_MAX: u64 = 600_000_000;
 
 fn pg_error(error: pg::PgError) -> CompareError {

@@ -61,9 +61,9 @@ struct Args {
 
 /// Every configuration name this build knows, engine ones first.
 fn known_names() -> Vec<&'static str> {
-    let mut names = CONFIG_NAMES.to_vec();
+    let names = CONFIG_NAMES.to_vec();
     #[cfg(feature = "pg")]
-    names.extend(tricommit_bench::pg::PG_CONFIG_NAMES);
+    let names = [names, tricommit_bench::pg::PG_CONFIG_NAMES.to_vec()].concat();
     names
 }
 

@@ -18,6 +18,8 @@ pub struct BankAudit {
     pub postings: u64,
     /// Every transaction id with a posting on some shard.
     pub posted: HashSet<i64>,
+    /// Every transaction id still holding a reservation on some shard.
+    pub pending: HashSet<i64>,
     /// Broken invariants, one sentence each.
     pub violations: Vec<String>,
 }
@@ -119,6 +121,12 @@ fn audit_shard(
             "{}: {mismatched} accounts disagree with their postings or reservations",
             redact(url)
         ));
+    }
+    for row in client
+        .query("SELECT txn_id FROM tc_pending", &[])
+        .map_err(error)?
+    {
+        report.pending.insert(row.get(0));
     }
     for row in client
         .query("SELECT txn_id, delta FROM tc_postings", &[])

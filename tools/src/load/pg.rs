@@ -6,14 +6,10 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tricommit_engine::pg::{self, schema, PgError, PgLedger, PgLedgerStats};
+use tricommit_engine::pg::{self, schema, PgError, PgLedger, PgLedgerStats, PG_VOTE_TIMEOUT_US};
 use tricommit_engine::EngineConfig;
 
 use crate::{driver, summary, Args, LoadError};
-
-/// How long the coordinator waits for a PostgreSQL ledger's votes (the floor of the
-/// adaptive wait), in µs.
-pub const PG_VOTE_TIMEOUT_US: u64 = 5_000_000;
 
 /// The shards of one run, the total they held before it, and each ledger's counters.
 pub struct PgShards {
@@ -92,13 +88,14 @@ impl PgShards {
             compacted: 0,
         };
         for &id in clients.iter().flat_map(|client| &client.committed_ids) {
-            if !report.posted.contains(&(id as i64)) {
-                // A reservation still held is counted by the audit (pending rows): the
-                // next open decides it. Without one the commit is gone.
-                match report.pending_rows {
-                    0 => durability.lost += 1,
-                    _ => durability.undecided += 1,
-                }
+            let id = id as i64;
+            if report.posted.contains(&id) {
+                continue;
+            }
+            // A reservation still held is decided by the next open; without one, gone.
+            match report.pending.contains(&id) {
+                true => durability.undecided += 1,
+                false => durability.lost += 1,
             }
         }
         Ok(durability)
