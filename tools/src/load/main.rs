@@ -311,7 +311,7 @@ fn run(args: &Args) -> Result<bool, LoadError> {
         })?;
     }
     if let Some(path) = &args.history {
-        concatenate_history(path, &outcome.history_parts)?;
+        concatenate_history(path, &outcome.history_parts, &outcome.probe_history)?;
     }
     if let Some(path) = &args.report {
         let rows = summary.rows();
@@ -351,6 +351,8 @@ pub struct RunOutcome {
     /// transaction was decided everywhere.
     pub settle_passes: Option<u32>,
     pub history_parts: Vec<PathBuf>,
+    /// History lines of the cluster bank check's probe transfers.
+    pub probe_history: Vec<String>,
 }
 
 fn drive(args: &Args, config: EngineConfig) -> Result<RunOutcome, LoadError> {
@@ -425,13 +427,20 @@ fn drive(args: &Args, config: EngineConfig) -> Result<RunOutcome, LoadError> {
     }
     let counters = shared.counters();
     let busy = shared.busy.load(Ordering::Relaxed);
+    let mut probe_history = Vec::new();
     let expected_total =
         args.ledgers as i128 * args.accounts as i128 * args.initial_balance as i128;
     let (cpu_s, mut invariant) = match &args.cluster {
         Some(dir) => {
             let client = shared.remote_client().expect("a cluster run has a client");
-            let verdict =
-                cluster::check_bank(dir, client, args.ledgers, workload.id_base, expected_total)?;
+            let verdict = cluster::check_bank(
+                dir,
+                client,
+                args.ledgers,
+                workload.id_base,
+                expected_total,
+                &mut probe_history,
+            )?;
             shared.close_remote();
             (summary::cpu_seconds() - cpu_before, verdict)
         }
@@ -460,6 +469,7 @@ fn drive(args: &Args, config: EngineConfig) -> Result<RunOutcome, LoadError> {
         durability,
         settle_passes,
         history_parts,
+        probe_history,
     })
 }
 
@@ -496,7 +506,11 @@ fn part_path(path: &Path, index: u64) -> PathBuf {
 }
 
 /// Joins the clients' history files into one, then removes the parts.
-fn concatenate_history(path: &Path, parts: &[PathBuf]) -> Result<(), LoadError> {
+fn concatenate_history(
+    path: &Path,
+    parts: &[PathBuf],
+    extra_lines: &[String],
+) -> Result<(), LoadError> {
     let output_error = |source| LoadError::Output {
         path: path.to_owned(),
         source,
@@ -506,6 +520,10 @@ fn concatenate_history(path: &Path, parts: &[PathBuf]) -> Result<(), LoadError> 
         let mut input = std::fs::File::open(part).map_err(output_error)?;
         std::io::copy(&mut input, &mut output).map_err(output_error)?;
         std::fs::remove_file(part).map_err(output_error)?;
+    }
+    for line in extra_lines {
+        std::io::Write::write_all(&mut output, format!("{line}\n").as_bytes())
+            .map_err(output_error)?;
     }
     std::io::Write::flush(&mut output).map_err(output_error)
 }
