@@ -165,3 +165,120 @@ fn silent_peer_is_marked_down() {
     let _ = stream.read_to_end(&mut sink);
     one.shutdown().expect("clean shutdown");
 }
+
+// Proves that three transports form a full mesh by themselves (each pair connected
+// once, by the lower id dialing), and that every site reaches every other.
+#[test]
+fn three_sites_form_a_full_mesh() {
+    let addrs = [free_addr(), free_addr(), free_addr()];
+    let mut transports = Vec::new();
+    let mut receivers = Vec::new();
+    for me in 0..3u8 {
+        let (sender, receiver) = inbox();
+        transports.push(Transport::start(config(me, &addrs), sender).expect("start"));
+        receivers.push(receiver);
+    }
+    for from in 0..3u8 {
+        for to in 0..3u8 {
+            if from == to {
+                continue;
+            }
+            let part = forget(u64::from(from) * 10 + u64::from(to));
+            let frame = send_until_received(
+                &transports[from as usize],
+                SiteId(to),
+                SiteId(from),
+                &mut receivers[to as usize],
+                part.clone(),
+            );
+            assert_eq!(frame.from, SiteId(from));
+            assert!(frame.parts.contains(&part));
+            while receivers[to as usize].pop().is_some() {}
+        }
+    }
+    for (me, transport) in transports.iter().enumerate() {
+        let stats = transport.stats();
+        for peer in 0..3usize {
+            if peer == me {
+                continue;
+            }
+            let link = stats.peer(SiteId(peer as u8)).unwrap();
+            let dials = link.dials_total.load(std::sync::atomic::Ordering::Relaxed);
+            if me < peer {
+                assert!(dials >= 1, "site {me} dials site {peer}");
+            } else {
+                assert_eq!(dials, 0, "site {me} never dials the lower site {peer}");
+            }
+        }
+    }
+    for transport in transports {
+        transport.shutdown().expect("clean shutdown");
+    }
+}
+
+// Proves backpressure: toward a peer that stops reading, the transport buffers a
+// bounded amount and then the peer's queue refuses the site loop's pushes (Full),
+// instead of growing without limit.
+#[test]
+fn a_peer_that_does_not_read_fills_its_queue_not_memory() {
+    use std::sync::Arc;
+    use tricommit_engine::proto::{BatchId, Descriptor, Op, TxnId, OP_PAYLOAD_BYTES};
+    use tricommit_engine::transport::PEER_QUEUE_FRAMES_MAX;
+    let addrs = [free_addr(), free_addr()];
+    let mut one_config = config(1, &addrs);
+    one_config.peer_silent_ms_max = 60_000;
+    let (inbox1, _receiver1) = inbox();
+    let one = Transport::start(one_config, inbox1).expect("start site 1");
+    let stats = one.stats();
+    // Site 0 handshakes and then never reads.
+    let _fake = FakeSite::handshake(addrs[1], 0, 1, &SECRET);
+    wait_until("the link", || stats.link_up(SiteId(0)));
+    let txns = 100u64;
+    let desc = Arc::new(Descriptor {
+        batch: BatchId(1),
+        txns: (0..txns).map(TxnId).collect(),
+        members: vec![1; txns as usize],
+    });
+    let ops: Arc<[Op]> = (0..txns)
+        .map(|txn| Op {
+            txn: TxnId(txn),
+            payload: [7; OP_PAYLOAD_BYTES],
+        })
+        .collect::<Vec<_>>()
+        .into();
+    let prepare = Part::Prepare { desc, ops };
+    let links = one.links();
+    let pushes_max = 200_000usize;
+    let mut pushed = 0usize;
+    let mut refused = false;
+    let deadline = Instant::now() + WAIT_MAX;
+    while pushed < pushes_max && Instant::now() < deadline {
+        let frame = Frame {
+            from: SiteId(1),
+            parts: vec![prepare.clone()],
+        };
+        match links[0].push(frame) {
+            Ok(()) => pushed += 1,
+            Err(error) => {
+                assert!(error.is_full(), "the queue is full, not closed");
+                refused = true;
+                break;
+            }
+        }
+    }
+    assert!(refused, "{pushed} pushes and the queue never pushed back");
+    assert!(
+        pushed >= PEER_QUEUE_FRAMES_MAX,
+        "the queue holds its bound first"
+    );
+    let sent = stats
+        .peer(SiteId(0))
+        .unwrap()
+        .bytes_out_total
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        sent < pushed as u64 * 4800,
+        "{sent} bytes cannot have left for {pushed} frames of ~4.8 kB"
+    );
+    one.shutdown().expect("clean shutdown");
+}

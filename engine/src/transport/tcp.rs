@@ -62,6 +62,8 @@ const READ_CHUNK_BYTES: usize = 64 << 10;
 /// Frames taken from one peer's queue per turn, so that one busy peer cannot starve
 /// the rest of the loop.
 const PEER_FRAMES_PER_TURN_MAX: usize = 1024;
+/// Sent bytes at the front of a write buffer above which a partial write compacts it.
+const WRITE_COMPACT_BYTES_MIN: usize = 1 << 20;
 /// Replies taken from the reply queue per turn.
 const REPLIES_PER_TURN_MAX: usize = 4096;
 /// The longest the loop sleeps without looking at its timers.
@@ -177,7 +179,10 @@ impl Transport {
             stop: stop.clone(),
             jitter: Jitter::new(random_seed()?),
             parts_body: Vec::new(),
+            part_scratch: Vec::new(),
             popped: Vec::new(),
+            reply_batch: Vec::new(),
+            flush_tokens: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("tricommit-transport".into())
@@ -419,8 +424,14 @@ struct EventLoop {
     jitter: Jitter,
     /// Reused: the encoded parts of the frame being combined.
     parts_body: Vec<u8>,
-    /// Reused: the frames taken from one peer's queue.
+    /// Reused: one part, encoded before it is known to fit the current frame.
+    part_scratch: Vec<u8>,
+    /// Reused: the frames taken from the queue of a down peer, to drop.
     popped: Vec<Frame>,
+    /// Reused: the replies taken from the reply queue.
+    reply_batch: Vec<(ClientId, ClientReply)>,
+    /// Reused: the connections with bytes to write at the end of a turn.
+    flush_tokens: Vec<Token>,
 }
 
 impl EventLoop {
@@ -464,15 +475,17 @@ impl EventLoop {
             self.send_site_frames();
             self.send_client_replies();
             self.timers();
-            let tokens: Vec<Token> = self
-                .conns
-                .iter()
-                .filter(|(_, conn)| conn.pending_write_bytes() > 0)
-                .map(|(token, _)| *token)
-                .collect();
-            for token in tokens {
+            let mut tokens = std::mem::take(&mut self.flush_tokens);
+            tokens.extend(
+                self.conns
+                    .iter()
+                    .filter(|(_, conn)| conn.pending_write_bytes() > 0)
+                    .map(|(token, _)| *token),
+            );
+            for token in tokens.drain(..) {
                 self.flush(token);
             }
+            self.flush_tokens = tokens;
         }
         Ok(())
     }
@@ -914,30 +927,35 @@ impl EventLoop {
                 }
                 continue;
             };
-            let conn = self.conns.get(&token).expect("filtered above");
-            if conn.pending_write_bytes() >= PEER_WRITE_BYTES_MAX {
-                continue;
-            }
-            peer.queue
-                .pop_batch(&mut self.popped, PEER_FRAMES_PER_TURN_MAX);
-            if !self.popped.is_empty() {
-                self.combine_and_seal(token, SiteId(index as u8));
-            }
+            self.combine_and_seal(index, token);
         }
     }
 
-    /// Encodes every part of `self.popped` into SITE frames on connection `token`.
-    fn combine_and_seal(&mut self, token: Token, site: SiteId) {
+    /// Takes frames from the queue toward peer `index` while the connection's unsent
+    /// bytes stay below [`PEER_WRITE_BYTES_MAX`], and encodes all their parts into as
+    /// few SITE frames on `token` as the limits allow. The write buffer thus holds at
+    /// most the bound plus one frame; the rest waits in the bounded queue.
+    fn combine_and_seal(&mut self, index: usize, token: Token) {
         let me = self.config.me.0 as u16;
         let cluster_id = self.config.cluster_id;
-        let mut popped = std::mem::take(&mut self.popped);
+        let (Some(peer), Some(conn)) = (self.peers[index].as_mut(), self.conns.get_mut(&token))
+        else {
+            return;
+        };
+        let Some(stats) = self.stats.peer(peer.id) else {
+            return;
+        };
         let mut parts_body = std::mem::take(&mut self.parts_body);
+        let mut scratch = std::mem::take(&mut self.part_scratch);
         let mut part_count = 0u32;
-        let mut scratch = Vec::new();
-        let conn = self.conns.get_mut(&token).expect("the caller checked it");
-        let stats = self.stats.peer(site).expect("a peer of the cluster");
         let mut sealed_frames = 0u64;
-        for frame in popped.drain(..) {
+        for _ in 0..PEER_FRAMES_PER_TURN_MAX {
+            if conn.pending_write_bytes() + parts_body.len() >= PEER_WRITE_BYTES_MAX {
+                break;
+            }
+            let Some(frame) = peer.queue.pop() else {
+                break;
+            };
             for part in &frame.parts {
                 scratch.clear();
                 codec::encode_part(part, &mut scratch);
@@ -968,13 +986,13 @@ impl EventLoop {
             .fetch_add(sealed_frames, Ordering::Relaxed);
         parts_body.clear();
         self.parts_body = parts_body;
-        self.popped = popped;
+        self.part_scratch = scratch;
     }
 
     fn send_client_replies(&mut self) {
-        let mut replies = Vec::new();
+        let mut replies = std::mem::take(&mut self.reply_batch);
         self.replies.pop_batch(&mut replies, REPLIES_PER_TURN_MAX);
-        for (client, reply) in replies {
+        for (client, reply) in replies.drain(..) {
             match self.clients.get(&client) {
                 Some(&token) => self.queue_client_reply(token, &reply),
                 None => {
@@ -984,6 +1002,7 @@ impl EventLoop {
                 }
             }
         }
+        self.reply_batch = replies;
     }
 
     fn queue_client_reply(&mut self, token: Token, reply: &ClientReply) {
@@ -1105,6 +1124,11 @@ impl EventLoop {
         }
         if conn.written == conn.write.len() {
             conn.write.clear();
+            conn.written = 0;
+        } else if conn.written >= WRITE_COMPACT_BYTES_MIN {
+            // A slow peer: drop the sent prefix so the buffer holds only unsent bytes
+            // (plus less than this), whatever the peer's pace.
+            conn.write.drain(..conn.written);
             conn.written = 0;
         }
         if let Some(Role::Site(site)) = conn.role {
@@ -1469,6 +1493,95 @@ fn read_frame(
             }
             Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
             Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves that every reconnect wait lies in the upper half of its backoff, and that
+    // the waits are not all equal (the jitter that keeps sites out of lockstep).
+    #[test]
+    fn jitter_stays_in_the_upper_half() {
+        let mut jitter = Jitter::new(12345);
+        for backoff_ms in [1u64, 2, 10, 1000, 600_000] {
+            let waits: Vec<u64> = (0..200).map(|_| jitter.wait_ms(backoff_ms)).collect();
+            assert!(waits
+                .iter()
+                .all(|&wait| wait >= backoff_ms / 2 && wait <= backoff_ms));
+            if backoff_ms >= 10 {
+                assert!(waits.iter().any(|&wait| wait != waits[0]), "{backoff_ms}");
+            }
+        }
+    }
+
+    // Proves the doorbell's wake hook protocol as the event loop uses it: a push while
+    // the loop is marked waiting runs the hook (wakes epoll), a push while it runs does
+    // not (the loop will see the item on its next check).
+    #[test]
+    fn doorbell_wakes_the_event_loop_only_while_it_waits() {
+        use std::sync::atomic::AtomicU64;
+        let wakes = Arc::new(AtomicU64::new(0));
+        let counter = wakes.clone();
+        let doorbell = Arc::new(Doorbell::with_wake_hook(WakeHook(Arc::new(move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }))));
+        let (sender, mut receiver) = channel::<u32>(8, doorbell.clone()).expect("capacity");
+        sender.push(1).expect("room");
+        assert_eq!(wakes.load(Ordering::Relaxed), 0, "running: no wake needed");
+        doorbell.begin_external_wait();
+        assert!(
+            receiver.has_items(),
+            "the check after begin sees the earlier item"
+        );
+        sender.push(2).expect("room");
+        assert_eq!(wakes.load(Ordering::Relaxed), 1, "waiting: the hook ran");
+        doorbell.end_external_wait();
+        sender.push(3).expect("room");
+        assert_eq!(wakes.load(Ordering::Relaxed), 1);
+        let mut items = Vec::new();
+        receiver.pop_batch(&mut items, 8);
+        assert_eq!(items, vec![1, 2, 3]);
+    }
+
+    // Proves that a configuration with gaps in the site ids, a duplicate id, or timers
+    // out of their bounds is refused with a sentence, before anything binds.
+    #[test]
+    fn bad_configurations_are_refused() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().expect("address");
+        let good = TransportConfig {
+            cluster_id: 1,
+            me: SiteId(0),
+            listen: addr,
+            peers: vec![(SiteId(1), addr)],
+            secret: [0; SECRET_BYTES],
+            heartbeat_interval_ms: 10,
+            peer_silent_ms_max: 20,
+            reconnect_backoff_ms_min: 1,
+            reconnect_backoff_ms_max: 1,
+            accept_clients: false,
+        };
+        assert_eq!(good.validate().expect("valid"), 2);
+        let mut gap = good.clone();
+        gap.peers = vec![(SiteId(2), addr)];
+        let mut duplicate = good.clone();
+        duplicate.peers = vec![(SiteId(1), addr), (SiteId(1), addr)];
+        let mut silent = good.clone();
+        silent.peer_silent_ms_max = 19;
+        let mut heartbeat = good.clone();
+        heartbeat.heartbeat_interval_ms = 0;
+        let mut backoff = good.clone();
+        backoff.reconnect_backoff_ms_max = 0;
+        for bad in [gap, duplicate, silent, heartbeat, backoff] {
+            let (inbox, _receiver) =
+                channel::<Frame>(8, Arc::new(Doorbell::default())).expect("capacity");
+            match Transport::start(bad, inbox) {
+                Err(TransportError::Config { reason }) => assert!(!reason.is_empty()),
+                Err(other) => panic!("expected a configuration error, got {other}"),
+                Ok(_) => panic!("a bad configuration started"),
+            }
         }
     }
 }
