@@ -22,7 +22,7 @@ trap cleanup EXIT
 base=$(python3 - <<'PY'
 import random, socket
 for _ in range(200):
-    base = random.randint(20000, 50000)
+    base = random.randint(10000, 32000)  # below the ephemeral range (32768..)
     try:
         socks = []
         for port in range(base, base + 7):

@@ -10,7 +10,7 @@ rounds=${2:-2}
 bin=target/release
 OUT=${OUT:-$(mktemp -d)}
 dir=$OUT/cluster
-"$bin/tricommit" cluster init "$dir" --base-port "${BASE_PORT:-27400}" >/dev/null
+"$bin/tricommit" cluster init "$dir" --base-port "${BASE_PORT:-17400}" >/dev/null
 "$bin/tricommit" cluster up "$dir" >"$OUT/up.out" 2>"$OUT/up.err" &
 up=$!
 trap 'kill -TERM $up 2>/dev/null || true; wait $up 2>/dev/null || true' EXIT
