@@ -203,6 +203,7 @@ fn expect(sequence: u64) -> Expect {
         receiver_any_ok: false,
         sender: Some(0),
         sequence,
+        body_bytes_max: tricommit_engine::transport::FRAME_BODY_BYTES_MAX,
     }
 }
 

@@ -16,7 +16,7 @@ use transport_support::*;
 use tricommit_engine::proto::SiteId;
 use tricommit_engine::transport::auth::{fresh_nonce, MacKey, MAC_BYTES};
 use tricommit_engine::transport::frame::{
-    kind, role, seal_frame, Expect, FrameReader, Header, Hello, HEADER_BYTES,
+    kind, role, seal_frame, Expect, FrameReader, Header, Hello, HEADER_BYTES, HELLO_BODY_BYTES,
 };
 use tricommit_engine::transport::{RejectReason, Transport, TransportStats, FRAME_BODY_BYTES_MAX};
 
@@ -104,6 +104,7 @@ fn predict_first(bytes: &[u8]) -> RejectReason {
         receiver_any_ok: false,
         sender: None,
         sequence: 0,
+        body_bytes_max: HELLO_BODY_BYTES,
     };
     match reader.next_frame(&expect, &MacKey::hello(&SECRET, CLUSTER_ID)) {
         Err(reason) => reason,
@@ -126,6 +127,7 @@ fn predict_session(fake: &FakeSite, bytes: &[u8]) -> Option<RejectReason> {
         receiver_any_ok: false,
         sender: Some(0),
         sequence: 1,
+        body_bytes_max: FRAME_BODY_BYTES_MAX,
     };
     match reader.next_frame(&expect, &fake.send_key) {
         Err(reason) => Some(reason),

@@ -16,7 +16,7 @@
 //! ```
 //!
 //! Reading is defensive and in a fixed order ([`FrameReader::next_frame`]): the header's
-//! fixed fields and bounds first (before waiting for a body that may never come), then
+//! fixed fields and bounds first (a hello's body must be exactly a hello's size) (before waiting for a body that may never come), then
 //! the MAC, and only then the body is handed to the codec. Any failure is a
 //! [`RejectReason`]: the connection closes and the reason's counter rises. Nothing in
 //! this module does I/O; `tcp.rs` feeds it the bytes it read.
@@ -241,6 +241,10 @@ pub struct Expect {
     pub sender: Option<u16>,
     /// The sequence the next frame must carry.
     pub sequence: u64,
+    /// The largest body acceptable now: [`HELLO_BODY_BYTES`] before the handshake, so
+    /// that a peer without the key cannot make a reader wait for (and reserve) a large
+    /// body; [`FRAME_BODY_BYTES_MAX`] after it.
+    pub body_bytes_max: usize,
 }
 
 /// A frame that passed every check but the body's decoding.
@@ -360,6 +364,9 @@ impl Hello {
 
 /// The header checks that need the connection's context.
 fn check_context(header: &Header, expect: &Expect) -> Result<(), RejectReason> {
+    if header.body_len as usize > expect.body_bytes_max {
+        return Err(RejectReason::Oversized);
+    }
     if header.cluster_id != expect.cluster_id {
         return Err(RejectReason::BadCluster);
     }
@@ -398,6 +405,7 @@ mod tests {
             receiver_any_ok: false,
             sender: Some(1),
             sequence,
+            body_bytes_max: FRAME_BODY_BYTES_MAX,
         }
     }
 
@@ -429,14 +437,14 @@ mod tests {
         assert_eq!(reader.buffered(), 0);
     }
 
-    // Proves that each header check yields its own reason, and a changed byte of the
-    // body yields a MAC failure.
+    // Proves that each header check yields its own reason (a body too long for a hello
+    // included), and a changed byte of the body yields a MAC failure.
     #[test]
     fn each_check_has_its_reason() {
         let key = MacKey::hello(&[1; 32], 77);
         let mut valid = Vec::new();
         seal_frame(&mut valid, &key, header(kind::SITE, 1), |body| {
-            body.extend_from_slice(&[5; 20])
+            body.extend_from_slice(&[5; HELLO_BODY_BYTES + 7])
         })
         .expect("small body");
         let cases: [(usize, u8, RejectReason); 9] = [
@@ -461,6 +469,17 @@ mod tests {
                 "offset {offset}"
             );
         }
+        let mut before_hello = expect(1);
+        before_hello.body_bytes_max = HELLO_BODY_BYTES;
+        let mut reader = FrameReader::new();
+        reader
+            .buffer_mut()
+            .extend_from_slice(&valid[..HEADER_BYTES]);
+        assert_eq!(
+            reader.next_frame(&before_hello, &key),
+            Err(RejectReason::Oversized),
+            "before the handshake a body longer than a hello is refused at the header"
+        );
         let mut bytes = valid.clone();
         bytes[HEADER_BYTES + 3] ^= 1;
         let mut reader = FrameReader::new();

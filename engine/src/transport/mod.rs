@@ -11,7 +11,7 @@
 //! - [`frame`]: the fixed header, the MAC, the defensive reader and the
 //!   [`RejectReason`]s, pure;
 //! - [`auth`]: the keys (hello key, per-direction session keys from both nonces) and
-//!   the MAC (keyed BLAKE3);
+//!   the MAC (HMAC-SHA256, truncated to 128 bits);
 //! - `tcp`: the only module with sockets: the event loop, [`Transport`], and the
 //!   blocking [`ClientConnection`] a network client uses.
 //!

@@ -39,7 +39,7 @@ use super::codec::{
 };
 use super::frame::{
     kind, role, seal_frame, Expect, FrameReader, Header, Hello, OpenFrame, RejectReason,
-    ANY_RECEIVER, CLIENT_ID, FRAME_BODY_BYTES_MAX,
+    ANY_RECEIVER, CLIENT_ID, FRAME_BODY_BYTES_MAX, HELLO_BODY_BYTES,
 };
 use super::stats::TransportStats;
 use super::{
@@ -706,6 +706,7 @@ impl EventLoop {
                     Role::Client(_) => CLIENT_ID,
                 }),
                 sequence: session.recv_sequence,
+                body_bytes_max: FRAME_BODY_BYTES_MAX,
             },
             _ => Expect {
                 cluster_id: self.config.cluster_id,
@@ -713,6 +714,7 @@ impl EventLoop {
                 receiver_any_ok: conn.dialed.is_none() && self.config.accept_clients,
                 sender: conn.dialed.map(|site| site.0 as u16),
                 sequence: 0,
+                body_bytes_max: HELLO_BODY_BYTES,
             },
         }
     }
@@ -725,35 +727,9 @@ impl EventLoop {
         }
         let hello = Hello::decode(&frame.body)?;
         let me = self.config.me;
-        let sender = frame.header.sender;
+        let dialed = self.conns.get(&token).and_then(|conn| conn.dialed);
+        let (role, dialer, acceptor, answer) = self.hello_peer(dialed, &hello, &frame.header)?;
         let conn = self.conns.get(&token).expect("the caller holds this token");
-        let (role, dialer, acceptor, answer) = match (conn.dialed, hello.role) {
-            // Our dial: the acceptor answered.
-            (Some(site), role::SITE) => (Role::Site(site), me.0 as u16, sender, false),
-            (Some(_), _) => return Err(RejectReason::BadSender),
-            (None, role::SITE) => {
-                let is_lower_peer = (sender as usize) < self.peers.len()
-                    && sender < me.0 as u16
-                    && frame.header.receiver == me.0 as u16;
-                if !is_lower_peer {
-                    return Err(RejectReason::BadSender);
-                }
-                let site = SiteId(sender as u8);
-                (Role::Site(site), sender, me.0 as u16, true)
-            }
-            (None, _) => {
-                let client_ok = sender == CLIENT_ID && self.requests.is_some();
-                if !client_ok {
-                    return Err(RejectReason::BadSender);
-                }
-                if self.clients.len() >= CLIENTS_MAX {
-                    return Err(RejectReason::ConnectionLimit);
-                }
-                let client = ClientId(self.next_client);
-                self.next_client += 1;
-                (Role::Client(client), CLIENT_ID, me.0 as u16, true)
-            }
-        };
         let (dialer_nonce, acceptor_nonce) = if answer {
             (hello.nonce, conn.nonce)
         } else {
@@ -767,13 +743,10 @@ impl EventLoop {
             sender,
         };
         let peer_id = if answer { dialer } else { acceptor };
+        let (secret, cluster_id) = (&self.config.secret, self.config.cluster_id);
         let session = Session {
-            send_key: MacKey::session(
-                &self.config.secret,
-                self.config.cluster_id,
-                &ids(me.0 as u16),
-            ),
-            recv_key: MacKey::session(&self.config.secret, self.config.cluster_id, &ids(peer_id)),
+            send_key: MacKey::session(secret, cluster_id, &ids(me.0 as u16)),
+            recv_key: MacKey::session(secret, cluster_id, &ids(peer_id)),
             send_sequence: 1,
             recv_sequence: 1,
         };
@@ -813,6 +786,43 @@ impl EventLoop {
             }
         }
         Ok(())
+    }
+
+    /// Who says hello, and whether it may: returns the peer's role, the ids of the
+    /// dialer and the acceptor, and whether this end must answer (it accepted).
+    fn hello_peer(
+        &mut self,
+        dialed: Option<SiteId>,
+        hello: &Hello,
+        header: &Header,
+    ) -> Result<(Role, u16, u16, bool), RejectReason> {
+        let me = self.config.me.0 as u16;
+        let sender = header.sender;
+        match (dialed, hello.role) {
+            // Our dial: the acceptor answered (the reader checked it is the site dialed).
+            (Some(site), role::SITE) => Ok((Role::Site(site), me, sender, false)),
+            (Some(_), _) => Err(RejectReason::BadSender),
+            (None, role::SITE) => {
+                // Only a lower site dials this one, and it must name this site.
+                let is_lower_peer =
+                    (sender as usize) < self.peers.len() && sender < me && header.receiver == me;
+                if !is_lower_peer {
+                    return Err(RejectReason::BadSender);
+                }
+                Ok((Role::Site(SiteId(sender as u8)), sender, me, true))
+            }
+            (None, _) => {
+                if sender != CLIENT_ID || self.requests.is_none() {
+                    return Err(RejectReason::BadSender);
+                }
+                if self.clients.len() >= CLIENTS_MAX {
+                    return Err(RejectReason::ConnectionLimit);
+                }
+                let client = ClientId(self.next_client);
+                self.next_client += 1;
+                Ok((Role::Client(client), CLIENT_ID, me, true))
+            }
+        }
     }
 
     /// A handshake finished with `site`: this connection carries the link now. An older
@@ -1277,6 +1287,7 @@ impl ClientConnection {
             receiver_any_ok: false,
             sender: None,
             sequence: 0,
+            body_bytes_max: HELLO_BODY_BYTES,
         };
         let deadline = Instant::now() + CLIENT_HANDSHAKE_TIMEOUT;
         let frame = read_frame(
@@ -1424,6 +1435,7 @@ impl ClientReceiver {
             receiver_any_ok: false,
             sender: Some(self.node),
             sequence: self.sequence,
+            body_bytes_max: FRAME_BODY_BYTES_MAX,
         };
         let Some(frame) = read_frame(
             &mut self.stream,

@@ -128,6 +128,7 @@ impl FakeSite {
             receiver_any_ok: false,
             sender: Some(peer),
             sequence: 0,
+            body_bytes_max: tricommit_engine::transport::frame::HELLO_BODY_BYTES,
         };
         let answer = loop {
             if let Some(frame) = reader.next_frame(&expect, &hello_key).expect("valid hello") {
