@@ -15,6 +15,49 @@ use std::time::Duration;
 
 use tricommit_engine::runtime::node::Node;
 
+/// The counters a node reports when it stops (for the README's measurements: bytes on
+/// the wire per transaction, syncs and frames per batch).
+struct StatsLine {
+    transport: Option<std::sync::Arc<tricommit_engine::transport::TransportStats>>,
+    site: std::sync::Arc<tricommit_engine::runtime::node::SiteStats>,
+    batches: u64,
+    committed: u64,
+}
+
+impl StatsLine {
+    fn of(node: &Node) -> StatsLine {
+        StatsLine {
+            transport: node.transport_stats(),
+            site: node.stats().clone(),
+            batches: node.batches(),
+            committed: node.outcomes().0,
+        }
+    }
+
+    fn render(&self) -> String {
+        let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        let (mut frames_out, mut bytes_out, mut bytes_in) = (0, 0, 0);
+        if let Some(transport) = &self.transport {
+            for id in 0..=u8::MAX {
+                let Some(peer) = transport.peer(tricommit_engine::proto::SiteId(id)) else {
+                    break;
+                };
+                frames_out += load(&peer.frames_out_total);
+                bytes_out += load(&peer.bytes_out_total);
+                bytes_in += load(&peer.bytes_in_total);
+            }
+        }
+        format!(
+            "site_frames_out={frames_out} site_bytes_out={bytes_out} site_bytes_in={bytes_in} \
+             syncs={} records={} batches={} committed={}",
+            load(&self.site.syncs),
+            load(&self.site.records),
+            self.batches,
+            self.committed
+        )
+    }
+}
+
 /// How often the node looks at signals, its links and its site loop.
 const POLL_MS: u64 = 20;
 
@@ -63,7 +106,11 @@ pub fn run(args: NodeArgs) -> ExitCode {
         }
         std::thread::sleep(Duration::from_millis(POLL_MS));
     }
-    match node.shutdown() {
+    let summary = StatsLine::of(&node);
+    let result = node.shutdown();
+    // On stderr, so that stdout stays the readiness protocol of `cluster up`.
+    eprintln!("tricommit: {} stopped: {}", args.site, summary.render());
+    match result {
         Ok(()) if stop.load(Ordering::Relaxed) => ExitCode::SUCCESS,
         Ok(()) => {
             eprintln!("tricommit: error: {}: the site stopped", args.site);

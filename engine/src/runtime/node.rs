@@ -15,6 +15,8 @@
 
 pub mod gateway;
 
+pub use super::site::SiteStats;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -41,8 +43,7 @@ use crate::metrics::trace::BatchSpans;
 use crate::metrics::EngineMetrics;
 use super::engine::{drain_max, open_log, recover_participant, submit_to, validate, EngineError};
 use super::site::{
-    run_passive, DrainBoard, Frame, Links, SiteError, SiteIo, SiteStats, SyncInFlight,
-    INBOX_FRAMES_CAPACITY,
+    run_passive, DrainBoard, Frame, Links, SiteError, SiteIo, SyncInFlight, INBOX_FRAMES_CAPACITY,
 };
 use super::stages::{
     participant_site, run_active, run_batcher, run_completion, ActiveStage, BatcherStage,
@@ -297,6 +298,13 @@ impl Node {
                 front.stats.aborted.load(Ordering::Relaxed),
             )
         })
+    }
+
+    /// Batches opened so far (the opening replica's count).
+    pub fn batches(&self) -> u64 {
+        self.front
+            .as_ref()
+            .map_or(0, |front| front.stats.batches.load(Ordering::Relaxed))
     }
 
     /// Whether the site loop ended (an error, or a stop).

@@ -423,7 +423,7 @@ fn run(args: &Args) -> Result<bool, LoadError> {
         })?;
     }
     if let Some(path) = &args.history {
-        concatenate_history(path, &outcome.history_parts)?;
+        concatenate_history(path, &outcome.history_parts, &outcome.probe_history)?;
     }
     if let Some(path) = &args.report {
         let rows = summary.rows();
@@ -466,6 +466,8 @@ pub struct RunOutcome {
     /// transaction was decided everywhere.
     pub settle_passes: Option<u32>,
     pub history_parts: Vec<PathBuf>,
+    /// History lines of the cluster bank check's probe transfers.
+    pub probe_history: Vec<String>,
 }
 
 /// Stands in for the PostgreSQL shards in a build without them.
@@ -556,13 +558,20 @@ fn drive(
     }
     let mut counters = shared.counters();
     let busy = shared.busy.load(Ordering::Relaxed);
+    let mut probe_history = Vec::new();
     let expected_total =
         args.ledgers as i128 * args.accounts as i128 * args.initial_balance as i128;
     let (cpu_s, mut invariant) = match &args.cluster {
         Some(dir) => {
             let client = shared.remote_client().expect("a cluster run has a client");
-            let verdict =
-                cluster::check_bank(dir, client, args.ledgers, workload.id_base, expected_total)?;
+            let verdict = cluster::check_bank(
+                dir,
+                client,
+                args.ledgers,
+                workload.id_base,
+                expected_total,
+                &mut probe_history,
+            )?;
             shared.close_remote();
             (summary::cpu_seconds() - cpu_before, verdict)
         }
@@ -600,6 +609,7 @@ fn drive(
         durability,
         settle_passes,
         history_parts,
+        probe_history,
     })
 }
 
@@ -668,7 +678,11 @@ fn part_path(path: &Path, index: u64) -> PathBuf {
 }
 
 /// Joins the clients' history files into one, then removes the parts.
-fn concatenate_history(path: &Path, parts: &[PathBuf]) -> Result<(), LoadError> {
+fn concatenate_history(
+    path: &Path,
+    parts: &[PathBuf],
+    extra_lines: &[String],
+) -> Result<(), LoadError> {
     let output_error = |source| LoadError::Output {
         path: path.to_owned(),
         source,
@@ -678,6 +692,10 @@ fn concatenate_history(path: &Path, parts: &[PathBuf]) -> Result<(), LoadError> 
         let mut input = std::fs::File::open(part).map_err(output_error)?;
         std::io::copy(&mut input, &mut output).map_err(output_error)?;
         std::fs::remove_file(part).map_err(output_error)?;
+    }
+    for line in extra_lines {
+        std::io::Write::write_all(&mut output, format!("{line}\n").as_bytes())
+            .map_err(output_error)?;
     }
     std::io::Write::flush(&mut output).map_err(output_error)
 }

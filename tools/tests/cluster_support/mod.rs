@@ -44,8 +44,10 @@ pub fn free_ports(count: u16) -> u16 {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |time| time.as_nanos() as u64);
     for probe in 0..PORT_PROBES_MAX {
+        // Below the usual ephemeral range (32768..), where outgoing connections pick
+        // their source ports and could take a probed port before a node binds it.
         let base =
-            20_000 + ((seed.wrapping_mul(2654435761) + u64::from(probe) * 97) % 30_000) as u16;
+            10_000 + ((seed.wrapping_mul(2654435761) + u64::from(probe) * 97) % 22_000) as u16;
         let all_free =
             (0..count).all(|offset| TcpListener::bind(("127.0.0.1", base + offset)).is_ok());
         if all_free {

@@ -53,7 +53,6 @@ struct Held<C> {
     client: C,
     txn: TxnId,
     ticket: Ticket,
-    waker: Waker,
 }
 
 /// What the gateway answers one client.
@@ -69,6 +68,9 @@ pub enum Answer {
 pub struct Gateway<C> {
     /// Held tickets by slot; `free` lists the empty slots. At most `held_max` slots.
     held: Vec<Option<Held<C>>>,
+    /// The waker of each slot, made once with the slot and reused by every ticket it
+    /// holds (a waker per ticket was an allocation per transaction).
+    wakers: Vec<Waker>,
     free: Vec<u32>,
     held_max: usize,
     ready: Arc<Ready>,
@@ -91,6 +93,7 @@ impl<C: Copy + Eq + Hash> Gateway<C> {
     pub fn new(held_max: usize, reply_items_max: usize, doorbell: Arc<Doorbell>) -> Gateway<C> {
         Gateway {
             held: Vec::new(),
+            wakers: Vec::new(),
             free: Vec::new(),
             held_max,
             ready: Arc::new(Ready {
@@ -144,15 +147,17 @@ impl<C: Copy + Eq + Hash> Gateway<C> {
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
+                let slot = self.held.len() as u32;
                 self.held.push(None);
-                (self.held.len() - 1) as u32
+                self.wakers.push(Waker::from(Arc::new(SlotWaker {
+                    slot,
+                    ready: self.ready.clone(),
+                })));
+                slot
             }
         };
-        let waker = Waker::from(Arc::new(SlotWaker {
-            slot,
-            ready: self.ready.clone(),
-        }));
-        match Pin::new(&mut ticket).poll(&mut Context::from_waker(&waker)) {
+        let waker = &self.wakers[slot as usize];
+        match Pin::new(&mut ticket).poll(&mut Context::from_waker(waker)) {
             Poll::Ready(outcome) => {
                 self.free.push(slot);
                 self.known.entry(client).or_default().push((txn, outcome));
@@ -162,7 +167,6 @@ impl<C: Copy + Eq + Hash> Gateway<C> {
                     client,
                     txn,
                     ticket,
-                    waker,
                 })
             }
         }
@@ -196,7 +200,7 @@ impl<C: Copy + Eq + Hash> Gateway<C> {
                 continue;
             };
             let Some(held) = entry else { continue };
-            let mut context = Context::from_waker(&held.waker);
+            let mut context = Context::from_waker(&self.wakers[slot as usize]);
             if let Poll::Ready(outcome) = Pin::new(&mut held.ticket).poll(&mut context) {
                 self.known
                     .entry(held.client)
