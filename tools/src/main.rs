@@ -6,10 +6,11 @@ use clap::Parser;
 
 mod cluster;
 mod ledger_cmd;
-mod recover_cmd;
+mod metrics_http;
 mod node_cmd;
 #[cfg(feature = "pg")]
 mod pg_cmd;
+mod recover_cmd;
 mod sim_cmd;
 mod wal_cmd;
 

@@ -6,6 +6,7 @@
 //! cluster files, the site name, a port in use) exits 2; a failure while running
 //! exits 1.
 
+use crate::metrics_http::{HealthCheck, MetricsServer};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -69,20 +70,13 @@ pub struct NodeArgs {
     /// This node's site: replica-N or participant-N.
     #[arg(long)]
     site: String,
-    /// Serve metrics on HOST:PORT. Not served by this build: the flag is refused
-    /// rather than ignored.
-    #[arg(long)]
+    /// Serve `GET /metrics` (OpenMetrics) and `GET /healthz` (200 once this site's
+    /// links are up) on HOST:PORT while the node runs.
+    #[arg(long, value_name = "HOST:PORT")]
     metrics_addr: Option<String>,
 }
 
 pub fn run(args: NodeArgs) -> ExitCode {
-    if let Some(addr) = &args.metrics_addr {
-        eprintln!(
-            "tricommit: error: --metrics-addr {addr}: this build serves no metrics (the \
-             observability work adds them)"
-        );
-        return ExitCode::from(2);
-    }
     let stop = Arc::new(AtomicBool::new(false));
     for number in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         if let Err(error) = signal_hook::flag::register(number, stop.clone()) {
@@ -97,15 +91,41 @@ pub fn run(args: NodeArgs) -> ExitCode {
             return ExitCode::from(if error.is_input() { 2 } else { 1 });
         }
     };
+    // Healthy from the moment every link is up until the node stops.
+    let healthy = Arc::new(AtomicBool::new(false));
+    let _metrics_server = match &args.metrics_addr {
+        Some(addr) => {
+            let healthy = healthy.clone();
+            let health: HealthCheck = Arc::new(move || healthy.load(Ordering::Relaxed));
+            match MetricsServer::start(addr, node.metrics().clone(), health) {
+                Ok(server) => {
+                    eprintln!(
+                        "tricommit: {}: metrics on http://{}/metrics",
+                        args.site,
+                        server.local_addr()
+                    );
+                    Some(server)
+                }
+                Err(error) => {
+                    eprintln!("tricommit: error: {}: {error}", args.site);
+                    let _ = node.shutdown();
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        None => None,
+    };
     let mut announced = false;
     while !stop.load(Ordering::Relaxed) && !node.site_finished() {
         if !announced && node.links_up() {
             announced = true;
+            healthy.store(true, Ordering::Relaxed);
             println!("ready {}", args.site);
             let _ = std::io::stdout().flush();
         }
         std::thread::sleep(Duration::from_millis(POLL_MS));
     }
+    healthy.store(false, Ordering::Relaxed);
     let summary = StatsLine::of(&node);
     let result = node.shutdown();
     // On stderr, so that stdout stays the readiness protocol of `cluster up`.

@@ -38,9 +38,6 @@ use crate::transport::{
 
 use super::config::{EngineConfig, ParticipantRm, ParticipantSpec};
 use super::dedup::Dedup;
-use crate::metrics::observe::SiteObserver;
-use crate::metrics::trace::BatchSpans;
-use crate::metrics::EngineMetrics;
 use super::engine::{drain_max, open_log, recover_participant, submit_to, validate, EngineError};
 use super::site::{
     run_passive, DrainBoard, Frame, Links, SiteError, SiteIo, SyncInFlight, INBOX_FRAMES_CAPACITY,
@@ -50,6 +47,9 @@ use super::stages::{
     EngineStats, Pending, BATCHES_QUEUED_MAX, COMPLETION_CHUNKS_CAPACITY,
 };
 use super::txn::Txn;
+use crate::metrics::observe::SiteObserver;
+use crate::metrics::trace::BatchSpans;
+use crate::metrics::EngineMetrics;
 
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
