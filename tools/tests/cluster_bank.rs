@@ -51,7 +51,16 @@ fn every_balance_after_a_cluster_run_equals_the_one_recomputed_from_the_history(
     );
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert_eq!(summary["invariant_ok"], true);
+    // A running node's log is never read under its writer (issue 13's lock), so the
+    // load cannot check the ledgers itself: it says so, and this test checks them
+    // below, from `ledger dump --cluster` of the stopped cluster.
+    assert_eq!(summary["invariant_error"], serde_json::Value::Null);
+    assert!(
+        summary["invariant_deferred"]
+            .as_str()
+            .is_some_and(|why| why.contains("ledger dump --cluster")),
+        "the summary says how to check the ledgers: {summary}"
+    );
     assert!(up.stop().success(), "cluster up did not stop cleanly");
 
     let lines = read_history(&history);
