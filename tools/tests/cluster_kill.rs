@@ -51,7 +51,9 @@ fn a_participant_killed_under_load_and_restarted_loses_nothing_and_splits_nothin
     // The load's own bank check (on the live cluster) must hold too.
     let status = load.wait(Duration::from_secs(120));
     assert!(status.success(), "load failed: {status}");
-    for proc in nodes.iter_mut() {
+    // Participants first: a stopping participant drains what it holds undecided, and
+    // only a running replica can tell it the outcome.
+    for proc in nodes.iter_mut().rev() {
         let status = proc.stop();
         assert!(status.success(), "{} stopped with {status}", proc.name);
     }

@@ -32,17 +32,29 @@ struct Children {
 }
 
 impl Children {
-    /// Sends SIGTERM to every child still running and waits for them, up to
-    /// `STOP_GRACE_MS`; then SIGKILLs the rest. Returns whether every child exited 0.
+    /// Stops the participants, then the replicas: SIGTERM to every child of a wave
+    /// still running, then a wait up to `STOP_GRACE_MS`, then SIGKILL for the rest.
+    /// Participants go first because a stopping participant drains what it holds
+    /// undecided, and only a running replica can tell it the outcome. Returns whether
+    /// every child exited 0.
     fn stop(&mut self) -> bool {
-        for (_, child) in &mut self.sites {
-            if matches!(child.try_wait(), Ok(None)) {
+        let mut clean = true;
+        for participants in [true, false] {
+            clean &= self.stop_wave(|name| name.starts_with("participant-") == participants);
+        }
+        self.sites.clear();
+        clean
+    }
+
+    fn stop_wave(&mut self, in_wave: impl Fn(&str) -> bool) -> bool {
+        for (name, child) in &mut self.sites {
+            if in_wave(name) && matches!(child.try_wait(), Ok(None)) {
                 signal(child, libc::SIGTERM);
             }
         }
         let deadline = Instant::now() + Duration::from_millis(STOP_GRACE_MS);
         let mut clean = true;
-        for (name, child) in &mut self.sites {
+        for (name, child) in self.sites.iter_mut().filter(|(name, _)| in_wave(name)) {
             let status = loop {
                 match child.try_wait() {
                     Ok(Some(status)) => break Some(status),
@@ -61,7 +73,6 @@ impl Children {
                 clean = false;
             }
         }
-        self.sites.clear();
         clean
     }
 }
