@@ -1,11 +1,12 @@
-//! Where payments are committed. Today: the engine in this process. The cluster client
-//! (`--cluster DIR`, DESIGN §5) becomes one more variant here; nothing else in the
-//! switch names the engine.
+//! Where payments are committed: the engine in this process, or a running cluster
+//! through the network client (`--cluster DIR`). Nothing else in the switch names the
+//! engine.
 
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use tricommit_engine::client::RemoteClient;
 use tricommit_engine::ledger::LedgerConfig;
 use tricommit_engine::{Engine, EngineConfig, EngineError, ParticipantSpec, Ticket, Txn};
 use tricommit_wal::WalConfig;
@@ -29,6 +30,8 @@ pub struct LedgerSizes {
 pub enum Backend {
     /// An engine embedded in this process, with its logs under a data directory.
     InProcess(Engine),
+    /// A running cluster (`tricommit cluster up`), through its network client.
+    Remote(RemoteClient),
 }
 
 impl Backend {
@@ -58,6 +61,7 @@ impl Backend {
         loop {
             let attempt = match self {
                 Backend::InProcess(engine) => engine.submit(txn).map_err(|busy| busy.into_inner()),
+                Backend::Remote(client) => client.submit(txn).map_err(|busy| busy.into_inner()),
             };
             match attempt {
                 Ok(ticket) => return Some(ticket),
@@ -74,6 +78,11 @@ impl Backend {
     pub fn shutdown(self) -> Result<(), EngineError> {
         match self {
             Backend::InProcess(engine) => engine.shutdown().map(drop),
+            // The cluster keeps running: the client only waits for its answers.
+            Backend::Remote(client) => {
+                client.close();
+                Ok(())
+            }
         }
     }
 }

@@ -15,7 +15,7 @@ mod signal;
 
 use std::io::Write;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -27,6 +27,7 @@ use backend::{Backend, LedgerSizes};
 use book::Book;
 use rules::{Tariff, FEE_BPS_MAX};
 use server::Switch;
+use tricommit_engine::client::{ClusterConfig, RemoteClient};
 
 /// Serve ISO 8583 payments over TCP into tricommit ledgers (issuer 0, acquirer 1, fees 2).
 #[derive(Parser, Debug)]
@@ -51,6 +52,11 @@ struct Args {
     /// The interchange fee in basis points of the amount (rounded down), 0..=10000.
     #[arg(long, default_value_t = 150)]
     fee_bps: u64,
+    /// Commit into a running cluster (`tricommit cluster init DIR --participants 3`,
+    /// then `tricommit cluster up DIR`) through the network client instead of an
+    /// embedded engine. The accounts and opening balances are the cluster's.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["data_dir", "accounts", "initial_balance"])]
+    cluster: Option<PathBuf>,
 }
 
 /// Why the switch could not start or stop cleanly.
@@ -85,6 +91,8 @@ enum SwitchError {
     Serve(std::io::Error),
     #[error("a connection thread still holds the engine; it was not shut down cleanly")]
     StillShared,
+    #[error("cluster {path}: {message}")]
+    Cluster { path: PathBuf, message: String },
 }
 
 impl SwitchError {
@@ -95,7 +103,8 @@ impl SwitchError {
             | SwitchError::InitialBalance(_)
             | SwitchError::FeeBps(_)
             | SwitchError::Listen { .. }
-            | SwitchError::DataDir { .. } => 2,
+            | SwitchError::DataDir { .. }
+            | SwitchError::Cluster { .. } => 2,
             _ => 1,
         }
     }
@@ -140,11 +149,51 @@ fn run(args: Args) -> Result<(), SwitchError> {
     })?;
     // Before any thread exists, so that every thread inherits the blocked mask.
     signal::block().map_err(SwitchError::Signals)?;
+    let (backend, history, accounts, _temporary) = match &args.cluster {
+        Some(dir) => open_cluster(dir)?,
+        None => open_in_process(&args)?,
+    };
+    let known = history.payments.len();
+    let address = listener.local_addr().map_err(SwitchError::Serve)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    signal::watch(stop.clone()).map_err(SwitchError::Signals)?;
+    let switch = Arc::new(Switch {
+        backend,
+        book: Arc::new(Book::with_history(history)),
+        late_watchers: Arc::default(),
+        tariff: Tariff {
+            accounts,
+            fee_bps: args.fee_bps,
+        },
+        stats: server::Stats::default(),
+        stop,
+    });
+    eprintln!(
+        "tricommit-switch: {accounts} accounts per ledger, fee {} bps, {known} committed payments known from the ledgers",
+        args.fee_bps
+    );
+    println!("listening on {address}");
+    let _ = std::io::stdout().flush();
+    let served = server::serve(listener, switch.clone());
+    print_stats(&switch);
+    // `serve` joined every connection thread, so this is the last handle.
+    let switch = Arc::into_inner(switch).ok_or(SwitchError::StillShared)?;
+    switch.backend.shutdown()?;
+    served.map_err(SwitchError::Serve)
+}
+
+/// What the switch commits into, what it knows of earlier payments, the accounts per
+/// ledger, and the temporary data directory to remove at exit (if any).
+type Opened = (Backend, book::History, u64, Option<tempfile::TempDir>);
+
+/// The embedded engine on `--data-dir` (or a fresh temporary directory), with the
+/// payments its ledgers already hold.
+fn open_in_process(args: &Args) -> Result<Opened, SwitchError> {
     let data_dir_error = |path: &PathBuf| {
         let path = path.clone();
         move |source| SwitchError::DataDir { path, source }
     };
-    let (data_dir, _temporary) = match &args.data_dir {
+    let (data_dir, temporary) = match &args.data_dir {
         Some(path) => {
             std::fs::create_dir_all(path).map_err(data_dir_error(path))?;
             (path.clone(), None)
@@ -161,40 +210,43 @@ fn run(args: Args) -> Result<(), SwitchError> {
         path: data_dir.clone(),
         source,
     })?;
-    let known = history.payments.len();
     let sizes = LedgerSizes {
         accounts: args.accounts,
         initial_balance: args.initial_balance,
     };
+    eprintln!("tricommit-switch: data directory {}", data_dir.display());
     let backend = Backend::open_in_process(&data_dir, sizes)?;
-    let address = listener.local_addr().map_err(SwitchError::Serve)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    signal::watch(stop.clone()).map_err(SwitchError::Signals)?;
-    let switch = Arc::new(Switch {
-        backend,
-        book: Arc::new(Book::with_history(history)),
-        late_watchers: Arc::default(),
-        tariff: Tariff {
-            accounts: args.accounts,
-            fee_bps: args.fee_bps,
-        },
-        stats: server::Stats::default(),
-        stop,
-    });
-    eprintln!(
-        "tricommit-switch: data directory {}, {} accounts per ledger, fee {} bps, {known} committed payments known from the ledgers",
-        data_dir.display(),
-        args.accounts,
-        args.fee_bps
-    );
-    println!("listening on {address}");
-    let _ = std::io::stdout().flush();
-    let served = server::serve(listener, switch.clone());
-    print_stats(&switch);
-    // `serve` joined every connection thread, so this is the last handle.
-    let switch = Arc::into_inner(switch).ok_or(SwitchError::StillShared)?;
-    switch.backend.shutdown()?;
-    served.map_err(SwitchError::Serve)
+    Ok((backend, history, args.accounts, temporary))
+}
+
+/// A running cluster of three ledgers (issuer, acquirer, fees) through the network
+/// client. Its logs are never read under their nodes, so the switch starts with no
+/// history: a retransmitted payment is still answered with its first outcome by the
+/// cluster's own id deduplication, since its id is the same hash of (41, 11, 7).
+fn open_cluster(dir: &Path) -> Result<Opened, SwitchError> {
+    let error = |message: String| SwitchError::Cluster {
+        path: dir.to_owned(),
+        message,
+    };
+    let config = ClusterConfig::load(dir).map_err(|e| error(e.to_string()))?;
+    if config.participants != 3 {
+        return Err(error(format!(
+            "the switch needs 3 ledgers (issuer, acquirer, fees), this cluster has {}",
+            config.participants
+        )));
+    }
+    let accounts = config.ledger.accounts;
+    if accounts == 0 || accounts > ACCOUNTS_MAX {
+        return Err(SwitchError::Accounts(accounts));
+    }
+    let client = RemoteClient::connect(dir).map_err(|e| error(e.to_string()))?;
+    eprintln!("tricommit-switch: cluster {}", dir.display());
+    Ok((
+        Backend::Remote(client),
+        book::History::default(),
+        accounts,
+        None,
+    ))
 }
 
 fn print_stats(switch: &Switch) {
