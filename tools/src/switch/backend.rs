@@ -29,7 +29,7 @@ pub struct LedgerSizes {
 /// The engine handle behind the switch.
 pub enum Backend {
     /// An engine embedded in this process, with its logs under a data directory.
-    InProcess(Engine),
+    InProcess(Box<Engine>),
     /// A running cluster (`tricommit cluster up`), through its network client.
     Remote(RemoteClient),
 }
@@ -50,7 +50,7 @@ impl Backend {
             segment_bytes: SEGMENT_BYTES,
             ..WalConfig::default()
         };
-        Engine::open(config).map(Backend::InProcess)
+        Engine::open(config).map(|engine| Backend::InProcess(Box::new(engine)))
     }
 
     /// Submits `txn`, retrying for up to [`SUBMIT_BUSY_WAIT`] while the engine is busy.
@@ -77,7 +77,7 @@ impl Backend {
     /// Finishes what is in flight and closes the logs.
     pub fn shutdown(self) -> Result<(), EngineError> {
         match self {
-            Backend::InProcess(engine) => engine.shutdown().map(drop),
+            Backend::InProcess(engine) => (*engine).shutdown().map(drop),
             // The cluster keeps running: the client only waits for its answers.
             Backend::Remote(client) => {
                 client.close();
