@@ -19,12 +19,17 @@ use tricommit_engine::proto::{Op, ResourceManager, TxnId, Vote, OP_PAYLOAD_BYTES
 use tricommit_engine::runtime::Timeouts;
 use tricommit_engine::{Engine, EngineConfig, ParticipantSpec, Priority, Ticket, Txn};
 
+/// Balances no flood can exhaust: while the gate holds every decision, each accepted
+/// transfer keeps its debit reserved, and a debit refused for funds would abort at once
+/// (presumed abort needs no other vote), leaving fewer transactions in flight than the
+/// test counts. At most `CAPACITY_TXNS` transfers of at most `amount_max` are held.
 const BANK: Bank = Bank {
     ledgers: 2,
     accounts: 128,
-    balance_initial: 1_000,
+    balance_initial: 100_000,
     amount_max: 300,
 };
+const _: () = assert!(CAPACITY_TXNS as i64 * (BANK.amount_max as i64) < BANK.balance_initial);
 /// The gate is the participant after the two ledgers.
 const GATE_PARTICIPANT: u8 = 2;
 /// Above this many unfinished transactions `Normal` submissions are refused.
