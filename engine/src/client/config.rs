@@ -138,48 +138,6 @@ impl Default for EngineSection {
     }
 }
 
-/// The protocol's timers, in microseconds (see [`Timeouts`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TimeoutsSection {
-    pub vote_us: u64,
-    pub vote_min_us: u64,
-    pub vote_max_us: u64,
-    pub retransmit_us: u64,
-    pub pending_us: u64,
-    pub recovery_stagger_us: u64,
-    pub collect_us: u64,
-}
-
-impl Default for TimeoutsSection {
-    fn default() -> TimeoutsSection {
-        let t = Timeouts::default();
-        TimeoutsSection {
-            vote_us: t.vote_us,
-            vote_min_us: t.vote_min_us,
-            vote_max_us: t.vote_max_us,
-            retransmit_us: t.retransmit_us,
-            pending_us: t.pending_us,
-            recovery_stagger_us: t.recovery_stagger_us,
-            collect_us: t.collect_us,
-        }
-    }
-}
-
-impl TimeoutsSection {
-    pub fn timeouts(&self) -> Timeouts {
-        Timeouts {
-            vote_us: self.vote_us,
-            vote_min_us: self.vote_min_us,
-            vote_max_us: self.vote_max_us,
-            retransmit_us: self.retransmit_us,
-            pending_us: self.pending_us,
-            recovery_stagger_us: self.recovery_stagger_us,
-            collect_us: self.collect_us,
-        }
-    }
-}
-
 /// The links' timers, in milliseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -215,7 +173,7 @@ pub struct ClusterConfig {
     #[serde(default)]
     pub engine: EngineSection,
     #[serde(default)]
-    pub timeouts: TimeoutsSection,
+    pub timeouts: Timeouts,
     #[serde(default)]
     pub transport: TransportSection,
     /// Every site's address, by name.
@@ -295,7 +253,7 @@ impl ClusterConfig {
                 reservations_max: RESERVATIONS_MAX_DEFAULT,
             },
             engine: EngineSection::default(),
-            timeouts: TimeoutsSection::default(),
+            timeouts: Timeouts::default(),
             transport: TransportSection::default(),
             sites,
         };

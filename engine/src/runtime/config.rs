@@ -199,8 +199,10 @@ pub const VOTE_MIN_US_DEFAULT: u64 = 500_000;
 
 /// The protocol's timers. The engine's defaults are generous: on a shared 2-core VM a
 /// sync can take tens of milliseconds, and a vote timeout that fires early aborts
-/// transactions that would have committed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// transactions that would have committed. It is also the `[timeouts]` section of a
+/// cluster's `cluster.toml` (missing keys take these defaults, unknown keys are errors).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
     /// How long the coordinator waits for votes before aborting the missing ones. With
     /// `overlap`, this is the wait until a participant's first vote has been timed;

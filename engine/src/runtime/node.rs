@@ -96,7 +96,7 @@ pub fn engine_config(cluster: &ClusterConfig, dir: &Path) -> EngineConfig {
     config.replicas = cluster.replicas as usize;
     config.batch_txns_max = cluster.engine.batch_txns_max as usize;
     config.batch_delay_us_max = cluster.engine.batch_delay_us_max;
-    config.timeouts = cluster.timeouts.timeouts();
+    config.timeouts = cluster.timeouts;
     config.wal.sync = match cluster.engine.sync {
         SyncName::Msync => tricommit_wal::SyncBackend::Msync,
         SyncName::Fdatasync => tricommit_wal::SyncBackend::Fdatasync,
