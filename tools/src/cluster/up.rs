@@ -20,6 +20,9 @@ const POLL_MS: u64 = 20;
 /// Node output lines passed on per turn, so that a chatty node cannot hold off the
 /// checks for signals and dead nodes.
 const LINES_PER_TURN_MAX: usize = 1024;
+/// Node output lines waiting for the supervisor; a full queue makes the node's stdout
+/// pipe wait rather than this process's memory grow.
+const LINES_QUEUED_MAX: usize = 4 * LINES_PER_TURN_MAX;
 /// How long the nodes have to become ready before `up` gives up on them.
 const READY_WAIT_MS_MAX: u64 = 60_000;
 /// How long a stopping node may take (its drain bound is a few seconds) before it is
@@ -114,7 +117,7 @@ pub fn run(dir: &Path) -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    let (lines, receiver) = mpsc::channel();
+    let (lines, receiver) = mpsc::sync_channel(LINES_QUEUED_MAX);
     let mut children = Children { sites: Vec::new() };
     for site in cluster.site_entries() {
         match spawn_node(dir, &site.name, children.sites.len(), lines.clone()) {
@@ -134,7 +137,7 @@ fn spawn_node(
     dir: &Path,
     name: &str,
     index: usize,
-    lines: mpsc::Sender<(usize, String)>,
+    lines: mpsc::SyncSender<(usize, String)>,
 ) -> std::io::Result<Child> {
     let exe = std::env::current_exe()?;
     let mut command = Command::new(exe);
