@@ -8,6 +8,14 @@
 //!   shard it touches (in shard order, so two transfers never wait on each other in a
 //!   cycle), then `COMMIT PREPARED 'gid'` on each. Two synchronous commits per shard
 //!   per transfer. Needs `max_prepared_transactions` ≥ the client count on the server.
+//! - `pg-ceiling`: PostgreSQL alone doing pg-batched's database work, without tricommit:
+//!   one connection per shard (as `PgLedger` has), each in a loop of `tc_prepare` of a
+//!   batch of `CEILING_BATCH_LEGS` legs and `tc_decide` committing it, the very
+//!   statements `PgLedger` sends. No engine, no participant log, no round trips between
+//!   sites: what the server can commit of this work on this machine, the most pg-batched
+//!   could reach. Each transfer is a debit and a credit, both on the shard of its
+//!   thread (so each shard's batch stays balanced); a leg costs the server the same
+//!   wherever its other half lives.
 //!
 //! Both start from freshly initialized shards and both end with the bank audit.
 
@@ -26,7 +34,10 @@ use crate::{
 };
 
 /// The PostgreSQL configurations, in table order.
-pub const PG_CONFIG_NAMES: [&str; 2] = ["pg-batched", "pg-2pc"];
+pub const PG_CONFIG_NAMES: [&str; 3] = ["pg-batched", "pg-2pc", "pg-ceiling"];
+/// Legs per prepare statement in pg-ceiling: about what pg-batched's shards see per
+/// batch under the harness's closed loop (docs/pg.md), and a power of two.
+pub const CEILING_BATCH_LEGS: usize = 2_048;
 /// Client threads of the per-transaction 2PC baseline, each with one connection per
 /// shard: per-transaction 2PC only goes faster with more concurrent transactions, so it
 /// gets many more than the engine's two client threads.
@@ -98,6 +109,7 @@ pub fn measure(
     reset(urls)?;
     let measurement = match name {
         "pg-batched" => measure_batched(urls, data_dir, window)?,
+        "pg-ceiling" => measure_ceiling(urls, window)?,
         _ => measure_two_pc(urls, window, two_pc_clients)?,
     };
     audit(urls)?;
@@ -124,6 +136,140 @@ fn measure_batched(
     config.timeouts.vote_max_us = 2 * PG_VOTE_TIMEOUT_US;
     let shape = load_shape(&config);
     measure_checked(config, shape, window, |_| Ok(()))
+}
+
+/// Runs pg-ceiling: one thread and connection per shard, each preparing and committing
+/// batches of `CEILING_BATCH_LEGS` legs back to back, for a warm-up and then `window`.
+fn measure_ceiling(urls: &[String], window: Duration) -> Result<Measurement, CompareError> {
+    let warm_up = window.mul_f64(0.2).min(Duration::from_secs(1));
+    let shared = TwoPcShared {
+        stop: AtomicBool::new(false),
+        committed: AtomicU64::new(0),
+        aborted: AtomicU64::new(0),
+        window_start: Instant::now() + warm_up,
+    };
+    let batches = AtomicU64::new(0);
+    let (results, committed, aborted, batches_in_window) = std::thread::scope(|scope| {
+        let handles: Vec<_> = urls
+            .iter()
+            .enumerate()
+            .map(|(index, url)| {
+                let (shared, batches) = (&shared, &batches);
+                scope.spawn(move || ceiling_shard(url, index, shared, batches))
+            })
+            .collect();
+        std::thread::sleep(warm_up);
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let before = (
+            load(&shared.committed),
+            load(&shared.aborted),
+            load(&batches),
+        );
+        std::thread::sleep(window);
+        let after = (
+            load(&shared.committed),
+            load(&shared.aborted),
+            load(&batches),
+        );
+        shared.stop.store(true, Ordering::Relaxed);
+        let results: Vec<_> = handles
+            .into_iter()
+            .map(|handle| handle.join().unwrap_or(Err(CompareError::ClientPanicked)))
+            .collect();
+        (
+            results,
+            after.0 - before.0,
+            after.1 - before.1,
+            after.2 - before.2,
+        )
+    });
+    let mut latency = histogram();
+    for result in results {
+        latency
+            .add(&result?)
+            .expect("histograms share their bounds");
+    }
+    let window_s = window.as_secs_f64();
+    Ok(Measurement {
+        committed,
+        aborted,
+        window_s,
+        committed_per_s: committed as f64 / window_s,
+        // The time from a batch's prepare to its commit, as a transfer in it sees it.
+        p50_us: latency.value_at_quantile(0.50),
+        p99_us: latency.value_at_quantile(0.99),
+        batch_txns_avg: (CEILING_BATCH_LEGS / 2) as f64,
+        // Two synchronous commits per batch per shard (prepare, commit).
+        syncs_per_s: (batches_in_window * 2) as f64 / window_s,
+    })
+}
+
+/// One pg-ceiling shard: batches of `CEILING_BATCH_LEGS / 2` transfers, each a debit
+/// and a credit on this shard, prepared and committed by `PgLedger`'s statements.
+fn ceiling_shard(
+    url: &str,
+    index: usize,
+    shared: &TwoPcShared,
+    batches: &AtomicU64,
+) -> Result<Histogram<u64>, CompareError> {
+    let error = client_error(url);
+    let mut client = schema::connect(url).map_err(pg_error)?;
+    let prepare = client
+        .prepare("SELECT tc_prepare($1, $2, $3, $4, $5, $6)")
+        .map_err(&error)?;
+    let decide = client
+        .prepare("SELECT tc_decide($1, $2, $3)")
+        .map_err(&error)?;
+    let mut latency = histogram();
+    let mut rng = 0xD1B5_4A32_D192_ED03 ^ (index as u64).wrapping_mul(0xA24B_AED4_963E_E407);
+    let transfers = CEILING_BATCH_LEGS / 2;
+    let mut txns = vec![0i64; CEILING_BATCH_LEGS];
+    let mut accounts = vec![0i64; CEILING_BATCH_LEGS];
+    let mut amounts = vec![0i64; CEILING_BATCH_LEGS];
+    let kinds: Vec<i16> = (0..CEILING_BATCH_LEGS).map(|leg| 1 + (leg % 2) as i16).collect();
+    // Amounts are far below the balances, so no leg waits on an earlier one.
+    let prior = vec![0i64; CEILING_BATCH_LEGS];
+    let mut seq: i64 = 0;
+    while !shared.stop.load(Ordering::Relaxed) {
+        seq += 1;
+        for transfer in 0..transfers {
+            // Ids above the other configurations', unique per shard and batch.
+            let id = ((3u64 << 61) | ((index as u64) << 48) | (seq as u64) << 16) as i64
+                + transfer as i64;
+            let amount = 1 + below(&mut rng, AMOUNT_MAX) as i64;
+            for leg in [2 * transfer, 2 * transfer + 1] {
+                txns[leg] = id;
+                accounts[leg] = below(&mut rng, ACCOUNTS) as i64;
+                amounts[leg] = amount;
+            }
+        }
+        let started = Instant::now();
+        let votes: Vec<i16> = client
+            .query_one(
+                &prepare,
+                &[&seq, &txns, &accounts, &amounts, &kinds, &prior],
+            )
+            .and_then(|row| row.try_get(0))
+            .map_err(&error)?;
+        if votes.iter().any(|&vote| vote != 0) {
+            return Err(CompareError::Pg(format!(
+                "{}: pg-ceiling expected every leg to vote yes",
+                pg::redact(url)
+            )));
+        }
+        let batch_of = vec![seq; CEILING_BATCH_LEGS];
+        client
+            .execute(&decide, &[&batch_of, &txns, &true])
+            .map_err(&error)?;
+        shared
+            .committed
+            .fetch_add(transfers as u64, Ordering::Relaxed);
+        batches.fetch_add(1, Ordering::Relaxed);
+        if started >= shared.window_start {
+            latency.saturating_record((started.elapsed().as_micros() as u64).max(1));
+        }
+    }
+    Ok(latency)
 }
 
 /// What the baseline's clients share.
@@ -280,7 +426,7 @@ fn two_pc_transfer(
         let gid = gid_of(shard);
         let sql = format!(
             "BEGIN; UPDATE tc_accounts SET balance = balance + ({delta}) WHERE id = {account}; \
-             INSERT INTO tc_postings VALUES ({txn}, {account}, {delta}); \
+             INSERT INTO tc_postings VALUES (0, ARRAY[{txn}::bigint], ARRAY[{account}::bigint], ARRAY[({delta})::bigint]); \
              PREPARE TRANSACTION '{gid}'",
             txn = id as i64
         );

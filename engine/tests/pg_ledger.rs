@@ -112,8 +112,9 @@ fn votes_follow_the_funds_in_batch_order() {
 #[test]
 fn reservations_the_log_never_claimed_are_released() {
     // Proves that reservations made before a crash that the participant never logged
-    // are released at recovery, and that the same batch prepared again then votes no
-    // instead of reusing a yes whose funds are gone.
+    // are released at recovery, and that the same batch prepared again (it gets the
+    // same batch number, since numbers follow the log) is judged afresh against the
+    // released funds instead of getting the stale yes back: it reserves exactly once.
     let test = "reservations_the_log_never_claimed_are_released";
     let Some(url) = shard(test, "tc_test_rm_orphans") else {
         return;
@@ -132,8 +133,14 @@ fn reservations_the_log_never_claimed_are_released() {
     let (mut after, stats) = ledger(&url);
     after.recovered();
     assert_eq!(stats.orphans_released.load(Ordering::Relaxed), 2);
-    let unavailable = Vote::No(Reason::UNAVAILABLE);
-    assert_eq!(prepare(&mut after, &ops), [unavailable, unavailable]);
+    let held = Vote::No(Reason::INSUFFICIENT_FUNDS);
+    assert_eq!(prepare(&mut after, &ops), [Vote::Yes, Vote::Yes]);
+    assert_eq!(
+        prepare(&mut after, &[debit(3, 0, BALANCE as u64 - 29)]),
+        [held],
+        "the fresh reservation holds 30 of account 0's funds, once"
+    );
+    after.abort(&[TxnId(1), TxnId(2), TxnId(3)]);
     let report = assert_shard_consistent(&url);
     assert_eq!(report.postings, 0);
     assert_eq!(report.total, report.opening_total, "balances intact");
@@ -190,4 +197,80 @@ fn an_unreachable_shard_votes_unavailable() {
         stats.connection_losses.load(Ordering::Relaxed),
         u64::from(pg::ATTEMPTS_MAX)
     );
+}
+
+#[test]
+fn an_older_schema_is_refused_with_the_way_out() {
+    // Proves that a database holding schema version 1 (one row per leg) is refused
+    // with an error that names its version and `pg init --reset`, and that `--reset`
+    // replaces it with the current version.
+    let test = "an_older_schema_is_refused_with_the_way_out";
+    let Some(server) = pg_support::server(test) else {
+        return;
+    };
+    let template = pg_support::fresh_shards(&server, "tc_test_rm_old", 1, ACCOUNTS, BALANCE);
+    let url = pg_support::urls(&template, 1).remove(0);
+    let mut client = pg::schema::connect(&url).expect("connect");
+    client
+        .batch_execute(
+            "DROP TABLE tc_meta, tc_batches, tc_pending, tc_postings CASCADE;
+             CREATE TABLE tc_meta (schema_version integer NOT NULL, accounts bigint NOT NULL,
+                                   initial_balance bigint NOT NULL);
+             INSERT INTO tc_meta VALUES (1, 10, 100);
+             CREATE TABLE tc_votes (txn_id bigint PRIMARY KEY, batch_seq bigint NOT NULL,
+                                    reason smallint NOT NULL);",
+        )
+        .expect("turn the shard into a version-1 shard");
+    let error = pg::schema::check(&url, 1).expect_err("version 1 is refused");
+    let text = error.to_string();
+    assert!(
+        matches!(error, pg::PgError::SchemaVersion { found: 1, expected, .. }
+                 if expected == pg::SCHEMA_VERSION),
+        "{text}"
+    );
+    assert!(text.contains("pg init --reset"), "{text}");
+    pg::schema::init(&url, ACCOUNTS, BALANCE, true).expect("--reset upgrades it");
+    pg::schema::check(&url, ACCOUNTS).expect("the current version is accepted");
+    let leftover: bool = client
+        .query_one("SELECT to_regclass('tc_votes') IS NOT NULL", &[])
+        .expect("query")
+        .get(0);
+    assert!(!leftover, "--reset drops version 1's tables too");
+}
+
+#[test]
+fn decided_batches_votes_are_pruned_but_undecided_ones_are_kept() {
+    // Proves that the per-batch vote rows stay bounded (about BATCH_VOTES_KEPT) over
+    // many decided batches, while a batch still holding a reservation keeps its votes,
+    // and that its later decision still applies once.
+    let test = "decided_batches_votes_are_pruned_but_undecided_ones_are_kept";
+    let Some(url) = shard(test, "tc_test_rm_prune") else {
+        return;
+    };
+    let (mut ledger, stats) = ledger(&url);
+    ledger.recovered();
+    assert_eq!(prepare(&mut ledger, &[debit(1, 0, 1)]), [Vote::Yes]);
+    let batches = 4 * pg::BATCH_VOTES_KEPT as u64;
+    for txn in 2..2 + batches {
+        assert_eq!(prepare(&mut ledger, &[credit(txn, 1, 1)]), [Vote::Yes]);
+        ledger.commit(&[TxnId(txn)]);
+    }
+    let mut client = pg::schema::connect(&url).expect("connect");
+    let (rows, first): (i64, Option<i64>) = {
+        let row = client
+            .query_one("SELECT count(*), min(seq) FROM tc_batches", &[])
+            .expect("query");
+        (row.get(0), row.get(1))
+    };
+    assert!(stats.batches_pruned.load(Ordering::Relaxed) > 0, "nothing pruned");
+    assert_eq!(first, Some(1), "the undecided batch keeps its votes");
+    assert!(
+        rows <= pg::BATCH_VOTES_KEPT + pg::PRUNE_EVERY_BATCHES + 1,
+        "{rows} batch rows kept"
+    );
+    ledger.commit(&[TxnId(1)]);
+    ledger.commit(&[TxnId(1)]);
+    let report = assert_shard_consistent(&url);
+    assert_eq!(report.postings, batches + 1);
+    assert_eq!(report.total, report.opening_total - 1 + batches as i128);
 }

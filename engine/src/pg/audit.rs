@@ -12,9 +12,9 @@ pub struct BankAudit {
     pub total: i128,
     /// The sum of all opening balances (what `total` must equal).
     pub opening_total: i128,
-    /// Reservation rows still held (0 once every transaction is decided).
+    /// Reservations still held, one per leg (0 once every transaction is decided).
     pub pending_rows: u64,
-    /// Postings over all shards.
+    /// Posted legs over all shards.
     pub postings: u64,
     /// Every transaction id with a posting on some shard.
     pub posted: HashSet<i64>,
@@ -84,7 +84,8 @@ fn audit_shard(
         .query_one(
             "SELECT coalesce(sum(balance), 0)::text, coalesce(sum(opening), 0)::text,
                     count(*) FILTER (WHERE balance - debits_pending < 0),
-                    (SELECT count(*) FROM tc_pending), (SELECT count(*) FROM tc_postings)
+                    (SELECT coalesce(sum(cardinality(txns)), 0)::bigint FROM tc_pending),
+                    (SELECT coalesce(sum(cardinality(txns)), 0)::bigint FROM tc_postings)
                FROM tc_accounts",
             &[],
         )
@@ -103,12 +104,14 @@ fn audit_shard(
     let mismatched: i64 = client
         .query_one(
             "SELECT count(*) FROM tc_accounts a
-               LEFT JOIN (SELECT account_id, sum(delta) AS net FROM tc_postings
-                           GROUP BY account_id) p ON p.account_id = a.id
-               LEFT JOIN (SELECT account_id,
-                                 sum(CASE WHEN delta < 0 THEN -delta ELSE 0 END) AS debits,
-                                 sum(CASE WHEN delta > 0 THEN delta ELSE 0 END) AS credits
-                            FROM tc_pending GROUP BY account_id) r ON r.account_id = a.id
+               LEFT JOIN (SELECT l.account_id, sum(l.delta) AS net
+                            FROM tc_postings, unnest(accounts, deltas) AS l(account_id, delta)
+                           GROUP BY l.account_id) p ON p.account_id = a.id
+               LEFT JOIN (SELECT l.account_id,
+                                 sum(CASE WHEN l.delta < 0 THEN -l.delta ELSE 0 END) AS debits,
+                                 sum(CASE WHEN l.delta > 0 THEN l.delta ELSE 0 END) AS credits
+                            FROM tc_pending, unnest(accounts, deltas) AS l(account_id, delta)
+                           GROUP BY l.account_id) r ON r.account_id = a.id
               WHERE a.balance <> a.opening + coalesce(p.net, 0)
                  OR a.debits_pending <> coalesce(r.debits, 0)
                  OR a.credits_pending <> coalesce(r.credits, 0)",
@@ -123,13 +126,13 @@ fn audit_shard(
         ));
     }
     for row in client
-        .query("SELECT txn_id FROM tc_pending", &[])
+        .query("SELECT unnest(txns) FROM tc_pending", &[])
         .map_err(error)?
     {
         report.pending.insert(row.get(0));
     }
     for row in client
-        .query("SELECT txn_id, delta FROM tc_postings", &[])
+        .query("SELECT unnest(txns), unnest(deltas) FROM tc_postings", &[])
         .map_err(error)?
     {
         *per_txn.entry(row.get(0)).or_default() += i128::from(row.get::<_, i64>(1));

@@ -9,7 +9,10 @@ pub enum PgError {
     Connect { url: String, detail: String },
     #[error("{url} has no tricommit schema; create it with `tricommit pg init --url URL`")]
     SchemaMissing { url: String },
-    #[error("{url} holds tricommit schema version {found}; this build reads version {expected}")]
+    #[error(
+        "{url} holds tricommit schema version {found}; this build reads version {expected}: \
+         recreate it with `tricommit pg init --reset` (drops every balance and posting)"
+    )]
     SchemaVersion {
         url: String,
         found: i32,

@@ -5,12 +5,19 @@
 //! `tc_decide` each. The statements live in schema.sql; docs/pg.md argues the order of
 //! writes (the database first, then the participant's log).
 //!
+//! The ledger keeps in memory which batch holds each reservation (`pending`): the
+//! database keeps one row per batch, so a decision names its (batch, transaction)
+//! pairs, and a transaction that already holds a reservation is refused as a duplicate
+//! before anything is sent. Replay rebuilds the map from the participant's log, and
+//! `recovered` releases every reservation the map does not claim, so the map and the
+//! database agree from then on.
+//!
 //! The `ResourceManager` contract has no error path: a shard that cannot be reached
 //! after `ATTEMPTS_MAX` tries votes `No(UNAVAILABLE)` on the batch, and a decision that
 //! cannot be applied is kept and applied before the next call. A vote whose commit may
 //! have landed although the client saw an error is reconciled the same way.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +39,14 @@ pub const RETRY_DELAY_MS_FIRST: u64 = 50;
 /// (The protocol bounds them anyway: while the shard is down every prepare votes no, so
 /// only the transactions prepared before the outage can be decided during it.)
 pub const OWED_CALLS_MAX: usize = 65_536;
+/// How many of the latest batches keep their votes in `tc_batches` once decided, so
+/// that a replay after a crash can still compare them with the votes logged.
+pub const BATCH_VOTES_KEPT: i64 = 64;
+/// Every this many prepared batches, the votes of older decided batches are pruned
+/// (one `tc_prune` statement), so `tc_batches` stays about `BATCH_VOTES_KEPT` rows
+/// plus the batches still in doubt.
+pub const PRUNE_EVERY_BATCHES: i64 = 16;
+const _: () = assert!(PRUNE_EVERY_BATCHES > 0 && PRUNE_EVERY_BATCHES <= BATCH_VOTES_KEPT);
 
 /// A vote as schema.sql encodes it: 0 yes, -1 read-only, else the no's reason.
 const VOTE_YES: i16 = 0;
@@ -54,12 +69,18 @@ pub struct PgLedgerStats {
     pub orphans_released: AtomicU64,
     /// Logged yes votes the shard does not hold at replay (0 unless it lost data).
     pub replay_missing: AtomicU64,
+    /// Legs sent to the shard in prepare statements (rows per statement = this divided
+    /// by `batches_prepared`).
+    pub legs_prepared: AtomicU64,
+    /// Decided batches whose votes were pruned from `tc_batches`.
+    pub batches_pruned: AtomicU64,
 }
 
 /// A call the shard still owes: applied, in order, before any later call.
 #[derive(Debug)]
 enum Owed {
     Decide {
+        batches: Vec<i64>,
         txns: Vec<i64>,
         post: bool,
     },
@@ -69,7 +90,9 @@ enum Owed {
         logged: Vec<i16>,
     },
     ReleaseOrphans {
-        keep: Vec<i64>,
+        keep_batches: Vec<i64>,
+        keep_txns: Vec<i64>,
+        replayed: i64,
     },
 }
 
@@ -80,6 +103,7 @@ struct Conn {
     decide: Statement,
     reconcile: Statement,
     release: Statement,
+    prune: Statement,
 }
 
 impl Conn {
@@ -93,10 +117,11 @@ impl Conn {
                 .map_err(|error| format!("{}: {}", redact(url), describe(&error)))
         };
         Ok(Conn {
-            prepare: prepare("SELECT tc_prepare($1, $2, $3, $4, $5)")?,
-            decide: prepare("SELECT tc_decide($1, $2)")?,
+            prepare: prepare("SELECT tc_prepare($1, $2, $3, $4, $5, $6)")?,
+            decide: prepare("SELECT tc_decide($1, $2, $3)")?,
             reconcile: prepare("SELECT tc_reconcile($1, $2, $3)")?,
-            release: prepare("SELECT tc_release_orphans($1, $2)")?,
+            release: prepare("SELECT tc_release_orphans($1, $2, $3)")?,
+            prune: prepare("SELECT tc_prune($1)")?,
             client,
         })
     }
@@ -111,6 +136,13 @@ struct BatchArrays {
     accounts: Vec<i64>,
     amounts: Vec<i64>,
     kinds: Vec<i16>,
+    /// What the earlier legs of the batch on the same account ask of it: earlier debits
+    /// for a debit or a check, earlier credits for a credit (saturating).
+    prior: Vec<i64>,
+    /// Scratch: each transaction sent so far (a repeat in the batch is a duplicate).
+    seen: HashSet<i64>,
+    /// Scratch: each account's debits and credits so far in the batch.
+    running: HashMap<i64, (i64, i64)>,
 }
 
 impl BatchArrays {
@@ -120,6 +152,9 @@ impl BatchArrays {
         self.accounts.clear();
         self.amounts.clear();
         self.kinds.clear();
+        self.prior.clear();
+        self.seen.clear();
+        self.running.clear();
     }
 }
 
@@ -132,10 +167,10 @@ pub struct PgLedger {
     /// Prepare calls so far, replayed ones included: the participant's log replays them
     /// in the same order, so a batch has the same number in every incarnation.
     batch_seq: i64,
-    /// Between construction and `recovered`: the participant is replaying its log.
-    replaying: bool,
-    /// While replaying: transactions logged yes and not yet decided.
-    in_doubt: HashSet<i64>,
+    /// Each transaction holding a reservation (voted yes, not yet decided) and the
+    /// batch that holds it. Bounded by the transactions the participant holds
+    /// undecided, which the engine bounds (in-flight batches times batch size).
+    pending: HashMap<i64, i64>,
     owed: VecDeque<Owed>,
     arrays: BatchArrays,
     stats: Arc<PgLedgerStats>,
@@ -153,8 +188,7 @@ impl PgLedger {
             config: schema::config(url)?,
             conn: None,
             batch_seq: 0,
-            replaying: true,
-            in_doubt: HashSet::new(),
+            pending: HashMap::new(),
             owed: VecDeque::new(),
             arrays: BatchArrays::default(),
             stats,
@@ -250,7 +284,10 @@ impl PgLedger {
     }
 
     /// Fills `arrays` with the ops that go to the database and pushes a local vote for
-    /// each op (`No` for one that cannot be decoded, a placeholder `Yes` otherwise).
+    /// each op: `No` for one that cannot be decoded or whose transaction already holds
+    /// a reservation here (or appears earlier in the batch), a placeholder `Yes`
+    /// otherwise. Also works out each sent leg's `prior` (what the earlier legs of the
+    /// batch on its account ask), so that the statement needs no window sort.
     fn collect(&mut self, ops: &[Op], votes: &mut Vec<Vote>) {
         self.arrays.clear();
         for (index, op) in ops.iter().enumerate() {
@@ -265,36 +302,89 @@ impl PgLedger {
                 votes.push(Vote::No(Reason::UNKNOWN_ACCOUNT));
                 continue;
             };
-            votes.push(Vote::Yes);
-            self.arrays.index.push(index);
             // Ids are u64 on the wire and bigint in the database: a bijective cast.
-            self.arrays.txns.push(op.txn.0 as i64);
+            let txn = op.txn.0 as i64;
+            if self.pending.contains_key(&txn) || !self.arrays.seen.insert(txn) {
+                votes.push(Vote::No(Reason::DUPLICATE));
+                continue;
+            }
+            votes.push(Vote::Yes);
+            // `amount <= OP_AMOUNT_MAX == i64::MAX` (LedgerOp::decode checks it).
+            let amount = ledger_op.amount as i64;
+            let (debits, credits) = self.arrays.running.entry(account).or_default();
+            let (kind, prior) = match ledger_op.kind {
+                OpKind::Debit => {
+                    let prior = *debits;
+                    *debits = debits.saturating_add(amount);
+                    (1, prior)
+                }
+                OpKind::Credit => {
+                    let prior = *credits;
+                    *credits = credits.saturating_add(amount);
+                    (2, prior)
+                }
+                OpKind::Check => (3, *debits),
+            };
+            self.arrays.index.push(index);
+            self.arrays.txns.push(txn);
             self.arrays.accounts.push(account);
-            self.arrays.amounts.push(ledger_op.amount as i64);
-            self.arrays.kinds.push(match ledger_op.kind {
-                OpKind::Debit => 1,
-                OpKind::Credit => 2,
-                OpKind::Check => 3,
-            });
+            self.arrays.amounts.push(amount);
+            self.arrays.kinds.push(kind);
+            self.arrays.prior.push(prior);
         }
     }
 
     fn decide(&mut self, txns: &[TxnId], post: bool) {
-        if txns.is_empty() {
-            return;
-        }
-        let ids: Vec<i64> = txns.iter().map(|txn| txn.0 as i64).collect();
-        if self.replaying {
-            for id in &ids {
-                self.in_doubt.remove(id);
+        // Only transactions holding a reservation here reach the database: the others
+        // voted no (or were decided already), and deciding them changes nothing.
+        let mut batches = Vec::new();
+        let mut ids = Vec::new();
+        for txn in txns {
+            let id = txn.0 as i64;
+            if let Some(batch) = self.pending.remove(&id) {
+                batches.push(batch);
+                ids.push(id);
             }
+        }
+        if ids.is_empty() {
+            return;
         }
         let result = self.with_retries(|conn, stats| {
             stats.statements.fetch_add(1, Ordering::Relaxed);
-            conn.client.execute(&conn.decide, &[&ids, &post])
+            conn.client.execute(&conn.decide, &[&batches, &ids, &post])
         });
         if result.is_err() {
-            self.owe(Owed::Decide { txns: ids, post });
+            self.owe(Owed::Decide {
+                batches,
+                txns: ids,
+                post,
+            });
+        }
+    }
+
+    /// Every `PRUNE_EVERY_BATCHES` batches: forgets the votes of decided batches older
+    /// than the latest `BATCH_VOTES_KEPT`. One try; a failure only delays it.
+    fn prune(&mut self) {
+        if self.batch_seq % PRUNE_EVERY_BATCHES != 0 || !self.owed.is_empty() {
+            return;
+        }
+        let horizon = self.batch_seq - BATCH_VOTES_KEPT;
+        if horizon <= 0 {
+            return;
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        self.stats.statements.fetch_add(1, Ordering::Relaxed);
+        match conn.client.query_one(&conn.prune, &[&horizon]) {
+            Ok(row) => {
+                let pruned: i64 = row.try_get(0).unwrap_or(0);
+                self.stats
+                    .batches_pruned
+                    .fetch_add(pruned.max(0) as u64, Ordering::Relaxed);
+            }
+            // The next call finds the connection gone and reconnects.
+            Err(_) => self.conn = None,
         }
     }
 }
@@ -308,8 +398,12 @@ fn settle(
     while let Some(call) = owed.front() {
         stats.statements.fetch_add(1, Ordering::Relaxed);
         match call {
-            Owed::Decide { txns, post } => {
-                conn.client.execute(&conn.decide, &[txns, post])?;
+            Owed::Decide {
+                batches,
+                txns,
+                post,
+            } => {
+                conn.client.execute(&conn.decide, &[batches, txns, post])?;
             }
             Owed::Reconcile { seq, txns, logged } => {
                 let missing: i64 = conn
@@ -320,10 +414,14 @@ fn settle(
                     .replay_missing
                     .fetch_add(missing as u64, Ordering::Relaxed);
             }
-            Owed::ReleaseOrphans { keep } => {
+            Owed::ReleaseOrphans {
+                keep_batches,
+                keep_txns,
+                replayed,
+            } => {
                 let released: i64 = conn
                     .client
-                    .query_one(&conn.release, &[keep, &(Reason::UNAVAILABLE.0 as i16)])?
+                    .query_one(&conn.release, &[keep_batches, keep_txns, replayed])?
                     .try_get(0)?;
                 stats
                     .orphans_released
@@ -360,6 +458,9 @@ impl ResourceManager for PgLedger {
             return;
         }
         self.stats.batches_prepared.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .legs_prepared
+            .fetch_add(self.arrays.txns.len() as u64, Ordering::Relaxed);
         let seq = self.batch_seq;
         let arrays = std::mem::take(&mut self.arrays);
         let result = self.with_retries(|conn, stats| {
@@ -372,15 +473,22 @@ impl ResourceManager for PgLedger {
                     &arrays.accounts,
                     &arrays.amounts,
                     &arrays.kinds,
+                    &arrays.prior,
                 ],
             )?;
             row.try_get::<_, Vec<i16>>(0)
         });
         match result {
             Ok(codes) if codes.len() == arrays.index.len() => {
-                for (&index, &code) in arrays.index.iter().zip(&codes) {
+                for ((&index, &code), &txn) in arrays.index.iter().zip(&codes).zip(&arrays.txns) {
                     votes[first + index] = decode_vote(code);
+                    if code == VOTE_YES {
+                        self.pending.insert(txn, seq);
+                    }
                 }
+                self.arrays = arrays;
+                self.prune();
+                return;
             }
             outcome => {
                 // Unreachable, or an answer of the wrong shape: nothing may count as
@@ -420,12 +528,12 @@ impl ResourceManager for PgLedger {
             .iter()
             .map(|&index| encode_vote(logged[index]))
             .collect();
+        let seq = self.batch_seq;
         for (&txn, &code) in self.arrays.txns.iter().zip(&codes) {
             if code == VOTE_YES {
-                self.in_doubt.insert(txn);
+                self.pending.insert(txn, seq);
             }
         }
-        let seq = self.batch_seq;
         let txns = self.arrays.txns.clone();
         let result = self.with_retries(|conn, stats| {
             stats.statements.fetch_add(1, Ordering::Relaxed);
@@ -462,14 +570,14 @@ impl ResourceManager for PgLedger {
     }
 
     fn recovered(&mut self) {
-        self.replaying = false;
-        let keep: Vec<i64> = self.in_doubt.drain().collect();
-        let reason = Reason::UNAVAILABLE.0 as i16;
+        let (keep_txns, keep_batches): (Vec<i64>, Vec<i64>) =
+            self.pending.iter().map(|(&txn, &batch)| (txn, batch)).unzip();
+        let replayed = self.batch_seq;
         let result = self.with_retries(|conn, stats| {
             stats.statements.fetch_add(1, Ordering::Relaxed);
             let released: i64 = conn
                 .client
-                .query_one(&conn.release, &[&keep, &reason])?
+                .query_one(&conn.release, &[&keep_batches, &keep_txns, &replayed])?
                 .try_get(0)?;
             stats
                 .orphans_released
@@ -477,7 +585,11 @@ impl ResourceManager for PgLedger {
             Ok(())
         });
         if result.is_err() {
-            self.owe(Owed::ReleaseOrphans { keep });
+            self.owe(Owed::ReleaseOrphans {
+                keep_batches,
+                keep_txns,
+                replayed,
+            });
         }
     }
 }

@@ -14,7 +14,10 @@ pub mod schema;
 
 pub use audit::{audit, BankAudit};
 pub use error::{describe, redact, PgError};
-pub use ledger::{PgLedger, PgLedgerStats, ATTEMPTS_MAX, OWED_CALLS_MAX, RETRY_DELAY_MS_FIRST};
+pub use ledger::{
+    PgLedger, PgLedgerStats, ATTEMPTS_MAX, BATCH_VOTES_KEPT, OWED_CALLS_MAX, PRUNE_EVERY_BATCHES,
+    RETRY_DELAY_MS_FIRST,
+};
 pub use schema::{ShardInfo, SCHEMA_VERSION};
 
 /// How long the coordinator waits for a shard's votes (the floor of its adaptive

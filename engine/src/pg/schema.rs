@@ -5,7 +5,8 @@ use postgres::{Client, NoTls};
 use super::error::{describe, redact, PgError};
 
 /// The version `tc_meta.schema_version` holds; bumped on any change to schema.sql.
-pub const SCHEMA_VERSION: i32 = 1;
+/// Version 2 keeps one row per batch (arrays of legs) where version 1 kept one per leg.
+pub const SCHEMA_VERSION: i32 = 2;
 /// The most accounts one shard may be created with (a bound on `pg init`'s work).
 pub const SHARD_ACCOUNTS_MAX: u64 = 100_000_000;
 /// The largest initial balance `pg init` accepts (the same bound as the load tool's).
@@ -14,12 +15,17 @@ pub const INITIAL_BALANCE_MAX: i64 = 1_000_000_000_000;
 pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
 
 const SCHEMA_SQL: &str = include_str!("schema.sql");
+/// Drops every version's objects, so that `--reset` also upgrades an older schema.
 const DROP_SQL: &str = "
+    DROP FUNCTION IF EXISTS tc_prune(bigint);
+    DROP FUNCTION IF EXISTS tc_release_orphans(bigint[], bigint[], bigint);
     DROP FUNCTION IF EXISTS tc_release_orphans(bigint[], smallint);
     DROP FUNCTION IF EXISTS tc_reconcile(bigint, bigint[], smallint[]);
+    DROP FUNCTION IF EXISTS tc_decide(bigint[], bigint[], boolean);
     DROP FUNCTION IF EXISTS tc_decide(bigint[], boolean);
+    DROP FUNCTION IF EXISTS tc_prepare(bigint, bigint[], bigint[], bigint[], smallint[], bigint[]);
     DROP FUNCTION IF EXISTS tc_prepare(bigint, bigint[], bigint[], bigint[], smallint[]);
-    DROP TABLE IF EXISTS tc_postings, tc_pending, tc_votes, tc_accounts, tc_meta;
+    DROP TABLE IF EXISTS tc_postings, tc_pending, tc_batches, tc_votes, tc_accounts, tc_meta;
 ";
 
 /// What a shard's `tc_meta` says about it.
@@ -96,7 +102,7 @@ pub fn init(
     let accounts_sql = accounts as i64;
     transaction
         .execute(
-            "INSERT INTO tc_meta VALUES ($1, $2, $3)",
+            "INSERT INTO tc_meta (schema_version, accounts, initial_balance) VALUES ($1, $2, $3)",
             &[&SCHEMA_VERSION, &accounts_sql, &initial_balance],
         )
         .map_err(&error)?;
@@ -111,7 +117,7 @@ pub fn init(
     // Statistics now, not when autovacuum gets round to it: the first batches would
     // otherwise be planned for empty tables.
     client
-        .batch_execute("ANALYZE tc_accounts, tc_votes, tc_pending, tc_postings")
+        .batch_execute("ANALYZE tc_accounts, tc_batches, tc_pending, tc_postings")
         .map_err(&error)?;
     Ok(ShardInfo {
         accounts,

@@ -113,6 +113,8 @@ impl PgShards {
             "shards": self.urls.iter().map(|url| pg::redact(url)).collect::<Vec<_>>(),
             "statements": sum(|stats| &stats.statements),
             "batches_prepared": sum(|stats| &stats.batches_prepared),
+            "legs_prepared": sum(|stats| &stats.legs_prepared),
+            "batches_pruned": sum(|stats| &stats.batches_pruned),
             "connects": sum(|stats| &stats.connects),
             "connection_losses": sum(|stats| &stats.connection_losses),
             "unavailable_votes": sum(|stats| &stats.unavailable_votes),
