@@ -226,7 +226,9 @@ fn ceiling_shard(
     let mut txns = vec![0i64; CEILING_BATCH_LEGS];
     let mut accounts = vec![0i64; CEILING_BATCH_LEGS];
     let mut amounts = vec![0i64; CEILING_BATCH_LEGS];
-    let kinds: Vec<i16> = (0..CEILING_BATCH_LEGS).map(|leg| 1 + (leg % 2) as i16).collect();
+    let kinds: Vec<i16> = (0..CEILING_BATCH_LEGS)
+        .map(|leg| 1 + (leg % 2) as i16)
+        .collect();
     // Amounts are far below the balances, so no leg waits on an earlier one.
     let prior = vec![0i64; CEILING_BATCH_LEGS];
     let mut seq: i64 = 0;

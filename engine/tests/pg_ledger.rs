@@ -262,7 +262,10 @@ fn decided_batches_votes_are_pruned_but_undecided_ones_are_kept() {
             .expect("query");
         (row.get(0), row.get(1))
     };
-    assert!(stats.batches_pruned.load(Ordering::Relaxed) > 0, "nothing pruned");
+    assert!(
+        stats.batches_pruned.load(Ordering::Relaxed) > 0,
+        "nothing pruned"
+    );
     assert_eq!(first, Some(1), "the undecided batch keeps its votes");
     assert!(
         rows <= pg::BATCH_VOTES_KEPT + pg::PRUNE_EVERY_BATCHES + 1,

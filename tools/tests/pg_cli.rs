@@ -123,7 +123,8 @@ fn a_template_without_placeholder_is_refused() {
 #[test]
 fn missing_schema_and_out_of_range_accounts_exit_2() {
     // Proves that a database without the schema, an account beyond the shard's, a
-    // load asking for more accounts than a shard has, and a second init are refused
+    // load asking for more accounts than a shard has, a shard of an older schema
+    // version, and a second init are refused
     // with exit code 2 and a sentence naming the problem.
     let Some(server) = server("missing_schema_and_out_of_range_accounts_exit_2") else {
         return;
@@ -177,6 +178,16 @@ fn missing_schema_and_out_of_range_accounts_exit_2() {
     );
     let balance = tricommit(&["pg", "balance", "--url", &shard, "--account", "9"]);
     assert_eq!(String::from_utf8_lossy(&balance.stdout), "9 5 0 0\n");
+    // A shard of an older schema version is refused, naming the way out.
+    let mut client = schema::connect(&shard).expect("connect");
+    client
+        .batch_execute("UPDATE tc_meta SET schema_version = 1")
+        .expect("mark the shard as version 1");
+    assert_bad_input(
+        &tricommit(&["pg", "balance", "--url", &shard, "--account", "9"]),
+        "holds tricommit schema version 1; this build reads version 2: recreate it with \
+         `tricommit pg init --reset`",
+    );
     let one_ledger = with_database(&server, "tc_test_cli_{ledger}");
     let _ = empty_database(&server, "tc_test_cli_0");
     assert_bad_input(

@@ -570,8 +570,11 @@ impl ResourceManager for PgLedger {
     }
 
     fn recovered(&mut self) {
-        let (keep_txns, keep_batches): (Vec<i64>, Vec<i64>) =
-            self.pending.iter().map(|(&txn, &batch)| (txn, batch)).unzip();
+        let (keep_txns, keep_batches): (Vec<i64>, Vec<i64>) = self
+            .pending
+            .iter()
+            .map(|(&txn, &batch)| (txn, batch))
+            .unzip();
         let replayed = self.batch_seq;
         let result = self.with_retries(|conn, stats| {
             stats.statements.fetch_add(1, Ordering::Relaxed);
