@@ -202,8 +202,9 @@ fn an_unreachable_shard_votes_unavailable() {
 #[test]
 fn an_older_schema_is_refused_with_the_way_out() {
     // Proves that a database holding schema version 1 (one row per leg) is refused
-    // with an error that names its version and `pg init --reset`, and that `--reset`
-    // replaces it with the current version.
+    // with an error that names its version and `pg init --reset`, that a ledger on it
+    // votes no instead of sending statements, and that `--reset` replaces it with the
+    // current version.
     let test = "an_older_schema_is_refused_with_the_way_out";
     let Some(server) = pg_support::server(test) else {
         return;
@@ -229,6 +230,12 @@ fn an_older_schema_is_refused_with_the_way_out() {
         "{text}"
     );
     assert!(text.contains("pg init --reset"), "{text}");
+    let (mut old, _) = ledger(&url);
+    assert_eq!(
+        prepare(&mut old, &[debit(1, 0, 1)]),
+        [Vote::No(Reason::UNAVAILABLE)],
+        "a ledger never sends statements to a shard of another version"
+    );
     pg::schema::init(&url, ACCOUNTS, BALANCE, true).expect("--reset upgrades it");
     pg::schema::check(&url, ACCOUNTS).expect("the current version is accepted");
     let leftover: bool = client

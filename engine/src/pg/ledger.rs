@@ -111,6 +111,9 @@ impl Conn {
         let mut client = config
             .connect(NoTls)
             .map_err(|error| format!("cannot connect to {}: {}", redact(url), describe(&error)))?;
+        // A shard of another schema version would fail every statement: say why, once
+        // per connection, instead of a missing function's error.
+        schema::inspect(&mut client, url).map_err(|error| error.to_string())?;
         let mut prepare = |sql: &str| {
             client
                 .prepare(sql)
