@@ -392,11 +392,6 @@ impl Shared {
         }
     }
 
-    /// The network client of a cluster run.
-    pub fn remote_client(&self) -> Option<&RemoteClient> {
-        self.remote.as_ref()
-    }
-
     /// Waits for the cluster's outstanding outcomes and closes the network client.
     pub fn close_remote(&self) {
         if let Some(client) = &self.remote {

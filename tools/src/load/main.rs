@@ -570,7 +570,7 @@ fn drive(
     let mut counters = shared.counters();
     let busy = shared.busy.load(Ordering::Relaxed);
     let mut resolved_history = Vec::new();
-    let mut bank_check = None;
+    let mut bank_check_described = None;
     let expected_total =
         args.ledgers as i128 * args.accounts as i128 * args.initial_balance as i128;
     let (cpu_s, mut invariant) = match (&args.cluster, &opening, &shared.effects) {
@@ -583,7 +583,7 @@ fn drive(
                 .collect();
             let check = cluster::check_bank(dir, opening, effects, unknown)?;
             resolved_history = check.history;
-            bank_check = Some(check.described);
+            bank_check_described = Some(check.described);
             (summary::cpu_seconds() - cpu_before, check.verdict)
         }
         _ => {
@@ -616,7 +616,7 @@ fn drive(
         busy,
         cpu_s,
         invariant,
-        bank_check,
+        bank_check: bank_check_described,
         scenario_figures,
         durability,
         settle_passes,
