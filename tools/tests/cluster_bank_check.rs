@@ -73,7 +73,9 @@ fn a_cluster_run_checks_the_bank_itself_and_fails_when_money_moves_behind_its_ba
     assert_eq!(summary["invariant_ok"], true, "{summary}");
     assert_eq!(summary["invariant_error"], serde_json::Value::Null);
     assert!(summary["committed"].as_u64().unwrap() > 100, "{summary}");
-    let described = summary["bank_check"].as_str().expect("a cluster bank check");
+    let described = summary["bank_check"]
+        .as_str()
+        .expect("a cluster bank check");
     assert!(
         described.contains(&format!("{} accounts on 4 ledgers", 4 * accounts)),
         "{described}"

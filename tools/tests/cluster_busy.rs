@@ -46,9 +46,13 @@ fn a_tiny_intake_makes_a_remote_client_see_busy_and_the_client_recovers() {
     let deadline = Instant::now() + ANSWER_WAIT;
     let mut tickets = Vec::new();
     for index in 0..BURST_TXNS {
-        let mut txn =
-            Txn::transfer(TxnId(index + 1), (0, index % accounts), (1, index % accounts), 1)
-                .unwrap();
+        let mut txn = Txn::transfer(
+            TxnId(index + 1),
+            (0, index % accounts),
+            (1, index % accounts),
+            1,
+        )
+        .unwrap();
         // While the node sheds load the client hands new transactions back at once.
         let ticket = loop {
             match client.submit(txn) {
@@ -69,7 +73,10 @@ fn a_tiny_intake_makes_a_remote_client_see_busy_and_the_client_recovers() {
             .unwrap_or_else(|_| panic!("txn {} was never answered", index + 1));
         assert_eq!(outcome, Outcome::Committed, "txn {}", index + 1);
     }
-    let busy_replies = client.counters().busy_replies.load(std::sync::atomic::Ordering::Relaxed);
+    let busy_replies = client
+        .counters()
+        .busy_replies
+        .load(std::sync::atomic::Ordering::Relaxed);
     assert!(
         busy_replies > 0,
         "a burst of {BURST_TXNS} into an intake of 8 must be answered Busy"

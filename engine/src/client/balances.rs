@@ -175,12 +175,14 @@ impl BalanceReader {
             });
         }
         let site = self.cluster.site(&participant_name(ledger as usize))?;
-        let connection = ClientConnection::connect(site.addr, self.cluster.cluster_id, &self.secret)
-            .map_err(|source| BalanceError::Connect {
-                site: site.name.clone(),
-                addr: site.addr,
-                source,
-            })?;
+        let connection =
+            ClientConnection::connect(site.addr, self.cluster.cluster_id, &self.secret).map_err(
+                |source| BalanceError::Connect {
+                    site: site.name.clone(),
+                    addr: site.addr,
+                    source,
+                },
+            )?;
         Ok((site.name, connection))
     }
 }

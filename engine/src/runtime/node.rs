@@ -227,8 +227,9 @@ impl Node {
             balance_queries: query_sender,
         };
         let mut transport = Transport::start(transport_config, opened.inbox())?;
-        opened.io.ledger_queries = query_receiver
-            .map(|receiver| ledger_query::LedgerQueries::new(receiver, transport.client_responder()));
+        opened.io.ledger_queries = query_receiver.map(|receiver| {
+            ledger_query::LedgerQueries::new(receiver, transport.client_responder())
+        });
         let requests = transport.take_client_requests();
         let mut node = opened.run(transport.links())?;
         if let (Some(requests), Some(front)) = (requests, &node.front) {

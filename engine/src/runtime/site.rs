@@ -390,7 +390,11 @@ impl SiteIo {
     /// `IDLE_SYNC_DELAY_US` (see there): call it once per loop turn, after the turn's
     /// own sync, with whether the turn did work (work restarts the delay). The sync and
     /// what it releases go through the normal flush, so held messages leave with it.
-    pub fn idle_sync<M: Machine>(&mut self, machine: &mut M, worked: bool) -> Result<(), SiteError> {
+    pub fn idle_sync<M: Machine>(
+        &mut self,
+        machine: &mut M,
+        worked: bool,
+    ) -> Result<(), SiteError> {
         let unsynced = self.appended > self.sync.reported;
         if worked || !unsynced || self.sync.in_flight.is_some() {
             self.sync.idle_unsynced_since_us = None;
@@ -412,7 +416,11 @@ impl SiteIo {
     pub fn answer_queries<M: Machine>(&mut self, machine: &M) {
         if let Some(queries) = self.ledger_queries.as_mut() {
             if queries.has_items() {
-                queries.answer(machine.ledger(), self.wal.last_lsn(), self.wal.durable_lsn());
+                queries.answer(
+                    machine.ledger(),
+                    self.wal.last_lsn(),
+                    self.wal.durable_lsn(),
+                );
             }
         }
     }
@@ -602,7 +610,10 @@ impl SiteIo {
             .sync
             .idle_unsynced_since_us
             .and_then(|since_us| self.clock.instant_at(since_us + IDLE_SYNC_DELAY_US));
-        let deadline = [timer, drain_deadline, idle_sync].into_iter().flatten().min();
+        let deadline = [timer, drain_deadline, idle_sync]
+            .into_iter()
+            .flatten()
+            .min();
         let draining = drain_deadline.is_some();
         let inbox = &self.inbox;
         let queries = self.ledger_queries.as_ref();

@@ -223,10 +223,7 @@ mod tests {
         assert!(decode_page(&beyond).is_err(), "accounts 9..12 of 10");
         let mut huge = buf.clone();
         huge[PAGE_HEADER_BYTES - 4..PAGE_HEADER_BYTES].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(
-            decode_page(&huge),
-            Err(CodecError::Count { .. })
-        ));
+        assert!(matches!(decode_page(&huge), Err(CodecError::Count { .. })));
         assert!(decode_query(&[0; QUERY_BYTES + 1]).is_err());
         assert!(decode_query(&[0; QUERY_BYTES - 1]).is_err());
     }

@@ -277,7 +277,9 @@ pub fn resolve_unknown(
                     "aborted"
                 }
             };
-            resolution.lines.extend(history_lines(&entry.transfer, word));
+            resolution
+                .lines
+                .extend(history_lines(&entry.transfer, word));
         }
         if !left.is_empty() {
             std::thread::sleep(Duration::from_millis(RESUBMIT_PAUSE_MS));

@@ -119,8 +119,16 @@ mod tests {
         let page = page_of(Some(&ledger), query(4, 3), 9, 8);
         assert_eq!(page.balances, vec![7, 7, 7]);
         assert_eq!((page.first_account, page.accounts_total), (4, 10));
-        assert_eq!((page.reservations, page.last_lsn, page.durable_lsn), (0, 9, 8));
-        assert_eq!(page_of(Some(&ledger), query(8, u32::MAX), 0, 0).balances.len(), 2);
+        assert_eq!(
+            (page.reservations, page.last_lsn, page.durable_lsn),
+            (0, 9, 8)
+        );
+        assert_eq!(
+            page_of(Some(&ledger), query(8, u32::MAX), 0, 0)
+                .balances
+                .len(),
+            2
+        );
         let past = page_of(Some(&ledger), query(u64::MAX, 5), 0, 0);
         assert_eq!((past.first_account, past.balances.len()), (10, 0));
         let none = page_of(None, query(0, 5), 0, 0);
