@@ -40,7 +40,10 @@ sed -i 's/segment_mib = 64/segment_mib = 8/' "$work/bank/cluster.toml"
 up_pid=$!
 for _ in $(seq 1 300); do grep -q '^ready' "$work/up.out" && break; sleep 0.2; done
 grep -q '^ready' "$work/up.out" || { cat "$work/up.err"; echo "cluster not ready" >&2; exit 1; }
-timeout 120 "$bin/tricommit-load" --cluster "$work/bank" --duration 3 --history "$work/history"
+# The load checks the live bank itself (exit 1 on a mismatch); the dump below checks the
+# stopped cluster again, from outside.
+timeout 120 "$bin/tricommit-load" --cluster "$work/bank" --duration 3 --history "$work/history" | tee "$work/load.out"
+grep -q 'every balance equals opening + acknowledged commits' "$work/load.out"
 kill -TERM "$up_pid"; wait "$up_pid"; up_pid=
 "$bin/tricommit" ledger dump --cluster "$work/bank" >"$work/balances"
 python3 - "$work/history" "$work/balances" <<'PY'

@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::ledger::{ACCOUNTS_MAX, RESERVATIONS_MAX_DEFAULT, RESERVATIONS_MAX_LIMIT};
 use crate::pipeline::bounds::{
     BATCH_DELAY_US_DEFAULT, BATCH_DELAY_US_LIMIT, BATCH_TXNS_DEFAULT, BATCH_TXNS_MAX,
+    INTAKE_HIGH_WATER_TXNS, INTAKE_TXNS_MAX,
 };
 use crate::proto::SiteId;
 use crate::runtime::{Timeouts, PARTICIPANTS_MAX, REPLICAS_DEFAULT, REPLICAS_MAX};
@@ -124,6 +125,12 @@ pub struct EngineSection {
     pub segment_mib: u64,
     /// Checkpoint a replica's log beyond this many segments; 0 never does.
     pub log_segments_max: u64,
+    /// The opening replica's intake: above this many transactions in flight, `Normal`
+    /// submissions are answered `Busy` (network clients included) ...
+    pub intake_high_water_txns: u64,
+    /// ... and above this many, every submission is.
+    /// `1 <= intake_high_water_txns <= intake_capacity_txns <= INTAKE_TXNS_MAX`.
+    pub intake_capacity_txns: u64,
 }
 
 impl Default for EngineSection {
@@ -134,6 +141,8 @@ impl Default for EngineSection {
             sync: SyncName::IoUring,
             segment_mib: 64,
             log_segments_max: u64::from(crate::runtime::LOG_SEGMENTS_MAX_DEFAULT),
+            intake_high_water_txns: INTAKE_HIGH_WATER_TXNS as u64,
+            intake_capacity_txns: INTAKE_TXNS_MAX as u64,
         }
     }
 }
@@ -409,6 +418,21 @@ impl ClusterConfig {
         if engine.log_segments_max > u64::from(u32::MAX) {
             return Err(("engine.log_segments_max".into(), "is too large".into()));
         }
+        if !(1..=INTAKE_TXNS_MAX as u64).contains(&engine.intake_capacity_txns) {
+            return Err((
+                "engine.intake_capacity_txns".into(),
+                format!("must be 1..={INTAKE_TXNS_MAX}"),
+            ));
+        }
+        if !(1..=engine.intake_capacity_txns).contains(&engine.intake_high_water_txns) {
+            return Err((
+                "engine.intake_high_water_txns".into(),
+                format!(
+                    "must be 1..=engine.intake_capacity_txns ({})",
+                    engine.intake_capacity_txns
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -631,6 +655,52 @@ mod tests {
             .replace("\"127.0.0.1:7403\"", "\"localhost:x\"");
         let error = ClusterConfig::parse(&text, Path::new("c.toml")).unwrap_err();
         assert!(error.to_string().contains("sites.participant-0"), "{error}");
+    }
+
+    #[test]
+    fn intake_limits_are_read_and_checked() {
+        // Proves that the opening replica's intake is configurable in `[engine]`, and
+        // that limits out of order or above the engine's bound name their key.
+        let rendered = sample().render();
+        let capacity = format!("intake_capacity_txns = {INTAKE_TXNS_MAX}");
+        let high_water = format!("intake_high_water_txns = {INTAKE_HIGH_WATER_TXNS}");
+        assert!(rendered.contains(&capacity) && rendered.contains(&high_water));
+        let tiny = rendered
+            .replace(&capacity, "intake_capacity_txns = 4")
+            .replace(&high_water, "intake_high_water_txns = 2");
+        let parsed = ClusterConfig::parse(&tiny, Path::new("c.toml")).unwrap();
+        assert_eq!(
+            (
+                parsed.engine.intake_high_water_txns,
+                parsed.engine.intake_capacity_txns
+            ),
+            (2, 4)
+        );
+        let cases = [
+            (
+                rendered.replace(&high_water, "intake_high_water_txns = 0"),
+                "engine.intake_high_water_txns",
+            ),
+            (
+                tiny.replace("intake_high_water_txns = 2", "intake_high_water_txns = 5"),
+                "engine.intake_high_water_txns",
+            ),
+            (
+                rendered.replace(&capacity, "intake_capacity_txns = 0"),
+                "engine.intake_capacity_txns",
+            ),
+            (
+                rendered.replace(
+                    &capacity,
+                    &format!("intake_capacity_txns = {}", INTAKE_TXNS_MAX + 1),
+                ),
+                "engine.intake_capacity_txns",
+            ),
+        ];
+        for (text, key) in cases {
+            let error = ClusterConfig::parse(&text, Path::new("c.toml")).unwrap_err();
+            assert!(error.to_string().contains(key), "{key}: {error}");
+        }
     }
 
     #[test]

@@ -4,9 +4,11 @@
 //! Code written against [`Submit`] switches between an in-process [`Engine`] and a
 //! [`RemoteClient`] with one line: the constructor.
 
+pub mod balances;
 pub mod config;
 pub mod remote;
 
+pub use balances::{BalanceError, BalanceReader, LedgerBalances};
 pub use config::{ClusterConfig, ConfigError, InitOptions, SiteEntry};
 pub use remote::{ClientError, RemoteClient};
 

@@ -378,6 +378,8 @@ fn run_receiver(mut connection: ClientReceiver, shared: &Shared) {
                     }
                 }
             }
+            // Only a participant answers balance queries, and this client asks none.
+            ClientReply::Balances(_) => {}
             ClientReply::Busy(busy) => {
                 shared.counters.busy_replies.fetch_add(1, Ordering::Relaxed);
                 let until = shared.clock.now_us() + BUSY_BACKOFF_US;

@@ -379,6 +379,7 @@ impl Wiring {
                 self.spans.clone(),
                 self.clock.clone(),
             ),
+            ledger_queries: None,
         }
     }
 }

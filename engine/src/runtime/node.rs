@@ -14,6 +14,7 @@
 //! waits, within the engine's drain bound, for the transactions it holds undecided).
 
 pub mod gateway;
+pub mod ledger_query;
 
 pub use super::site::SiteStats;
 
@@ -34,6 +35,7 @@ use crate::proto::{Coordinator, Output, Participant, SiteId};
 use crate::transport::codec::{BusyReply, ClientReply, Outcomes, REPLY_ITEMS_MAX};
 use crate::transport::{
     ClientId, ClientRequest, ClientResponder, Transport, TransportConfig, TransportError,
+    BALANCE_QUERIES_MAX,
 };
 
 use super::config::{EngineConfig, ParticipantRm, ParticipantSpec};
@@ -97,6 +99,9 @@ pub fn engine_config(cluster: &ClusterConfig, dir: &Path) -> EngineConfig {
     config.batch_txns_max = cluster.engine.batch_txns_max as usize;
     config.batch_delay_us_max = cluster.engine.batch_delay_us_max;
     config.timeouts = cluster.timeouts;
+    // `ClusterConfig::validate` bounds both by INTAKE_TXNS_MAX, so they fit a usize.
+    config.intake_high_water_txns = cluster.engine.intake_high_water_txns as usize;
+    config.intake_capacity_txns = cluster.engine.intake_capacity_txns as usize;
     config.wal.sync = match cluster.engine.sync {
         SyncName::Msync => tricommit_wal::SyncBackend::Msync,
         SyncName::Fdatasync => tricommit_wal::SyncBackend::Fdatasync,
@@ -190,7 +195,19 @@ impl Node {
         let site = cluster.site(name)?;
         let secret = load_key(dir)?;
         prepare_cluster_dir(&cluster, dir)?;
-        let opened = OpenedNode::open(site.clone(), engine_config(&cluster, dir))?;
+        let mut opened = OpenedNode::open(site.clone(), engine_config(&cluster, dir))?;
+        // A participant answers balance queries from its site thread (`ledger_query`).
+        let balance_queries = match opened.role {
+            Role::Participant(_) => Some(
+                mpsc::channel(BALANCE_QUERIES_MAX, opened.io.doorbell.clone())
+                    .map_err(|error| EngineError::Config(error.to_string()))?,
+            ),
+            Role::Replica(_) => None,
+        };
+        let (query_sender, query_receiver) = match balance_queries {
+            Some((sender, receiver)) => (Some(sender), Some(receiver)),
+            None => (None, None),
+        };
         let transport_config = TransportConfig {
             cluster_id: cluster.cluster_id,
             me: site.id,
@@ -207,8 +224,12 @@ impl Node {
             reconnect_backoff_ms_min: cluster.transport.reconnect_backoff_ms_min,
             reconnect_backoff_ms_max: cluster.transport.reconnect_backoff_ms_max,
             accept_clients: site.id.0 == 0,
+            balance_queries: query_sender,
         };
         let mut transport = Transport::start(transport_config, opened.inbox())?;
+        opened.io.ledger_queries = query_receiver.map(|receiver| {
+            ledger_query::LedgerQueries::new(receiver, transport.client_responder())
+        });
         let requests = transport.take_client_requests();
         let mut node = opened.run(transport.links())?;
         if let (Some(requests), Some(front)) = (requests, &node.front) {
@@ -453,6 +474,7 @@ impl OpenedNode {
                 Arc::new(BatchSpans::new()),
                 clock.clone(),
             ),
+            ledger_queries: None,
         };
         Ok(OpenedNode {
             site,

@@ -22,6 +22,9 @@ use crate::proto::{
 use super::checkpoint::{
     remove_snapshots_except, write_snapshot, CheckpointError, Checkpointer, PauseTimer,
 };
+use super::config::ParticipantRm;
+use super::node::ledger_query::LedgerQueries;
+use crate::ledger::Ledger;
 
 /// Frames one turn takes from the inbox before it flushes, so that a flood of messages
 /// cannot delay the sync (and the replies) without bound.
@@ -41,6 +44,11 @@ pub const TURNS_OVERLAPPING_SYNC_MAX: u32 = 4;
 /// Frames an inbox holds. In-process links drop a frame that finds the inbox full, as a
 /// network would; the protocol retransmits what matters.
 pub const INBOX_FRAMES_CAPACITY: usize = 8192;
+/// How long a site that appended records without a sync (decisions: COMMIT needs none)
+/// stays idle before it syncs them anyway. Without it, an idle site kept its last
+/// decisions unsynced, and the messages held for them unsent, until the next batch's
+/// traffic: an idle cluster's ledgers showed the last batch undecided indefinitely.
+pub const IDLE_SYNC_DELAY_US: u64 = 5_000;
 
 /// A frame on an in-process link: every part one site sends another in one turn.
 pub struct Frame {
@@ -65,6 +73,10 @@ pub trait Machine {
     fn checkpoint_snapshot(&self) -> CheckpointSnapshot;
     /// Appends a checkpoint group numbered `number`; returns the marker's sequence.
     fn checkpoint(&mut self, number: u64, out: &mut Output) -> AppendSeq;
+    /// The built-in ledger this site holds, for balance queries (`None`: it holds none).
+    fn ledger(&self) -> Option<&Ledger> {
+        None
+    }
 }
 
 /// What a site must store before its checkpoint records.
@@ -121,7 +133,7 @@ impl Machine for Coordinator {
     }
 }
 
-impl<R: ResourceManager> Machine for Participant<R> {
+impl Machine for Participant<ParticipantRm> {
     fn handle_message(&mut self, now_us: u64, from: SiteId, part: Part, out: &mut Output) {
         Participant::handle_message(self, now_us, from, part, out)
     }
@@ -147,6 +159,9 @@ impl<R: ResourceManager> Machine for Participant<R> {
     }
     fn checkpoint(&mut self, number: u64, out: &mut Output) -> AppendSeq {
         Participant::checkpoint(self, number, out)
+    }
+    fn ledger(&self) -> Option<&Ledger> {
+        self.rm().ledger()
     }
 }
 
@@ -225,6 +240,8 @@ pub struct SiteIo {
     pub checkpoint: Checkpointer,
     /// Metrics and spans of this site (see `metrics::observe`).
     pub observe: crate::metrics::observe::SiteObserver,
+    /// Balance queries of network clients (a participant node's; `None` elsewhere).
+    pub ledger_queries: Option<LedgerQueries>,
 }
 
 /// Errors that end a site stage. A WAL error is fatal for the site (fsyncgate).
@@ -251,6 +268,11 @@ pub struct SyncInFlight {
     /// A sync asked for while another was in flight: submitted when that one ends.
     wanted: bool,
     busy_turns: u32,
+    /// The last append reported durable to the machine.
+    reported: AppendSeq,
+    /// Since when the site idles with appends not yet reported durable (the engine
+    /// clock's microseconds): it syncs them `IDLE_SYNC_DELAY_US` later.
+    idle_unsynced_since_us: Option<u64>,
 }
 
 impl SyncInFlight {
@@ -260,6 +282,8 @@ impl SyncInFlight {
             in_flight: None,
             wanted: false,
             busy_turns: 0,
+            reported: AppendSeq(0),
+            idle_unsynced_since_us: None,
         }
     }
 }
@@ -357,8 +381,48 @@ impl SiteIo {
         let now_us = self.clock.now_us();
         self.stats.sync_ended(now_us);
         self.observe.sync_finished(now_us);
+        self.sync.reported = self.sync.reported.max(upto);
         machine.handle_durable(now_us, upto, &mut self.out);
         Ok(true)
+    }
+
+    /// Syncs what an idle site appended without a sync, once it has idled for
+    /// `IDLE_SYNC_DELAY_US` (see there): call it once per loop turn, after the turn's
+    /// own sync, with whether the turn did work (work restarts the delay). The sync and
+    /// what it releases go through the normal flush, so held messages leave with it.
+    pub fn idle_sync<M: Machine>(
+        &mut self,
+        machine: &mut M,
+        worked: bool,
+    ) -> Result<(), SiteError> {
+        let unsynced = self.appended > self.sync.reported;
+        if worked || !unsynced || self.sync.in_flight.is_some() {
+            self.sync.idle_unsynced_since_us = None;
+            return Ok(());
+        }
+        let now_us = self.clock.now_us();
+        let since_us = *self.sync.idle_unsynced_since_us.get_or_insert(now_us);
+        if now_us < since_us + IDLE_SYNC_DELAY_US {
+            return Ok(());
+        }
+        self.sync.idle_unsynced_since_us = None;
+        self.sync.wanted = true;
+        self.flush(machine)?;
+        self.finish_sync(machine)
+    }
+
+    /// Answers the balance queries waiting (a participant node's), from the ledger as
+    /// the machine holds it between two turns.
+    pub fn answer_queries<M: Machine>(&mut self, machine: &M) {
+        if let Some(queries) = self.ledger_queries.as_mut() {
+            if queries.has_items() {
+                queries.answer(
+                    machine.ledger(),
+                    self.wal.last_lsn(),
+                    self.wal.durable_lsn(),
+                );
+            }
+        }
     }
 
     /// Says whether the loop may take another turn before it finishes the sync in
@@ -542,14 +606,20 @@ impl SiteIo {
         let timer = machine
             .poll_timeout()
             .and_then(|at| self.clock.instant_at(at));
-        let deadline = match (timer, drain_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let idle_sync = self
+            .sync
+            .idle_unsynced_since_us
+            .and_then(|since_us| self.clock.instant_at(since_us + IDLE_SYNC_DELAY_US));
+        let deadline = [timer, drain_deadline, idle_sync]
+            .into_iter()
+            .flatten()
+            .min();
         let draining = drain_deadline.is_some();
         let inbox = &self.inbox;
+        let queries = self.ledger_queries.as_ref();
         let ready = || {
             inbox.has_items()
+                || queries.is_some_and(LedgerQueries::has_items)
                 || also_ready()
                 || self.halted()
                 || (!draining && self.stop_requested())
@@ -662,6 +732,8 @@ pub fn run_passive<M: Machine>(mut machine: M, mut io: SiteIo) -> Result<M, Site
             continue;
         }
         io.finish_sync(&mut machine)?;
+        io.idle_sync(&mut machine, frames > 0)?;
+        io.answer_queries(&machine);
         if frames == 0 {
             if io.stop_requested() && drain.may_leave(&machine, &io) {
                 io.sync_all()?;

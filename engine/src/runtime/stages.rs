@@ -223,6 +223,7 @@ pub fn run_active(
         if !io.keep_overlapping(worked > 0) {
             io.finish_sync(&mut coordinator)?;
         }
+        io.idle_sync(&mut coordinator, worked > 0)?;
         let released = std::mem::take(&mut io.out.completions);
         route(released, &mut open, &mut unsent, &mut io.observe);
         io.observe.refresh(io.clock.now_us());
@@ -392,12 +393,15 @@ pub fn run_completion(
                 _ => &stats.aborted,
             };
             counter.fetch_add(chunk.completions.len() as u64, Ordering::Relaxed);
-            // A stale id means the ticket was already completed (at a fatal error).
-            admission.complete_chunk(&chunk.completions, chunk.outcome);
-            // A duplicate submitted once its original's ticket completed, but before
-            // this, still finds the id in flight, and is completed here.
+            // The decided ids are recorded before any ticket wakes: a client that
+            // resubmits an id as soon as its ticket completes must find it decided
+            // (a ready ticket with the outcome), never still in flight.
             duplicates.clear();
             dedup.decide_all(&chunk.txns, chunk.outcome, &mut scratch, &mut duplicates);
+            // A stale id means the ticket was already completed (at a fatal error).
+            admission.complete_chunk(&chunk.completions, chunk.outcome);
+            // Duplicates submitted while the id was in flight wait on tickets of their
+            // own, completed with the original's outcome.
             admission.complete_chunk(&duplicates, chunk.outcome);
         }
     }

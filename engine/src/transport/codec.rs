@@ -101,6 +101,8 @@ pub struct BusyReply {
 pub enum ClientReply {
     Outcomes(Outcomes),
     Busy(BusyReply),
+    /// A page of a participant's balances (`transport::balances`).
+    Balances(super::balances::BalancesPage),
 }
 
 impl From<Outcomes> for ClientReply {

@@ -62,8 +62,13 @@ pub mod kind {
     pub const OUTCOMES: u8 = 5;
     /// Node to client: `codec::encode_busy`.
     pub const BUSY: u8 = 6;
+    /// Client to participant node: `balances::encode_query`, one page of its ledger's
+    /// balances.
+    pub const BALANCES_QUERY: u8 = 7;
+    /// Participant node to client: `balances::encode_page`.
+    pub const BALANCES: u8 = 8;
     /// The highest kind this version knows.
-    pub const MAX: u8 = BUSY;
+    pub const MAX: u8 = BALANCES;
 }
 
 /// Why a frame (and so its connection) was refused. The counters in

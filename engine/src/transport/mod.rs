@@ -18,6 +18,7 @@
 //! `docs/wire-format.md` is the byte-level spec.
 
 pub mod auth;
+pub mod balances;
 pub mod codec;
 pub mod frame;
 mod stats;
@@ -33,8 +34,8 @@ pub use codec::{BusyReply, ClientReply, CodecError, Outcomes, Submit};
 pub use frame::{RejectReason, FRAME_BODY_BYTES_MAX};
 pub use stats::{PeerStats, TransportStats};
 pub use tcp::{
-    ClientConnection, ClientId, ClientReceiver, ClientRequest, ClientResponder, ClientSender,
-    Transport,
+    BalancesRequest, ClientConnection, ClientId, ClientReceiver, ClientRequest, ClientResponder,
+    ClientSender, Transport,
 };
 
 /// Frames the queue toward one peer holds; a full queue refuses the site loop's push,
@@ -52,6 +53,9 @@ pub const CLIENT_REPLIES_MAX: usize = 16384;
 /// Bytes waiting in one client connection's write buffer above which the client is
 /// too slow: its connection is closed (it learns its in-flight outcomes are unknown).
 pub const CLIENT_WRITE_BYTES_MAX: usize = 16 << 20;
+/// Balance queries waiting for the site thread; when full, the event loop answers
+/// `Busy` (with no ids) and the client asks again later.
+pub const BALANCE_QUERIES_MAX: usize = 64;
 /// Client connections one node serves at once.
 pub const CLIENTS_MAX: usize = 1024;
 /// Connections that have not finished their handshake, at once.
@@ -87,6 +91,9 @@ pub struct TransportConfig {
     pub reconnect_backoff_ms_max: u64,
     /// Whether network clients may connect (`true` on the replica clients use).
     pub accept_clients: bool,
+    /// Where balance queries go (a participant node's site thread answers them): when
+    /// set, clients may connect to this site to read its ledger, and only that.
+    pub balance_queries: Option<crate::pipeline::mpsc::MpscSender<BalancesRequest>>,
 }
 
 impl std::fmt::Debug for TransportConfig {
@@ -103,6 +110,7 @@ impl std::fmt::Debug for TransportConfig {
             .field("reconnect_backoff_ms_min", &self.reconnect_backoff_ms_min)
             .field("reconnect_backoff_ms_max", &self.reconnect_backoff_ms_max)
             .field("accept_clients", &self.accept_clients)
+            .field("balance_queries", &self.balance_queries.is_some())
             .finish()
     }
 }

@@ -34,6 +34,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::auth::{fresh_nonce, random_seed, MacKey, SessionIds, NONCE_BYTES, SECRET_BYTES};
+use super::balances::{self, BalancesQuery};
 use super::codec::{
     self, BusyReply, ClientReply, Outcomes, Submit, FRAME_PARTS_MAX, REPLY_ITEMS_MAX,
 };
@@ -80,6 +81,13 @@ pub struct ClientId(pub u64);
 pub struct ClientRequest {
     pub client: ClientId,
     pub submit: Submit,
+}
+
+/// A network client's balance query, for the site thread that holds the ledger.
+#[derive(Debug)]
+pub struct BalancesRequest {
+    pub client: ClientId,
+    pub query: BalancesQuery,
 }
 
 /// The way back to network clients: queue a reply for the event loop to send.
@@ -711,12 +719,17 @@ impl EventLoop {
             _ => Expect {
                 cluster_id: self.config.cluster_id,
                 receiver: me,
-                receiver_any_ok: conn.dialed.is_none() && self.config.accept_clients,
+                receiver_any_ok: conn.dialed.is_none() && self.serves_clients(),
                 sender: conn.dialed.map(|site| site.0 as u16),
                 sequence: 0,
                 body_bytes_max: HELLO_BODY_BYTES,
             },
         }
+    }
+
+    /// Whether network clients may connect: to submit, or to read balances.
+    fn serves_clients(&self) -> bool {
+        self.requests.is_some() || self.config.balance_queries.is_some()
     }
 
     /// The first frame of a connection: checks who speaks, answers an accepted hello
@@ -812,7 +825,7 @@ impl EventLoop {
                 Ok((Role::Site(SiteId(sender as u8)), sender, me, true))
             }
             (None, _) => {
-                if sender != CLIENT_ID || self.requests.is_none() {
+                if sender != CLIENT_ID || !self.serves_clients() {
                     return Err(RejectReason::BadSender);
                 }
                 if self.clients.len() >= CLIENTS_MAX {
@@ -903,6 +916,22 @@ impl EventLoop {
                         .fetch_add(txns, Ordering::Relaxed);
                     let busy = ClientReply::Busy(BusyReply {
                         ids,
+                        reason: BusyReason::Capacity,
+                    });
+                    self.queue_client_reply(token, &busy);
+                }
+                Ok(())
+            }
+            kind::BALANCES_QUERY => {
+                let query =
+                    balances::decode_query(&frame.body).map_err(|_| RejectReason::BadBody)?;
+                let Some(queries) = &self.config.balance_queries else {
+                    return Err(RejectReason::UnexpectedKind);
+                };
+                if queries.push(BalancesRequest { client, query }).is_err() {
+                    // The site thread is behind: the client asks again after a pause.
+                    let busy = ClientReply::Busy(BusyReply {
+                        ids: Vec::new(),
                         reason: BusyReason::Capacity,
                     });
                     self.queue_client_reply(token, &busy);
@@ -1038,6 +1067,17 @@ impl EventLoop {
                         codec::encode_outcomes(&chunk, body)
                     });
                 }
+            }
+            ClientReply::Balances(page) => {
+                // A page the site built within BALANCES_PAGE_ACCOUNTS_MAX always fits.
+                conn.seal(me, cluster_id, kind::BALANCES, |body| {
+                    balances::encode_page(page, body)
+                });
+            }
+            ClientReply::Busy(busy) if busy.ids.is_empty() => {
+                conn.seal(me, cluster_id, kind::BUSY, |body| {
+                    codec::encode_busy(busy, body)
+                });
             }
             ClientReply::Busy(busy) => {
                 for ids in busy.ids.chunks(REPLY_ITEMS_MAX) {
@@ -1341,6 +1381,12 @@ impl ClientConnection {
         self.sender.send(submit)
     }
 
+    /// Asks for one page of a participant's balances (see
+    /// [`ClientSender::send_balances_query`]).
+    pub fn send_balances_query(&mut self, query: &BalancesQuery) -> Result<(), TransportError> {
+        self.sender.send_balances_query(query)
+    }
+
     /// Waits for the next reply.
     pub fn recv(&mut self) -> Result<ClientReply, TransportError> {
         self.receiver.recv()
@@ -1369,6 +1415,14 @@ impl ClientSender {
             });
         }
         self.send_frame(kind::SUBMIT, |body| codec::encode_submit(submit, body))
+    }
+
+    /// Asks a participant node for one page of its ledger's balances; the answer comes
+    /// back as [`ClientReply::Balances`] (or `Busy` with no ids: ask again later).
+    pub fn send_balances_query(&mut self, query: &BalancesQuery) -> Result<(), TransportError> {
+        self.send_frame(kind::BALANCES_QUERY, |body| {
+            balances::encode_query(query, body)
+        })
     }
 
     /// Sends a heartbeat (the node does not require them from clients; a client that
@@ -1456,6 +1510,9 @@ impl ClientReceiver {
             ))),
             kind::BUSY => Ok(Some(ClientReply::Busy(
                 codec::decode_busy(&frame.body).map_err(bad_body)?,
+            ))),
+            kind::BALANCES => Ok(Some(ClientReply::Balances(
+                balances::decode_page(&frame.body).map_err(bad_body)?,
             ))),
             _ => Err(TransportError::Rejected(RejectReason::UnexpectedKind)),
         }
@@ -1574,6 +1631,7 @@ mod tests {
             reconnect_backoff_ms_min: 1,
             reconnect_backoff_ms_max: 1,
             accept_clients: false,
+            balance_queries: None,
         };
         assert_eq!(good.validate().expect("valid"), 2);
         let mut gap = good.clone();

@@ -5,56 +5,46 @@
 //! engine is replaced by a [`RemoteClient`]. The cluster's shape (ledgers, accounts,
 //! initial balance) comes from its cluster.toml, as do its engine settings.
 //!
-//! The bank invariant is checked on the nodes' logs: once every outcome is in, the
-//! participants' ledgers are recovered read-only from their data directories
-//! (`DIR/participant-N/`, as `ledger dump --cluster` does) while the cluster keeps
-//! running, and their total must equal the genesis total.
+//! # The bank check
+//! The run checks the bank exactly, on the running cluster, through the participants'
+//! balance queries ([`BalanceReader`]; a running node's log is never read):
+//! 1. before the first transfer, the opening balances of every ledger are read, settled
+//!    (no transaction undecided anywhere, everything synced);
+//! 2. every outcome acknowledged to the clients is recorded: a commit adds its amounts
+//!    to the per-account effects (`driver::Effects`);
+//! 3. a transaction whose outcome the client never learned is resubmitted with the same
+//!    id and legs: the cluster's id dedup answers with the first submission's outcome
+//!    (or, if it never arrived, runs it now), until every outcome is known or
+//!    `UNKNOWN_WAIT_MS_MAX` passes (`driver::resolve_unknown`);
+//! 4. the closing balances are read, settled, and every account must hold exactly its
+//!    opening balance plus its committed effects.
 //!
-//! Two things make a live read lag: a participant logs COMMIT without a sync (the
-//! records of the last batches may still be in its buffers), and a batch's COMMIT
-//! reaches the participants with later traffic (measured: the last batch of a run
-//! stayed unposted on both its ledgers until the next run or a stop). So the check
-//! sends probe transfers of 1 from each ledger's account 0 to the next ledger's, then
-//! back: committing batches that carry the earlier COMMITs and make every ledger sync
-//! its log. They are real transfers and are written to the history like any other
-//! (ids with the top bit set, which no workload id has); forward and back, they leave
-//! the balances as they were. Probes and read are repeated, within `BANK_CHECK_WAIT_MS_MAX`,
-//! while a commit may still be in flight; a real violation never settles. (The
-//! stopped cluster's `ledger dump --cluster` is the check that needs no waiting: a
-//! node syncs everything when it stops.)
+//! So the check needs this run to be the only one moving money on the cluster: another
+//! load at the same time is money the check did not see, and it fails (exit 1), which
+//! `tools/tests/cluster_bank_check.rs` shows.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tricommit_engine::client::{ClusterConfig, RemoteClient};
-use tricommit_engine::proto::TxnId;
-use tricommit_engine::runtime::recover_ledgers;
-use tricommit_engine::runtime::DumpError;
-use tricommit_engine::{Outcome, Txn};
+use tricommit_engine::client::{BalanceReader, ClusterConfig, RemoteClient};
 
+use super::driver::{self, Effects};
 use super::{scenario::Scenario, Args, LoadError};
 
-/// Read-only recoveries of the ledgers before the bank check gives its verdict, and
-/// the time they may take: a COMMIT lost to a full queue is only re-learned by the
-/// participant's pending timeout and termination (seconds), so a verdict of failure
-/// waits that long.
-const BANK_CHECK_ATTEMPTS_MAX: u32 = 100;
-const BANK_CHECK_WAIT_MS_MAX: u64 = 20_000;
-/// Pause between two of them.
-const BANK_CHECK_PAUSE_MS: u64 = 200;
-/// Rounds of probes, one after the other, per attempt: forward, then back. A
-/// batch's COMMIT travels with a later batch's messages, so it takes committing
-/// traffic after it to reach (and be synced by) every ledger.
-const PROBE_ROUNDS: u64 = 2;
-/// A probe moves this much from one ledger's account 0 to the next's, and back.
-const PROBE_AMOUNT: u64 = 1;
-/// How long a probe may take to be answered.
-const PROBE_WAIT_MS_MAX: u64 = 30_000;
-/// The id bit of the probes; workload ids stay below it.
-const PROBE_ID_BIT: u64 = 1 << 63;
-/// Bits of the random run prefix (`Workload::id_base`), between the workload's own id
-/// bits and the probe bit. Two runs against one cluster collide with probability
-/// 2^-15; a collision shows as transactions answered with an earlier run's outcome.
+/// How long a settled read of all the ledgers may take (at the start and at the end):
+/// a transaction whose COMMIT was lost is only finished by the participant's pending
+/// timeout and the termination protocol (seconds).
+pub const SETTLE_WAIT_MS_MAX: u64 = 30_000;
+/// How long the unknown outcomes are resubmitted before the check gives up on them.
+pub const UNKNOWN_WAIT_MS_MAX: u64 = 30_000;
+/// The most accounts over all ledgers the check holds in memory (three `i64` each:
+/// opening, effects, closing), 384 MiB at most.
+pub const BANK_CHECK_ACCOUNTS_MAX: u64 = 1 << 24;
+/// Mismatching accounts the verdict names at most.
+const MISMATCHES_SHOWN_MAX: usize = 5;
+/// Bits of the random run prefix (`Workload::id_base`) below the top bit. Two runs
+/// against one cluster collide with probability 2^-15; a collision shows as
+/// transactions answered with an earlier run's outcome.
 const RUN_PREFIX_BITS: u32 = 63 - super::driver::RUN_PREFIX_SHIFT;
 
 /// The arguments of a cluster run: the cluster's ledgers replace the flags'.
@@ -64,6 +54,13 @@ pub fn args_for(args: &Args, dir: &Path) -> Result<Args, LoadError> {
     }
     let cluster =
         ClusterConfig::load(dir).map_err(|error| LoadError::Cluster(error.to_string()))?;
+    let accounts_total = cluster.ledger.accounts.saturating_mul(cluster.participants);
+    if accounts_total > BANK_CHECK_ACCOUNTS_MAX {
+        return Err(LoadError::Cluster(format!(
+            "{accounts_total} accounts over all ledgers: the bank check holds at most \
+             {BANK_CHECK_ACCOUNTS_MAX} in memory"
+        )));
+    }
     let mut args = args.clone();
     args.ledgers = cluster.participants;
     args.accounts = cluster.ledger.accounts;
@@ -87,113 +84,160 @@ pub fn run_prefix() -> Result<u64, LoadError> {
     Ok(prefix << super::driver::RUN_PREFIX_SHIFT)
 }
 
-/// Sends one round of probes (see the module comment) and waits for their outcomes;
-/// appends one history line per probe to `history`. `reverse` sends each probe back
-/// the way the previous round sent it, so that two rounds leave every balance as it
-/// was.
-fn probe_ledgers(
-    client: &RemoteClient,
-    ledgers: u64,
-    id_base: u64,
-    reverse: bool,
-    history: &mut Vec<String>,
-) -> Result<(), LoadError> {
-    let mut sent = Vec::new();
-    for ledger in 0..ledgers {
-        let id = TxnId(PROBE_ID_BIT | id_base | ledger);
-        let (mut from, mut to) = (ledger as u8, ((ledger + 1) % ledgers) as u8);
-        if reverse {
-            std::mem::swap(&mut from, &mut to);
-        }
-        let txn = Txn::transfer(id, (from, 0), (to, 0), PROBE_AMOUNT)
-            .map_err(|error| LoadError::Cluster(format!("probe: {error}")))?;
-        let ticket = client
-            .submit(txn)
-            .map_err(|busy| LoadError::Cluster(format!("probe: {busy}")))?;
-        sent.push((id, from, to, ticket));
-    }
-    for (id, from, to, ticket) in sent {
-        let outcome = ticket
-            .wait_timeout(Duration::from_millis(PROBE_WAIT_MS_MAX))
-            .map_err(|_| LoadError::Cluster("a probe was not answered".into()))?;
-        let word = match outcome {
-            Outcome::Committed => "committed",
-            Outcome::Aborted(_) => "aborted",
-            Outcome::InDoubt => "unknown",
-        };
-        history.push(format!("{} {from} 0 {to} 0 {PROBE_AMOUNT} {word}", id.0));
-    }
-    Ok(())
+/// The balances every account held before the run, read settled from the running
+/// participants.
+pub struct Opening {
+    reader: BalanceReader,
+    balances: Vec<Vec<i64>>,
 }
 
-/// The bank invariant over the running cluster's ledgers (see the module comment).
+/// Reads the opening balances (step 1 of the module comment). A cluster that does not
+/// settle, or does not answer, is an error: the run could not be checked.
+pub fn read_opening(dir: &Path) -> Result<Opening, LoadError> {
+    let cluster_error = |error: tricommit_engine::client::BalanceError| {
+        LoadError::Cluster(format!("reading the opening balances: {error}"))
+    };
+    let reader = BalanceReader::open(dir).map_err(cluster_error)?;
+    let balances = reader
+        .read_all_settled(Duration::from_millis(SETTLE_WAIT_MS_MAX))
+        .map_err(cluster_error)?;
+    let accounts: usize = balances.iter().map(Vec::len).sum();
+    eprintln!(
+        "tricommit-load: opening balances read: {} ledgers, {accounts} accounts",
+        balances.len()
+    );
+    Ok(Opening { reader, balances })
+}
+
+impl Opening {
+    /// Per-account effects sized like the ledgers read.
+    pub fn effects(&self) -> Effects {
+        Effects::new(self.balances.iter().map(Vec::len).collect())
+    }
+}
+
+/// What the end of a cluster run found.
+pub struct ClusterCheck {
+    /// The verdict: every balance equals opening + committed effects, or why not.
+    pub verdict: Result<(), String>,
+    /// What was compared, in words (the summary's `bank check` row).
+    pub described: String,
+    /// History lines of the outcomes learned by resubmission (and of those still
+    /// unknown), written after the clients' lines.
+    pub history: Vec<String>,
+}
+
+/// Steps 3 and 4 of the module comment: resolves the unknown outcomes, reads the
+/// closing balances and compares.
 pub fn check_bank(
     dir: &Path,
-    client: &RemoteClient,
-    ledgers: u64,
-    id_base: u64,
-    expected_total: i128,
-    history: &mut Vec<String>,
-) -> Result<BankVerdict, LoadError> {
-    let deadline = Instant::now() + Duration::from_millis(BANK_CHECK_WAIT_MS_MAX);
-    let mut verdict = Err("no attempt".to_owned());
-    for attempt in 0..BANK_CHECK_ATTEMPTS_MAX {
-        for round in 0..PROBE_ROUNDS {
-            let round_id = (u64::from(attempt) * PROBE_ROUNDS + round) << 16;
-            probe_ledgers(client, ledgers, id_base | round_id, round % 2 == 1, history)?;
+    opening: &Opening,
+    effects: &Effects,
+    unknown: Vec<driver::Unknown>,
+) -> Result<ClusterCheck, LoadError> {
+    let unknown_count = unknown.len();
+    let resolution = driver::resolve_unknown(
+        || RemoteClient::connect(dir).map_err(|error| error.to_string()),
+        unknown,
+        effects,
+        Duration::from_millis(UNKNOWN_WAIT_MS_MAX),
+    );
+    let closing = match opening
+        .reader
+        .read_all_settled(Duration::from_millis(SETTLE_WAIT_MS_MAX))
+    {
+        Ok(closing) => closing,
+        Err(error) => {
+            return Ok(ClusterCheck {
+                verdict: Err(format!("reading the closing balances: {error}")),
+                described: "closing balances not read".to_owned(),
+                history: resolution.lines,
+            })
         }
-        let last = attempt + 1 == BANK_CHECK_ATTEMPTS_MAX || Instant::now() >= deadline;
-        verdict = match recover_ledgers(dir, |_| None) {
-            Ok(ledgers) => total_of(&ledgers, expected_total),
-            // A running node holds its log's lock, and a log is never read under its
-            // writer (the reader could map a segment mid-append): the ledgers can be
-            // read only once the cluster is stopped.
-            Err(DumpError::Wal {
-                index,
-                source: tricommit_wal::WalError::Locked { .. },
-            }) => {
-                return Ok(BankVerdict::Deferred(format!(
-                    "participant-{index} is running, and a log is never read under its \
-                     writer: stop the cluster, then check it with `tricommit ledger dump \
-                     --cluster {}` against the history",
-                    dir.display()
-                )))
+    };
+    let mut verdict = compare(&opening.balances, effects, &closing);
+    if let (Err(why), true) = (&mut verdict, resolution.still_unknown > 0) {
+        why.push_str(&format!(
+            " ({} outcomes stayed unknown after {UNKNOWN_WAIT_MS_MAX} ms of resubmission)",
+            resolution.still_unknown
+        ));
+    }
+    let accounts: usize = closing.iter().map(Vec::len).sum();
+    let described = format!(
+        "{accounts} accounts on {} ledgers read live: closing = opening + acknowledged \
+         commits; {unknown_count} unknown outcomes resubmitted ({} committed, {} aborted, \
+         {} still unknown)",
+        closing.len(),
+        resolution.committed,
+        resolution.aborted,
+        resolution.still_unknown
+    );
+    Ok(ClusterCheck {
+        verdict,
+        described,
+        history: resolution.lines,
+    })
+}
+
+/// Every closing balance must equal its opening balance plus its effects, exactly.
+fn compare(opening: &[Vec<i64>], effects: &Effects, closing: &[Vec<i64>]) -> Result<(), String> {
+    let mut mismatches = Vec::new();
+    let mut mismatched = 0u64;
+    for (ledger, (before, after)) in opening.iter().zip(closing).enumerate() {
+        if before.len() != after.len() {
+            return Err(format!(
+                "ledger {ledger} had {} accounts at the start and {} at the end",
+                before.len(),
+                after.len()
+            ));
+        }
+        for (account, (&was, &is)) in before.iter().zip(after).enumerate() {
+            let expected = i128::from(was) + effects.get(ledger, account);
+            if i128::from(is) != expected {
+                mismatched += 1;
+                if mismatches.len() < MISMATCHES_SHOWN_MAX {
+                    mismatches.push(format!(
+                        "ledger {ledger} account {account}: {is}, expected {expected}"
+                    ));
+                }
             }
-            Err(error) if !last => Err(error.to_string()),
-            Err(error) => return Err(error.into()),
-        };
-        if verdict.is_ok() || last {
-            break;
         }
-        std::thread::sleep(Duration::from_millis(BANK_CHECK_PAUSE_MS));
     }
-    Ok(BankVerdict::Checked(verdict))
-}
-
-/// What the cluster bank check could say.
-pub enum BankVerdict {
-    /// The ledgers were read: the invariant held, or why not.
-    Checked(Result<(), String>),
-    /// The ledgers could not be read while the cluster runs (why, and how to check).
-    Deferred(String),
-}
-
-fn total_of(
-    ledgers: &[tricommit_engine::runtime::RecoveredLedger],
-    expected_total: i128,
-) -> Result<(), String> {
-    let mut total: i128 = 0;
-    for recovered in ledgers {
-        let ledger = recovered.ledger();
-        ledger
-            .check_invariants()
-            .map_err(|error| format!("ledger {}: {error}", recovered.index))?;
-        total += ledger.total_balance();
-    }
-    if total != expected_total {
+    if opening.len() != closing.len() {
         return Err(format!(
-            "total balance is {total}, expected {expected_total}"
+            "{} ledgers at the start, {} at the end",
+            opening.len(),
+            closing.len()
+        ));
+    }
+    if mismatched > 0 {
+        return Err(format!(
+            "{mismatched} balances differ from opening + acknowledged commits: {}",
+            mismatches.join("; ")
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves that the comparison is exact: equal balances pass, one unit off anywhere
+    // fails and is named, and a changed shape fails.
+    #[test]
+    fn the_comparison_is_exact() {
+        let opening = vec![vec![10, 10], vec![10, 10]];
+        let effects = Effects::new(vec![2, 2]);
+        effects.add(0, 1, -3);
+        effects.add(1, 0, 3);
+        assert_eq!(
+            compare(&opening, &effects, &[vec![10, 7], vec![13, 10]]),
+            Ok(())
+        );
+        let off = compare(&opening, &effects, &[vec![10, 7], vec![13, 11]]).unwrap_err();
+        assert!(off.contains("ledger 1 account 1: 11, expected 10"), "{off}");
+        assert!(compare(&opening, &effects, &[vec![10, 7]]).is_err());
+        assert!(compare(&opening, &effects, &[vec![10, 7], vec![13]]).is_err());
+    }
 }

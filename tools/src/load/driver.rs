@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -54,6 +54,10 @@ pub struct Workload {
     /// against a cluster, whose nodes remember the ids of earlier runs (a repeated id
     /// would be answered with the earlier outcome, not run again).
     pub id_base: u64,
+    /// Keep the transactions whose outcome the client never learned, to resubmit them
+    /// at the end (a cluster run's bank check); their history lines are written once
+    /// the outcome is known (`resolve_unknown`). Off: they are written `unknown` at once.
+    pub keep_unknown: bool,
 }
 
 /// Bits of an id below the run prefix of `Workload::id_base` (client index and sequence).
@@ -66,6 +70,7 @@ struct Transfer {
     from: (u8, u64),
     to: [(u8, u64, u64); TXN_LEGS_MAX - 1],
     credits: u8,
+    priority: Priority,
 }
 
 /// splitmix64: small, fast, and good enough to pick accounts.
@@ -145,6 +150,179 @@ impl AccountPicker {
     }
 }
 
+/// The committed effects of a run, per ledger and account: the sum of the amounts of
+/// every transfer acknowledged committed (a cluster run's bank check compares them with
+/// the balances the ledgers moved by).
+pub struct Effects {
+    ledgers: Vec<Vec<AtomicI64>>,
+}
+
+impl Effects {
+    /// Zero effects for ledgers of these account counts.
+    pub fn new(accounts: Vec<usize>) -> Effects {
+        Effects {
+            ledgers: accounts
+                .into_iter()
+                .map(|count| (0..count).map(|_| AtomicI64::new(0)).collect())
+                .collect(),
+        }
+    }
+
+    /// Adds `delta` to one account's effect. An account outside the ledgers is not
+    /// recorded: the comparison then shows its ledger's balance as moved.
+    pub fn add(&self, ledger: usize, account: usize, delta: i64) {
+        if let Some(effect) = self
+            .ledgers
+            .get(ledger)
+            .and_then(|accounts| accounts.get(account))
+        {
+            effect.fetch_add(delta, Ordering::Relaxed);
+        }
+    }
+
+    /// One account's effect.
+    pub fn get(&self, ledger: usize, account: usize) -> i128 {
+        self.ledgers
+            .get(ledger)
+            .and_then(|accounts| accounts.get(account))
+            .map_or(0, |effect| i128::from(effect.load(Ordering::Relaxed)))
+    }
+
+    /// Records a committed transfer: its debit and each credit.
+    fn apply(&self, transfer: &Transfer) {
+        let credits = &transfer.to[..transfer.credits as usize];
+        let total: u64 = credits.iter().map(|credit| credit.2).sum();
+        // Amounts are bounded by --amount-max (at most 1e9), so they fit an i64.
+        self.add(
+            transfer.from.0 as usize,
+            transfer.from.1 as usize,
+            -(total as i64),
+        );
+        for &(ledger, account, amount) in credits {
+            self.add(ledger as usize, account as usize, amount as i64);
+        }
+    }
+}
+
+/// A transaction whose outcome the client never learned (a lost connection).
+pub struct Unknown {
+    transfer: Transfer,
+}
+
+/// What resubmitting the unknown outcomes learned.
+pub struct Resolution {
+    /// History lines: the learned outcome of each, or `unknown` for those still unknown.
+    pub lines: Vec<String>,
+    pub committed: u64,
+    pub aborted: u64,
+    pub still_unknown: u64,
+}
+
+/// Pause between two rounds of resubmission, and after a failed connection.
+const RESUBMIT_PAUSE_MS: u64 = 100;
+
+/// Resubmits each unknown transaction with its id and legs until its outcome is known
+/// or `wait` passes: the cluster's id dedup answers a known id with its first outcome,
+/// and an id it never saw is run now. A committed one is added to `effects`. What the
+/// client cannot tell apart from "not run" (never sent, refused as a duplicate of an
+/// id still reserved somewhere, a lost connection) is asked again in the next round.
+pub fn resolve_unknown(
+    connect: impl Fn() -> Result<RemoteClient, String>,
+    unknown: Vec<Unknown>,
+    effects: &Effects,
+    wait: Duration,
+) -> Resolution {
+    let deadline = Instant::now() + wait;
+    let mut resolution = Resolution {
+        lines: Vec::new(),
+        committed: 0,
+        aborted: 0,
+        still_unknown: 0,
+    };
+    let mut left = unknown;
+    let mut client: Option<RemoteClient> = None;
+    while !left.is_empty() && Instant::now() < deadline {
+        if client.as_ref().is_none_or(RemoteClient::is_closed) {
+            client = connect().ok();
+        }
+        let Some(connected) = client.as_ref() else {
+            std::thread::sleep(Duration::from_millis(RESUBMIT_PAUSE_MS));
+            continue;
+        };
+        let mut sent = Vec::with_capacity(left.len());
+        for entry in left.drain(..) {
+            let ticket = submit_until(connected, build_txn(&entry.transfer), deadline);
+            sent.push((entry, ticket));
+        }
+        for (entry, ticket) in sent {
+            let left_time = deadline.saturating_duration_since(Instant::now());
+            let outcome = ticket.and_then(|ticket| ticket.wait_timeout(left_time).ok());
+            let word = match outcome {
+                Some(Outcome::Committed) => {
+                    effects.apply(&entry.transfer);
+                    resolution.committed += 1;
+                    "committed"
+                }
+                Some(Outcome::Aborted(AbortReason::Shutdown))
+                | Some(Outcome::Aborted(AbortReason::Rejected(
+                    tricommit_engine::proto::Reason::DUPLICATE,
+                )))
+                | Some(Outcome::InDoubt)
+                | None => {
+                    left.push(entry);
+                    continue;
+                }
+                Some(Outcome::Aborted(_)) => {
+                    resolution.aborted += 1;
+                    "aborted"
+                }
+            };
+            resolution
+                .lines
+                .extend(history_lines(&entry.transfer, word));
+        }
+        if !left.is_empty() {
+            std::thread::sleep(Duration::from_millis(RESUBMIT_PAUSE_MS));
+        }
+    }
+    for entry in left {
+        resolution.still_unknown += 1;
+        resolution
+            .lines
+            .extend(history_lines(&entry.transfer, "unknown"));
+    }
+    resolution
+}
+
+/// Submits `txn`, waiting out `Busy` (in short sleeps) until `deadline`.
+fn submit_until(client: &RemoteClient, txn: Txn, deadline: Instant) -> Option<Ticket> {
+    let mut txn = txn;
+    loop {
+        match client.submit(txn) {
+            Ok(ticket) => return Some(ticket),
+            Err(_) if Instant::now() >= deadline => return None,
+            Err(busy) => {
+                txn = busy.into_inner();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+/// The history lines of a payment: one per credit, so a split payment reads as
+/// transfers with one id (DESIGN §5's `id from_ledger from_account to_ledger to_account
+/// amount outcome`).
+fn history_lines(transfer: &Transfer, word: &str) -> Vec<String> {
+    let (from_ledger, from_account) = transfer.from;
+    transfer.to[..transfer.credits as usize]
+        .iter()
+        .map(|&(ledger, account, amount)| {
+            let id = transfer.id;
+            format!("{id} {from_ledger} {from_account} {ledger} {account} {amount} {word}")
+        })
+        .collect()
+}
+
 /// What every client shares with the main thread.
 pub struct Shared {
     /// The engine; replaced (under the write lock) when the failure scenario crashes and
@@ -160,6 +338,8 @@ pub struct Shared {
     pub rate_per_s: AtomicU64,
     /// Outcomes completed during the current sampling interval, per client.
     pub interval: Vec<Mutex<Histogram<u64>>>,
+    /// A cluster run's committed effects, for its bank check (`None` in-process).
+    pub effects: Option<Effects>,
 }
 
 /// Adds two counter snapshots.
@@ -196,6 +376,7 @@ impl Shared {
             busy: AtomicU64::new(0),
             rate_per_s: AtomicU64::new(rate_per_s),
             interval: (0..clients).map(|_| Mutex::new(histogram())).collect(),
+            effects: None,
         }
     }
 
@@ -209,12 +390,8 @@ impl Shared {
             busy: AtomicU64::new(0),
             rate_per_s: AtomicU64::new(rate_per_s),
             interval: (0..clients).map(|_| Mutex::new(histogram())).collect(),
+            effects: None,
         }
-    }
-
-    /// The network client of a cluster run.
-    pub fn remote_client(&self) -> Option<&RemoteClient> {
-        self.remote.as_ref()
     }
 
     /// Waits for the cluster's outstanding outcomes and closes the network client.
@@ -324,6 +501,9 @@ pub struct ClientResult {
     pub aborted_by_reason: Vec<(String, u64)>,
     pub in_doubt: u64,
     pub history: Option<PathBuf>,
+    /// Transactions whose outcome was never learned, kept for resubmission
+    /// (`Workload::keep_unknown`).
+    pub unknown: Vec<Unknown>,
     /// Transactions built, and how many of them with `Priority::High`.
     pub built: u64,
     pub built_high_priority: u64,
@@ -377,6 +557,7 @@ pub fn run_client(
             aborted_by_reason: Vec::new(),
             in_doubt: 0,
             history: plan.history.clone(),
+            unknown: Vec::new(),
             built: 0,
             built_high_priority: 0,
         },
@@ -448,6 +629,7 @@ impl Client<'_> {
             from: (ledger_at(0), self.picker.pick(&mut self.rng)),
             to: [(0, 0, 0); TXN_LEGS_MAX - 1],
             credits,
+            priority: Priority::Normal,
         };
         for credit in 0..credits as usize {
             let share =
@@ -459,14 +641,14 @@ impl Client<'_> {
             );
         }
         self.next_sequence += 1;
-        let priority = if self.rng.below(100) < self.workload.high_priority_percent as u64 {
+        transfer.priority = if self.rng.below(100) < self.workload.high_priority_percent as u64 {
             Priority::High
         } else {
             Priority::Normal
         };
         self.result.built += 1;
-        self.result.built_high_priority += u64::from(priority == Priority::High);
-        (transfer, build_txn(&transfer, priority))
+        self.result.built_high_priority += u64::from(transfer.priority == Priority::High);
+        (transfer, build_txn(&transfer))
     }
 
     /// Submits one transfer, waiting out `Busy` by reaping outcomes first.
@@ -592,6 +774,9 @@ impl Client<'_> {
                 if self.workload.record_committed {
                     self.result.committed_ids.push(transfer.id);
                 }
+                if let Some(effects) = &self.shared.effects {
+                    effects.apply(&transfer);
+                }
                 "committed"
             }
             Outcome::Aborted(reason) => {
@@ -607,6 +792,12 @@ impl Client<'_> {
                 }
                 "aborted"
             }
+            Outcome::InDoubt if self.workload.keep_unknown => {
+                // Resubmitted at the end; its line is written once the outcome is known.
+                self.result.in_doubt += 1;
+                self.result.unknown.push(Unknown { transfer });
+                return Ok(());
+            }
             Outcome::InDoubt => {
                 self.result.in_doubt += 1;
                 // DESIGN §5: an outcome the client never learned.
@@ -614,14 +805,8 @@ impl Client<'_> {
             }
         };
         if let Some(history) = self.history.as_mut() {
-            // One line per credit: a split payment reads as transfers with one id.
-            let (from_ledger, from_account) = transfer.from;
-            for &(ledger, account, amount) in &transfer.to[..transfer.credits as usize] {
-                let id = transfer.id;
-                writeln!(
-                    history,
-                    "{id} {from_ledger} {from_account} {ledger} {account} {amount} {word}"
-                )?;
+            for line in history_lines(&transfer, word) {
+                writeln!(history, "{line}")?;
             }
         }
         Ok(())
@@ -629,14 +814,14 @@ impl Client<'_> {
 }
 
 /// The engine transaction for a payment: a debit leg and one credit leg per credit.
-fn build_txn(transfer: &Transfer, priority: Priority) -> Txn {
+fn build_txn(transfer: &Transfer) -> Txn {
     let total: u64 = transfer.to[..transfer.credits as usize]
         .iter()
         .map(|credit| credit.2)
         .sum();
     let debit =
         LedgerOp::debit(transfer.from.1, total).expect("amounts are bounded by --amount-max");
-    let mut txn = Txn::new(TxnId(transfer.id), priority)
+    let mut txn = Txn::new(TxnId(transfer.id), transfer.priority)
         .with_leg(transfer.from.0, debit.encode())
         .expect("the first leg always fits");
     for &(ledger, account, amount) in &transfer.to[..transfer.credits as usize] {

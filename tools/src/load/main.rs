@@ -423,7 +423,7 @@ fn run(args: &Args) -> Result<bool, LoadError> {
         })?;
     }
     if let Some(path) = &args.history {
-        concatenate_history(path, &outcome.history_parts, &outcome.probe_history)?;
+        concatenate_history(path, &outcome.history_parts, &outcome.resolved_history)?;
     }
     if let Some(path) = &args.report {
         let rows = summary.rows();
@@ -448,8 +448,7 @@ fn run(args: &Args) -> Result<bool, LoadError> {
     if metrics_server.is_some() && args.metrics_linger_s > 0 {
         std::thread::sleep(Duration::from_secs(args.metrics_linger_s));
     }
-    // A check this run could not make is not a failure: the summary says how to make it.
-    Ok(summary.invariant_ok || summary.invariant_deferred.is_some())
+    Ok(summary.invariant_ok)
 }
 
 /// Everything a run measured.
@@ -461,17 +460,16 @@ pub struct RunOutcome {
     pub busy: u64,
     pub cpu_s: f64,
     pub invariant: Result<(), String>,
-    /// Why the bank invariant could not be checked by this run (a running cluster's
-    /// ledgers are not readable), and how to check it.
-    pub invariant_deferred: Option<String>,
+    /// What a cluster run's bank check compared, in words.
+    pub bank_check: Option<String>,
     pub scenario_figures: serde_json::Value,
     pub durability: Option<summary::Durability>,
     /// Extra open-and-shutdown passes the failure scenario needed before every
     /// transaction was decided everywhere.
     pub settle_passes: Option<u32>,
     pub history_parts: Vec<PathBuf>,
-    /// History lines of the cluster bank check's probe transfers.
-    pub probe_history: Vec<String>,
+    /// History lines of the outcomes a cluster run learned by resubmission at the end.
+    pub resolved_history: Vec<String>,
 }
 
 /// Stands in for the PostgreSQL shards in a build without them.
@@ -501,15 +499,24 @@ fn drive(
             Some(_) => cluster::run_prefix()?,
             None => 0,
         },
+        keep_unknown: args.cluster.is_some(),
     };
     let picker = driver::AccountPicker::new(args.accounts, args.skew);
     let initial_rate = match args.scenario {
         scenario::Scenario::Ramp | scenario::Scenario::Burst => 0,
         _ => args.rate,
     };
+    // A cluster run reads the opening balances before its first transfer.
+    let opening = match &args.cluster {
+        Some(dir) => Some(cluster::read_opening(dir)?),
+        None => None,
+    };
     let shared = match &args.cluster {
         Some(dir) => {
-            driver::Shared::remote(cluster::connect(dir)?, args.clients as usize, initial_rate)
+            let mut shared =
+                driver::Shared::remote(cluster::connect(dir)?, args.clients as usize, initial_rate);
+            shared.effects = opening.as_ref().map(cluster::Opening::effects);
+            shared
         }
         None => {
             let engine = Engine::open_observed(config.clone(), metrics)?;
@@ -552,7 +559,7 @@ fn drive(
     let samples = sampler.finish();
     let scenario_figures = figures?;
     let elapsed = started.elapsed();
-    let mut clients = Vec::new();
+    let mut clients: Vec<driver::ClientResult> = Vec::new();
     for result in results {
         clients.push(
             result
@@ -562,31 +569,24 @@ fn drive(
     }
     let mut counters = shared.counters();
     let busy = shared.busy.load(Ordering::Relaxed);
-    let mut probe_history = Vec::new();
-    let mut invariant_deferred = None;
+    let mut resolved_history = Vec::new();
+    let mut bank_check_described = None;
     let expected_total =
         args.ledgers as i128 * args.accounts as i128 * args.initial_balance as i128;
-    let (cpu_s, mut invariant) = match &args.cluster {
-        Some(dir) => {
-            let client = shared.remote_client().expect("a cluster run has a client");
-            let verdict = match cluster::check_bank(
-                dir,
-                client,
-                args.ledgers,
-                workload.id_base,
-                expected_total,
-                &mut probe_history,
-            )? {
-                cluster::BankVerdict::Checked(verdict) => verdict,
-                cluster::BankVerdict::Deferred(why) => {
-                    invariant_deferred = Some(why);
-                    Ok(())
-                }
-            };
+    let (cpu_s, mut invariant) = match (&args.cluster, &opening, &shared.effects) {
+        (Some(dir), Some(opening), Some(effects)) => {
+            // Every outcome the clients were waiting for is in (or known unknown).
             shared.close_remote();
-            (summary::cpu_seconds() - cpu_before, verdict)
+            let unknown = clients
+                .iter_mut()
+                .flat_map(|client| std::mem::take(&mut client.unknown))
+                .collect();
+            let check = cluster::check_bank(dir, opening, effects, unknown)?;
+            resolved_history = check.history;
+            bank_check_described = Some(check.described);
+            (summary::cpu_seconds() - cpu_before, check.verdict)
         }
-        None => {
+        _ => {
             let shutdown = shared.shutdown()?;
             // The drain happens during shutdown: only its final counters know how it
             // ended.
@@ -616,12 +616,12 @@ fn drive(
         busy,
         cpu_s,
         invariant,
-        invariant_deferred,
+        bank_check: bank_check_described,
         scenario_figures,
         durability,
         settle_passes,
         history_parts,
-        probe_history,
+        resolved_history,
     })
 }
 
