@@ -108,6 +108,12 @@ impl SiteObserver {
         self.metrics.site(self.me.0 as usize)
     }
 
+    /// The batch root spans this site shares with its process (the cluster's transport
+    /// reads and joins them to carry traces across processes).
+    pub fn spans(&self) -> &Arc<BatchSpans> {
+        &self.spans
+    }
+
     /// The engine-wide metrics, for the stages that share this site's thread.
     pub fn metrics(&self) -> &Arc<EngineMetrics> {
         &self.metrics
@@ -423,7 +429,11 @@ impl SiteObserver {
             Part::RoundAck { batch, elected, .. } if *elected == ELECTED_INITIAL => {
                 (*batch, Phase::PreCommit as u8)
             }
-            Part::Done { batch, .. } => (*batch, Phase::Commit as u8),
+            Part::Done { batch, .. } => {
+                // The last phase here: a root joined from another process closes too.
+                self.spans.remove_remote(*batch);
+                (*batch, Phase::Commit as u8)
+            }
             _ => return,
         };
         self.site_spans.remove(&key);

@@ -34,6 +34,7 @@ use crate::proto::{Coordinator, Output, Participant, SiteId};
 use crate::transport::codec::{BusyReply, ClientReply, Outcomes, REPLY_ITEMS_MAX};
 use crate::transport::{
     ClientId, ClientRequest, ClientResponder, Transport, TransportConfig, TransportError,
+    TransportObservers,
 };
 
 use super::config::{EngineConfig, ParticipantRm, ParticipantSpec};
@@ -208,7 +209,17 @@ impl Node {
             reconnect_backoff_ms_max: cluster.transport.reconnect_backoff_ms_max,
             accept_clients: site.id.0 == 0,
         };
-        let mut transport = Transport::start(transport_config, opened.inbox())?;
+        let observers = TransportObservers {
+            site_names: cluster
+                .site_entries()
+                .into_iter()
+                .map(|entry| entry.name)
+                .collect(),
+            spans: Some(opened.io.observe.spans().clone()),
+        };
+        let mut transport = Transport::start_observed(transport_config, opened.inbox(), observers)?;
+        // The scrape reads the transport's own counters: links, traffic, rejects.
+        opened.metrics.attach_transport(transport.stats(), site.id);
         let requests = transport.take_client_requests();
         let mut node = opened.run(transport.links())?;
         if let (Some(requests), Some(front)) = (requests, &node.front) {

@@ -353,6 +353,7 @@ fn run(args: &Args) -> Result<bool, LoadError> {
         args.log_format,
         args.otlp_endpoint.as_deref(),
         "tricommit-load",
+        None,
     )?;
     let metrics = Arc::new(EngineMetrics::new());
     let metrics_server = match &args.metrics_addr {
