@@ -13,14 +13,16 @@
 #   cluster-scraped  every node with --metrics-addr (cluster up --metrics-base-port),
 #                    each scraped every second with curl
 #   cluster-traced   every node with --otlp-endpoint to the loopback sink
+#   cluster-sampled  the same, tracing one batch in $SAMPLE (--trace-sample-every)
 # Environment: BIN (default target/release/tricommit-load), TRICOMMIT (default
-# target/release/tricommit), BASE_BIN, DURATION (5), BASE_PORT (22400: the cluster's
+# target/release/tricommit), BASE_BIN, DURATION (5), SAMPLE (64), BASE_PORT (22400: the cluster's
 # sites take BASE_PORT.., their metrics BASE_PORT+100..).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${BIN:-$PWD/target/release/tricommit-load}"
 TRICOMMIT="${TRICOMMIT:-$PWD/target/release/tricommit}"
 DURATION="${DURATION:-5}"
+SAMPLE="${SAMPLE:-64}"
 BASE_PORT="${BASE_PORT:-22400}"
 METRICS_PORT=$((BASE_PORT + 100))
 WORK="$(mktemp -d /tmp/tricommit-overhead.XXXXXX)"
@@ -91,6 +93,9 @@ for label in "$@"; do
       command=("$BIN" --cluster "$WORK/cluster") ;;
     cluster-traced)
       start_cluster --otlp-endpoint "http://127.0.0.1:$SINK_PORT"
+      command=("$BIN" --cluster "$WORK/cluster") ;;
+    cluster-sampled)
+      start_cluster --otlp-endpoint "http://127.0.0.1:$SINK_PORT" --trace-sample-every "$SAMPLE"
       command=("$BIN" --cluster "$WORK/cluster") ;;
     *) echo "unknown label $label" >&2; exit 2 ;;
   esac

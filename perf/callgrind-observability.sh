@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The cost of observability in instructions (valgrind --tool=callgrind), which repeat
 # from run to run where wall-clock throughput on a shared machine does not:
-#  1. instructions per committed transaction of the in-process engine, tracing off and
-#     on: two runs of tricommit-load each (SHORT and LONG seconds), the difference of
+#  1. instructions per committed transaction of the in-process engine, for each of
+#     MODES (off: no tracing; on: every batch traced to a loopback OTLP sink; sampled:
+#     one batch in SAMPLE traced): two runs of tricommit-load each (SHORT and LONG
+#     seconds), the difference of
 #     total instructions over the difference of committed transactions (start-up,
 #     ledger set-up and shutdown cancel out);
 #  2. instructions per scrape of the in-process engine: collection only inside the
@@ -11,7 +13,8 @@
 #  3. instructions per scrape of a cluster node: replica-0 of a 7-site cluster under
 #     callgrind (the other six native, peer_silent_ms_max raised to its 60 s limit so
 #     that valgrind's slowness does not drop links), the same toggle, SCRAPES scrapes.
-# Prints one line per figure. Environment: SHORT (3), LONG (6), SCRAPES (10),
+# Prints one line per figure. Environment: MODES ("off on sampled"), SAMPLE (64),
+# SHORT (3), LONG (6), SCRAPES (10),
 # BASE_PORT (22600: sites BASE_PORT.., replica-0's metrics BASE_PORT+50).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +22,8 @@ BIN="$PWD/target/release"
 SHORT="${SHORT:-3}"
 LONG="${LONG:-6}"
 SCRAPES="${SCRAPES:-10}"
+MODES="${MODES:-off on sampled}"
+SAMPLE="${SAMPLE:-64}"
 BASE_PORT="${BASE_PORT:-22600}"
 WORK="$(mktemp -d /tmp/tricommit-callgrind.XXXXXX)"
 PIDS=()
@@ -50,9 +55,13 @@ LOAD_FLAGS=(--accounts 1000 --segment-mib 8 --clients 1 --window 256)
 aborted() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['aborted'])" "$1"; }
 
 # 1. Instructions per committed transaction.
-for mode in off on; do
-  extra=()
-  [ "$mode" = on ] && extra=(--otlp-endpoint "http://127.0.0.1:$SINK_PORT")
+for mode in $MODES; do
+  case "$mode" in
+    off) extra=() ;;
+    on) extra=(--otlp-endpoint "http://127.0.0.1:$SINK_PORT") ;;
+    sampled) extra=(--otlp-endpoint "http://127.0.0.1:$SINK_PORT" --trace-sample-every "$SAMPLE") ;;
+    *) echo "unknown mode $mode" >&2; exit 2 ;;
+  esac
   for seconds in "$SHORT" "$LONG"; do
     valgrind --tool=callgrind --callgrind-out-file="cg.$mode.$seconds" \
       "$BIN/tricommit-load" "${LOAD_FLAGS[@]}" "${extra[@]}" --duration "$seconds" \

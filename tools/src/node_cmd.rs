@@ -86,6 +86,11 @@ pub struct NodeArgs {
     /// Off by default, and free when off.
     #[arg(long, value_name = "URL")]
     otlp_endpoint: Option<String>,
+    /// With --otlp-endpoint on the opening replica: trace one batch in N (1: every
+    /// batch); the other sites follow its choice.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(tricommit_engine::metrics::trace::SAMPLE_EVERY_MAX)))]
+    trace_sample_every: u32,
     /// How log lines are written to stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -99,6 +104,7 @@ pub fn run(args: NodeArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     }
+    tricommit_engine::metrics::trace::set_sample_every(args.trace_sample_every);
     // Dropped last, after the node stopped: it flushes the spans still buffered.
     let _telemetry = match metrics_trace::init(
         args.log_format,

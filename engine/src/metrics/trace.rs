@@ -15,7 +15,7 @@
 //! a span and a `TraceContext` and installs the conversion with [`set_bridge`].
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use crate::proto::BatchId;
@@ -27,7 +27,24 @@ pub const TRACE_CONTEXT_BYTES: usize = 16 + 8;
 /// at the other sites (the bound keeps a stuck pipeline from growing the map).
 pub const BATCH_SPANS_MAX: usize = 4_096;
 
+/// The largest sampling interval (`--trace-sample-every`).
+pub const SAMPLE_EVERY_MAX: u32 = 1_000_000;
+
 static ENABLED: AtomicBool = AtomicBool::new(false);
+static SAMPLE_EVERY: AtomicU32 = AtomicU32::new(1);
+
+/// Traces one batch in `every` opened at each coordinator (1, the default: every
+/// batch). The other sites follow the coordinator's choice: they trace a batch only
+/// when its root span exists (in process) or a TRACE part came with it (cluster).
+/// Clamped to `1..=SAMPLE_EVERY_MAX`.
+pub fn set_sample_every(every: u32) {
+    SAMPLE_EVERY.store(every.clamp(1, SAMPLE_EVERY_MAX), Ordering::Relaxed);
+}
+
+/// One batch in how many is traced.
+pub fn sample_every() -> u32 {
+    SAMPLE_EVERY.load(Ordering::Relaxed)
+}
 
 /// Whether batch spans are recorded at all.
 pub fn enabled() -> bool {

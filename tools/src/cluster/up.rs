@@ -35,6 +35,10 @@ pub struct UpArgs {
     /// Every node exports its batch spans to this OTLP/HTTP collector.
     #[arg(long, value_name = "URL")]
     otlp_endpoint: Option<String>,
+    /// With --otlp-endpoint: trace one batch in N (1: every batch).
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "otlp_endpoint",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(tricommit_engine::metrics::trace::SAMPLE_EVERY_MAX)))]
+    trace_sample_every: u32,
     /// How the nodes write their log lines (to the shared stderr).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -67,6 +71,8 @@ impl NodeOptions<'_> {
         if let Some(endpoint) = &self.args.otlp_endpoint {
             flags.push("--otlp-endpoint".to_owned());
             flags.push(endpoint.clone());
+            flags.push("--trace-sample-every".to_owned());
+            flags.push(self.args.trace_sample_every.to_string());
         }
         flags
     }
