@@ -6,7 +6,13 @@
 #  3. the dashboard check (ops/grafana/check_dashboard.py) against that scrape;
 #  4. a real Prometheus server on loopback scrapes `tricommit-load --metrics-addr` for a
 #     few seconds, evaluates the alert rules, and its HTTP API returns a non-zero
-#     commit rate.
+#     commit rate;
+#  5. a running cluster (`cluster up --metrics-base-port`): a replica's and a
+#     participant's scrape pass `promtool check metrics`, and hold samples of every
+#     name the dashboard and the alert rules use (no allow-list but `up`);
+#  6. the cargo tests of tools/tests/observability.rs with promtool present (a node's
+#     scrape, and one batch as one OTLP trace across the replica and participant
+#     processes).
 # Idempotent; installs what it needs on a fresh Debian machine (as root). Every child
 # is killed on every path, and every wait is bounded.
 set -euo pipefail
@@ -19,8 +25,9 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null \
     prometheus curl python3 ca-certificates
 fi
 
-cargo build --release -p tricommit-tools --bin tricommit-load
+cargo build --release -p tricommit-tools --bin tricommit-load --bin tricommit
 LOAD="$PWD/target/release/tricommit-load"
+TRICOMMIT="$PWD/target/release/tricommit"
 WORK="$(mktemp -d /tmp/tricommit-observability.XXXXXX)"
 PIDS=()
 cleanup() {
@@ -154,4 +161,50 @@ unhealthy = [rule["name"] for rule in rules if rule.get("health") not in ("ok", 
 assert rules and not unhealthy, f"rules failing to evaluate: {unhealthy}"
 print(f"Prometheus: {len(rules)} alert rules load and evaluate")
 PY
+
+echo "== 5. a cluster node's scrape: promtool check metrics, dashboard and rules"
+BASE="$(python3 - <<'PY'
+import random, socket
+for _ in range(200):
+    base = random.randrange(22000, 22990)
+    try:
+        sockets = []
+        for port in range(base, base + 8):
+            s = socket.socket(); s.bind(("127.0.0.1", port)); sockets.append(s)
+        print(base); break
+    except OSError:
+        continue
+    finally:
+        for s in sockets: s.close()
+PY
+)"
+"$TRICOMMIT" cluster init "$WORK/cluster" --replicas 2 --participants 2 --accounts 200 \
+  --base-port "$BASE" >/dev/null
+sed -i 's/segment_mib = 64/segment_mib = 8/' "$WORK/cluster/cluster.toml"
+(exec "$TRICOMMIT" cluster up "$WORK/cluster" --metrics-base-port "$((BASE + 4))" \
+  >"$WORK/up.out" 2>"$WORK/up.err") &
+UP_PID=$!
+PIDS+=("$UP_PID")
+for _ in $(seq 1 600); do grep -qx ready "$WORK/up.out" && break; sleep 0.1; done
+grep -qx ready "$WORK/up.out" || { cat "$WORK/up.err" >&2; echo "the cluster never got ready" >&2; exit 1; }
+"$LOAD" --cluster "$WORK/cluster" --duration 2 --clients 1 --window 256 >/dev/null 2>&1
+curl -fsS --max-time 10 "http://127.0.0.1:$((BASE + 4))/metrics" >"$WORK/node-replica.txt"
+curl -fsS --max-time 10 "http://127.0.0.1:$((BASE + 6))/metrics" >"$WORK/node-participant.txt"
+promtool check metrics <"$WORK/node-replica.txt"
+promtool check metrics <"$WORK/node-participant.txt"
+grep -q '^tricommit_link_up{peer="participant-1"} 1$' "$WORK/node-replica.txt"
+for scrape in node-replica node-participant; do
+  python3 ops/grafana/check_dashboard.py ops/grafana/tricommit.json "$WORK/$scrape.txt" \
+    ops/grafana/node-allow-list.txt ops/prometheus/alerts.yml
+done
+kill -TERM "$UP_PID"
+wait "$UP_PID"
+
+echo "== 6. cargo tests: a node's scrape, one batch as one trace across processes"
+cargo test --release -p tricommit-tools --test observability -- --nocapture 2>&1 \
+  | tee "$WORK/cargo-observability.txt"
+if grep -q SKIPPED "$WORK/cargo-observability.txt"; then
+  echo "a check was skipped although promtool is installed" >&2
+  exit 1
+fi
 echo "observability checks passed"

@@ -7,6 +7,7 @@ use clap::Parser;
 mod cluster;
 mod ledger_cmd;
 mod metrics_http;
+mod metrics_trace;
 mod node_cmd;
 #[cfg(feature = "pg")]
 mod pg_cmd;

@@ -112,11 +112,14 @@ pub fn traces_url(endpoint: &str) -> Result<String, TelemetryError> {
     Ok(endpoint.to_owned())
 }
 
-/// Installs the log subscriber and, with an endpoint, the OTLP span exporter.
+/// Installs the log subscriber and, with an endpoint, the OTLP span exporter. Spans
+/// carry `service.name` and, when given, `service.instance.id` (a node's site name),
+/// so that a collector tells the processes of one trace apart.
 pub fn init(
     format: LogFormat,
     otlp_endpoint: Option<&str>,
     service_name: &'static str,
+    instance: Option<&str>,
 ) -> Result<TelemetryGuard, TelemetryError> {
     // Batch spans never reach the log; everything else at INFO and above does.
     let log_filter = Targets::new()
@@ -152,9 +155,14 @@ pub fn init(
         .with_timeout(OTLP_TIMEOUT)
         .build()
         .map_err(|error| TelemetryError::Exporter(error.to_string()))?;
-    let resource = opentelemetry_sdk::Resource::builder()
-        .with_service_name(service_name)
-        .build();
+    let mut resource = opentelemetry_sdk::Resource::builder().with_service_name(service_name);
+    if let Some(instance) = instance {
+        resource = resource.with_attribute(opentelemetry::KeyValue::new(
+            "service.instance.id",
+            instance.to_owned(),
+        ));
+    }
+    let resource = resource.build();
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_resource(resource)
@@ -169,6 +177,11 @@ pub fn init(
         .with(span_layer)
         .try_init()
         .map_err(|error| TelemetryError::Install(error.to_string()))?;
+    // The cluster's transport converts spans to and from the contexts its frames carry.
+    tricommit_engine::metrics::trace::set_bridge(tricommit_engine::metrics::trace::SpanBridge {
+        context_of,
+        attach_parent,
+    });
     tricommit_engine::metrics::trace::set_enabled(true);
     Ok(TelemetryGuard {
         provider: Some(provider),
@@ -176,9 +189,8 @@ pub fn init(
 }
 
 /// The trace context of `span`, to carry in a frame, when it is exported (tracing on
-/// and an OTLP layer installed); `None` otherwise. For the cluster's node binary: the
-/// opener puts its batch span's context in the frames of that batch.
-#[allow(dead_code)] // Used by the node (cluster issue) and the tests; not by the load generator.
+/// and an OTLP layer installed); `None` otherwise. The node's transport puts a traced
+/// batch's context after each part that starts a phase at its receiver.
 pub fn context_of(span: &tracing::Span) -> Option<TraceContext> {
     use opentelemetry::trace::TraceContextExt;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -195,7 +207,6 @@ pub fn context_of(span: &tracing::Span) -> Option<TraceContext> {
 
 /// Makes `span` a child of the remote parent a frame carried, so that one batch is one
 /// trace across processes. Call it before the span is entered or closed.
-#[allow(dead_code)] // Used by the node (cluster issue) and the tests; not by the load generator.
 pub fn attach_parent(span: &tracing::Span, parent: TraceContext) {
     use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId};
     use tracing_opentelemetry::OpenTelemetrySpanExt;

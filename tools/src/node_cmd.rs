@@ -3,10 +3,17 @@
 //! It recovers the site from `DIR/<site>/`, starts its transport and serves until
 //! SIGTERM or SIGINT, then drains and exits 0. It prints `ready <site>` on stdout once
 //! its links to every other site are up (what `cluster up` waits for). Bad input (the
-//! cluster files, the site name, a port in use) exits 2; a failure while running
-//! exits 1.
+//! cluster files, the site name, a port in use, a bad `--otlp-endpoint`) exits 2; a
+//! failure while running exits 1.
+//!
+//! Logs go to stderr through `tracing-subscriber` (`--log-format text|json`), one line
+//! per event: recovery, termination rounds, link up and down, rejected frames,
+//! equivocation evidence; never one per transaction. `--otlp-endpoint` exports the
+//! site's batch spans; the transport carries each batch's trace context between the
+//! processes, so that one batch is one trace across the cluster.
 
 use crate::metrics_http::{HealthCheck, MetricsServer};
+use crate::metrics_trace::{self, LogFormat};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -74,6 +81,19 @@ pub struct NodeArgs {
     /// links are up) on HOST:PORT while the node runs.
     #[arg(long, value_name = "HOST:PORT")]
     metrics_addr: Option<String>,
+    /// Export this site's batch spans over OTLP/HTTP (protobuf) to this collector,
+    /// e.g. http://127.0.0.1:4318 (`/v1/traces` is added when the URL has no path).
+    /// Off by default, and free when off.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    /// With --otlp-endpoint on the opening replica: trace one batch in N (1: every
+    /// batch); the other sites follow its choice.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(tricommit_engine::metrics::trace::SAMPLE_EVERY_MAX)))]
+    trace_sample_every: u32,
+    /// How log lines are written to stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 pub fn run(args: NodeArgs) -> ExitCode {
@@ -84,6 +104,20 @@ pub fn run(args: NodeArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     }
+    tricommit_engine::metrics::trace::set_sample_every(args.trace_sample_every);
+    // Dropped last, after the node stopped: it flushes the spans still buffered.
+    let _telemetry = match metrics_trace::init(
+        args.log_format,
+        args.otlp_endpoint.as_deref(),
+        "tricommit-node",
+        Some(&args.site),
+    ) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("tricommit: error: {}: {error}", args.site);
+            return ExitCode::from(2);
+        }
+    };
     let node = match Node::start(&args.cluster, &args.site) {
         Ok(node) => node,
         Err(error) => {

@@ -20,9 +20,11 @@ use prometheus_client::registry::{Registry, Unit};
 
 use super::histogram::HistogramSnapshot;
 use super::{
-    EngineMetrics, Phase, ABORT_REASON_LABELS, BUSY_REASON_LABELS, FRAME_REJECT_LABELS,
-    PRIORITY_LABELS, TERMINATION_RESULT_LABELS,
+    EngineMetrics, Phase, ABORT_REASON_LABELS, BUSY_REASON_LABELS, PRIORITY_LABELS,
+    TERMINATION_RESULT_LABELS,
 };
+use crate::proto::SiteId;
+use crate::transport::{PeerStats, RejectReason};
 
 /// Microseconds per second, for the `_seconds` families recorded in microseconds.
 const US_PER_SECOND: f64 = 1e6;
@@ -176,7 +178,8 @@ impl prometheus_client::collector::Collector for EngineCollector {
         let (replica_sites, participant_sites) = sites.split_at(replicas.min(sites.len()));
         encode_replicas(replica_sites, &mut families)?;
         encode_participants(participant_sites, &mut families)?;
-        encode_links(m, &mut families)
+        encode_evidence(m, participant_sites, replicas, &mut families)?;
+        encode_links(m, &labels, &mut families)
     }
 }
 
@@ -264,11 +267,31 @@ fn encode_load(m: &EngineMetrics, f: &mut Families<'_, '_>) -> Result<(), std::f
         "tricommit_failovers",
         "Times a client moved to another coordinator replica (cluster client; 0 in-process).",
         load(&m.failovers),
-    )?;
-    f.counter(
+    )
+}
+
+/// Equivocation evidence, per participant (the signer).
+fn encode_evidence(
+    m: &EngineMetrics,
+    participant_sites: &[Site<'_>],
+    replicas: usize,
+    f: &mut Families<'_, '_>,
+) -> Result<(), std::fmt::Error> {
+    let evidence: Vec<(Labels<'_>, u64)> = participant_sites
+        .iter()
+        .enumerate()
+        .map(|(index, (label, _))| {
+            let count = m
+                .equivocation_evidence
+                .get(replicas + index)
+                .map_or(0, load);
+            (vec![("participant", *label)], count)
+        })
+        .collect();
+    f.labelled_counters(
         "tricommit_equivocation_evidence",
-        "Conflicting signed votes for one batch found and kept as evidence (cluster).",
-        load(&m.equivocation_evidence),
+        "Pairs of different signed votes by one participant for one batch, kept as evidence (cluster).",
+        &evidence,
     )
 }
 
@@ -397,20 +420,69 @@ fn encode_participants(
     )
 }
 
-/// The cluster's link families: no samples until a transport registers its links.
-fn encode_links(m: &EngineMetrics, f: &mut Families<'_, '_>) -> Result<(), std::fmt::Error> {
-    let links = m.links_snapshot();
-    let each = |read: &dyn Fn(&super::LinkMetrics) -> u64| -> Vec<(Labels<'_>, u64)> {
-        links
+/// The cluster's link families, read from the attached transport's own counters; no
+/// samples until a node attaches one (`EngineMetrics::attach_transport`).
+fn encode_links(
+    m: &EngineMetrics,
+    labels: &[String],
+    f: &mut Families<'_, '_>,
+) -> Result<(), std::fmt::Error> {
+    let attached = m.transport();
+    let stats = attached.as_ref().map(|attached| &attached.stats);
+    // Every other site of the topology, with its link's counters.
+    let links: Vec<(&str, &PeerStats)> = match &attached {
+        Some(attached) => labels
             .iter()
-            .map(|(peer, link)| (vec![("peer", peer.as_str())], read(link)))
-            .collect()
+            .enumerate()
+            .filter(|(index, _)| *index != attached.me.0 as usize)
+            .filter_map(|(index, label)| {
+                let peer = attached.stats.peer(SiteId(index as u8))?;
+                Some((label.as_str(), peer))
+            })
+            .collect(),
+        None => Vec::new(),
     };
+    encode_link_state(&links, f)?;
+    encode_link_traffic(&links, f)?;
+    let rejected: Vec<(Labels<'_>, u64)> = match stats {
+        Some(stats) => RejectReason::ALL
+            .iter()
+            .map(|reason| (vec![("reason", reason.name())], stats.rejects(*reason)))
+            .collect(),
+        None => Vec::new(),
+    };
+    f.labelled_counters(
+        "tricommit_frames_rejected",
+        "Frames the transport refused, each closing its connection, by reason (docs/wire-format.md).",
+        &rejected,
+    )?;
+    const CLIENTS_HELP: &str = "Network clients connected to this node now.";
+    const BUSY_HELP: &str = "Client transactions the transport answered Busy itself because the node's request queue was full.";
+    match stats {
+        Some(stats) => {
+            let clients = load(&stats.clients_connected) as i64;
+            f.gauge("tricommit_clients_connected", CLIENTS_HELP, clients)?;
+            let busy = load(&stats.client_txns_busy_total);
+            f.counter("tricommit_transport_busy_transactions", BUSY_HELP, busy)
+        }
+        // Declared without samples, as the other link families.
+        None => {
+            f.labelled_gauges("tricommit_clients_connected", CLIENTS_HELP, &[])?;
+            f.labelled_counters("tricommit_transport_busy_transactions", BUSY_HELP, &[])
+        }
+    }
+}
+
+/// Link state, reconnects and downs, per peer.
+fn encode_link_state(
+    links: &[(&str, &PeerStats)],
+    f: &mut Families<'_, '_>,
+) -> Result<(), std::fmt::Error> {
     let up: Vec<(Labels<'_>, i64)> = links
         .iter()
-        .map(|(peer, link)| {
-            let up = link.up.load(Ordering::Relaxed);
-            (vec![("peer", peer.as_str())], i64::from(up))
+        .map(|(peer, stats)| {
+            let up = stats.up.load(Ordering::Relaxed);
+            (vec![("peer", *peer)], i64::from(up))
         })
         .collect();
     f.labelled_gauges(
@@ -418,55 +490,81 @@ fn encode_links(m: &EngineMetrics, f: &mut Families<'_, '_>) -> Result<(), std::
         "1 while the authenticated connection to the peer is up, else 0.",
         &up,
     )?;
+    let reconnects: Vec<(Labels<'_>, u64)> = links
+        .iter()
+        .map(|(peer, stats)| {
+            // Every handshake after the first one re-established the link.
+            let connects = load(&stats.connects_total);
+            (vec![("peer", *peer)], connects.saturating_sub(1))
+        })
+        .collect();
+    f.labelled_counters(
+        "tricommit_link_reconnects",
+        "Handshakes with the peer after the first one (the link was re-established).",
+        &reconnects,
+    )?;
+    let mut downs = Vec::new();
+    for (peer, stats) in links {
+        let all = load(&stats.downs_total);
+        let silent = load(&stats.silent_downs_total).min(all);
+        downs.push((vec![("peer", *peer), ("cause", "silent")], silent));
+        downs.push((vec![("peer", *peer), ("cause", "closed")], all - silent));
+    }
+    f.labelled_counters(
+        "tricommit_link_downs",
+        "Times the link went down: the peer was silent too long, or the connection closed.",
+        &downs,
+    )
+}
+
+/// Frames, bytes and dropped frames, per peer.
+fn encode_link_traffic(
+    links: &[(&str, &PeerStats)],
+    f: &mut Families<'_, '_>,
+) -> Result<(), std::fmt::Error> {
     let mut frames = Vec::new();
     let mut bytes = Vec::new();
-    for (peer, link) in &links {
-        let peer = peer.as_str();
+    let mut dropped = Vec::new();
+    for (peer, stats) in links {
+        let peer = *peer;
         frames.push((
             vec![("peer", peer), ("direction", "sent")],
-            load(&link.frames_sent),
+            load(&stats.frames_out_total),
         ));
         frames.push((
             vec![("peer", peer), ("direction", "received")],
-            load(&link.frames_received),
+            load(&stats.frames_in_total),
         ));
         bytes.push((
             vec![("peer", peer), ("direction", "sent")],
-            load(&link.bytes_sent),
+            load(&stats.bytes_out_total),
         ));
         bytes.push((
             vec![("peer", peer), ("direction", "received")],
-            load(&link.bytes_received),
+            load(&stats.bytes_in_total),
         ));
+        for (reason, counter) in [
+            ("link_down", &stats.frames_dropped_down_total),
+            ("inbox_full", &stats.frames_dropped_inbox_total),
+            ("oversized", &stats.parts_dropped_oversized_total),
+        ] {
+            dropped.push((vec![("peer", peer), ("reason", reason)], load(counter)));
+        }
     }
     f.labelled_counters(
         "tricommit_link_frames",
-        "Frames per link and direction.",
+        "Wire frames per link and direction (heartbeats included).",
         &frames,
     )?;
     f.labelled_counters(
         "tricommit_link_bytes",
-        "Bytes per link and direction.",
+        "Bytes per link and direction, frame headers and MACs included.",
         &bytes,
     )?;
     f.labelled_counters(
-        "tricommit_link_reconnects",
-        "Connections re-established to the peer.",
-        &each(&|link| load(&link.reconnects)),
-    )?;
-    let mut rejected = Vec::new();
-    for (peer, link) in &links {
-        for (reason, count) in FRAME_REJECT_LABELS.iter().zip(link.frames_rejected.iter()) {
-            rejected.push((
-                vec![("peer", peer.as_str()), ("reason", *reason)],
-                load(count),
-            ));
-        }
-    }
-    f.labelled_counters(
-        "tricommit_frames_rejected",
-        "Frames rejected (and their connection closed), by peer and reason.",
-        &rejected,
+        "tricommit_link_frames_dropped",
+        "Site frames toward or from the peer dropped: link down, local inbox full, or a part too large (the protocol retransmits).",
+        &dropped,
     )
 }
 
@@ -527,23 +625,37 @@ mod tests {
     }
 
     #[test]
-    fn registered_links_are_exported_per_peer() {
-        // Proves that a transport's link metrics appear under the peer label, and that
-        // registering a peer twice hands back the same counters.
+    fn an_attached_transport_is_exported_per_peer_and_evidence_per_participant() {
+        // Proves that the link families read the attached transport's own counters,
+        // name peers by site (never the node itself), count reconnects as handshakes
+        // after the first, and that equivocation evidence is counted per signer.
         let metrics = Arc::new(EngineMetrics::new());
-        metrics.set_topology(1, 1);
-        let link = metrics.link("replica-1").expect("room for a link");
-        link.up.store(true, Ordering::Relaxed);
-        link.reject(crate::metrics::FrameReject::Mac);
-        let again = metrics.link("replica-1").expect("same link");
-        again.frames_sent.fetch_add(7, Ordering::Relaxed);
+        metrics.set_topology(2, 2);
         let text = encode_text(&metrics).expect("encodes");
-        assert!(text.contains("tricommit_link_up{peer=\"replica-1\"} 1"));
+        assert!(text.contains("# TYPE tricommit_link_up gauge"));
+        assert!(!text.contains("tricommit_link_up{"));
+        let stats = Arc::new(crate::transport::TransportStats::new(4));
+        let peer = stats.peer(SiteId(2)).expect("a peer");
+        peer.up.store(true, Ordering::Relaxed);
+        peer.connects_total.store(3, Ordering::Relaxed);
+        peer.frames_out_total.store(7, Ordering::Relaxed);
+        stats.count_reject(RejectReason::BadMac);
+        metrics.attach_transport(stats, SiteId(0));
+        metrics.record_equivocation_evidence(crate::proto::BatchId(5), SiteId(3));
+        let text = encode_text(&metrics).expect("encodes");
+        assert!(text.contains("tricommit_link_up{peer=\"participant-0\"} 1"));
+        assert!(text.contains("tricommit_link_up{peer=\"replica-1\"} 0"));
+        assert!(!text.contains("peer=\"replica-0\""));
+        assert!(text
+            .contains("tricommit_link_frames_total{peer=\"participant-0\",direction=\"sent\"} 7"));
+        assert!(text.contains("tricommit_link_reconnects_total{peer=\"participant-0\"} 2"));
+        assert!(text.contains("tricommit_frames_rejected_total{reason=\"bad_mac\"} 1"));
+        assert!(text.contains("tricommit_frames_rejected_total{reason=\"bad_magic\"} 0"));
         assert!(
-            text.contains("tricommit_link_frames_total{peer=\"replica-1\",direction=\"sent\"} 7")
+            text.contains("tricommit_equivocation_evidence_total{participant=\"participant-1\"} 1")
         );
         assert!(
-            text.contains("tricommit_frames_rejected_total{peer=\"replica-1\",reason=\"mac\"} 1")
+            text.contains("tricommit_equivocation_evidence_total{participant=\"participant-0\"} 0")
         );
     }
 }

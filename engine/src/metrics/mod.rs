@@ -9,21 +9,23 @@
 //! with one `Registry::register_collector` call (see [`collect::EngineCollector`]).
 //!
 //! Every family, its labels and its meaning is listed in docs/ops.md ("Metrics").
-//! The link, frame-rejection, equivocation and failover families are declared here for
-//! the cluster's transport and client, which record into [`LinkMetrics`] and the
-//! engine-wide counters; an in-process engine exports them without samples (links) or
-//! at zero.
+//! The link and frame-rejection families are the cluster transport's own counters
+//! ([`TransportStats`]), read at scrape time once a node attaches its transport
+//! ([`EngineMetrics::attach_transport`]); an in-process engine declares them without
+//! samples. Equivocation evidence and failovers are engine-wide counters (0
+//! in-process).
 
 pub mod collect;
 pub mod histogram;
 pub mod observe;
 pub mod trace;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::pipeline::{AbortReason, Admission, BusyReason, Outcome, Priority};
-use crate::proto::{Reason, SITES_MAX};
+use crate::proto::{BatchId, Reason, SiteId, SITES_MAX};
+use crate::transport::TransportStats;
 
 pub use collect::{encode_prometheus_text, encode_text, EngineCollector};
 pub use histogram::{
@@ -31,9 +33,6 @@ pub use histogram::{
     LATENCY_BOUNDS_US,
 };
 pub use trace::{TraceContext, TRACE_CONTEXT_BYTES};
-
-/// Links (peers) a node may register; bounds the exposition and the registration list.
-pub const LINKS_MAX: usize = SITES_MAX;
 
 /// The phases of a batch, as the active coordinator sees them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,22 +99,6 @@ pub enum TerminationResult {
     PreAbortRound = 3,
 }
 
-/// Why a transport rejected a frame, as a label value (see DESIGN §7: header first, then
-/// the MAC, then the body).
-pub const FRAME_REJECT_LABELS: [&str; 6] =
-    ["header", "length", "mac", "body", "sequence", "handshake"];
-
-/// Why a frame was rejected; the transport closes the connection after counting it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FrameReject {
-    Header = 0,
-    Length = 1,
-    Mac = 2,
-    Body = 3,
-    Sequence = 4,
-    Handshake = 5,
-}
-
 /// Per-site counters and histograms. One per site id, allocated up front, so that a
 /// site records into its own cache lines without any lookup.
 #[derive(Debug)]
@@ -165,23 +148,11 @@ impl SiteMetrics {
     }
 }
 
-/// One link of a node to a peer (cluster transport). Registered once per peer at
-/// startup; the transport then records into it directly.
-#[derive(Debug, Default)]
-pub struct LinkMetrics {
-    pub up: AtomicBool,
-    pub frames_sent: AtomicU64,
-    pub frames_received: AtomicU64,
-    pub bytes_sent: AtomicU64,
-    pub bytes_received: AtomicU64,
-    pub reconnects: AtomicU64,
-    pub frames_rejected: [AtomicU64; FRAME_REJECT_LABELS.len()],
-}
-
-impl LinkMetrics {
-    pub fn reject(&self, reason: FrameReject) {
-        self.frames_rejected[reason as usize].fetch_add(1, Ordering::Relaxed);
-    }
+/// A node's transport, attached for the scrape: its counters and the site it runs.
+#[derive(Debug, Clone)]
+pub struct AttachedTransport {
+    pub stats: Arc<TransportStats>,
+    pub me: SiteId,
 }
 
 /// Every metric of one engine (or one node). Create it once per process and hand it to
@@ -207,13 +178,14 @@ pub struct EngineMetrics {
     pub rejections: [[AtomicU64; BUSY_REASON_LABELS.len()]; PRIORITY_LABELS.len()],
     /// Clients that moved to another coordinator replica (cluster client).
     pub failovers: AtomicU64,
-    /// Pairs of conflicting signed votes found (cluster).
-    pub equivocation_evidence: AtomicU64,
+    /// Pairs of conflicting signed votes found (cluster), by the signing participant's
+    /// site id.
+    pub equivocation_evidence: [AtomicU64; SITES_MAX],
     /// The admission of the engine that runs now, for the in-flight gauge; read (and
     /// locked) only at scrape time and when an engine opens.
     admission: Mutex<Option<Weak<Admission>>>,
-    /// Registered links, in registration order; locked at registration and scrape only.
-    links: Mutex<Vec<(String, Arc<LinkMetrics>)>>,
+    /// The node's transport, once attached; locked at attachment and scrape only.
+    transport: Mutex<Option<AttachedTransport>>,
 }
 
 impl Default for EngineMetrics {
@@ -242,9 +214,9 @@ impl EngineMetrics {
             in_doubt_txns: AtomicU64::new(0),
             rejections: Default::default(),
             failovers: AtomicU64::new(0),
-            equivocation_evidence: AtomicU64::new(0),
+            equivocation_evidence: std::array::from_fn(|_| AtomicU64::new(0)),
             admission: Mutex::new(None),
-            links: Mutex::new(Vec::new()),
+            transport: Mutex::new(None),
         }
     }
 
@@ -327,29 +299,38 @@ impl EngineMetrics {
         self.rejections[priority][reason].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Registers the link to `peer` (once per peer, at startup) and returns what its
-    /// transport records into. A peer registered twice gets the same metrics; `None`
-    /// once [`LINKS_MAX`] peers are registered.
-    pub fn link(&self, peer: &str) -> Option<Arc<LinkMetrics>> {
-        let mut links = self
-            .links
+    /// Attaches a node's transport: from then on every scrape exports its link
+    /// state, traffic, reconnects and rejected frames, read from the transport's own
+    /// counters (nothing is recorded twice). `me` is the node's own site (it has no
+    /// link to itself). A second call replaces the first.
+    pub fn attach_transport(&self, stats: Arc<TransportStats>, me: SiteId) {
+        let mut slot = self
+            .transport
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some((_, link)) = links.iter().find(|(name, _)| name == peer) {
-            return Some(link.clone());
-        }
-        if links.len() >= LINKS_MAX {
-            return None;
-        }
-        let link = Arc::new(LinkMetrics::default());
-        links.push((peer.to_owned(), link.clone()));
-        Some(link)
+        *slot = Some(AttachedTransport { stats, me });
     }
 
-    fn links_snapshot(&self) -> Vec<(String, Arc<LinkMetrics>)> {
-        self.links
+    /// The attached transport, if any (scrape time).
+    pub fn transport(&self) -> Option<AttachedTransport> {
+        self.transport
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
+    }
+
+    /// Records that `participant` signed two different votes for `batch`: the evidence
+    /// is kept by the caller; this counts it and logs it (one line per piece of
+    /// evidence, a rare event that a person must look at).
+    pub fn record_equivocation_evidence(&self, batch: BatchId, participant: SiteId) {
+        let Some(count) = self.equivocation_evidence.get(participant.0 as usize) else {
+            return;
+        };
+        count.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            batch = batch.0,
+            participant = %self.site_label(participant.0 as usize),
+            "equivocation evidence: two different signed votes for one batch"
+        );
     }
 }

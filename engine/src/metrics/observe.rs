@@ -72,6 +72,8 @@ pub struct SiteObserver {
     /// This site's open phase spans (tracing on), by batch and phase.
     site_spans: HashMap<(BatchId, u8), tracing::Span>,
     in_doubt_refreshed_us: u64,
+    /// Batches this coordinator opened while tracing was on (for sampling).
+    traced_candidates: u64,
     sync_started_us: Option<u64>,
     bytes_since_sync: u64,
 }
@@ -94,6 +96,7 @@ impl SiteObserver {
             clock,
             site_spans: HashMap::new(),
             in_doubt_refreshed_us: 0,
+            traced_candidates: 0,
             sync_started_us: None,
             bytes_since_sync: 0,
         }
@@ -106,6 +109,12 @@ impl SiteObserver {
 
     fn site(&self) -> &SiteMetrics {
         self.metrics.site(self.me.0 as usize)
+    }
+
+    /// The batch root spans this site shares with its process (the cluster's transport
+    /// reads and joins them to carry traces across processes).
+    pub fn spans(&self) -> &Arc<BatchSpans> {
+        &self.spans
     }
 
     /// The engine-wide metrics, for the stages that share this site's thread.
@@ -151,7 +160,7 @@ impl SiteObserver {
         if self.batches.len() >= BATCHES_TRACKED_MAX {
             return;
         }
-        let (root, phase) = if trace::enabled() {
+        let (root, phase) = if trace::enabled() && self.sampled() {
             let root =
                 tracing::info_span!(target: "tricommit::batch", "batch", batch = batch.0, txns);
             let phase = tracing::info_span!(target: "tricommit::batch", parent: &root, "prepare", batch = batch.0, site = self.me.0);
@@ -173,6 +182,13 @@ impl SiteObserver {
                 phase,
             },
         );
+    }
+
+    /// Whether the batch being opened is traced: one in `trace::sample_every()`.
+    fn sampled(&mut self) -> bool {
+        let candidate = self.traced_candidates;
+        self.traced_candidates += 1;
+        candidate % u64::from(trace::sample_every()) == 0
     }
 
     /// Every transaction of `batch` is decided and on its way to the clients.
@@ -423,7 +439,11 @@ impl SiteObserver {
             Part::RoundAck { batch, elected, .. } if *elected == ELECTED_INITIAL => {
                 (*batch, Phase::PreCommit as u8)
             }
-            Part::Done { batch, .. } => (*batch, Phase::Commit as u8),
+            Part::Done { batch, .. } => {
+                // The last phase here: a root joined from another process closes too.
+                self.spans.remove_remote(*batch);
+                (*batch, Phase::Commit as u8)
+            }
             _ => return,
         };
         self.site_spans.remove(&key);
@@ -569,5 +589,22 @@ mod tests {
             .collect();
         assert_eq!(results, vec![1, 0, 1, 0]);
         assert_eq!(pending(), 0);
+    }
+
+    #[test]
+    fn one_batch_in_every_n_is_sampled_for_tracing() {
+        // Proves the sampling rule of `--trace-sample-every`: the first batch and then
+        // every n-th one the coordinator opens is traced, and n = 1 traces them all.
+        let (_, mut observer) = observer(COORDINATOR);
+        trace::set_sample_every(4);
+        let picks: Vec<bool> = (0..8).map(|_| observer.sampled()).collect();
+        trace::set_sample_every(1);
+        assert_eq!(
+            picks,
+            vec![true, false, false, false, true, false, false, false]
+        );
+        assert!((0..3).all(|_| observer.sampled()));
+        trace::set_sample_every(0);
+        assert_eq!(trace::sample_every(), 1);
     }
 }

@@ -35,7 +35,7 @@ use crate::proto::{Coordinator, Output, Participant, SiteId};
 use crate::transport::codec::{BusyReply, ClientReply, Outcomes, REPLY_ITEMS_MAX};
 use crate::transport::{
     ClientId, ClientRequest, ClientResponder, Transport, TransportConfig, TransportError,
-    BALANCE_QUERIES_MAX,
+    TransportObservers, BALANCE_QUERIES_MAX,
 };
 
 use super::config::{EngineConfig, ParticipantRm, ParticipantSpec};
@@ -226,7 +226,17 @@ impl Node {
             accept_clients: site.id.0 == 0,
             balance_queries: query_sender,
         };
-        let mut transport = Transport::start(transport_config, opened.inbox())?;
+        let observers = TransportObservers {
+            site_names: cluster
+                .site_entries()
+                .into_iter()
+                .map(|entry| entry.name)
+                .collect(),
+            spans: Some(opened.io.observe.spans().clone()),
+        };
+        let mut transport = Transport::start_observed(transport_config, opened.inbox(), observers)?;
+        // The scrape reads the transport's own counters: links, traffic, rejects.
+        opened.metrics.attach_transport(transport.stats(), site.id);
         opened.io.ledger_queries = query_receiver.map(|receiver| {
             ledger_query::LedgerQueries::new(receiver, transport.client_responder())
         });

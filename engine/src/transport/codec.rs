@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use crate::metrics::trace::{TraceContext, TRACE_CONTEXT_BYTES};
 use crate::pipeline::{AbortReason, BusyReason, Outcome, Priority};
 use crate::proto::record::{put_desc, put_set, put_u32, put_u64, Reader};
 use crate::proto::{
@@ -40,6 +41,9 @@ pub mod part_tag {
     pub const HELP: u8 = 10;
     pub const DONE: u8 = 11;
     pub const FORGET: u8 = 12;
+    /// Not a protocol part: the trace context of the part before it (tracing only).
+    /// Tags 13.. are the protocol's to take; wire-only parts start at 64.
+    pub const TRACE: u8 = 64;
 }
 
 /// Bytes of one encoded operation (`txn u64 | payload`).
@@ -128,16 +132,62 @@ pub fn encode_parts(parts: &[Part], buf: &mut Vec<u8>) {
     }
 }
 
-/// Decodes a site frame's body (`count u32 | parts`), consuming all of it.
+/// Decodes a site frame's body (`count u32 | parts`), consuming all of it. TRACE parts
+/// are checked and dropped (see [`decode_parts_traced`]).
 pub fn decode_parts(body: &[u8]) -> Result<Vec<Part>, CodecError> {
+    let mut traces = Vec::new();
+    decode_parts_traced(body, &mut traces)
+}
+
+/// Decodes a site frame's body, and appends to `traces` the context of every TRACE
+/// part with the batch of the part it follows. The parts returned are the protocol's
+/// only. A TRACE part must follow a part that [`starts_phase`] (one TRACE each), and
+/// its ids must be valid (not all zero); anything else is an error, like any bad body.
+pub fn decode_parts_traced(
+    body: &[u8],
+    traces: &mut Vec<(BatchId, TraceContext)>,
+) -> Result<Vec<Part>, CodecError> {
     let mut reader = Reader::new(body);
     let count = count_field(&mut reader, "parts", FRAME_PARTS_MAX, 9)?;
     let mut parts = Vec::with_capacity(count);
+    // The batch a TRACE part may follow now: set by a phase-starting part, cleared
+    // by any other part and by a TRACE (one per part).
+    let mut traceable: Option<BatchId> = None;
     for _ in 0..count {
-        parts.push(decode_part(&mut reader)?);
+        let tag = reader.u8()?;
+        if tag == part_tag::TRACE {
+            let batch = traceable.take().ok_or(CodecError::Inconsistent(
+                "a TRACE part that follows no phase-starting part",
+            ))?;
+            let mut bytes = [0u8; TRACE_CONTEXT_BYTES];
+            bytes.copy_from_slice(reader.take(TRACE_CONTEXT_BYTES)?);
+            let context = TraceContext::decode(&bytes)
+                .map_err(|_| CodecError::Inconsistent("a trace context with an all-zero id"))?;
+            traces.push((batch, context));
+            continue;
+        }
+        let part = decode_tagged(tag, &mut reader)?;
+        traceable = starts_phase(&part);
+        parts.push(part);
     }
     reader.finish()?;
     Ok(parts)
+}
+
+/// The batch of a part that starts a phase at its receiver (PREPARE, ROUND, DECIDE):
+/// the parts a TRACE part may follow.
+pub fn starts_phase(part: &Part) -> Option<BatchId> {
+    match part {
+        Part::Prepare { desc, .. } => Some(desc.batch),
+        Part::Round { batch, .. } | Part::Decide { batch, .. } => Some(*batch),
+        _ => None,
+    }
+}
+
+/// Appends a TRACE part: `tag | trace_id [16] | span_id [8]`.
+pub fn encode_trace(context: &TraceContext, buf: &mut Vec<u8>) {
+    buf.push(part_tag::TRACE);
+    buf.extend_from_slice(&context.encode());
 }
 
 /// Appends one part: its tag, then its fields.
@@ -260,8 +310,8 @@ fn put_optional_desc(buf: &mut Vec<u8>, desc: Option<&DescriptorRef>) {
     }
 }
 
-fn decode_part(reader: &mut Reader<'_>) -> Result<Part, CodecError> {
-    let tag = reader.u8()?;
+/// Decodes the fields of a part whose tag was read. An unknown tag is an error.
+fn decode_tagged(tag: u8, reader: &mut Reader<'_>) -> Result<Part, CodecError> {
     let part = match tag {
         part_tag::PREPARE => decode_prepare(reader)?,
         part_tag::VOTES => decode_votes(reader)?,
@@ -558,4 +608,114 @@ fn outcome_from(tag: u8, reason: u16) -> Result<Outcome, CodecError> {
             })
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{Descriptor, TxnSet};
+
+    const CONTEXT: TraceContext = TraceContext {
+        trace_id: [7; 16],
+        span_id: [9; 8],
+    };
+
+    fn prepare(batch: u64) -> Part {
+        Part::Prepare {
+            desc: Arc::new(Descriptor {
+                batch: BatchId(batch),
+                txns: vec![TxnId(1)],
+                members: vec![0b1],
+            }),
+            ops: Vec::<Op>::new().into(),
+        }
+    }
+
+    fn votes(batch: u64) -> Part {
+        Part::Votes {
+            batch: BatchId(batch),
+            yes: TxnSet::full(1),
+            read_only: TxnSet::empty(1),
+            no: Vec::new(),
+        }
+    }
+
+    /// A body of `count` parts from raw part bytes.
+    fn body(count: u32, parts: &[u8]) -> Vec<u8> {
+        let mut body = count.to_le_bytes().to_vec();
+        body.extend_from_slice(parts);
+        body
+    }
+
+    #[test]
+    fn a_trace_part_travels_with_the_part_it_follows() {
+        // Proves the TRACE layout: after a phase-starting part, it decodes into that
+        // part's batch and context, is not handed on as a protocol part, and a plain
+        // `decode_parts` accepts and drops it.
+        let mut parts = Vec::new();
+        encode_part(&prepare(3), &mut parts);
+        encode_trace(&CONTEXT, &mut parts);
+        encode_part(&votes(4), &mut parts);
+        let decide = Part::Decide {
+            batch: BatchId(5),
+            commit: TxnSet::full(1),
+            abort: TxnSet::empty(1),
+            desc: None,
+        };
+        encode_part(&decide, &mut parts);
+        encode_trace(&CONTEXT, &mut parts);
+        let body = body(5, &parts);
+        let mut traces = Vec::new();
+        let decoded = decode_parts_traced(&body, &mut traces).expect("decodes");
+        assert_eq!(decoded.len(), 3);
+        assert_eq!(traces, vec![(BatchId(3), CONTEXT), (BatchId(5), CONTEXT)]);
+        assert_eq!(decode_parts(&body).expect("decodes").len(), 3);
+        assert_eq!(starts_phase(&decoded[1]), None);
+    }
+
+    #[test]
+    fn a_misplaced_or_invalid_trace_part_is_a_bad_body() {
+        // Proves that a TRACE part must follow a phase-starting part, once, with valid
+        // ids, and that an unknown tag next to it is still refused.
+        let mut trace = Vec::new();
+        encode_trace(&CONTEXT, &mut trace);
+        let mut prepare_bytes = Vec::new();
+        encode_part(&prepare(3), &mut prepare_bytes);
+        let mut votes_bytes = Vec::new();
+        encode_part(&votes(3), &mut votes_bytes);
+        let first = body(2, &[trace.clone(), prepare_bytes.clone()].concat());
+        let after_votes = body(2, &[votes_bytes, trace.clone()].concat());
+        let twice = body(
+            3,
+            &[prepare_bytes.clone(), trace.clone(), trace.clone()].concat(),
+        );
+        let mut zero = Vec::new();
+        encode_trace(
+            &TraceContext {
+                trace_id: [0; 16],
+                span_id: [1; 8],
+            },
+            &mut zero,
+        );
+        let zero = body(2, &[prepare_bytes.clone(), zero].concat());
+        let short = body(2, &[prepare_bytes.clone(), trace[..10].to_vec()].concat());
+        let unknown = body(2, &[prepare_bytes, vec![part_tag::TRACE + 1]].concat());
+        for (name, bad) in [
+            ("first", first),
+            ("after votes", after_votes),
+            ("twice", twice),
+            ("zero id", zero),
+            ("short", short),
+        ] {
+            let mut traces = Vec::new();
+            assert!(
+                decode_parts_traced(&bad, &mut traces).is_err(),
+                "{name} decoded"
+            );
+        }
+        assert!(matches!(
+            decode_parts(&unknown),
+            Err(CodecError::PartTag(tag)) if tag == part_tag::TRACE + 1
+        ));
+    }
 }

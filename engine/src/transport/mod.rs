@@ -25,7 +25,9 @@ mod stats;
 mod tcp;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+use crate::metrics::trace::BatchSpans;
 use crate::proto::{SiteId, SITES_MAX};
 
 pub use crate::runtime::{Frame, Links};
@@ -64,6 +66,19 @@ pub const HANDSHAKES_MAX: usize = 256;
 pub const HEARTBEAT_INTERVAL_MS_MAX: u64 = 60_000;
 pub const PEER_SILENT_MS_MAX_MAX: u64 = 600_000;
 pub const RECONNECT_BACKOFF_MS_MAX_MAX: u64 = 600_000;
+
+/// What a node hands its transport beyond the configuration, for observability.
+#[derive(Clone, Debug, Default)]
+pub struct TransportObservers {
+    /// The sites' names by id (`replica-0`, …) for the link up/down log lines;
+    /// `site-N` where one is missing.
+    pub site_names: Vec<String>,
+    /// The process's batch root spans (the site's `SiteObserver` shares them). With
+    /// tracing on, a TRACE part follows every phase-starting part of a traced batch,
+    /// and the TRACE parts that arrive join their traces here. `None`: no TRACE part
+    /// is ever sent, and those that arrive are checked and dropped.
+    pub spans: Option<Arc<BatchSpans>>,
+}
 
 /// Where this site listens, who its peers are, and the link timing.
 #[derive(Clone)]

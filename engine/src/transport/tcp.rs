@@ -44,12 +44,14 @@ use super::frame::{
 };
 use super::stats::TransportStats;
 use super::{
-    TransportConfig, TransportError, CLIENTS_MAX, CLIENT_REPLIES_MAX, CLIENT_REQUESTS_MAX,
-    CLIENT_WRITE_BYTES_MAX, HANDSHAKES_MAX, PEER_QUEUE_FRAMES_MAX, PEER_WRITE_BYTES_MAX,
+    TransportConfig, TransportError, TransportObservers, CLIENTS_MAX, CLIENT_REPLIES_MAX,
+    CLIENT_REQUESTS_MAX, CLIENT_WRITE_BYTES_MAX, HANDSHAKES_MAX, PEER_QUEUE_FRAMES_MAX,
+    PEER_WRITE_BYTES_MAX,
 };
+use crate::metrics::trace::{BatchSpans, TraceContext};
 use crate::pipeline::mpsc::{channel, MpscReceiver, MpscSender};
 use crate::pipeline::{BusyReason, Doorbell, PushError, WakeHook};
-use crate::proto::SiteId;
+use crate::proto::{BatchId, SiteId};
 use crate::runtime::{Frame, Links};
 
 const LISTENER: Token = Token(0);
@@ -128,6 +130,16 @@ impl Transport {
         config: TransportConfig,
         inbox: MpscSender<Frame>,
     ) -> Result<Transport, TransportError> {
+        Transport::start_observed(config, inbox, TransportObservers::default())
+    }
+
+    /// [`Transport::start`], with the names its log lines give the sites and the
+    /// batch spans it carries across processes (see [`TransportObservers`]).
+    pub fn start_observed(
+        config: TransportConfig,
+        inbox: MpscSender<Frame>,
+        observers: TransportObservers,
+    ) -> Result<Transport, TransportError> {
         let sites = config.validate()?;
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -191,6 +203,17 @@ impl Transport {
             popped: Vec::new(),
             reply_batch: Vec::new(),
             flush_tokens: Vec::new(),
+            names: (0..sites)
+                .map(|index| {
+                    observers
+                        .site_names
+                        .get(index)
+                        .cloned()
+                        .unwrap_or_else(|| format!("site-{index}"))
+                })
+                .collect(),
+            spans: observers.spans,
+            traces: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("tricommit-transport".into())
@@ -402,6 +425,7 @@ impl Conn {
 }
 
 /// Why a connection is being closed.
+#[derive(Clone, Copy)]
 enum CloseCause {
     Rejected(RejectReason),
     PeerClosed,
@@ -410,6 +434,21 @@ enum CloseCause {
     Replaced,
     SlowClient,
     Shutdown,
+}
+
+impl CloseCause {
+    /// A stable name for log lines.
+    fn name(self) -> &'static str {
+        match self {
+            CloseCause::Rejected(reason) => reason.name(),
+            CloseCause::PeerClosed => "peer_closed",
+            CloseCause::Io => "io_error",
+            CloseCause::Silent => "silent",
+            CloseCause::Replaced => "replaced",
+            CloseCause::SlowClient => "slow_client",
+            CloseCause::Shutdown => "shutdown",
+        }
+    }
 }
 
 struct EventLoop {
@@ -440,6 +479,12 @@ struct EventLoop {
     reply_batch: Vec<(ClientId, ClientReply)>,
     /// Reused: the connections with bytes to write at the end of a turn.
     flush_tokens: Vec<Token>,
+    /// The sites' names, by id, for log lines.
+    names: Vec<String>,
+    /// The process's batch root spans, when it carries traces across processes.
+    spans: Option<Arc<BatchSpans>>,
+    /// Reused: the trace contexts of the frame being decoded.
+    traces: Vec<(BatchId, TraceContext)>,
 }
 
 impl EventLoop {
@@ -858,8 +903,20 @@ impl EventLoop {
         }
         if let Some(stats) = self.stats.peer(site) {
             stats.up.store(true, Ordering::Relaxed);
-            stats.connects_total.fetch_add(1, Ordering::Relaxed);
+            let connects = stats.connects_total.fetch_add(1, Ordering::Relaxed) + 1;
+            // One line per handshake: a link event, never a per-frame one.
+            tracing::info!(
+                site = %self.name(self.config.me),
+                peer = %self.name(site),
+                connects,
+                "link up"
+            );
         }
+    }
+
+    /// A site's name for log lines.
+    fn name(&self, site: SiteId) -> &str {
+        self.names.get(site.0 as usize).map_or("?", String::as_str)
     }
 
     fn handle_site_frame(&mut self, site: SiteId, frame: OpenFrame) -> Result<(), RejectReason> {
@@ -870,7 +927,16 @@ impl EventLoop {
             kind::HEARTBEAT if frame.body.is_empty() => Ok(()),
             kind::HEARTBEAT => Err(RejectReason::BadBody),
             kind::SITE => {
-                let parts = codec::decode_parts(&frame.body).map_err(|_| RejectReason::BadBody)?;
+                self.traces.clear();
+                let parts = codec::decode_parts_traced(&frame.body, &mut self.traces)
+                    .map_err(|_| RejectReason::BadBody)?;
+                // Joined before the frame reaches the site, so that its phase spans
+                // find their root. Nothing to do when this process does not trace.
+                if let Some(spans) = &self.spans {
+                    for (batch, context) in self.traces.drain(..) {
+                        spans.join_remote(batch, context);
+                    }
+                }
                 if self.inbox.push(Frame { from: site, parts }).is_err() {
                     if let Some(stats) = self.stats.peer(site) {
                         stats
@@ -998,13 +1064,23 @@ impl EventLoop {
             for part in &frame.parts {
                 scratch.clear();
                 codec::encode_part(part, &mut scratch);
+                // A traced batch's phase-starting part takes its TRACE part along, in
+                // the same frame. Without spans (tracing off) nothing is looked up.
+                let mut scratch_parts = 1;
+                let context = self.spans.as_ref().and_then(|spans| {
+                    codec::starts_phase(part).and_then(|batch| spans.wire_context(batch))
+                });
+                if let Some(context) = context {
+                    codec::encode_trace(&context, &mut scratch);
+                    scratch_parts = 2;
+                }
                 if 4 + scratch.len() > FRAME_BODY_BYTES_MAX {
                     stats
                         .parts_dropped_oversized_total
                         .fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                let full = part_count as usize == FRAME_PARTS_MAX
+                let full = part_count as usize + scratch_parts > FRAME_PARTS_MAX
                     || 4 + parts_body.len() + scratch.len() > FRAME_BODY_BYTES_MAX;
                 if full {
                     seal_parts(conn, me, cluster_id, part_count, &parts_body);
@@ -1013,7 +1089,7 @@ impl EventLoop {
                     part_count = 0;
                 }
                 parts_body.extend_from_slice(&scratch);
-                part_count += 1;
+                part_count += scratch_parts as u32;
             }
         }
         if part_count > 0 {
@@ -1201,6 +1277,14 @@ impl EventLoop {
         };
         let _ = self.poll.registry().deregister(&mut conn.stream);
         let _ = conn.stream.shutdown(Shutdown::Both);
+        if let CloseCause::Rejected(reason) = cause {
+            // One line per refused connection (each closes it), with the reason.
+            tracing::warn!(
+                site = %self.name(self.config.me),
+                reason = reason.name(),
+                "frame rejected; connection closed"
+            );
+        }
         let site = match conn.role {
             Some(Role::Site(site)) => Some(site),
             Some(Role::Client(client)) => {
@@ -1226,6 +1310,12 @@ impl EventLoop {
         if let Some(stats) = self.stats.peer(site) {
             if stats.up.swap(false, Ordering::Relaxed) {
                 stats.downs_total.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    site = %self.name(self.config.me),
+                    peer = %self.name(site),
+                    cause = cause.name(),
+                    "link down"
+                );
             }
             if matches!(cause, CloseCause::Silent) {
                 stats.silent_downs_total.fetch_add(1, Ordering::Relaxed);

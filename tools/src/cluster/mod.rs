@@ -3,7 +3,6 @@
 mod init;
 mod up;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(clap::Subcommand)]
@@ -14,15 +13,12 @@ pub enum ClusterCommand {
     /// Start every site of the cluster in DIR as a child process (`tricommit node`),
     /// print `ready` once every node has all its links up, and stop them all on
     /// SIGINT or SIGTERM. Exits non-zero, naming it, if a node dies.
-    Up {
-        /// The cluster directory.
-        dir: PathBuf,
-    },
+    Up(up::UpArgs),
 }
 
 pub fn run(command: ClusterCommand) -> ExitCode {
     match command {
         ClusterCommand::Init(args) => init::run(args),
-        ClusterCommand::Up { dir } => up::run(&dir),
+        ClusterCommand::Up(args) => up::run(&args),
     }
 }

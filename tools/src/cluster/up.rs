@@ -4,16 +4,79 @@
 //! link up to every other site (and, on `replica-0`, takes clients); `cluster up`
 //! prints `ready` once every node has. Other lines of the nodes' stdout are passed on
 //! prefixed with the site's name; their stderr is passed through.
+//!
+//! Observability options are passed on to every node: `--metrics-base-port P` gives
+//! site i (replicas first, in site-id order) `--metrics-addr HOST:P+i`,
+//! `--otlp-endpoint` and `--log-format` go to every node as they are.
 
 use std::io::{BufRead, Write};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use tricommit_engine::client::config::{load_key, ClusterConfig};
+
+use crate::metrics_trace::LogFormat;
+
+#[derive(clap::Args)]
+pub struct UpArgs {
+    /// The cluster directory.
+    dir: PathBuf,
+    /// Serve every node's `/metrics` and `/healthz`: site i (replicas first, in
+    /// site-id order) on `--metrics-host`:P+i.
+    #[arg(long, value_name = "P", value_parser = clap::value_parser!(u16).range(1..))]
+    metrics_base_port: Option<u16>,
+    /// The host the nodes' metrics servers bind.
+    #[arg(long, default_value = "127.0.0.1", requires = "metrics_base_port")]
+    metrics_host: String,
+    /// Every node exports its batch spans to this OTLP/HTTP collector.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    /// With --otlp-endpoint: trace one batch in N (1: every batch).
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "otlp_endpoint",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(tricommit_engine::metrics::trace::SAMPLE_EVERY_MAX)))]
+    trace_sample_every: u32,
+    /// How the nodes write their log lines (to the shared stderr).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// What every node is started with besides its site.
+struct NodeOptions<'a> {
+    args: &'a UpArgs,
+}
+
+impl NodeOptions<'_> {
+    /// The node's observability flags; `index` is its site id.
+    fn flags(&self, index: usize) -> Vec<String> {
+        let mut flags = vec![
+            "--log-format".to_owned(),
+            match self.args.log_format {
+                LogFormat::Text => "text",
+                LogFormat::Json => "json",
+            }
+            .to_owned(),
+        ];
+        if let Some(base) = self.args.metrics_base_port {
+            flags.push("--metrics-addr".to_owned());
+            flags.push(format!(
+                "{}:{}",
+                self.args.metrics_host,
+                usize::from(base) + index
+            ));
+        }
+        if let Some(endpoint) = &self.args.otlp_endpoint {
+            flags.push("--otlp-endpoint".to_owned());
+            flags.push(endpoint.clone());
+            flags.push("--trace-sample-every".to_owned());
+            flags.push(self.args.trace_sample_every.to_string());
+        }
+        flags
+    }
+}
 
 /// How often the supervisor looks at signals and children.
 const POLL_MS: u64 = 20;
@@ -99,7 +162,8 @@ fn signal(child: &Child, number: libc::c_int) {
     }
 }
 
-pub fn run(dir: &Path) -> ExitCode {
+pub fn run(args: &UpArgs) -> ExitCode {
+    let dir = args.dir.as_path();
     let cluster = match ClusterConfig::load(dir).and_then(|cluster| {
         load_key(dir)?;
         Ok(cluster)
@@ -110,6 +174,17 @@ pub fn run(dir: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let sites = cluster.site_entries().len();
+    if let Some(base) = args.metrics_base_port {
+        if usize::from(base) + sites > usize::from(u16::MAX) + 1 {
+            eprintln!(
+                "tricommit: error: --metrics-base-port {base}: {sites} sites need ports up to {}, above 65535",
+                usize::from(base) + sites - 1
+            );
+            return ExitCode::from(2);
+        }
+    }
+    let options = NodeOptions { args };
     let stop = Arc::new(AtomicBool::new(false));
     for number in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         if let Err(error) = signal_hook::flag::register(number, stop.clone()) {
@@ -120,7 +195,9 @@ pub fn run(dir: &Path) -> ExitCode {
     let (lines, receiver) = mpsc::sync_channel(LINES_QUEUED_MAX);
     let mut children = Children { sites: Vec::new() };
     for site in cluster.site_entries() {
-        match spawn_node(dir, &site.name, children.sites.len(), lines.clone()) {
+        let index = children.sites.len();
+        let flags = options.flags(index);
+        match spawn_node(dir, &site.name, &flags, index, lines.clone()) {
             Ok(child) => children.sites.push((site.name, child)),
             Err(error) => {
                 eprintln!("tricommit: error: cannot start {}: {error}", site.name);
@@ -136,6 +213,7 @@ pub fn run(dir: &Path) -> ExitCode {
 fn spawn_node(
     dir: &Path,
     name: &str,
+    flags: &[String],
     index: usize,
     lines: mpsc::SyncSender<(usize, String)>,
 ) -> std::io::Result<Child> {
@@ -145,6 +223,7 @@ fn spawn_node(
         .args(["node", "--cluster"])
         .arg(dir)
         .args(["--site", name])
+        .args(flags)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());

@@ -190,6 +190,10 @@ pub struct Args {
     /// http:// URL (`/v1/traces` is added when it has no path). Off when not given.
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+    /// With --otlp-endpoint: trace one batch in N (1: every batch).
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(tricommit_engine::metrics::trace::SAMPLE_EVERY_MAX)))]
+    pub trace_sample_every: u32,
     /// How log lines (recovery, torn tails, termination; never per transaction) are
     /// written to stderr.
     #[arg(long, value_enum, default_value = "text")]
@@ -349,10 +353,12 @@ fn run(args: &Args) -> Result<bool, LoadError> {
     if let Some(address) = &args.iso8583 {
         return run_iso8583(address, args);
     }
+    tricommit_engine::metrics::trace::set_sample_every(args.trace_sample_every);
     let _telemetry = metrics_trace::init(
         args.log_format,
         args.otlp_endpoint.as_deref(),
         "tricommit-load",
+        None,
     )?;
     let metrics = Arc::new(EngineMetrics::new());
     let metrics_server = match &args.metrics_addr {
