@@ -25,6 +25,7 @@
 
 pub mod checkpoint;
 mod coordinator;
+pub mod ids;
 mod member;
 pub mod msg;
 mod participant;
@@ -235,6 +236,11 @@ pub struct Completion {
     /// no vote, or `Reason::TIMEOUT` for a missing vote. Aborts decided by termination
     /// (or a DECIDE from another site) carry no reason. Sorted by index.
     pub reasons: Vec<(u32, Reason)>,
+    /// For aborts whose reason is [`Reason::HELD_BY_BATCH`] (a resend of an id another
+    /// batch holds): that batch, and the id's outcome there, which is what the client
+    /// must hear (never [`ids::HeldOutcome::Pending`] outside the machine). Sorted by
+    /// index.
+    pub held: Vec<(u32, BatchId, ids::HeldOutcome)>,
 }
 
 /// The actions a state machine asks its driver to perform. Reused across calls: the
