@@ -272,27 +272,19 @@ fn an_unknown_holder_is_waited_for_a_bounded_time() {
     assert!(HELD_WAITS_MAX > 0);
 }
 
-/// Rebuilds participant `index` of `net` from its log (optionally from its last
-/// checkpoint with `snapshot`).
-fn recovered(net: &Net, index: usize, snapshot: Option<&[u8]>) -> Participant<Bank> {
-    let site = [P1, P2][index];
+/// Participant `index`'s log as a restart sees it: from its last checkpoint marker on
+/// (its records before it recycled) with a snapshot, else up to that marker (the
+/// checkpoint never happened).
+fn log_of(net: &Net, index: usize, checkpointed: bool) -> Vec<Record> {
     let records = &net.logs[index];
-    let start = match snapshot {
-        None => 0,
-        Some(_) => records
-            .iter()
-            .rposition(|record| matches!(record, Record::Checkpoint { .. }))
-            .expect("a checkpoint"),
-    };
-    Participant::recover_checkpointed(
-        config(),
-        site,
-        Bank::new(2, 100),
-        snapshot,
-        &records[start..],
-        0,
-    )
-    .expect("recovery")
+    let marker = records
+        .iter()
+        .rposition(|record| matches!(record, Record::Checkpoint { .. }))
+        .unwrap_or(records.len());
+    match checkpointed {
+        true => records[marker..].to_vec(),
+        false => records[..marker].to_vec(),
+    }
 }
 
 // Proves that the index survives a restart, from the log alone and from a checkpoint
@@ -325,7 +317,10 @@ fn the_index_survives_restarts_and_checkpoints() {
     .into();
     for from_checkpoint in [false, true] {
         let snapshot = from_checkpoint.then_some(snapshot.as_slice());
-        let mut participant = recovered(&net, 0, snapshot);
+        let log = log_of(&net, 0, from_checkpoint);
+        let mut participant =
+            Participant::recover_checkpointed(config(), P1, Bank::new(2, 100), snapshot, &log, 0)
+                .expect("recovery");
         assert_eq!(participant.rm().balances()[0], 70);
         let mut out = Output::default();
         let prepare = Part::Prepare {
@@ -351,14 +346,7 @@ fn the_index_survives_restarts_and_checkpoints() {
         assert_eq!(participant.rm().balances()[0], 70, "nothing was reserved");
         assert!(!participant.rm().holds(TxnId(7)));
         // The refusals replay alike: the log with the resend's record recovers too.
-        let mut records: Vec<Record> = net.logs[0].clone();
-        if from_checkpoint {
-            let at = records
-                .iter()
-                .rposition(|r| matches!(r, Record::Checkpoint { .. }))
-                .expect("marker");
-            records.drain(..at);
-        }
+        let mut records = log;
         records.extend(out.appends.drain(..).map(|(_, record)| record));
         let again = Participant::recover_checkpointed(
             config(),
@@ -454,11 +442,16 @@ fn the_engine_refuses_resends_after_a_reopen() {
     assert_eq!((after[0][0], after[1][0]), (65, 135), "a resend moved money");
 }
 
-// Proves the same across checkpoints: after enough load that every participant
-// checkpointed (and recycled the segments holding the first batches), a reopened
-// engine still refuses every early id with its first outcome and applies none again.
+// Proves that a checkpointed engine, reopened, still refuses recent ids with their
+// first outcome and applies none again: after enough load that every participant
+// checkpointed (tiny segments), so that its id index came back from a checkpoint group
+// and the log after it.
 #[test]
-fn the_engine_refuses_resends_across_checkpoints() {
+fn the_engine_refuses_resends_after_checkpoints() {
+    const TXNS_PER_THREAD: u64 = 20_000;
+    /// The last transfers of each client thread that are resent: fewer than the index
+    /// bound of these tiny segments (`EngineConfig::held_ids_decided_max`).
+    const RESENT_PER_THREAD: u64 = 100;
     let dir = temp_dir();
     let bank = TestBank {
         ledgers: 4,
@@ -472,29 +465,33 @@ fn the_engine_refuses_resends_across_checkpoints() {
     config.batch_txns_max = 256;
     config.log_segments_max = Some(2);
     config.compact_postings = true;
+    assert!(config.held_ids_decided_max() as u64 > 2 * RESENT_PER_THREAD);
     let engine = Engine::open(config.clone()).expect("open");
     let clients = Clients {
         threads: 2,
-        txns_per_thread: 3_000,
+        txns_per_thread: TXNS_PER_THREAD,
         id_first: 1,
         seed: 11,
     };
     let acked = engine_support::run_clients(&engine, &bank, clients);
     let before = balances(&engine.shutdown().expect("shutdown"));
-    let snapshots = std::fs::read_dir(dir.path().join("participant-0"))
+    let participant_files: Vec<String> = std::fs::read_dir(dir.path().join("participant-0"))
         .expect("participant directory")
-        .filter(|entry| {
-            entry.as_ref().is_ok_and(|e| {
-                e.file_name().to_string_lossy().starts_with("snapshot-")
-            })
-        })
-        .count();
-    assert!(snapshots > 0, "participant-0 never checkpointed");
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .collect();
+    assert!(
+        participant_files.iter().any(|name| name.starts_with("snapshot-"))
+            && !participant_files.contains(&"00000000000000000001.wal".to_owned()),
+        "participant-0 never checkpointed: {participant_files:?}"
+    );
 
     let engine = Engine::open(config).expect("reopen");
-    let early: Vec<_> = acked.iter().filter(|(t, _)| t.id <= 200).collect();
-    assert!(!early.is_empty());
-    for (transfer, first) in early {
+    let recent: Vec<_> = acked
+        .iter()
+        .filter(|(t, _)| (t.id - 1) % TXNS_PER_THREAD >= TXNS_PER_THREAD - RESENT_PER_THREAD)
+        .collect();
+    assert_eq!(recent.len() as u64, 2 * RESENT_PER_THREAD);
+    for (transfer, first) in recent {
         let again = outcome(&engine, transfer.txn());
         match first {
             Acked::Committed => assert_eq!(again, TicketOutcome::Committed, "{transfer:?}"),

@@ -42,15 +42,18 @@ use super::rm::{Op, Reason, TxnId};
 use super::types::{BatchId, Outcome, State, TxnSet};
 use super::Completion;
 
-/// Decided ids a participant remembers at least (and at most: eviction is exact).
-/// About 60 bytes each in memory, and 25 bytes each in every checkpoint group.
+/// Decided ids a participant remembers at least (and at most: eviction is exact), by
+/// default (`ProtoConfig::held_ids_decided_max`). About 70 bytes each in memory, and
+/// [`CARRIED_ID_BYTES`] each in every checkpoint group.
 pub const HELD_IDS_DECIDED_MAX: usize = 1 << 18;
+/// Bytes of one carried id in a checkpoint record.
+pub const CARRIED_ID_BYTES: usize = 25;
 
 /// The most entries one [`Record::CarriedIds`] holds (25 bytes each), so that a
 /// carried record stays far below the smallest record bound a test configures.
 pub const CARRIED_IDS_PER_RECORD_MAX: usize = 512;
 
-const _: () = assert!(CARRIED_IDS_PER_RECORD_MAX * 25 < 16 << 10);
+const _: () = assert!(CARRIED_IDS_PER_RECORD_MAX * CARRIED_ID_BYTES < 16 << 10);
 const _: () = assert!(CARRIED_IDS_PER_RECORD_MAX <= super::types::BATCH_TXNS_MAX);
 
 /// The splitmix64 finalizer: every output bit depends on the id, and it costs a few
@@ -137,16 +140,33 @@ pub enum Check {
 /// The id index of a participant (see the module docs).
 ///
 /// Invariants: `decided` lists every entry of `map` whose state is final, each once, in
-/// the order they became final, and nothing else; `decided.len() <=
-/// HELD_IDS_DECIDED_MAX` between calls; an entry's `batch` never changes while it is in
-/// the map (another batch only ever gets refused).
-#[derive(Clone, Debug, Default)]
+/// the order they became final, as `(id, batch)`; it may also hold stale pairs whose
+/// batch no longer matches the map (only after [`HeldIds::replace`], on replay), which
+/// eviction skips. At most `decided_max` final entries between calls. An entry's `batch`
+/// never changes while it is in the map, except through `replace`.
+#[derive(Clone, Debug)]
 pub struct HeldIds {
     map: HashMap<TxnId, Held, BuildHasherDefault<SplitMix>>,
-    decided: VecDeque<TxnId>,
+    decided: VecDeque<(TxnId, BatchId)>,
+    decided_max: usize,
+}
+
+impl Default for HeldIds {
+    fn default() -> HeldIds {
+        HeldIds::with_max(HELD_IDS_DECIDED_MAX)
+    }
 }
 
 impl HeldIds {
+    /// An empty index that keeps at most `decided_max` decided ids (at least 1).
+    pub fn with_max(decided_max: usize) -> HeldIds {
+        HeldIds {
+            map: HashMap::default(),
+            decided: VecDeque::new(),
+            decided_max: decided_max.max(1),
+        }
+    }
+
     /// What is held for `txn`, if anything.
     pub fn get(&self, txn: TxnId) -> Option<Held> {
         self.map.get(&txn).copied()
@@ -201,7 +221,7 @@ impl HeldIds {
         match state {
             State::Commit | State::Abort => {
                 held.state = state;
-                self.decided.push_back(txn);
+                self.decided.push_back((txn, batch));
                 self.evict();
             }
             State::Q => {
@@ -211,13 +231,29 @@ impl HeldIds {
         }
     }
 
+    /// Replay only: the log shows that `batch` prepared `txn` although this index holds
+    /// it for another batch (the live site had evicted it under a smaller bound, so it
+    /// took the id as new). Follow the log: `batch` holds it now, pending.
+    pub fn replace(&mut self, txn: TxnId, batch: BatchId, digest: u64) {
+        self.map.insert(
+            txn,
+            Held {
+                batch,
+                digest,
+                state: State::W,
+            },
+        );
+    }
+
     fn evict(&mut self) {
-        while self.decided.len() > HELD_IDS_DECIDED_MAX {
-            let Some(oldest) = self.decided.pop_front() else {
+        while self.decided.len() > self.decided_max {
+            let Some((oldest, batch)) = self.decided.pop_front() else {
                 return;
             };
-            let removed = self.map.remove(&oldest);
-            debug_assert!(removed.is_some_and(|held| held.state.is_final()));
+            let current = self.map.get(&oldest);
+            if current.is_some_and(|held| held.batch == batch && held.state.is_final()) {
+                self.map.remove(&oldest);
+            }
         }
     }
 
@@ -225,9 +261,12 @@ impl HeldIds {
     /// pending ones in id order, at most [`CARRIED_IDS_PER_RECORD_MAX`] per record.
     pub fn carried(&self) -> Vec<Record> {
         let mut entries: Vec<(TxnId, Held)> = Vec::with_capacity(self.map.len());
-        for txn in &self.decided {
-            if let Some(held) = self.map.get(txn) {
-                entries.push((*txn, *held));
+        for (txn, batch) in &self.decided {
+            match self.map.get(txn) {
+                Some(held) if held.batch == *batch && held.state.is_final() => {
+                    entries.push((*txn, *held));
+                }
+                _ => {}
             }
         }
         let mut pending: Vec<(TxnId, Held)> = self
@@ -256,7 +295,7 @@ impl HeldIds {
                 return Err("id carried twice");
             }
             if held.state.is_final() {
-                self.decided.push_back(txn);
+                self.decided.push_back((txn, held.batch));
             }
         }
         self.evict();

@@ -113,6 +113,10 @@ pub struct ProtoConfig {
     /// participant's observed vote latency (see [`predict`]). Off: the PC record is
     /// durable before the round leaves, and the vote timeout is `vote_timeout_us`.
     pub overlap: bool,
+    /// Decided transaction ids a participant keeps in its id index (see [`ids`]): a
+    /// resend is refused while its id is among the last this many decided there.
+    /// Every checkpoint of a participant carries its index, 25 bytes an id.
+    pub held_ids_decided_max: usize,
     #[doc(hidden)]
     pub termination: Termination,
 }
@@ -135,6 +139,7 @@ impl ProtoConfig {
             backoff_shift_max: 4,
             protocol: Protocol::ThreePhase,
             overlap: true,
+            held_ids_decided_max: ids::HELD_IDS_DECIDED_MAX,
             termination: Termination::E3pc,
         }
     }

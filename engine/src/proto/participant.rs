@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::ids::{leg_digest, Check, Held, HeldIds};
+use super::ids::{leg_digest, Check, Held, HeldIds, Refusal};
 use super::member::{desc_of, Log, Member};
 use super::msg::{Part, ELECTED_INITIAL};
 use super::record::Record;
@@ -44,6 +44,7 @@ impl<R: ResourceManager> Participant<R> {
         if config.replica_mask() & me.bit() != 0 {
             return Err(ProtoError::Config("a participant id is also a replica id"));
         }
+        let ids = HeldIds::with_max(config.held_ids_decided_max);
         Ok(Participant {
             config,
             me,
@@ -52,7 +53,7 @@ impl<R: ResourceManager> Participant<R> {
             batches: BatchMap::default(),
             retired: RetiredSet::default(),
             awaiting_done: Vec::new(),
-            ids: HeldIds::default(),
+            ids,
             votes: Vec::new(),
             txn_ids: Vec::new(),
             checks: Vec::new(),
@@ -418,9 +419,12 @@ impl<R: ResourceManager> Participant<R> {
         let mine = mine.filter(|(_, members)| *members & bit != 0);
         self.checks.clear();
         let mut refused = false;
-        for (op, (_, &members)) in ops.iter().zip(mine) {
+        for (index, (op, (_, &members))) in ops.iter().zip(mine).enumerate() {
             let digest = leg_digest(members, op);
-            let check = self.ids.check_and_hold(op.txn, desc.batch, digest);
+            let check = match logged.map(|logged| logged.get(index)) {
+                None => self.ids.check_and_hold(op.txn, desc.batch, digest),
+                Some(vote) => self.replay_check(op.txn, desc.batch, digest, vote.copied()),
+            };
             refused |= matches!(check, Check::Refused(_));
             self.checks.push(check);
         }
@@ -446,6 +450,34 @@ impl<R: ResourceManager> Participant<R> {
                 (Check::New, Vote::ReadOnly) => self.ids.settle(op.txn, desc.batch, State::Q),
                 _ => {}
             }
+        }
+    }
+
+    /// Replay's id check: the logged vote, not the rebuilt index, says whether the live
+    /// site refused the id (the index bound may differ between the two, e.g. for a
+    /// read-only recovery), so replay refuses exactly what the live run refused.
+    fn replay_check(&mut self, txn: TxnId, batch: BatchId, digest: u64, vote: Option<Vote>) -> Check {
+        match vote {
+            Some(Vote::No(Reason::HELD_BY_BATCH)) => {
+                // Only the reason goes into the replayed vote; the holder is not needed.
+                let holder = Held {
+                    batch,
+                    digest,
+                    state: State::W,
+                };
+                return Check::Refused(Refusal::Held(holder));
+            }
+            Some(Vote::No(Reason::EXISTS_WITH_DIFFERENT_LEGS)) => {
+                return Check::Refused(Refusal::DifferentLegs);
+            }
+            _ => {}
+        }
+        match self.ids.check_and_hold(txn, batch, digest) {
+            Check::Refused(_) => {
+                self.ids.replace(txn, batch, digest);
+                Check::New
+            }
+            check => check,
         }
     }
 
