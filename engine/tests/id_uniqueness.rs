@@ -220,7 +220,8 @@ fn the_opener_waits_for_a_pending_holder() {
     // Hold the first batch's votes: both participants hold id 7 prepared (W).
     net.hold = Box::new(|_, to, part| to == R0 && matches!(part, Part::Votes { .. }));
     let first = net.submit(&[(7, 30)]);
-    net.hold = Box::new(move |_, _, part| matches!(part, Part::Votes { batch, .. } if *batch == first));
+    net.hold =
+        Box::new(move |_, _, part| matches!(part, Part::Votes { batch, .. } if *batch == first));
     let resend = net.submit(&[(7, 30)]);
     assert!(
         net.outcomes(resend).is_empty(),
@@ -267,7 +268,11 @@ fn an_unknown_holder_is_waited_for_a_bounded_time() {
     assert!(deadline <= 10 + config().undecided_wait_us());
     out.clear();
     coordinator.handle_timeout(deadline, &mut out);
-    let held: Vec<_> = out.completions.iter().flat_map(|c| c.held.clone()).collect();
+    let held: Vec<_> = out
+        .completions
+        .iter()
+        .flat_map(|c| c.held.clone())
+        .collect();
     assert_eq!(held, [(0, BatchId(99 << 32), HeldOutcome::Unknown)]);
     assert!(HELD_WAITS_MAX > 0);
 }
@@ -378,7 +383,10 @@ fn simulated_resends_keep_every_invariant() {
         known += sim.stats.held_known;
     }
     assert!(resends > 100, "only {resends} resends");
-    assert!(known > 20, "only {known} resends answered with their holder's outcome");
+    assert!(
+        known > 20,
+        "only {known} resends answered with their holder's outcome"
+    );
 }
 
 // ---------------------------------------------------------------------------------
@@ -439,7 +447,11 @@ fn the_engine_refuses_resends_after_a_reopen() {
     );
     assert_eq!(outcome(&engine, transfer(3, 5)), TicketOutcome::Committed);
     let after = balances(&engine.shutdown().expect("shutdown"));
-    assert_eq!((after[0][0], after[1][0]), (65, 135), "a resend moved money");
+    assert_eq!(
+        (after[0][0], after[1][0]),
+        (65, 135),
+        "a resend moved money"
+    );
 }
 
 // Proves that a checkpointed engine, reopened, still refuses recent ids with their
@@ -480,7 +492,9 @@ fn the_engine_refuses_resends_after_checkpoints() {
         .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
         .collect();
     assert!(
-        participant_files.iter().any(|name| name.starts_with("snapshot-"))
+        participant_files
+            .iter()
+            .any(|name| name.starts_with("snapshot-"))
             && !participant_files.contains(&"00000000000000000001.wal".to_owned()),
         "participant-0 never checkpointed: {participant_files:?}"
     );

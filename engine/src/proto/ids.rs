@@ -28,10 +28,13 @@
 //! # The bound
 //! Pending ids (held by a batch this participant has not seen decided) are never
 //! evicted: they are bounded by the batches in flight. Decided ids are kept in the order
-//! they were decided; once more than [`HELD_IDS_DECIDED_MAX`] are held, the oldest is
-//! forgotten. An id resent after that many later decisions at the participant is no
-//! longer recognised: that is the guarantee's bound (at 100 000 decisions per second
-//! on a participant, about 2.6 s of history; far above the 300 ms failover budget).
+//! they were decided; once more than `ProtoConfig::held_ids_decided_max` (by default
+//! [`HELD_IDS_DECIDED_MAX`]) are held, the oldest is forgotten. An id resent after that
+//! many later decisions at the participant is no longer recognised: that is the
+//! guarantee's bound (at 100 000 decisions per second on a participant, about 2.6 s of
+//! history; far above the 300 ms failover budget). Replay does not depend on the
+//! bound: the logged `No(HELD_BY_BATCH)` and `No(EXISTS_WITH_DIFFERENT_LEGS)` votes say
+//! what the live site refused.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
@@ -408,7 +411,9 @@ impl HeldWaits {
             }
             let txns = &completion.txns;
             completion.held.retain(|(index, ..)| txns.contains(*index));
-            completion.reasons.retain(|(index, _)| txns.contains(*index));
+            completion
+                .reasons
+                .retain(|(index, _)| txns.contains(*index));
         }
         completions.retain(|completion| !completion.txns.is_empty());
         if self.waits.is_empty() {
@@ -437,7 +442,14 @@ impl HeldWaits {
         let mut waits: Vec<(BatchId, u32, BatchId, u64)> = self
             .waits
             .iter()
-            .map(|w| (w.batch, w.index, w.holder, w.deadline_us.saturating_sub(now_us)))
+            .map(|w| {
+                (
+                    w.batch,
+                    w.index,
+                    w.holder,
+                    w.deadline_us.saturating_sub(now_us),
+                )
+            })
             .collect();
         waits.sort_unstable();
         waits.hash(state);
@@ -491,7 +503,11 @@ mod tests {
             Check::Refused(Refusal::Held(pending))
         );
         ids.settle(TxnId(7), BatchId(2), State::Abort);
-        assert_eq!(ids.get(TxnId(7)), Some(pending), "another batch settles nothing");
+        assert_eq!(
+            ids.get(TxnId(7)),
+            Some(pending),
+            "another batch settles nothing"
+        );
         ids.settle(TxnId(7), BatchId(1), State::Commit);
         let committed = Held {
             state: State::Commit,
@@ -502,7 +518,11 @@ mod tests {
             Check::Refused(Refusal::Held(committed))
         );
         ids.settle(TxnId(7), BatchId(1), State::Abort);
-        assert_eq!(ids.get(TxnId(7)), Some(committed), "final states never change");
+        assert_eq!(
+            ids.get(TxnId(7)),
+            Some(committed),
+            "final states never change"
+        );
         for other in [leg_digest(0b110, &op(7, 2)), leg_digest(0b1010, &op(7, 1))] {
             assert_ne!(other, digest);
             assert_eq!(
@@ -517,7 +537,10 @@ mod tests {
     #[test]
     fn decided_ids_are_evicted_oldest_first() {
         let mut ids = HeldIds::default();
-        assert_eq!(ids.check_and_hold(TxnId(u64::MAX), BatchId(9), 1), Check::New);
+        assert_eq!(
+            ids.check_and_hold(TxnId(u64::MAX), BatchId(9), 1),
+            Check::New
+        );
         assert_eq!(
             ids.check_and_hold(TxnId(u64::MAX - 1), BatchId(9), 1),
             Check::New
@@ -532,7 +555,10 @@ mod tests {
         assert_eq!(ids.len(), HELD_IDS_DECIDED_MAX + 1);
         assert!((0..10).all(|id| ids.get(TxnId(id)).is_none()));
         assert!((10..total).all(|id| ids.get(TxnId(id)).is_some()));
-        assert_eq!(ids.get(TxnId(u64::MAX)).map(|held| held.state), Some(State::W));
+        assert_eq!(
+            ids.get(TxnId(u64::MAX)).map(|held| held.state),
+            Some(State::W)
+        );
     }
 
     // Proves that the carried records rebuild the same index, eviction order included,
@@ -543,12 +569,19 @@ mod tests {
         for id in 0..1_500u64 {
             ids.check_and_hold(TxnId(id), BatchId(id / 10), id);
             if id % 3 != 0 {
-                let state = if id % 2 == 0 { State::Commit } else { State::Abort };
+                let state = if id % 2 == 0 {
+                    State::Commit
+                } else {
+                    State::Abort
+                };
                 ids.settle(TxnId(id), BatchId(id / 10), state);
             }
         }
         let records = ids.carried();
-        assert_eq!(records.len(), 1_500usize.div_ceil(CARRIED_IDS_PER_RECORD_MAX));
+        assert_eq!(
+            records.len(),
+            1_500usize.div_ceil(CARRIED_IDS_PER_RECORD_MAX)
+        );
         let mut rebuilt = HeldIds::default();
         for record in &records {
             let Record::CarriedIds { entries } = record else {

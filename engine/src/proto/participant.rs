@@ -456,7 +456,13 @@ impl<R: ResourceManager> Participant<R> {
     /// Replay's id check: the logged vote, not the rebuilt index, says whether the live
     /// site refused the id (the index bound may differ between the two, e.g. for a
     /// read-only recovery), so replay refuses exactly what the live run refused.
-    fn replay_check(&mut self, txn: TxnId, batch: BatchId, digest: u64, vote: Option<Vote>) -> Check {
+    fn replay_check(
+        &mut self,
+        txn: TxnId,
+        batch: BatchId,
+        digest: u64,
+        vote: Option<Vote>,
+    ) -> Check {
         match vote {
             Some(Vote::No(Reason::HELD_BY_BATCH)) => {
                 // Only the reason goes into the replayed vote; the holder is not needed.
@@ -494,7 +500,12 @@ impl<R: ResourceManager> Participant<R> {
             Some(logged) => {
                 let kept_logged: Vec<Vote> = (0..ops.len())
                     .filter(kept)
-                    .map(|i| logged.get(i).copied().unwrap_or(Vote::No(Reason::MALFORMED)))
+                    .map(|i| {
+                        logged
+                            .get(i)
+                            .copied()
+                            .unwrap_or(Vote::No(Reason::MALFORMED))
+                    })
                     .collect();
                 self.rm
                     .replay_prepare(&kept_ops, &kept_logged, &mut kept_votes);
@@ -741,9 +752,7 @@ impl<R: ResourceManager> Participant<R> {
                 }
                 Ok(())
             }
-            Record::CarriedIds { entries } => {
-                self.ids.restore(entries).map_err(ProtoError::BadLog)
-            }
+            Record::CarriedIds { entries } => self.ids.restore(entries).map_err(ProtoError::BadLog),
             Record::CarriedBatch { desc, .. } => {
                 if self.batches.contains_key(&desc.batch) {
                     return Err(ProtoError::BadLog("batch carried twice"));
