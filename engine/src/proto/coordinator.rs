@@ -918,9 +918,16 @@ impl CoordBatch {
                 if self.m.states()[i] == State::Q {
                     abort_now.insert(index);
                     abort_reasons.push((index, reason));
-                    let holder = held.iter().find(|entry| entry.0 == index);
-                    if let (Reason::HELD_BY_BATCH, Some(&(_, holder, state))) = (reason, holder) {
-                        abort_held.push((index, holder, HeldOutcome::from_state(state)));
+                    if reason == Reason::HELD_BY_BATCH {
+                        // Without its holder (a peer that did not say) the id's outcome
+                        // is unknown here: the client must not hear this abort as it.
+                        let holder = held.iter().find(|entry| entry.0 == index);
+                        abort_held.push(match holder {
+                            Some(&(_, holder, state)) => {
+                                (index, holder, HeldOutcome::from_state(state))
+                            }
+                            None => (index, BatchId(u64::MAX), HeldOutcome::Unknown),
+                        });
                     }
                 }
             }
