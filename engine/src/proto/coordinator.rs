@@ -19,6 +19,12 @@ use super::types::{
 };
 use super::{BatchInput, Completion, Output, ProtoConfig, ProtoError, Protocol, Termination};
 
+/// A VOTES part's no votes with their reasons, and the holders of its `HELD_BY_BATCH`
+/// refusals.
+type NoVotes<'a> = (&'a [(u32, Reason)], &'a [(u32, BatchId, State)]);
+/// Why aborts happened, for the clients: reasons, and resends' holding batches.
+type AbortCauses = (Vec<(u32, Reason)>, Vec<(u32, BatchId, HeldOutcome)>);
+
 /// A coordinator replica.
 #[derive(Clone)]
 pub struct Coordinator {
@@ -840,7 +846,7 @@ impl CoordBatch {
         from: SiteId,
         yes: &TxnSet,
         read_only: &TxnSet,
-        (no, held): (&[(u32, Reason)], &[(u32, BatchId, State)]),
+        (no, held): NoVotes<'_>,
         out: &mut Output,
     ) {
         let len = self.len();
@@ -1100,7 +1106,7 @@ impl CoordBatch {
         ctx: &mut Ctx<'_>,
         outcome: Outcome,
         txns: TxnSet,
-        (mut reasons, mut held): (Vec<(u32, Reason)>, Vec<(u32, BatchId, HeldOutcome)>),
+        (mut reasons, mut held): AbortCauses,
         out: &mut Output,
     ) {
         reasons.sort_unstable_by_key(|&(index, _)| index);
