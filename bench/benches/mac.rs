@@ -32,6 +32,7 @@ fn vote_frame(txns: u32) -> Vec<u8> {
         yes: TxnSet::full(txns),
         read_only: TxnSet::empty(txns),
         no: Vec::new(),
+        held: Vec::new(),
     };
     let mut body = Vec::new();
     encode_parts(&[part], &mut body);

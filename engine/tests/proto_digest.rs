@@ -58,6 +58,7 @@ fn yes_votes(batch: BatchId) -> Part {
         yes: TxnSet::full(1),
         read_only: TxnSet::empty(1),
         no: Vec::new(),
+        held: Vec::new(),
     }
 }
 

@@ -62,6 +62,7 @@ fn yes_votes(batch: BatchId) -> Part {
         yes,
         read_only: TxnSet::empty(1),
         no: Vec::new(),
+        held: Vec::new(),
     }
 }
 
@@ -230,6 +231,7 @@ fn votes(batch: BatchId, len: u32, yes: &[u32], no: &[u32]) -> Part {
             .iter()
             .map(|&index| (index, Reason::INSUFFICIENT_FUNDS))
             .collect(),
+        held: Vec::new(),
     }
 }
 

@@ -66,6 +66,7 @@ fn random_part(rng: &mut Rng, batches: &[BatchId]) -> Part {
             yes: random_set(rng, universe_max),
             read_only: random_set(rng, universe_max),
             no: vec![(rng.below(10) as u32, Reason::MALFORMED)],
+            held: vec![(rng.below(10) as u32, BatchId(rng.below(1 << 40)), State::W)],
         },
         2 => Part::Round {
             batch,

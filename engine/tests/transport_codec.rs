@@ -85,13 +85,18 @@ fn arb_part() -> impl Strategy<Value = Part> {
             batch.clone(),
             arb_set(),
             arb_set(),
-            vec((any::<u32>(), any::<u16>()), 0..8)
+            vec((any::<u32>(), any::<u16>()), 0..8),
+            vec((any::<u32>(), any::<u64>(), 0u8..6), 0..4),
         )
-            .prop_map(|(batch, yes, read_only, no)| Part::Votes {
+            .prop_map(|(batch, yes, read_only, no, held)| Part::Votes {
                 batch,
                 yes,
                 read_only,
                 no: no.into_iter().map(|(i, r)| (i, Reason(r))).collect(),
+                held: held
+                    .into_iter()
+                    .map(|(i, b, s)| (i, BatchId(b), State::from_u8(s).expect("below 6")))
+                    .collect(),
             }),
         arb_desc().prop_map(|desc| Part::Announce { desc }),
         (

@@ -478,6 +478,7 @@ mod tests {
             yes: TxnSet::full(2),
             read_only: TxnSet::empty(2),
             no: Vec::new(),
+            held: Vec::new(),
         }
     }
 

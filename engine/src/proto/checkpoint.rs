@@ -69,7 +69,7 @@ pub struct LogPlan<'a> {
 fn is_carried(record: &Record) -> bool {
     matches!(
         record,
-        Record::CarriedBatch { .. } | Record::CarriedRetired { .. }
+        Record::CarriedBatch { .. } | Record::CarriedRetired { .. } | Record::CarriedIds { .. }
     )
 }
 
@@ -100,6 +100,32 @@ pub(crate) fn append_group<V>(
     retired: &RetiredSet,
     out: &mut Output,
 ) -> AppendSeq {
+    append_group_with(
+        log,
+        number,
+        incarnation,
+        batches,
+        member,
+        retired,
+        Vec::new(),
+        out,
+    )
+}
+
+/// [`append_group`], with `extra` carried records after the retired ranges (a
+/// participant's transaction-id index, [`Record::CarriedIds`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn append_group_with<V>(
+    log: &mut Log,
+    number: u64,
+    incarnation: u32,
+    batches: &BatchMap<V>,
+    member: impl Fn(&V) -> &Member,
+    retired: &RetiredSet,
+    extra: Vec<Record>,
+    out: &mut Output,
+) -> AppendSeq {
+    debug_assert!(extra.iter().all(is_carried));
     let mut ids: Vec<BatchId> = batches.keys().copied().collect();
     ids.sort_unstable();
     let ranges: Vec<(u64, u64)> = retired.range_list().collect();
@@ -107,7 +133,7 @@ pub(crate) fn append_group<V>(
     let marker = Record::Checkpoint {
         number,
         incarnation,
-        records: (ids.len() + chunks.len()) as u32,
+        records: (ids.len() + chunks.len() + extra.len()) as u32,
     };
     let seq = log.append(marker, out);
     for id in ids {
@@ -119,6 +145,9 @@ pub(crate) fn append_group<V>(
         let record = Record::CarriedRetired {
             ranges: chunk.to_vec(),
         };
+        log.append(record, out);
+    }
+    for record in extra {
         log.append(record, out);
     }
     log.force(out);

@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use super::ids::{HeldOutcome, HeldWaits};
 use super::member::{desc_of, Log, Member};
 use super::msg::{Part, ELECTED_INITIAL};
 use super::predict::Predictor;
@@ -17,6 +18,12 @@ use super::types::{
     State, TxnSet, BATCH_TXNS_MAX, SITES_MAX,
 };
 use super::{BatchInput, Completion, Output, ProtoConfig, ProtoError, Protocol, Termination};
+
+/// A VOTES part's no votes with their reasons, and the holders of its `HELD_BY_BATCH`
+/// refusals.
+type NoVotes<'a> = (&'a [(u32, Reason)], &'a [(u32, BatchId, State)]);
+/// Why aborts happened, for the clients: reasons, and resends' holding batches.
+type AbortCauses = (Vec<(u32, Reason)>, Vec<(u32, BatchId, HeldOutcome)>);
 
 /// A coordinator replica.
 #[derive(Clone)]
@@ -43,6 +50,9 @@ pub struct Coordinator {
     awaiting_own_pc: Vec<BatchId>,
     /// Overlap: the participants' vote latencies, which set each batch's vote timeout.
     predictor: Predictor,
+    /// Resends refused as `HELD_BY_BATCH` whose holding batch's outcome is not known
+    /// here yet: their completions wait (see [`super::ids`]).
+    held_waits: HeldWaits,
 }
 
 /// What this replica drives for one batch, if anything.
@@ -207,6 +217,7 @@ impl Coordinator {
             awaiting_done: Vec::new(),
             awaiting_own_pc: Vec::new(),
             predictor: Predictor::default(),
+            held_waits: HeldWaits::default(),
         })
     }
 
@@ -237,7 +248,8 @@ impl Coordinator {
                 Record::Incarnation { number } => incarnation = incarnation.max(*number),
                 Record::Checkpoint { .. }
                 | Record::CarriedBatch { .. }
-                | Record::CarriedRetired { .. } => {
+                | Record::CarriedRetired { .. }
+                | Record::CarriedIds { .. } => {
                     return Err(ProtoError::BadLog("checkpoint record outside its group"));
                 }
                 Record::Begin { desc } | Record::Prepared { desc, .. }
@@ -410,6 +422,33 @@ impl Coordinator {
 
     /// Call when a message part arrives from `from`.
     pub fn handle_message(&mut self, now_us: u64, from: SiteId, part: Part, out: &mut Output) {
+        self.dispatch_message(now_us, from, part, out);
+        self.resolve_held(now_us, out);
+    }
+
+    /// Completes the resends this event refused as held by another batch with that
+    /// batch's outcome, once it is known here (see [`HeldWaits::resolve`]).
+    fn resolve_held(&mut self, now_us: u64, out: &mut Output) {
+        if self.held_waits.is_empty() && out.completions.iter().all(|c| c.held.is_empty()) {
+            return;
+        }
+        let batches = &self.batches;
+        let outcome_of = |holder: BatchId, batch: BatchId, index: u32| {
+            let txn = *batches.get(&batch)?.m.desc.txns.get(index as usize)?;
+            let holder = batches.get(&holder)?;
+            let at = holder.m.desc.txns.iter().position(|&t| t == txn)?;
+            match holder.m.states()[at] {
+                State::Commit => Some(Outcome::Commit),
+                State::Abort => Some(Outcome::Abort),
+                _ => None,
+            }
+        };
+        let wait_us = self.config.undecided_wait_us();
+        self.held_waits
+            .resolve(now_us, wait_us, &mut out.completions, outcome_of);
+    }
+
+    fn dispatch_message(&mut self, now_us: u64, from: SiteId, part: Part, out: &mut Output) {
         if from.0 as usize >= SITES_MAX || from == self.me {
             return;
         }
@@ -536,12 +575,13 @@ impl Coordinator {
     }
 
     /// Call when the WAL is durable up to `upto`.
-    pub fn handle_durable(&mut self, _now_us: u64, upto: AppendSeq, out: &mut Output) {
+    pub fn handle_durable(&mut self, now_us: u64, upto: AppendSeq, out: &mut Output) {
         self.log.on_durable(upto, out);
         if !self.awaiting_own_pc.is_empty() {
             self.recheck_own_pc(out);
         }
         self.flush_done(out);
+        self.resolve_held(now_us, out);
     }
 
     /// Overlap: this replica's own PC records became durable, so it now counts in the
@@ -582,6 +622,7 @@ impl Coordinator {
                     .map_or(u64::MAX, |drive| drive.deadline_us);
                 drive.min(batch.m.deadline_us)
             })
+            .chain(self.held_waits.deadline_us())
             .min()
             .filter(|&at| at != u64::MAX)
     }
@@ -592,6 +633,7 @@ impl Coordinator {
         for batch in self.batches.values_mut() {
             batch.on_timeout(&mut ctx, now_us, out);
         }
+        self.resolve_held(now_us, out);
     }
 }
 
@@ -708,8 +750,12 @@ impl CoordBatch {
     ) {
         match part {
             Part::Votes {
-                yes, read_only, no, ..
-            } => self.on_votes(ctx, now_us, from, &yes, &read_only, &no, out),
+                yes,
+                read_only,
+                no,
+                held,
+                ..
+            } => self.on_votes(ctx, now_us, from, &yes, &read_only, (&no, &held), out),
             Part::RoundAck {
                 elected,
                 pre_commit,
@@ -800,7 +846,7 @@ impl CoordBatch {
         from: SiteId,
         yes: &TxnSet,
         read_only: &TxnSet,
-        no: &[(u32, Reason)],
+        (no, held): NoVotes<'_>,
         out: &mut Output,
     ) {
         let len = self.len();
@@ -839,6 +885,7 @@ impl CoordBatch {
         let mut ready_pc = TxnSet::empty(len);
         let mut abort_now = TxnSet::empty(len);
         let mut abort_reasons = Vec::new();
+        let mut abort_held = Vec::new();
         let mut late_aborts = TxnSet::empty(len);
         for index in yes.iter() {
             let i = index as usize;
@@ -877,6 +924,17 @@ impl CoordBatch {
                 if self.m.states()[i] == State::Q {
                     abort_now.insert(index);
                     abort_reasons.push((index, reason));
+                    if reason == Reason::HELD_BY_BATCH {
+                        // Without its holder (a peer that did not say) the id's outcome
+                        // is unknown here: the client must not hear this abort as it.
+                        let holder = held.iter().find(|entry| entry.0 == index);
+                        abort_held.push(match holder {
+                            Some(&(_, holder, state)) => {
+                                (index, holder, HeldOutcome::from_state(state))
+                            }
+                            None => (index, BatchId(u64::MAX), HeldOutcome::Unknown),
+                        });
+                    }
                 }
             }
         }
@@ -897,7 +955,8 @@ impl CoordBatch {
                 },
             );
         }
-        self.decide_because(ctx, Outcome::Abort, abort_now, abort_reasons, out);
+        let because = (abort_reasons, abort_held);
+        self.decide_because(ctx, Outcome::Abort, abort_now, because, out);
         self.start_normal_round(ctx, now_us, ready_pc, out);
     }
 
@@ -1038,7 +1097,7 @@ impl CoordBatch {
 
     /// Fixes outcomes here: log them (unforced), complete the clients, tell the sites.
     fn decide(&mut self, ctx: &mut Ctx<'_>, outcome: Outcome, txns: TxnSet, out: &mut Output) {
-        self.decide_because(ctx, outcome, txns, Vec::new(), out);
+        self.decide_because(ctx, outcome, txns, (Vec::new(), Vec::new()), out);
     }
 
     /// [`decide`](Self::decide), telling the clients why some aborts happened.
@@ -1047,10 +1106,11 @@ impl CoordBatch {
         ctx: &mut Ctx<'_>,
         outcome: Outcome,
         txns: TxnSet,
-        mut reasons: Vec<(u32, Reason)>,
+        (mut reasons, mut held): AbortCauses,
         out: &mut Output,
     ) {
         reasons.sort_unstable_by_key(|&(index, _)| index);
+        held.sort_unstable_by_key(|&(index, ..)| index);
         if txns.is_empty() {
             return;
         }
@@ -1078,6 +1138,7 @@ impl CoordBatch {
                 outcome,
                 txns: txns.clone(),
                 reasons,
+                held,
             };
             ctx.log.complete_after(after_seq, completion, out);
         }
@@ -1163,6 +1224,7 @@ impl CoordBatch {
                         outcome,
                         txns,
                         reasons: Vec::new(),
+                        held: Vec::new(),
                     });
                 }
             }
@@ -1257,7 +1319,8 @@ impl CoordBatch {
         for site in sites_of(missed) {
             ctx.predictor.on_missed(site);
         }
-        self.decide_because(ctx, Outcome::Abort, late.clone(), reasons, out);
+        let because = (reasons, Vec::new());
+        self.decide_because(ctx, Outcome::Abort, late.clone(), because, out);
         // Sites that have not voted may vote yes later: tell them now.
         let batch = self.m.desc.batch;
         if let Some(drive) = self.drive.as_ref() {
@@ -1730,6 +1793,7 @@ impl Coordinator {
         super::member::hash_batch_set(&self.awaiting_done, state);
         super::member::hash_batch_set(&self.awaiting_own_pc, state);
         self.predictor.hash(state);
+        self.held_waits.digest(now_us, state);
     }
 }
 

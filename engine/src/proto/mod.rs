@@ -25,6 +25,7 @@
 
 pub mod checkpoint;
 mod coordinator;
+pub mod ids;
 mod member;
 pub mod msg;
 mod participant;
@@ -112,6 +113,10 @@ pub struct ProtoConfig {
     /// participant's observed vote latency (see [`predict`]). Off: the PC record is
     /// durable before the round leaves, and the vote timeout is `vote_timeout_us`.
     pub overlap: bool,
+    /// Decided transaction ids a participant keeps in its id index (see [`ids`]): a
+    /// resend is refused while its id is among the last this many decided there.
+    /// Every checkpoint of a participant carries its index, 25 bytes an id.
+    pub held_ids_decided_max: usize,
     #[doc(hidden)]
     pub termination: Termination,
 }
@@ -134,6 +139,7 @@ impl ProtoConfig {
             backoff_shift_max: 4,
             protocol: Protocol::ThreePhase,
             overlap: true,
+            held_ids_decided_max: ids::HELD_IDS_DECIDED_MAX,
             termination: Termination::E3pc,
         }
     }
@@ -235,6 +241,11 @@ pub struct Completion {
     /// no vote, or `Reason::TIMEOUT` for a missing vote. Aborts decided by termination
     /// (or a DECIDE from another site) carry no reason. Sorted by index.
     pub reasons: Vec<(u32, Reason)>,
+    /// For aborts whose reason is [`Reason::HELD_BY_BATCH`] (a resend of an id another
+    /// batch holds): that batch, and the id's outcome there, which is what the client
+    /// must hear (never [`ids::HeldOutcome::Pending`] outside the machine). Sorted by
+    /// index.
+    pub held: Vec<(u32, BatchId, ids::HeldOutcome)>,
 }
 
 /// The actions a state machine asks its driver to perform. Reused across calls: the

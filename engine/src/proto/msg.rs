@@ -20,12 +20,15 @@ pub enum Part {
     Prepare { desc: DescriptorRef, ops: Arc<[Op]> },
     /// Phase 1 reply, sent once the votes are durable: `yes` and `read_only` sets, and
     /// the no votes with their reasons. Transactions this participant is not in are in
-    /// none of them.
+    /// none of them. `held` names, for each no vote [`Reason::HELD_BY_BATCH`], the
+    /// batch that holds the id here and the state the participant holds it in there
+    /// (`W` while undecided, `Commit` or `Abort`): see `proto::ids`.
     Votes {
         batch: BatchId,
         yes: TxnSet,
         read_only: TxnSet,
         no: Vec<(u32, Reason)>,
+        held: Vec<(u32, BatchId, State)>,
     },
     /// Speculation (`overlap`), `replicas[0]` → the other replicas, sent with the
     /// PREPAREs: the batch, so that each replica logs its descriptor while the votes

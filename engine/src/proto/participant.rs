@@ -4,12 +4,13 @@
 
 use std::sync::Arc;
 
+use super::ids::{leg_digest, Check, Held, HeldIds, Refusal};
 use super::member::{desc_of, Log, Member};
 use super::msg::{Part, ELECTED_INITIAL};
 use super::record::Record;
-use super::rm::{Op, ResourceManager, TxnId, Vote};
+use super::rm::{Op, Reason, ResourceManager, TxnId, Vote};
 use super::types::{
-    AppendSeq, BatchId, BatchMap, DescriptorRef, RetiredSet, SiteId, State, TxnSet,
+    AppendSeq, BatchId, BatchMap, Descriptor, DescriptorRef, RetiredSet, SiteId, State, TxnSet,
 };
 use super::{Output, ProtoConfig, ProtoError, Protocol};
 
@@ -25,9 +26,15 @@ pub struct Participant<R> {
     retired: RetiredSet,
     /// Batches that may be settled, waiting for durability before DONE.
     awaiting_done: Vec<BatchId>,
+    /// Every transaction id this site prepared, with its batch and state: a PREPARE
+    /// of a held id in another batch is refused (see [`super::ids`]). A function of
+    /// the log: rebuilt by replay, carried by checkpoints.
+    ids: HeldIds,
     /// Reused buffers: the hot path allocates per batch, never per transaction.
     votes: Vec<Vote>,
     txn_ids: Vec<TxnId>,
+    /// Each operation's id check in the PREPARE being handled.
+    checks: Vec<Check>,
 }
 
 impl<R: ResourceManager> Participant<R> {
@@ -37,6 +44,7 @@ impl<R: ResourceManager> Participant<R> {
         if config.replica_mask() & me.bit() != 0 {
             return Err(ProtoError::Config("a participant id is also a replica id"));
         }
+        let ids = HeldIds::with_max(config.held_ids_decided_max);
         Ok(Participant {
             config,
             me,
@@ -45,8 +53,10 @@ impl<R: ResourceManager> Participant<R> {
             batches: BatchMap::default(),
             retired: RetiredSet::default(),
             awaiting_done: Vec::new(),
+            ids,
             votes: Vec::new(),
             txn_ids: Vec::new(),
+            checks: Vec::new(),
         })
     }
 
@@ -79,7 +89,8 @@ impl<R: ResourceManager> Participant<R> {
             }
             Record::Checkpoint { .. }
             | Record::CarriedBatch { .. }
-            | Record::CarriedRetired { .. } => {
+            | Record::CarriedRetired { .. }
+            | Record::CarriedIds { .. } => {
                 Err(ProtoError::BadLog("checkpoint record outside its group"))
             }
             Record::Begin { desc } | Record::Prepared { desc, .. } if !desc.is_well_formed() => {
@@ -98,6 +109,7 @@ impl<R: ResourceManager> Participant<R> {
                 let settled = member.replay(record).map_err(ProtoError::BadLog)?;
                 if let Some((state, txns)) = settled {
                     apply_to_rm(&mut self.rm, &mut self.txn_ids, member, state, &txns);
+                    settle_ids(&mut self.ids, member, state, &txns);
                 }
                 Ok(())
             }
@@ -119,8 +131,7 @@ impl<R: ResourceManager> Participant<R> {
                 "prepared record does not match its descriptor",
             ));
         }
-        self.votes.clear();
-        self.rm.replay_prepare(ops, votes, &mut self.votes);
+        self.prepare_ops(desc, ops, Some(votes));
         if self.votes.as_slice() != votes {
             return Err(ProtoError::ReplayDiverged { batch: desc.batch });
         }
@@ -138,6 +149,16 @@ impl<R: ResourceManager> Participant<R> {
     /// The resource manager (read access, e.g. for checks and dumps).
     pub fn rm(&self) -> &R {
         &self.rm
+    }
+
+    /// What this site holds for transaction id `txn` (see [`super::ids`]).
+    pub fn held(&self, txn: TxnId) -> Option<Held> {
+        self.ids.get(txn)
+    }
+
+    /// How many transaction ids this site's index holds, pending and decided.
+    pub fn held_count(&self) -> usize {
+        self.ids.len()
     }
 
     /// This site's id.
@@ -356,14 +377,7 @@ impl<R: ResourceManager> Participant<R> {
         if !desc.is_well_formed() || !self.ops_match(&desc, &ops) {
             return;
         }
-        self.votes.clear();
-        self.rm.prepare(&ops, &mut self.votes);
-        if self.votes.len() != ops.len() {
-            // A resource manager that breaks its contract gets no yes from us.
-            self.votes
-                .resize(ops.len(), Vote::No(super::rm::Reason::MALFORMED));
-            self.votes.truncate(ops.len());
-        }
+        self.prepare_ops(&desc, &ops, None);
         let mut member = Member::new(Arc::clone(&desc), self.me, false, self.config.replicas[0]);
         let mut any_yes = false;
         for (index, vote) in self.my_indices(&desc).into_iter().zip(&self.votes) {
@@ -392,6 +406,124 @@ impl<R: ResourceManager> Participant<R> {
         }
     }
 
+    /// Checks every operation's id against the index (holding the new ones for this
+    /// batch), prepares the others on the resource manager, and leaves exactly one vote
+    /// per operation in `self.votes`: a refused id never reaches the resource manager,
+    /// so a resend is applied at most once. With `logged` (replay of a `Prepared`
+    /// record), the resource manager replays those votes; the index, rebuilt in log
+    /// order, refuses the same operations it refused then. `ops` must match `desc`
+    /// (`ops_match`).
+    fn prepare_ops(&mut self, desc: &Descriptor, ops: &[Op], logged: Option<&[Vote]>) {
+        let bit = self.me.bit();
+        let mine = desc.txns.iter().zip(&desc.members);
+        let mine = mine.filter(|(_, members)| *members & bit != 0);
+        self.checks.clear();
+        let mut refused = false;
+        for (index, (op, (_, &members))) in ops.iter().zip(mine).enumerate() {
+            let digest = leg_digest(members, op);
+            let check = match logged.map(|logged| logged.get(index)) {
+                None => self.ids.check_and_hold(op.txn, desc.batch, digest),
+                Some(vote) => self.replay_check(op.txn, desc.batch, digest, vote.copied()),
+            };
+            refused |= matches!(check, Check::Refused(_));
+            self.checks.push(check);
+        }
+        self.votes.clear();
+        if refused {
+            self.prepare_unrefused(ops, logged);
+        } else {
+            match logged {
+                None => self.rm.prepare(ops, &mut self.votes),
+                Some(logged) => self.rm.replay_prepare(ops, logged, &mut self.votes),
+            }
+        }
+        if self.votes.len() != ops.len() {
+            // A resource manager that breaks its contract gets no yes from us.
+            self.votes.resize(ops.len(), Vote::No(Reason::MALFORMED));
+            self.votes.truncate(ops.len());
+        }
+        for ((op, check), vote) in ops.iter().zip(&self.checks).zip(&self.votes) {
+            // Only the instance this batch holds settles on its vote: a no or a
+            // read-only vote never leaves it pending.
+            match (check, vote) {
+                (Check::New, Vote::No(_)) => self.ids.settle(op.txn, desc.batch, State::Abort),
+                (Check::New, Vote::ReadOnly) => self.ids.settle(op.txn, desc.batch, State::Q),
+                _ => {}
+            }
+        }
+    }
+
+    /// Replay's id check: the logged vote, not the rebuilt index, says whether the live
+    /// site refused the id (the index bound may differ between the two, e.g. for a
+    /// read-only recovery), so replay refuses exactly what the live run refused.
+    fn replay_check(
+        &mut self,
+        txn: TxnId,
+        batch: BatchId,
+        digest: u64,
+        vote: Option<Vote>,
+    ) -> Check {
+        match vote {
+            Some(Vote::No(Reason::HELD_BY_BATCH)) => {
+                // Only the reason goes into the replayed vote; the holder is not needed.
+                let holder = Held {
+                    batch,
+                    digest,
+                    state: State::W,
+                };
+                return Check::Refused(Refusal::Held(holder));
+            }
+            Some(Vote::No(Reason::EXISTS_WITH_DIFFERENT_LEGS)) => {
+                return Check::Refused(Refusal::DifferentLegs);
+            }
+            _ => {}
+        }
+        match self.ids.check_and_hold(txn, batch, digest) {
+            Check::Refused(_) => {
+                self.ids.replace(txn, batch, digest);
+                Check::New
+            }
+            check => check,
+        }
+    }
+
+    /// The rare path of [`Participant::prepare_ops`]: some ids are refused, so only
+    /// the other operations go to the resource manager, and the votes are merged back
+    /// in batch order.
+    fn prepare_unrefused(&mut self, ops: &[Op], logged: Option<&[Vote]>) {
+        let checks = &self.checks;
+        let kept = |index: &usize| !matches!(checks[*index], Check::Refused(_));
+        let kept_ops: Vec<Op> = (0..ops.len()).filter(kept).map(|i| ops[i]).collect();
+        let mut kept_votes = Vec::with_capacity(kept_ops.len());
+        match logged {
+            None => self.rm.prepare(&kept_ops, &mut kept_votes),
+            Some(logged) => {
+                let kept_logged: Vec<Vote> = (0..ops.len())
+                    .filter(kept)
+                    .map(|i| {
+                        logged
+                            .get(i)
+                            .copied()
+                            .unwrap_or(Vote::No(Reason::MALFORMED))
+                    })
+                    .collect();
+                self.rm
+                    .replay_prepare(&kept_ops, &kept_logged, &mut kept_votes);
+            }
+        }
+        if kept_votes.len() != kept_ops.len() {
+            kept_votes.resize(kept_ops.len(), Vote::No(Reason::MALFORMED));
+        }
+        let mut kept_votes = kept_votes.into_iter();
+        for check in checks {
+            let vote = match check {
+                Check::Refused(refusal) => Vote::No(refusal.reason()),
+                _ => kept_votes.next().unwrap_or(Vote::No(Reason::MALFORMED)),
+            };
+            self.votes.push(vote);
+        }
+    }
+
     fn ops_match(&self, desc: &DescriptorRef, ops: &[Op]) -> bool {
         let bit = self.me.bit();
         let mut mine = desc
@@ -412,8 +544,14 @@ impl<R: ResourceManager> Participant<R> {
         let mut read_only = TxnSet::empty(len);
         let no = member.no_reasons.clone();
         let mut voted_no = TxnSet::empty(len);
-        for &(index, _) in &no {
+        let mut held = Vec::new();
+        for &(index, reason) in &no {
             voted_no.insert(index);
+            let txn = member.desc.txns.get(index as usize).copied();
+            let holder = txn.and_then(|txn| self.ids.get(txn));
+            if let (Reason::HELD_BY_BATCH, Some(holder)) = (reason, holder) {
+                held.push((index, holder.batch, holder.state));
+            }
         }
         for index in 0..len {
             if !member.is_member(index) || voted_no.contains(index) {
@@ -430,6 +568,7 @@ impl<R: ResourceManager> Participant<R> {
             yes,
             read_only,
             no,
+            held,
         })
     }
 
@@ -489,6 +628,20 @@ impl<R: ResourceManager> Participant<R> {
             State::Abort,
             &settled.aborted,
         );
+        settle_ids(&mut self.ids, member, State::Commit, &settled.committed);
+        settle_ids(&mut self.ids, member, State::Abort, &settled.aborted);
+    }
+}
+
+/// Settles the id index for transactions of `member`'s batch that became `state`.
+fn settle_ids(ids: &mut HeldIds, member: &Member, state: State, txns: &TxnSet) {
+    if !state.is_final() {
+        return;
+    }
+    for index in txns.iter() {
+        if let Some(&txn) = member.desc.txns.get(index as usize) {
+            ids.settle(txn, member.desc.batch, state);
+        }
     }
 }
 
@@ -532,7 +685,17 @@ impl<R: ResourceManager> Participant<R> {
     /// marker did to the resource manager), and only after that snapshot is durable.
     pub fn checkpoint(&mut self, number: u64, out: &mut Output) -> AppendSeq {
         let (log, batches, retired) = (&mut self.log, &self.batches, &self.retired);
-        super::checkpoint::append_group(log, number, 0, batches, |member| member, retired, out)
+        let ids = self.ids.carried();
+        super::checkpoint::append_group_with(
+            log,
+            number,
+            0,
+            batches,
+            |member| member,
+            retired,
+            ids,
+            out,
+        )
     }
 
     /// Rebuilds a participant from the records that survived a crash, in log order, as
@@ -541,7 +704,8 @@ impl<R: ResourceManager> Participant<R> {
     /// (`rm` must start empty either way).
     ///
     /// The snapshot already holds the effects of every record before the checkpoint,
-    /// the reservations of the carried batches included, so the carried batches are
+    /// the reservations of the carried batches included (the id index comes back from
+    /// the carried ids, not from the snapshot), so the carried batches are
     /// rebuilt without the resource manager, and only the records after the checkpoint
     /// group are replayed through it (see [`super::checkpoint`]).
     pub fn recover_checkpointed<'a>(
@@ -588,6 +752,7 @@ impl<R: ResourceManager> Participant<R> {
                 }
                 Ok(())
             }
+            Record::CarriedIds { entries } => self.ids.restore(entries).map_err(ProtoError::BadLog),
             Record::CarriedBatch { desc, .. } => {
                 if self.batches.contains_key(&desc.batch) {
                     return Err(ProtoError::BadLog("batch carried twice"));
@@ -622,6 +787,7 @@ impl<R: ResourceManager + std::hash::Hash> Participant<R> {
             member.digest(now_us, state)
         });
         self.retired.hash(state);
+        self.ids.digest(state);
         super::member::hash_batch_set(&self.awaiting_done, state);
     }
 }

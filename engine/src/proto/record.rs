@@ -15,6 +15,7 @@
 //! | 6 | `Checkpoint { number u64, incarnation u32, records u32 }` | any site at a checkpoint | yes, with its carried records |
 //! | 7 | `CarriedBatch { desc, elected u32, by u8, n u32, n × (state u8, attempt u32), reasons }` | after a `Checkpoint` | yes |
 //! | 8 | `CarriedRetired { n u32, n × (start u64, end u64) }` | after a `Checkpoint` | yes |
+//! | 9 | `CarriedIds { n u32, n × (txn u64, batch u64, digest u64, state u8) }` | after a participant's `Checkpoint` | yes |
 //!
 //! Shared encodings: `desc = batch u64 | n u32 | n × (txn u64 | members u64)`;
 //! `txns = n u32 | ceil(n/64) × word u64`; a vote is `tag u8 (0 yes, 1 no, 2 read-only) |
@@ -22,12 +23,13 @@
 //! `reasons = r u32 | r × (index u32 | reason u16)`.
 //!
 //! A checkpoint group is a `Checkpoint` marker followed at once by exactly `records`
-//! carried records (kinds 7 and 8): together they summarise everything recovery needs
+//! carried records (kinds 7, 8 and 9): together they summarise everything recovery needs
 //! from the records before the marker (see `proto::checkpoint`). A group cut short by a
 //! crash is incomplete and recovery ignores it.
 
 use std::sync::Arc;
 
+use super::ids::Held;
 use super::rm::{Op, Reason, TxnId, Vote, OP_PAYLOAD_BYTES};
 use super::types::{BatchId, Descriptor, DescriptorRef, SiteId, State, TxnSet, BATCH_TXNS_MAX};
 
@@ -42,6 +44,7 @@ pub mod kind {
     pub const CHECKPOINT: u8 = 6;
     pub const CARRIED_BATCH: u8 = 7;
     pub const CARRIED_RETIRED: u8 = 8;
+    pub const CARRIED_IDS: u8 = 9;
 }
 
 /// One WAL record of the protocol.
@@ -94,6 +97,9 @@ pub enum Record {
     /// Ranges `[start, end)` of batch ids the site had retired at a checkpoint, so that
     /// late messages about them stay ignored once their records are gone.
     CarriedRetired { ranges: Vec<(u64, u64)> },
+    /// Part of a participant's transaction-id index at a checkpoint (see
+    /// `proto::ids`): decided entries in eviction order, then pending ones.
+    CarriedIds { entries: Vec<(TxnId, Held)> },
 }
 
 /// Why a record did not decode.
@@ -135,6 +141,7 @@ impl Record {
             Record::Checkpoint { .. } => kind::CHECKPOINT,
             Record::CarriedBatch { .. } => kind::CARRIED_BATCH,
             Record::CarriedRetired { .. } => kind::CARRIED_RETIRED,
+            Record::CarriedIds { .. } => kind::CARRIED_IDS,
         }
     }
 
@@ -143,7 +150,8 @@ impl Record {
         match self {
             Record::Incarnation { .. }
             | Record::Checkpoint { .. }
-            | Record::CarriedRetired { .. } => None,
+            | Record::CarriedRetired { .. }
+            | Record::CarriedIds { .. } => None,
             Record::Begin { desc }
             | Record::Prepared { desc, .. }
             | Record::CarriedBatch { desc, .. } => Some(desc.batch),
@@ -220,6 +228,15 @@ impl Record {
                     put_u64(buf, *end);
                 }
             }
+            Record::CarriedIds { entries } => {
+                put_u32(buf, entries.len() as u32);
+                for (txn, held) in entries {
+                    put_u64(buf, txn.0);
+                    put_u64(buf, held.batch.0);
+                    put_u64(buf, held.digest);
+                    buf.push(held.state as u8);
+                }
+            }
         }
     }
 
@@ -256,6 +273,7 @@ impl Record {
             },
             kind::CARRIED_BATCH => decode_carried_batch(&mut reader)?,
             kind::CARRIED_RETIRED => decode_carried_retired(&mut reader)?,
+            kind::CARRIED_IDS => decode_carried_ids(&mut reader)?,
             other => return Err(RecordError::UnknownKind(other)),
         };
         reader.finish()?;
@@ -332,6 +350,29 @@ fn decode_carried_retired(reader: &mut Reader<'_>) -> Result<Record, RecordError
         ranges.push((start, end));
     }
     Ok(Record::CarriedRetired { ranges })
+}
+
+fn decode_carried_ids(reader: &mut Reader<'_>) -> Result<Record, RecordError> {
+    let count = reader.len_field("carried ids", 25)?;
+    let mut entries = Vec::with_capacity(count);
+    for _ in 0..count {
+        let txn = TxnId(reader.u64()?);
+        let batch = BatchId(reader.u64()?);
+        let digest = reader.u64()?;
+        let state = reader.state()?;
+        if !matches!(state, State::W | State::Commit | State::Abort) {
+            return Err(RecordError::Inconsistent("carried id in a pre-state"));
+        }
+        entries.push((
+            txn,
+            Held {
+                batch,
+                digest,
+                state,
+            },
+        ));
+    }
+    Ok(Record::CarriedIds { entries })
 }
 
 pub(crate) fn put_u32(buf: &mut Vec<u8>, value: u32) {
@@ -566,6 +607,26 @@ mod tests {
             },
             Record::CarriedRetired {
                 ranges: vec![(1, 5), (7 << 32, (7 << 32) + 3)],
+            },
+            Record::CarriedIds {
+                entries: vec![
+                    (
+                        TxnId(10),
+                        Held {
+                            batch: desc.batch,
+                            digest: 0xD1,
+                            state: State::Commit,
+                        },
+                    ),
+                    (
+                        TxnId(12),
+                        Held {
+                            batch: BatchId(2),
+                            digest: 0xD2,
+                            state: State::W,
+                        },
+                    ),
+                ],
             },
         ]
     }

@@ -41,9 +41,18 @@ impl Reason {
     pub const DUPLICATE: Reason = Reason(6);
     /// The transaction id is known (in flight or recently decided) with other legs:
     /// a resubmission that is not a retry of the same transfer. The engine rejects it
-    /// at `submit`, as TigerBeetle answers `exists_with_different_*`, instead of
-    /// handing back the first transfer's outcome as if it were this one's.
+    /// at `submit` while its window remembers the id, and a participant holding the
+    /// id votes no with it (`proto::ids`), as TigerBeetle answers
+    /// `exists_with_different_*`, instead of handing back the first transfer's outcome
+    /// as if it were this one's.
     pub const EXISTS_WITH_DIFFERENT_LEGS: Reason = Reason(16);
+    /// The participant already holds this transaction id, with the same legs, in
+    /// another batch (a resend after a failover, or past the gateway's window): the
+    /// VOTES part names that batch. The resend aborts in its own batch and is never
+    /// applied; the opener reports the holding batch's outcome for the id instead. A
+    /// client sees this reason only when that outcome was an abort: the id is aborted
+    /// for good (see `proto::ids`).
+    pub const HELD_BY_BATCH: Reason = Reason(17);
     /// The resource manager's backing store (e.g. a PostgreSQL shard) could not be
     /// reached in time; nothing was reserved for the transaction.
     pub const UNAVAILABLE: Reason = Reason(7);

@@ -256,7 +256,20 @@ impl Timeouts {
     }
 }
 
+/// The share of a log segment one participant's checkpoint may spend on its carried id
+/// index: one eighth, so that a checkpoint still frees segments.
+const CARRIED_IDS_SEGMENT_SHARE: u64 = 8;
+
 impl EngineConfig {
+    /// How many decided ids each participant keeps in its id index (`proto::ids`):
+    /// `HELD_IDS_DECIDED_MAX`, or fewer where a checkpoint carrying them all would fill
+    /// more than an eighth of a segment (segments below 64 MiB).
+    pub fn held_ids_decided_max(&self) -> usize {
+        use crate::proto::ids::{CARRIED_ID_BYTES, HELD_IDS_DECIDED_MAX};
+        let carried = self.wal.segment_bytes / CARRIED_IDS_SEGMENT_SHARE / CARRIED_ID_BYTES as u64;
+        (carried as usize).clamp(1, HELD_IDS_DECIDED_MAX)
+    }
+
     /// `ledgers` built-in ledgers of `accounts` accounts, each starting at
     /// `initial_balance`, with the default limits and a log below `data_dir`.
     pub fn ledgers(

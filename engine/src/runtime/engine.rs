@@ -454,6 +454,7 @@ impl Engine {
         let mut proto_config = config.timeouts.proto_config(replicas.clone());
         proto_config.protocol = config.protocol;
         proto_config.overlap = config.overlap;
+        proto_config.held_ids_decided_max = config.held_ids_decided_max();
         let sites = config.replicas + config.participants.len();
         metrics.set_topology(config.replicas, config.participants.len());
         let mut wiring = wire(sites, metrics.clone(), config.timeouts.pending_us)?;

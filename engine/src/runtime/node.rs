@@ -420,6 +420,7 @@ impl OpenedNode {
         let mut proto_config = config.timeouts.proto_config(replicas);
         proto_config.protocol = config.protocol;
         proto_config.overlap = config.overlap;
+        proto_config.held_ids_decided_max = config.held_ids_decided_max();
         let clock = Arc::new(MonotonicClock::new());
         let metrics = Arc::new(EngineMetrics::new());
         metrics.set_topology(config.replicas, config.participants.len());

@@ -318,14 +318,19 @@ fn route(
         // vote timeout) reaches its client as `Rejected(reason)`.
         let first_chunk = unsent.len();
         let mut reasons = completion.reasons.iter().peekable();
+        let mut held = completion.held.iter().peekable();
         for index in completion.txns.iter() {
             let i = index as usize;
             if i >= batch.completions.len() {
                 continue;
             }
             while reasons.next_if(|(at, _)| *at < index).is_some() {}
-            let outcome = match reasons.peek() {
-                Some(&&(at, reason)) if at == index => {
+            while held.next_if(|(at, ..)| *at < index).is_some() {}
+            let outcome = match (held.peek(), reasons.peek()) {
+                // A resend refused because another batch holds its id: the client
+                // hears that batch's outcome for the id, never this instance's abort.
+                (Some(&&(at, _, found)), _) if at == index => held_outcome(found),
+                (_, Some(&&(at, reason))) if at == index => {
                     Outcome::Aborted(AbortReason::Rejected(reason))
                 }
                 _ => outcome,
@@ -356,6 +361,19 @@ fn route(
             let now_us = *now_us.get_or_insert_with(|| observe.clock_us());
             observe.batch_decided(completion.batch, now_us);
         }
+    }
+}
+
+/// What the client of a resend refused as held by another batch hears: that batch's
+/// outcome for the id (an abort says `HELD_BY_BATCH`: the id is aborted for good), or
+/// `InDoubt` if it stayed undecided past the coordinator's wait (ask again later).
+fn held_outcome(found: proto::ids::HeldOutcome) -> Outcome {
+    match found {
+        proto::ids::HeldOutcome::Known(proto::Outcome::Commit) => Outcome::Committed,
+        proto::ids::HeldOutcome::Known(proto::Outcome::Abort) => {
+            Outcome::Aborted(AbortReason::Rejected(proto::Reason::HELD_BY_BATCH))
+        }
+        proto::ids::HeldOutcome::Pending | proto::ids::HeldOutcome::Unknown => Outcome::InDoubt,
     }
 }
 

@@ -387,6 +387,7 @@ impl Checker {
                 yes,
                 read_only,
                 no,
+                ..
             } => self.check_votes(site, *batch, yes, read_only, no),
             // A ROUND proposes; it acknowledges nothing. Its sender's own PC / PA counts
             // toward the quorum only once durable (checked when a client hears of the
@@ -623,6 +624,7 @@ fn apply(view: &mut View, site: SiteId, record: &Record) {
         Record::Incarnation { .. }
         | Record::Begin { .. }
         | Record::Checkpoint { .. }
-        | Record::CarriedRetired { .. } => {}
+        | Record::CarriedRetired { .. }
+        | Record::CarriedIds { .. } => {}
     }
 }

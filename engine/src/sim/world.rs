@@ -3,7 +3,7 @@
 //! fault schedule. Everything random comes from one seeded [`Rng`].
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::fmt;
 
 use super::bank::{bank_op, Bank};
@@ -54,6 +54,10 @@ pub struct SimConfig {
     pub read_only_per_mille: u32,
     /// Transactions one participant is told to vote no on.
     pub no_vote_per_mille: u32,
+    /// Per transfer of the workload: instead of a new transfer, resend a recent one
+    /// (a client failing over): its id with the same legs, or, one time in four, with
+    /// other legs. Participants must refuse every second instance of an id.
+    pub resend_per_mille: u32,
     /// Probability that a site crashes at the end of a step, after appending its
     /// records and before its messages leave.
     pub step_crash_per_mille: u32,
@@ -102,6 +106,7 @@ impl SimConfig {
             dup_per_mille: 0,
             read_only_per_mille: 100,
             no_vote_per_mille: 100,
+            resend_per_mille: 0,
             slow_site: None,
             step_crash_per_mille: 0,
             faults: Vec::new(),
@@ -309,6 +314,12 @@ pub struct RunStats {
     /// Checkpoint groups appended, and logs cut at one once it was durable.
     pub checkpoints: u64,
     pub log_cuts: u64,
+    /// Transfers the workload resent under an earlier id.
+    pub resends: u64,
+    /// Resends a participant refused as held by another batch, answered with that
+    /// batch's outcome (known) or unknown after the wait.
+    pub held_known: u64,
+    pub held_unknown: u64,
     /// Crashes of a site whose last checkpoint group was not durable yet.
     pub crashes_mid_checkpoint: u64,
 }
@@ -338,9 +349,14 @@ pub struct Sim {
     filter: Option<Filter>,
     out: Output,
     next_txn: u64,
+    /// The workload's recent transfers, for resends (at most `RESEND_HISTORY_MAX`).
+    sent: VecDeque<(TxnId, Transfer)>,
     batches_left: u32,
     pub stats: RunStats,
 }
+
+/// Recent transfers a resend may pick from.
+const RESEND_HISTORY_MAX: usize = 64;
 
 impl Sim {
     /// Builds the world at time 0: every site up with an empty log, the fault schedule
@@ -369,6 +385,7 @@ impl Sim {
             filter: None,
             out: Output::default(),
             next_txn: 1,
+            sent: VecDeque::with_capacity(RESEND_HISTORY_MAX),
             batches_left: config.batches,
             stats: RunStats::default(),
             config,
@@ -942,6 +959,12 @@ impl Sim {
         }
         for completion in out.completions.drain(..) {
             self.checker.on_complete(&completion);
+            for (_, _, found) in &completion.held {
+                match found {
+                    crate::proto::ids::HeldOutcome::Known(_) => self.stats.held_known += 1,
+                    _ => self.stats.held_unknown += 1,
+                }
+            }
             match completion.outcome {
                 Outcome::Commit => self.stats.committed += completion.txns.count() as u64,
                 Outcome::Abort => self.stats.aborted += completion.txns.count() as u64,
@@ -1025,11 +1048,46 @@ impl Sim {
             }
         }
         let count = self.rng.range(1, self.config.batch_txns_max as u64) as usize;
-        let mut transfers = Vec::with_capacity(count);
+        let mut txns = Vec::with_capacity(count);
         for _ in 0..count {
-            transfers.push(self.random_transfer());
+            let resend = self.config.resend_per_mille > 0
+                && !self.sent.is_empty()
+                && self.rng.chance(self.config.resend_per_mille);
+            if resend {
+                txns.push(self.random_resend());
+            } else {
+                let transfer = self.random_transfer();
+                txns.push((self.fresh_txn(), transfer));
+            }
         }
-        self.submit(&transfers);
+        if self.submit_as(&txns).is_some() {
+            for (txn, transfer) in txns {
+                if self.sent.len() == RESEND_HISTORY_MAX {
+                    self.sent.pop_front();
+                }
+                self.sent.push_back((txn, transfer));
+            }
+        }
+    }
+
+    fn fresh_txn(&mut self) -> TxnId {
+        let txn = TxnId(self.next_txn);
+        self.next_txn += 1;
+        txn
+    }
+
+    /// A recent transfer again under its id: the same legs, or one time in four an
+    /// amount one higher (other legs, which the participants must tell apart).
+    fn random_resend(&mut self) -> (TxnId, Transfer) {
+        let pick = self.rng.below(self.sent.len() as u64) as usize;
+        let (txn, mut transfer) = self.sent[pick].clone();
+        if self.rng.chance(250) {
+            for leg in &mut transfer.legs {
+                leg.delta += leg.delta.signum();
+            }
+        }
+        self.stats.resends += 1;
+        (txn, transfer)
     }
 
     fn random_transfer(&mut self) -> Transfer {
@@ -1074,7 +1132,17 @@ impl Sim {
     /// Submits a batch of transfers at site 0 now. Returns the batch id, or `None` if
     /// site 0 is down or refused it.
     pub fn submit(&mut self, transfers: &[Transfer]) -> Option<BatchId> {
-        let input = self.batch_input(transfers);
+        let txns: Vec<(TxnId, Transfer)> = transfers
+            .iter()
+            .map(|transfer| (self.fresh_txn(), transfer.clone()))
+            .collect();
+        self.submit_as(&txns)
+    }
+
+    /// Submits a batch at site 0 now with the given ids (a resend reuses an id), as
+    /// [`Sim::submit`] does.
+    pub fn submit_as(&mut self, txns: &[(TxnId, Transfer)]) -> Option<BatchId> {
+        let input = self.batch_input(txns);
         let now = self.now_us;
         let mut out = std::mem::take(&mut self.out);
         let result = match &mut self.sites[0].node {
@@ -1090,24 +1158,22 @@ impl Sim {
             }
             None => return None,
         };
-        self.stats.txns += transfers.len() as u64;
+        self.stats.txns += txns.len() as u64;
         self.note(
             0,
             "submit",
             None,
             Some(batch),
-            format!("{} txns", transfers.len()),
+            format!("{} txns", txns.len()),
         );
         self.drain(0);
         Some(batch)
     }
 
-    fn batch_input(&mut self, transfers: &[Transfer]) -> BatchInput {
+    fn batch_input(&mut self, txns: &[(TxnId, Transfer)]) -> BatchInput {
         let mut input = BatchInput::default();
         let mut per_site: Vec<Vec<Op>> = vec![Vec::new(); self.sites.len()];
-        for transfer in transfers {
-            let txn = TxnId(self.next_txn);
-            self.next_txn += 1;
+        for &(txn, ref transfer) in txns {
             let mut mask = 0u64;
             for leg in &transfer.legs {
                 mask |= SiteId(leg.site).bit();
@@ -1274,21 +1340,35 @@ impl Sim {
         if total != expected {
             self.fail(8, format!("money is not conserved: {total} != {expected}"));
         }
+        // An id may be in several batches (resends): it must commit in at most one,
+        // and a bank applies it exactly if that instance committed with its yes vote.
+        let mut commits: BTreeMap<TxnId, u32> = BTreeMap::new();
+        let mut expected: BTreeMap<(TxnId, u8), bool> = BTreeMap::new();
         for desc in descs {
             for (index, txn) in desc.txns.iter().enumerate() {
                 let committed = self
                     .checker
                     .ever((desc.batch, index as u32), Outcome::Commit);
+                *commits.entry(*txn).or_default() += u32::from(committed);
                 for site in crate::proto::types::sites_of(desc.members[index]) {
                     let voted_yes =
                         self.checker.first_vote(desc.batch, index as u32, site) == Some(Vote::Yes);
-                    let applied = self
-                        .bank(site.0)
-                        .is_some_and(|bank| bank.applied().contains(txn));
-                    if applied != (committed && voted_yes) {
-                        self.fail(8, format!("{txn:?} committed={committed} yes={voted_yes} but applied={applied} at {}", site.0));
-                    }
+                    *expected.entry((*txn, site.0)).or_default() |= committed && voted_yes;
                 }
+            }
+        }
+        if let Some((txn, count)) = commits.iter().find(|(_, count)| **count > 1) {
+            self.fail(8, format!("{txn:?} committed in {count} batches"));
+        }
+        for ((txn, site), should) in expected {
+            let applied = self
+                .bank(site)
+                .is_some_and(|bank| bank.applied().contains(&txn));
+            if applied != should {
+                self.fail(
+                    8,
+                    format!("{txn:?} applied={applied} at {site}, expected {should}"),
+                );
             }
         }
     }
@@ -1361,6 +1441,7 @@ fn describe_record(record: &Record) -> String {
         } => format!("CHECKPOINT {number} ({records} carried)"),
         Record::CarriedBatch { states, .. } => format!("CARRIED {states:?}"),
         Record::CarriedRetired { ranges } => format!("CARRIED-RETIRED {ranges:?}"),
+        Record::CarriedIds { entries } => format!("CARRIED-IDS {}", entries.len()),
     }
 }
 

@@ -50,6 +50,8 @@ pub mod part_tag {
 const OP_BYTES: usize = 8 + OP_PAYLOAD_BYTES;
 /// Bytes of one encoded no vote (`index u32 | reason u16`).
 const NO_VOTE_BYTES: usize = 6;
+/// Bytes of one encoded holder of a refused id (`index u32 | batch u64 | state u8`).
+const HELD_BYTES: usize = 13;
 /// Bytes of one encoded `(state u8, attempt u32)`.
 const STATE_BYTES: usize = 5;
 /// Bytes of one encoded transaction at least (`id u64 | priority u8 | legs u8`).
@@ -207,6 +209,7 @@ pub fn encode_part(part: &Part, buf: &mut Vec<u8>) {
             yes,
             read_only,
             no,
+            held,
         } => {
             buf.push(part_tag::VOTES);
             put_u64(buf, batch.0);
@@ -216,6 +219,12 @@ pub fn encode_part(part: &Part, buf: &mut Vec<u8>) {
             for (index, reason) in no {
                 put_u32(buf, *index);
                 buf.extend_from_slice(&reason.0.to_le_bytes());
+            }
+            put_u32(buf, held.len() as u32);
+            for (index, holder, state) in held {
+                put_u32(buf, *index);
+                put_u64(buf, holder.0);
+                buf.push(*state as u8);
             }
         }
         Part::Announce { desc } => {
@@ -392,11 +401,19 @@ fn decode_votes(reader: &mut Reader<'_>) -> Result<Part, CodecError> {
         let index = reader.u32()?;
         no.push((index, Reason(reader.u16()?)));
     }
+    let count = count_field(reader, "held ids", BATCH_TXNS_MAX, HELD_BYTES)?;
+    let mut held = Vec::with_capacity(count);
+    for _ in 0..count {
+        let index = reader.u32()?;
+        let holder = BatchId(reader.u64()?);
+        held.push((index, holder, reader.state()?));
+    }
     Ok(Part::Votes {
         batch,
         yes,
         read_only,
         no,
+        held,
     })
 }
 

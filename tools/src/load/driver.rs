@@ -846,6 +846,7 @@ pub fn abort_reason_name(reason: AbortReason) -> &'static str {
         AbortReason::Rejected(Reason::DUPLICATE) => "duplicate",
         AbortReason::Rejected(Reason::EXISTS_WITH_DIFFERENT_LEGS) => "exists-with-different-legs",
         AbortReason::Rejected(Reason::UNAVAILABLE) => "unavailable",
+        AbortReason::Rejected(Reason::HELD_BY_BATCH) => "held-by-batch",
         AbortReason::Rejected(_) => "rejected-other",
         AbortReason::Terminated => "terminated",
         AbortReason::Shutdown => "shutdown",
