@@ -84,8 +84,17 @@ fn an_equivocating_participant_is_caught_and_the_bank_stays_exact() {
         text(&load.stdout),
         text(&load.stderr)
     );
+    // All at once, as `cluster up` stops them: a replica that left first could not
+    // decide what the others still hold.
+    for node in &nodes {
+        node.terminate();
+    }
     for node in &mut nodes {
-        assert!(node.stop().success(), "{} did not stop cleanly", node.name);
+        assert!(
+            node.wait(STOP_WAIT).success(),
+            "{} did not stop cleanly",
+            node.name
+        );
     }
 
     let files = evidence_files(&cluster);
@@ -93,6 +102,15 @@ fn an_equivocating_participant_is_caught_and_the_bank_stays_exact() {
         !files.is_empty(),
         "no evidence on any replica after an equivocating run"
     );
+    for replica in 0..3 {
+        let on_it = format!("replica-{replica}/evidence");
+        assert!(
+            files
+                .iter()
+                .any(|file| file.to_str().unwrap().contains(&on_it)),
+            "replica-{replica} kept no evidence: {files:?}"
+        );
+    }
     for file in &files {
         let name = file.file_name().unwrap().to_str().unwrap();
         assert!(name.starts_with("participant-1-batch-"), "{name}");

@@ -14,7 +14,8 @@
 //!   participant. Only a *different* digest costs a signature check (forwarded proofs
 //!   with the same digest are the common case and cost a map lookup).
 //!
-//! A conflict whose two signatures verify is an equivocation: the evidence is written
+//! A conflict whose two signatures verify is an equivocation: both proofs go to every
+//! other replica (the opener may hold only the vote it was told), the evidence is written
 //! to `evidence/` next to the replica's log, counted, and the participant's votes are
 //! refused from then on, until an operator clears it (`tricommit evidence clear`
 //! moves the file away; the guard notices within [`FLAG_RECHECK_MS`]). The flag is
@@ -78,6 +79,8 @@ struct Seen {
     verified: bool,
     /// Whether this replica forwarded a proof for this batch and participant.
     forwarded: bool,
+    /// Whether this slot already produced an equivocation (counted once).
+    conflicted: bool,
 }
 
 /// Evidence in force against one participant.
@@ -101,6 +104,8 @@ pub struct VoteGuard {
     stats: Arc<VoteStats>,
     /// Called for every equivocation found: `(batch, participant)`.
     on_equivocation: Option<Box<dyn Fn(BatchId, SiteId) + Send>>,
+    /// Proofs to send every other replica at the end of this `admit`.
+    to_forward: Vec<VoteProof>,
 }
 
 impl VoteGuard {
@@ -126,6 +131,7 @@ impl VoteGuard {
             evidence_dir,
             stats,
             on_equivocation: None,
+            to_forward: Vec::new(),
         };
         for (name, file) in in_force(&guard.evidence_dir) {
             if let Some(site) = guard.names.iter().position(|known| *known == name) {
@@ -185,12 +191,20 @@ impl VoteGuard {
             match part {
                 Part::Votes { .. } => VoteStats::bump(&self.stats.votes_refused_unsigned),
                 Part::SignedVotes(signed) => {
-                    if let Some(votes) = self.admit_signed(from, &signed, forward) {
+                    if let Some(votes) = self.admit_signed(from, &signed) {
                         parts.push(votes);
                     }
                 }
                 Part::VoteProof(proof) => self.admit_forwarded(from, *proof),
                 other => parts.push(other),
+            }
+        }
+        for proof in self.to_forward.drain(..) {
+            for &replica in &self.replicas {
+                if replica != self.me {
+                    forward.push((replica, Part::VoteProof(Arc::new(proof))));
+                    VoteStats::bump(&self.stats.proofs_forwarded);
+                }
             }
         }
     }
@@ -199,12 +213,7 @@ impl VoteGuard {
         self.keys.get(site.0 as usize).copied().flatten()
     }
 
-    fn admit_signed(
-        &mut self,
-        from: SiteId,
-        signed: &super::SignedVotes,
-        forward: &mut Vec<(SiteId, Part)>,
-    ) -> Option<Part> {
+    fn admit_signed(&mut self, from: SiteId, signed: &super::SignedVotes) -> Option<Part> {
         let key = self.key_of(from).filter(|_| signed.participant == from);
         let Some(key) = key else {
             VoteStats::bump(&self.stats.votes_refused_signature);
@@ -226,12 +235,7 @@ impl VoteGuard {
             return None;
         }
         if first_direct {
-            for &replica in &self.replicas {
-                if replica != self.me {
-                    forward.push((replica, Part::VoteProof(Arc::new(proof))));
-                    VoteStats::bump(&self.stats.proofs_forwarded);
-                }
-            }
+            self.to_forward.push(proof);
         }
         VoteStats::bump(&self.stats.votes_verified);
         Some(signed.to_votes())
@@ -260,6 +264,7 @@ impl VoteGuard {
                     proof,
                     verified,
                     forwarded: verified,
+                    conflicted: false,
                 },
             );
             while self.seen.len() > SEEN_VOTES_MAX {
@@ -267,6 +272,11 @@ impl VoteGuard {
             }
             return verified;
         };
+        if held.conflicted {
+            // Evidence for this slot exists already (ours, or both proofs came back
+            // from a replica we sent them to): nothing new.
+            return false;
+        }
         if held.proof.digest == proof.digest {
             held.verified |= verified;
             let first_direct = verified && !held.forwarded;
@@ -278,6 +288,7 @@ impl VoteGuard {
         let new_valid = verified || proof.verify(cluster_id, key).is_ok();
         match (held_valid, new_valid) {
             (true, true) => {
+                held.conflicted = true;
                 let held_proof = held.proof;
                 self.equivocation(held_proof, proof, key);
                 false
@@ -288,6 +299,7 @@ impl VoteGuard {
                     proof,
                     verified: true,
                     forwarded: verified,
+                    conflicted: false,
                 };
                 verified
             }
@@ -305,6 +317,11 @@ impl VoteGuard {
             // Evidence against it is in force already: one file per clearing is enough.
             return;
         }
+        // Every other replica must see both statements too: the one that opened the
+        // batch may hold only the vote it was told (once flagged here, this replica
+        // forwards nothing more of this participant's votes).
+        self.to_forward.push(first);
+        self.to_forward.push(second);
         let evidence = Evidence {
             cluster_id: self.cluster_id,
             participant: self.name_of(participant),
@@ -475,9 +492,30 @@ mod tests {
         guard1.admit(P, &mut parts1, &mut to_0);
         assert_eq!(parts0.len() + parts1.len(), 2, "each alone looks honest");
         let mut forwarded: Vec<Part> = to_1.into_iter().map(|(_, part)| part).collect();
-        guard1.admit(SiteId(0), &mut forwarded, &mut Vec::new());
+        let mut back = Vec::new();
+        guard1.admit(SiteId(0), &mut forwarded, &mut back);
         assert!(forwarded.is_empty(), "proofs never reach the machine");
         assert!(guard1.is_flagged(P));
+        // Replica 1 sends both statements on; replica 0 (which counted the yes) and
+        // the proof it got from replica 1 before (to_0) agree: it is blocked too.
+        let mut to_replica_0: Vec<Part> = to_0
+            .into_iter()
+            .chain(back)
+            .filter(|(to, _)| *to == SiteId(0))
+            .map(|(_, part)| part)
+            .collect();
+        assert_eq!(to_replica_0.len(), 1 + 2);
+        let mut echo = Vec::new();
+        guard0.admit(SiteId(1), &mut to_replica_0, &mut echo);
+        assert!(guard0.is_flagged(P), "the opener is blocked too");
+        assert_eq!(guard0.stats().equivocations.load(Ordering::Relaxed), 1);
+        let mut echoed: Vec<Part> = echo.into_iter().map(|(_, part)| part).collect();
+        guard1.admit(SiteId(0), &mut echoed, &mut Vec::new());
+        assert_eq!(
+            guard1.stats().equivocations.load(Ordering::Relaxed),
+            1,
+            "an echo of the same pair is not a second equivocation"
+        );
         let files = in_force(&dir1);
         assert_eq!(files.len(), 1);
         Evidence::read(&files[0].1)
