@@ -150,10 +150,9 @@ fn an_equivocating_participant_is_caught_and_the_bank_stays_exact() {
         .lines()
         .find(|line| line.starts_with("signature_b "))
         .unwrap();
-    let flipped = if line.ends_with('0') {
-        format!("{}1", &line[..line.len() - 1])
-    } else {
-        format!("{}0", &line[..line.len() - 1])
+    let flipped = match line.strip_suffix('0') {
+        Some(head) => format!("{head}1"),
+        None => format!("{}0", &line[..line.len() - 1]),
     };
     std::fs::write(&tampered, original.replace(line, &flipped)).unwrap();
     let cluster_flag = ["--cluster", path_str(&cluster)];
