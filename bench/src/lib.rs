@@ -24,11 +24,12 @@ use tricommit_wal::SyncBackend;
 pub mod pg;
 
 /// Every configuration the harness knows, in the order its table lists them.
-pub const CONFIG_NAMES: [&str; 8] = [
+pub const CONFIG_NAMES: [&str; 9] = [
     "unbatched",
     "batched",
     "pipelined",
     "overlap",
+    "overlap-signed",
     "2pc",
     "pipelined-msync",
     "pipelined-fdatasync",
@@ -117,6 +118,10 @@ pub fn engine_config(name: &str, data_dir: &Path) -> Option<EngineConfig> {
         }
         "pipelined" => config.overlap = false,
         "overlap" => {}
+        // Everything on, and the participants sign their votes (the cost of issue 11's
+        // Byzantine evidence: one ed25519 signature and one verification per
+        // participant per batch).
+        "overlap-signed" => config.sign_votes = true,
         // The baseline for "3PC ≥ 0.85× 2PC": everything on, minus the PRE-COMMIT round.
         "2pc" => config.protocol = Protocol::TwoPhase,
         // The backends, with everything on.
@@ -492,6 +497,13 @@ mod tests {
         assert_eq!(features("batched"), (true, false, false, three));
         assert_eq!(features("pipelined"), (true, true, false, three));
         assert_eq!(features("overlap"), (true, true, true, three));
+        assert_eq!(features("overlap-signed"), (true, true, true, three));
+        assert!(
+            engine_config("overlap-signed", dir)
+                .expect("runnable")
+                .sign_votes
+        );
+        assert!(!engine_config("overlap", dir).expect("runnable").sign_votes);
         assert_eq!(features("2pc"), (true, true, true, Protocol::TwoPhase));
         let backends: Vec<SyncBackend> = [
             "pipelined-msync",

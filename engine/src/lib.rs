@@ -10,6 +10,7 @@ pub mod pg;
 pub mod pipeline;
 pub mod proto;
 pub mod runtime;
+pub mod sign;
 pub mod sim;
 pub mod transport;
 

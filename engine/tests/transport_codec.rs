@@ -9,6 +9,7 @@ mod transport_support;
 
 use std::sync::Arc;
 
+use proptest::array::uniform32;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use tricommit_engine::pipeline::{AbortReason, BusyReason, Outcome, Priority};
@@ -16,6 +17,7 @@ use tricommit_engine::proto::{
     BatchId, Descriptor, DescriptorRef, Op, Part, Reason, State, TxnId, TxnSet, OP_PAYLOAD_BYTES,
 };
 use tricommit_engine::runtime::Txn;
+use tricommit_engine::sign::{SignedVotes, VoteProof};
 use tricommit_engine::transport::auth::{MacKey, SessionIds, MAC_BYTES};
 use tricommit_engine::transport::codec::{
     decode_busy, decode_outcomes, decode_parts, decode_submit, encode_busy, encode_outcomes,
@@ -149,8 +151,49 @@ fn arb_part() -> impl Strategy<Value = Part> {
         (batch.clone(), any::<u32>()).prop_map(|(batch, elected)| Part::Reject { batch, elected }),
         arb_desc().prop_map(|desc| Part::Help { desc }),
         (batch.clone(), any::<u32>()).prop_map(|(batch, decided)| Part::Done { batch, decided }),
-        batch.prop_map(|batch| Part::Forget { batch }),
+        batch.clone().prop_map(|batch| Part::Forget { batch }),
+        (
+            batch.clone(),
+            any::<u8>(),
+            arb_set(),
+            arb_set(),
+            vec((any::<u32>(), any::<u16>()), 0..8),
+            uniform32(any::<u8>()),
+            uniform32(any::<u8>()),
+        )
+            .prop_map(|(batch, site, yes, read_only, no, low, high)| {
+                Part::SignedVotes(std::sync::Arc::new(SignedVotes {
+                    batch,
+                    participant: tricommit_engine::proto::SiteId(site),
+                    yes,
+                    read_only,
+                    no: no.into_iter().map(|(i, r)| (i, Reason(r))).collect(),
+                    signature: signature_of(low, high),
+                }))
+            }),
+        (
+            batch,
+            any::<u8>(),
+            uniform32(any::<u8>()),
+            uniform32(any::<u8>()),
+            uniform32(any::<u8>()),
+        )
+            .prop_map(|(batch, site, digest, low, high)| {
+                Part::VoteProof(std::sync::Arc::new(VoteProof {
+                    batch,
+                    participant: tricommit_engine::proto::SiteId(site),
+                    digest,
+                    signature: signature_of(low, high),
+                }))
+            }),
     ]
+}
+
+fn signature_of(low: [u8; 32], high: [u8; 32]) -> [u8; 64] {
+    let mut signature = [0u8; 64];
+    signature[..32].copy_from_slice(&low);
+    signature[32..].copy_from_slice(&high);
+    signature
 }
 
 fn arb_txn() -> impl Strategy<Value = Txn> {

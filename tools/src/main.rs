@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod cluster;
+mod evidence_cmd;
 mod ledger_cmd;
 mod metrics_http;
 mod metrics_trace;
@@ -35,6 +36,9 @@ enum Cli {
     Cluster(cluster::ClusterCommand),
     /// Run one site of a cluster in the foreground (see `cluster up`).
     Node(node_cmd::NodeArgs),
+    /// Equivocation evidence: verify a file offline, clear a participant.
+    #[command(subcommand)]
+    Evidence(evidence_cmd::EvidenceCommand),
     /// PostgreSQL shards as ledgers: create the schema, read a balance, audit.
     #[cfg(feature = "pg")]
     #[command(subcommand)]
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
         Cli::Recover(args) => recover_cmd::run(args),
         Cli::Cluster(command) => cluster::run(command),
         Cli::Node(args) => node_cmd::run(args),
+        Cli::Evidence(command) => evidence_cmd::run(command),
         #[cfg(feature = "pg")]
         Cli::Pg(command) => pg_cmd::run(command),
     }

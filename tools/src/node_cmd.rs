@@ -30,6 +30,7 @@ struct StatsLine {
     site: std::sync::Arc<tricommit_engine::runtime::node::SiteStats>,
     batches: u64,
     committed: u64,
+    votes: std::sync::Arc<tricommit_engine::sign::VoteStats>,
 }
 
 impl StatsLine {
@@ -39,6 +40,7 @@ impl StatsLine {
             site: node.stats().clone(),
             batches: node.batches(),
             committed: node.outcomes().0,
+            votes: node.vote_stats().clone(),
         }
     }
 
@@ -57,11 +59,17 @@ impl StatsLine {
         }
         format!(
             "site_frames_out={frames_out} site_bytes_out={bytes_out} site_bytes_in={bytes_in} \
-             syncs={} records={} batches={} committed={}",
+             syncs={} records={} batches={} committed={} votes_verified={} \
+             votes_refused={} equivocations={}",
             load(&self.site.syncs),
             load(&self.site.records),
             self.batches,
-            self.committed
+            self.committed,
+            load(&self.votes.votes_verified),
+            load(&self.votes.votes_refused_signature)
+                + load(&self.votes.votes_refused_unsigned)
+                + load(&self.votes.votes_refused_flagged),
+            load(&self.votes.equivocations),
         )
     }
 }
@@ -94,6 +102,16 @@ pub struct NodeArgs {
     /// How log lines are written to stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Tests only: a participant that misbehaves. `equivocate` signs its true votes for
+    /// the replica that asked and contradicting votes for another replica.
+    #[arg(long, hide = true, value_enum)]
+    test_byzantine: Option<ByzantineMode>,
+}
+
+/// The misbehaviours `--test-byzantine` knows.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ByzantineMode {
+    Equivocate,
 }
 
 pub fn run(args: NodeArgs) -> ExitCode {
@@ -118,7 +136,10 @@ pub fn run(args: NodeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let node = match Node::start(&args.cluster, &args.site) {
+    let byzantine = args.test_byzantine.map(|mode| match mode {
+        ByzantineMode::Equivocate => tricommit_engine::sign::Byzantine::Equivocate,
+    });
+    let node = match Node::start_with(&args.cluster, &args.site, byzantine) {
         Ok(node) => node,
         Err(error) => {
             eprintln!("tricommit: error: {}: {error}", args.site);

@@ -40,7 +40,8 @@ struct Args {
     #[arg(long)]
     json: Option<PathBuf>,
     /// Comma-separated configurations to run, from: unbatched, batched, pipelined,
-    /// overlap, 2pc, pipelined-msync, pipelined-fdatasync, pipelined-io-uring.
+    /// overlap, overlap-signed, 2pc, pipelined-msync, pipelined-fdatasync,
+    /// pipelined-io-uring.
     #[arg(long, value_delimiter = ',', value_parser = parse_config_name)]
     configs: Option<Vec<String>>,
     /// Directory below which each run's fresh data directory is made (not a tmpfs).

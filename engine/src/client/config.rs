@@ -187,6 +187,12 @@ pub struct ClusterConfig {
     pub transport: TransportSection,
     /// Every site's address, by name.
     pub sites: BTreeMap<String, String>,
+    /// Every participant's public vote key (64 hex digits), by site name. Present, the
+    /// participants sign their votes and the replicas count only votes that verify;
+    /// absent (a cluster made before signed votes), nobody signs until
+    /// `tricommit cluster vote-keys DIR` adds them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vote_keys: BTreeMap<String, String>,
 }
 
 /// One site of the cluster, resolved.
@@ -265,6 +271,7 @@ impl ClusterConfig {
             timeouts: Timeouts::default(),
             transport: TransportSection::default(),
             sites,
+            vote_keys: BTreeMap::new(),
         };
         config
             .check()
@@ -362,7 +369,73 @@ impl ClusterConfig {
         self.check_engine()?;
         self.check_timeouts()?;
         self.check_transport()?;
-        self.check_sites()
+        self.check_sites()?;
+        self.check_vote_keys()
+    }
+
+    /// `[vote_keys]` is absent, or names every participant (and nothing else) with a
+    /// valid, distinct public key.
+    fn check_vote_keys(&self) -> Result<(), (String, String)> {
+        if self.vote_keys.is_empty() {
+            return Ok(());
+        }
+        let participants: Vec<String> = (0..self.participants as usize)
+            .map(participant_name)
+            .collect();
+        for name in self.vote_keys.keys() {
+            if !participants.contains(name) {
+                return Err((
+                    format!("vote_keys.{name}"),
+                    "only participants vote: name participant-0.. only".into(),
+                ));
+            }
+        }
+        let mut seen: BTreeMap<[u8; 32], &str> = BTreeMap::new();
+        for name in &participants {
+            let Some(text) = self.vote_keys.get(name) else {
+                return Err((
+                    format!("vote_keys.{name}"),
+                    "is missing: every participant needs a key once any has one \
+                     (`tricommit cluster vote-keys DIR` writes them all)"
+                        .into(),
+                ));
+            };
+            let key = crate::sign::parse_public_key(text)
+                .map_err(|error| (format!("vote_keys.{name}"), error.to_string()))?;
+            if let Some(other) = seen.insert(key.to_bytes(), name) {
+                return Err((
+                    format!("vote_keys.{name}"),
+                    format!("is also the key of {other}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The public side of signed votes, or `None` when this cluster does not sign.
+    pub fn vote_keys(&self) -> Option<crate::sign::VoteKeys> {
+        if self.vote_keys.is_empty() {
+            return None;
+        }
+        let entries = self.site_entries();
+        let keys = entries
+            .iter()
+            .map(|site| {
+                self.vote_keys
+                    .get(&site.name)
+                    .map(|text| crate::sign::parse_public_key(text).expect("checked when read"))
+            })
+            .collect();
+        Some(crate::sign::VoteKeys {
+            cluster_id: self.cluster_id,
+            names: entries.iter().map(|site| site.name.clone()).collect(),
+            keys,
+            replicas: entries
+                .iter()
+                .take(self.replicas as usize)
+                .map(|site| site.id)
+                .collect(),
+        })
     }
 
     fn check_ledger(&self) -> Result<(), (String, String)> {
@@ -701,6 +774,58 @@ mod tests {
             let error = ClusterConfig::parse(&text, Path::new("c.toml")).unwrap_err();
             assert!(error.to_string().contains(key), "{key}: {error}");
         }
+    }
+
+    #[test]
+    fn vote_keys_name_every_participant_with_a_valid_distinct_key() {
+        // Proves that `[vote_keys]` round-trips and that a missing participant, a
+        // replica, a malformed key or a shared key is an error naming the entry.
+        let mut config = sample();
+        assert!(
+            config.vote_keys().is_none(),
+            "no table: the cluster does not sign"
+        );
+        for (index, name) in (0..4).map(participant_name).enumerate() {
+            let key = ed25519_dalek::SigningKey::from_bytes(&[index as u8 + 1; 32]);
+            let text = crate::sign::public_key_hex(&key.verifying_key());
+            config.vote_keys.insert(name, text);
+        }
+        let parsed = ClusterConfig::parse(&config.render(), Path::new("c.toml")).unwrap();
+        assert_eq!(parsed, config);
+        let keys = parsed.vote_keys().unwrap();
+        assert_eq!(keys.keys.iter().filter(|key| key.is_some()).count(), 4);
+        assert!(keys.keys[0].is_none(), "replicas do not vote");
+        let refused = |edit: &dyn Fn(&mut ClusterConfig), needle: &str| {
+            let mut bad = config.clone();
+            edit(&mut bad);
+            let error = ClusterConfig::parse(&bad.render(), Path::new("c.toml")).unwrap_err();
+            assert!(error.to_string().contains(needle), "{error}");
+        };
+        refused(
+            &|c| {
+                c.vote_keys.remove("participant-2");
+            },
+            "vote_keys.participant-2",
+        );
+        refused(
+            &|c| {
+                c.vote_keys.insert("replica-0".into(), "00".into());
+            },
+            "vote_keys.replica-0",
+        );
+        refused(
+            &|c| {
+                c.vote_keys.insert("participant-1".into(), "xyz".into());
+            },
+            "vote_keys.participant-1",
+        );
+        refused(
+            &|c| {
+                let shared = c.vote_keys["participant-0"].clone();
+                c.vote_keys.insert("participant-3".into(), shared);
+            },
+            "also the key of",
+        );
     }
 
     #[test]

@@ -456,6 +456,10 @@ impl Coordinator {
             // Two-phase commit: the backups take no part (nobody sends them anything).
             return;
         }
+        if matches!(part, Part::SignedVotes(_) | Part::VoteProof(_)) {
+            // The driver's vote guard handles these; a machine counts plain votes only.
+            return;
+        }
         let batch_id = part.batch();
         if self.retired.contains(batch_id) {
             return;
@@ -814,7 +818,10 @@ impl CoordBatch {
                     );
                 }
             }
-            Part::Prepare { .. } | Part::Forget { .. } => {}
+            Part::Prepare { .. }
+            | Part::Forget { .. }
+            | Part::SignedVotes(_)
+            | Part::VoteProof(_) => {}
         }
     }
 

@@ -82,6 +82,13 @@ pub enum Part {
     /// From `replicas[0]` once every site sent `Done`: nobody can need the batch any
     /// more; forget it and ignore anything about it from now on.
     Forget { batch: BatchId },
+    /// Driver-level, never handled by a state machine: a participant's VOTES with its
+    /// ed25519 signature (`crate::sign`). A replica's vote guard verifies it and hands
+    /// its machine the plain `Votes`; a machine ignores it.
+    SignedVotes(Arc<crate::sign::SignedVotes>),
+    /// Driver-level: a replica forwards the proof of a signed vote it verified to the
+    /// other replicas, so that two different votes for one batch meet somewhere.
+    VoteProof(Arc<crate::sign::VoteProof>),
 }
 
 impl Part {
@@ -100,6 +107,8 @@ impl Part {
             | Part::Reject { batch, .. }
             | Part::Done { batch, .. }
             | Part::Forget { batch } => *batch,
+            Part::SignedVotes(signed) => signed.batch,
+            Part::VoteProof(proof) => proof.batch,
         }
     }
 
@@ -118,6 +127,8 @@ impl Part {
             Part::Help { .. } => "HELP",
             Part::Done { .. } => "DONE",
             Part::Forget { .. } => "FORGET",
+            Part::SignedVotes(_) => "SIGNED-VOTES",
+            Part::VoteProof(_) => "VOTE-PROOF",
         }
     }
 }

@@ -296,7 +296,9 @@ impl<R: ResourceManager> Participant<R> {
             | Part::RoundAck { .. }
             | Part::ElectAck { .. }
             | Part::Reject { .. }
-            | Part::Help { .. } => {}
+            | Part::Help { .. }
+            | Part::SignedVotes(_)
+            | Part::VoteProof(_) => {}
         }
     }
 

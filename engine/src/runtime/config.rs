@@ -177,6 +177,13 @@ pub struct EngineConfig {
     /// (DESIGN §5). The coordinator replicas' logs hold no postings and always follow
     /// `log_segments_max`.
     pub compact_postings: bool,
+    /// Participants sign their votes (ed25519, one signature per participant per
+    /// batch) and the replicas count only votes that verify (`crate::sign`). In-process
+    /// the keys are fresh at every open and live in memory only; a cluster keeps them
+    /// in `DIR/<site>/vote.key` and `cluster.toml`. Off by default in-process (the
+    /// sites share one address space); the compare harness's `overlap-signed`
+    /// measures its cost.
+    pub sign_votes: bool,
 }
 
 /// The default of [`EngineConfig::log_segments_max`]: checkpoint once a log spans more
@@ -297,6 +304,7 @@ impl EngineConfig {
             timeouts: Timeouts::default(),
             log_segments_max: Some(LOG_SEGMENTS_MAX_DEFAULT),
             compact_postings: false,
+            sign_votes: false,
         }
     }
 

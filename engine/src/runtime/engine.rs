@@ -23,7 +23,7 @@ use super::checkpoint::Checkpointer;
 use super::config::{EngineConfig, ParticipantRm, PARTICIPANTS_MAX, REPLICAS_MAX};
 use super::dedup::{Dedup, Seen};
 use super::site::{
-    run_passive, DrainBoard, Links, SiteError, SiteIo, SiteStats, SyncInFlight,
+    run_passive, DrainBoard, Links, SiteError, SiteIo, SiteStats, SyncInFlight, VoteIo,
     INBOX_FRAMES_CAPACITY,
 };
 use super::stages::{
@@ -107,6 +107,8 @@ pub struct Engine {
     pins_failed: Arc<std::sync::atomic::AtomicU64>,
     /// What the stages record into, for a scraper (`Engine::metrics`).
     metrics: Arc<EngineMetrics>,
+    /// The replicas' vote guards' counters (all zero unless `sign_votes`).
+    vote_stats: Arc<crate::sign::VoteStats>,
 }
 
 pub(crate) fn validate(config: &EngineConfig) -> Result<(), EngineError> {
@@ -380,6 +382,7 @@ impl Wiring {
                 self.clock.clone(),
             ),
             ledger_queries: None,
+            votes: VoteIo::default(),
         }
     }
 }
@@ -540,9 +543,18 @@ impl Engine {
         let mut spawner = Spawner::new(config.pin_threads);
         let mut passive_replicas = Vec::new();
         let mut active = None;
+        let vote_stats = Arc::new(crate::sign::VoteStats::default());
+        let mut signing = in_process_vote_keys(&config, &replicas)?;
         for (me, machine, log, out) in replica_machines {
             let mut io = wiring.site_io(me, log.wal, out, flags());
             io.checkpoint = log.checkpointer;
+            if let Some((keys, _)) = &signing {
+                let dir = config.data_dir.join(format!("replica-{}", me.0));
+                let evidence = dir.join(crate::sign::evidence::EVIDENCE_DIR);
+                let mut guard = keys.guard(me, evidence, vote_stats.clone());
+                guard.count_into(metrics.clone());
+                io.votes.guard = Some(guard);
+            }
             site_stats.push(io.stats.clone());
             let name = format!("tc-replica-{}", me.0);
             if me.0 == 0 {
@@ -560,6 +572,10 @@ impl Engine {
         for (me, machine, log) in participant_machines {
             let mut io = wiring.site_io(me, log.wal, Output::default(), flags());
             io.checkpoint = log.checkpointer;
+            if let Some((keys, secrets)) = &mut signing {
+                let secret = secrets.remove(0);
+                io.votes.signer = Some(keys.signer(me, secret, None));
+            }
             site_stats.push(io.stats.clone());
             let name = format!("tc-participant-{}", me.0 as usize - config.replicas);
             participant_threads.push(spawner.spawn(name, move || run_passive(machine, io))?);
@@ -609,8 +625,45 @@ impl Engine {
             drain_max,
             pins_failed: spawner.pins_failed,
             metrics,
+            vote_stats,
         })
     }
+
+    /// What the replicas' vote guards counted (all zero unless `sign_votes`).
+    pub fn vote_stats(&self) -> &Arc<crate::sign::VoteStats> {
+        &self.vote_stats
+    }
+}
+
+/// With `sign_votes`, fresh keys for every participant (in participant order) and the
+/// public keys every replica checks; `None` without.
+fn in_process_vote_keys(
+    config: &EngineConfig,
+    replicas: &[SiteId],
+) -> Result<Option<(crate::sign::VoteKeys, Vec<ed25519_dalek::SigningKey>)>, EngineError> {
+    if !config.sign_votes {
+        return Ok(None);
+    }
+    let mut names: Vec<String> = replicas
+        .iter()
+        .map(|r| format!("replica-{}", r.0))
+        .collect();
+    let mut keys = vec![None; replicas.len()];
+    let mut secrets = Vec::new();
+    for index in 0..config.participants.len() {
+        let secret = crate::sign::keys::generate()
+            .map_err(|error| EngineError::Config(error.to_string()))?;
+        names.push(format!("participant-{index}"));
+        keys.push(Some(secret.verifying_key()));
+        secrets.push(secret);
+    }
+    let keys = crate::sign::VoteKeys {
+        cluster_id: 0,
+        names,
+        keys,
+        replicas: replicas.to_vec(),
+    };
+    Ok(Some((keys, secrets)))
 }
 
 /// The submission path of [`Engine::submit`], shared with a cluster node's gateway

@@ -42,7 +42,8 @@ use super::config::{EngineConfig, ParticipantRm, ParticipantSpec};
 use super::dedup::Dedup;
 use super::engine::{drain_max, open_log, recover_participant, submit_to, validate, EngineError};
 use super::site::{
-    run_passive, DrainBoard, Frame, Links, SiteError, SiteIo, SyncInFlight, INBOX_FRAMES_CAPACITY,
+    run_passive, DrainBoard, Frame, Links, SiteError, SiteIo, SyncInFlight, VoteIo,
+    INBOX_FRAMES_CAPACITY,
 };
 use super::stages::{
     participant_site, run_active, run_batcher, run_completion, ActiveStage, BatcherStage,
@@ -69,6 +70,8 @@ pub enum NodeError {
     Site(#[from] SiteError),
     #[error("transport: {0}")]
     Transport(#[from] TransportError),
+    #[error("vote key: {0}")]
+    VoteKey(#[from] crate::sign::keys::KeyError),
     #[error("{0} panicked")]
     Panicked(&'static str),
 }
@@ -81,6 +84,7 @@ impl NodeError {
             self,
             NodeError::Config(_)
                 | NodeError::DataDir { .. }
+                | NodeError::VoteKey(_)
                 | NodeError::Engine(EngineError::Config(_))
                 | NodeError::Transport(TransportError::Bind { .. })
                 | NodeError::Transport(TransportError::Config { .. })
@@ -149,6 +153,39 @@ pub struct OpenedNode {
     inbox_receiver: Option<MpscReceiver<Frame>>,
     /// What this site's stages record into (served by `node --metrics-addr`).
     metrics: Arc<EngineMetrics>,
+    /// What this replica's vote guard counts (zero elsewhere).
+    vote_stats: Arc<crate::sign::VoteStats>,
+}
+
+/// The signed-vote side of site `site` of a cluster that signs: a participant's signer
+/// (its key from `DIR/<site>/vote.key`, which must match `cluster.toml`), or a replica's
+/// guard (evidence in `DIR/<replica>/evidence/`). Nothing for a cluster that does not.
+fn vote_io(
+    cluster: &ClusterConfig,
+    dir: &Path,
+    site: &SiteEntry,
+    byzantine: Option<crate::sign::Byzantine>,
+) -> Result<VoteIo, NodeError> {
+    let Some(keys) = cluster.vote_keys() else {
+        return Ok(VoteIo::default());
+    };
+    let site_dir = dir.join(&site.name);
+    let mut votes = VoteIo::default();
+    if keys.replicas.contains(&site.id) {
+        let evidence = site_dir.join(crate::sign::evidence::EVIDENCE_DIR);
+        votes.guard = Some(keys.guard(site.id, evidence, Arc::default()));
+        return Ok(votes);
+    }
+    let secret = crate::sign::keys::load(&site_dir)?;
+    if keys.keys.get(site.id.0 as usize).copied().flatten() != Some(secret.verifying_key()) {
+        return Err(crate::sign::keys::KeyError::NotListed {
+            path: site_dir.join(crate::sign::keys::VOTE_KEY_FILE),
+            site: site.name.clone(),
+        }
+        .into());
+    }
+    votes.signer = Some(keys.signer(site.id, secret, byzantine));
+    Ok(votes)
 }
 
 /// The opening replica's client-facing stages.
@@ -167,6 +204,8 @@ struct Front {
 /// A running site.
 pub struct Node {
     site: SiteEntry,
+    /// What this replica's vote guard counts (zero elsewhere).
+    vote_stats: Arc<crate::sign::VoteStats>,
     /// What this site's stages record into (served by `node --metrics-addr`).
     metrics: Arc<EngineMetrics>,
     stop: Arc<AtomicBool>,
@@ -191,11 +230,28 @@ impl Node {
     /// starts its transport (listening on its address, dialling its peers), runs it,
     /// and on `replica-0` serves network clients.
     pub fn start(dir: &Path, name: &str) -> Result<Node, NodeError> {
+        Node::start_with(dir, name, None)
+    }
+
+    /// [`Node::start`], with a participant that misbehaves on purpose (tests only:
+    /// `tricommit node --test-byzantine`).
+    #[doc(hidden)]
+    pub fn start_with(
+        dir: &Path,
+        name: &str,
+        byzantine: Option<crate::sign::Byzantine>,
+    ) -> Result<Node, NodeError> {
         let cluster = ClusterConfig::load(dir)?;
         let site = cluster.site(name)?;
         let secret = load_key(dir)?;
         prepare_cluster_dir(&cluster, dir)?;
+        let mut votes = vote_io(&cluster, dir, &site, byzantine)?;
         let mut opened = OpenedNode::open(site.clone(), engine_config(&cluster, dir))?;
+        if let Some(guard) = &mut votes.guard {
+            guard.count_into(opened.metrics.clone());
+            opened.vote_stats = guard.stats().clone();
+        }
+        opened.io.votes = votes;
         // A participant answers balance queries from its site thread (`ledger_query`).
         let balance_queries = match opened.role {
             Role::Participant(_) => Some(
@@ -289,6 +345,12 @@ impl Node {
     /// This node's site.
     pub fn site(&self) -> &SiteEntry {
         &self.site
+    }
+
+    /// What this replica's vote guard counted (all zero on a participant, or when the
+    /// cluster does not sign).
+    pub fn vote_stats(&self) -> &Arc<crate::sign::VoteStats> {
+        &self.vote_stats
     }
 
     /// The site's counters.
@@ -486,6 +548,7 @@ impl OpenedNode {
                 clock.clone(),
             ),
             ledger_queries: None,
+            votes: VoteIo::default(),
         };
         Ok(OpenedNode {
             site,
@@ -495,6 +558,7 @@ impl OpenedNode {
             inbox,
             inbox_receiver: Some(inbox_receiver),
             metrics,
+            vote_stats: Arc::default(),
         })
     }
 
@@ -545,6 +609,7 @@ impl OpenedNode {
             )?,
         };
         Ok(Node {
+            vote_stats: self.vote_stats,
             site: self.site,
             metrics: self.metrics,
             stop,

@@ -242,6 +242,42 @@ pub struct SiteIo {
     pub observe: crate::metrics::observe::SiteObserver,
     /// Balance queries of network clients (a participant node's; `None` elsewhere).
     pub ledger_queries: Option<LedgerQueries>,
+    /// Signed votes at this site (`VoteIo::default()` when the deployment does not sign).
+    pub votes: VoteIo,
+}
+
+/// Signed votes at one site (see [`crate::sign`]): a participant signs the votes it
+/// sends; a replica runs what it receives through its vote guard before its machine
+/// sees it, and forwards the guard's proofs to the other replicas. Both run on the
+/// site thread: one signature (participant) or one verification per participant
+/// (opening replica) per batch, which the README's "Signed votes" section measures.
+#[derive(Default)]
+pub struct VoteIo {
+    pub signer: Option<crate::sign::Signer>,
+    pub guard: Option<crate::sign::VoteGuard>,
+    /// Proofs the guard asked to forward this turn, as `(replica, part)`.
+    forward: Vec<(SiteId, Part)>,
+}
+
+impl VoteIo {
+    /// Sends the proofs the guard collected, one frame per replica.
+    fn send_forwarded(&mut self, me: SiteId, links: &Links, stats: &SiteStats) {
+        if self.forward.is_empty() {
+            return;
+        }
+        let mut frames: std::collections::BTreeMap<SiteId, Vec<Part>> = Default::default();
+        for (to, part) in self.forward.drain(..) {
+            frames.entry(to).or_default().push(part);
+        }
+        for (to, parts) in frames {
+            let Some(link) = links.get(to.0 as usize) else {
+                continue;
+            };
+            if link.push(Frame { from: me, parts }).is_err() {
+                stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// Errors that end a site stage. A WAL error is fatal for the site (fsyncgate).
@@ -530,7 +566,11 @@ impl SiteIo {
         for outgoing in &self.out.sends {
             self.observe.on_send(now_us, outgoing.to, &outgoing.part);
         }
-        for (to, parts) in self.out.frames() {
+        let mut frames = self.out.frames();
+        if let Some(signer) = &self.votes.signer {
+            signer.seal(&mut frames);
+        }
+        for (to, parts) in frames {
             let Some(link) = self.links.get(to.0 as usize) else {
                 continue;
             };
@@ -568,7 +608,10 @@ impl SiteIo {
         self.frames.clear();
         let count = self.inbox.pop_batch(&mut self.frames, FRAMES_PER_TURN_MAX);
         let now_us = self.clock.now_us();
-        for frame in self.frames.drain(..) {
+        for mut frame in self.frames.drain(..) {
+            if let Some(guard) = &mut self.votes.guard {
+                guard.admit(frame.from, &mut frame.parts, &mut self.votes.forward);
+            }
             for part in frame.parts {
                 self.observe.on_receive(now_us, frame.from, &part);
                 machine.handle_message(now_us, frame.from, part, &mut self.out);
@@ -577,6 +620,7 @@ impl SiteIo {
         self.stats
             .frames_in
             .fetch_add(count as u64, Ordering::Relaxed);
+        self.votes.send_forwarded(self.me, &self.links, &self.stats);
         count
     }
 

@@ -13,10 +13,12 @@ use std::sync::Arc;
 use crate::metrics::trace::{TraceContext, TRACE_CONTEXT_BYTES};
 use crate::pipeline::{AbortReason, BusyReason, Outcome, Priority};
 use crate::proto::record::{put_desc, put_set, put_u32, put_u64, Reader};
+use crate::proto::SiteId;
 use crate::proto::{
     BatchId, DescriptorRef, Op, Part, Reason, RecordError, TxnId, BATCH_TXNS_MAX, OP_PAYLOAD_BYTES,
 };
 use crate::runtime::{Txn, TxnError, TXN_LEGS_MAX};
+use crate::sign::{SignedVotes, VoteProof};
 
 /// The most parts one site frame carries. The event loop starts a new frame when a
 /// write-combined frame would hold more.
@@ -44,6 +46,10 @@ pub mod part_tag {
     /// Not a protocol part: the trace context of the part before it (tracing only).
     /// Tags 13.. are the protocol's to take; wire-only parts start at 64.
     pub const TRACE: u8 = 64;
+    /// A participant's votes with its ed25519 signature (`crate::sign`).
+    pub const SIGNED_VOTES: u8 = 13;
+    /// A signed vote's proof, forwarded from one replica to the others.
+    pub const VOTE_PROOF: u8 = 14;
 }
 
 /// Bytes of one encoded operation (`txn u64 | payload`).
@@ -306,6 +312,26 @@ pub fn encode_part(part: &Part, buf: &mut Vec<u8>) {
             buf.push(part_tag::FORGET);
             put_u64(buf, batch.0);
         }
+        Part::SignedVotes(signed) => {
+            buf.push(part_tag::SIGNED_VOTES);
+            put_u64(buf, signed.batch.0);
+            buf.push(signed.participant.0);
+            put_set(buf, &signed.yes);
+            put_set(buf, &signed.read_only);
+            put_u32(buf, signed.no.len() as u32);
+            for (index, reason) in &signed.no {
+                put_u32(buf, *index);
+                buf.extend_from_slice(&reason.0.to_le_bytes());
+            }
+            buf.extend_from_slice(&signed.signature);
+        }
+        Part::VoteProof(proof) => {
+            buf.push(part_tag::VOTE_PROOF);
+            put_u64(buf, proof.batch.0);
+            buf.push(proof.participant.0);
+            buf.extend_from_slice(&proof.digest);
+            buf.extend_from_slice(&proof.signature);
+        }
     }
 }
 
@@ -365,9 +391,43 @@ fn decode_tagged(tag: u8, reader: &mut Reader<'_>) -> Result<Part, CodecError> {
         part_tag::FORGET => Part::Forget {
             batch: BatchId(reader.u64()?),
         },
+        part_tag::SIGNED_VOTES => decode_signed_votes(reader)?,
+        part_tag::VOTE_PROOF => Part::VoteProof(Arc::new(VoteProof {
+            batch: BatchId(reader.u64()?),
+            participant: SiteId(reader.u8()?),
+            digest: array(reader)?,
+            signature: array(reader)?,
+        })),
         other => return Err(CodecError::PartTag(other)),
     };
     Ok(part)
+}
+
+fn array<const N: usize>(reader: &mut Reader<'_>) -> Result<[u8; N], CodecError> {
+    let mut bytes = [0u8; N];
+    bytes.copy_from_slice(reader.take(N)?);
+    Ok(bytes)
+}
+
+fn decode_signed_votes(reader: &mut Reader<'_>) -> Result<Part, CodecError> {
+    let batch = BatchId(reader.u64()?);
+    let participant = SiteId(reader.u8()?);
+    let yes = reader.set()?;
+    let read_only = reader.set()?;
+    let count = count_field(reader, "no votes", BATCH_TXNS_MAX, NO_VOTE_BYTES)?;
+    let mut no = Vec::with_capacity(count);
+    for _ in 0..count {
+        let index = reader.u32()?;
+        no.push((index, Reason(reader.u16()?)));
+    }
+    Ok(Part::SignedVotes(Arc::new(SignedVotes {
+        batch,
+        participant,
+        yes,
+        read_only,
+        no,
+        signature: array(reader)?,
+    })))
 }
 
 fn decode_prepare(reader: &mut Reader<'_>) -> Result<Part, CodecError> {

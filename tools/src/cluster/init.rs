@@ -7,6 +7,7 @@ use tricommit_engine::client::config::{
     random_key, write_atomically, ClusterConfig, ConfigError, InitOptions, CLUSTER_FILE, KEY_FILE,
 };
 use tricommit_engine::runtime::node::prepare_cluster_dir;
+use tricommit_engine::sign::{keys, public_key_hex};
 
 #[derive(clap::Args)]
 pub struct InitArgs {
@@ -68,7 +69,7 @@ fn init(args: &InitArgs) -> Result<ClusterConfig, String> {
     // The id comes from other random bytes than the key: no key bits are published.
     let id_bytes = random_key().map_err(|error| format!("reading /dev/urandom: {error}"))?;
     let cluster_id = u64::from_le_bytes(id_bytes[..8].try_into().expect("8 bytes"));
-    let config = ClusterConfig::from_init(&options, cluster_id)?;
+    let mut config = ClusterConfig::from_init(&options, cluster_id)?;
     refuse_used(&args.dir).map_err(|error| error.to_string())?;
     std::fs::create_dir_all(&args.dir)
         .map_err(|error| format!("creating {}: {error}", args.dir.display()))?;
@@ -81,9 +82,29 @@ fn init(args: &InitArgs) -> Result<ClusterConfig, String> {
             .map_err(|error| format!("creating {}: {error}", site_dir.display()))?;
     }
     write_atomically(&args.dir, KEY_FILE, &key, 0o600).map_err(|error| error.to_string())?;
+    add_vote_keys(&mut config, &args.dir)?;
     write_atomically(&args.dir, CLUSTER_FILE, config.render().as_bytes(), 0o644)
         .map_err(|error| error.to_string())?;
     Ok(config)
+}
+
+/// Writes a fresh `DIR/<participant>/vote.key` (mode 0600, OS randomness) for every
+/// participant and lists the public keys in `config.vote_keys`.
+pub(super) fn add_vote_keys(config: &mut ClusterConfig, dir: &Path) -> Result<(), String> {
+    for site in config
+        .site_entries()
+        .into_iter()
+        .skip(config.replicas as usize)
+    {
+        let site_dir = dir.join(&site.name);
+        std::fs::create_dir_all(&site_dir)
+            .map_err(|error| format!("creating {}: {error}", site_dir.display()))?;
+        let key = keys::write_new(&site_dir).map_err(|error| error.to_string())?;
+        config
+            .vote_keys
+            .insert(site.name, public_key_hex(&key.verifying_key()));
+    }
+    Ok(())
 }
 
 /// Refuses a directory that holds anything (a cluster, or other files).

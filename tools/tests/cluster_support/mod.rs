@@ -137,6 +137,11 @@ impl Proc {
         assert!(status.success());
     }
 
+    /// SIGTERM without waiting (stop several processes at once, then `wait` each).
+    pub fn terminate(&self) {
+        self.signal(15);
+    }
+
     /// SIGTERM, then a bounded wait; returns the exit status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         self.signal(15);

@@ -1,0 +1,160 @@
+//! `tricommit evidence verify FILE` and `tricommit evidence clear --cluster DIR --site P`:
+//! check equivocation evidence offline, and lift the block it puts on a participant.
+//!
+//! Exit codes of `verify`: 0 the file proves that the participant signed two different
+//! votes for one batch; 1 it does not (damaged, forged, another cluster's, another
+//! key); 2 misuse (no such file, no cluster found, bad flags).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use tricommit_engine::client::config::{ClusterConfig, CLUSTER_FILE};
+use tricommit_engine::sign::evidence::{
+    Evidence, EvidenceError, CLEARED_DIR, EVIDENCE_DIR, EVIDENCE_EXTENSION,
+};
+use tricommit_engine::sign::parse_public_key;
+
+/// How many directories above an evidence file `verify` looks for `cluster.toml`
+/// (`DIR/<replica>/evidence/FILE` is three).
+const CLUSTER_SEARCH_DEPTH_MAX: usize = 4;
+
+#[derive(clap::Subcommand)]
+pub enum EvidenceCommand {
+    /// Check an evidence file offline with the public keys in cluster.toml: exit 0 if it
+    /// proves an equivocation, 1 if it does not, 2 on misuse.
+    Verify {
+        /// The evidence file (DIR/<replica>/evidence/<participant>-batch-<id>.evidence).
+        file: PathBuf,
+        /// The cluster directory (default: the nearest directory above FILE that holds
+        /// cluster.toml).
+        #[arg(long)]
+        cluster: Option<PathBuf>,
+    },
+    /// Lift the block evidence puts on a participant: moves its evidence files on every
+    /// replica to evidence/cleared/ (kept for the audit trail). Running replicas count
+    /// its votes again within a fraction of a second.
+    Clear {
+        /// The cluster directory.
+        #[arg(long)]
+        cluster: PathBuf,
+        /// The participant (participant-N).
+        #[arg(long)]
+        site: String,
+    },
+}
+
+pub fn run(command: EvidenceCommand) -> ExitCode {
+    match command {
+        EvidenceCommand::Verify { file, cluster } => verify(&file, cluster.as_deref()),
+        EvidenceCommand::Clear { cluster, site } => match clear(&cluster, &site) {
+            Ok(moved) => {
+                println!("cleared {site}: {moved} evidence file(s) moved to {EVIDENCE_DIR}/{CLEARED_DIR}/");
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("tricommit: error: {message}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn verify(file: &Path, cluster: Option<&Path>) -> ExitCode {
+    let misuse = |message: String| {
+        eprintln!("tricommit: error: {message}");
+        ExitCode::from(2)
+    };
+    let Some(dir) = cluster.map(Path::to_owned).or_else(|| find_cluster(file)) else {
+        return misuse(format!(
+            "no {CLUSTER_FILE} above {}; name the cluster with --cluster DIR",
+            file.display()
+        ));
+    };
+    let config = match ClusterConfig::load(&dir) {
+        Ok(config) => config,
+        Err(error) => return misuse(error.to_string()),
+    };
+    let evidence = match Evidence::read(file) {
+        Ok(evidence) => evidence,
+        Err(error @ EvidenceError::Read { .. }) => return misuse(error.to_string()),
+        Err(error) => return invalid(file, &error.to_string()),
+    };
+    let Some(key_text) = config.vote_keys.get(&evidence.participant) else {
+        return invalid(
+            file,
+            &format!(
+                "{} has no vote key in {}",
+                evidence.participant,
+                dir.join(CLUSTER_FILE).display()
+            ),
+        );
+    };
+    let key = parse_public_key(key_text).expect("checked when cluster.toml was read");
+    match evidence.verify(config.cluster_id, &key) {
+        Ok(()) => {
+            println!(
+                "valid: {} signed two different votes for batch {} (found by {})",
+                evidence.participant, evidence.first.batch.0, evidence.seen_by
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => invalid(file, &error.to_string()),
+    }
+}
+
+fn invalid(file: &Path, reason: &str) -> ExitCode {
+    println!("invalid: {}: {reason}", file.display());
+    ExitCode::from(1)
+}
+
+/// The nearest directory above `file` that holds `cluster.toml`.
+fn find_cluster(file: &Path) -> Option<PathBuf> {
+    let absolute = std::path::absolute(file).ok()?;
+    absolute
+        .ancestors()
+        .skip(1)
+        .take(CLUSTER_SEARCH_DEPTH_MAX)
+        .find(|dir| dir.join(CLUSTER_FILE).is_file())
+        .map(Path::to_owned)
+}
+
+/// Moves `site`'s evidence files on every replica to `evidence/cleared/`; returns how
+/// many it moved.
+fn clear(dir: &Path, site: &str) -> Result<usize, String> {
+    let config = ClusterConfig::load(dir).map_err(|error| error.to_string())?;
+    let entry = config.site(site).map_err(|error| error.to_string())?;
+    if u64::from(entry.id.0) < config.replicas {
+        return Err(format!("{site} is a replica; only participants vote"));
+    }
+    let prefix = format!("{site}-batch-");
+    let mut moved = 0;
+    for replica in config
+        .site_entries()
+        .into_iter()
+        .take(config.replicas as usize)
+    {
+        let evidence_dir = dir.join(&replica.name).join(EVIDENCE_DIR);
+        let Ok(entries) = std::fs::read_dir(&evidence_dir) else {
+            continue;
+        };
+        let cleared = evidence_dir.join(CLEARED_DIR);
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                continue;
+            };
+            let path = entry.path();
+            let ours = name.starts_with(&prefix)
+                && path.extension().and_then(|ext| ext.to_str()) == Some(EVIDENCE_EXTENSION);
+            if !ours {
+                continue;
+            }
+            std::fs::create_dir_all(&cleared)
+                .map_err(|error| format!("creating {}: {error}", cleared.display()))?;
+            std::fs::rename(&path, cleared.join(name))
+                .map_err(|error| format!("moving {}: {error}", path.display()))?;
+            moved += 1;
+        }
+    }
+    Ok(moved)
+}
