@@ -160,8 +160,9 @@ fn arb_part() -> impl Strategy<Value = Part> {
             vec((any::<u32>(), any::<u16>()), 0..8),
             uniform32(any::<u8>()),
             uniform32(any::<u8>()),
+            vec((any::<u32>(), any::<u64>(), 0u8..6), 0..4),
         )
-            .prop_map(|(batch, site, yes, read_only, no, low, high)| {
+            .prop_map(|(batch, site, yes, read_only, no, low, high, held)| {
                 Part::SignedVotes(std::sync::Arc::new(SignedVotes {
                     batch,
                     participant: tricommit_engine::proto::SiteId(site),
@@ -169,6 +170,10 @@ fn arb_part() -> impl Strategy<Value = Part> {
                     read_only,
                     no: no.into_iter().map(|(i, r)| (i, Reason(r))).collect(),
                     signature: signature_of(low, high),
+                    held: held
+                        .into_iter()
+                        .map(|(i, b, s)| (i, BatchId(b), State::from_u8(s).expect("below 6")))
+                        .collect(),
                 }))
             }),
         (

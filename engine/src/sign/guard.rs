@@ -157,10 +157,8 @@ impl VoteGuard {
     /// Counts every equivocation found into `metrics` too
     /// (`tricommit_equivocation_evidence`).
     pub fn count_into(&mut self, metrics: Arc<crate::metrics::EngineMetrics>) {
-        self.on_equivocation(Box::new(move |_batch, _participant| {
-            metrics
-                .equivocation_evidence
-                .fetch_add(1, Ordering::Relaxed);
+        self.on_equivocation(Box::new(move |batch, participant| {
+            metrics.record_equivocation_evidence(batch, participant);
         }));
     }
 
@@ -424,6 +422,7 @@ mod tests {
             yes: TxnSet::full(2),
             read_only: TxnSet::empty(2),
             no: Vec::new(),
+            held: Vec::new(),
         };
         let mut frames = Map::from([(SiteId(0), vec![part])]);
         signer.seal(&mut frames);
@@ -461,6 +460,7 @@ mod tests {
             yes: TxnSet::full(1),
             read_only: TxnSet::empty(1),
             no: vec![(0, Reason(1))],
+            held: Vec::new(),
         }];
         guard.admit(P, &mut plain, &mut forward);
         assert!(plain.is_empty());

@@ -28,7 +28,7 @@ use ed25519_dalek::{Signature, Signer as _};
 use sha2::{Digest as _, Sha256};
 
 use crate::proto::record::{put_set, put_u32, put_u64};
-use crate::proto::{BatchId, Part, Reason, SiteId, TxnSet};
+use crate::proto::{BatchId, Part, Reason, SiteId, State, TxnSet};
 
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use guard::{VoteGuard, VoteStats};
@@ -71,6 +71,10 @@ pub struct SignedVotes {
     pub read_only: TxnSet,
     pub no: Vec<(u32, Reason)>,
     pub signature: [u8; SIGNATURE_BYTES],
+    /// For each no vote `HELD_BY_BATCH`, the batch that holds the id and its state
+    /// there (as in `Part::Votes`). Not covered by the signature: it is a hint that
+    /// tells the opener whose outcome to report, never a vote.
+    pub held: Vec<(u32, BatchId, State)>,
 }
 
 impl SignedVotes {
@@ -102,6 +106,7 @@ impl SignedVotes {
             yes: self.yes.clone(),
             read_only: self.read_only.clone(),
             no: self.no.clone(),
+            held: self.held.clone(),
         }
     }
 }
@@ -298,6 +303,7 @@ impl Signer {
             read_only,
             no,
             signature: self.key.sign(&message).to_bytes(),
+            held: Vec::new(),
         }
     }
 
@@ -312,15 +318,17 @@ impl Signer {
                     yes,
                     read_only,
                     no,
+                    held,
                 } = part
                 else {
                     continue;
                 };
-                let (batch, yes, read_only, no) = (
+                let (batch, yes, read_only, no, held) = (
                     *batch,
                     std::mem::take(yes),
                     std::mem::take(read_only),
                     std::mem::take(no),
+                    std::mem::take(held),
                 );
                 if let (Some(Byzantine::Equivocate), Some(other)) =
                     (self.byzantine, self.other_replica(*to))
@@ -329,7 +337,9 @@ impl Signer {
                     let lie = self.sign(batch, lie_yes, read_only.clone(), lie_no);
                     lies.push((other, Part::SignedVotes(Arc::new(lie))));
                 }
-                *part = Part::SignedVotes(Arc::new(self.sign(batch, yes, read_only, no)));
+                let mut signed = self.sign(batch, yes, read_only, no);
+                signed.held = held;
+                *part = Part::SignedVotes(Arc::new(signed));
             }
         }
         for (to, part) in lies {
@@ -445,6 +455,7 @@ mod tests {
             yes,
             read_only: TxnSet::empty(3),
             no: vec![(1, Reason(2))],
+            held: Vec::new(),
         };
         let mut frames = BTreeMap::from([(SiteId(0), vec![part.clone()])]);
         let honest = signer(1);

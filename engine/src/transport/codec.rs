@@ -324,6 +324,12 @@ pub fn encode_part(part: &Part, buf: &mut Vec<u8>) {
                 buf.extend_from_slice(&reason.0.to_le_bytes());
             }
             buf.extend_from_slice(&signed.signature);
+            put_u32(buf, signed.held.len() as u32);
+            for (index, holder, state) in &signed.held {
+                put_u32(buf, *index);
+                put_u64(buf, holder.0);
+                buf.push(*state as u8);
+            }
         }
         Part::VoteProof(proof) => {
             buf.push(part_tag::VOTE_PROOF);
@@ -420,13 +426,22 @@ fn decode_signed_votes(reader: &mut Reader<'_>) -> Result<Part, CodecError> {
         let index = reader.u32()?;
         no.push((index, Reason(reader.u16()?)));
     }
+    let signature = array(reader)?;
+    let count = count_field(reader, "held ids", BATCH_TXNS_MAX, HELD_BYTES)?;
+    let mut held = Vec::with_capacity(count);
+    for _ in 0..count {
+        let index = reader.u32()?;
+        let holder = BatchId(reader.u64()?);
+        held.push((index, holder, reader.state()?));
+    }
     Ok(Part::SignedVotes(Arc::new(SignedVotes {
         batch,
         participant,
         yes,
         read_only,
         no,
-        signature: array(reader)?,
+        signature,
+        held,
     })))
 }
 
@@ -714,6 +729,7 @@ mod tests {
             yes: TxnSet::full(1),
             read_only: TxnSet::empty(1),
             no: Vec::new(),
+            held: Vec::new(),
         }
     }
 

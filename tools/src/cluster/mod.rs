@@ -20,7 +20,7 @@ pub enum ClusterCommand {
     /// every participant signs its votes and the replicas count only signed ones.
     VoteKeys {
         /// The cluster directory.
-        dir: PathBuf,
+        dir: std::path::PathBuf,
     },
 }
 
