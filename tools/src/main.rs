@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod chaos;
 mod cluster;
 mod ledger_cmd;
 mod metrics_http;
@@ -34,6 +35,9 @@ enum Cli {
     Cluster(cluster::ClusterCommand),
     /// Run one site of a cluster in the foreground (see `cluster up`).
     Node(node_cmd::NodeArgs),
+    /// Run a chaos scenario on a cluster of real processes (kill -9, SIGSTOP, link
+    /// cuts, delays and drops) and check the bank exactly; `--list` lists them.
+    Chaos(chaos::ChaosArgs),
     /// PostgreSQL shards as ledgers: create the schema, read a balance, audit.
     #[cfg(feature = "pg")]
     #[command(subcommand)]
@@ -48,6 +52,7 @@ fn main() -> ExitCode {
         Cli::Recover(args) => recover_cmd::run(args),
         Cli::Cluster(command) => cluster::run(command),
         Cli::Node(args) => node_cmd::run(args),
+        Cli::Chaos(args) => chaos::run(args),
         #[cfg(feature = "pg")]
         Cli::Pg(command) => pg_cmd::run(command),
     }

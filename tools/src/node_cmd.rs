@@ -74,6 +74,17 @@ pub struct NodeArgs {
     /// links are up) on HOST:PORT while the node runs.
     #[arg(long, value_name = "HOST:PORT")]
     metrics_addr: Option<String>,
+    /// Test only (the chaos runner): abort the process, as `kill -9` would, the N-th
+    /// time this site reaches POINT (after-prepare-sent, after-precommit-logged,
+    /// after-decision; N defaults to 1). See engine/src/runtime/crashpoint.rs.
+    #[arg(long, value_name = "POINT[:N]", hide = true, value_parser = crash_point)]
+    test_crash_at: Option<(tricommit_engine::runtime::crashpoint::CrashPoint, u64)>,
+}
+
+fn crash_point(
+    text: &str,
+) -> Result<(tricommit_engine::runtime::crashpoint::CrashPoint, u64), String> {
+    tricommit_engine::runtime::crashpoint::parse(text)
 }
 
 pub fn run(args: NodeArgs) -> ExitCode {
@@ -83,6 +94,9 @@ pub fn run(args: NodeArgs) -> ExitCode {
             eprintln!("tricommit: error: cannot handle signal {number}: {error}");
             return ExitCode::from(1);
         }
+    }
+    if let Some((point, hits)) = args.test_crash_at {
+        tricommit_engine::runtime::crashpoint::arm(point, hits);
     }
     let node = match Node::start(&args.cluster, &args.site) {
         Ok(node) => node,

@@ -114,6 +114,19 @@ pub enum SyncName {
     IoUring,
 }
 
+/// The commit protocol, as the file names it (`engine.protocol`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProtocolName {
+    /// Three-phase commit with E3PC termination (the product).
+    #[default]
+    #[serde(rename = "3pc")]
+    ThreePhase,
+    /// Two-phase commit, the baseline: blocks while its coordinator is down. A data
+    /// directory keeps the protocol it was created with.
+    #[serde(rename = "2pc")]
+    TwoPhase,
+}
+
 /// The engine settings of every site.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -124,6 +137,10 @@ pub struct EngineSection {
     pub segment_mib: u64,
     /// Checkpoint a replica's log beyond this many segments; 0 never does.
     pub log_segments_max: u64,
+    /// Off: one batch in flight at a time (the chaos runner's regions comparison).
+    pub pipelining: bool,
+    /// `"3pc"` (default) or `"2pc"` (the blocking baseline).
+    pub protocol: ProtocolName,
 }
 
 impl Default for EngineSection {
@@ -134,6 +151,8 @@ impl Default for EngineSection {
             sync: SyncName::IoUring,
             segment_mib: 64,
             log_segments_max: u64::from(crate::runtime::LOG_SEGMENTS_MAX_DEFAULT),
+            pipelining: true,
+            protocol: ProtocolName::ThreePhase,
         }
     }
 }
@@ -176,8 +195,13 @@ pub struct ClusterConfig {
     pub timeouts: Timeouts,
     #[serde(default)]
     pub transport: TransportSection,
-    /// Every site's address, by name.
+    /// Every site's address, by name: where peers and clients dial it.
     pub sites: BTreeMap<String, String>,
+    /// Where a site binds, by name, when that differs from the address peers dial
+    /// (the chaos runner's link proxy sits at `sites`, the node behind it). Optional:
+    /// a site missing here binds its `sites` address.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub listen: BTreeMap<String, String>,
 }
 
 /// One site of the cluster, resolved.
@@ -256,6 +280,7 @@ impl ClusterConfig {
             timeouts: Timeouts::default(),
             transport: TransportSection::default(),
             sites,
+            listen: BTreeMap::new(),
         };
         config
             .check()
@@ -318,6 +343,14 @@ impl ClusterConfig {
                 }
             })
             .collect()
+    }
+
+    /// Where site `entry` binds: its `[listen]` address, or else its `sites` one.
+    pub fn listen_addr(&self, entry: &SiteEntry) -> SocketAddr {
+        self.listen
+            .get(&entry.name)
+            .map(|text| text.parse().expect("checked when the configuration was read"))
+            .unwrap_or(entry.addr)
     }
 
     /// The site called `name`.
@@ -482,6 +515,21 @@ impl ClusterConfig {
                     format!("sites.{name}"),
                     format!("is not a site of this cluster ({})", self.known_sites()),
                 ));
+            }
+        }
+        let mut bound: BTreeMap<SocketAddr, &str> = BTreeMap::new();
+        for (name, text) in &self.listen {
+            let key = format!("listen.{name}");
+            if !expected.contains(name) {
+                return Err((key, format!("is not a site of this cluster ({})", self.known_sites())));
+            }
+            match text.parse::<SocketAddr>() {
+                Ok(addr) if addr.port() != 0 => {
+                    if let Some(other) = bound.insert(addr, name) {
+                        return Err((key, format!("{addr} is also where {other} binds")));
+                    }
+                }
+                _ => return Err((key, format!("`{text}` is not an address HOST:PORT with a numeric host and a port"))),
             }
         }
         let mut seen: BTreeMap<SocketAddr, &str> = BTreeMap::new();

@@ -97,6 +97,11 @@ pub fn engine_config(cluster: &ClusterConfig, dir: &Path) -> EngineConfig {
     config.batch_txns_max = cluster.engine.batch_txns_max as usize;
     config.batch_delay_us_max = cluster.engine.batch_delay_us_max;
     config.timeouts = cluster.timeouts;
+    config.pipelining = cluster.engine.pipelining;
+    config.protocol = match cluster.engine.protocol {
+        crate::client::config::ProtocolName::ThreePhase => crate::proto::Protocol::ThreePhase,
+        crate::client::config::ProtocolName::TwoPhase => crate::proto::Protocol::TwoPhase,
+    };
     config.wal.sync = match cluster.engine.sync {
         SyncName::Msync => tricommit_wal::SyncBackend::Msync,
         SyncName::Fdatasync => tricommit_wal::SyncBackend::Fdatasync,
@@ -194,7 +199,7 @@ impl Node {
         let transport_config = TransportConfig {
             cluster_id: cluster.cluster_id,
             me: site.id,
-            listen: site.addr,
+            listen: cluster.listen_addr(&site),
             peers: cluster
                 .site_entries()
                 .into_iter()

@@ -357,6 +357,7 @@ impl SiteIo {
         let now_us = self.clock.now_us();
         self.stats.sync_ended(now_us);
         self.observe.sync_finished(now_us);
+        super::crashpoint::on_synced();
         machine.handle_durable(now_us, upto, &mut self.out);
         Ok(true)
     }
@@ -481,6 +482,7 @@ impl SiteIo {
                 self.observe.frame_dropped();
             }
         }
+        super::crashpoint::on_sent(&self.out.sends);
     }
 
     /// Whether the engine crashed on purpose: the stage must stop without syncing.
