@@ -226,3 +226,91 @@ fn check_balances(config: &ClusterConfig, expected: &[Vec<i64>], after: &Snapsho
         verdict.violation(format!("total balance {total}, genesis total {genesis}"));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn config() -> ClusterConfig {
+        let options = tricommit_engine::client::InitOptions {
+            accounts: 4,
+            initial_balance: 100,
+            ..Default::default()
+        };
+        ClusterConfig::from_init(&options, 1).expect("valid")
+    }
+
+    fn record(id: u64, amount: u64, learned: Learned) -> Record {
+        let now = Instant::now();
+        Record {
+            id,
+            from: (0, 1),
+            to: (2, 3),
+            amount,
+            sent: now,
+            done: now,
+            learned,
+        }
+    }
+
+    /// The snapshot after applying `applied` (id, amount) transfers from ledger 0
+    /// account 1 to ledger 2 account 3, leg by leg (`legs` = which legs landed).
+    fn after(config: &ClusterConfig, applied: &[(u64, u64, [bool; 2])]) -> Snapshot {
+        let mut snapshot = Snapshot::genesis(config);
+        for &(id, amount, legs) in applied {
+            let amount = amount as i64;
+            if legs[0] {
+                snapshot.balances[0][1] -= amount;
+                snapshot.postings.entry(id).or_default().push((0, 1, -amount));
+            }
+            if legs[1] {
+                snapshot.balances[2][3] += amount;
+                snapshot.postings.entry(id).or_default().push((2, 3, amount));
+            }
+        }
+        snapshot
+    }
+
+    #[test]
+    fn a_consistent_run_has_no_violation() {
+        // Proves that commits applied, aborts not applied and an unknown applied or not
+        // all pass, and that the counts add up.
+        let config = config();
+        let history = [
+            record(1, 5, Learned::Committed),
+            record(2, 7, Learned::Aborted),
+            record(3, 9, Learned::Unknown),
+            record(4, 11, Learned::Unknown),
+        ];
+        let after = after(&config, &[(1, 5, [true; 2]), (3, 9, [true; 2])]);
+        let verdict = check(&config, &Snapshot::genesis(&config), &after, &history);
+        assert_eq!(verdict.violations, 0, "{:?}", verdict.messages);
+        assert_eq!((verdict.checked, verdict.unknown_applied), (4, 1));
+    }
+
+    #[test]
+    fn every_kind_of_violation_is_found() {
+        // Proves that the check fails a missing commit, an applied abort, a half-applied
+        // transfer, a transfer never sent, a balance that disagrees and legs in doubt.
+        let config = config();
+        let before = Snapshot::genesis(&config);
+        let missing = check(&config, &before, &after(&config, &[]), &[record(1, 5, Learned::Committed)]);
+        assert!(missing.messages[0].contains("commit missing"), "{:?}", missing.messages);
+        let abort = check(&config, &before, &after(&config, &[(1, 5, [true; 2])]), &[record(1, 5, Learned::Aborted)]);
+        assert!(abort.messages[0].contains("abort applied"), "{:?}", abort.messages);
+        let half = after(&config, &[(1, 5, [true, false])]);
+        let half = check(&config, &before, &half, &[record(1, 5, Learned::Unknown)]);
+        assert!(half.messages.iter().any(|m| m.contains("not atomic")), "{:?}", half.messages);
+        let stray = check(&config, &before, &after(&config, &[(9, 5, [true; 2])]), &[]);
+        assert!(stray.messages[0].contains("never sent"), "{:?}", stray.messages);
+        let mut drifted = after(&config, &[(1, 5, [true; 2])]);
+        drifted.balances[1][0] += 1;
+        let drifted = check(&config, &before, &drifted, &[record(1, 5, Learned::Committed)]);
+        assert!(drifted.messages.iter().any(|m| m.contains("the history says")), "{:?}", drifted.messages);
+        assert!(drifted.messages.iter().any(|m| m.contains("genesis total")), "{:?}", drifted.messages);
+        let mut doubtful = after(&config, &[]);
+        doubtful.in_doubt = 2;
+        assert_eq!(check(&config, &before, &doubtful, &[]).violations, 1);
+    }
+}

@@ -107,16 +107,6 @@ impl ChaosCluster {
         self.sites.iter().map(|site| site.name.clone()).collect()
     }
 
-    /// Starts every site not running.
-    pub fn start_all(&mut self) -> Result<(), ChaosError> {
-        for name in self.names() {
-            if self.sites[self.index(&name)].child.is_none() {
-                self.start(&name, &[])?;
-            }
-        }
-        Ok(())
-    }
-
     /// Starts site `name` with `extra` node flags (e.g. `--test-crash-at`).
     pub fn start(&mut self, name: &str, extra: &[String]) -> Result<(), ChaosError> {
         let index = self.index(name);
@@ -215,15 +205,6 @@ impl ChaosCluster {
             let _ = child.wait();
         }
         at
-    }
-
-    /// Whether site `name` has a process that has not exited.
-    pub fn running(&mut self, name: &str) -> bool {
-        let index = self.index(name);
-        self.sites[index]
-            .child
-            .as_mut()
-            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 
     /// Reaps site `name` if its process exited by itself (a crash point); says whether

@@ -40,8 +40,6 @@ pub const FRAMES_QUEUED_MAX: usize = 256;
 const ACCEPT_POLL_MS: u64 = 10;
 /// How long the proxy waits to reach a site behind it.
 const UPSTREAM_CONNECT_MS_MAX: u64 = 500;
-/// The largest one-way delay the proxy accepts.
-pub const DELAY_MS_MAX: u64 = 10_000;
 /// Drop probability is in parts per million.
 pub const DROP_PPM_MAX: u32 = 1_000_000;
 
@@ -349,4 +347,77 @@ fn next_random(shared: &Shared) -> u64 {
     *state ^= *state << 25;
     *state ^= *state >> 27;
     state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A frame from `sender` to `receiver` with an empty body (a heartbeat; the MAC
+    /// bytes are zero: the proxy never checks them) and `sequence` as a tag.
+    fn frame(sender: Site, receiver: Site, sequence: u64) -> Vec<u8> {
+        let header = Header {
+            kind: kind::HEARTBEAT,
+            body_len: 0,
+            sender,
+            receiver,
+            cluster_id: 7,
+            sequence,
+        };
+        let mut bytes = [0u8; HEADER_BYTES];
+        header.encode(&mut bytes);
+        let mut frame = bytes.to_vec();
+        frame.extend_from_slice(&[0u8; MAC_BYTES]);
+        frame
+    }
+
+    fn read_sequence(stream: &mut TcpStream) -> u64 {
+        let mut bytes = [0u8; HEADER_BYTES + MAC_BYTES];
+        stream.read_exact(&mut bytes).expect("a frame");
+        let header = Header::decode(bytes[..HEADER_BYTES].try_into().unwrap()).unwrap();
+        header.sequence
+    }
+
+    #[test]
+    fn a_cut_discards_whole_frames_of_one_direction_only_until_healed() {
+        // Proves that the proxy relays frames unchanged, that a cut of 1 -> 2 discards
+        // exactly those frames (and not 3 -> 2's), and that healing restores the link.
+        let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+        let proxy = Proxy::start("127.0.0.1".parse().unwrap(), &[upstream.local_addr().unwrap()])
+            .unwrap();
+        let mut dialer = TcpStream::connect(proxy.public_addrs()[0]).unwrap();
+        let (mut site, _) = upstream.accept().unwrap();
+        site.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        dialer.write_all(&frame(1, 2, 10)).unwrap();
+        assert_eq!(read_sequence(&mut site), 10);
+        proxy.update(|faults| {
+            faults.cut.insert((1, 2));
+        });
+        dialer.write_all(&frame(1, 2, 11)).unwrap();
+        dialer.write_all(&frame(3, 2, 12)).unwrap();
+        // Frames are read in order: once 12 arrived, 11 was judged (and discarded).
+        assert_eq!(read_sequence(&mut site), 12);
+        proxy.heal();
+        dialer.write_all(&frame(1, 2, 13)).unwrap();
+        assert_eq!(read_sequence(&mut site), 13);
+        // The other direction was never cut.
+        site.write_all(&frame(2, 1, 14)).unwrap();
+        dialer.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        assert_eq!(read_sequence(&mut dialer), 14);
+        assert_eq!(proxy.counters().frames_cut.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn garbage_closes_the_connection() {
+        // Proves that bytes that are not a frame end the relay instead of being passed on.
+        let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+        let proxy = Proxy::start("127.0.0.1".parse().unwrap(), &[upstream.local_addr().unwrap()])
+            .unwrap();
+        let mut dialer = TcpStream::connect(proxy.public_addrs()[0]).unwrap();
+        let (mut site, _) = upstream.accept().unwrap();
+        site.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        dialer.write_all(&[0xAB; HEADER_BYTES]).unwrap();
+        let mut byte = [0u8; 1];
+        assert_eq!(site.read(&mut byte).unwrap(), 0, "the relay closed");
+    }
 }
