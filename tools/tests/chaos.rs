@@ -72,7 +72,10 @@ fn chaos(args: &[&str]) -> (Option<i32>, String, String) {
     };
     let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
     let (out, err) = (read(&stdout), read(&stderr));
-    assert!(status.is_some(), "chaos {args:?} ran past {RUN_WAIT:?}\n{out}\n{err}");
+    assert!(
+        status.is_some(),
+        "chaos {args:?} ran past {RUN_WAIT:?}\n{out}\n{err}"
+    );
     (status.and_then(|status| status.code()), out, err)
 }
 
@@ -102,8 +105,7 @@ fn scenario(name: &str) -> serde_json::Value {
     assert_eq!(figures["violations"], 0, "{figures}");
     assert!(figures["committed"].as_u64().unwrap() > 0, "{figures}");
     assert!(
-        figures["transactions_checked"].as_u64().unwrap()
-            >= figures["committed"].as_u64().unwrap(),
+        figures["transactions_checked"].as_u64().unwrap() >= figures["committed"].as_u64().unwrap(),
         "{figures}"
     );
     // The runner gave cluster.toml back as it found it: no proxy addresses left.
@@ -117,7 +119,12 @@ fn list_names_every_scenario_and_bad_input_exits_2() {
     // Proves that --list shows the scenarios and that misuse is exit 2, not a panic.
     let (code, out, _) = chaos(&["--list"]);
     assert_eq!(code, Some(0));
-    for name in ["participant-kill", "split-brain", "regions", "two-pc-coordinator-kill"] {
+    for name in [
+        "participant-kill",
+        "split-brain",
+        "regions",
+        "two-pc-coordinator-kill",
+    ] {
         assert!(out.contains(name), "{out}");
     }
     let dir = scratch();
@@ -152,7 +159,9 @@ fn replica_kill_preferred() {
     // Proves that ten kills of the clients' replica each lead back to commits, exactly.
     let figures = scenario("replica-kill-preferred");
     assert_eq!(figures["figures"]["kills"], 10, "{figures}");
-    assert!(figures["figures"]["kill_to_first_commit_ms_max"].as_f64().is_some());
+    assert!(figures["figures"]["kill_to_first_commit_ms_max"]
+        .as_f64()
+        .is_some());
 }
 
 #[test]
@@ -165,7 +174,10 @@ fn sigstop_preferred() {
 fn partition_minority() {
     // Proves that a minority partition neither blocks the majority nor breaks atomicity.
     let figures = scenario("partition-minority");
-    assert!(figures["figures"]["commits_during_fault"].as_u64().unwrap() > 0, "{figures}");
+    assert!(
+        figures["figures"]["commits_during_fault"].as_u64().unwrap() > 0,
+        "{figures}"
+    );
 }
 
 #[test]
@@ -178,7 +190,10 @@ fn partition_majority() {
 fn participant_isolated() {
     // Proves that an isolated participant only delays its own transactions.
     let figures = scenario("participant-isolated");
-    assert!(figures["figures"]["commits_during_fault"].as_u64().unwrap() > 0, "{figures}");
+    assert!(
+        figures["figures"]["commits_during_fault"].as_u64().unwrap() > 0,
+        "{figures}"
+    );
 }
 
 #[test]
@@ -192,7 +207,10 @@ fn split_brain() {
     // Proves that the old coordinator, cut off while the others recover its batches,
     // cannot undo their decisions: the others ran elections (E3PC) and the check holds.
     let figures = scenario("split-brain");
-    assert!(figures["figures"]["elect_parts"].as_u64().unwrap() > 0, "{figures}");
+    assert!(
+        figures["figures"]["elect_parts"].as_u64().unwrap() > 0,
+        "{figures}"
+    );
 }
 
 #[test]
@@ -209,7 +227,10 @@ fn regions() {
 fn region_cut() {
     // Proves that the two regions left decide what they hold when the third goes dark.
     let figures = scenario("region-cut");
-    assert!(figures["figures"]["commits_during_fault"].as_u64().unwrap() > 0, "{figures}");
+    assert!(
+        figures["figures"]["commits_during_fault"].as_u64().unwrap() > 0,
+        "{figures}"
+    );
 }
 
 #[test]
@@ -233,7 +254,11 @@ fn two_pc_coordinator_kill() {
 fn coordinator_crashes_in_each_phase() {
     // Proves that the clients' replica aborting after PREPARE, after its PRE-COMMIT is
     // logged, and after COMMIT breaks no transaction.
-    for point in ["after-prepare-sent", "after-precommit-logged", "after-decision"] {
+    for point in [
+        "after-prepare-sent",
+        "after-precommit-logged",
+        "after-decision",
+    ] {
         scenario(&format!("coordinator-crash-{point}"));
     }
 }
@@ -242,7 +267,11 @@ fn coordinator_crashes_in_each_phase() {
 fn participant_crashes_in_each_phase() {
     // Proves the same for a participant aborting after its votes, its PRE-COMMIT
     // acknowledgement and a COMMIT.
-    for point in ["after-prepare-sent", "after-precommit-logged", "after-decision"] {
+    for point in [
+        "after-prepare-sent",
+        "after-precommit-logged",
+        "after-decision",
+    ] {
         scenario(&format!("participant-crash-{point}"));
     }
 }

@@ -349,7 +349,10 @@ impl ClusterConfig {
     pub fn listen_addr(&self, entry: &SiteEntry) -> SocketAddr {
         self.listen
             .get(&entry.name)
-            .map(|text| text.parse().expect("checked when the configuration was read"))
+            .map(|text| {
+                text.parse()
+                    .expect("checked when the configuration was read")
+            })
             .unwrap_or(entry.addr)
     }
 
@@ -521,7 +524,10 @@ impl ClusterConfig {
         for (name, text) in &self.listen {
             let key = format!("listen.{name}");
             if !expected.contains(name) {
-                return Err((key, format!("is not a site of this cluster ({})", self.known_sites())));
+                return Err((
+                    key,
+                    format!("is not a site of this cluster ({})", self.known_sites()),
+                ));
             }
             match text.parse::<SocketAddr>() {
                 Ok(addr) if addr.port() != 0 => {
@@ -529,7 +535,14 @@ impl ClusterConfig {
                         return Err((key, format!("{addr} is also where {other} binds")));
                     }
                 }
-                _ => return Err((key, format!("`{text}` is not an address HOST:PORT with a numeric host and a port"))),
+                _ => {
+                    return Err((
+                        key,
+                        format!(
+                            "`{text}` is not an address HOST:PORT with a numeric host and a port"
+                        ),
+                    ))
+                }
             }
         }
         let mut seen: BTreeMap<SocketAddr, &str> = BTreeMap::new();

@@ -96,21 +96,24 @@ fn armed(point: CrashPoint) -> bool {
     ARMED.load(Ordering::Relaxed) == point as u8
 }
 
-/// Counts one occurrence of the armed point; aborts at the last one.
-fn hit() {
-    if HITS_LEFT.fetch_sub(1, Ordering::AcqRel) <= 1 {
-        std::thread::sleep(std::time::Duration::from_millis(FLUSH_GRACE_MS));
-        eprintln!(
-            "tricommit: test crash point reached: aborting (--test-crash-at)"
-        );
-        std::process::abort();
-    }
+/// Counts one occurrence of the armed point; says whether it was the last one.
+fn hit() -> bool {
+    HITS_LEFT.fetch_sub(1, Ordering::AcqRel) == 1
 }
 
-/// The site loop calls this after it handed `sends` to its links.
-pub fn on_sent(sends: &[Outgoing]) {
+/// Aborts the process once the transport had `FLUSH_GRACE_MS` to write what the site
+/// just handed it.
+pub fn fire() -> ! {
+    std::thread::sleep(std::time::Duration::from_millis(FLUSH_GRACE_MS));
+    eprintln!("tricommit: test crash point reached: aborting (--test-crash-at)");
+    std::process::abort();
+}
+
+/// The site loop calls this with the parts it is about to hand to its links; when it
+/// says so, the loop calls [`fire`] once they are handed over.
+pub fn due_after(sends: &[Outgoing]) -> bool {
     if ARMED.load(Ordering::Relaxed) == 0 {
-        return;
+        return false;
     }
     for outgoing in sends {
         match &outgoing.part {
@@ -138,12 +141,13 @@ pub fn on_sent(sends: &[Outgoing]) {
             _ => {}
         }
     }
+    false
 }
 
 /// The site loop calls this after a sync of its log completed.
 pub fn on_synced() {
-    if PRECOMMIT_AWAITING_SYNC.swap(false, Ordering::Relaxed) {
-        hit();
+    if PRECOMMIT_AWAITING_SYNC.swap(false, Ordering::Relaxed) && hit() {
+        fire();
     }
 }
 

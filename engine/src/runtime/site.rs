@@ -467,6 +467,7 @@ impl SiteIo {
         for outgoing in &self.out.sends {
             self.observe.on_send(now_us, outgoing.to, &outgoing.part);
         }
+        let crash_due = super::crashpoint::due_after(&self.out.sends);
         for (to, parts) in self.out.frames() {
             let Some(link) = self.links.get(to.0 as usize) else {
                 continue;
@@ -482,7 +483,9 @@ impl SiteIo {
                 self.observe.frame_dropped();
             }
         }
-        super::crashpoint::on_sent(&self.out.sends);
+        if crash_due {
+            super::crashpoint::fire();
+        }
     }
 
     /// Whether the engine crashed on purpose: the stage must stop without syncing.

@@ -48,18 +48,21 @@ impl Snapshot {
         let postings: Arc<Mutex<HashMap<u64, Vec<Leg>>>> = Arc::default();
         let sink = |index: usize| -> Option<PostingSink> {
             let postings = postings.clone();
-            Some(Box::new(move |batch: &[tricommit_engine::ledger::Posting]| {
-                let mut postings = postings.lock().expect("postings lock");
-                for posting in batch {
-                    postings.entry(posting.txn.0).or_default().push((
-                        index as u8,
-                        posting.account,
-                        posting.delta,
-                    ));
-                }
-            }))
+            Some(Box::new(
+                move |batch: &[tricommit_engine::ledger::Posting]| {
+                    let mut postings = postings.lock().expect("postings lock");
+                    for posting in batch {
+                        postings.entry(posting.txn.0).or_default().push((
+                            index as u8,
+                            posting.account,
+                            posting.delta,
+                        ));
+                    }
+                },
+            ))
         };
-        let ledgers = recover_ledgers(dir, sink).map_err(|error| ChaosError::Check(error.to_string()))?;
+        let ledgers =
+            recover_ledgers(dir, sink).map_err(|error| ChaosError::Check(error.to_string()))?;
         let mut snapshot = Snapshot {
             balances: Vec::new(),
             postings: std::mem::take(&mut *postings.lock().expect("postings lock")),
@@ -132,13 +135,21 @@ impl Verdict {
 }
 
 /// Checks the run's `history` between `before` and `after` (see the module comment).
-pub fn check(config: &ClusterConfig, before: &Snapshot, after: &Snapshot, history: &[Record]) -> Verdict {
+pub fn check(
+    config: &ClusterConfig,
+    before: &Snapshot,
+    after: &Snapshot,
+    history: &[Record],
+) -> Verdict {
     let mut verdict = Verdict {
         checked: history.len(),
         ..Verdict::default()
     };
     if after.in_doubt > 0 {
-        verdict.violation(format!("{} legs still in doubt after the faults were healed", after.in_doubt));
+        verdict.violation(format!(
+            "{} legs still in doubt after the faults were healed",
+            after.in_doubt
+        ));
     }
     for error in &after.invariant_errors {
         verdict.violation(error.clone());
@@ -150,7 +161,10 @@ pub fn check(config: &ClusterConfig, before: &Snapshot, after: &Snapshot, histor
         let applied = after.postings.get(&record.id);
         let applied_before = before.postings.contains_key(&record.id);
         if applied_before {
-            verdict.violation(format!("txn {}: its id was already applied before this run", record.id));
+            verdict.violation(format!(
+                "txn {}: its id was already applied before this run",
+                record.id
+            ));
             continue;
         }
         let mut legs = vec![
@@ -208,7 +222,12 @@ pub fn check(config: &ClusterConfig, before: &Snapshot, after: &Snapshot, histor
     verdict
 }
 
-fn check_balances(config: &ClusterConfig, expected: &[Vec<i64>], after: &Snapshot, verdict: &mut Verdict) {
+fn check_balances(
+    config: &ClusterConfig,
+    expected: &[Vec<i64>],
+    after: &Snapshot,
+    verdict: &mut Verdict,
+) {
     for (ledger, (expected, actual)) in expected.iter().zip(&after.balances).enumerate() {
         for (account, (expected, actual)) in expected.iter().zip(actual).enumerate() {
             if expected != actual {
@@ -218,7 +237,12 @@ fn check_balances(config: &ClusterConfig, expected: &[Vec<i64>], after: &Snapsho
             }
         }
     }
-    let total: i128 = after.balances.iter().flatten().map(|&balance| i128::from(balance)).sum();
+    let total: i128 = after
+        .balances
+        .iter()
+        .flatten()
+        .map(|&balance| i128::from(balance))
+        .sum();
     let genesis = i128::from(config.ledger.initial_balance)
         * i128::from(config.ledger.accounts)
         * i128::from(config.participants);
@@ -262,11 +286,19 @@ mod tests {
             let amount = amount as i64;
             if legs[0] {
                 snapshot.balances[0][1] -= amount;
-                snapshot.postings.entry(id).or_default().push((0, 1, -amount));
+                snapshot
+                    .postings
+                    .entry(id)
+                    .or_default()
+                    .push((0, 1, -amount));
             }
             if legs[1] {
                 snapshot.balances[2][3] += amount;
-                snapshot.postings.entry(id).or_default().push((2, 3, amount));
+                snapshot
+                    .postings
+                    .entry(id)
+                    .or_default()
+                    .push((2, 3, amount));
             }
         }
         snapshot
@@ -295,20 +327,62 @@ mod tests {
         // transfer, a transfer never sent, a balance that disagrees and legs in doubt.
         let config = config();
         let before = Snapshot::genesis(&config);
-        let missing = check(&config, &before, &after(&config, &[]), &[record(1, 5, Learned::Committed)]);
-        assert!(missing.messages[0].contains("commit missing"), "{:?}", missing.messages);
-        let abort = check(&config, &before, &after(&config, &[(1, 5, [true; 2])]), &[record(1, 5, Learned::Aborted)]);
-        assert!(abort.messages[0].contains("abort applied"), "{:?}", abort.messages);
+        let missing = check(
+            &config,
+            &before,
+            &after(&config, &[]),
+            &[record(1, 5, Learned::Committed)],
+        );
+        assert!(
+            missing.messages[0].contains("commit missing"),
+            "{:?}",
+            missing.messages
+        );
+        let abort = check(
+            &config,
+            &before,
+            &after(&config, &[(1, 5, [true; 2])]),
+            &[record(1, 5, Learned::Aborted)],
+        );
+        assert!(
+            abort.messages[0].contains("abort applied"),
+            "{:?}",
+            abort.messages
+        );
         let half = after(&config, &[(1, 5, [true, false])]);
         let half = check(&config, &before, &half, &[record(1, 5, Learned::Unknown)]);
-        assert!(half.messages.iter().any(|m| m.contains("not atomic")), "{:?}", half.messages);
+        assert!(
+            half.messages.iter().any(|m| m.contains("not atomic")),
+            "{:?}",
+            half.messages
+        );
         let stray = check(&config, &before, &after(&config, &[(9, 5, [true; 2])]), &[]);
-        assert!(stray.messages[0].contains("never sent"), "{:?}", stray.messages);
+        assert!(
+            stray.messages[0].contains("never sent"),
+            "{:?}",
+            stray.messages
+        );
         let mut drifted = after(&config, &[(1, 5, [true; 2])]);
         drifted.balances[1][0] += 1;
-        let drifted = check(&config, &before, &drifted, &[record(1, 5, Learned::Committed)]);
-        assert!(drifted.messages.iter().any(|m| m.contains("the history says")), "{:?}", drifted.messages);
-        assert!(drifted.messages.iter().any(|m| m.contains("genesis total")), "{:?}", drifted.messages);
+        let drifted = check(
+            &config,
+            &before,
+            &drifted,
+            &[record(1, 5, Learned::Committed)],
+        );
+        assert!(
+            drifted
+                .messages
+                .iter()
+                .any(|m| m.contains("the history says")),
+            "{:?}",
+            drifted.messages
+        );
+        assert!(
+            drifted.messages.iter().any(|m| m.contains("genesis total")),
+            "{:?}",
+            drifted.messages
+        );
         let mut doubtful = after(&config, &[]);
         doubtful.in_doubt = 2;
         assert_eq!(check(&config, &before, &doubtful, &[]).violations, 1);

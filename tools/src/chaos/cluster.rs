@@ -50,7 +50,11 @@ pub struct ChaosCluster {
 impl ChaosCluster {
     /// Points the cluster's `sites` at `proxy` and its `[listen]` at the nodes' own
     /// addresses. Starts nothing.
-    pub fn prepare(dir: &Path, config: &ClusterConfig, proxy: &Proxy) -> Result<ChaosCluster, ChaosError> {
+    pub fn prepare(
+        dir: &Path,
+        config: &ClusterConfig,
+        proxy: &Proxy,
+    ) -> Result<ChaosCluster, ChaosError> {
         let path = dir.join(CLUSTER_FILE);
         let original = std::fs::read(&path).map_err(|source| ChaosError::Io {
             what: format!("reading {}", path.display()),
@@ -59,8 +63,12 @@ impl ChaosCluster {
         let mut rewritten = config.clone();
         for (entry, public) in config.site_entries().iter().zip(proxy.public_addrs()) {
             let bind = config.listen_addr(entry);
-            rewritten.listen.insert(entry.name.clone(), bind.to_string());
-            rewritten.sites.insert(entry.name.clone(), public.to_string());
+            rewritten
+                .listen
+                .insert(entry.name.clone(), bind.to_string());
+            rewritten
+                .sites
+                .insert(entry.name.clone(), public.to_string());
         }
         let exe = std::env::current_exe().map_err(|source| ChaosError::Io {
             what: "finding this executable".into(),

@@ -109,8 +109,8 @@ pub fn run(args: ChaosArgs) -> ExitCode {
         Ok(summary) => {
             println!("{}", summary.line());
             if let Some(path) = &args.json {
-                let text = serde_json::to_string_pretty(&summary.json())
-                    .expect("the summary serializes");
+                let text =
+                    serde_json::to_string_pretty(&summary.json()).expect("the summary serializes");
                 if let Err(error) = std::fs::write(path, text + "\n") {
                     eprintln!("tricommit: error: writing {}: {error}", path.display());
                     return ExitCode::from(1);
@@ -224,7 +224,9 @@ fn run_scenario(args: &ChaosArgs, name: &str) -> Result<Summary, ChaosError> {
     };
     let id_base = run_prefix()?;
     let mut history = Vec::new();
-    for (index, (phase_name, phase_config)) in scenario::phases(name, &config).into_iter().enumerate() {
+    for (index, (phase_name, phase_config)) in
+        scenario::phases(name, &config).into_iter().enumerate()
+    {
         // Each phase's ids are distinct: the prefix names the run, the phase a bit below.
         let phase_base = id_base | ((index as u64) << 40);
         let outcome = run_phase(dir, name, &phase_config, args, phase_base)?;
@@ -285,7 +287,10 @@ fn run_phase(
     id_base: u64,
 ) -> Result<PhaseOutcome, ChaosError> {
     let entries = config.site_entries();
-    let upstreams: Vec<_> = entries.iter().map(|entry| config.listen_addr(entry)).collect();
+    let upstreams: Vec<_> = entries
+        .iter()
+        .map(|entry| config.listen_addr(entry))
+        .collect();
     let host: IpAddr = upstreams[0].ip();
     let proxy = Proxy::start(host, &upstreams).map_err(|source| ChaosError::Io {
         what: "starting the link proxy".into(),
@@ -327,7 +332,11 @@ fn run_phase(
     phase.cluster.heal()?;
     let healed = Instant::now();
     let heal_at = phase.heal_at.unwrap_or(healed);
-    let (fault_at, kills, mut figures) = (phase.fault_at, phase.kills.clone(), std::mem::take(&mut phase.figures));
+    let (fault_at, kills, mut figures) = (
+        phase.fault_at,
+        phase.kills.clone(),
+        std::mem::take(&mut phase.figures),
+    );
     // A commit of a transaction sent after the heal: the cluster works again.
     let committed = load.committed();
     let deadline = healed + Duration::from_millis(RECOVERY_WAIT_MS_MAX);
@@ -384,23 +393,38 @@ fn phase_figures(
     if !kills.is_empty() {
         let mut each: Vec<f64> = kills
             .iter()
-            .filter_map(|&kill| record.first_commit_sent_after(kill).map(|at| ms(at.duration_since(kill))))
+            .filter_map(|&kill| {
+                record
+                    .first_commit_sent_after(kill)
+                    .map(|at| ms(at.duration_since(kill)))
+            })
             .collect();
         each.sort_by(f64::total_cmp);
         figures.insert("kills".into(), json!(kills.len()));
-        figures.insert("kill_to_first_commit_ms_median".into(), json!(each.get(each.len() / 2)));
+        figures.insert(
+            "kill_to_first_commit_ms_median".into(),
+            json!(each.get(each.len() / 2)),
+        );
         figures.insert("kill_to_first_commit_ms_max".into(), json!(each.last()));
-        figures.insert("failover".into(), json!("restart of replica-0 (no other replica opens batches yet)"));
+        figures.insert(
+            "failover".into(),
+            json!("restart of replica-0 (no other replica opens batches yet)"),
+        );
     }
     if name == "regions" || name == "region-cut" {
         // The steady part of the window: after the warmup, to the end of the load.
         let from = started + Duration::from_millis(1_000);
         let seconds = end.saturating_duration_since(from).as_secs_f64().max(1e-3);
         let commits = record.commits_between(from, end);
-        figures.insert("committed_per_s".into(), json!((commits as f64 / seconds).round()));
+        figures.insert(
+            "committed_per_s".into(),
+            json!((commits as f64 / seconds).round()),
+        );
         figures.insert(
             "p99_ms".into(),
-            json!(record.latency_us_quantile(from, end, 0.99).map(|us| us as f64 / 1000.0)),
+            json!(record
+                .latency_us_quantile(from, end, 0.99)
+                .map(|us| us as f64 / 1000.0)),
         );
     }
     figures.insert("connects".into(), json!(record.connects));
@@ -415,12 +439,17 @@ fn open_or_create(dir: &Path, name: &str, args: &ChaosArgs) -> Result<ClusterCon
     } else {
         ClusterConfig::load(dir).map_err(|error| ChaosError::Usage(error.to_string()))?
     };
-    tricommit_engine::client::config::load_key(dir).map_err(|error| ChaosError::Usage(error.to_string()))?;
+    tricommit_engine::client::config::load_key(dir)
+        .map_err(|error| ChaosError::Usage(error.to_string()))?;
     if config.engine.protocol != protocol {
         return Err(ChaosError::Usage(format!(
             "scenario {name} needs engine.protocol = \"{}\" in {}, and a cluster keeps the \
              protocol it was created with: give it a new directory",
-            if protocol == ProtocolName::TwoPhase { "2pc" } else { "3pc" },
+            if protocol == ProtocolName::TwoPhase {
+                "2pc"
+            } else {
+                "3pc"
+            },
             dir.join(CLUSTER_FILE).display()
         )));
     }
@@ -435,7 +464,11 @@ fn open_or_create(dir: &Path, name: &str, args: &ChaosArgs) -> Result<ClusterCon
     Ok(config)
 }
 
-fn create(dir: &Path, protocol: ProtocolName, args: &ChaosArgs) -> Result<ClusterConfig, ChaosError> {
+fn create(
+    dir: &Path,
+    protocol: ProtocolName,
+    args: &ChaosArgs,
+) -> Result<ClusterConfig, ChaosError> {
     let options = InitOptions {
         accounts: args.accounts,
         base_port: args.base_port,
@@ -445,12 +478,14 @@ fn create(dir: &Path, protocol: ProtocolName, args: &ChaosArgs) -> Result<Cluste
         what: "reading /dev/urandom".into(),
         source,
     })?;
-    let id = u64::from_le_bytes(random_key().map_err(|source| ChaosError::Io {
-        what: "reading /dev/urandom".into(),
-        source,
-    })?[..8]
-        .try_into()
-        .expect("8 bytes"));
+    let id = u64::from_le_bytes(
+        random_key().map_err(|source| ChaosError::Io {
+            what: "reading /dev/urandom".into(),
+            source,
+        })?[..8]
+            .try_into()
+            .expect("8 bytes"),
+    );
     let mut config = ClusterConfig::from_init(&options, id).map_err(ChaosError::Usage)?;
     config.engine.protocol = protocol;
     config.engine.segment_mib = SEGMENT_MIB_CHAOS;

@@ -260,7 +260,12 @@ impl Driver {
         }
     }
 
-    fn fill(&mut self, client: &RemoteClient, in_flight: &mut VecDeque<InFlight>, log: &mut LoadRecord) {
+    fn fill(
+        &mut self,
+        client: &RemoteClient,
+        in_flight: &mut VecDeque<InFlight>,
+        log: &mut LoadRecord,
+    ) {
         while in_flight.len() < self.window && !client.is_closed() {
             let record = self.next_transfer();
             let txn = Txn::transfer(TxnId(record.id), record.from, record.to, record.amount)

@@ -130,9 +130,9 @@ impl Proxy {
             listener.set_nonblocking(true)?;
             proxy.public.push(listener.local_addr()?);
             let shared = proxy.shared.clone();
-            proxy
-                .accepters
-                .push(std::thread::spawn(move || accept_loop(listener, upstream, &shared)));
+            proxy.accepters.push(std::thread::spawn(move || {
+                accept_loop(listener, upstream, &shared)
+            }));
         }
         Ok(proxy)
     }
@@ -202,10 +202,9 @@ fn relay(downstream: TcpStream, upstream: SocketAddr, shared: &Arc<Shared>) {
         return;
     }
     // The site behind is down (killed, restarting): close, as a refused dial would.
-    let Ok(up) = TcpStream::connect_timeout(
-        &upstream,
-        Duration::from_millis(UPSTREAM_CONNECT_MS_MAX),
-    ) else {
+    let Ok(up) =
+        TcpStream::connect_timeout(&upstream, Duration::from_millis(UPSTREAM_CONNECT_MS_MAX))
+    else {
         counters.connections_refused.fetch_add(1, Ordering::Relaxed);
         return;
     };
@@ -266,7 +265,11 @@ fn spawn_pump(from: TcpStream, to: TcpStream, shared: Arc<Shared>) {
 
 /// Reads whole frames until the stream ends, an unparsable header arrives or the proxy
 /// stops; queues each one that the faults let through.
-fn read_frames(mut from: &TcpStream, queue: &mpsc::SyncSender<(Instant, Vec<u8>)>, shared: &Shared) {
+fn read_frames(
+    mut from: &TcpStream,
+    queue: &mpsc::SyncSender<(Instant, Vec<u8>)>,
+    shared: &Shared,
+) {
     let mut header_bytes = [0u8; HEADER_BYTES];
     while !shared.stop.load(Ordering::Acquire) {
         if from.read_exact(&mut header_bytes).is_err() {
@@ -315,7 +318,10 @@ fn verdict(header: &Header, frame: &[u8], shared: &Shared) -> Option<u64> {
         return None;
     }
     let droppable = header.kind == kind::SITE || header.kind == kind::HEARTBEAT;
-    if droppable && drop_ppm > 0 && (next_random(shared) % u64::from(DROP_PPM_MAX)) < u64::from(drop_ppm) {
+    if droppable
+        && drop_ppm > 0
+        && (next_random(shared) % u64::from(DROP_PPM_MAX)) < u64::from(drop_ppm)
+    {
         counters.frames_dropped.fetch_add(1, Ordering::Relaxed);
         return None;
     }
@@ -383,11 +389,15 @@ mod tests {
         // Proves that the proxy relays frames unchanged, that a cut of 1 -> 2 discards
         // exactly those frames (and not 3 -> 2's), and that healing restores the link.
         let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
-        let proxy = Proxy::start("127.0.0.1".parse().unwrap(), &[upstream.local_addr().unwrap()])
-            .unwrap();
+        let proxy = Proxy::start(
+            "127.0.0.1".parse().unwrap(),
+            &[upstream.local_addr().unwrap()],
+        )
+        .unwrap();
         let mut dialer = TcpStream::connect(proxy.public_addrs()[0]).unwrap();
         let (mut site, _) = upstream.accept().unwrap();
-        site.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        site.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         dialer.write_all(&frame(1, 2, 10)).unwrap();
         assert_eq!(read_sequence(&mut site), 10);
         proxy.update(|faults| {
@@ -402,7 +412,9 @@ mod tests {
         assert_eq!(read_sequence(&mut site), 13);
         // The other direction was never cut.
         site.write_all(&frame(2, 1, 14)).unwrap();
-        dialer.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        dialer
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         assert_eq!(read_sequence(&mut dialer), 14);
         assert_eq!(proxy.counters().frames_cut.load(Ordering::Relaxed), 1);
     }
@@ -411,11 +423,15 @@ mod tests {
     fn garbage_closes_the_connection() {
         // Proves that bytes that are not a frame end the relay instead of being passed on.
         let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
-        let proxy = Proxy::start("127.0.0.1".parse().unwrap(), &[upstream.local_addr().unwrap()])
-            .unwrap();
+        let proxy = Proxy::start(
+            "127.0.0.1".parse().unwrap(),
+            &[upstream.local_addr().unwrap()],
+        )
+        .unwrap();
         let mut dialer = TcpStream::connect(proxy.public_addrs()[0]).unwrap();
         let (mut site, _) = upstream.accept().unwrap();
-        site.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        site.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         dialer.write_all(&[0xAB; HEADER_BYTES]).unwrap();
         let mut byte = [0u8; 1];
         assert_eq!(site.read(&mut byte).unwrap(), 0, "the relay closed");

@@ -53,7 +53,7 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ("regions", "3 regions, 30 ms one-way between, 1 ms within; pipelining on, then off"),
     ("region-cut", "3 regions as above, then region 2 cut off: the other two decide what they hold"),
     ("frame-drop", "drop 1% of site frames at random (each drop resets its link)"),
-    ("two-pc-coordinator-kill", "2PC: kill -9 the coordinator; participants stay prepared until it returns"),
+    ("two-pc-coordinator-kill", "2PC: the coordinator dies after a PREPARE (failpoint); participants stay prepared until it returns"),
     ("coordinator-crash-after-prepare-sent", "replica-0 aborts right after sending a PREPARE (failpoint)"),
     ("coordinator-crash-after-precommit-logged", "replica-0 aborts once its PRE-COMMIT round is logged (failpoint)"),
     ("coordinator-crash-after-decision", "replica-0 aborts right after sending a COMMIT (failpoint)"),
@@ -93,14 +93,19 @@ pub fn phases(name: &str, config: &ClusterConfig) -> Vec<(String, ClusterConfig)
 
 /// The crash-point flags a scenario starts a site with.
 pub fn crash_flags(name: &str) -> Option<(&'static str, Vec<String>)> {
-    let (site, point) = if let Some(point) = name.strip_prefix("coordinator-crash-") {
+    let (site, point) = if name == "two-pc-coordinator-kill" {
+        ("replica-0", "after-prepare-sent")
+    } else if let Some(point) = name.strip_prefix("coordinator-crash-") {
         ("replica-0", point)
     } else if let Some(point) = name.strip_prefix("participant-crash-") {
         ("participant-1", point)
     } else {
         return None;
     };
-    Some((site, vec!["--test-crash-at".into(), format!("{point}:{CRASH_HIT}")]))
+    Some((
+        site,
+        vec!["--test-crash-at".into(), format!("{point}:{CRASH_HIT}")],
+    ))
 }
 
 /// What a phase hands a scenario.
@@ -162,7 +167,11 @@ impl Phase<'_> {
 
     fn cut_off(&self, side: &[&str]) {
         let side = self.ids(side);
-        let rest: Vec<Site> = self.all_ids().into_iter().filter(|id| !side.contains(id)).collect();
+        let rest: Vec<Site> = self
+            .all_ids()
+            .into_iter()
+            .filter(|id| !side.contains(id))
+            .collect();
         self.proxy.update(|faults| faults.cut_between(&side, &rest));
     }
 
@@ -249,8 +258,12 @@ impl Phase<'_> {
         // Let the healed links carry the old coordinator's stale messages.
         std::thread::sleep(Duration::from_millis(1_000));
         let counters = self.proxy.counters();
-        let elect = counters.elect_parts.load(std::sync::atomic::Ordering::Relaxed);
-        let reject = counters.reject_parts.load(std::sync::atomic::Ordering::Relaxed);
+        let elect = counters
+            .elect_parts
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let reject = counters
+            .reject_parts
+            .load(std::sync::atomic::Ordering::Relaxed);
         self.figures.insert("elect_parts".into(), json!(elect));
         self.figures.insert("reject_parts".into(), json!(reject));
         Ok(())
@@ -283,6 +296,16 @@ impl Phase<'_> {
     /// Waits for the failpoint to abort its site, keeps it down for `DOWN_MS`, restarts
     /// it.
     fn await_crash(&mut self, window: Duration) -> Result<(), ChaosError> {
+        let site = self.await_crash_only(window)?;
+        std::thread::sleep(Duration::from_millis(DOWN_MS));
+        self.cluster.start(site, &[])?;
+        self.heal_at = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Waits (within three `window`s) for the failpoint to abort its site; returns the
+    /// site.
+    fn await_crash_only(&mut self, window: Duration) -> Result<&'static str, ChaosError> {
         let (site, _) = crash_flags(self.name).expect("a crash scenario");
         let deadline = Instant::now() + window * 3;
         while !self.cluster.reap_if_exited(site) {
@@ -295,18 +318,17 @@ impl Phase<'_> {
             std::thread::sleep(Duration::from_millis(5));
         }
         self.fault_at = Some(Instant::now());
-        std::thread::sleep(Duration::from_millis(DOWN_MS));
-        self.cluster.start(site, &[])?;
-        self.heal_at = Some(Instant::now());
-        Ok(())
+        Ok(site)
     }
 
-    /// 2PC's block, shown on the logs: the coordinator is killed, the participants
+    /// 2PC's block, shown on the logs: the coordinator dies right after it sent a
+    /// PREPARE (its crash point: the participants vote yes on a batch whose outcome
+    /// only it can give), the participants
     /// are stopped (cleanly) while it is down, and their logs are read: what they
     /// voted yes on and never learned the outcome of is still in doubt. Then everyone
     /// returns and the check after the run shows every leg decided.
     fn two_pc_block(&mut self) -> Result<(), ChaosError> {
-        self.fault_at = Some(self.cluster.kill9("replica-0"));
+        self.await_crash_only(self.fault_window())?;
         std::thread::sleep(Duration::from_millis(TWO_PC_DOWN_MS));
         let participants: Vec<String> = self
             .cluster
@@ -316,8 +338,10 @@ impl Phase<'_> {
             .collect();
         self.cluster.stop_sites(&participants);
         let held = super::check::Snapshot::read(self.cluster.dir(), self.config)?;
-        self.figures
-            .insert("in_doubt_legs_while_coordinator_down".into(), json!(held.in_doubt()));
+        self.figures.insert(
+            "in_doubt_legs_while_coordinator_down".into(),
+            json!(held.in_doubt()),
+        );
         self.cluster.heal()?;
         self.heal_at = Some(Instant::now());
         Ok(())
