@@ -695,6 +695,38 @@ mod tests {
     }
 
     #[test]
+    fn listen_addresses_and_engine_modes_parse_and_are_checked() {
+        // Proves that `[listen]` moves where a site binds (not where peers dial), that
+        // `engine.protocol` and `engine.pipelining` parse, and that a bad or unknown
+        // `[listen]` entry is an error naming its key.
+        let text = sample().render().replace(
+            "[engine]",
+            "[engine]\nprotocol = \"2pc\"\npipelining = false",
+        ) + "\n[listen]\nreplica-0 = \"127.0.0.1:9400\"\n";
+        let parsed = ClusterConfig::parse(&text, Path::new("c.toml")).unwrap();
+        let entry = parsed.site("replica-0").unwrap();
+        assert_eq!(parsed.listen_addr(&entry).to_string(), "127.0.0.1:9400");
+        assert_eq!(entry.addr.to_string(), "127.0.0.1:7400");
+        let other = parsed.site("replica-1").unwrap();
+        assert_eq!(parsed.listen_addr(&other), other.addr);
+        assert_eq!(parsed.engine.protocol, ProtocolName::TwoPhase);
+        assert!(!parsed.engine.pipelining);
+        assert_eq!(
+            ClusterConfig::parse(&parsed.render(), Path::new("c.toml")).unwrap(),
+            parsed
+        );
+        for (bad, key) in [
+            ("replica-9 = \"127.0.0.1:9401\"", "listen.replica-9"),
+            ("replica-1 = \"nowhere\"", "listen.replica-1"),
+            ("replica-1 = \"127.0.0.1:9400\"", "listen.replica-1"),
+        ] {
+            let error =
+                ClusterConfig::parse(&format!("{text}{bad}\n"), Path::new("c.toml")).unwrap_err();
+            assert!(error.to_string().contains(key), "{error}");
+        }
+    }
+
+    #[test]
     fn an_unknown_site_name_lists_the_known_ones() {
         // Proves that asking for a site the cluster does not have is a clear error.
         let error = sample().site("replica-7").unwrap_err();
