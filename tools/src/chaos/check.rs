@@ -61,8 +61,18 @@ impl Snapshot {
                 },
             ))
         };
-        let ledgers =
-            recover_ledgers(dir, sink).map_err(|error| ChaosError::Check(error.to_string()))?;
+        let ledgers = recover_ledgers(dir, sink).map_err(|error| match error {
+            // A log is never read under its writer: the cluster runs elsewhere.
+            tricommit_engine::runtime::DumpError::Wal {
+                index,
+                source: tricommit_wal::WalError::Locked { .. },
+            } => ChaosError::Usage(format!(
+                "participant-{index} of {} is running: stop the cluster first (the runner \
+                 starts its own nodes)",
+                dir.display()
+            )),
+            error => ChaosError::Check(error.to_string()),
+        })?;
         let mut snapshot = Snapshot {
             balances: Vec::new(),
             postings: std::mem::take(&mut *postings.lock().expect("postings lock")),
