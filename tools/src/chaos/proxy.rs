@@ -91,8 +91,9 @@ struct Shared {
     faults: Mutex<Faults>,
     counters: ProxyCounters,
     stop: AtomicBool,
-    /// Every live relayed socket, to shut down at stop.
-    sockets: Mutex<Vec<TcpStream>>,
+    /// Every relayed socket, to shut down at stop, with its connection's "ended" flag
+    /// (ended connections are dropped from the list at the next accept).
+    sockets: Mutex<Vec<(Arc<AtomicBool>, TcpStream)>>,
     live: AtomicU64,
     random: Mutex<u64>,
 }
@@ -169,7 +170,7 @@ impl Proxy {
         for accepter in self.accepters.drain(..) {
             let _ = accepter.join();
         }
-        for socket in self.shared.sockets.lock().expect("sockets lock").drain(..) {
+        for (_, socket) in self.shared.sockets.lock().expect("sockets lock").drain(..) {
             let _ = socket.shutdown(Shutdown::Both);
         }
     }
@@ -224,26 +225,29 @@ fn relay(downstream: TcpStream, upstream: SocketAddr, shared: &Arc<Shared>) {
     };
     counters.connections.fetch_add(1, Ordering::Relaxed);
     shared.live.fetch_add(2, Ordering::AcqRel);
+    let ended = Arc::new(AtomicBool::new(false));
     {
         let mut registry = shared.sockets.lock().expect("sockets lock");
-        // Sockets of finished connections are shut already; keep the list bounded.
-        registry.retain(|socket| socket.peer_addr().is_ok());
-        registry.push(down_keep);
-        registry.push(up_keep);
+        // Ended connections' sockets are shut already; dropping them closes them.
+        registry.retain(|(ended, _)| !ended.load(Ordering::Acquire));
+        registry.push((ended.clone(), down_keep));
+        registry.push((ended.clone(), up_keep));
     }
-    spawn_pump(down_read, up, shared.clone());
-    spawn_pump(up_read, downstream, shared.clone());
+    spawn_pump(down_read, up, shared.clone(), ended.clone());
+    spawn_pump(up_read, downstream, shared.clone(), ended);
 }
 
 /// One direction: `from` is read frame by frame, `to` written after each frame's delay.
-fn spawn_pump(from: TcpStream, to: TcpStream, shared: Arc<Shared>) {
+fn spawn_pump(from: TcpStream, to: TcpStream, shared: Arc<Shared>, ended: Arc<AtomicBool>) {
     let (queue, frames) = mpsc::sync_channel::<(Instant, Vec<u8>)>(FRAMES_QUEUED_MAX);
     let writer_to = to.try_clone();
     let reader_shared = shared.clone();
     std::thread::spawn(move || {
         read_frames(&from, &queue, &reader_shared);
         drop(queue);
+        // Either direction ending ends the connection: shut it, so the other pump ends.
         let _ = from.shutdown(Shutdown::Both);
+        ended.store(true, Ordering::Release);
         reader_shared.live.fetch_sub(1, Ordering::AcqRel);
     });
     std::thread::spawn(move || {
