@@ -30,6 +30,8 @@ pub const REGION_DELAY_MS: u64 = 30;
 pub const LOCAL_DELAY_MS: u64 = 1;
 /// The frames `frame-drop` drops, parts per million (1%).
 const DROP_PPM: u32 = 10_000;
+/// The shortest fault window.
+const FAULT_MS_MIN: u64 = 2_000;
 /// A crash point fires at this hit, so that the load is well under way.
 const CRASH_HIT: u64 = 20;
 /// How long a site killed by the scenario stays down before it is restarted.
@@ -133,8 +135,10 @@ impl Phase<'_> {
         Duration::from_millis((self.seconds * 1000 / 4).max(1000))
     }
 
+    /// A third of the run, and at least `FAULT_MS_MIN`: long enough for a vote timeout
+    /// (whose floor is 500 ms) to let the rest of a batch commit while a site is cut.
     fn fault_window(&self) -> Duration {
-        Duration::from_millis((self.seconds * 1000 / 3).max(1000))
+        Duration::from_millis((self.seconds * 1000 / 3).max(FAULT_MS_MIN))
     }
 
     /// Sleeps until `offset` after the load started.
