@@ -699,10 +699,11 @@ mod tests {
         // Proves that `[listen]` moves where a site binds (not where peers dial), that
         // `engine.protocol` and `engine.pipelining` parse, and that a bad or unknown
         // `[listen]` entry is an error naming its key.
-        let text = sample().render().replace(
-            "[engine]",
-            "[engine]\nprotocol = \"2pc\"\npipelining = false",
-        ) + "\n[listen]\nreplica-0 = \"127.0.0.1:9400\"\n";
+        let text = sample()
+            .render()
+            .replace("pipelining = true", "pipelining = false")
+            .replace("protocol = \"3pc\"", "protocol = \"2pc\"")
+            + "\n[listen]\nreplica-0 = \"127.0.0.1:9400\"\n";
         let parsed = ClusterConfig::parse(&text, Path::new("c.toml")).unwrap();
         let entry = parsed.site("replica-0").unwrap();
         assert_eq!(parsed.listen_addr(&entry).to_string(), "127.0.0.1:9400");
