@@ -338,12 +338,10 @@ fn run_phase(
         std::mem::take(&mut phase.figures),
     );
     // A commit of a transaction sent after the heal: the cluster works again.
-    let committed = load.committed();
     let deadline = healed + Duration::from_millis(RECOVERY_WAIT_MS_MAX);
-    while load.committed() <= committed && Instant::now() < deadline {
+    while !load.committed_one_sent_after(heal_at) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    std::thread::sleep(Duration::from_millis(200));
     let record = load.stop();
     let unclean_stops = nodes.stop_all();
     drop(nodes);

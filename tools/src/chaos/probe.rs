@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -136,6 +136,8 @@ impl LoadRecord {
 pub struct Load {
     stop: Arc<AtomicBool>,
     committed: Arc<AtomicU64>,
+    /// When the latest-sent transaction that committed so far was sent.
+    newest_commit_sent: Arc<Mutex<Option<Instant>>>,
     thread: Option<JoinHandle<LoadRecord>>,
 }
 
@@ -144,7 +146,9 @@ impl Load {
     pub fn start(dir: &Path, config: &ClusterConfig, window: usize, id_base: u64) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let committed = Arc::new(AtomicU64::new(0));
+        let newest_commit_sent = Arc::new(Mutex::new(None));
         let driver = Driver {
+            newest_commit_sent: newest_commit_sent.clone(),
             dir: dir.to_owned(),
             ledgers: config.participants as u8,
             accounts: config.ledger.accounts,
@@ -157,6 +161,7 @@ impl Load {
         Load {
             stop,
             committed,
+            newest_commit_sent,
             thread: Some(std::thread::spawn(move || driver.run())),
         }
     }
@@ -164,6 +169,14 @@ impl Load {
     /// Commits learned so far.
     pub fn committed(&self) -> u64 {
         self.committed.load(Ordering::Relaxed)
+    }
+
+    /// Whether a transaction sent at or after `at` has committed.
+    pub fn committed_one_sent_after(&self, at: Instant) -> bool {
+        self.newest_commit_sent
+            .lock()
+            .expect("newest commit lock")
+            .is_some_and(|sent| sent >= at)
     }
 
     /// Stops sending, waits (bounded) for the outcomes in flight, returns the record.
@@ -200,6 +213,7 @@ struct Driver {
     random: u64,
     stop: Arc<AtomicBool>,
     committed: Arc<AtomicU64>,
+    newest_commit_sent: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Driver {
@@ -291,6 +305,11 @@ impl Driver {
                 flight.record.learned = match outcome {
                     Outcome::Committed => {
                         self.committed.fetch_add(1, Ordering::Relaxed);
+                        let mut newest =
+                            self.newest_commit_sent.lock().expect("newest commit lock");
+                        if newest.is_none_or(|sent| sent < flight.record.sent) {
+                            *newest = Some(flight.record.sent);
+                        }
                         Learned::Committed
                     }
                     Outcome::Aborted(_) => Learned::Aborted,
