@@ -187,12 +187,10 @@ pub fn check(
             applied.sort_unstable();
             applied == legs
         });
-        if applied.is_some() && !exact {
+        if let (Some(applied), false) = (applied, exact) {
             verdict.violation(format!(
-                "txn {}: applied as {:?}, sent as {:?} (not atomic)",
-                record.id,
-                applied.expect("some"),
-                legs
+                "txn {}: applied as {applied:?}, sent as {legs:?} (not atomic)",
+                record.id
             ));
             continue;
         }
