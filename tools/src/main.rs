@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod chaos;
 mod cluster;
 mod evidence_cmd;
 mod ledger_cmd;
@@ -39,6 +40,9 @@ enum Cli {
     /// Equivocation evidence: verify a file offline, clear a participant.
     #[command(subcommand)]
     Evidence(evidence_cmd::EvidenceCommand),
+    /// Run a chaos scenario on a cluster of real processes (kill -9, SIGSTOP, link
+    /// cuts, delays and drops) and check the bank exactly; `--list` lists them.
+    Chaos(chaos::ChaosArgs),
     /// PostgreSQL shards as ledgers: create the schema, read a balance, audit.
     #[cfg(feature = "pg")]
     #[command(subcommand)]
@@ -54,6 +58,7 @@ fn main() -> ExitCode {
         Cli::Cluster(command) => cluster::run(command),
         Cli::Node(args) => node_cmd::run(args),
         Cli::Evidence(command) => evidence_cmd::run(command),
+        Cli::Chaos(args) => chaos::run(args),
         #[cfg(feature = "pg")]
         Cli::Pg(command) => pg_cmd::run(command),
     }

@@ -106,6 +106,17 @@ pub struct NodeArgs {
     /// the replica that asked and contradicting votes for another replica.
     #[arg(long, hide = true, value_enum)]
     test_byzantine: Option<ByzantineMode>,
+    /// Test only (the chaos runner): abort the process, as `kill -9` would, the N-th
+    /// time this site reaches POINT (after-prepare-sent, after-precommit-logged,
+    /// after-decision; N defaults to 1). See engine/src/runtime/crashpoint.rs.
+    #[arg(long, value_name = "POINT[:N]", hide = true, value_parser = crash_point)]
+    test_crash_at: Option<(tricommit_engine::runtime::crashpoint::CrashPoint, u64)>,
+}
+
+fn crash_point(
+    text: &str,
+) -> Result<(tricommit_engine::runtime::crashpoint::CrashPoint, u64), String> {
+    tricommit_engine::runtime::crashpoint::parse(text)
 }
 
 /// The misbehaviours `--test-byzantine` knows.
@@ -136,6 +147,9 @@ pub fn run(args: NodeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some((point, hits)) = args.test_crash_at {
+        tricommit_engine::runtime::crashpoint::arm(point, hits);
+    }
     let byzantine = args.test_byzantine.map(|mode| match mode {
         ByzantineMode::Equivocate => tricommit_engine::sign::Byzantine::Equivocate,
     });

@@ -115,6 +115,19 @@ pub enum SyncName {
     IoUring,
 }
 
+/// The commit protocol, as the file names it (`engine.protocol`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProtocolName {
+    /// Three-phase commit with E3PC termination (the product).
+    #[default]
+    #[serde(rename = "3pc")]
+    ThreePhase,
+    /// Two-phase commit, the baseline: blocks while its coordinator is down. A data
+    /// directory keeps the protocol it was created with.
+    #[serde(rename = "2pc")]
+    TwoPhase,
+}
+
 /// The engine settings of every site.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -131,6 +144,10 @@ pub struct EngineSection {
     /// ... and above this many, every submission is.
     /// `1 <= intake_high_water_txns <= intake_capacity_txns <= INTAKE_TXNS_MAX`.
     pub intake_capacity_txns: u64,
+    /// Off: one batch in flight at a time (the chaos runner's regions comparison).
+    pub pipelining: bool,
+    /// `"3pc"` (default) or `"2pc"` (the blocking baseline).
+    pub protocol: ProtocolName,
 }
 
 impl Default for EngineSection {
@@ -143,6 +160,8 @@ impl Default for EngineSection {
             log_segments_max: u64::from(crate::runtime::LOG_SEGMENTS_MAX_DEFAULT),
             intake_high_water_txns: INTAKE_HIGH_WATER_TXNS as u64,
             intake_capacity_txns: INTAKE_TXNS_MAX as u64,
+            pipelining: true,
+            protocol: ProtocolName::ThreePhase,
         }
     }
 }
@@ -185,7 +204,7 @@ pub struct ClusterConfig {
     pub timeouts: Timeouts,
     #[serde(default)]
     pub transport: TransportSection,
-    /// Every site's address, by name.
+    /// Every site's address, by name: where peers and clients dial it.
     pub sites: BTreeMap<String, String>,
     /// Every participant's public vote key (64 hex digits), by site name. Present, the
     /// participants sign their votes and the replicas count only votes that verify;
@@ -193,6 +212,11 @@ pub struct ClusterConfig {
     /// `tricommit cluster vote-keys DIR` adds them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub vote_keys: BTreeMap<String, String>,
+    /// Where a site binds, by name, when that differs from the address peers dial
+    /// (the chaos runner's link proxy sits at `sites`, the node behind it). Optional:
+    /// a site missing here binds its `sites` address.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub listen: BTreeMap<String, String>,
 }
 
 /// One site of the cluster, resolved.
@@ -272,6 +296,7 @@ impl ClusterConfig {
             transport: TransportSection::default(),
             sites,
             vote_keys: BTreeMap::new(),
+            listen: BTreeMap::new(),
         };
         config
             .check()
@@ -334,6 +359,17 @@ impl ClusterConfig {
                 }
             })
             .collect()
+    }
+
+    /// Where site `entry` binds: its `[listen]` address, or else its `sites` one.
+    pub fn listen_addr(&self, entry: &SiteEntry) -> SocketAddr {
+        self.listen
+            .get(&entry.name)
+            .map(|text| {
+                text.parse()
+                    .expect("checked when the configuration was read")
+            })
+            .unwrap_or(entry.addr)
     }
 
     /// The site called `name`.
@@ -581,6 +617,31 @@ impl ClusterConfig {
                 ));
             }
         }
+        let mut bound: BTreeMap<SocketAddr, &str> = BTreeMap::new();
+        for (name, text) in &self.listen {
+            let key = format!("listen.{name}");
+            if !expected.contains(name) {
+                return Err((
+                    key,
+                    format!("is not a site of this cluster ({})", self.known_sites()),
+                ));
+            }
+            match text.parse::<SocketAddr>() {
+                Ok(addr) if addr.port() != 0 => {
+                    if let Some(other) = bound.insert(addr, name) {
+                        return Err((key, format!("{addr} is also where {other} binds")));
+                    }
+                }
+                _ => {
+                    return Err((
+                        key,
+                        format!(
+                            "`{text}` is not an address HOST:PORT with a numeric host and a port"
+                        ),
+                    ))
+                }
+            }
+        }
         let mut seen: BTreeMap<SocketAddr, &str> = BTreeMap::new();
         for name in &expected {
             let Some(text) = self.sites.get(name) else {
@@ -773,6 +834,39 @@ mod tests {
         for (text, key) in cases {
             let error = ClusterConfig::parse(&text, Path::new("c.toml")).unwrap_err();
             assert!(error.to_string().contains(key), "{key}: {error}");
+        }
+    }
+
+    #[test]
+    fn listen_addresses_and_engine_modes_parse_and_are_checked() {
+        // Proves that `[listen]` moves where a site binds (not where peers dial), that
+        // `engine.protocol` and `engine.pipelining` parse, and that a bad or unknown
+        // `[listen]` entry is an error naming its key.
+        let text = sample()
+            .render()
+            .replace("pipelining = true", "pipelining = false")
+            .replace("protocol = \"3pc\"", "protocol = \"2pc\"")
+            + "\n[listen]\nreplica-0 = \"127.0.0.1:9400\"\n";
+        let parsed = ClusterConfig::parse(&text, Path::new("c.toml")).unwrap();
+        let entry = parsed.site("replica-0").unwrap();
+        assert_eq!(parsed.listen_addr(&entry).to_string(), "127.0.0.1:9400");
+        assert_eq!(entry.addr.to_string(), "127.0.0.1:7400");
+        let other = parsed.site("replica-1").unwrap();
+        assert_eq!(parsed.listen_addr(&other), other.addr);
+        assert_eq!(parsed.engine.protocol, ProtocolName::TwoPhase);
+        assert!(!parsed.engine.pipelining);
+        assert_eq!(
+            ClusterConfig::parse(&parsed.render(), Path::new("c.toml")).unwrap(),
+            parsed
+        );
+        for (bad, key) in [
+            ("replica-9 = \"127.0.0.1:9401\"", "listen.replica-9"),
+            ("replica-1 = \"nowhere\"", "listen.replica-1"),
+            ("replica-1 = \"127.0.0.1:9400\"", "listen.replica-1"),
+        ] {
+            let error =
+                ClusterConfig::parse(&format!("{text}{bad}\n"), Path::new("c.toml")).unwrap_err();
+            assert!(error.to_string().contains(key), "{error}");
         }
     }
 

@@ -7,6 +7,7 @@
 
 pub mod checkpoint;
 mod config;
+pub mod crashpoint;
 mod dedup;
 mod engine;
 mod meta;

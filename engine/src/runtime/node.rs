@@ -106,6 +106,11 @@ pub fn engine_config(cluster: &ClusterConfig, dir: &Path) -> EngineConfig {
     // `ClusterConfig::validate` bounds both by INTAKE_TXNS_MAX, so they fit a usize.
     config.intake_high_water_txns = cluster.engine.intake_high_water_txns as usize;
     config.intake_capacity_txns = cluster.engine.intake_capacity_txns as usize;
+    config.pipelining = cluster.engine.pipelining;
+    config.protocol = match cluster.engine.protocol {
+        crate::client::config::ProtocolName::ThreePhase => crate::proto::Protocol::ThreePhase,
+        crate::client::config::ProtocolName::TwoPhase => crate::proto::Protocol::TwoPhase,
+    };
     config.wal.sync = match cluster.engine.sync {
         SyncName::Msync => tricommit_wal::SyncBackend::Msync,
         SyncName::Fdatasync => tricommit_wal::SyncBackend::Fdatasync,
@@ -267,7 +272,7 @@ impl Node {
         let transport_config = TransportConfig {
             cluster_id: cluster.cluster_id,
             me: site.id,
-            listen: site.addr,
+            listen: cluster.listen_addr(&site),
             peers: cluster
                 .site_entries()
                 .into_iter()

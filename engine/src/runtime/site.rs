@@ -418,6 +418,7 @@ impl SiteIo {
         self.stats.sync_ended(now_us);
         self.observe.sync_finished(now_us);
         self.sync.reported = self.sync.reported.max(upto);
+        super::crashpoint::on_synced();
         machine.handle_durable(now_us, upto, &mut self.out);
         Ok(true)
     }
@@ -566,6 +567,7 @@ impl SiteIo {
         for outgoing in &self.out.sends {
             self.observe.on_send(now_us, outgoing.to, &outgoing.part);
         }
+        let crash_due = super::crashpoint::due_after(&self.out.sends);
         let mut frames = self.out.frames();
         if let Some(signer) = &self.votes.signer {
             signer.seal(&mut frames);
@@ -584,6 +586,9 @@ impl SiteIo {
                 self.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
                 self.observe.frame_dropped();
             }
+        }
+        if crash_due {
+            super::crashpoint::fire();
         }
     }
 

@@ -69,21 +69,30 @@ fn init(args: &InitArgs) -> Result<ClusterConfig, String> {
     // The id comes from other random bytes than the key: no key bits are published.
     let id_bytes = random_key().map_err(|error| format!("reading /dev/urandom: {error}"))?;
     let cluster_id = u64::from_le_bytes(id_bytes[..8].try_into().expect("8 bytes"));
-    let mut config = ClusterConfig::from_init(&options, cluster_id)?;
-    refuse_used(&args.dir).map_err(|error| error.to_string())?;
-    std::fs::create_dir_all(&args.dir)
-        .map_err(|error| format!("creating {}: {error}", args.dir.display()))?;
+    let config = ClusterConfig::from_init(&options, cluster_id)?;
+    create(&args.dir, config, &key)
+}
+
+/// Writes a new cluster into `dir` (new or empty): its data directory's identity, one
+/// directory per site, the key and `config`. `tricommit chaos` calls it too.
+pub(crate) fn create(
+    dir: &Path,
+    mut config: ClusterConfig,
+    key: &[u8],
+) -> Result<ClusterConfig, String> {
+    refuse_used(dir).map_err(|error| error.to_string())?;
+    std::fs::create_dir_all(dir).map_err(|error| format!("creating {}: {error}", dir.display()))?;
     // The data directory's identity first (it needs the empty directory), then the key,
     // then the configuration: a directory holding cluster.toml is a complete cluster.
-    prepare_cluster_dir(&config, &args.dir).map_err(|error| error.to_string())?;
+    prepare_cluster_dir(&config, dir).map_err(|error| error.to_string())?;
     for site in config.site_entries() {
-        let site_dir = args.dir.join(&site.name);
+        let site_dir = dir.join(&site.name);
         std::fs::create_dir(&site_dir)
             .map_err(|error| format!("creating {}: {error}", site_dir.display()))?;
     }
-    write_atomically(&args.dir, KEY_FILE, &key, 0o600).map_err(|error| error.to_string())?;
-    add_vote_keys(&mut config, &args.dir)?;
-    write_atomically(&args.dir, CLUSTER_FILE, config.render().as_bytes(), 0o644)
+    write_atomically(dir, KEY_FILE, key, 0o600).map_err(|error| error.to_string())?;
+    add_vote_keys(&mut config, dir)?;
+    write_atomically(dir, CLUSTER_FILE, config.render().as_bytes(), 0o644)
         .map_err(|error| error.to_string())?;
     Ok(config)
 }

@@ -1,7 +1,9 @@
 //! `tricommit cluster init DIR …` and `tricommit cluster up DIR` (DESIGN §5).
 
-mod init;
+pub(crate) mod init;
 mod up;
+
+pub(crate) use up::signal;
 
 use std::process::ExitCode;
 

@@ -151,7 +151,7 @@ impl Drop for Children {
     }
 }
 
-fn signal(child: &Child, number: libc::c_int) {
+pub(crate) fn signal(child: &Child, number: libc::c_int) {
     let Ok(pid) = libc::pid_t::try_from(child.id()) else {
         return;
     };

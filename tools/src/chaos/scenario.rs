@@ -1,0 +1,385 @@
+//! The scenarios: what each injects, when, and what it measures. docs/chaos.md is the
+//! reader's version of this file.
+//!
+//! Every scenario runs in one or more *phases*. A phase starts the cluster behind the
+//! proxy, runs the load for `seconds`, and injects its fault at a quarter of it
+//! (`warmup`); the runner then heals everything (cuts removed, paused sites resumed,
+//! dead sites restarted), waits for a commit sent after the heal, and stops the
+//! cluster. The bank check runs once, after the last phase.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+
+use tricommit_engine::client::config::ProtocolName;
+use tricommit_engine::client::ClusterConfig;
+
+use super::cluster::ChaosCluster;
+use super::probe::Load;
+use super::proxy::{Faults, Proxy, Site};
+use super::ChaosError;
+
+/// The kills of `replica-kill-preferred`.
+pub const PREFERRED_KILLS: usize = 10;
+/// How long one kill may take to lead to a commit before the scenario fails.
+const KILL_RECOVERY_MS_MAX: u64 = 30_000;
+/// The gray failure of `sigstop-preferred`.
+const SIGSTOP_MS: u64 = 2_000;
+/// One-way delays of `regions`.
+pub const REGION_DELAY_MS: u64 = 30;
+pub const LOCAL_DELAY_MS: u64 = 1;
+/// The frames `frame-drop` drops, parts per million (1%).
+const DROP_PPM: u32 = 10_000;
+/// The shortest fault window.
+const FAULT_MS_MIN: u64 = 2_000;
+/// A crash point fires at this hit, so that the load is well under way.
+const CRASH_HIT: u64 = 20;
+/// How long a site killed by the scenario stays down before it is restarted.
+const DOWN_MS: u64 = 1_000;
+/// How long `two-pc-coordinator-kill` keeps its coordinator down: past the
+/// participants' pending timeout, so that they have asked for the outcome (and got
+/// none) before the check of what they hold.
+const TWO_PC_DOWN_MS: u64 = 3_000;
+
+/// Every scenario, with its one-line description (`--list`).
+pub const SCENARIOS: &[(&str, &str)] = &[
+    ("participant-kill", "kill -9 participant-1 under load, restart it after 1 s"),
+    ("replica-kill", "kill -9 replica-1 (not the one clients use), restart it after 1 s"),
+    ("replica-kill-preferred", "kill -9 replica-0 (the clients' replica) 10 times, restarting it each time: kill -> first commit"),
+    ("sigstop-preferred", "SIGSTOP replica-0 for 2 s (a gray failure), then SIGCONT"),
+    ("partition-minority", "cut {replica-2, participant-3} off from the rest"),
+    ("partition-majority", "cut {replica-0, participant-0} (the clients' side) off from the rest"),
+    ("participant-isolated", "cut participant-2 off from every site"),
+    ("asymmetric-cut", "drop every frame from replica-0 to participant-1 (the other way works)"),
+    ("split-brain", "cut replica-0 off from every site while the others run recovery of its batches; heal: fencing"),
+    ("regions", "3 regions, 30 ms one-way between, 1 ms within; pipelining on, then off"),
+    ("region-cut", "3 regions as above, then region 2 cut off: the other two decide what they hold"),
+    ("frame-drop", "drop 1% of site frames at random (each drop resets its link)"),
+    ("two-pc-coordinator-kill", "2PC: the coordinator dies after a PREPARE (failpoint); participants stay prepared until it returns"),
+    ("coordinator-crash-after-prepare-sent", "replica-0 aborts right after sending a PREPARE (failpoint)"),
+    ("coordinator-crash-after-precommit-logged", "replica-0 aborts once its PRE-COMMIT round is logged (failpoint)"),
+    ("coordinator-crash-after-decision", "replica-0 aborts right after sending a COMMIT (failpoint)"),
+    ("participant-crash-after-prepare-sent", "participant-1 aborts right after sending its votes (failpoint)"),
+    ("participant-crash-after-precommit-logged", "participant-1 aborts right after acknowledging a PRE-COMMIT (failpoint)"),
+    ("participant-crash-after-decision", "participant-1 aborts right after applying a COMMIT (failpoint)"),
+];
+
+/// The description of scenario `name`, if it is one.
+pub fn describe(name: &str) -> Option<&'static str> {
+    SCENARIOS
+        .iter()
+        .find(|(known, _)| *known == name)
+        .map(|(_, description)| *description)
+}
+
+/// The protocol a scenario needs its cluster to run.
+pub fn protocol_of(name: &str) -> ProtocolName {
+    if name == "two-pc-coordinator-kill" {
+        ProtocolName::TwoPhase
+    } else {
+        ProtocolName::ThreePhase
+    }
+}
+
+/// The phases of a scenario: the engine settings of each (only `regions` has two).
+pub fn phases(name: &str, config: &ClusterConfig) -> Vec<(String, ClusterConfig)> {
+    if name == "regions" {
+        let mut on = config.clone();
+        on.engine.pipelining = true;
+        let mut off = config.clone();
+        off.engine.pipelining = false;
+        return vec![("pipelining-on".into(), on), ("pipelining-off".into(), off)];
+    }
+    vec![(String::new(), config.clone())]
+}
+
+/// The crash-point flags a scenario starts a site with.
+pub fn crash_flags(name: &str) -> Option<(&'static str, Vec<String>)> {
+    let (site, point) = if name == "two-pc-coordinator-kill" {
+        ("replica-0", "after-prepare-sent")
+    } else if let Some(point) = name.strip_prefix("coordinator-crash-") {
+        ("replica-0", point)
+    } else if let Some(point) = name.strip_prefix("participant-crash-") {
+        ("participant-1", point)
+    } else {
+        return None;
+    };
+    Some((
+        site,
+        vec!["--test-crash-at".into(), format!("{point}:{CRASH_HIT}")],
+    ))
+}
+
+/// What a phase hands a scenario.
+pub struct Phase<'a> {
+    pub name: &'a str,
+    pub config: &'a ClusterConfig,
+    pub cluster: &'a mut ChaosCluster,
+    pub proxy: &'a Proxy,
+    pub load: &'a Load,
+    pub seconds: u64,
+    /// When the load started.
+    pub started: Instant,
+    /// When the fault was injected, and when it was healed (the runner heals what is
+    /// left at the end of the phase if the scenario did not).
+    pub fault_at: Option<Instant>,
+    pub heal_at: Option<Instant>,
+    /// Figures of this scenario, for the summary and the JSON.
+    pub figures: Map<String, Value>,
+    /// Kill instants of `replica-kill-preferred`.
+    pub kills: Vec<Instant>,
+}
+
+impl Phase<'_> {
+    fn warmup(&self) -> Duration {
+        Duration::from_millis((self.seconds * 1000 / 4).max(1000))
+    }
+
+    /// A third of the run, and at least `FAULT_MS_MIN`: long enough for a vote timeout
+    /// (whose floor is 500 ms) to let the rest of a batch commit while a site is cut.
+    fn fault_window(&self) -> Duration {
+        Duration::from_millis((self.seconds * 1000 / 3).max(FAULT_MS_MIN))
+    }
+
+    /// Sleeps until `offset` after the load started.
+    fn until(&self, offset: Duration) {
+        let due = self.started + offset;
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+    }
+
+    fn id(&self, name: &str) -> Site {
+        self.config
+            .site(name)
+            .map(|entry| u16::from(entry.id.0))
+            .unwrap_or_else(|_| panic!("the scenarios name only sites of the cluster: {name}"))
+    }
+
+    fn ids(&self, names: &[&str]) -> Vec<Site> {
+        names.iter().map(|name| self.id(name)).collect()
+    }
+
+    fn all_ids(&self) -> Vec<Site> {
+        self.config
+            .site_entries()
+            .iter()
+            .map(|entry| u16::from(entry.id.0))
+            .collect()
+    }
+
+    fn cut_off(&self, side: &[&str]) {
+        let side = self.ids(side);
+        let rest: Vec<Site> = self
+            .all_ids()
+            .into_iter()
+            .filter(|id| !side.contains(id))
+            .collect();
+        self.proxy.update(|faults| faults.cut_between(&side, &rest));
+    }
+
+    /// Runs the scenario's fault inside the phase's load window.
+    pub fn inject(&mut self) -> Result<(), ChaosError> {
+        self.until(self.warmup());
+        let window = self.fault_window();
+        match self.name {
+            "participant-kill" => self.kill_and_restart("participant-1"),
+            "replica-kill" => self.kill_and_restart("replica-1"),
+            "replica-kill-preferred" => self.kill_preferred_repeatedly(),
+            "sigstop-preferred" => {
+                self.fault_at = Some(Instant::now());
+                self.cluster.pause("replica-0", true);
+                std::thread::sleep(Duration::from_millis(SIGSTOP_MS));
+                self.cluster.pause("replica-0", false);
+                self.heal_at = Some(Instant::now());
+                Ok(())
+            }
+            "partition-minority" => self.cut_for(&["replica-2", "participant-3"], window),
+            "partition-majority" => self.cut_for(&["replica-0", "participant-0"], window),
+            "participant-isolated" => self.cut_for(&["participant-2"], window),
+            "split-brain" => self.split_brain(window),
+            "asymmetric-cut" => {
+                let (from, to) = (self.id("replica-0"), self.id("participant-1"));
+                self.fault_at = Some(Instant::now());
+                self.proxy.update(|faults| {
+                    faults.cut.insert((from, to));
+                });
+                std::thread::sleep(window);
+                self.proxy.heal();
+                self.heal_at = Some(Instant::now());
+                Ok(())
+            }
+            "regions" => Ok(()),
+            "region-cut" => self.cut_for(&["replica-2", "participant-2"], window),
+            "frame-drop" => {
+                self.fault_at = Some(Instant::now());
+                self.proxy.update(|faults| faults.drop_ppm = DROP_PPM);
+                std::thread::sleep(window);
+                self.proxy.heal();
+                self.heal_at = Some(Instant::now());
+                Ok(())
+            }
+            "two-pc-coordinator-kill" => self.two_pc_block(),
+            name if crash_flags(name).is_some() => self.await_crash(window),
+            other => Err(ChaosError::Usage(format!("unknown scenario `{other}`"))),
+        }
+    }
+
+    fn kill_and_restart(&mut self, site: &str) -> Result<(), ChaosError> {
+        self.fault_at = Some(self.cluster.kill9(site));
+        std::thread::sleep(Duration::from_millis(DOWN_MS));
+        self.cluster.start(site, &[])?;
+        self.heal_at = Some(Instant::now());
+        Ok(())
+    }
+
+    fn cut_for(&mut self, side: &[&str], window: Duration) -> Result<(), ChaosError> {
+        self.fault_at = Some(Instant::now());
+        let committed = self.load.committed();
+        self.cut_off(side);
+        std::thread::sleep(window);
+        self.figures.insert(
+            "commits_during_fault".into(),
+            json!(self.load.committed() - committed),
+        );
+        self.proxy.heal();
+        self.heal_at = Some(Instant::now());
+        Ok(())
+    }
+
+    /// The old coordinator is cut off while its batches are in flight; the other
+    /// replicas hear the participants' calls for help and run recovery (elections);
+    /// after the heal, what the old coordinator still says about those batches carries
+    /// an older election and is refused (REJECT parts).
+    fn split_brain(&mut self, window: Duration) -> Result<(), ChaosError> {
+        self.proxy.update(|faults| faults.count_elections = true);
+        // Long enough for the participants' pending timeout and a recovery round.
+        let window = window.max(Duration::from_millis(
+            self.config.timeouts.pending_us / 1000 + 2_000,
+        ));
+        self.cut_for(&["replica-0"], window)?;
+        // Let the healed links carry the old coordinator's stale messages.
+        std::thread::sleep(Duration::from_millis(1_000));
+        let counters = self.proxy.counters();
+        let elect = counters
+            .elect_parts
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let reject = counters
+            .reject_parts
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.figures.insert("elect_parts".into(), json!(elect));
+        self.figures.insert("reject_parts".into(), json!(reject));
+        Ok(())
+    }
+
+    fn kill_preferred_repeatedly(&mut self) -> Result<(), ChaosError> {
+        for _ in 0..PREFERRED_KILLS {
+            let committed = self.load.committed();
+            let at = self.cluster.kill9("replica-0");
+            self.kills.push(at);
+            self.fault_at.get_or_insert(at);
+            self.cluster.start("replica-0", &[])?;
+            let deadline = at + Duration::from_millis(KILL_RECOVERY_MS_MAX);
+            while self.load.committed() <= committed {
+                if Instant::now() > deadline {
+                    return Err(ChaosError::Scenario(format!(
+                        "no commit within {} s of a kill of replica-0",
+                        KILL_RECOVERY_MS_MAX / 1000
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            // Some load between kills, so that each kill hits batches in flight.
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        self.heal_at = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Waits for the failpoint to abort its site, keeps it down for `DOWN_MS`, restarts
+    /// it.
+    fn await_crash(&mut self, window: Duration) -> Result<(), ChaosError> {
+        let site = self.await_crash_only(window)?;
+        std::thread::sleep(Duration::from_millis(DOWN_MS));
+        self.cluster.start(site, &[])?;
+        self.heal_at = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Waits (within three `window`s) for the failpoint to abort its site; returns the
+    /// site.
+    fn await_crash_only(&mut self, window: Duration) -> Result<&'static str, ChaosError> {
+        let (site, _) = crash_flags(self.name).expect("a crash scenario");
+        let deadline = Instant::now() + window * 3;
+        while !self.cluster.reap_if_exited(site) {
+            if Instant::now() > deadline {
+                return Err(ChaosError::Scenario(format!(
+                    "{site} did not reach its crash point within {} s",
+                    (window * 3).as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.fault_at = Some(Instant::now());
+        Ok(site)
+    }
+
+    /// 2PC's block, shown on the logs: the coordinator dies right after it sent a
+    /// PREPARE (its crash point: the participants vote yes on a batch whose outcome
+    /// only it can give), the participants
+    /// are stopped (cleanly) while it is down, and their logs are read: what they
+    /// voted yes on and never learned the outcome of is still in doubt. Then everyone
+    /// returns and the check after the run shows every leg decided.
+    fn two_pc_block(&mut self) -> Result<(), ChaosError> {
+        self.await_crash_only(self.fault_window())?;
+        std::thread::sleep(Duration::from_millis(TWO_PC_DOWN_MS));
+        let participants: Vec<String> = self
+            .cluster
+            .names()
+            .into_iter()
+            .filter(|name| name.starts_with("participant-"))
+            .collect();
+        self.cluster.stop_sites(&participants);
+        let held = super::check::Snapshot::read(self.cluster.dir(), self.config)?;
+        self.figures.insert(
+            "in_doubt_legs_while_coordinator_down".into(),
+            json!(held.in_doubt()),
+        );
+        self.cluster.heal()?;
+        self.heal_at = Some(Instant::now());
+        Ok(())
+    }
+}
+
+/// The proxy's faults at the start of a phase: the regions' delays, or none.
+pub fn topology(name: &str, config: &ClusterConfig) -> Faults {
+    let mut faults = Faults::default();
+    if name != "regions" && name != "region-cut" {
+        return faults;
+    }
+    let entries = config.site_entries();
+    for a in &entries {
+        for b in &entries {
+            if a.id != b.id {
+                let delay_ms = if region_of(&a.name) == region_of(&b.name) {
+                    LOCAL_DELAY_MS
+                } else {
+                    REGION_DELAY_MS
+                };
+                faults
+                    .delay_ms
+                    .insert((u16::from(a.id.0), u16::from(b.id.0)), delay_ms);
+            }
+        }
+    }
+    faults
+}
+
+/// The region of a site: replica-i and participant-i are in region i mod 3.
+pub fn region_of(name: &str) -> u64 {
+    name.rsplit('-')
+        .next()
+        .and_then(|index| index.parse::<u64>().ok())
+        .map_or(0, |index| index % 3)
+}
