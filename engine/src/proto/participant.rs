@@ -21,7 +21,7 @@ pub struct Participant<R> {
     rm: R,
     log: Log,
     batches: BatchMap<Member>,
-    /// Batches forgotten on `replicas[0]`'s FORGET: anything about them is ignored.
+    /// Batches forgotten on their opener's FORGET: anything about them is ignored.
     retired: RetiredSet,
     /// Batches that may be settled, waiting for durability before DONE.
     awaiting_done: Vec<BatchId>,
@@ -124,7 +124,8 @@ impl<R: ResourceManager> Participant<R> {
         if self.votes.as_slice() != votes {
             return Err(ProtoError::ReplayDiverged { batch: desc.batch });
         }
-        let mut member = Member::new(Arc::clone(desc), self.me, false, self.config.replicas[0]);
+        let opener = self.config.opener_or_first(desc.batch);
+        let mut member = Member::new(Arc::clone(desc), self.me, false, opener);
         for (&index, vote) in mine.iter().zip(votes) {
             member.set_state(index, vote_state(*vote));
             if let Vote::No(reason) = vote {
@@ -196,7 +197,7 @@ impl<R: ResourceManager> Participant<R> {
 
     /// Sends DONE for every settled batch, and forgets the batches FORGET named.
     fn flush_done(&mut self, out: &mut Output) {
-        let first = self.config.replicas[0];
+        let config = &self.config;
         let (batches, log) = (&mut self.batches, &self.log);
         self.awaiting_done.retain(|batch| {
             let Some(member) = batches.get_mut(batch) else {
@@ -207,7 +208,8 @@ impl<R: ResourceManager> Participant<R> {
             }
             match member.done_part(log) {
                 Some(part) => {
-                    out.send(first, part);
+                    // DONE goes to the batch's opener, which forgets it.
+                    out.send(config.opener_or_first(*batch), part);
                     false
                 }
                 None => !member.is_settled(log),
@@ -262,7 +264,7 @@ impl<R: ResourceManager> Participant<R> {
                 member.on_elect(&mut self.log, self.config.termination, from, elected, out);
             }
             Part::Forget { batch } => {
-                if from == self.config.replicas[0]
+                if Some(from) == self.config.opener(batch)
                     && self.batches.get(&batch).is_some_and(|m| !m.has_pending())
                 {
                     self.batches.remove(&batch);
@@ -297,11 +299,7 @@ impl<R: ResourceManager> Participant<R> {
     /// Call when the instant returned by `poll_timeout` has passed: asks the
     /// replicas to finish every batch whose decision is late.
     pub fn handle_timeout(&mut self, now_us: u64, out: &mut Output) {
-        // Two-phase commit has no termination protocol: only `replicas[0]` can answer.
-        let replicas = match self.config.protocol {
-            Protocol::ThreePhase => &self.config.replicas[..],
-            Protocol::TwoPhase => &self.config.replicas[..1],
-        };
+        let config = &self.config;
         for member in self.batches.values_mut() {
             if member.deadline_us > now_us {
                 continue;
@@ -310,7 +308,12 @@ impl<R: ResourceManager> Participant<R> {
                 member.deadline_us = u64::MAX;
                 continue;
             }
-            for &replica in replicas {
+            // Two-phase commit has no termination protocol: only the opener can answer.
+            let opener = config.opener_or_first(member.desc.batch);
+            for &replica in &config.replicas {
+                if config.protocol == Protocol::TwoPhase && replica != opener {
+                    continue;
+                }
                 out.send(
                     replica,
                     Part::Help {
@@ -364,7 +367,8 @@ impl<R: ResourceManager> Participant<R> {
                 .resize(ops.len(), Vote::No(super::rm::Reason::MALFORMED));
             self.votes.truncate(ops.len());
         }
-        let mut member = Member::new(Arc::clone(&desc), self.me, false, self.config.replicas[0]);
+        let opener = self.config.opener_or_first(desc.batch);
+        let mut member = Member::new(Arc::clone(&desc), self.me, false, opener);
         let mut any_yes = false;
         for (index, vote) in self.my_indices(&desc).into_iter().zip(&self.votes) {
             member.set_state(index, vote_state(*vote));
@@ -461,11 +465,11 @@ impl<R: ResourceManager> Participant<R> {
     }
 
     fn member_for(&mut self, desc: &DescriptorRef) {
-        let first = self.config.replicas[0];
+        let opener = self.config.opener_or_first(desc.batch);
         let me = self.me;
         self.batches
             .entry(desc.batch)
-            .or_insert_with(|| Member::new(Arc::clone(desc), me, false, first));
+            .or_insert_with(|| Member::new(Arc::clone(desc), me, false, opener));
     }
 
     fn on_decide(&mut self, batch: BatchId, commit: &TxnSet, abort: &TxnSet, out: &mut Output) {
@@ -592,8 +596,8 @@ impl<R: ResourceManager> Participant<R> {
                 if self.batches.contains_key(&desc.batch) {
                     return Err(ProtoError::BadLog("batch carried twice"));
                 }
-                let first = self.config.replicas[0];
-                let member = Member::from_carried(record, self.me, false, first)
+                let opener = self.config.opener_or_first(desc.batch);
+                let member = Member::from_carried(record, self.me, false, opener)
                     .map_err(ProtoError::BadLog)?;
                 self.batches.insert(desc.batch, member);
                 Ok(())

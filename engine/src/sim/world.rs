@@ -3,7 +3,7 @@
 //! fault schedule. Everything random comes from one seeded [`Rng`].
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::fmt;
 
 use super::bank::{bank_op, Bank};
@@ -75,7 +75,17 @@ pub struct SimConfig {
     /// The group is durable only after its sync; the log is cut at its marker then,
     /// and crashes in between lose the unsynced part of it like any record.
     pub checkpoint_records_max: Option<usize>,
+    /// How many replicas (the first ones) open batches: 1, or 2 (a client alternates
+    /// between them, and resends the transactions a crashed opener left in flight to
+    /// the other one). Two openers need the three-phase protocol.
+    pub openers: u8,
 }
+
+/// How long the simulated client waits after its opener crashed before it resends
+/// that opener's transactions to another opener.
+const CLIENT_RESEND_DELAY_US: u64 = 2_000;
+/// How often the client retries a resend while no other opener is up.
+const CLIENT_RESEND_TRIES_MAX: u32 = 20;
 
 /// The checkpoint bounds seeds draw from (by seed bits, so that the rest of a seed's
 /// configuration stays what it was): often tiny, so that runs checkpoint many times
@@ -111,6 +121,7 @@ impl SimConfig {
             termination: Termination::E3pc,
             proto: ProtoConfig::new(Vec::new()),
             checkpoint_records_max: None,
+            openers: 1,
         }
     }
 
@@ -124,6 +135,9 @@ impl SimConfig {
         config.termination = termination;
         config.checkpoint_records_max = CHECKPOINT_RECORDS_MAX_CHOICES
             [((seed >> 4) % CHECKPOINT_RECORDS_MAX_CHOICES.len() as u64) as usize];
+        // Half the seeds run two openers, by a seed bit, so that the rest of a seed's
+        // configuration stays what it was.
+        config.openers = 1 + ((seed >> 7) & 1) as u8;
         config.participants = 3 + rng.below(2) as u8;
         config.batches = rng.range(3, 8) as u32;
         config.batch_txns_max = rng.range(1, 6) as u32;
@@ -233,6 +247,18 @@ enum Event {
     Durable { site: u8, epoch: u32, upto: u64 },
     Submit,
     Fault(Fault),
+    /// The client resends what opener `from` left in flight (`tries` so far).
+    Resend { from: u8, tries: u32 },
+}
+
+/// The simulated client: which opener holds each transaction whose outcome it has
+/// not heard yet, so that it can resend those (same ids) when that opener crashes.
+#[derive(Default)]
+struct SimClient {
+    /// Unanswered transactions: the opener they were last sent to, and the transfer.
+    in_flight: BTreeMap<TxnId, (u8, Transfer)>,
+    /// Each opened batch's transaction ids, in batch order (completions name indices).
+    batches: HashMap<BatchId, Vec<TxnId>>,
 }
 
 /// One line of the trace kept for failure reports.
@@ -257,7 +283,13 @@ impl fmt::Display for TraceEntry {
             write!(f, " peer {peer:>2}")?;
         }
         if let Some(batch) = self.batch {
-            write!(f, " batch {}.{}", batch.0 >> 32, batch.0 & 0xffff_ffff)?;
+            write!(
+                f,
+                " batch {}.{}.{}",
+                batch.opener_rank(),
+                batch.incarnation(),
+                batch.counter()
+            )?;
         }
         if !self.detail.is_empty() {
             write!(f, " {}", self.detail)?;
@@ -311,6 +343,10 @@ pub struct RunStats {
     pub log_cuts: u64,
     /// Crashes of a site whose last checkpoint group was not durable yet.
     pub crashes_mid_checkpoint: u64,
+    /// Batches opened by a replica other than `replicas[0]`.
+    pub batches_second_opener: u64,
+    /// Transactions the client resent to another opener after a crash.
+    pub txns_resent: u64,
 }
 
 /// A message filter for scenario tests, called as `filter(from, to, part)` for every
@@ -339,6 +375,7 @@ pub struct Sim {
     out: Output,
     next_txn: u64,
     batches_left: u32,
+    client: SimClient,
     pub stats: RunStats,
 }
 
@@ -370,6 +407,7 @@ impl Sim {
             out: Output::default(),
             next_txn: 1,
             batches_left: config.batches,
+            client: SimClient::default(),
             stats: RunStats::default(),
             config,
         };
@@ -577,6 +615,7 @@ impl Sim {
             Event::Durable { site, epoch, upto } => self.durable(site, epoch, upto),
             Event::Submit => self.submit_random_batch(),
             Event::Fault(fault) => self.inject(fault),
+            Event::Resend { from, tries } => self.resend(from, tries),
         }
     }
 
@@ -675,6 +714,17 @@ impl Sim {
         self.stats.crashes_mid_checkpoint += u64::from(mid_checkpoint);
         self.disturbed = true;
         let lost = unsynced - (keep - durable_before);
+        let opener_crashed = site < self.openers();
+        if opener_crashed && self.client.in_flight.values().any(|(at, _)| *at == site) {
+            let at = self.now_us + CLIENT_RESEND_DELAY_US;
+            self.schedule(
+                at,
+                Event::Resend {
+                    from: site,
+                    tries: 0,
+                },
+            );
+        }
         self.note(
             site,
             "crash",
@@ -942,6 +992,13 @@ impl Sim {
         }
         for completion in out.completions.drain(..) {
             self.checker.on_complete(&completion);
+            if let Some(ids) = self.client.batches.get(&completion.batch) {
+                for index in completion.txns.iter() {
+                    if let Some(id) = ids.get(index as usize) {
+                        self.client.in_flight.remove(id);
+                    }
+                }
+            }
             match completion.outcome {
                 Outcome::Commit => self.stats.committed += completion.txns.count() as u64,
                 Outcome::Abort => self.stats.aborted += completion.txns.count() as u64,
@@ -1029,7 +1086,68 @@ impl Sim {
         for _ in 0..count {
             transfers.push(self.random_transfer());
         }
-        self.submit(&transfers);
+        // Two openers: the client alternates between them (no random draw, so a
+        // one-opener seed replays as before), and uses the other while one is down.
+        let openers = self.openers();
+        let preferred = (self.batches_left % openers as u32) as u8;
+        let opener = (0..openers)
+            .map(|k| (preferred + k) % openers)
+            .find(|&site| !matches!(self.sites[site as usize].node, Node::Down))
+            .unwrap_or(preferred);
+        let txns: Vec<(TxnId, Transfer)> = transfers
+            .into_iter()
+            .map(|transfer| {
+                let txn = TxnId(self.next_txn);
+                self.next_txn += 1;
+                (txn, transfer)
+            })
+            .collect();
+        self.submit_with_ids(opener, &txns);
+    }
+
+    /// How many replicas open batches in this run.
+    fn openers(&self) -> u8 {
+        if self.proto.protocol == Protocol::TwoPhase {
+            // Two-phase commit's checker follows one coordinator.
+            return 1;
+        }
+        self.config.openers.clamp(1, self.config.replicas.max(1))
+    }
+
+    /// The client resends (same ids) what opener `from` left in flight to the next
+    /// opener that is up, or tries again later.
+    fn resend(&mut self, from: u8, tries: u32) {
+        let openers = self.openers();
+        let target = (1..openers)
+            .map(|k| (from + k) % openers)
+            .find(|&site| !matches!(self.sites[site as usize].node, Node::Down));
+        let txns: Vec<(TxnId, Transfer)> = self
+            .client
+            .in_flight
+            .iter()
+            .filter(|(_, (at, _))| *at == from)
+            .map(|(txn, (_, transfer))| (*txn, transfer.clone()))
+            .collect();
+        if txns.is_empty() {
+            return;
+        }
+        let Some(target) = target else {
+            if tries < CLIENT_RESEND_TRIES_MAX {
+                let at = self.now_us + CLIENT_RESEND_DELAY_US;
+                let tries = tries + 1;
+                self.schedule(at, Event::Resend { from, tries });
+            }
+            return;
+        };
+        self.stats.txns_resent += txns.len() as u64;
+        self.note(
+            target,
+            "resend",
+            Some(from),
+            None,
+            format!("{} txns", txns.len()),
+        );
+        self.submit_with_ids(target, &txns);
     }
 
     fn random_transfer(&mut self) -> Transfer {
@@ -1074,10 +1192,29 @@ impl Sim {
     /// Submits a batch of transfers at site 0 now. Returns the batch id, or `None` if
     /// site 0 is down or refused it.
     pub fn submit(&mut self, transfers: &[Transfer]) -> Option<BatchId> {
-        let input = self.batch_input(transfers);
+        let txns: Vec<(TxnId, Transfer)> = transfers
+            .iter()
+            .map(|transfer| {
+                let txn = TxnId(self.next_txn);
+                self.next_txn += 1;
+                (txn, transfer.clone())
+            })
+            .collect();
+        self.submit_with_ids(0, &txns)
+    }
+
+    /// Submits a batch of transfers with the given ids at replica `opener` now, and
+    /// records them as in flight at it. Returns the batch id, or `None` if `opener` is
+    /// down or refused it.
+    pub fn submit_with_ids(&mut self, opener: u8, txns: &[(TxnId, Transfer)]) -> Option<BatchId> {
+        let input = self.batch_input(txns);
         let now = self.now_us;
         let mut out = std::mem::take(&mut self.out);
-        let result = match &mut self.sites[0].node {
+        let Some(site) = self.sites.get_mut(opener as usize) else {
+            self.out = out;
+            return None;
+        };
+        let result = match &mut site.node {
             Node::Coordinator(coordinator) => Some(coordinator.submit(now, input, &mut out)),
             _ => None,
         };
@@ -1090,24 +1227,32 @@ impl Sim {
             }
             None => return None,
         };
-        self.stats.txns += transfers.len() as u64;
+        self.stats.txns += txns.len() as u64;
+        self.stats.batches_second_opener += u64::from(opener != 0);
+        self.client
+            .batches
+            .insert(batch, txns.iter().map(|(txn, _)| *txn).collect());
+        for (txn, transfer) in txns {
+            self.client
+                .in_flight
+                .insert(*txn, (opener, transfer.clone()));
+        }
         self.note(
-            0,
+            opener,
             "submit",
             None,
             Some(batch),
-            format!("{} txns", transfers.len()),
+            format!("{} txns", txns.len()),
         );
-        self.drain(0);
+        self.drain(opener);
         Some(batch)
     }
 
-    fn batch_input(&mut self, transfers: &[Transfer]) -> BatchInput {
+    fn batch_input(&mut self, txns: &[(TxnId, Transfer)]) -> BatchInput {
         let mut input = BatchInput::default();
         let mut per_site: Vec<Vec<Op>> = vec![Vec::new(); self.sites.len()];
-        for transfer in transfers {
-            let txn = TxnId(self.next_txn);
-            self.next_txn += 1;
+        for (txn, transfer) in txns {
+            let txn = *txn;
             let mut mask = 0u64;
             for leg in &transfer.legs {
                 mask |= SiteId(leg.site).bit();
@@ -1274,6 +1419,9 @@ impl Sim {
         if total != expected {
             self.fail(8, format!("money is not conserved: {total} != {expected}"));
         }
+        // A resent transaction has several instances (one per batch that held it):
+        // a bank applied it iff some instance committed with that bank's yes vote.
+        let mut should_apply: BTreeMap<(TxnId, u8), bool> = BTreeMap::new();
         for desc in descs {
             for (index, txn) in desc.txns.iter().enumerate() {
                 let committed = self
@@ -1282,13 +1430,19 @@ impl Sim {
                 for site in crate::proto::types::sites_of(desc.members[index]) {
                     let voted_yes =
                         self.checker.first_vote(desc.batch, index as u32, site) == Some(Vote::Yes);
-                    let applied = self
-                        .bank(site.0)
-                        .is_some_and(|bank| bank.applied().contains(txn));
-                    if applied != (committed && voted_yes) {
-                        self.fail(8, format!("{txn:?} committed={committed} yes={voted_yes} but applied={applied} at {}", site.0));
-                    }
+                    *should_apply.entry((*txn, site.0)).or_default() |= committed && voted_yes;
                 }
+            }
+        }
+        for ((txn, site), expected) in should_apply {
+            let applied = self
+                .bank(site)
+                .is_some_and(|bank| bank.applied().contains(&txn));
+            if applied != expected {
+                self.fail(
+                    8,
+                    format!("{txn:?} committed with yes={expected} but applied={applied} at {site}"),
+                );
             }
         }
     }

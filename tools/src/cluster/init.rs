@@ -12,7 +12,7 @@ use tricommit_engine::runtime::node::prepare_cluster_dir;
 pub struct InitArgs {
     /// The cluster directory: new or empty.
     dir: PathBuf,
-    /// Coordinator replicas (replica-0 opens every batch).
+    /// Coordinator replicas (any of them opens batches; clients prefer replica-0).
     #[arg(long, default_value_t = 3)]
     replicas: u64,
     /// Ledger participants.
