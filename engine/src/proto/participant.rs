@@ -2,6 +2,7 @@
 //! votes are durable, takes part in rounds and elections, applies decisions, and asks
 //! the coordinator replicas for help when a decision is late.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::member::{desc_of, Log, Member};
@@ -28,6 +29,14 @@ pub struct Participant<R> {
     /// Reused buffers: the hot path allocates per batch, never per transaction.
     votes: Vec<Vote>,
     txn_ids: Vec<TxnId>,
+    /// Which batch holds each reservation this site voted yes on. With several
+    /// openers a client resends an id in a new batch, so one id may appear in two
+    /// batches here; the resource manager knows ids, not batches, so a decision
+    /// reaches it only for the batch that holds the id. Without this, the abort of a
+    /// batch this site never prepared (learned from an election) would void the
+    /// reservation another batch holds. One entry per held reservation: removed when
+    /// its batch decides it.
+    holders: HashMap<TxnId, BatchId>,
 }
 
 impl<R: ResourceManager> Participant<R> {
@@ -47,6 +56,7 @@ impl<R: ResourceManager> Participant<R> {
             awaiting_done: Vec::new(),
             votes: Vec::new(),
             txn_ids: Vec::new(),
+            holders: HashMap::new(),
         })
     }
 
@@ -97,7 +107,8 @@ impl<R: ResourceManager> Participant<R> {
                     .ok_or(ProtoError::BadLog("record before its batch"))?;
                 let settled = member.replay(record).map_err(ProtoError::BadLog)?;
                 if let Some((state, txns)) = settled {
-                    apply_to_rm(&mut self.rm, &mut self.txn_ids, member, state, &txns);
+                    let (rm, ids, holders) = (&mut self.rm, &mut self.txn_ids, &mut self.holders);
+                    apply_to_rm(rm, ids, holders, member, state, &txns);
                 }
                 Ok(())
             }
@@ -128,6 +139,9 @@ impl<R: ResourceManager> Participant<R> {
         let mut member = Member::new(Arc::clone(desc), self.me, false, opener);
         for (&index, vote) in mine.iter().zip(votes) {
             member.set_state(index, vote_state(*vote));
+            if *vote == Vote::Yes {
+                self.holders.insert(desc.txns[index as usize], desc.batch);
+            }
             if let Vote::No(reason) = vote {
                 member.no_reasons.push((index, *reason));
             }
@@ -373,6 +387,9 @@ impl<R: ResourceManager> Participant<R> {
         for (index, vote) in self.my_indices(&desc).into_iter().zip(&self.votes) {
             member.set_state(index, vote_state(*vote));
             any_yes |= *vote == Vote::Yes;
+            if *vote == Vote::Yes {
+                self.holders.insert(desc.txns[index as usize], desc.batch);
+            }
             if let Vote::No(reason) = vote {
                 member.no_reasons.push((index, *reason));
             }
@@ -479,28 +496,20 @@ impl<R: ResourceManager> Participant<R> {
         let Some(settled) = member.on_decide(&mut self.log, commit, abort, out) else {
             return;
         };
-        apply_to_rm(
-            &mut self.rm,
-            &mut self.txn_ids,
-            member,
-            State::Commit,
-            &settled.committed,
-        );
-        apply_to_rm(
-            &mut self.rm,
-            &mut self.txn_ids,
-            member,
-            State::Abort,
-            &settled.aborted,
-        );
+        let (rm, ids, holders) = (&mut self.rm, &mut self.txn_ids, &mut self.holders);
+        apply_to_rm(rm, ids, holders, member, State::Commit, &settled.committed);
+        apply_to_rm(rm, ids, holders, member, State::Abort, &settled.aborted);
     }
 }
 
 /// Hands settled transactions to the resource manager, in batch order, exactly as the
 /// matching `Transition` record will replay them.
+/// Tells the resource manager about decided transactions of `member`'s batch: only
+/// those whose reservation this batch holds here (see `Participant::holders`).
 fn apply_to_rm<R: ResourceManager>(
     rm: &mut R,
     ids: &mut Vec<TxnId>,
+    holders: &mut HashMap<TxnId, BatchId>,
     member: &Member,
     state: State,
     txns: &TxnSet,
@@ -509,7 +518,17 @@ fn apply_to_rm<R: ResourceManager>(
         return;
     }
     ids.clear();
-    ids.extend(txns.iter().map(|index| member.desc.txns[index as usize]));
+    let batch = member.desc.batch;
+    for index in txns.iter() {
+        let txn = member.desc.txns[index as usize];
+        if holders.get(&txn) == Some(&batch) {
+            holders.remove(&txn);
+            ids.push(txn);
+        }
+    }
+    if ids.is_empty() {
+        return;
+    }
     match state {
         State::Commit => rm.commit(ids),
         _ => rm.abort(ids),
@@ -599,6 +618,20 @@ impl<R: ResourceManager> Participant<R> {
                 let opener = self.config.opener_or_first(desc.batch);
                 let member = Member::from_carried(record, self.me, false, opener)
                     .map_err(ProtoError::BadLog)?;
+                // A carried batch holds the reservations of its open transactions
+                // here. A batch only learned from an election holds none, but its
+                // carried states look alike (PA): the first carried batch of an id
+                // wins, and a W or PC (only ever a yes voter's) takes it over.
+                for (index, state) in member.states().iter().enumerate() {
+                    if !member.is_member(index as u32) || !state.is_pending() {
+                        continue;
+                    }
+                    let txn = desc.txns[index];
+                    let voted = matches!(state, State::W | State::PreCommit);
+                    if voted || !self.holders.contains_key(&txn) {
+                        self.holders.insert(txn, desc.batch);
+                    }
+                }
                 self.batches.insert(desc.batch, member);
                 Ok(())
             }
