@@ -12,7 +12,7 @@ mod cluster_support;
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -88,7 +88,13 @@ fn run_load(client: &RemoteClient, first_id: u64, stop: &AtomicBool) -> Vec<Sent
             let from = (id % LEDGERS, id % ACCOUNTS);
             let to = ((id + 1 + id / 7 % (LEDGERS - 1)) % LEDGERS, (id / 3) % ACCOUNTS);
             let amount = 1 + (id % 5) as i64;
-            let txn = Txn::transfer(TxnId(id), from, to, amount).unwrap();
+            let txn = Txn::transfer(
+                TxnId(id),
+                (from.0 as u8, from.1),
+                (to.0 as u8, to.1),
+                amount as u64,
+            )
+            .unwrap();
             match client.submit(txn) {
                 Ok(ticket) => {
                     open.push_back((sent.len(), ticket));
