@@ -1080,8 +1080,7 @@ impl CommitModel {
         // properties keep seeing its last, final, states.
         let observed = &mut state.sites[site as usize].observed;
         for slot in 0..self.slots.len() {
-            if observed.txns[slot].is_none()
-                && before.txns[slot].is_some_and(|(s, _)| s.is_final())
+            if observed.txns[slot].is_none() && before.txns[slot].is_some_and(|(s, _)| s.is_final())
             {
                 observed.txns[slot] = before.txns[slot];
             }

@@ -74,7 +74,10 @@ fn e3pc_passes_every_seed() {
             totals.batches_second_opener > 0,
             "no seed opened a batch at a second replica: {totals:?}"
         );
-        assert!(totals.txns_resent > 0, "no seed resent a transaction: {totals:?}");
+        assert!(
+            totals.txns_resent > 0,
+            "no seed resent a transaction: {totals:?}"
+        );
     }
 }
 

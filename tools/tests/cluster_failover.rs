@@ -86,7 +86,10 @@ fn run_load(client: &RemoteClient, first_id: u64, stop: &AtomicBool) -> Vec<Sent
     while !stop.load(Ordering::Acquire) {
         while open.len() < LOAD_WINDOW_TXNS {
             let from = (id % LEDGERS, id % ACCOUNTS);
-            let to = ((id + 1 + id / 7 % (LEDGERS - 1)) % LEDGERS, (id / 3) % ACCOUNTS);
+            let to = (
+                (id + 1 + id / 7 % (LEDGERS - 1)) % LEDGERS,
+                (id / 3) % ACCOUNTS,
+            );
             let amount = 1 + (id % 5) as i64;
             let txn = Txn::transfer(
                 TxnId(id),
@@ -155,7 +158,11 @@ fn kill_and_measure(
     let deadline = killed_at + FIRST_COMMIT_WAIT;
     while client.counters().failovers.load(Ordering::Acquire) == failovers {
         assert!(Instant::now() < deadline, "the client did not fail over");
-        assert!(!client.is_closed(), "the client gave up: {:?}", client.failure());
+        assert!(
+            !client.is_closed(),
+            "the client gave up: {:?}",
+            client.failure()
+        );
         std::thread::sleep(POLL);
     }
     assert_ne!(client.current_replica(), victim);
@@ -199,7 +206,11 @@ fn wait_decided(metrics: &[String], killed_at: Instant, pending: Duration) -> Op
 fn gauge(addr: &str, name: &str) -> Option<i64> {
     let mut stream = std::net::TcpStream::connect(addr).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(stream, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut body = String::new();
     stream.read_to_string(&mut body).ok()?;
     body.lines()
@@ -309,9 +320,7 @@ fn the_client_fails_over_when_its_replica_is_killed_under_load() {
     let dir = scratch();
     let cluster = dir.path().join("cluster");
     let (mut nodes, metrics) = start_cluster(&cluster);
-    let pending = Duration::from_micros(
-        ClusterConfig::load(&cluster).unwrap().timeouts.pending_us,
-    );
+    let pending = Duration::from_micros(ClusterConfig::load(&cluster).unwrap().timeouts.pending_us);
     let client = connect(&cluster, 0);
     let load = Load::start(client.clone(), 1);
     std::thread::sleep(Duration::from_millis(1_500));
@@ -351,9 +360,7 @@ fn failover_ten_kills() {
     let dir = scratch();
     let cluster = dir.path().join("cluster");
     let (mut nodes, metrics) = start_cluster(&cluster);
-    let pending = Duration::from_micros(
-        ClusterConfig::load(&cluster).unwrap().timeouts.pending_us,
-    );
+    let pending = Duration::from_micros(ClusterConfig::load(&cluster).unwrap().timeouts.pending_us);
     let mut sent_all = Vec::new();
     let mut kills = Vec::new();
     let first_id = Arc::new(Mutex::new(1u64));

@@ -220,7 +220,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-
 /// A client of a running cluster: submits to its preferred replica, and fails over to
 /// the others in ring order (see the module documentation).
 pub struct RemoteClient {
@@ -265,7 +264,8 @@ impl RemoteClient {
             })
             .collect::<Result<_, _>>()?;
         let preferred = preferred % replicas.len().max(1);
-        let (connection, current) = connect_first(&replicas, preferred, cluster.cluster_id, secret)?;
+        let (connection, current) =
+            connect_first(&replicas, preferred, cluster.cluster_id, secret)?;
         let start_error = |error: &dyn std::fmt::Display| ClientError::Start(error.to_string());
         let limits = AdmissionLimits::new(CLIENT_IN_FLIGHT_TXNS_MAX, CLIENT_IN_FLIGHT_TXNS_MAX)
             .map_err(|error| start_error(&error))?;
@@ -627,8 +627,7 @@ fn run_sender(
             break;
         }
         let closing = shared.closing.load(Ordering::Acquire);
-        if (queue_closed || closing) && !queued.has_items() && lock(&shared.refused).is_empty()
-        {
+        if (queue_closed || closing) && !queued.has_items() && lock(&shared.refused).is_empty() {
             // Nothing more to send: wait for the outcomes (or a failover) only.
             std::thread::sleep(Duration::from_millis(1));
             continue;

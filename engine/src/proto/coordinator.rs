@@ -353,8 +353,9 @@ impl Coordinator {
         self.next_counter = counter
             .checked_add(1)
             .ok_or(ProtoError::BadBatch("batch counter exhausted"))?;
-        let batch = BatchId::compose(self.rank, self.incarnation, counter)
-            .ok_or(ProtoError::Config("rank or incarnation outside its batch id field"))?;
+        let batch = BatchId::compose(self.rank, self.incarnation, counter).ok_or(
+            ProtoError::Config("rank or incarnation outside its batch id field"),
+        )?;
         let desc = Arc::new(Descriptor {
             batch,
             txns: input.txns,

@@ -42,8 +42,8 @@ pub use participant::Participant;
 pub use record::{Record, RecordError};
 pub use rm::{Op, Reason, ResourceManager, RestoreError, TxnId, Vote, OP_PAYLOAD_BYTES};
 pub use types::{
-    is_quorum, AppendSeq, BatchId, BATCH_INCARNATION_MAX, BATCH_OPENER_RANKS_MAX, Descriptor, DescriptorRef, Outcome, SiteId, State, TxnSet,
-    BATCH_TXNS_MAX, SITES_MAX,
+    is_quorum, AppendSeq, BatchId, Descriptor, DescriptorRef, Outcome, SiteId, State, TxnSet,
+    BATCH_INCARNATION_MAX, BATCH_OPENER_RANKS_MAX, BATCH_TXNS_MAX, SITES_MAX,
 };
 
 /// How a recovery coordinator decides. Only [`Termination::E3pc`] is safe.

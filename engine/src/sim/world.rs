@@ -243,12 +243,23 @@ struct SiteSim {
 
 #[derive(Debug)]
 enum Event {
-    Deliver { from: u8, to: u8, part: Part },
-    Durable { site: u8, epoch: u32, upto: u64 },
+    Deliver {
+        from: u8,
+        to: u8,
+        part: Part,
+    },
+    Durable {
+        site: u8,
+        epoch: u32,
+        upto: u64,
+    },
     Submit,
     Fault(Fault),
     /// The client resends what opener `from` left in flight (`tries` so far).
-    Resend { from: u8, tries: u32 },
+    Resend {
+        from: u8,
+        tries: u32,
+    },
 }
 
 /// The simulated client: which opener holds each transaction whose outcome it has
@@ -1441,7 +1452,9 @@ impl Sim {
             if applied != expected {
                 self.fail(
                     8,
-                    format!("{txn:?} committed with yes={expected} but applied={applied} at {site}"),
+                    format!(
+                        "{txn:?} committed with yes={expected} but applied={applied} at {site}"
+                    ),
                 );
             }
         }
