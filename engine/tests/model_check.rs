@@ -3,7 +3,11 @@
 //! The model drives the *same* `Coordinator` and `Participant` state machines that the
 //! runtime and the simulator drive: 2 coordinator replicas (sites 0 and 1, site 0 opens
 //! the batch), 3 participants (sites 2, 3 and 4) wrapping a tiny bank, and one batch of
-//! 1 or 2 transactions. The environment is adversarial within named bounds: messages
+//! 1 or 2 transactions. With two openers (`Bounds::openers`), each replica opens a
+//! batch of one transaction at once, and a client whose opener (site 0) crashed before
+//! answering may resend its transaction, with the same id, to site 1 in a third batch.
+//! Every property is then checked per *slot* (a transaction of one batch: its own E3PC
+//! instance), and the bank per transaction id. The environment is adversarial within named bounds: messages
 //! are a multiset in flight that is delivered in any order, dropped or duplicated;
 //! sites crash, losing every WAL record not yet synced, and restart through the
 //! `recover` entry points; one partition comes and heals; timers fire whenever they
@@ -67,6 +71,10 @@ const PARTICIPANT_IDS: [u8; 3] = [2, 3, 4];
 const SITES_COUNT: usize = REPLICA_IDS.len() + PARTICIPANT_IDS.len();
 /// The most transactions the batch may hold (the issue asks for 1–2).
 const TXNS_MAX: usize = 2;
+/// The most slots (a transaction of one batch) the model tracks: two batches of one
+/// transaction each, and the resent transaction's batch.
+const SLOTS_MAX: usize = 3;
+const _: () = assert!(SLOTS_MAX >= TXNS_MAX && SLOTS_MAX <= 8, "slot masks are u8");
 /// Client transaction ids are `TXN_ID_BASE + index in the batch`.
 const TXN_ID_BASE: u64 = 100;
 /// Every participant's one account starts with this balance (limit 0).
@@ -90,6 +98,9 @@ const COMMITTED_AFTER_CRASH: &str = "committed after a crash";
 /// not by learning a DECIDE.
 const BACKUP_COMMITTED: &str = "a backup committed by recovery";
 const BACKUP_ABORTED: &str = "a backup aborted by recovery";
+/// The client resent a transaction after its opener crashed, and the resend's batch
+/// was decided at the replica it went to.
+const RESEND_DECIDED: &str = "a resent transaction decided";
 
 /// Per site, per transaction: the vote the environment chose (`None`: not a member).
 type Scripts = [[Option<bool>; TXNS_MAX]; SITES_COUNT];
@@ -146,6 +157,12 @@ struct Bounds {
     sync: SyncMode,
     /// Retransmissions of a round before its driver hands the batch to recovery.
     retransmits_max: u32,
+    /// Replicas that open a batch: 1 (site 0 opens one batch of `txns`), or 2 (each
+    /// opens a batch of one transaction; `txns` must be 2).
+    openers: u8,
+    /// Resends of the client: after site 0 crashed without answering, its transaction
+    /// goes again, same id, to site 1 (0 or 1).
+    resends_max: u8,
 }
 
 /// Partitions from DESIGN §2 and issue 3: the coordinator isolated; the coordinator
@@ -175,6 +192,8 @@ impl Bounds {
             cuts: &CUTS_ALL[..1],
             sync: SyncMode::InStep,
             retransmits_max: 1,
+            openers: 1,
+            resends_max: 0,
         }
     }
 
@@ -215,6 +234,28 @@ impl Bounds {
             timer_sites: 1 << REPLICA_IDS[1],
             start: Start::Round,
             no_votes: false,
+            ..Bounds::bounded()
+        }
+    }
+
+    /// The fifth, for concurrent openers (DESIGN §7): both replicas open a batch at once
+    /// (site 0 one transaction, site 1 another, on overlapping participants), site 0 may
+    /// crash (once, and restart), and its client then resends its transaction with the
+    /// same id to site 1. Site 1's timers fire up to twice (its recovery of site 0's
+    /// batch); every vote yes.
+    fn bounded_two_openers() -> Bounds {
+        Bounds {
+            txns: 2,
+            crashes_max: 1,
+            partitions_max: 0,
+            timeouts_max: 1,
+            crash_sites: 1 << REPLICA_IDS[0],
+            timer_sites: 1 << REPLICA_IDS[1],
+            start: Start::RoundOpenerDown,
+            restarts: false,
+            no_votes: false,
+            openers: 2,
+            resends_max: 1,
             ..Bounds::bounded()
         }
     }
@@ -408,8 +449,8 @@ enum Machine {
 /// One input to a site's machine.
 #[derive(Clone, Debug)]
 enum Event {
-    /// The client batch (site 0 only, in the initial state).
-    Submit,
+    /// Client batch `k` of `CommitModel::inputs` (to its opener).
+    Submit(usize),
     Message {
         from: SiteId,
         part: Part,
@@ -427,10 +468,11 @@ enum Event {
 /// What the properties read of a site after each of its steps.
 #[derive(Clone, Debug, Default, PartialEq)]
 struct Observed {
-    /// `(state, last_attempt)` per transaction, if the site knows the batch.
-    txns: [Option<(State, u32)>; TXNS_MAX],
-    /// `last_elected` for the batch, read from the site's log (every raise is logged).
-    elected: u32,
+    /// `(state, last_attempt)` per slot, if the site knows the slot's batch.
+    txns: [Option<(State, u32)>; SLOTS_MAX],
+    /// `last_elected` of each slot's batch, read from the site's log (every raise is
+    /// logged).
+    elected: [u32; SLOTS_MAX],
     deadline_us: Option<u64>,
     bank: Option<BankView>,
 }
@@ -528,11 +570,17 @@ impl Site {
 }
 
 impl Machine {
-    fn apply(&mut self, event: &Event, clock_us: &mut u64, input: &BatchInput, out: &mut Output) {
+    fn apply(
+        &mut self,
+        event: &Event,
+        clock_us: &mut u64,
+        inputs: &[BatchInput],
+        out: &mut Output,
+    ) {
         let now = *clock_us;
         match (self, event) {
-            (Machine::Coordinator(machine), Event::Submit) => {
-                let submitted = machine.submit(now, input.clone(), out);
+            (Machine::Coordinator(machine), Event::Submit(k)) => {
+                let submitted = machine.submit(now, inputs[*k].clone(), out);
                 assert!(submitted.is_ok(), "the model's batch is valid");
             }
             (Machine::Coordinator(machine), Event::Message { from, part }) => {
@@ -554,7 +602,7 @@ impl Machine {
                     Machine::Participant(machine) => machine.handle_timeout(*clock_us, out),
                 }
             }
-            (Machine::Participant(_), Event::Submit) => {}
+            (Machine::Participant(_), Event::Submit(_)) => {}
         }
     }
 
@@ -629,19 +677,24 @@ mod violation {
 /// across crashes). Site masks per transaction.
 #[derive(Clone, Debug, Default, Hash, PartialEq)]
 struct Ghost {
-    ever_commit: [u8; TXNS_MAX],
-    ever_abort: [u8; TXNS_MAX],
-    ever_pre_commit: [u8; TXNS_MAX],
+    /// Site masks per slot.
+    ever_commit: [u8; SLOTS_MAX],
+    ever_abort: [u8; SLOTS_MAX],
+    ever_pre_commit: [u8; SLOTS_MAX],
     /// Participants that logged a yes vote.
-    voted_yes: [u8; TXNS_MAX],
+    voted_yes: [u8; SLOTS_MAX],
+    /// Site masks per transaction id (the bank knows ids, not batches).
     ever_posted: [u8; TXNS_MAX],
     ever_voided: [u8; TXNS_MAX],
-    /// Transactions completed to the client, per outcome (transaction masks).
+    /// Slots completed to the client, per outcome (slot masks).
     client_commit: u8,
     client_abort: u8,
-    /// Transactions the backup replica decided by its own recovery (masks).
+    /// Slots a replica that did not open them decided by its own recovery (masks).
     backup_commit: u8,
     backup_abort: u8,
+    /// Slots whose batch was submitted (the resent one only once resent).
+    submitted: u8,
+    resends: u8,
     violations: u8,
 }
 
@@ -691,7 +744,7 @@ impl fmt::Debug for ModelState {
                 .collect();
             writeln!(
                 f,
-                "  site {} {} states [{}] elected {} clock {} wal {}+{} script {:?} bank {:?}",
+                "  site {} {} states [{}] elected {:?} clock {} wal {}+{} script {:?} bank {:?}",
                 site.id,
                 if site.up() { "up" } else { "DOWN" },
                 states.join(", "),
@@ -755,18 +808,36 @@ enum Action {
         side: u8,
     },
     Heal,
+    /// The client resends site 0's transaction to site 1 (same id).
+    Resend,
 }
 
 // ---------------------------------------------------------------------------------
 // The model.
 // ---------------------------------------------------------------------------------
 
+/// A transaction of one batch: one E3PC instance.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    batch: BatchId,
+    /// Its index in the batch.
+    index: u32,
+    /// Its transaction id's index (`TXN_ID_BASE + txn`).
+    txn: usize,
+    /// The replica that opens the batch.
+    opener: u8,
+    /// The `CommitModel::inputs` entry that opens it.
+    input: usize,
+}
+
 struct CommitModel {
     bounds: Bounds,
     config: ProtoConfig,
-    input: BatchInput,
-    batch: BatchId,
-    /// Participant mask per transaction.
+    /// The client batches, by `Event::Submit` index: each opener's, then the resend.
+    inputs: Vec<BatchInput>,
+    /// The slots the properties check.
+    slots: Vec<Slot>,
+    /// Participant mask per transaction id index.
     members: Vec<u8>,
     /// One initial state per vote script.
     initial: Vec<ModelState>,
@@ -776,14 +847,53 @@ impl CommitModel {
     fn new(bounds: Bounds, termination: Termination) -> CommitModel {
         let mut config = ProtoConfig::new(REPLICA_IDS.iter().map(|&id| SiteId(id)).collect());
         config.retransmits_max = bounds.retransmits_max;
+        // Two openers: without speculation (ANNOUNCE and its reorderings roughly
+        // double the space), so that the run stays exhaustive within the test's budget.
+        config.overlap = bounds.openers < 2;
         config.termination = termination;
-        let input = batch_input(bounds.txns);
-        let members = input.members.iter().map(|&mask| mask as u8).collect();
+        let members = batch_input(&[0, 1])
+            .members
+            .iter()
+            .map(|&mask| mask as u8)
+            .collect();
+        let batch = |rank: u32, counter: u32| BatchId::compose(rank, 1, counter).unwrap();
+        let (inputs, slots) = if bounds.openers == 2 {
+            assert_eq!(bounds.txns, 2, "two openers: one transaction each");
+            let slot = |batch, txn, opener, input| Slot {
+                batch,
+                index: 0,
+                txn,
+                opener,
+                input,
+            };
+            let mut slots = vec![
+                slot(batch(0, 0), 0, REPLICA_IDS[0], 0),
+                slot(batch(1, 0), 1, REPLICA_IDS[1], 1),
+            ];
+            let mut inputs = vec![batch_input(&[0]), batch_input(&[1])];
+            if bounds.resends_max > 0 {
+                slots.push(slot(batch(1, 1), 0, REPLICA_IDS[1], 2));
+                inputs.push(batch_input(&[0]));
+            }
+            (inputs, slots)
+        } else {
+            let txns: Vec<usize> = (0..bounds.txns).collect();
+            let slots = (0..bounds.txns)
+                .map(|index| Slot {
+                    batch: batch(0, 0),
+                    index: index as u32,
+                    txn: index,
+                    opener: REPLICA_IDS[0],
+                    input: 0,
+                })
+                .collect();
+            (vec![batch_input(&txns)], slots)
+        };
         let mut model = CommitModel {
             bounds,
             config,
-            input,
-            batch: BatchId(1 << 32),
+            inputs,
+            slots,
             members,
             initial: Vec::new(),
         };
@@ -868,8 +978,43 @@ impl CommitModel {
                 self.drive(&mut state, id, Event::Durable { upto: 0 });
             }
         }
-        self.drive(&mut state, REPLICA_IDS[0], Event::Submit);
+        let openers: Vec<(u8, usize)> = self
+            .slots
+            .iter()
+            .filter(|slot| slot.input < usize::from(self.bounds.openers))
+            .map(|slot| (slot.opener, slot.input))
+            .collect();
+        let mut opened = Vec::new();
+        for (opener, input) in openers {
+            if !opened.contains(&input) {
+                opened.push(input);
+                self.submit(&mut state, opener, input);
+            }
+        }
         state
+    }
+
+    /// Client batch `input` reaches `opener`.
+    fn submit(&self, state: &mut ModelState, opener: u8, input: usize) {
+        for (slot, entry) in self.slots.iter().enumerate() {
+            if entry.input == input {
+                state.ghost.submitted |= 1 << slot;
+            }
+        }
+        self.drive(state, opener, Event::Submit(input));
+    }
+
+    /// The slot of transaction `index` of `batch`, if the model tracks it.
+    fn slot_of(&self, batch: BatchId, index: u32) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|slot| slot.batch == batch && slot.index == index)
+    }
+
+    /// The slot mask of `batch`'s transactions in `set`.
+    fn slot_mask(&self, batch: BatchId, set: impl Iterator<Item = u32>) -> u8 {
+        set.filter_map(|index| self.slot_of(batch, index))
+            .fold(0u8, |mask, slot| mask | 1 << slot)
     }
 
     /// Delivers every PREPARE and VOTES part in flight, in order, with yes votes, until
@@ -918,7 +1063,7 @@ impl CommitModel {
             }
             let mut out = Output::default();
             let mut clock = record.clock_us;
-            machine.apply(&event, &mut clock, &self.input, &mut out);
+            machine.apply(&event, &mut clock, &self.inputs, &mut out);
             record.clock_us = clock;
             self.absorb(state, site, &mut out);
             let record = &state.sites[site as usize];
@@ -934,25 +1079,27 @@ impl CommitModel {
         // A site may forget a batch once it is settled everywhere (FORGET): the
         // properties keep seeing its last, final, states.
         let observed = &mut state.sites[site as usize].observed;
-        for index in 0..self.bounds.txns {
-            if observed.txns[index].is_none()
-                && before.txns[index].is_some_and(|(s, _)| s.is_final())
+        for slot in 0..self.slots.len() {
+            if observed.txns[slot].is_none() && before.txns[slot].is_some_and(|(s, _)| s.is_final())
             {
-                observed.txns[index] = before.txns[index];
+                observed.txns[slot] = before.txns[slot];
             }
         }
-        if site == REPLICA_IDS[1] && !learned {
-            self.note_backup_decisions(state, &before);
+        if REPLICA_IDS.contains(&site) && !learned {
+            self.note_backup_decisions(state, site, &before);
         }
         self.check_transition(state, site, &before);
         state.sites[site as usize].refresh_fp();
     }
 
-    /// The backup replica decided a transaction in a step that was not a DECIDE
+    /// A replica decided a slot it did not open in a step that was not a DECIDE
     /// delivery: it decided by its own recovery (collect or round), not by learning.
-    fn note_backup_decisions(&self, state: &mut ModelState, before: &Observed) {
-        let after = &state.sites[REPLICA_IDS[1] as usize].observed;
-        for index in 0..self.bounds.txns {
+    fn note_backup_decisions(&self, state: &mut ModelState, site: u8, before: &Observed) {
+        let after = &state.sites[site as usize].observed;
+        for (index, slot) in self.slots.iter().enumerate() {
+            if slot.opener == site {
+                continue;
+            }
             let was_open = !before.txns[index].is_some_and(|(s, _)| s.is_final());
             match after.txns[index] {
                 Some((State::Commit, _)) if was_open => {
@@ -968,10 +1115,12 @@ impl CommitModel {
     /// that what they promise is durable), completions into the ghost.
     fn absorb(&self, state: &mut ModelState, site: u8, out: &mut Output) {
         for (seq, record) in out.appends.drain(..) {
-            if let Record::Prepared { ops, votes, .. } = &record {
+            if let Record::Prepared { desc, ops, votes } = &record {
                 for (op, vote) in ops.iter().zip(votes) {
-                    if let (Some(index), Vote::Yes) = (txn_index(op.txn), vote) {
-                        state.ghost.voted_yes[index] |= 1 << site;
+                    let index = desc.txns.iter().position(|txn| *txn == op.txn);
+                    let slot = index.and_then(|index| self.slot_of(desc.batch, index as u32));
+                    if let (Some(slot), Vote::Yes) = (slot, vote) {
+                        state.ghost.voted_yes[slot] |= 1 << site;
                     }
                 }
             }
@@ -998,7 +1147,7 @@ impl CommitModel {
             state.net.insert(position, message);
         }
         for completion in out.completions.drain(..) {
-            let mask = completion.txns.iter().fold(0u8, |acc, i| acc | 1 << i);
+            let mask = self.slot_mask(completion.batch, completion.txns.iter());
             match completion.outcome {
                 Outcome::Commit => state.ghost.client_commit |= mask,
                 Outcome::Abort => state.ghost.client_abort |= mask,
@@ -1008,13 +1157,13 @@ impl CommitModel {
 
     fn observe_site(&self, site: &mut Site, machine: &Machine) {
         let mut observed = Observed {
-            elected: elected_in(site.records(), self.batch),
             deadline_us: machine.poll_timeout(),
             bank: machine.bank(),
             ..Observed::default()
         };
-        for index in 0..self.bounds.txns {
-            observed.txns[index] = machine.txn_state(self.batch, index as u32);
+        for (index, slot) in self.slots.iter().enumerate() {
+            observed.elected[index] = elected_in(site.records(), slot.batch);
+            observed.txns[index] = machine.txn_state(slot.batch, slot.index);
         }
         site.observed = observed;
     }
@@ -1022,14 +1171,16 @@ impl CommitModel {
     /// Transition checks of invariants 4 and 5 for one site that stayed up.
     fn check_transition(&self, state: &mut ModelState, site: u8, before: &Observed) {
         let after = state.sites[site as usize].observed.clone();
-        if after.elected < before.elected {
-            let message = format!(
-                "site {site}: last_elected {} → {}",
-                before.elected, after.elected
-            );
-            fail(state, violation::COUNTERS, message);
+        for slot in 0..self.slots.len() {
+            if after.elected[slot] < before.elected[slot] {
+                let message = format!(
+                    "site {site} slot {slot}: last_elected {} → {}",
+                    before.elected[slot], after.elected[slot]
+                );
+                fail(state, violation::COUNTERS, message);
+            }
         }
-        for index in 0..self.bounds.txns {
+        for index in 0..self.slots.len() {
             let (Some(old), Some(new)) = (before.txns[index], after.txns[index]) else {
                 if before.txns[index].is_some() {
                     let message = format!("site {site} forgot transaction {index}");
@@ -1044,10 +1195,10 @@ impl CommitModel {
                     format!("site {site} txn {index}: {message}"),
                 );
             }
-            if new.1 < old.1 || new.1 > after.elected {
+            if new.1 < old.1 || new.1 > after.elected[index] {
                 let message = format!(
                     "site {site} txn {index}: attempt {} → {}, elected {}",
-                    old.1, new.1, after.elected
+                    old.1, new.1, after.elected[index]
                 );
                 fail(state, violation::COUNTERS, message);
             }
@@ -1059,13 +1210,15 @@ impl CommitModel {
     fn update_ghost(&self, state: &mut ModelState) {
         for site in state.sites.iter().filter(|site| site.up()) {
             let bit = 1u8 << site.id;
-            for index in 0..self.bounds.txns {
+            for index in 0..self.slots.len() {
                 match site.observed.txns[index] {
                     Some((State::Commit, _)) => state.ghost.ever_commit[index] |= bit,
                     Some((State::Abort, _)) => state.ghost.ever_abort[index] |= bit,
                     Some((State::PreCommit, _)) => state.ghost.ever_pre_commit[index] |= bit,
                     _ => {}
                 }
+            }
+            for index in 0..self.bounds.txns {
                 if let Some(bank) = site.observed.bank {
                     if bank.posted & (1 << index) != 0 {
                         state.ghost.ever_posted[index] |= bit;
@@ -1212,6 +1365,19 @@ impl CommitModel {
     }
 }
 
+impl CommitModel {
+    /// The client resends site 0's transaction (same id) to site 1 once site 0 is
+    /// down without having answered it, within the resend bound.
+    fn resend_enabled(&self, state: &ModelState) -> bool {
+        let first = 1u8;
+        self.bounds.openers == 2
+            && state.ghost.resends < self.bounds.resends_max
+            && !state.sites[REPLICA_IDS[0] as usize].up()
+            && state.sites[REPLICA_IDS[1] as usize].up()
+            && (state.ghost.client_commit | state.ghost.client_abort) & first == 0
+    }
+}
+
 impl Model for CommitModel {
     type State = ModelState;
     type Action = Action;
@@ -1227,6 +1393,9 @@ impl Model for CommitModel {
         }
         self.message_actions(state, actions);
         self.site_actions(state, actions);
+        if self.resend_enabled(state) {
+            actions.push(Action::Resend);
+        }
         match state.partition {
             Some(_) => actions.push(Action::Heal),
             None if state.used.partitions < self.bounds.partitions_max => {
@@ -1270,6 +1439,11 @@ impl Model for CommitModel {
                 next.partition = Some(side);
             }
             Action::Heal => next.partition = None,
+            Action::Resend => {
+                next.ghost.resends += 1;
+                let resent = self.slots.len() - 1;
+                self.submit(&mut next, REPLICA_IDS[1], self.slots[resent].input);
+            }
         }
         Some(next)
     }
@@ -1307,6 +1481,12 @@ impl Model for CommitModel {
             Property::sometimes(BACKUP_ABORTED, |_, state: &ModelState| {
                 state.ghost.backup_abort != 0
             }),
+            Property::sometimes(RESEND_DECIDED, |model: &Self, state: &ModelState| {
+                let resent = model.slots.len() - 1;
+                let replica = 1u8 << REPLICA_IDS[1];
+                let decided = state.ghost.ever_commit[resent] | state.ghost.ever_abort[resent];
+                state.ghost.resends > 0 && decided & replica != 0
+            }),
         ]
     }
 }
@@ -1327,7 +1507,7 @@ impl CommitModel {
     /// outcome agrees with every site.
     fn atomicity(&self, state: &ModelState) -> Result<(), String> {
         let ghost = &state.ghost;
-        for index in 0..self.bounds.txns {
+        for index in 0..self.slots.len() {
             let bit = 1u8 << index;
             let committed = ghost.ever_commit[index] != 0 || ghost.client_commit & bit != 0;
             let aborted = ghost.ever_abort[index] != 0 || ghost.client_abort & bit != 0;
@@ -1347,15 +1527,16 @@ impl CommitModel {
     /// 2: C or PC anywhere ⇒ every participant voted yes.
     fn validity(&self, state: &ModelState) -> Result<(), String> {
         let ghost = &state.ghost;
-        for index in 0..self.bounds.txns {
+        for (index, slot) in self.slots.iter().enumerate() {
             let bit = 1u8 << index;
+            let members = self.members[slot.txn];
             let promised = ghost.ever_commit[index] != 0
                 || ghost.ever_pre_commit[index] != 0
                 || ghost.client_commit & bit != 0;
-            if promised && ghost.voted_yes[index] & self.members[index] != self.members[index] {
+            if promised && ghost.voted_yes[index] & members != members {
                 return Err(format!(
-                    "txn {index}: C/PC while yes votes are {:#07b} of {:#07b}",
-                    ghost.voted_yes[index], self.members[index]
+                    "slot {index}: C/PC while yes votes are {:#07b} of {:#07b}",
+                    ghost.voted_yes[index], members
                 ));
             }
         }
@@ -1368,11 +1549,11 @@ impl CommitModel {
         if !state.used.failure_free() {
             return Ok(());
         }
-        for index in 0..self.bounds.txns {
+        for (index, slot) in self.slots.iter().enumerate() {
             let wanted = PARTICIPANT_IDS
                 .iter()
-                .filter(|&&id| self.members[index] & (1 << id) != 0)
-                .all(|&id| state.sites[id as usize].script[index] != Some(false));
+                .filter(|&&id| self.members[slot.txn] & (1 << id) != 0)
+                .all(|&id| state.sites[id as usize].script[slot.txn] != Some(false));
             let aborted =
                 state.ghost.ever_abort[index] != 0 || state.ghost.client_abort & (1 << index) != 0;
             if wanted && aborted {
@@ -1405,8 +1586,9 @@ impl CommitModel {
                 return Err(format!("site {id}: balance {bank:?} below its limit"));
             }
             total += bank.balance;
-            settled &= (0..self.bounds.txns).all(|index| {
-                self.members[index] & (1 << id) == 0
+            settled &= self.slots.iter().enumerate().all(|(index, slot)| {
+                self.members[slot.txn] & (1 << id) == 0
+                    || ghost.submitted & (1 << index) == 0
                     || site.observed.txns[index].is_some_and(|(s, _)| s.is_final())
             });
         }
@@ -1417,14 +1599,19 @@ impl CommitModel {
         Ok(())
     }
 
-    /// True if every participant of every transaction and the opening replica (when
-    /// up) hold `wanted`. The witness replica is left out: presumed abort never tells
-    /// it about an abort on the normal path.
+    /// True if every participant of every slot opened by a replica (not resent) and
+    /// the slot's opener (when up) hold `wanted`. The witness replica is left out:
+    /// presumed abort never tells it about an abort on the normal path.
     fn everywhere(&self, state: &ModelState, wanted: State) -> bool {
-        (0..self.bounds.txns).all(|index| {
+        let opened = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| slot.input < usize::from(self.bounds.openers));
+        opened.into_iter().all(|(index, slot)| {
             state.sites.iter().all(|site| {
-                let opener = site.id == REPLICA_IDS[0];
-                let member = opener || self.members[index] & (1 << site.id) != 0;
+                let opener = site.id == slot.opener;
+                let member = opener || self.members[slot.txn] & (1 << site.id) != 0;
                 !member
                     || (opener && !site.up())
                     || site.observed.txns[index].is_some_and(|(s, _)| s == wanted)
@@ -1480,13 +1667,14 @@ fn finality_break(old: (State, u32), new: (State, u32)) -> Option<String> {
 fn backed_by_synced(site: &Site, part: &Part) -> Result<(), String> {
     let synced = site.synced.iter();
     match part {
-        Part::Votes { yes, .. } => {
+        Part::Votes { batch, yes, .. } => {
             let prepared_yes = |index: u32| {
                 site.synced.iter().any(|record| match record {
-                    Record::Prepared { ops, votes, .. } => {
-                        ops.iter().zip(votes).any(|(op, vote)| {
-                            txn_index(op.txn) == Some(index as usize) && *vote == Vote::Yes
-                        })
+                    Record::Prepared { desc, ops, votes } if desc.batch == *batch => {
+                        let txn = desc.txns.get(index as usize);
+                        ops.iter()
+                            .zip(votes)
+                            .any(|(op, vote)| Some(&op.txn) == txn && *vote == Vote::Yes)
                     }
                     _ => false,
                 })
@@ -1577,11 +1765,13 @@ fn fingerprint_of<T: Hash + ?Sized>(value: &T) -> u64 {
 // Running the checker.
 // ---------------------------------------------------------------------------------
 
-/// The client batch: transaction `i` with the participants and deltas of
-/// `TXN_DELTAS[i]`, each participant's operations in batch order.
-fn batch_input(txns: usize) -> BatchInput {
+/// A client batch of the transactions `txns` (indices into `TXN_DELTAS`), in order:
+/// transaction `i` with the participants and deltas of `TXN_DELTAS[i]`, each
+/// participant's operations in batch order.
+fn batch_input(txns: &[usize]) -> BatchInput {
     let mut input = BatchInput::default();
-    for (index, deltas) in TXN_DELTAS.iter().enumerate().take(txns) {
+    for &index in txns {
+        let deltas = TXN_DELTAS[index];
         input.txns.push(TxnId(TXN_ID_BASE + index as u64));
         input.members.push(
             deltas
@@ -1590,12 +1780,10 @@ fn batch_input(txns: usize) -> BatchInput {
         );
     }
     for &site in &PARTICIPANT_IDS {
-        let ops: Vec<Op> = TXN_DELTAS
+        let ops: Vec<Op> = txns
             .iter()
-            .enumerate()
-            .take(txns)
-            .filter_map(|(index, deltas)| {
-                let (_, delta) = deltas.iter().find(|(id, _)| *id == site)?;
+            .filter_map(|&index| {
+                let (_, delta) = TXN_DELTAS[index].iter().find(|(id, _)| *id == site)?;
                 Some(bank_op(index, *delta))
             })
             .collect();
@@ -1757,6 +1945,23 @@ fn e3pc_recovery_holds_every_invariant_in_the_bounded_configuration() {
 #[test]
 fn e3pc_holds_every_invariant_when_the_backup_races_the_opener() {
     check_bounded(Bounds::bounded_race(), &[ALL_COMMITTED, BACKUP_COMMITTED]);
+}
+
+// Proves that concurrent openers keep every invariant (see
+// `Bounds::bounded_two_openers`): both replicas open a batch at once on overlapping
+// participants, site 0 may crash, its client resends its transaction with the same id
+// to site 1; each batch commits on some path, site 1 finishes site 0's batch by
+// recovery on another, and the resent transaction's batch is decided.
+//
+// Not exhaustive within `cargo test`'s budget yet: 0.94–1.18 M unique states in
+// 57–70 s without finishing (no counterexample). Run with `--ignored`.
+#[test]
+#[ignore = "two openers: not exhaustive within a minute yet (docs/model-check.md)"]
+fn e3pc_holds_every_invariant_with_two_openers_and_a_resending_client() {
+    check_bounded(
+        Bounds::bounded_two_openers(),
+        &[ALL_COMMITTED, BACKUP_COMMITTED, RESEND_DECIDED],
+    );
 }
 
 // Proves the same for the larger configuration (see `Bounds::larger`). Minutes, not

@@ -37,6 +37,8 @@ fn e3pc_passes_every_seed() {
         totals.checkpoints += stats.checkpoints;
         totals.log_cuts += stats.log_cuts;
         totals.crashes_mid_checkpoint += stats.crashes_mid_checkpoint;
+        totals.batches_second_opener += stats.batches_second_opener;
+        totals.txns_resent += stats.txns_resent;
         if let Err(failure) = result {
             failures.push(failure);
             if failures.len() >= 3 {
@@ -65,6 +67,16 @@ fn e3pc_passes_every_seed() {
         assert!(
             totals.crashes_mid_checkpoint > 0,
             "no crash hit a checkpoint in progress: {totals:?}"
+        );
+        // Half the seeds run two openers, and crashes of an opener make the client
+        // resend its transactions (same ids) to the other one.
+        assert!(
+            totals.batches_second_opener > 0,
+            "no seed opened a batch at a second replica: {totals:?}"
+        );
+        assert!(
+            totals.txns_resent > 0,
+            "no seed resent a transaction: {totals:?}"
         );
     }
 }

@@ -29,9 +29,11 @@ fn submit_transfers(
 fn a_remote_client_commits_through_the_submit_trait_and_completes_every_ticket_when_its_node_dies()
 {
     // Proves that code written against `Submit` runs unchanged over the network, that
-    // a duplicate id is answered with the original's outcome, and that after kill -9 of
+    // a duplicate id is answered with the original's outcome, that after kill -9 of
     // replica-0 every ticket completes (committed, aborted or in doubt: never hangs)
-    // and later submissions are refused at once.
+    // and the client fails over to another replica that commits new transactions, and
+    // that once every replica is gone the client gives up with a typed error and
+    // refuses later submissions at once.
     let dir = scratch();
     let cluster = dir.path().join("cluster");
     init_cluster(&cluster, 100, 1_000);
@@ -67,14 +69,34 @@ fn a_remote_client_commits_through_the_submit_trait_and_completes_every_ticket_w
             "{outcome:?}"
         );
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    assert_ne!(client.current_replica(), 0, "the client did not fail over");
+    let after = submit_transfers(&client, 50_000, 20);
+    for ticket in after {
+        assert_eq!(
+            ticket.wait_timeout(Duration::from_secs(30)).unwrap(),
+            Outcome::Committed,
+            "a new transaction after the failover"
+        );
+    }
+    nodes[1].kill9();
+    nodes[2].kill9();
+    // Something in flight makes the client notice and fail over, until it gives up.
+    let last = submit_transfers(&client, 60_000, 1).pop().unwrap();
+    let outcome = last.wait_timeout(Duration::from_secs(30)).unwrap();
+    assert!(
+        matches!(outcome, Outcome::InDoubt | Outcome::Aborted(_)),
+        "{outcome:?}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !client.is_closed() {
         assert!(
             std::time::Instant::now() < deadline,
-            "the lost connection was not noticed"
+            "the lost replicas were not noticed"
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+    let failure = client.failure().expect("the client says why it gave up");
+    assert!(failure.contains("every replica failed"), "{failure}");
     let late = submit_transfers(&client, 100_000, 1).pop().unwrap();
     assert_eq!(
         late.wait_timeout(Duration::from_secs(1)).unwrap(),

@@ -166,6 +166,15 @@ impl Default for EngineSection {
     }
 }
 
+/// What a network client (`RemoteClient`) of the cluster does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientSection {
+    /// The replica a client sends to first (any replica opens batches); on failure it
+    /// fails over to the next one in ring order.
+    pub preferred_replica: u64,
+}
+
 /// The links' timers, in milliseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -204,6 +213,8 @@ pub struct ClusterConfig {
     pub timeouts: Timeouts,
     #[serde(default)]
     pub transport: TransportSection,
+    #[serde(default)]
+    pub client: ClientSection,
     /// Every site's address, by name: where peers and clients dial it.
     pub sites: BTreeMap<String, String>,
     /// Every participant's public vote key (64 hex digits), by site name. Present, the
@@ -294,6 +305,7 @@ impl ClusterConfig {
             engine: EngineSection::default(),
             timeouts: Timeouts::default(),
             transport: TransportSection::default(),
+            client: ClientSection::default(),
             sites,
             vote_keys: BTreeMap::new(),
             listen: BTreeMap::new(),
@@ -405,6 +417,12 @@ impl ClusterConfig {
         self.check_engine()?;
         self.check_timeouts()?;
         self.check_transport()?;
+        if self.client.preferred_replica >= self.replicas {
+            return bad(
+                "client.preferred_replica",
+                format!("must be below replicas ({})", self.replicas),
+            );
+        }
         self.check_sites()?;
         self.check_vote_keys()
     }

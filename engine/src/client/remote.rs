@@ -1,9 +1,11 @@
 //! `RemoteClient`: the embedded engine's `submit(txn) -> Ticket` surface, over TCP.
 //!
 //! ```text
-//! submit ──admission──▶ queue ──▶ sender thread ──Submit{many txns}──▶ replica-0
-//!   ▲ ticket                                                               │
-//!   └──────────── completion ◀── receiver thread ◀──Outcomes / Busy───────┘
+//! submit ──admission──▶ queue ──▶ sender thread ──Submit{many txns}──▶ preferred replica
+//!   ▲ ticket                          │ failover                              │
+//!   │                                 ▼ (same ids)                            │
+//!   │                              next replica in ring order                 │
+//!   └──────────── completion ◀── receiver thread ◀──Outcomes / Busy───────────┘
 //! ```
 //!
 //! `submit` admits the transaction locally (the client's own bound on what it keeps in
@@ -12,18 +14,35 @@
 //! transactions share a round trip. The receiver thread completes tickets from the
 //! node's `Outcomes`.
 //!
+//! **Failover.** Any replica opens batches (DESIGN §7). The client sends to its
+//! preferred replica (`[client] preferred_replica` in `cluster.toml`). When that
+//! connection closes (a `kill -9` closes the socket) or no reply comes within an
+//! adaptive timeout (`srtt + 4·rttvar` over observed outcome latencies, RFC 6298
+//! style, clamped to `[REPLY_TIMEOUT_MS_MIN, REPLY_TIMEOUT_MS_MAX]`: a paused process
+//! or a partition closes nothing), it connects to the next replica in ring order and
+//! resends every transaction still in flight, with the same ids. It tries at most
+//! `FAILOVER_ROUNDS_MAX` rounds over all replicas; if every attempt fails, the
+//! transactions still in flight complete `InDoubt` and [`RemoteClient::failure`]
+//! says why ([`ClientError::AllReplicasFailed`]).
+//!
+//! A resent id is safe to resend because ids are unique at the participants: a
+//! participant that still holds the first instance refuses the second
+//! (`Reason::DUPLICATE`). The client does not take such a refusal of a *resent* id as
+//! the transaction's outcome (the first instance may still commit): it completes it
+//! `InDoubt`, and a checker settles it from the ledgers' postings.
+//!
 //! Backpressure: a node whose intake is full answers `Busy` for the transactions it did
 //! not take. They were never submitted, so the client resends them after
 //! `BUSY_BACKOFF_US`; meanwhile, and until then, `submit` hands new transactions back
 //! in [`Busy`] so that the caller sheds load as it would in-process.
 //!
-//! A transaction whose outcome never arrives (the connection is lost) completes
-//! `InDoubt`: it may have committed. One that never left the client completes
-//! `Aborted(Shutdown)`.
+//! A transaction whose outcome never arrives completes `InDoubt`: it may have
+//! committed. One that never left the client completes `Aborted(Shutdown)`.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -34,7 +53,7 @@ use crate::pipeline::{
     AbortReason, Admission, AdmissionLimits, Busy, BusyReason, CompletionId, Doorbell,
     MonotonicClock, Outcome, Received, Ticket, WaitConfig,
 };
-use crate::proto::TxnId;
+use crate::proto::{Reason, TxnId};
 use crate::runtime::Txn;
 use crate::transport::codec::{ClientReply, Submit as SubmitFrame, SUBMIT_TXNS_MAX};
 use crate::transport::{ClientConnection, ClientReceiver, ClientSender, TransportError};
@@ -51,8 +70,20 @@ pub const RECEIVE_POLL_MS: u64 = 50;
 pub const CLIENT_IN_FLIGHT_TXNS_MAX: usize = INTAKE_TXNS_MAX;
 /// How long [`RemoteClient::shutdown`] waits for the outcomes still outstanding.
 pub const SHUTDOWN_WAIT_MS_MAX: u64 = 30_000;
+/// The reply timeout's floor: below it, a burst of slow syncs would fail over a
+/// healthy replica.
+pub const REPLY_TIMEOUT_MS_MIN: u64 = 500;
+/// The reply timeout's ceiling, and its value before the first sample.
+pub const REPLY_TIMEOUT_MS_MAX: u64 = 5_000;
+/// Rounds over every replica a failover tries before it gives up.
+pub const FAILOVER_ROUNDS_MAX: u32 = 3;
+/// The pause between two failover rounds (a replica may be restarting).
+pub const FAILOVER_ROUND_PAUSE_MS: u64 = 200;
 
-/// Why a client could not connect.
+const _: () = assert!(REPLY_TIMEOUT_MS_MIN <= REPLY_TIMEOUT_MS_MAX);
+const _: () = assert!(FAILOVER_ROUNDS_MAX >= 1);
+
+/// Why a client could not connect, or gave up.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(transparent)]
@@ -65,12 +96,61 @@ pub enum ClientError {
     },
     #[error("cannot start the client: {0}")]
     Start(String),
+    #[error(
+        "every replica failed: {attempts} connection attempts over {rounds} rounds, the last: {last}"
+    )]
+    AllReplicasFailed {
+        rounds: u32,
+        attempts: u32,
+        last: String,
+    },
 }
 
 /// A transaction sent (or about to be) and the tickets waiting for it.
 struct Waiting {
     txn: Txn,
     completions: Vec<CompletionId>,
+    /// When it was last sent (clock µs; 0: not yet).
+    sent_us: u64,
+    /// It was resent after a failover: a duplicate refusal is not its outcome.
+    resent: bool,
+}
+
+/// The adaptive reply timeout: RFC 6298's smoothed round trip and its variation, over
+/// the latency from sending a transaction to its outcome.
+#[derive(Debug, Default, Clone, Copy)]
+struct RttEstimator {
+    srtt_us: u64,
+    rttvar_us: u64,
+}
+
+impl RttEstimator {
+    fn observe(&mut self, sample_us: u64) {
+        if self.srtt_us == 0 {
+            self.srtt_us = sample_us.max(1);
+            self.rttvar_us = sample_us / 2;
+        } else {
+            let delta = self.srtt_us.abs_diff(sample_us);
+            self.rttvar_us = (3 * self.rttvar_us + delta) / 4;
+            self.srtt_us = ((7 * self.srtt_us + sample_us) / 8).max(1);
+        }
+    }
+
+    /// `srtt + 4·rttvar`, clamped; the ceiling before any sample.
+    fn timeout_us(&self) -> u64 {
+        if self.srtt_us == 0 {
+            return REPLY_TIMEOUT_MS_MAX * 1_000;
+        }
+        (self.srtt_us + 4 * self.rttvar_us)
+            .clamp(REPLY_TIMEOUT_MS_MIN * 1_000, REPLY_TIMEOUT_MS_MAX * 1_000)
+    }
+}
+
+/// A replica the client may use.
+#[derive(Clone, Debug)]
+struct Replica {
+    name: String,
+    addr: SocketAddr,
 }
 
 /// What the client's threads share.
@@ -83,11 +163,25 @@ struct Shared {
     refused: Mutex<Vec<TxnId>>,
     /// `submit` refuses new transactions until this time (clock µs).
     busy_until_us: AtomicU64,
-    /// The connection is gone (or the client stops): nothing more is sent.
+    /// Every replica failed (or the client stops): nothing more is sent.
     closed: AtomicBool,
     /// `close` began: no new submissions; the sender leaves once its queue is empty.
     closing: AtomicBool,
     stopping: AtomicBool,
+    /// The generation of the current connection: a receiver of an older one leaves.
+    epoch: AtomicU64,
+    /// The current connection was lost (its receiver saw it close).
+    connection_lost: AtomicBool,
+    /// When the current connection last brought a reply, or was opened (clock µs).
+    last_reply_us: AtomicU64,
+    rtt: Mutex<RttEstimator>,
+    /// The replicas in ring order, and the index of the one in use.
+    replicas: Vec<Replica>,
+    current: AtomicUsize,
+    /// Why the client gave up, once it has.
+    failure: Mutex<Option<ClientError>>,
+    /// Rings the sender (the queue's doorbell) when the connection is lost.
+    sender_doorbell: Arc<Doorbell>,
     counters: ClientCounters,
 }
 
@@ -100,6 +194,9 @@ pub struct ClientCounters {
     pub txns_sent: AtomicU64,
     pub busy_replies: AtomicU64,
     pub txns_in_doubt: AtomicU64,
+    /// Failovers to another replica, and the transactions they resent.
+    pub failovers: AtomicU64,
+    pub txns_resent: AtomicU64,
 }
 
 impl Shared {
@@ -123,12 +220,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A client of a running cluster: submits to `replica-0`, which opens every batch.
+/// A client of a running cluster: submits to its preferred replica, and fails over to
+/// the others in ring order (see the module documentation).
 pub struct RemoteClient {
     shared: Arc<Shared>,
     queue: MpscSender<(Txn, CompletionId)>,
     sender: Mutex<Option<JoinHandle<()>>>,
-    receiver: Mutex<Option<JoinHandle<()>>>,
+    /// One receiver per connection the client opened; older ones leave on their own.
+    receivers: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
 impl RemoteClient {
@@ -139,57 +238,85 @@ impl RemoteClient {
         RemoteClient::connect_to(&cluster, &secret)
     }
 
-    /// Connects to `cluster` with its secret.
+    /// Connects to `cluster` with its secret, preferring the replica its `[client]`
+    /// section names.
     pub fn connect_to(
         cluster: &ClusterConfig,
         secret: &[u8; 32],
     ) -> Result<RemoteClient, ClientError> {
-        let site = cluster.site(&replica_name(0))?;
-        let connection =
-            ClientConnection::connect(site.addr, cluster.cluster_id, secret).map_err(|source| {
-                ClientError::Connect {
-                    site: site.name.clone(),
+        RemoteClient::connect_preferring(cluster, secret, cluster.client.preferred_replica as usize)
+    }
+
+    /// Connects to `cluster`, sending to replica `preferred` first. If it cannot be
+    /// reached, the next replicas in ring order are tried (one round); the error names
+    /// the preferred one if none answers.
+    pub fn connect_preferring(
+        cluster: &ClusterConfig,
+        secret: &[u8; 32],
+        preferred: usize,
+    ) -> Result<RemoteClient, ClientError> {
+        let replicas: Vec<Replica> = (0..cluster.replicas as usize)
+            .map(|index| {
+                cluster.site(&replica_name(index)).map(|site| Replica {
+                    name: site.name,
                     addr: site.addr,
-                    source,
-                }
-            })?;
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let preferred = preferred % replicas.len().max(1);
+        let (connection, current) =
+            connect_first(&replicas, preferred, cluster.cluster_id, secret)?;
         let start_error = |error: &dyn std::fmt::Display| ClientError::Start(error.to_string());
         let limits = AdmissionLimits::new(CLIENT_IN_FLIGHT_TXNS_MAX, CLIENT_IN_FLIGHT_TXNS_MAX)
             .map_err(|error| start_error(&error))?;
+        let doorbell = Arc::new(Doorbell::new(WaitConfig::default()));
+        let clock = MonotonicClock::new();
         let shared = Arc::new(Shared {
             admission: Admission::new(limits).map_err(|error| start_error(&error))?,
-            clock: MonotonicClock::new(),
+            last_reply_us: AtomicU64::new(clock.now_us()),
+            clock,
             waiting: Mutex::new(HashMap::new()),
             refused: Mutex::new(Vec::new()),
             busy_until_us: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
+            connection_lost: AtomicBool::new(false),
+            rtt: Mutex::new(RttEstimator::default()),
+            replicas,
+            current: AtomicUsize::new(current),
+            failure: Mutex::new(None),
+            sender_doorbell: doorbell.clone(),
             counters: ClientCounters::default(),
         });
-        let doorbell = Arc::new(Doorbell::new(WaitConfig::default()));
         let (queue, queued) = mpsc::channel(CLIENT_IN_FLIGHT_TXNS_MAX, doorbell)
             .map_err(|error| start_error(&error))?;
         let (sending, receiving) = connection.split();
+        let receivers = Arc::new(Mutex::new(Vec::new()));
+        spawn_receiver(receiving, &shared, 0, &receivers).map_err(|error| start_error(&error))?;
         let sender = {
             let shared = shared.clone();
+            let receivers = receivers.clone();
+            let (cluster_id, secret) = (cluster.cluster_id, *secret);
             std::thread::Builder::new()
                 .name("tc-client-send".into())
-                .spawn(move || run_sender(sending, queued, &shared))
-                .map_err(|error| start_error(&error))?
-        };
-        let receiver = {
-            let shared = shared.clone();
-            std::thread::Builder::new()
-                .name("tc-client-receive".into())
-                .spawn(move || run_receiver(receiving, &shared))
+                .spawn(move || {
+                    let mut link = Link {
+                        sender: sending,
+                        cluster_id,
+                        secret,
+                        receivers,
+                    };
+                    run_sender(&mut link, queued, &shared)
+                })
                 .map_err(|error| start_error(&error))?
         };
         Ok(RemoteClient {
             shared,
             queue,
             sender: Mutex::new(Some(sender)),
-            receiver: Mutex::new(Some(receiver)),
+            receivers,
         })
     }
 
@@ -223,9 +350,26 @@ impl RemoteClient {
         &self.shared.counters
     }
 
-    /// Whether the connection is lost.
+    /// Whether the client gave up (every replica failed) or stopped.
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// The replica the client sends to now (its index).
+    pub fn current_replica(&self) -> usize {
+        self.shared.current.load(Ordering::Acquire)
+    }
+
+    /// The reply timeout the client uses now, in milliseconds (adaptive).
+    pub fn reply_timeout_ms(&self) -> u64 {
+        lock(&self.shared.rtt).timeout_us() / 1_000
+    }
+
+    /// Why the client gave up, if it did: [`ClientError::AllReplicasFailed`].
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.shared.failure)
+            .as_ref()
+            .map(|error| error.to_string())
     }
 
     /// Sends what is queued, waits (up to `SHUTDOWN_WAIT_MS_MAX`) for the outcomes still
@@ -239,10 +383,9 @@ impl RemoteClient {
     /// complete `Aborted(Shutdown)` at once.
     pub fn close(&self) {
         self.shared.closing.store(true, Ordering::Release);
-        if let Some(sender) = lock(&self.sender).take() {
-            let _ = sender.join();
-        }
         let deadline = Instant::now() + Duration::from_millis(SHUTDOWN_WAIT_MS_MAX);
+        // The sender stays while outcomes are outstanding: it is the one that fails
+        // over if the replica dies during the wait.
         while self.shared.admission.in_flight_txns() > 0
             && !self.shared.closed.load(Ordering::Acquire)
             && Instant::now() < deadline
@@ -250,7 +393,12 @@ impl RemoteClient {
             std::thread::sleep(Duration::from_millis(1));
         }
         self.shared.stopping.store(true, Ordering::Release);
-        if let Some(receiver) = lock(&self.receiver).take() {
+        self.shared.sender_doorbell.ring();
+        if let Some(sender) = lock(&self.sender).take() {
+            let _ = sender.join();
+        }
+        let receivers = std::mem::take(&mut *lock(&self.receivers));
+        for receiver in receivers {
             let _ = receiver.join();
         }
         self.shared.fail_waiting();
@@ -269,28 +417,224 @@ impl Submit for RemoteClient {
     }
 }
 
-/// Sends queued transactions, a frame's worth at a time, and resends refused ones.
-/// Returns once the queue is closed and drained, or the connection is lost.
+/// Connects to `preferred`, or else to the next replicas in ring order (one round).
+fn connect_first(
+    replicas: &[Replica],
+    preferred: usize,
+    cluster_id: u64,
+    secret: &[u8; 32],
+) -> Result<(ClientConnection, usize), ClientError> {
+    let mut first_error = None;
+    for step in 0..replicas.len() {
+        let index = (preferred + step) % replicas.len();
+        let replica = &replicas[index];
+        match ClientConnection::connect(replica.addr, cluster_id, secret) {
+            Ok(connection) => return Ok((connection, index)),
+            Err(source) => {
+                first_error.get_or_insert(ClientError::Connect {
+                    site: replica.name.clone(),
+                    addr: replica.addr,
+                    source,
+                });
+            }
+        }
+    }
+    Err(first_error.unwrap_or_else(|| ClientError::Start("the cluster has no replica".into())))
+}
+
+/// The sender's connection and what it needs to open another.
+struct Link {
+    sender: ClientSender,
+    cluster_id: u64,
+    secret: [u8; 32],
+    receivers: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+fn spawn_receiver(
+    connection: ClientReceiver,
+    shared: &Arc<Shared>,
+    epoch: u64,
+    receivers: &Mutex<Vec<JoinHandle<()>>>,
+) -> std::io::Result<()> {
+    let shared = shared.clone();
+    let handle = std::thread::Builder::new()
+        .name("tc-client-receive".into())
+        .spawn(move || run_receiver(connection, &shared, epoch))?;
+    let mut receivers = lock(receivers);
+    // Finished receivers of older connections are reaped, so the list stays short.
+    receivers.retain(|handle| !handle.is_finished());
+    receivers.push(handle);
+    Ok(())
+}
+
+/// True if the current connection is lost, or silent for longer than the reply
+/// timeout while something waits for an answer.
+fn connection_failed(shared: &Shared) -> bool {
+    if shared.connection_lost.load(Ordering::Acquire) {
+        return true;
+    }
+    let now_us = shared.clock.now_us();
+    let timeout_us = lock(&shared.rtt).timeout_us();
+    let quiet_since_us = shared.last_reply_us.load(Ordering::Acquire);
+    if now_us.saturating_sub(quiet_since_us) <= timeout_us {
+        return false;
+    }
+    // Rare: scan for a transaction sent longer ago than the timeout.
+    lock(&shared.waiting)
+        .values()
+        .any(|entry| entry.sent_us != 0 && now_us.saturating_sub(entry.sent_us) > timeout_us)
+}
+
+/// Connects to the next replica in ring order (at most `FAILOVER_ROUNDS_MAX` rounds
+/// over all of them) and resends every transaction in flight with the same ids. False
+/// if every attempt failed: the client then gives up.
+fn fail_over(link: &mut Link, shared: &Arc<Shared>) -> bool {
+    link.sender.close();
+    let count = shared.replicas.len();
+    let from = shared.current.load(Ordering::Acquire);
+    let mut attempts = 0u32;
+    let mut last = String::new();
+    for round in 0..FAILOVER_ROUNDS_MAX {
+        if round > 0 {
+            std::thread::sleep(Duration::from_millis(FAILOVER_ROUND_PAUSE_MS));
+        }
+        for step in 1..=count {
+            if shared.stopping.load(Ordering::Acquire) {
+                return false;
+            }
+            let index = (from + step) % count;
+            let replica = &shared.replicas[index];
+            attempts += 1;
+            let connection =
+                match ClientConnection::connect(replica.addr, link.cluster_id, &link.secret) {
+                    Ok(connection) => connection,
+                    Err(error) => {
+                        last = format!("{} at {}: {error}", replica.name, replica.addr);
+                        continue;
+                    }
+                };
+            let (sending, receiving) = connection.split();
+            let epoch = shared.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+            shared.connection_lost.store(false, Ordering::Release);
+            shared
+                .last_reply_us
+                .store(shared.clock.now_us(), Ordering::Release);
+            shared.current.store(index, Ordering::Release);
+            link.sender = sending;
+            if let Err(error) = spawn_receiver(receiving, shared, epoch, &link.receivers) {
+                last = format!("receiver thread: {error}");
+                link.sender.close();
+                continue;
+            }
+            shared.counters.failovers.fetch_add(1, Ordering::Relaxed);
+            if resend_in_flight(link, shared) {
+                return true;
+            }
+            last = format!("{} at {}: the resend failed", replica.name, replica.addr);
+        }
+    }
+    *lock(&shared.failure) = Some(ClientError::AllReplicasFailed {
+        rounds: FAILOVER_ROUNDS_MAX,
+        attempts,
+        last,
+    });
+    false
+}
+
+/// Resends every transaction in flight on the new connection, a frame at a time.
+fn resend_in_flight(link: &mut Link, shared: &Shared) -> bool {
+    lock(&shared.refused).clear();
+    let now_us = shared.clock.now_us();
+    let txns: Vec<Txn> = {
+        let mut waiting = lock(&shared.waiting);
+        waiting
+            .values_mut()
+            .map(|entry| {
+                entry.sent_us = now_us;
+                entry.resent = true;
+                entry.txn
+            })
+            .collect()
+    };
+    let mut frame = SubmitFrame { txns: Vec::new() };
+    for chunk in txns.chunks(SUBMIT_TXNS_MAX) {
+        frame.txns.clear();
+        frame.txns.extend_from_slice(chunk);
+        if link.sender.send(&frame).is_err() {
+            return false;
+        }
+        shared.counters.frames_sent.fetch_add(1, Ordering::Relaxed);
+    }
+    shared
+        .counters
+        .txns_resent
+        .fetch_add(txns.len() as u64, Ordering::Relaxed);
+    true
+}
+
+/// Takes what is queued into `frame` (new ids; a duplicate of an id in flight waits
+/// for the same answer, unsent) and adds the refused ids whose back-off is over.
+fn fill_frame(taken: &mut Vec<(Txn, CompletionId)>, frame: &mut SubmitFrame, shared: &Shared) {
+    frame.txns.clear();
+    let now_us = shared.clock.now_us();
+    let mut waiting = lock(&shared.waiting);
+    for (txn, completion) in taken.drain(..) {
+        match waiting.get_mut(&txn.id) {
+            Some(entry) => entry.completions.push(completion),
+            None => {
+                waiting.insert(
+                    txn.id,
+                    Waiting {
+                        txn,
+                        completions: vec![completion],
+                        sent_us: now_us,
+                        resent: false,
+                    },
+                );
+                frame.txns.push(txn);
+            }
+        }
+    }
+    if now_us >= shared.busy_until_us.load(Ordering::Relaxed) {
+        let mut refused = lock(&shared.refused);
+        let room = SUBMIT_TXNS_MAX - frame.txns.len();
+        let resend = refused.len().min(room);
+        for id in refused.drain(..resend) {
+            if let Some(entry) = waiting.get_mut(&id) {
+                entry.sent_us = now_us;
+                frame.txns.push(entry.txn);
+            }
+        }
+    }
+}
+
+/// Sends queued transactions, a frame's worth at a time, resends refused ones, and
+/// fails over when the connection fails. Returns once the client stops, or every
+/// replica failed.
 fn run_sender(
-    mut connection: ClientSender,
+    link: &mut Link,
     mut queued: MpscReceiver<(Txn, CompletionId)>,
-    shared: &Shared,
+    shared: &Arc<Shared>,
 ) {
     let mut taken: Vec<(Txn, CompletionId)> = Vec::new();
     let mut frame = SubmitFrame { txns: Vec::new() };
     let mut queue_closed = false;
     loop {
-        let closing = shared.closing.load(Ordering::Acquire);
-        if shared.closed.load(Ordering::Acquire)
-            || ((queue_closed || closing)
-                && !queued.has_items()
-                && lock(&shared.refused).is_empty())
-        {
+        if shared.stopping.load(Ordering::Acquire) {
             break;
+        }
+        if connection_failed(shared) && !fail_over(link, shared) {
+            break;
+        }
+        let closing = shared.closing.load(Ordering::Acquire);
+        if (queue_closed || closing) && !queued.has_items() && lock(&shared.refused).is_empty() {
+            // Nothing more to send: wait for the outcomes (or a failover) only.
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
         }
         taken.clear();
         // Refused transactions wait for the back-off; otherwise the wait only bounds how
-        // late a lost connection is noticed.
+        // late a silent connection is noticed.
         let wait = if lock(&shared.refused).is_empty() {
             Duration::from_millis(RECEIVE_POLL_MS)
         } else {
@@ -300,44 +644,14 @@ fn run_sender(
         if let Received::Closed = queued.wait_batch(&mut taken, SUBMIT_TXNS_MAX, Some(deadline)) {
             queue_closed = true;
         }
-        frame.txns.clear();
-        {
-            let mut waiting = lock(&shared.waiting);
-            for (txn, completion) in taken.drain(..) {
-                // A duplicate of an id in flight waits for the same answer, unsent.
-                match waiting.get_mut(&txn.id) {
-                    Some(entry) => entry.completions.push(completion),
-                    None => {
-                        waiting.insert(
-                            txn.id,
-                            Waiting {
-                                txn,
-                                completions: vec![completion],
-                            },
-                        );
-                        frame.txns.push(txn);
-                    }
-                }
-            }
-            let backoff_over =
-                shared.clock.now_us() >= shared.busy_until_us.load(Ordering::Relaxed);
-            if backoff_over {
-                let mut refused = lock(&shared.refused);
-                let room = SUBMIT_TXNS_MAX - frame.txns.len();
-                let resend = refused.len().min(room);
-                for id in refused.drain(..resend) {
-                    if let Some(entry) = waiting.get(&id) {
-                        frame.txns.push(entry.txn);
-                    }
-                }
-            }
-        }
+        fill_frame(&mut taken, &mut frame, shared);
         if frame.txns.is_empty() {
             continue;
         }
-        if connection.send(&frame).is_err() {
-            shared.closed.store(true, Ordering::Release);
-            break;
+        if link.sender.send(&frame).is_err() {
+            // The frame's transactions are in `waiting`: the failover resends them.
+            shared.connection_lost.store(true, Ordering::Release);
+            continue;
         }
         shared.counters.frames_sent.fetch_add(1, Ordering::Relaxed);
         shared
@@ -345,6 +659,8 @@ fn run_sender(
             .txns_sent
             .fetch_add(frame.txns.len() as u64, Ordering::Relaxed);
     }
+    shared.closed.store(true, Ordering::Release);
+    link.sender.close();
     // What never left the client did not enter the protocol.
     taken.clear();
     while queued.pop_batch(&mut taken, SUBMIT_TXNS_MAX) > 0 {
@@ -352,53 +668,117 @@ fn run_sender(
             shared.complete(&[completion], Outcome::Aborted(AbortReason::Shutdown));
         }
     }
+    // What the node refused and the client had not resent never entered the protocol.
+    let refused = std::mem::take(&mut *lock(&shared.refused));
+    let mut waiting = lock(&shared.waiting);
+    for id in refused {
+        if let Some(entry) = waiting.remove(&id) {
+            shared.complete(&entry.completions, Outcome::Aborted(AbortReason::Shutdown));
+        }
+    }
+    drop(waiting);
+    shared.fail_waiting();
 }
 
-/// Completes tickets from the node's replies until the connection is lost or the client
-/// stops.
-fn run_receiver(mut connection: ClientReceiver, shared: &Shared) {
+/// Completes tickets from the replies of connection `epoch` until it is lost, the
+/// client fails over to another one, or the client stops.
+fn run_receiver(mut connection: ClientReceiver, shared: &Shared, epoch: u64) {
     let poll = Duration::from_millis(RECEIVE_POLL_MS);
-    while !shared.stopping.load(Ordering::Acquire) {
+    let current = || shared.epoch.load(Ordering::Acquire) == epoch;
+    while !shared.stopping.load(Ordering::Acquire) && current() {
         let reply = match connection.recv_timeout(poll) {
             Ok(Some(reply)) => reply,
             Ok(None) => continue,
-            Err(_) => break,
-        };
-        match reply {
-            ClientReply::Outcomes(outcomes) => {
-                let mut waiting = lock(&shared.waiting);
-                for (id, outcome) in outcomes.items {
-                    if let Some(entry) = waiting.remove(&id) {
-                        let counter = match outcome {
-                            Outcome::Committed => &shared.counters.committed,
-                            _ => &shared.counters.aborted,
-                        };
-                        counter.fetch_add(1, Ordering::Relaxed);
-                        shared.complete(&entry.completions, outcome);
-                    }
+            Err(_) => {
+                if current() {
+                    shared.connection_lost.store(true, Ordering::Release);
+                    shared.sender_doorbell.ring();
                 }
+                return;
             }
+        };
+        let now_us = shared.clock.now_us();
+        if current() {
+            shared.last_reply_us.store(now_us, Ordering::Release);
+        }
+        match reply {
+            ClientReply::Outcomes(outcomes) => on_outcomes(shared, now_us, outcomes.items),
             // Only a participant answers balance queries, and this client asks none.
             ClientReply::Balances(_) => {}
             ClientReply::Busy(busy) => {
                 shared.counters.busy_replies.fetch_add(1, Ordering::Relaxed);
-                let until = shared.clock.now_us() + BUSY_BACKOFF_US;
+                let until = now_us + BUSY_BACKOFF_US;
                 shared.busy_until_us.fetch_max(until, Ordering::Relaxed);
                 lock(&shared.refused).extend(busy.ids);
             }
         }
     }
-    // The connection is gone: nothing sent will be answered any more.
-    shared.closed.store(true, Ordering::Release);
-    // What the node refused and the client had not resent never entered the protocol.
-    let refused = std::mem::take(&mut *lock(&shared.refused));
-    {
-        let mut waiting = lock(&shared.waiting);
-        for id in refused {
-            if let Some(entry) = waiting.remove(&id) {
-                shared.complete(&entry.completions, Outcome::Aborted(AbortReason::Shutdown));
-            }
+}
+
+/// Completes the tickets of a node's outcomes, and takes one latency sample per reply.
+fn on_outcomes(shared: &Shared, now_us: u64, items: Vec<(TxnId, Outcome)>) {
+    let mut waiting = lock(&shared.waiting);
+    let mut sample_us = None;
+    for (id, outcome) in items {
+        let Some(entry) = waiting.remove(&id) else {
+            continue;
+        };
+        if sample_us.is_none() && !entry.resent && entry.sent_us != 0 {
+            sample_us = Some(now_us.saturating_sub(entry.sent_us));
         }
+        let outcome = match outcome {
+            // The first instance of a resent id still holds it: its outcome is not
+            // this refusal (see the module documentation).
+            Outcome::Aborted(AbortReason::Rejected(Reason::DUPLICATE)) if entry.resent => {
+                shared
+                    .counters
+                    .txns_in_doubt
+                    .fetch_add(entry.completions.len() as u64, Ordering::Relaxed);
+                shared.complete(&entry.completions, Outcome::InDoubt);
+                continue;
+            }
+            outcome => outcome,
+        };
+        let counter = match outcome {
+            Outcome::Committed => &shared.counters.committed,
+            _ => &shared.counters.aborted,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        shared.complete(&entry.completions, outcome);
     }
-    shared.fail_waiting();
+    drop(waiting);
+    if let Some(sample_us) = sample_us {
+        lock(&shared.rtt).observe(sample_us);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves the reply timeout follows RFC 6298 (srtt + 4·rttvar) within its clamp:
+    // the ceiling before any sample, the floor for fast replies, the ceiling for slow.
+    #[test]
+    fn the_reply_timeout_adapts_within_its_clamp() {
+        let mut rtt = RttEstimator::default();
+        assert_eq!(rtt.timeout_us(), REPLY_TIMEOUT_MS_MAX * 1_000);
+        rtt.observe(2_000);
+        assert_eq!((rtt.srtt_us, rtt.rttvar_us), (2_000, 1_000));
+        assert_eq!(rtt.timeout_us(), REPLY_TIMEOUT_MS_MIN * 1_000);
+        // Slow and jittery replies (300 ms and 900 ms alternating) lift it off the
+        // floor, below the ceiling.
+        for _ in 0..50 {
+            rtt.observe(300_000);
+            rtt.observe(900_000);
+        }
+        let timeout_us = rtt.timeout_us();
+        assert!(
+            timeout_us > REPLY_TIMEOUT_MS_MIN * 1_000 && timeout_us < REPLY_TIMEOUT_MS_MAX * 1_000,
+            "{timeout_us}"
+        );
+        for _ in 0..50 {
+            rtt.observe(60_000_000);
+        }
+        assert_eq!(rtt.timeout_us(), REPLY_TIMEOUT_MS_MAX * 1_000);
+    }
 }

@@ -1,6 +1,8 @@
-//! The coordinator replica role. `replicas[0]` opens batches and drives their normal
+//! The coordinator replica role. Any replica opens batches and drives their normal
 //! path (PREPARE, PRE-COMMIT at election 1, COMMIT once a quorum of each transaction's
-//! commit group is durably PC). Every replica also witnesses rounds, and runs E3PC
+//! commit group is durably PC); the batch id names its opener (see [`BatchId`]), so
+//! concurrent openers never collide and need no leader. Every replica also witnesses
+//! the rounds of batches the others opened, and runs E3PC
 //! recovery for a batch whose decision is late: collect under a raised `last_elected`,
 //! decide by the rule of DESIGN §2, run a PRE-COMMIT or PRE-ABORT round, decide on a
 //! quorum of acknowledgements.
@@ -41,8 +43,8 @@ pub struct Coordinator {
     batches: BatchMap<CoordBatch>,
     /// Batches forgotten after every site was done: anything about them is ignored.
     retired: RetiredSet,
-    /// Batches that may be settled here: DONE (or, at `replicas[0]`, FORGET) waits
-    /// for durability and for the other sites.
+    /// Batches that may be settled here: DONE (or, at the batch's opener, FORGET)
+    /// waits for durability and for the other sites.
     awaiting_done: Vec<BatchId>,
     /// Overlap: batches whose PRE-COMMIT round left before this replica's own PC
     /// record was durable; their quorums are checked again once it is. At most one
@@ -140,7 +142,7 @@ struct CoordBatch {
     clients: bool,
     /// The highest election any site told us about (from REJECT).
     max_seen_elected: u32,
-    /// `replicas[0]` only: how many decided transactions each site must report in
+    /// The batch's opener only: how many decided transactions each site must report in
     /// DONE before the batch can be forgotten. Set when the normal path ends with
     /// every transaction decided; `None` (never forget) if recovery touched the batch.
     expected: Option<Vec<(SiteId, u32)>>,
@@ -194,6 +196,10 @@ impl Coordinator {
             .position(|&site| site == me)
             .ok_or(ProtoError::Config("this site is not a coordinator replica"))?
             as u32;
+        if incarnation > super::types::BATCH_INCARNATION_MAX {
+            // A batch id has 24 bits for it: wrapping would reuse old ids.
+            return Err(ProtoError::BadLog("incarnation exhausted (24 bits)"));
+        }
         let replica_mask = config.replica_mask();
         let mut log = Log::new();
         let incarnation_seq = log.append(
@@ -236,13 +242,10 @@ impl Coordinator {
         now_us: u64,
         out: &mut Output,
     ) -> Result<Self, ProtoError> {
-        let first = *config
-            .replicas
-            .first()
-            .ok_or(ProtoError::Config("no replicas"))?;
+        config.validate()?;
         let plan = super::checkpoint::plan(records)?;
         let (mut incarnation, mut batches, retired) =
-            Coordinator::restore_carried(plan.checkpoint.as_ref(), me, first)?;
+            Coordinator::restore_carried(plan.checkpoint.as_ref(), me, &config)?;
         for record in plan.tail {
             match record {
                 Record::Incarnation { number } => incarnation = incarnation.max(*number),
@@ -258,8 +261,9 @@ impl Coordinator {
                     return Err(ProtoError::BadLog("malformed batch descriptor"));
                 }
                 Record::Begin { desc } | Record::Prepared { desc, .. } => {
+                    let opener = config.opener_or_first(desc.batch);
                     batches.entry(desc.batch).or_insert_with(|| {
-                        CoordBatch::witness(Member::new(Arc::clone(desc), me, true, first))
+                        CoordBatch::witness(Member::new(Arc::clone(desc), me, true, opener))
                     });
                 }
                 Record::Elected { batch, .. } | Record::Transition { batch, .. } => {
@@ -275,7 +279,7 @@ impl Coordinator {
             .ok_or(ProtoError::BadLog("incarnation overflow"))?;
         let mut coordinator = Coordinator::with_incarnation(config, me, next, out)?;
         let delay = coordinator.stagger_us();
-        let first = coordinator.rank == 0 && coordinator.config.termination == Termination::E3pc;
+        let e3pc = coordinator.config.termination == Termination::E3pc;
         let undecided_wait_us = coordinator.config.undecided_wait_us();
         for batch in batches.values_mut() {
             if batch.m.has_pending() {
@@ -290,7 +294,8 @@ impl Coordinator {
                 }
                 coordinator.awaiting_done.push(batch.m.desc.batch);
             }
-            if first && batch.m.all_final() {
+            let opened_here = coordinator.config.opener(batch.m.desc.batch) == Some(me);
+            if e3pc && opened_here && batch.m.all_final() {
                 // The other sites report DONE again after their own restart, or when
                 // they next settle something: a decided batch is not kept for good.
                 batch.expected = Some(expected_everyone(&batch.m.desc, &coordinator.config, me));
@@ -343,7 +348,9 @@ impl Coordinator {
         }
     }
 
-    /// Opens a batch (active replica only) and sends PREPARE to its participants.
+    /// Opens a batch and sends PREPARE to its participants. Any replica may open
+    /// batches, concurrently with the others: the id names this replica's rank and
+    /// incarnation (see [`BatchId`]).
     ///
     /// Every transaction's outcome is later reported once in `out.completions`.
     pub fn submit(
@@ -352,16 +359,15 @@ impl Coordinator {
         input: BatchInput,
         out: &mut Output,
     ) -> Result<BatchId, ProtoError> {
-        if self.rank != 0 {
-            return Err(ProtoError::NotActive);
-        }
         validate_input(&input, self.replica_mask)?;
         let ops = input.ops;
         let counter = self.next_counter;
         self.next_counter = counter
             .checked_add(1)
             .ok_or(ProtoError::BadBatch("batch counter exhausted"))?;
-        let batch = BatchId((self.incarnation as u64) << 32 | counter as u64);
+        let batch = BatchId::compose(self.rank, self.incarnation, counter).ok_or(
+            ProtoError::Config("rank or incarnation outside its batch id field"),
+        )?;
         let desc = Arc::new(Descriptor {
             batch,
             txns: input.txns,
@@ -452,15 +458,20 @@ impl Coordinator {
         if from.0 as usize >= SITES_MAX || from == self.me {
             return;
         }
-        if self.config.protocol == Protocol::TwoPhase && self.rank != 0 {
-            // Two-phase commit: the backups take no part (nobody sends them anything).
-            return;
-        }
         if matches!(part, Part::SignedVotes(_) | Part::VoteProof(_)) {
             // The driver's vote guard handles these; a machine counts plain votes only.
             return;
         }
         let batch_id = part.batch();
+        let Some(opener) = self.config.opener(batch_id) else {
+            // No replica opened it: a malformed peer's id.
+            return;
+        };
+        if self.config.protocol == Protocol::TwoPhase && opener != self.me {
+            // Two-phase commit: only the opener takes part (nobody else is sent
+            // anything about the batch).
+            return;
+        }
         if self.retired.contains(batch_id) {
             return;
         }
@@ -485,7 +496,7 @@ impl Coordinator {
             if !desc.is_well_formed() || desc.batch != batch_id {
                 return;
             }
-            let mut m = Member::new(Arc::clone(desc), self.me, true, self.config.replicas[0]);
+            let mut m = Member::new(Arc::clone(desc), self.me, true, opener);
             m.last_seq = self.log.append(
                 Record::Begin {
                     desc: Arc::clone(desc),
@@ -512,16 +523,15 @@ impl Coordinator {
         self.flush_done(out);
     }
 
-    /// Retirement. A replica reports DONE to `replicas[0]` whenever a batch becomes
-    /// settled here. `replicas[0]` forgets a batch, and tells the others to, once the
+    /// Retirement. A replica reports DONE to the batch's opener whenever a batch
+    /// becomes settled here. The opener forgets a batch, and tells the others to, once the
     /// normal path decided all of it without any recovery, it is settled here, and
     /// every site reported at least as many decided transactions as it was sent
     /// decisions for: then every site holds a durable decision for everything it is
     /// in, nobody is open, and no later message can need the batch.
     fn flush_done(&mut self, out: &mut Output) {
-        let first = self.config.replicas[0];
-        let is_first = self.me == first;
         let (batches, log, retired) = (&mut self.batches, &self.log, &mut self.retired);
+        let (config, me) = (&self.config, self.me);
         self.awaiting_done.retain(|batch_id| {
             let Some(batch) = batches.get_mut(batch_id) else {
                 return false;
@@ -529,14 +539,15 @@ impl Coordinator {
             if batch.m.has_pending() || batch.drive.is_some() {
                 return false;
             }
-            if !is_first {
+            let opener = config.opener_or_first(*batch_id);
+            if opener != me {
                 // A replica reports only once it knows every decision of the batch.
                 if !batch.m.all_final() {
                     return false;
                 }
                 return match batch.m.done_part(log) {
                     Some(part) => {
-                        out.send(first, part);
+                        out.send(opener, part);
                         false
                     }
                     None => !batch.m.is_settled(log),
@@ -572,7 +583,7 @@ impl Coordinator {
             .batches
             .get(&batch_id)
             .is_some_and(|batch| !batch.m.has_pending() && batch.drive.is_none());
-        if from == self.config.replicas[0] && settled {
+        if Some(from) == self.config.opener(batch_id) && settled {
             self.batches.remove(&batch_id);
             self.retired.insert(batch_id);
         }
@@ -1207,7 +1218,7 @@ impl CoordBatch {
             }
         }
         if self.expected.is_none()
-            && ctx.me == ctx.config.replicas[0]
+            && ctx.config.opener(self.m.desc.batch) == Some(ctx.me)
             && ctx.config.termination == Termination::E3pc
         {
             self.expected = Some(expected_everyone(&self.m.desc, ctx.config, ctx.me));
@@ -1426,7 +1437,7 @@ impl CoordBatch {
     /// Recovery steps 1–2: raise `last_elected` (durable before ELECT leaves) and
     /// collect every site's states.
     ///
-    /// Two-phase commit has no such recovery: only `replicas[0]` ever gets here, and
+    /// Two-phase commit has no such recovery: only the batch's opener ever gets here, and
     /// it aborts what it holds no commit record for (presumed abort). That is safe
     /// because a two-phase commit is durable here before anyone hears of it.
     fn start_recovery(&mut self, ctx: &mut Ctx<'_>, now_us: u64, out: &mut Output) {
@@ -1645,7 +1656,7 @@ fn expected_done(drive: &Drive, desc: &Descriptor, ctx: &Ctx<'_>) -> Option<Vec<
     Some(expected_everyone(desc, ctx.config, ctx.me))
 }
 
-/// What `replicas[0]` waits for before it forgets a batch it did not decide on the
+/// What a batch's opener waits for before it forgets a batch it did not decide on the
 /// normal path (recovery touched it, or it was recovered from the log): every site of
 /// the batch reports every transaction it is in as decided. That is the normal path's
 /// condition with nothing left out, so the same argument holds: then every site holds
@@ -1742,7 +1753,7 @@ impl Coordinator {
     fn restore_carried(
         view: Option<&super::checkpoint::CheckpointView<'_>>,
         me: SiteId,
-        first: SiteId,
+        config: &ProtoConfig,
     ) -> Result<(u32, BatchMap<CoordBatch>, RetiredSet), ProtoError> {
         let mut batches: BatchMap<CoordBatch> = BatchMap::default();
         let mut retired = RetiredSet::default();
@@ -1757,7 +1768,8 @@ impl Coordinator {
                     }
                 }
                 Record::CarriedBatch { desc, .. } => {
-                    let m = Member::from_carried(record, me, true, first)
+                    let opener = config.opener_or_first(desc.batch);
+                    let m = Member::from_carried(record, me, true, opener)
                         .map_err(ProtoError::BadLog)?;
                     if batches.insert(desc.batch, CoordBatch::witness(m)).is_some() {
                         return Err(ProtoError::BadLog("batch carried twice"));

@@ -157,7 +157,7 @@ pub(crate) struct Member {
     pub deadline_us: u64,
     /// Doubling factor (as a shift) of the chase period.
     pub backoff_shift: u32,
-    /// The decided count this site last reported to `replicas[0]` in a DONE.
+    /// The decided count this site last reported to the batch's opener in a DONE.
     pub done_reported: u32,
     /// A participant's no votes with their reasons, to repeat VOTES faithfully.
     pub no_reasons: Vec<(u32, Reason)>,

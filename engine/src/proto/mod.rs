@@ -1,11 +1,11 @@
 //! The I/O-free protocol core: events in, actions out, time passed in explicitly.
 //!
 //! Nothing in this module touches files, sockets, clocks or threads. Two roles exist,
-//! [`Coordinator`] (a coordinator replica: the active one opens batches, every replica
-//! witnesses and runs E3PC recovery) and [`Participant`] (wraps a [`ResourceManager`]).
+//! [`Coordinator`] (a coordinator replica: any one opens batches, every replica
+//! witnesses the others' batches and runs E3PC recovery) and [`Participant`] (wraps a [`ResourceManager`]).
 //! Both follow the same driving contract, in the style of quinn-proto:
 //!
-//! 1. Feed events: [`Coordinator::submit`] (a client batch, active replica only),
+//! 1. Feed events: [`Coordinator::submit`] (a client batch, on any replica),
 //!    `handle_message(now_us, from, part, out)`, `handle_durable(now_us, upto, out)`
 //!    (the driver synced every append up to `upto`), and `handle_timeout(now_us, out)`
 //!    when `now_us >= poll_timeout()`.
@@ -44,7 +44,7 @@ pub use record::{Record, RecordError};
 pub use rm::{Op, Reason, ResourceManager, RestoreError, TxnId, Vote, OP_PAYLOAD_BYTES};
 pub use types::{
     is_quorum, AppendSeq, BatchId, Descriptor, DescriptorRef, Outcome, SiteId, State, TxnSet,
-    BATCH_TXNS_MAX, SITES_MAX,
+    BATCH_INCARNATION_MAX, BATCH_OPENER_RANKS_MAX, BATCH_TXNS_MAX, SITES_MAX,
 };
 
 /// How a recovery coordinator decides. Only [`Termination::E3pc`] is safe.
@@ -67,9 +67,9 @@ pub enum Protocol {
     #[default]
     ThreePhase,
     /// Two-phase commit with presumed abort, for comparison benchmarks. No PRE-COMMIT
-    /// round: once every vote is yes, `replicas[0]` forces its commit record, then
-    /// answers the client and sends COMMIT. The backups take no part and nobody runs
-    /// E3PC: a participant that voted yes waits for `replicas[0]` (it asks it again
+    /// round: once every vote is yes, the batch's opener forces its commit record, then
+    /// answers the client and sends COMMIT. The other replicas take no part and nobody
+    /// runs E3PC: a participant that voted yes waits for the opener (it asks it again
     /// every pending timeout), so a coordinator failure **blocks** the transactions it
     /// had in flight until it comes back. When it does, a transaction without a commit
     /// record is aborted (presumed abort: a commit is durable before anyone hears of it).
@@ -79,8 +79,9 @@ pub enum Protocol {
 /// Protocol configuration shared by every site of a deployment.
 #[derive(Clone, Debug)]
 pub struct ProtoConfig {
-    /// The coordinator replicas, in recovery priority order; `replicas[0]` is the one
-    /// that opens batches. Every other site id is a participant.
+    /// The coordinator replicas, in recovery priority order. Any of them may open
+    /// batches (the batch id names the opener's index here). Every other site id is a
+    /// participant.
     pub replicas: Vec<SiteId>,
     /// How long the active coordinator waits for votes before aborting the laggards.
     /// With `overlap`, this is the wait before a participant's first vote-latency
@@ -162,6 +163,19 @@ impl ProtoConfig {
         }
     }
 
+    /// The replica that opened `batch` (named by the rank in its id) and drives its
+    /// election 1; `None` for an id whose rank names no replica (a malformed peer's).
+    pub fn opener(&self, batch: BatchId) -> Option<SiteId> {
+        self.replicas.get(batch.opener_rank() as usize).copied()
+    }
+
+    /// [`opener`](Self::opener), falling back to `replicas[0]` for an id that names no
+    /// replica: such a batch is never opened by anyone, and nothing it holds can be
+    /// decided by an opener that does not exist, so recovery finishes it.
+    pub(crate) fn opener_or_first(&self, batch: BatchId) -> SiteId {
+        self.opener(batch).unwrap_or(self.replicas[0])
+    }
+
     /// The coordinator replicas as a site mask.
     pub fn replica_mask(&self) -> u64 {
         self.replicas.iter().fold(0, |acc, site| acc | site.bit())
@@ -206,8 +220,6 @@ impl ProtoConfig {
 pub enum ProtoError {
     #[error("invalid configuration: {0}")]
     Config(&'static str),
-    #[error("this replica does not open batches (only replicas[0] does)")]
-    NotActive,
     #[error("invalid batch: {0}")]
     BadBatch(&'static str),
     #[error("recovered log is inconsistent: {0}")]

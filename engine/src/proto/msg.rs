@@ -30,7 +30,7 @@ pub enum Part {
         no: Vec<(u32, Reason)>,
         held: Vec<(u32, BatchId, State)>,
     },
-    /// Speculation (`overlap`), `replicas[0]` → the other replicas, sent with the
+    /// Speculation (`overlap`), the batch's opener → the other replicas, sent with the
     /// PREPAREs: the batch, so that each replica logs its descriptor while the votes
     /// are still coming in and its PRE-COMMIT record is small. It proposes nothing: a
     /// replica that knows a batch only from it holds every transaction in Q.
@@ -54,7 +54,7 @@ pub enum Part {
         pre_abort: TxnSet,
     },
     /// Phase 3: decided outcomes. Never rejected: a decision is a fact, not a proposal.
-    /// `replicas[0]` attaches the descriptor for the other replicas, so that they learn
+    /// the batch's opener attaches the descriptor for the other replicas, so that they learn
     /// every decision of a batch even if no round ever reached them.
     Decide {
         batch: BatchId,
@@ -76,10 +76,10 @@ pub enum Part {
     /// A site holding undecided transactions asks the coordinator replicas to finish
     /// the batch (and tells them what it is, in case they never heard of it).
     Help { desc: DescriptorRef },
-    /// To `replicas[0]`: nothing is open here for the batch, everything is durable,
+    /// To the batch's opener: nothing is open here for the batch, everything is durable,
     /// and `decided` of its transactions are decided here.
     Done { batch: BatchId, decided: u32 },
-    /// From `replicas[0]` once every site sent `Done`: nobody can need the batch any
+    /// From the batch's opener once every site sent `Done`: nobody can need the batch any
     /// more; forget it and ignore anything about it from now on.
     Forget { batch: BatchId },
     /// Driver-level, never handled by a state machine: a participant's VOTES with its

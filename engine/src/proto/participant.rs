@@ -2,6 +2,7 @@
 //! votes are durable, takes part in rounds and elections, applies decisions, and asks
 //! the coordinator replicas for help when a decision is late.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::ids::{leg_digest, Check, Held, HeldIds, Refusal};
@@ -22,7 +23,7 @@ pub struct Participant<R> {
     rm: R,
     log: Log,
     batches: BatchMap<Member>,
-    /// Batches forgotten on `replicas[0]`'s FORGET: anything about them is ignored.
+    /// Batches forgotten on their opener's FORGET: anything about them is ignored.
     retired: RetiredSet,
     /// Batches that may be settled, waiting for durability before DONE.
     awaiting_done: Vec<BatchId>,
@@ -35,6 +36,14 @@ pub struct Participant<R> {
     txn_ids: Vec<TxnId>,
     /// Each operation's id check in the PREPARE being handled.
     checks: Vec<Check>,
+    /// Which batch holds each reservation this site voted yes on. With several
+    /// openers a client resends an id in a new batch, so one id may appear in two
+    /// batches here; the resource manager knows ids, not batches, so a decision
+    /// reaches it only for the batch that holds the id. Without this, the abort of a
+    /// batch this site never prepared (learned from an election) would void the
+    /// reservation another batch holds. One entry per held reservation: removed when
+    /// its batch decides it.
+    holders: HashMap<TxnId, BatchId>,
 }
 
 impl<R: ResourceManager> Participant<R> {
@@ -57,6 +66,7 @@ impl<R: ResourceManager> Participant<R> {
             votes: Vec::new(),
             txn_ids: Vec::new(),
             checks: Vec::new(),
+            holders: HashMap::new(),
         })
     }
 
@@ -108,7 +118,8 @@ impl<R: ResourceManager> Participant<R> {
                     .ok_or(ProtoError::BadLog("record before its batch"))?;
                 let settled = member.replay(record).map_err(ProtoError::BadLog)?;
                 if let Some((state, txns)) = settled {
-                    apply_to_rm(&mut self.rm, &mut self.txn_ids, member, state, &txns);
+                    let (rm, ids, holders) = (&mut self.rm, &mut self.txn_ids, &mut self.holders);
+                    apply_to_rm(rm, ids, holders, member, state, &txns);
                     settle_ids(&mut self.ids, member, state, &txns);
                 }
                 Ok(())
@@ -135,9 +146,13 @@ impl<R: ResourceManager> Participant<R> {
         if self.votes.as_slice() != votes {
             return Err(ProtoError::ReplayDiverged { batch: desc.batch });
         }
-        let mut member = Member::new(Arc::clone(desc), self.me, false, self.config.replicas[0]);
+        let opener = self.config.opener_or_first(desc.batch);
+        let mut member = Member::new(Arc::clone(desc), self.me, false, opener);
         for (&index, vote) in mine.iter().zip(votes) {
             member.set_state(index, vote_state(*vote));
+            if *vote == Vote::Yes {
+                self.holders.insert(desc.txns[index as usize], desc.batch);
+            }
             if let Vote::No(reason) = vote {
                 member.no_reasons.push((index, *reason));
             }
@@ -217,7 +232,7 @@ impl<R: ResourceManager> Participant<R> {
 
     /// Sends DONE for every settled batch, and forgets the batches FORGET named.
     fn flush_done(&mut self, out: &mut Output) {
-        let first = self.config.replicas[0];
+        let config = &self.config;
         let (batches, log) = (&mut self.batches, &self.log);
         self.awaiting_done.retain(|batch| {
             let Some(member) = batches.get_mut(batch) else {
@@ -228,7 +243,8 @@ impl<R: ResourceManager> Participant<R> {
             }
             match member.done_part(log) {
                 Some(part) => {
-                    out.send(first, part);
+                    // DONE goes to the batch's opener, which forgets it.
+                    out.send(config.opener_or_first(*batch), part);
                     false
                 }
                 None => !member.is_settled(log),
@@ -283,7 +299,7 @@ impl<R: ResourceManager> Participant<R> {
                 member.on_elect(&mut self.log, self.config.termination, from, elected, out);
             }
             Part::Forget { batch } => {
-                if from == self.config.replicas[0]
+                if Some(from) == self.config.opener(batch)
                     && self.batches.get(&batch).is_some_and(|m| !m.has_pending())
                 {
                     self.batches.remove(&batch);
@@ -320,11 +336,7 @@ impl<R: ResourceManager> Participant<R> {
     /// Call when the instant returned by `poll_timeout` has passed: asks the
     /// replicas to finish every batch whose decision is late.
     pub fn handle_timeout(&mut self, now_us: u64, out: &mut Output) {
-        // Two-phase commit has no termination protocol: only `replicas[0]` can answer.
-        let replicas = match self.config.protocol {
-            Protocol::ThreePhase => &self.config.replicas[..],
-            Protocol::TwoPhase => &self.config.replicas[..1],
-        };
+        let config = &self.config;
         for member in self.batches.values_mut() {
             if member.deadline_us > now_us {
                 continue;
@@ -333,7 +345,12 @@ impl<R: ResourceManager> Participant<R> {
                 member.deadline_us = u64::MAX;
                 continue;
             }
-            for &replica in replicas {
+            // Two-phase commit has no termination protocol: only the opener can answer.
+            let opener = config.opener_or_first(member.desc.batch);
+            for &replica in &config.replicas {
+                if config.protocol == Protocol::TwoPhase && replica != opener {
+                    continue;
+                }
                 out.send(
                     replica,
                     Part::Help {
@@ -380,11 +397,14 @@ impl<R: ResourceManager> Participant<R> {
             return;
         }
         self.prepare_ops(&desc, &ops, None);
-        let mut member = Member::new(Arc::clone(&desc), self.me, false, self.config.replicas[0]);
+        let mut member = Member::new(Arc::clone(&desc), self.me, false, self.config.opener_or_first(desc.batch));
         let mut any_yes = false;
         for (index, vote) in self.my_indices(&desc).into_iter().zip(&self.votes) {
             member.set_state(index, vote_state(*vote));
             any_yes |= *vote == Vote::Yes;
+            if *vote == Vote::Yes {
+                self.holders.insert(desc.txns[index as usize], desc.batch);
+            }
             if let Vote::No(reason) = vote {
                 member.no_reasons.push((index, *reason));
             }
@@ -602,11 +622,11 @@ impl<R: ResourceManager> Participant<R> {
     }
 
     fn member_for(&mut self, desc: &DescriptorRef) {
-        let first = self.config.replicas[0];
+        let opener = self.config.opener_or_first(desc.batch);
         let me = self.me;
         self.batches
             .entry(desc.batch)
-            .or_insert_with(|| Member::new(Arc::clone(desc), me, false, first));
+            .or_insert_with(|| Member::new(Arc::clone(desc), me, false, opener));
     }
 
     fn on_decide(&mut self, batch: BatchId, commit: &TxnSet, abort: &TxnSet, out: &mut Output) {
@@ -616,20 +636,9 @@ impl<R: ResourceManager> Participant<R> {
         let Some(settled) = member.on_decide(&mut self.log, commit, abort, out) else {
             return;
         };
-        apply_to_rm(
-            &mut self.rm,
-            &mut self.txn_ids,
-            member,
-            State::Commit,
-            &settled.committed,
-        );
-        apply_to_rm(
-            &mut self.rm,
-            &mut self.txn_ids,
-            member,
-            State::Abort,
-            &settled.aborted,
-        );
+        let (rm, ids, holders) = (&mut self.rm, &mut self.txn_ids, &mut self.holders);
+        apply_to_rm(rm, ids, holders, member, State::Commit, &settled.committed);
+        apply_to_rm(rm, ids, holders, member, State::Abort, &settled.aborted);
         settle_ids(&mut self.ids, member, State::Commit, &settled.committed);
         settle_ids(&mut self.ids, member, State::Abort, &settled.aborted);
     }
@@ -649,9 +658,12 @@ fn settle_ids(ids: &mut HeldIds, member: &Member, state: State, txns: &TxnSet) {
 
 /// Hands settled transactions to the resource manager, in batch order, exactly as the
 /// matching `Transition` record will replay them.
+/// Tells the resource manager about decided transactions of `member`'s batch: only
+/// those whose reservation this batch holds here (see `Participant::holders`).
 fn apply_to_rm<R: ResourceManager>(
     rm: &mut R,
     ids: &mut Vec<TxnId>,
+    holders: &mut HashMap<TxnId, BatchId>,
     member: &Member,
     state: State,
     txns: &TxnSet,
@@ -660,7 +672,17 @@ fn apply_to_rm<R: ResourceManager>(
         return;
     }
     ids.clear();
-    ids.extend(txns.iter().map(|index| member.desc.txns[index as usize]));
+    let batch = member.desc.batch;
+    for index in txns.iter() {
+        let txn = member.desc.txns[index as usize];
+        if holders.get(&txn) == Some(&batch) {
+            holders.remove(&txn);
+            ids.push(txn);
+        }
+    }
+    if ids.is_empty() {
+        return;
+    }
     match state {
         State::Commit => rm.commit(ids),
         _ => rm.abort(ids),
@@ -759,9 +781,23 @@ impl<R: ResourceManager> Participant<R> {
                 if self.batches.contains_key(&desc.batch) {
                     return Err(ProtoError::BadLog("batch carried twice"));
                 }
-                let first = self.config.replicas[0];
-                let member = Member::from_carried(record, self.me, false, first)
+                let opener = self.config.opener_or_first(desc.batch);
+                let member = Member::from_carried(record, self.me, false, opener)
                     .map_err(ProtoError::BadLog)?;
+                // A carried batch holds the reservations of its open transactions
+                // here. A batch only learned from an election holds none, but its
+                // carried states look alike (PA): the first carried batch of an id
+                // wins, and a W or PC (only ever a yes voter's) takes it over.
+                for (index, state) in member.states().iter().enumerate() {
+                    if !member.is_member(index as u32) || !state.is_pending() {
+                        continue;
+                    }
+                    let txn = desc.txns[index];
+                    let voted = matches!(state, State::W | State::PreCommit);
+                    if voted || !self.holders.contains_key(&txn) {
+                        self.holders.insert(txn, desc.batch);
+                    }
+                }
                 self.batches.insert(desc.batch, member);
                 Ok(())
             }

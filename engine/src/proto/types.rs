@@ -34,10 +34,56 @@ impl SiteId {
     }
 }
 
-/// A batch: `incarnation << 32 | counter` of the coordinator that opened it, so that a
-/// restarted coordinator never reuses an id that participants may still hold.
+/// A batch: `rank << 56 | incarnation << 32 | counter`, named by the coordinator
+/// replica that opened it.
+///
+/// Invariant: two batches opened anywhere in a deployment never share an id. The rank
+/// (the opener's index in `ProtoConfig::replicas`, below [`BATCH_OPENER_RANKS_MAX`])
+/// keeps concurrent openers apart; the incarnation (24 bits, durable per replica,
+/// raised and forced before the replica opens anything after a start) keeps a
+/// restarted replica from reusing an id that participants may still hold; the counter
+/// (32 bits) numbers the batches of one incarnation. No field may wrap: the opener
+/// refuses to open past [`BATCH_INCARNATION_MAX`] or `u32::MAX` batches instead.
+/// Any replica may therefore open batches without an election: each batch is its own
+/// E3PC instance, and its opener drives election 1 (`BatchId::opener_rank`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct BatchId(pub u64);
+
+/// Ranks a batch id can name: 8 bits. `ProtoConfig::validate` keeps the replica count
+/// within it (and within `SITES_MAX`).
+pub const BATCH_OPENER_RANKS_MAX: usize = 1 << 8;
+/// The largest incarnation a batch id can carry (24 bits).
+pub const BATCH_INCARNATION_MAX: u32 = (1 << 24) - 1;
+
+const _: () = assert!(SITES_MAX <= BATCH_OPENER_RANKS_MAX);
+
+impl BatchId {
+    /// The id of batch `counter` of incarnation `incarnation` of the replica at
+    /// `rank`; `None` if the rank or incarnation does not fit its field.
+    pub fn compose(rank: u32, incarnation: u32, counter: u32) -> Option<BatchId> {
+        if rank as usize >= BATCH_OPENER_RANKS_MAX || incarnation > BATCH_INCARNATION_MAX {
+            return None;
+        }
+        Some(BatchId(
+            (rank as u64) << 56 | (incarnation as u64) << 32 | counter as u64,
+        ))
+    }
+
+    /// The rank (index in `ProtoConfig::replicas`) of the replica that opened it.
+    pub fn opener_rank(self) -> u32 {
+        (self.0 >> 56) as u32
+    }
+
+    /// The opener's incarnation when it opened the batch.
+    pub fn incarnation(self) -> u32 {
+        ((self.0 >> 32) as u32) & BATCH_INCARNATION_MAX
+    }
+
+    /// The batch's number within its opener's incarnation.
+    pub fn counter(self) -> u32 {
+        self.0 as u32
+    }
+}
 
 /// The site-local sequence number of an append action: dense, starting at 1 for each
 /// state machine instance (a recovered instance starts again at 1).
@@ -450,6 +496,28 @@ mod tests {
         retired.insert(BatchId(3));
         retired.insert(BatchId(4));
         assert_eq!(retired.ranges(), 1);
+    }
+
+    // Proves that batch ids name their opener and incarnation, that the fields never
+    // overlap (two openers or two incarnations never share an id), and that a value
+    // that does not fit its field is refused instead of wrapping.
+    #[test]
+    fn batch_ids_name_their_opener() {
+        let id = BatchId::compose(2, BATCH_INCARNATION_MAX, u32::MAX).unwrap();
+        assert_eq!(id.opener_rank(), 2);
+        assert_eq!(id.incarnation(), BATCH_INCARNATION_MAX);
+        assert_eq!(id.counter(), u32::MAX);
+        let mut seen = std::collections::HashSet::new();
+        for rank in 0..3 {
+            for incarnation in [1, 2, BATCH_INCARNATION_MAX] {
+                for counter in [0, 1, u32::MAX] {
+                    assert!(seen.insert(BatchId::compose(rank, incarnation, counter).unwrap()));
+                }
+            }
+        }
+        assert_eq!(BatchId::compose(0, BATCH_INCARNATION_MAX + 1, 0), None);
+        assert_eq!(BatchId::compose(BATCH_OPENER_RANKS_MAX as u32, 1, 0), None);
+        assert_eq!(BatchId(7 << 32 | 3).opener_rank(), 0, "old ids name rank 0");
     }
 
     // Proves the quorum test is a strict majority of the group only.

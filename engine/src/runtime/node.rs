@@ -2,11 +2,12 @@
 //!
 //! A node is the in-process runtime cut to one site. It opens and recovers that site's
 //! log with the engine's own functions, and runs the engine's own site loop
-//! (`run_passive`, or `run_active` on `replica-0`) with links that lead to the other
-//! processes instead of to in-process inboxes. `replica-0` also runs the engine's
-//! intake, batcher and completion stages, and a gateway that takes network clients'
-//! transactions through the engine's submission path (`submit_to`) and answers their
-//! outcomes. Nothing of the protocol or the site loop is forked: the transport is one
+//! (`run_passive` on a participant, `run_active` on every coordinator replica) with
+//! links that lead to the other processes instead of to in-process inboxes. Every
+//! replica opens batches (their ids name it, so openers never collide): each runs the
+//! engine's intake, batcher and completion stages, and a gateway that takes network
+//! clients' transactions through the engine's submission path (`submit_to`) and
+//! answers their outcomes, so that a client can fail over to any replica. Nothing of the protocol or the site loop is forked: the transport is one
 //! more set of links.
 //!
 //! Lifecycle: [`Node::open`] recovers the site (nothing runs yet), [`OpenedNode::run`]
@@ -218,7 +219,7 @@ pub struct Node {
     stats: Arc<SiteStats>,
     site_thread: Option<JoinHandle<Result<(), SiteError>>>,
     front: Option<Front>,
-    /// Network clients' gateway (replica-0 of a networked node).
+    /// Network clients' gateway (a networked replica).
     gateway: Option<GatewayThread>,
     transport: Option<Transport>,
 }
@@ -233,7 +234,7 @@ struct GatewayThread {
 impl Node {
     /// Starts site `name` of the cluster in `dir` as a networked node: recovers it,
     /// starts its transport (listening on its address, dialling its peers), runs it,
-    /// and on `replica-0` serves network clients.
+    /// and on a coordinator replica serves network clients.
     pub fn start(dir: &Path, name: &str) -> Result<Node, NodeError> {
         Node::start_with(dir, name, None)
     }
@@ -284,7 +285,8 @@ impl Node {
             peer_silent_ms_max: cluster.transport.peer_silent_ms_max,
             reconnect_backoff_ms_min: cluster.transport.reconnect_backoff_ms_min,
             reconnect_backoff_ms_max: cluster.transport.reconnect_backoff_ms_max,
-            accept_clients: site.id.0 == 0,
+            // Any replica opens batches, so any replica serves clients.
+            accept_clients: u64::from(site.id.0) < cluster.replicas,
             balance_queries: query_sender,
         };
         let observers = TransportObservers {
@@ -363,8 +365,8 @@ impl Node {
         &self.stats
     }
 
-    /// Submits a transaction on the opening replica (`replica-0`), exactly as
-    /// [`Engine::submit`](super::Engine::submit) does. Other sites open no batches:
+    /// Submits a transaction on this replica, which opens its batch, exactly as
+    /// [`Engine::submit`](super::Engine::submit) does. Participants open no batches:
     /// their tickets are ready at once with `Aborted(Shutdown)`.
     pub fn submit(&self, txn: Txn) -> Result<Ticket, Busy<Txn>> {
         match &self.front {
@@ -388,7 +390,7 @@ impl Node {
         self.front.is_some()
     }
 
-    /// Committed and aborted transactions so far (the opening replica's count).
+    /// Committed and aborted transactions so far (of the batches this replica opened).
     pub fn outcomes(&self) -> (u64, u64) {
         self.front.as_ref().map_or((0, 0), |front| {
             (
@@ -398,7 +400,7 @@ impl Node {
         })
     }
 
-    /// Batches opened so far (the opening replica's count).
+    /// Batches this replica opened so far.
     pub fn batches(&self) -> u64 {
         self.front
             .as_ref()
@@ -578,7 +580,7 @@ impl OpenedNode {
         self.inbox.clone()
     }
 
-    /// Starts the site on `links` (index = site id): the site loop, and on `replica-0`
+    /// Starts the site on `links` (index = site id): the site loop, and on a replica
     /// the client-facing stages.
     pub fn run(mut self, links: Links) -> Result<Node, NodeError> {
         self.io.links = links;
@@ -593,12 +595,6 @@ impl OpenedNode {
         let thread_name = format!("tc-{}", self.site.name);
         let (site_thread, front) = match self.role {
             Role::Participant(machine) => {
-                let io = self.io;
-                let thread =
-                    spawner.spawn(thread_name, move || run_passive(*machine, io).map(|_| ()))?;
-                (thread, None)
-            }
-            Role::Replica(machine) if self.site.id.0 != 0 => {
                 let io = self.io;
                 let thread =
                     spawner.spawn(thread_name, move || run_passive(*machine, io).map(|_| ()))?;
@@ -637,7 +633,7 @@ fn placeholder_inbox() -> Result<MpscReceiver<Frame>, EngineError> {
 
 type SiteThread = JoinHandle<Result<(), SiteError>>;
 
-/// Starts the opening replica with the engine's intake, batcher and completion stages,
+/// Starts a replica with the engine's intake, batcher and completion stages,
 /// wired as `Engine::open` wires them.
 fn start_front(
     machine: Coordinator,
@@ -717,7 +713,7 @@ const GATEWAY_TICK_MS: u64 = 50;
 /// it drops it (its client's transaction then ends `InDoubt` when it gives up).
 const REPLY_RETRY_MS_MAX: u64 = 5_000;
 
-/// Starts the gateway of a networked `replica-0`: client requests in, through the
+/// Starts the gateway of a networked replica: client requests in, through the
 /// engine's submission path, outcomes back.
 fn start_gateway(
     front: &Front,

@@ -79,7 +79,17 @@ pub struct SimConfig {
     /// The group is durable only after its sync; the log is cut at its marker then,
     /// and crashes in between lose the unsynced part of it like any record.
     pub checkpoint_records_max: Option<usize>,
+    /// How many replicas (the first ones) open batches: 1, or 2 (a client alternates
+    /// between them, and resends the transactions a crashed opener left in flight to
+    /// the other one). Two openers need the three-phase protocol.
+    pub openers: u8,
 }
+
+/// How long the simulated client waits after its opener crashed before it resends
+/// that opener's transactions to another opener.
+const CLIENT_RESEND_DELAY_US: u64 = 2_000;
+/// How often the client retries a resend while no other opener is up.
+const CLIENT_RESEND_TRIES_MAX: u32 = 20;
 
 /// The checkpoint bounds seeds draw from (by seed bits, so that the rest of a seed's
 /// configuration stays what it was): often tiny, so that runs checkpoint many times
@@ -116,6 +126,7 @@ impl SimConfig {
             termination: Termination::E3pc,
             proto: ProtoConfig::new(Vec::new()),
             checkpoint_records_max: None,
+            openers: 1,
         }
     }
 
@@ -129,6 +140,9 @@ impl SimConfig {
         config.termination = termination;
         config.checkpoint_records_max = CHECKPOINT_RECORDS_MAX_CHOICES
             [((seed >> 4) % CHECKPOINT_RECORDS_MAX_CHOICES.len() as u64) as usize];
+        // Half the seeds run two openers, by a seed bit, so that the rest of a seed's
+        // configuration stays what it was.
+        config.openers = 1 + ((seed >> 7) & 1) as u8;
         config.participants = 3 + rng.below(2) as u8;
         config.batches = rng.range(3, 8) as u32;
         config.batch_txns_max = rng.range(1, 6) as u32;
@@ -234,10 +248,33 @@ struct SiteSim {
 
 #[derive(Debug)]
 enum Event {
-    Deliver { from: u8, to: u8, part: Part },
-    Durable { site: u8, epoch: u32, upto: u64 },
+    Deliver {
+        from: u8,
+        to: u8,
+        part: Part,
+    },
+    Durable {
+        site: u8,
+        epoch: u32,
+        upto: u64,
+    },
     Submit,
     Fault(Fault),
+    /// The client resends what opener `from` left in flight (`tries` so far).
+    Resend {
+        from: u8,
+        tries: u32,
+    },
+}
+
+/// The simulated client: which opener holds each transaction whose outcome it has
+/// not heard yet, so that it can resend those (same ids) when that opener crashes.
+#[derive(Default)]
+struct SimClient {
+    /// Unanswered transactions: the opener they were last sent to, and the transfer.
+    in_flight: BTreeMap<TxnId, (u8, Transfer)>,
+    /// Each opened batch's transaction ids, in batch order (completions name indices).
+    batches: HashMap<BatchId, Vec<TxnId>>,
 }
 
 /// One line of the trace kept for failure reports.
@@ -262,7 +299,13 @@ impl fmt::Display for TraceEntry {
             write!(f, " peer {peer:>2}")?;
         }
         if let Some(batch) = self.batch {
-            write!(f, " batch {}.{}", batch.0 >> 32, batch.0 & 0xffff_ffff)?;
+            write!(
+                f,
+                " batch {}.{}.{}",
+                batch.opener_rank(),
+                batch.incarnation(),
+                batch.counter()
+            )?;
         }
         if !self.detail.is_empty() {
             write!(f, " {}", self.detail)?;
@@ -322,6 +365,10 @@ pub struct RunStats {
     pub held_unknown: u64,
     /// Crashes of a site whose last checkpoint group was not durable yet.
     pub crashes_mid_checkpoint: u64,
+    /// Batches opened by a replica other than `replicas[0]`.
+    pub batches_second_opener: u64,
+    /// Transactions the client resent to another opener after a crash.
+    pub txns_resent: u64,
 }
 
 /// A message filter for scenario tests, called as `filter(from, to, part)` for every
@@ -352,6 +399,7 @@ pub struct Sim {
     /// The workload's recent transfers, for resends (at most `RESEND_HISTORY_MAX`).
     sent: VecDeque<(TxnId, Transfer)>,
     batches_left: u32,
+    client: SimClient,
     pub stats: RunStats,
 }
 
@@ -387,6 +435,7 @@ impl Sim {
             next_txn: 1,
             sent: VecDeque::with_capacity(RESEND_HISTORY_MAX),
             batches_left: config.batches,
+            client: SimClient::default(),
             stats: RunStats::default(),
             config,
         };
@@ -594,6 +643,7 @@ impl Sim {
             Event::Durable { site, epoch, upto } => self.durable(site, epoch, upto),
             Event::Submit => self.submit_random_batch(),
             Event::Fault(fault) => self.inject(fault),
+            Event::Resend { from, tries } => self.resend(from, tries),
         }
     }
 
@@ -692,6 +742,17 @@ impl Sim {
         self.stats.crashes_mid_checkpoint += u64::from(mid_checkpoint);
         self.disturbed = true;
         let lost = unsynced - (keep - durable_before);
+        let opener_crashed = site < self.openers();
+        if opener_crashed && self.client.in_flight.values().any(|(at, _)| *at == site) {
+            let at = self.now_us + CLIENT_RESEND_DELAY_US;
+            self.schedule(
+                at,
+                Event::Resend {
+                    from: site,
+                    tries: 0,
+                },
+            );
+        }
         self.note(
             site,
             "crash",
@@ -965,6 +1026,13 @@ impl Sim {
                     _ => self.stats.held_unknown += 1,
                 }
             }
+            if let Some(ids) = self.client.batches.get(&completion.batch) {
+                for index in completion.txns.iter() {
+                    if let Some(id) = ids.get(index as usize) {
+                        self.client.in_flight.remove(id);
+                    }
+                }
+            }
             match completion.outcome {
                 Outcome::Commit => self.stats.committed += completion.txns.count() as u64,
                 Outcome::Abort => self.stats.aborted += completion.txns.count() as u64,
@@ -1060,7 +1128,15 @@ impl Sim {
                 txns.push((self.fresh_txn(), transfer));
             }
         }
-        if self.submit_as(&txns).is_some() {
+        // Two openers: the client alternates between them (no random draw, so a
+        // one-opener seed replays as before), and uses the other while one is down.
+        let openers = self.openers();
+        let preferred = (self.batches_left % openers as u32) as u8;
+        let opener = (0..openers)
+            .map(|k| (preferred + k) % openers)
+            .find(|&site| !matches!(self.sites[site as usize].node, Node::Down))
+            .unwrap_or(preferred);
+        if self.submit_with_ids(opener, &txns).is_some() {
             for (txn, transfer) in txns {
                 if self.sent.len() == RESEND_HISTORY_MAX {
                     self.sent.pop_front();
@@ -1088,6 +1164,51 @@ impl Sim {
         }
         self.stats.resends += 1;
         (txn, transfer)
+    }
+
+    /// How many replicas open batches in this run.
+    fn openers(&self) -> u8 {
+        if self.proto.protocol == Protocol::TwoPhase {
+            // Two-phase commit's checker follows one coordinator.
+            return 1;
+        }
+        self.config.openers.clamp(1, self.config.replicas.max(1))
+    }
+
+    /// The client resends (same ids) what opener `from` left in flight to the next
+    /// opener that is up, or tries again later.
+    fn resend(&mut self, from: u8, tries: u32) {
+        let openers = self.openers();
+        let target = (1..openers)
+            .map(|k| (from + k) % openers)
+            .find(|&site| !matches!(self.sites[site as usize].node, Node::Down));
+        let txns: Vec<(TxnId, Transfer)> = self
+            .client
+            .in_flight
+            .iter()
+            .filter(|(_, (at, _))| *at == from)
+            .map(|(txn, (_, transfer))| (*txn, transfer.clone()))
+            .collect();
+        if txns.is_empty() {
+            return;
+        }
+        let Some(target) = target else {
+            if tries < CLIENT_RESEND_TRIES_MAX {
+                let at = self.now_us + CLIENT_RESEND_DELAY_US;
+                let tries = tries + 1;
+                self.schedule(at, Event::Resend { from, tries });
+            }
+            return;
+        };
+        self.stats.txns_resent += txns.len() as u64;
+        self.note(
+            target,
+            "resend",
+            Some(from),
+            None,
+            format!("{} txns", txns.len()),
+        );
+        self.submit_with_ids(target, &txns);
     }
 
     fn random_transfer(&mut self) -> Transfer {
@@ -1136,16 +1257,27 @@ impl Sim {
             .iter()
             .map(|transfer| (self.fresh_txn(), transfer.clone()))
             .collect();
-        self.submit_as(&txns)
+        self.submit_with_ids(0, &txns)
     }
 
     /// Submits a batch at site 0 now with the given ids (a resend reuses an id), as
     /// [`Sim::submit`] does.
     pub fn submit_as(&mut self, txns: &[(TxnId, Transfer)]) -> Option<BatchId> {
+        self.submit_with_ids(0, txns)
+    }
+
+    /// Submits a batch of transfers with the given ids at replica `opener` now, and
+    /// records them as in flight at it. Returns the batch id, or `None` if `opener` is
+    /// down or refused it.
+    pub fn submit_with_ids(&mut self, opener: u8, txns: &[(TxnId, Transfer)]) -> Option<BatchId> {
         let input = self.batch_input(txns);
         let now = self.now_us;
         let mut out = std::mem::take(&mut self.out);
-        let result = match &mut self.sites[0].node {
+        let Some(site) = self.sites.get_mut(opener as usize) else {
+            self.out = out;
+            return None;
+        };
+        let result = match &mut site.node {
             Node::Coordinator(coordinator) => Some(coordinator.submit(now, input, &mut out)),
             _ => None,
         };
@@ -1159,14 +1291,23 @@ impl Sim {
             None => return None,
         };
         self.stats.txns += txns.len() as u64;
+        self.stats.batches_second_opener += u64::from(opener != 0);
+        self.client
+            .batches
+            .insert(batch, txns.iter().map(|(txn, _)| *txn).collect());
+        for (txn, transfer) in txns {
+            self.client
+                .in_flight
+                .insert(*txn, (opener, transfer.clone()));
+        }
         self.note(
-            0,
+            opener,
             "submit",
             None,
             Some(batch),
             format!("{} txns", txns.len()),
         );
-        self.drain(0);
+        self.drain(opener);
         Some(batch)
     }
 

@@ -1515,6 +1515,12 @@ impl ClientSender {
         })
     }
 
+    /// Shuts the connection down both ways, so that the receiving half's reader wakes
+    /// with an error (a client failing over away from a silent node).
+    pub fn close(&self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+
     /// Sends a heartbeat (the node does not require them from clients; a client that
     /// wants its idle connection to show life may send them).
     pub fn heartbeat(&mut self) -> Result<(), TransportError> {

@@ -13,7 +13,7 @@ use tricommit_engine::sign::{keys, public_key_hex};
 pub struct InitArgs {
     /// The cluster directory: new or empty.
     dir: PathBuf,
-    /// Coordinator replicas (replica-0 opens every batch).
+    /// Coordinator replicas (any of them opens batches; clients prefer replica-0).
     #[arg(long, default_value_t = 3)]
     replicas: u64,
     /// Ledger participants.

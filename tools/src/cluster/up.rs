@@ -1,7 +1,7 @@
 //! `tricommit cluster up DIR`: every site as a child process, until a signal.
 //!
 //! Readiness: each node prints `ready <site>` on its stdout once its transport has a
-//! link up to every other site (and, on `replica-0`, takes clients); `cluster up`
+//! link up to every other site (and, on a replica, takes clients); `cluster up`
 //! prints `ready` once every node has. Other lines of the nodes' stdout are passed on
 //! prefixed with the site's name; their stderr is passed through.
 //!
