@@ -397,7 +397,12 @@ impl<R: ResourceManager> Participant<R> {
             return;
         }
         self.prepare_ops(&desc, &ops, None);
-        let mut member = Member::new(Arc::clone(&desc), self.me, false, self.config.opener_or_first(desc.batch));
+        let mut member = Member::new(
+            Arc::clone(&desc),
+            self.me,
+            false,
+            self.config.opener_or_first(desc.batch),
+        );
         let mut any_yes = false;
         for (index, vote) in self.my_indices(&desc).into_iter().zip(&self.votes) {
             member.set_state(index, vote_state(*vote));
