@@ -231,6 +231,12 @@ fn the_opener_waits_for_a_pending_holder() {
         "the resend completed before its holder decided: {:?}",
         net.outcomes(resend)
     );
+    // The resend's batch is decided although its completion waits: it must not hold a
+    // slot of the opener's in-flight window (`runtime::stages::has_room`), or a replica
+    // whose resends wait for a killed replica's in-doubt batches stops opening batches
+    // until their termination, and the ids it then prepares may be past the index.
+    assert!(net.coordinator.is_decided(resend));
+    assert!(!net.coordinator.is_decided(first));
     net.release();
     assert_eq!(net.outcomes(first), [(0, Outcome::Commit, None, None)]);
     let commit = Some(HeldOutcome::Known(Outcome::Commit));
@@ -267,6 +273,10 @@ fn an_unknown_holder_is_waited_for_a_bounded_time() {
     };
     coordinator.handle_message(10, P1, votes, &mut out);
     assert!(out.completions.is_empty(), "{:?}", out.completions);
+    assert!(
+        coordinator.is_decided(batch),
+        "decided, though its completion waits"
+    );
     let deadline = coordinator.poll_timeout().expect("the wait is a timeout");
     assert!(deadline <= 10 + config().undecided_wait_us());
     out.clear();

@@ -323,6 +323,16 @@ impl Coordinator {
         Some((*member.states().get(i)?, member.attempt[i]))
     }
 
+    /// True once every transaction of `batch` is decided here (or the batch is no
+    /// longer held here at all). A batch whose client completions still wait for the
+    /// holders of resent ids (`HeldWaits`) is decided: it no longer needs a slot of the
+    /// opener's in-flight window.
+    pub fn is_decided(&self, batch: BatchId) -> bool {
+        self.batches
+            .get(&batch)
+            .is_none_or(|entry| entry.m.all_final())
+    }
+
     /// How many batches this replica holds in memory (retired ones are not counted).
     pub fn batch_count(&self) -> usize {
         self.batches.len()

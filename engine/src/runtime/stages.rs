@@ -241,11 +241,33 @@ pub fn run_active(
             return Ok(coordinator);
         }
         let batches = &stage.batches;
-        let room = open.len() < stage.window_batches;
+        let room = has_room(&coordinator, &open, stage.window_batches);
         io.wait(&coordinator, drain.deadline(io.drain_max), || {
             room && batches.has_items()
         });
     }
+}
+
+/// True if fewer than `window_batches` of the open batches are undecided. A decided
+/// batch stays in `open` while some of its client completions wait for the holding
+/// batches of resent ids (up to `ProtoConfig::undecided_wait_us`, e.g. the in-doubt
+/// batches of a killed replica until their termination): counting it would stall every
+/// new batch of this replica for that long, and a resend that waited that long in the
+/// intake could reach the participants after they forgot its id's first instance.
+/// Linear in `open` only when the window is nominally full (`open` holds at most the
+/// window plus the decided batches still waiting, bounded by the intake).
+fn has_room(
+    coordinator: &Coordinator,
+    open: &HashMap<BatchId, OpenBatch>,
+    window_batches: usize,
+) -> bool {
+    open.len() < window_batches
+        || open
+            .keys()
+            .filter(|&&batch| !coordinator.is_decided(batch))
+            .take(window_batches)
+            .count()
+            < window_batches
 }
 
 /// Submits queued client batches while the window has room.
@@ -256,7 +278,7 @@ fn take_batches(
     open: &mut HashMap<BatchId, OpenBatch>,
 ) -> usize {
     let mut taken = 0;
-    while open.len() < stage.window_batches {
+    while has_room(coordinator, open, stage.window_batches) {
         let Some(batch) = stage.batches.pop() else {
             break;
         };
