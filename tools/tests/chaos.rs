@@ -124,6 +124,7 @@ fn list_names_every_scenario_and_bad_input_exits_2() {
         "split-brain",
         "regions",
         "two-pc-coordinator-kill",
+        "byzantine-participant",
     ] {
         assert!(out.contains(name), "{out}");
     }
@@ -274,4 +275,20 @@ fn participant_crashes_in_each_phase() {
     ] {
         scenario(&format!("participant-crash-{point}"));
     }
+}
+
+#[test]
+fn byzantine_participant() {
+    // Proves that a participant signing contradicting votes is caught: the replicas keep
+    // evidence that `tricommit evidence verify` accepts, one file each at least, and the
+    // bank stays exact although the liar's transactions abort once its votes are refused.
+    let figures = scenario("byzantine-participant");
+    let files = figures["figures"]["evidence_files"].as_u64().unwrap();
+    assert!(files > 0, "{figures}");
+    assert_eq!(figures["figures"]["evidence_verified"], files, "{figures}");
+    assert_eq!(figures["figures"]["evidence_cleared"], files, "{figures}");
+    assert!(
+        figures["figures"]["equivocations"].as_u64().unwrap() > 0,
+        "{figures}"
+    );
 }

@@ -19,6 +19,7 @@
 
 pub mod check;
 pub mod cluster;
+pub mod evidence;
 pub mod probe;
 pub mod proxy;
 pub mod scenario;
@@ -204,6 +205,7 @@ fn run_scenario(args: &ChaosArgs, name: &str) -> Result<Summary, ChaosError> {
     })?;
     let dir = args.cluster.as_deref().expect("clap requires --cluster");
     let config = open_or_create(dir, name, args)?;
+    evidence::refuse_if_in_force(dir, &config)?;
     let before = Snapshot::read(dir, &config)?;
     if before.in_doubt() > 0 {
         return Err(ChaosError::Usage(format!(
@@ -299,7 +301,7 @@ fn run_phase(
     proxy.set_faults(scenario::topology(name, config));
     let mut nodes = ChaosCluster::prepare(dir, config, &proxy)?;
     for entry in &entries {
-        let extra = match scenario::crash_flags(name) {
+        let extra = match scenario::node_flags(name) {
             Some((site, flags)) if site == entry.name => flags,
             _ => Vec::new(),
         };
@@ -347,6 +349,10 @@ fn run_phase(
     drop(nodes);
     drop(proxy);
     let mut failure = injected.err().map(|error| error.to_string());
+    let checked = scenario::after_stop(name, dir, config, &mut figures)?;
+    if failure.is_none() {
+        failure = checked;
+    }
     let recovery_ms = record
         .first_commit_sent_after(heal_at)
         .map(|at| ms(at.duration_since(heal_at)));

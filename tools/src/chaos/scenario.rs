@@ -7,7 +7,8 @@
 //! dead sites restarted), waits for a commit sent after the heal, and stops the
 //! cluster. The bank check runs once, after the last phase.
 
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Map, Value};
 
@@ -40,6 +41,10 @@ const DOWN_MS: u64 = 1_000;
 /// participants' pending timeout, so that they have asked for the outcome (and got
 /// none) before the check of what they hold.
 const TWO_PC_DOWN_MS: u64 = 3_000;
+/// The participant of `byzantine-participant` that signs contradicting votes.
+pub const BYZANTINE_SITE: &str = "participant-1";
+/// How often `byzantine-participant` looks for evidence on the replicas.
+const EVIDENCE_POLL_MS: u64 = 20;
 
 /// Every scenario, with its one-line description (`--list`).
 pub const SCENARIOS: &[(&str, &str)] = &[
@@ -51,7 +56,7 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ("partition-majority", "cut {replica-0, participant-0} (the clients' side) off from the rest"),
     ("participant-isolated", "cut participant-2 off from every site"),
     ("asymmetric-cut", "drop every frame from replica-0 to participant-1 (the other way works)"),
-    ("split-brain", "cut replica-0 off from every site while the others run recovery of its batches; heal: fencing"),
+    ("split-brain", "cut replica-0 off from every site and freeze it with its rounds open while the others recover its batches; heal: its stale rounds are refused (REJECT)"),
     ("regions", "3 regions, 30 ms one-way between, 1 ms within; pipelining on, then off"),
     ("region-cut", "3 regions as above, then region 2 cut off: the other two decide what they hold"),
     ("frame-drop", "drop 1% of site frames at random (each drop resets its link)"),
@@ -62,6 +67,7 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ("participant-crash-after-prepare-sent", "participant-1 aborts right after sending its votes (failpoint)"),
     ("participant-crash-after-precommit-logged", "participant-1 aborts right after acknowledging a PRE-COMMIT (failpoint)"),
     ("participant-crash-after-decision", "participant-1 aborts right after applying a COMMIT (failpoint)"),
+    ("byzantine-participant", "participant-1 signs yes to one replica and no to another (--test-byzantine equivocate): evidence verified offline"),
 ];
 
 /// The description of scenario `name`, if it is one.
@@ -93,6 +99,21 @@ pub fn phases(name: &str, config: &ClusterConfig) -> Vec<(String, ClusterConfig)
     vec![(String::new(), config.clone())]
 }
 
+/// The extra node flags a scenario starts one site with (at the start of every phase;
+/// a restart by the scenario or the heal starts it without them): a crash point, or
+/// the Byzantine participant's lie.
+pub fn node_flags(name: &str) -> Option<(&'static str, Vec<String>)> {
+    if let Some(site) = byzantine_site(name) {
+        return Some((site, vec!["--test-byzantine".into(), "equivocate".into()]));
+    }
+    crash_flags(name)
+}
+
+/// The participant that equivocates in scenario `name`, if it has one.
+pub fn byzantine_site(name: &str) -> Option<&'static str> {
+    (name == "byzantine-participant").then_some(BYZANTINE_SITE)
+}
+
 /// The crash-point flags a scenario starts a site with.
 pub fn crash_flags(name: &str) -> Option<(&'static str, Vec<String>)> {
     let (site, point) = if name == "two-pc-coordinator-kill" {
@@ -108,6 +129,39 @@ pub fn crash_flags(name: &str) -> Option<(&'static str, Vec<String>)> {
         site,
         vec!["--test-crash-at".into(), format!("{point}:{CRASH_HIT}")],
     ))
+}
+
+/// What scenario `name` checks on the stopped cluster of a phase beyond the bank check:
+/// the Byzantine participant's evidence (every file verified offline, then cleared).
+/// Adds its figures; returns why the scenario failed, if it did.
+pub fn after_stop(
+    name: &str,
+    dir: &Path,
+    config: &ClusterConfig,
+    figures: &mut Map<String, Value>,
+) -> Result<Option<String>, ChaosError> {
+    let Some(participant) = byzantine_site(name) else {
+        return Ok(None);
+    };
+    let report = super::evidence::check_and_clear(dir, config, participant)?;
+    figures.insert("evidence_files".into(), json!(report.files));
+    figures.insert("evidence_verified".into(), json!(report.verified));
+    figures.insert("equivocations".into(), json!(report.equivocations));
+    figures.insert("evidence_cleared".into(), json!(report.cleared));
+    if report.files == 0 {
+        return Ok(Some(format!(
+            "no replica kept evidence against {participant}"
+        )));
+    }
+    if report.verified < report.files {
+        return Ok(Some(format!(
+            "{} of {} evidence files failed `tricommit evidence verify`: {}",
+            report.files - report.verified,
+            report.files,
+            report.refusals.join("; ")
+        )));
+    }
+    Ok(None)
 }
 
 /// What a phase hands a scenario.
@@ -221,6 +275,7 @@ impl Phase<'_> {
                 Ok(())
             }
             "two-pc-coordinator-kill" => self.two_pc_block(),
+            "byzantine-participant" => self.await_evidence(window),
             name if crash_flags(name).is_some() => self.await_crash(window),
             other => Err(ChaosError::Usage(format!("unknown scenario `{other}`"))),
         }
@@ -323,6 +378,37 @@ impl Phase<'_> {
         }
         self.fault_at = Some(Instant::now());
         Ok(site)
+    }
+
+    /// The liar lies from its first vote: waits (within three `window`s) until a replica
+    /// kept evidence against it, and reports when the first file was written.
+    fn await_evidence(&mut self, window: Duration) -> Result<(), ChaosError> {
+        self.fault_at = Some(self.started);
+        let deadline = Instant::now() + window * 3;
+        let found = loop {
+            let found = super::evidence::files(self.cluster.dir(), self.config);
+            if !found.is_empty() {
+                break found;
+            }
+            if Instant::now() > deadline {
+                return Err(ChaosError::Scenario(format!(
+                    "no replica kept evidence against {BYZANTINE_SITE} within {} s",
+                    (window * 3).as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(EVIDENCE_POLL_MS));
+        };
+        // The files' times against the load's start, on the wall clock.
+        let started_wall = SystemTime::now() - self.started.elapsed();
+        let first = found
+            .iter()
+            .filter_map(|file| std::fs::metadata(file).and_then(|m| m.modified()).ok())
+            .min();
+        if let Some(since) = first.and_then(|at| at.duration_since(started_wall).ok()) {
+            self.figures
+                .insert("evidence_detected_ms".into(), json!(super::ms(since)));
+        }
+        Ok(())
     }
 
     /// 2PC's block, shown on the logs: the coordinator dies right after it sent a
