@@ -205,11 +205,22 @@ fn asymmetric_cut() {
 
 #[test]
 fn split_brain() {
-    // Proves that the old coordinator, cut off while the others recover its batches,
-    // cannot undo their decisions: the others ran elections (E3PC) and the check holds.
+    // Proves fencing: the old coordinator, cut off and frozen with its rounds open while
+    // the others recover its batches (elections, E3PC), wakes up after the heal with
+    // stale rounds that the other sites refuse (REJECT), and cannot undo their
+    // decisions: the check holds.
     let figures = scenario("split-brain");
     assert!(
         figures["figures"]["elect_parts"].as_u64().unwrap() > 0,
+        "{figures}"
+    );
+    assert!(
+        figures["figures"]["rejects_to_replica_0"].as_u64().unwrap() > 0,
+        "{figures}"
+    );
+    assert!(
+        figures["figures"]["rejects"].as_u64().unwrap()
+            >= figures["figures"]["rejects_to_replica_0"].as_u64().unwrap(),
         "{figures}"
     );
 }

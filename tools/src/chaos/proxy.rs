@@ -85,6 +85,26 @@ pub struct ProxyCounters {
     /// elections.
     pub elect_parts: AtomicU64,
     pub reject_parts: AtomicU64,
+    /// The REJECT parts per directed link (sender, receiver): whom fencing refused.
+    pub reject_parts_by_link: Mutex<BTreeMap<(Site, Site), u64>>,
+}
+
+impl ProxyCounters {
+    /// REJECT parts relayed so far to `site` and from `site`.
+    pub fn rejects_of(&self, site: Site) -> (u64, u64) {
+        let links = self.reject_parts_by_link.lock().expect("rejects lock");
+        let to = links
+            .iter()
+            .filter(|((_, receiver), _)| *receiver == site)
+            .map(|(_, count)| count)
+            .sum();
+        let from = links
+            .iter()
+            .filter(|((sender, _), _)| *sender == site)
+            .map(|(_, count)| count)
+            .sum();
+        (to, from)
+    }
 }
 
 struct Shared {
@@ -330,23 +350,37 @@ fn verdict(header: &Header, frame: &[u8], shared: &Shared) -> Option<u64> {
         return None;
     }
     if count_elections && header.kind == kind::SITE {
-        count_parts(&frame[HEADER_BYTES..frame.len() - MAC_BYTES], counters);
+        count_parts(
+            &frame[HEADER_BYTES..frame.len() - MAC_BYTES],
+            pair,
+            counters,
+        );
     }
     counters.frames_relayed.fetch_add(1, Ordering::Relaxed);
     Some(delay_ms)
 }
 
-/// Counts the election and fencing parts of a site frame's body.
-fn count_parts(body: &[u8], counters: &ProxyCounters) {
+/// Counts the election and fencing parts of a site frame's body, sent on `link`.
+fn count_parts(body: &[u8], link: (Site, Site), counters: &ProxyCounters) {
     let Ok(parts) = decode_parts(body) else {
         return;
     };
     for part in &parts {
         match part {
-            Part::Elect { .. } => counters.elect_parts.fetch_add(1, Ordering::Relaxed),
-            Part::Reject { .. } => counters.reject_parts.fetch_add(1, Ordering::Relaxed),
-            _ => 0,
-        };
+            Part::Elect { .. } => {
+                counters.elect_parts.fetch_add(1, Ordering::Relaxed);
+            }
+            Part::Reject { .. } => {
+                counters.reject_parts.fetch_add(1, Ordering::Relaxed);
+                *counters
+                    .reject_parts_by_link
+                    .lock()
+                    .expect("rejects lock")
+                    .entry(link)
+                    .or_default() += 1;
+            }
+            _ => {}
+        }
     }
 }
 
@@ -439,5 +473,28 @@ mod tests {
         dialer.write_all(&[0xAB; HEADER_BYTES]).unwrap();
         let mut byte = [0u8; 1];
         assert_eq!(site.read(&mut byte).unwrap(), 0, "the relay closed");
+    }
+
+    #[test]
+    fn reject_parts_are_counted_per_link() {
+        // Proves that the part counter finds REJECT and ELECT parts in a frame body and
+        // books each REJECT on its directed link, so the runner can tell whom fencing
+        // refused; a body that does not decode counts nothing.
+        use tricommit_engine::proto::BatchId;
+        use tricommit_engine::transport::codec::encode_parts;
+        let counters = ProxyCounters::default();
+        let mut body = Vec::new();
+        let reject = Part::Reject {
+            batch: BatchId(7),
+            elected: 2,
+        };
+        encode_parts(&[reject.clone(), reject], &mut body);
+        count_parts(&body, (4, 0), &counters);
+        count_parts(&[0xAB; 3], (0, 4), &counters);
+        assert_eq!(counters.reject_parts.load(Ordering::Relaxed), 2);
+        assert_eq!(counters.elect_parts.load(Ordering::Relaxed), 0);
+        assert_eq!(counters.rejects_of(0), (2, 0));
+        assert_eq!(counters.rejects_of(4), (0, 2));
+        assert_eq!(counters.rejects_of(5), (0, 0));
     }
 }

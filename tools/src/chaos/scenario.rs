@@ -8,6 +8,7 @@
 //! cluster. The bank check runs once, after the last phase.
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Map, Value};
@@ -43,6 +44,21 @@ const DOWN_MS: u64 = 1_000;
 const TWO_PC_DOWN_MS: u64 = 3_000;
 /// The participant of `byzantine-participant` that signs contradicting votes.
 pub const BYZANTINE_SITE: &str = "participant-1";
+/// `split-brain`: how long only the way into replica-0 is cut before it is cut off and
+/// frozen. Well below `retransmits_max` resends of a round, so its rounds stay open.
+const STALE_INBOUND_CUT_MS: u64 = 50;
+/// `split-brain`: how long, past the participants' pending timeout, the scenario waits
+/// for the other replicas' first ELECT.
+const ELECTION_WAIT_MS_MAX: u64 = 5_000;
+/// `split-brain`: time for the other replicas' recovery (collect, round, decision) after
+/// their first ELECT, before the heal.
+const ELECTION_SETTLE_MS: u64 = 1_000;
+/// `split-brain`: how long after the heal a REJECT must reach replica-0: its resends
+/// (4 × `retransmit_us`), or its own election after a pending timeout, with room.
+const REJECT_WAIT_MS_MAX: u64 = 10_000;
+/// `split-brain`: how long the count goes on after the first REJECT.
+const REJECT_SETTLE_MS: u64 = 500;
+const REJECT_POLL_MS: u64 = 10;
 /// How often `byzantine-participant` looks for evidence on the replicas.
 const EVIDENCE_POLL_MS: u64 = 20;
 
@@ -252,7 +268,7 @@ impl Phase<'_> {
             "partition-minority" => self.cut_for(&["replica-2", "participant-3"], window),
             "partition-majority" => self.cut_for(&["replica-0", "participant-0"], window),
             "participant-isolated" => self.cut_for(&["participant-2"], window),
-            "split-brain" => self.split_brain(window),
+            "split-brain" => self.split_brain(),
             "asymmetric-cut" => {
                 let (from, to) = (self.id("replica-0"), self.id("participant-1"));
                 self.fault_at = Some(Instant::now());
@@ -303,28 +319,103 @@ impl Phase<'_> {
         Ok(())
     }
 
-    /// The old coordinator is cut off while its batches are in flight; the other
-    /// replicas hear the participants' calls for help and run recovery (elections);
-    /// after the heal, what the old coordinator still says about those batches carries
-    /// an older election and is refused (REJECT parts).
-    fn split_brain(&mut self, window: Duration) -> Result<(), ChaosError> {
+    /// The stale driver, made on purpose. Replica-0 is cut off while its PRE-COMMIT
+    /// rounds are open, and frozen (`SIGSTOP`) so that its rounds stay open: a running
+    /// replica cut off alone gives its rounds up after `retransmits_max` resends and
+    /// starts elections of its own, each numbered above the last, so that after a plain
+    /// heal its messages outrank the others' elections and nothing is stale (the run
+    /// before this one counted 20 ELECT parts and 0 REJECT parts). Frozen, it is the
+    /// classic split brain: a coordinator that wakes up (a long pause, a migrated VM)
+    /// still believing in election 1.
+    ///
+    /// 1. Only the way in is cut first, for `STALE_INBOUND_CUT_MS`: the votes and
+    ///    acknowledgements of the rounds it just sent are lost, so those rounds are
+    ///    open (well within the `retransmits_max` resends it allows them).
+    /// 2. Then every link to and from it is cut, and it is frozen.
+    /// 3. The participants ask the other replicas for help after `pending_us`; those
+    ///    run E3PC recovery (ELECT, which the participants join: election 2) and
+    ///    decide. The scenario waits for the first ELECT, then `ELECTION_SETTLE_MS`.
+    /// 4. Heal: the links come back and replica-0 resumes. Its overdue timers resend
+    ///    its election-1 ROUNDs (or, once those are given up, an ELECT that ties the
+    ///    others' number), and every site that joined the newer election answers
+    ///    REJECT. The scenario fails unless a REJECT reaches replica-0 within
+    ///    `REJECT_WAIT_MS_MAX`.
+    fn split_brain(&mut self) -> Result<(), ChaosError> {
         self.proxy.update(|faults| faults.count_elections = true);
-        // Long enough for the participants' pending timeout and a recovery round.
-        let window = window.max(Duration::from_millis(
-            self.config.timeouts.pending_us / 1000 + 2_000,
-        ));
-        self.cut_for(&["replica-0"], window)?;
-        // Let the healed links carry the old coordinator's stale messages.
-        std::thread::sleep(Duration::from_millis(1_000));
+        let stale = self.id("replica-0");
+        let others: Vec<Site> = self
+            .all_ids()
+            .into_iter()
+            .filter(|&id| id != stale)
+            .collect();
+        self.fault_at = Some(Instant::now());
+        let committed = self.load.committed();
+        self.proxy.update(|faults| {
+            for &other in &others {
+                faults.cut.insert((other, stale));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(STALE_INBOUND_CUT_MS));
+        self.cut_off(&["replica-0"]);
+        self.cluster.pause("replica-0", true);
+        let elected = self.await_election();
+        if elected.is_ok() {
+            std::thread::sleep(Duration::from_millis(ELECTION_SETTLE_MS));
+        }
+        self.figures.insert(
+            "commits_during_fault".into(),
+            json!(self.load.committed() - committed),
+        );
         let counters = self.proxy.counters();
-        let elect = counters
-            .elect_parts
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let reject = counters
-            .reject_parts
-            .load(std::sync::atomic::Ordering::Relaxed);
-        self.figures.insert("elect_parts".into(), json!(elect));
-        self.figures.insert("reject_parts".into(), json!(reject));
+        let (to_before, from_before) = counters.rejects_of(stale);
+        self.proxy.heal();
+        self.cluster.pause("replica-0", false);
+        self.heal_at = Some(Instant::now());
+        elected?;
+        let deadline = Instant::now() + Duration::from_millis(REJECT_WAIT_MS_MAX);
+        while counters.rejects_of(stale).0 == to_before && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(REJECT_POLL_MS));
+        }
+        // The other stale resends of the same wake-up.
+        std::thread::sleep(Duration::from_millis(REJECT_SETTLE_MS));
+        let (to_after, from_after) = counters.rejects_of(stale);
+        let (to, from) = (to_after - to_before, from_after - from_before);
+        self.figures.insert(
+            "elect_parts".into(),
+            json!(counters.elect_parts.load(Ordering::Relaxed)),
+        );
+        self.figures.insert("rejects".into(), json!(to + from));
+        self.figures
+            .insert("rejects_to_replica_0".into(), json!(to));
+        self.figures
+            .insert("rejects_from_replica_0".into(), json!(from));
+        if to == 0 {
+            return Err(ChaosError::Scenario(format!(
+                "no REJECT reached replica-0 within {} s of the heal: nothing refused its \
+                 stale election-1 messages (fencing not shown)",
+                REJECT_WAIT_MS_MAX / 1000
+            )));
+        }
+        Ok(())
+    }
+
+    /// Waits until the other replicas start recovery of replica-0's batches: an ELECT
+    /// part relayed, within the participants' pending timeout and `ELECTION_WAIT_MS_MAX`.
+    fn await_election(&self) -> Result<(), ChaosError> {
+        let counters = self.proxy.counters();
+        let before = counters.elect_parts.load(Ordering::Relaxed);
+        let wait =
+            Duration::from_millis(self.config.timeouts.pending_us / 1000 + ELECTION_WAIT_MS_MAX);
+        let deadline = Instant::now() + wait;
+        while counters.elect_parts.load(Ordering::Relaxed) == before {
+            if Instant::now() > deadline {
+                return Err(ChaosError::Scenario(format!(
+                    "the other replicas ran no election within {} s of cutting replica-0 off",
+                    wait.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(REJECT_POLL_MS));
+        }
         Ok(())
     }
 
