@@ -55,7 +55,7 @@ pub struct Faults {
     pub delay_ms: BTreeMap<(Site, Site), u64>,
     /// Site frames (kinds SITE and HEARTBEAT) dropped at random, parts per million.
     pub drop_ppm: u32,
-    /// Decode site frames' bodies to count election and fencing parts (costs CPU on
+    /// Decode site frames' bodies to count their parts by kind and link (costs CPU on
     /// every frame, so only the scenarios that report them turn it on).
     pub count_elections: bool,
 }
@@ -85,25 +85,29 @@ pub struct ProxyCounters {
     /// elections.
     pub elect_parts: AtomicU64,
     pub reject_parts: AtomicU64,
-    /// The REJECT parts per directed link (sender, receiver): whom fencing refused.
-    pub reject_parts_by_link: Mutex<BTreeMap<(Site, Site), u64>>,
+    /// Every part by kind (`Part::name`) and directed link (sender, receiver): whom
+    /// fencing refused, and what a stale driver still sends.
+    pub parts_by_link: Mutex<BTreeMap<(&'static str, Site, Site), u64>>,
 }
 
 impl ProxyCounters {
-    /// REJECT parts relayed so far to `site` and from `site`.
-    pub fn rejects_of(&self, site: Site) -> (u64, u64) {
-        let links = self.reject_parts_by_link.lock().expect("rejects lock");
-        let to = links
-            .iter()
-            .filter(|((_, receiver), _)| *receiver == site)
-            .map(|(_, count)| count)
-            .sum();
-        let from = links
-            .iter()
-            .filter(|((sender, _), _)| *sender == site)
-            .map(|(_, count)| count)
-            .sum();
-        (to, from)
+    /// Parts of kind `name` (`Part::name`: "REJECT", "ROUND", ...) relayed so far to
+    /// `site` and from `site`.
+    pub fn parts_of(&self, name: &str, site: Site) -> (u64, u64) {
+        let links = self.parts_by_link.lock().expect("parts lock");
+        let mut to_from = (0, 0);
+        for (&(kind, sender, receiver), &count) in links.iter() {
+            if kind != name {
+                continue;
+            }
+            if receiver == site {
+                to_from.0 += count;
+            }
+            if sender == site {
+                to_from.1 += count;
+            }
+        }
+        to_from
     }
 }
 
@@ -360,27 +364,22 @@ fn verdict(header: &Header, frame: &[u8], shared: &Shared) -> Option<u64> {
     Some(delay_ms)
 }
 
-/// Counts the election and fencing parts of a site frame's body, sent on `link`.
+/// Counts the parts of a site frame's body, sent on `link`: by kind and link, and the
+/// election and fencing parts in total.
 fn count_parts(body: &[u8], link: (Site, Site), counters: &ProxyCounters) {
     let Ok(parts) = decode_parts(body) else {
         return;
     };
     for part in &parts {
         match part {
-            Part::Elect { .. } => {
-                counters.elect_parts.fetch_add(1, Ordering::Relaxed);
-            }
-            Part::Reject { .. } => {
-                counters.reject_parts.fetch_add(1, Ordering::Relaxed);
-                *counters
-                    .reject_parts_by_link
-                    .lock()
-                    .expect("rejects lock")
-                    .entry(link)
-                    .or_default() += 1;
-            }
-            _ => {}
-        }
+            Part::Elect { .. } => counters.elect_parts.fetch_add(1, Ordering::Relaxed),
+            Part::Reject { .. } => counters.reject_parts.fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
+    }
+    let mut links = counters.parts_by_link.lock().expect("parts lock");
+    for part in &parts {
+        *links.entry((part.name(), link.0, link.1)).or_default() += 1;
     }
 }
 
@@ -478,8 +477,8 @@ mod tests {
     #[test]
     fn reject_parts_are_counted_per_link() {
         // Proves that the part counter finds REJECT and ELECT parts in a frame body and
-        // books each REJECT on its directed link, so the runner can tell whom fencing
-        // refused; a body that does not decode counts nothing.
+        // books each part by kind on its directed link, so the runner can tell whom
+        // fencing refused; a body that does not decode counts nothing.
         use tricommit_engine::proto::BatchId;
         use tricommit_engine::transport::codec::encode_parts;
         let counters = ProxyCounters::default();
@@ -493,8 +492,9 @@ mod tests {
         count_parts(&[0xAB; 3], (0, 4), &counters);
         assert_eq!(counters.reject_parts.load(Ordering::Relaxed), 2);
         assert_eq!(counters.elect_parts.load(Ordering::Relaxed), 0);
-        assert_eq!(counters.rejects_of(0), (2, 0));
-        assert_eq!(counters.rejects_of(4), (0, 2));
-        assert_eq!(counters.rejects_of(5), (0, 0));
+        assert_eq!(counters.parts_of("REJECT", 0), (2, 0));
+        assert_eq!(counters.parts_of("REJECT", 4), (0, 2));
+        assert_eq!(counters.parts_of("REJECT", 5), (0, 0));
+        assert_eq!(counters.parts_of("ROUND", 0), (0, 0));
     }
 }

@@ -44,9 +44,14 @@ const DOWN_MS: u64 = 1_000;
 const TWO_PC_DOWN_MS: u64 = 3_000;
 /// The participant of `byzantine-participant` that signs contradicting votes.
 pub const BYZANTINE_SITE: &str = "participant-1";
-/// `split-brain`: how long only the way into replica-0 is cut before it is cut off and
-/// frozen. Well below `retransmits_max` resends of a round, so its rounds stay open.
-const STALE_INBOUND_CUT_MS: u64 = 50;
+/// `split-brain`: how long the way into replica-0 stays cut while the scenario waits
+/// for a ROUND from it (a resend comes within `retransmit_us`, 100 ms by default), how
+/// long the links are whole between two tries, and how many tries it makes.
+const STALE_ROUND_WAIT_MS: u64 = 300;
+const STALE_RETRY_PAUSE_MS: u64 = 300;
+const STALE_ATTEMPTS_MAX: u32 = 10;
+/// How often `split-brain` looks at the proxy's counts.
+const STALE_POLL_MS: u64 = 2;
 /// `split-brain`: how long, past the participants' pending timeout, the scenario waits
 /// for the other replicas' first ELECT.
 const ELECTION_WAIT_MS_MAX: u64 = 5_000;
@@ -58,7 +63,6 @@ const ELECTION_SETTLE_MS: u64 = 1_000;
 const REJECT_WAIT_MS_MAX: u64 = 10_000;
 /// `split-brain`: how long the count goes on after the first REJECT.
 const REJECT_SETTLE_MS: u64 = 500;
-const REJECT_POLL_MS: u64 = 10;
 /// How often `byzantine-participant` looks for evidence on the replicas.
 const EVIDENCE_POLL_MS: u64 = 20;
 
@@ -319,46 +323,40 @@ impl Phase<'_> {
         Ok(())
     }
 
-    /// The stale driver, made on purpose. Replica-0 is cut off while its PRE-COMMIT
-    /// rounds are open, and frozen (`SIGSTOP`) so that its rounds stay open: a running
-    /// replica cut off alone gives its rounds up after `retransmits_max` resends and
-    /// starts elections of its own, each numbered above the last, so that after a plain
-    /// heal its messages outrank the others' elections and nothing is stale (the run
-    /// before this one counted 20 ELECT parts and 0 REJECT parts). Frozen, it is the
-    /// classic split brain: a coordinator that wakes up (a long pause, a migrated VM)
-    /// still believing in election 1.
+    /// The stale driver, made on purpose. Replica-0 is cut off while a PRE-COMMIT
+    /// round of its own is open, and frozen (`SIGSTOP`) so that the round stays open: a
+    /// running replica cut off alone gives its rounds up after `retransmits_max` resends
+    /// and starts elections of its own, each numbered above the last, so that after a
+    /// plain heal its messages outrank the others' elections and nothing is stale (the
+    /// cut-only version of this scenario counted 20 ELECT parts and 0 REJECT parts).
+    /// Frozen, it is the classic split brain: a coordinator that wakes up (a long
+    /// pause, a migrated VM) still believing in election 1.
     ///
-    /// 1. Only the way in is cut first, for `STALE_INBOUND_CUT_MS`: the votes and
-    ///    acknowledgements of the rounds it just sent are lost, so those rounds are
-    ///    open (well within the `retransmits_max` resends it allows them).
-    /// 2. Then every link to and from it is cut, and it is frozen.
+    /// 1. `open_stale_round`: only the way in is cut, until replica-0 sends a ROUND:
+    ///    its acknowledgements are lost, so that round is open.
+    /// 2. Every link to and from it is cut, and it is frozen.
     /// 3. The participants ask the other replicas for help after `pending_us`; those
     ///    run E3PC recovery (ELECT, which the participants join: election 2) and
     ///    decide. The scenario waits for the first ELECT, then `ELECTION_SETTLE_MS`.
-    /// 4. Heal: the links come back and replica-0 resumes. Its overdue timers resend
-    ///    its election-1 ROUNDs (or, once those are given up, an ELECT that ties the
-    ///    others' number), and every site that joined the newer election answers
-    ///    REJECT. The scenario fails unless a REJECT reaches replica-0 within
-    ///    `REJECT_WAIT_MS_MAX`.
+    /// 4. Heal: the links come back and replica-0 resumes. Its overdue timer resends
+    ///    its election-1 ROUND (or, once its resends are spent, its ELECT ties the
+    ///    others' number, from another driver), and every site that joined the newer
+    ///    election answers REJECT. The scenario fails unless a REJECT reaches replica-0
+    ///    within `REJECT_WAIT_MS_MAX`.
     fn split_brain(&mut self) -> Result<(), ChaosError> {
         self.proxy.update(|faults| faults.count_elections = true);
         let stale = self.id("replica-0");
-        let others: Vec<Site> = self
-            .all_ids()
-            .into_iter()
-            .filter(|&id| id != stale)
-            .collect();
-        self.fault_at = Some(Instant::now());
         let committed = self.load.committed();
-        self.proxy.update(|faults| {
-            for &other in &others {
-                faults.cut.insert((other, stale));
-            }
+        self.fault_at = Some(Instant::now());
+        let opened = self.open_stale_round(stale).map(|tries| {
+            self.figures
+                .insert("stale_round_tries".into(), json!(tries));
         });
-        std::thread::sleep(Duration::from_millis(STALE_INBOUND_CUT_MS));
-        self.cut_off(&["replica-0"]);
-        self.cluster.pause("replica-0", true);
-        let elected = self.await_election();
+        if opened.is_ok() {
+            self.cut_off(&["replica-0"]);
+            self.cluster.pause("replica-0", true);
+        }
+        let elected = opened.and_then(|()| self.await_election());
         if elected.is_ok() {
             std::thread::sleep(Duration::from_millis(ELECTION_SETTLE_MS));
         }
@@ -367,18 +365,18 @@ impl Phase<'_> {
             json!(self.load.committed() - committed),
         );
         let counters = self.proxy.counters();
-        let (to_before, from_before) = counters.rejects_of(stale);
+        let (to_before, from_before) = counters.parts_of("REJECT", stale);
         self.proxy.heal();
         self.cluster.pause("replica-0", false);
         self.heal_at = Some(Instant::now());
         elected?;
         let deadline = Instant::now() + Duration::from_millis(REJECT_WAIT_MS_MAX);
-        while counters.rejects_of(stale).0 == to_before && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(REJECT_POLL_MS));
+        while counters.parts_of("REJECT", stale).0 == to_before && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(STALE_POLL_MS));
         }
         // The other stale resends of the same wake-up.
         std::thread::sleep(Duration::from_millis(REJECT_SETTLE_MS));
-        let (to_after, from_after) = counters.rejects_of(stale);
+        let (to_after, from_after) = counters.parts_of("REJECT", stale);
         let (to, from) = (to_after - to_before, from_after - from_before);
         self.figures.insert(
             "elect_parts".into(),
@@ -399,6 +397,41 @@ impl Phase<'_> {
         Ok(())
     }
 
+    /// Cuts every link into `stale` and waits until it sends a ROUND: a round it sent
+    /// after the cut (a new one, or the resend of one whose acknowledgements are
+    /// missing) cannot be acknowledged, so it stays open. Without one within
+    /// `STALE_ROUND_WAIT_MS`, the links are restored for `STALE_RETRY_PAUSE_MS` and the
+    /// cut is tried again, `STALE_ATTEMPTS_MAX` times at most. Leaves the inbound cut
+    /// in place on success; returns how many tries it took.
+    fn open_stale_round(&self, stale: Site) -> Result<u32, ChaosError> {
+        let others: Vec<Site> = self
+            .all_ids()
+            .into_iter()
+            .filter(|&id| id != stale)
+            .collect();
+        let counters = self.proxy.counters();
+        for tries in 1..=STALE_ATTEMPTS_MAX {
+            let (_, rounds_before) = counters.parts_of("ROUND", stale);
+            self.proxy.update(|faults| {
+                for &other in &others {
+                    faults.cut.insert((other, stale));
+                }
+            });
+            let deadline = Instant::now() + Duration::from_millis(STALE_ROUND_WAIT_MS);
+            while Instant::now() < deadline {
+                if counters.parts_of("ROUND", stale).1 > rounds_before {
+                    return Ok(tries);
+                }
+                std::thread::sleep(Duration::from_millis(STALE_POLL_MS));
+            }
+            self.proxy.heal();
+            std::thread::sleep(Duration::from_millis(STALE_RETRY_PAUSE_MS));
+        }
+        Err(ChaosError::Scenario(format!(
+            "replica-0 sent no PRE-COMMIT round in {STALE_ATTEMPTS_MAX} tries of {STALE_ROUND_WAIT_MS} ms"
+        )))
+    }
+
     /// Waits until the other replicas start recovery of replica-0's batches: an ELECT
     /// part relayed, within the participants' pending timeout and `ELECTION_WAIT_MS_MAX`.
     fn await_election(&self) -> Result<(), ChaosError> {
@@ -414,7 +447,7 @@ impl Phase<'_> {
                     wait.as_secs()
                 )));
             }
-            std::thread::sleep(Duration::from_millis(REJECT_POLL_MS));
+            std::thread::sleep(Duration::from_millis(STALE_POLL_MS));
         }
         Ok(())
     }
