@@ -412,7 +412,7 @@ fn phase_figures(
         figures.insert("kill_to_first_commit_ms_max".into(), json!(each.last()));
         figures.insert(
             "failover".into(),
-            json!("restart of replica-0 (no other replica opens batches yet)"),
+            json!("client failover to another replica (any replica opens batches)"),
         );
     }
     if name == "regions" || name == "region-cut" {

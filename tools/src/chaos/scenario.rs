@@ -70,7 +70,7 @@ const EVIDENCE_POLL_MS: u64 = 20;
 pub const SCENARIOS: &[(&str, &str)] = &[
     ("participant-kill", "kill -9 participant-1 under load, restart it after 1 s"),
     ("replica-kill", "kill -9 replica-1 (not the one clients use), restart it after 1 s"),
-    ("replica-kill-preferred", "kill -9 replica-0 (the clients' replica) 10 times, restarting it each time: kill -> first commit"),
+    ("replica-kill-preferred", "kill -9 replica-0 (the clients' preferred replica) 10 times under load, restarting it each time: kill -> first commit through any replica"),
     ("sigstop-preferred", "SIGSTOP replica-0 for 2 s (a gray failure), then SIGCONT"),
     ("partition-minority", "cut {replica-2, participant-3} off from the rest"),
     ("partition-majority", "cut {replica-0, participant-0} (the clients' side) off from the rest"),
