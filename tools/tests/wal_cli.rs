@@ -4,7 +4,9 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use tricommit_wal::{SyncBackend, Wal, WalConfig, SEGMENT_HEADER_BYTES};
+use std::time::{Duration, Instant};
+
+use tricommit_wal::{LogView, SyncBackend, Wal, WalConfig, WalError, SEGMENT_HEADER_BYTES};
 
 const RECORDS: u64 = 300;
 const PAYLOAD_BYTES: usize = 200;
@@ -17,6 +19,27 @@ fn tricommit(args: &[&str], dir: &Path) -> Output {
         .arg(dir)
         .output()
         .expect("run tricommit")
+}
+
+/// How long a lock left by a sibling test's child process may last (see `retry_locked`).
+const LOCK_RELEASE_WAIT: Duration = Duration::from_secs(5);
+
+/// Runs `attempt` until it is not refused with `WalError::Locked`, for at most
+/// `LOCK_RELEASE_WAIT`. The directory lock is a `flock` on an open file description:
+/// when another test of this binary forks a child (`Command::output`) while this test
+/// holds the lock, the child shares the description until its `exec` closes it, so the
+/// lock can outlive this test's `drop` by a moment (CI saw `scan` refused once right
+/// after `write_log`). Only the test process forks while holding locks; the CLI does not.
+fn retry_locked<T>(mut attempt: impl FnMut() -> Result<T, WalError>) -> Result<T, WalError> {
+    let deadline = Instant::now() + LOCK_RELEASE_WAIT;
+    loop {
+        match attempt() {
+            Err(WalError::Locked { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            result => return result,
+        }
+    }
 }
 
 fn payload(lsn: u64) -> Vec<u8> {
@@ -40,6 +63,10 @@ fn write_log() -> tempfile::TempDir {
         wal.append((lsn % 5) as u8, &payload(lsn)).expect("append");
     }
     wal.sync().expect("sync");
+    drop(wal);
+    // The binary's own read-only scans must find the directory free (`retry_locked`).
+    let view: LogView = retry_locked(|| tricommit_wal::scan(dir.path())).expect("scan");
+    drop(view);
     dir
 }
 
@@ -212,7 +239,7 @@ fn unreadable_segment_exits_2() {
 #[test]
 fn verify_reports_a_torn_tail_read_only() {
     let dir = write_log();
-    let view = tricommit_wal::scan(dir.path()).expect("scan");
+    let view = retry_locked(|| tricommit_wal::scan(dir.path())).expect("scan");
     let last = view.report().segments.last().expect("segments").clone();
     drop(view);
     let mut bytes = fs::read(&last.path).expect("read");
@@ -242,7 +269,7 @@ fn verify_reports_a_torn_tail_read_only() {
         sync_fallback: true,
         segments_spare: 1,
     };
-    let (_wal, recovery) = Wal::open(dir.path(), config).expect("open");
+    let (_wal, recovery) = retry_locked(|| Wal::open(dir.path(), config.clone())).expect("open");
     assert_eq!(recovery.tail_bytes_dropped, garbage.len() as u64);
     assert_eq!(recovery.last_lsn, RECORDS);
 }
