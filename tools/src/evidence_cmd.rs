@@ -74,32 +74,49 @@ fn verify(file: &Path, cluster: Option<&Path>) -> ExitCode {
         Ok(config) => config,
         Err(error) => return misuse(error.to_string()),
     };
-    let evidence = match Evidence::read(file) {
-        Ok(evidence) => evidence,
-        Err(error @ EvidenceError::Read { .. }) => return misuse(error.to_string()),
-        Err(error) => return invalid(file, &error.to_string()),
-    };
-    let Some(key_text) = config.vote_keys.get(&evidence.participant) else {
-        return invalid(
-            file,
-            &format!(
-                "{} has no vote key in {}",
-                evidence.participant,
-                dir.join(CLUSTER_FILE).display()
-            ),
-        );
-    };
-    let key = parse_public_key(key_text).expect("checked when cluster.toml was read");
-    match evidence.verify(config.cluster_id, &key) {
-        Ok(()) => {
-            println!(
-                "valid: {} signed two different votes for batch {} (found by {})",
-                evidence.participant, evidence.first.batch.0, evidence.seen_by
-            );
+    match check(file, &dir, &config) {
+        Ok(valid) => {
+            println!("valid: {valid}");
             ExitCode::SUCCESS
         }
-        Err(error) => invalid(file, &error.to_string()),
+        Err(Verdict::Misuse(message)) => misuse(message),
+        Err(Verdict::Invalid(reason)) => invalid(file, &reason),
     }
+}
+
+/// Why [`check`] did not accept an evidence file.
+pub enum Verdict {
+    /// The file could not be read (`verify` exits 2).
+    Misuse(String),
+    /// It does not prove an equivocation in this cluster (`verify` exits 1).
+    Invalid(String),
+}
+
+/// Checks one evidence file of the cluster in `dir` (`config`, its `cluster.toml`)
+/// with the participant's public vote key: what `tricommit evidence verify` prints
+/// after `valid: `, or why the file proves nothing. The chaos runner's
+/// `byzantine-participant` uses it too.
+pub fn check(file: &Path, dir: &Path, config: &ClusterConfig) -> Result<String, Verdict> {
+    let evidence = match Evidence::read(file) {
+        Ok(evidence) => evidence,
+        Err(error @ EvidenceError::Read { .. }) => return Err(Verdict::Misuse(error.to_string())),
+        Err(error) => return Err(Verdict::Invalid(error.to_string())),
+    };
+    let Some(key_text) = config.vote_keys.get(&evidence.participant) else {
+        return Err(Verdict::Invalid(format!(
+            "{} has no vote key in {}",
+            evidence.participant,
+            dir.join(CLUSTER_FILE).display()
+        )));
+    };
+    let key = parse_public_key(key_text).expect("checked when cluster.toml was read");
+    evidence
+        .verify(config.cluster_id, &key)
+        .map_err(|error| Verdict::Invalid(error.to_string()))?;
+    Ok(format!(
+        "{} signed two different votes for batch {} (found by {})",
+        evidence.participant, evidence.first.batch.0, evidence.seen_by
+    ))
 }
 
 fn invalid(file: &Path, reason: &str) -> ExitCode {
@@ -118,9 +135,33 @@ fn find_cluster(file: &Path) -> Option<PathBuf> {
         .map(Path::to_owned)
 }
 
+/// The evidence files in force on every replica of the cluster in `dir`
+/// (`DIR/<replica>/evidence/*.evidence`; cleared ones sit one directory further down),
+/// in path order.
+pub fn files_in_force(dir: &Path, config: &ClusterConfig) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for replica in config
+        .site_entries()
+        .into_iter()
+        .take(config.replicas as usize)
+    {
+        let Ok(entries) = std::fs::read_dir(dir.join(&replica.name).join(EVIDENCE_DIR)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|ext| ext.to_str()) == Some(EVIDENCE_EXTENSION) {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
 /// Moves `site`'s evidence files on every replica to `evidence/cleared/`; returns how
 /// many it moved.
-fn clear(dir: &Path, site: &str) -> Result<usize, String> {
+pub fn clear(dir: &Path, site: &str) -> Result<usize, String> {
     let config = ClusterConfig::load(dir).map_err(|error| error.to_string())?;
     let entry = config.site(site).map_err(|error| error.to_string())?;
     if u64::from(entry.id.0) < config.replicas {
@@ -128,33 +169,19 @@ fn clear(dir: &Path, site: &str) -> Result<usize, String> {
     }
     let prefix = format!("{site}-batch-");
     let mut moved = 0;
-    for replica in config
-        .site_entries()
-        .into_iter()
-        .take(config.replicas as usize)
-    {
-        let evidence_dir = dir.join(&replica.name).join(EVIDENCE_DIR);
-        let Ok(entries) = std::fs::read_dir(&evidence_dir) else {
+    for path in files_in_force(dir, &config) {
+        let (Some(name), Some(evidence_dir)) = (path.file_name(), path.parent()) else {
             continue;
         };
-        let cleared = evidence_dir.join(CLEARED_DIR);
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else {
-                continue;
-            };
-            let path = entry.path();
-            let ours = name.starts_with(&prefix)
-                && path.extension().and_then(|ext| ext.to_str()) == Some(EVIDENCE_EXTENSION);
-            if !ours {
-                continue;
-            }
-            std::fs::create_dir_all(&cleared)
-                .map_err(|error| format!("creating {}: {error}", cleared.display()))?;
-            std::fs::rename(&path, cleared.join(name))
-                .map_err(|error| format!("moving {}: {error}", path.display()))?;
-            moved += 1;
+        if !name.to_str().is_some_and(|name| name.starts_with(&prefix)) {
+            continue;
         }
+        let cleared = evidence_dir.join(CLEARED_DIR);
+        std::fs::create_dir_all(&cleared)
+            .map_err(|error| format!("creating {}: {error}", cleared.display()))?;
+        std::fs::rename(&path, cleared.join(name))
+            .map_err(|error| format!("moving {}: {error}", path.display()))?;
+        moved += 1;
     }
     Ok(moved)
 }

@@ -1,51 +1,23 @@
 //! The evidence of `byzantine-participant`: the equivocation evidence files the replicas
-//! kept, each checked offline by the operator's own tool (`tricommit evidence verify`),
-//! the replicas' own count of what they caught (`equivocations=` in each replica's stop
-//! line), and the clearing (`tricommit evidence clear`) that gives the cluster back with
-//! no participant blocked, as the runner gives back `cluster.toml`.
-//!
-//! Every tool runs as a child process of this executable, waited for within
-//! `TOOL_WAIT_MS_MAX` and killed past it.
+//! kept, each checked offline by the code behind `tricommit evidence verify`, the
+//! replicas' own count of what they caught (`equivocations=` in each replica's stop
+//! line), and the clearing (`tricommit evidence clear`'s) that gives the cluster back
+//! with no participant blocked, as the runner gives back `cluster.toml`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use tricommit_engine::client::ClusterConfig;
-use tricommit_engine::sign::evidence::{EVIDENCE_DIR, EVIDENCE_EXTENSION};
 
 use super::cluster::LOG_DIR;
 use super::ChaosError;
+use crate::evidence_cmd::{self, Verdict};
 
-/// How long one `tricommit evidence` command may take.
-const TOOL_WAIT_MS_MAX: u64 = 10_000;
-const POLL_MS: u64 = 10;
-/// Where a tool's stdout goes, below the log directory (one tool runs at a time).
-const TOOL_OUTPUT_FILE: &str = "evidence-tool.out";
 /// The key of the replicas' stop line that counts the equivocations they caught.
 const EQUIVOCATIONS_KEY: &str = "equivocations=";
 
-/// The evidence files in force on every replica of the cluster in `dir`
-/// (`DIR/<replica>/evidence/*.evidence`; cleared ones sit one directory further down).
+/// The evidence files in force on every replica of the cluster in `dir`.
 pub fn files(dir: &Path, config: &ClusterConfig) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for replica in config
-        .site_entries()
-        .into_iter()
-        .take(config.replicas as usize)
-    {
-        let Ok(entries) = std::fs::read_dir(dir.join(&replica.name).join(EVIDENCE_DIR)) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.extension().and_then(|ext| ext.to_str()) == Some(EVIDENCE_EXTENSION) {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    files
+    evidence_cmd::files_in_force(dir, config)
 }
 
 /// Refuses a cluster that holds evidence in force: its participant's votes are refused
@@ -75,13 +47,13 @@ pub fn refuse_if_in_force(dir: &Path, config: &ClusterConfig) -> Result<(), Chao
 pub struct EvidenceReport {
     /// Evidence files in force after the run.
     pub files: usize,
-    /// Of those, the ones `tricommit evidence verify` accepted (exit 0).
+    /// Of those, the ones `tricommit evidence verify` accepts.
     pub verified: usize,
-    /// `verify`'s word on each file it did not accept.
+    /// Why each of the others proves nothing.
     pub refusals: Vec<String>,
     /// The sum of `equivocations=` over the replicas' last stop lines.
     pub equivocations: u64,
-    /// Files `tricommit evidence clear` moved to `evidence/cleared/`.
+    /// Files the clearing moved to `evidence/cleared/`.
     pub cleared: usize,
 }
 
@@ -99,39 +71,18 @@ pub fn check_and_clear(
         ..EvidenceReport::default()
     };
     for file in &files {
-        let path = file
-            .to_str()
-            .ok_or_else(|| ChaosError::Check(format!("{} is not a UTF-8 path", file.display())))?;
-        let (code, stdout) = tool(dir, &["evidence", "verify", path])?;
-        if code == Some(0) && stdout.starts_with("valid") {
-            report.verified += 1;
-        } else {
-            report
-                .refusals
-                .push(format!("{path}: exit {code:?}: {}", stdout.trim()));
+        match evidence_cmd::check(file, dir, config) {
+            Ok(_) => report.verified += 1,
+            Err(Verdict::Misuse(why) | Verdict::Invalid(why)) => {
+                report.refusals.push(format!("{}: {why}", file.display()))
+            }
         }
     }
-    let cluster = dir
-        .to_str()
-        .ok_or_else(|| ChaosError::Check(format!("{} is not a UTF-8 path", dir.display())))?;
-    let (code, stdout) = tool(
-        dir,
-        &[
-            "evidence",
-            "clear",
-            "--cluster",
-            cluster,
-            "--site",
-            participant,
-        ],
-    )?;
-    if code != Some(0) {
-        return Err(ChaosError::Check(format!(
-            "`tricommit evidence clear --site {participant}` exited {code:?}: {}",
-            stdout.trim()
-        )));
-    }
-    report.cleared = files.len().saturating_sub(self::files(dir, config).len());
+    report.cleared = evidence_cmd::clear(dir, participant).map_err(|why| {
+        ChaosError::Check(format!(
+            "`tricommit evidence clear --site {participant}`: {why}"
+        ))
+    })?;
     Ok(report)
 }
 
@@ -160,52 +111,4 @@ fn equivocations_logged(dir: &Path, config: &ClusterConfig) -> u64 {
         total += count.unwrap_or(0);
     }
     total
-}
-
-/// Runs `tricommit ARGS` (this executable) within `TOOL_WAIT_MS_MAX`, its stdout in
-/// `DIR/chaos-logs/TOOL_OUTPUT_FILE`; returns its exit code and stdout.
-fn tool(dir: &Path, args: &[&str]) -> Result<(Option<i32>, String), ChaosError> {
-    let exe = std::env::current_exe().map_err(|source| ChaosError::Io {
-        what: "finding this executable".into(),
-        source,
-    })?;
-    let scratch = dir.join(LOG_DIR).join(TOOL_OUTPUT_FILE);
-    let stdout = std::fs::File::create(&scratch).map_err(|source| ChaosError::Io {
-        what: format!("creating {}", scratch.display()),
-        source,
-    })?;
-    let spawned = Command::new(&exe)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(Stdio::null())
-        .spawn();
-    let result = spawned
-        .map_err(|source| ChaosError::Io {
-            what: format!("running tricommit {}", args.join(" ")),
-            source,
-        })
-        .and_then(|mut child| {
-            let deadline = Instant::now() + Duration::from_millis(TOOL_WAIT_MS_MAX);
-            loop {
-                match child.try_wait() {
-                    Ok(Some(status)) => break Ok(status.code()),
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(POLL_MS))
-                    }
-                    _ => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break Err(ChaosError::Check(format!(
-                            "tricommit {} did not finish within {} s",
-                            args.join(" "),
-                            TOOL_WAIT_MS_MAX / 1000
-                        )));
-                    }
-                }
-            }
-        });
-    let text = std::fs::read_to_string(&scratch).unwrap_or_default();
-    let _ = std::fs::remove_file(&scratch);
-    result.map(|code| (code, text))
 }
