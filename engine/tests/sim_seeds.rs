@@ -39,6 +39,7 @@ fn e3pc_passes_every_seed() {
         totals.crashes_mid_checkpoint += stats.crashes_mid_checkpoint;
         totals.batches_second_opener += stats.batches_second_opener;
         totals.txns_resent += stats.txns_resent;
+        totals.link_hints_down += stats.link_hints_down;
         if let Err(failure) = result {
             failures.push(failure);
             if failures.len() >= 3 {
@@ -77,6 +78,12 @@ fn e3pc_passes_every_seed() {
         assert!(
             totals.txns_resent > 0,
             "no seed resent a transaction: {totals:?}"
+        );
+        // Half the seeds give the replicas link hints (right and wrong ones), which
+        // start recovery early and end collects without the sites reported down.
+        assert!(
+            totals.link_hints_down > 0,
+            "no replica was told of a link down: {totals:?}"
         );
     }
 }

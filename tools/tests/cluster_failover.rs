@@ -12,7 +12,7 @@ mod cluster_support;
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,18 +46,31 @@ struct Sent {
 /// A load of transfers through one client, on its own thread, until stopped.
 struct Load {
     stop: Arc<AtomicBool>,
+    progress: Arc<Progress>,
     thread: Option<std::thread::JoinHandle<Vec<Sent>>>,
+}
+
+/// What the load thread publishes: how many transfers it sent, and the index of the
+/// oldest one whose outcome it has not learned (`sent` when none is open).
+#[derive(Default)]
+struct Progress {
+    sent: AtomicUsize,
+    oldest_open: AtomicUsize,
+    /// Outcomes learned as `InDoubt` (the client could not tell).
+    in_doubt: AtomicUsize,
 }
 
 impl Load {
     fn start(client: Arc<RemoteClient>, first_id: u64) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(Progress::default());
         let thread = {
-            let stop = stop.clone();
-            std::thread::spawn(move || run_load(&client, first_id, &stop))
+            let (stop, progress) = (stop.clone(), progress.clone());
+            std::thread::spawn(move || run_load(&client, first_id, &stop, &progress))
         };
         Load {
             stop,
+            progress,
             thread: Some(thread),
         }
     }
@@ -79,7 +92,12 @@ impl Drop for Load {
     }
 }
 
-fn run_load(client: &RemoteClient, first_id: u64, stop: &AtomicBool) -> Vec<Sent> {
+fn run_load(
+    client: &RemoteClient,
+    first_id: u64,
+    stop: &AtomicBool,
+    progress: &Progress,
+) -> Vec<Sent> {
     let mut sent: Vec<Sent> = Vec::new();
     let mut open: VecDeque<(usize, Ticket)> = VecDeque::new();
     let mut id = first_id;
@@ -113,46 +131,58 @@ fn run_load(client: &RemoteClient, first_id: u64, stop: &AtomicBool) -> Vec<Sent
                 Err(_) => break,
             }
         }
-        collect_ready(&mut open, &mut sent);
+        collect_ready(&mut open, &mut sent, progress);
         std::thread::sleep(Duration::from_micros(500));
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     while !open.is_empty() && Instant::now() < deadline {
-        collect_ready(&mut open, &mut sent);
+        collect_ready(&mut open, &mut sent, progress);
         std::thread::sleep(Duration::from_millis(1));
     }
     sent
 }
 
-fn collect_ready(open: &mut VecDeque<(usize, Ticket)>, sent: &mut [Sent]) {
+fn collect_ready(open: &mut VecDeque<(usize, Ticket)>, sent: &mut [Sent], progress: &Progress) {
     for _ in 0..open.len() {
         let (index, mut ticket) = open.pop_front().unwrap();
         match ticket.try_outcome() {
-            Some(outcome) => sent[index].outcome = Some(outcome),
+            Some(outcome) => {
+                if outcome == Outcome::InDoubt {
+                    progress.in_doubt.fetch_add(1, Ordering::Relaxed);
+                }
+                sent[index].outcome = Some(outcome);
+            }
             None => open.push_back((index, ticket)),
         }
     }
+    let oldest = open.iter().map(|(index, _)| *index).min();
+    progress
+        .oldest_open
+        .store(oldest.unwrap_or(sent.len()), Ordering::Release);
+    progress.sent.store(sent.len(), Ordering::Release);
 }
 
 /// What one kill showed.
 struct Kill {
-    /// kill -9 → the first commit the client learned through another replica.
+    /// kill -9 → the client's first commit through another replica.
     first_commit: Duration,
-    /// kill -9 → no participant holds an in-doubt transaction any more.
-    decided: Option<Duration>,
+    /// kill -9 → every transfer in flight at the kill has its outcome: the killed
+    /// replica's in-doubt batches are decided (their transfers, resent, are answered
+    /// with those batches' outcomes). `None` if not within `DECIDED_WAIT`.
+    answered: Option<Duration>,
     resent: u64,
 }
 
 /// Kills `nodes[victim]` (the client's replica) under load and measures the failover.
 fn kill_and_measure(
     client: &RemoteClient,
+    progress: &Progress,
     nodes: &mut [Proc],
     victim: usize,
-    metrics: &[String],
-    pending: Duration,
 ) -> Kill {
     let failovers = client.counters().failovers.load(Ordering::Acquire);
     let resent = client.counters().txns_resent.load(Ordering::Acquire);
+    let in_flight_to = progress.sent.load(Ordering::Acquire);
     let killed_at = Instant::now();
     nodes[victim].kill9();
     let deadline = killed_at + FIRST_COMMIT_WAIT;
@@ -172,34 +202,37 @@ fn kill_and_measure(
         std::thread::sleep(POLL);
     }
     let first_commit = killed_at.elapsed();
-    let decided = wait_decided(metrics, killed_at, pending);
+    let deadline = killed_at + DECIDED_WAIT;
+    let answered = loop {
+        if progress.oldest_open.load(Ordering::Acquire) >= in_flight_to {
+            break Some(killed_at.elapsed());
+        }
+        if Instant::now() >= deadline {
+            break None;
+        }
+        std::thread::sleep(POLL);
+    };
     Kill {
         first_commit,
-        decided,
+        answered,
         resent: client.counters().txns_resent.load(Ordering::Acquire) - resent,
     }
 }
 
-/// Waits until every participant reports no in-doubt transaction, from the instant at
-/// which every batch the killed replica opened is older than the pending timeout (the
-/// gauge's threshold): the time it returns is a bound from above, at the gauge's
-/// refresh resolution (10 ms). `None` if the metrics never say so in time.
-fn wait_decided(metrics: &[String], killed_at: Instant, pending: Duration) -> Option<Duration> {
-    let from = killed_at + pending + Duration::from_millis(20);
-    while Instant::now() < from {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let deadline = killed_at + DECIDED_WAIT;
+/// Waits until no participant reports an in-doubt transaction (one undecided past the
+/// pending timeout); false if one still does after `DECIDED_WAIT`.
+fn none_in_doubt(metrics: &[String]) -> bool {
+    let deadline = Instant::now() + DECIDED_WAIT;
     while Instant::now() < deadline {
         let all_zero = metrics
             .iter()
             .all(|addr| gauge(addr, "tricommit_transactions_in_doubt") == Some(0));
         if all_zero {
-            return Some(killed_at.elapsed());
+            return true;
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    None
+    false
 }
 
 /// One gauge from a node's `GET /metrics`.
@@ -320,23 +353,30 @@ fn the_client_fails_over_when_its_replica_is_killed_under_load() {
     let dir = scratch();
     let cluster = dir.path().join("cluster");
     let (mut nodes, metrics) = start_cluster(&cluster);
-    let pending = Duration::from_micros(ClusterConfig::load(&cluster).unwrap().timeouts.pending_us);
     let client = connect(&cluster, 0);
     let load = Load::start(client.clone(), 1);
     std::thread::sleep(Duration::from_millis(1_500));
     let before = client.counters().committed.load(Ordering::Acquire);
     assert!(before > 0, "no commit through replica-0 before the kill");
-    let kill = kill_and_measure(&client, &mut nodes, 0, &metrics, pending);
+    let kill = kill_and_measure(&client, &load.progress, &mut nodes, 0);
     println!(
         "failover: kill -9 replica-0 -> first commit through replica-{}: {} ms; \
-         in-doubt decided after {}; {} txns resent",
+         everything in flight at the kill answered after {}; {} txns resent",
         client.current_replica(),
         kill.first_commit.as_millis(),
-        kill.decided
+        kill.answered
             .map_or("(not seen)".into(), |d| format!("{} ms", d.as_millis())),
         kill.resent
     );
+    assert!(
+        kill.answered.is_some(),
+        "transfers in flight at the kill were never answered"
+    );
     std::thread::sleep(Duration::from_millis(1_000));
+    assert!(
+        none_in_doubt(&metrics),
+        "a participant still holds in-doubt transactions"
+    );
     let sent = load.finish();
     let after = client.counters().committed.load(Ordering::Acquire);
     assert!(after > before, "no commit after the kill");
@@ -360,7 +400,6 @@ fn failover_ten_kills() {
     let dir = scratch();
     let cluster = dir.path().join("cluster");
     let (mut nodes, metrics) = start_cluster(&cluster);
-    let pending = Duration::from_micros(ClusterConfig::load(&cluster).unwrap().timeouts.pending_us);
     let mut sent_all = Vec::new();
     let mut kills = Vec::new();
     let first_id = Arc::new(Mutex::new(1u64));
@@ -375,11 +414,11 @@ fn failover_ten_kills() {
         };
         let load = Load::start(client.clone(), start);
         std::thread::sleep(Duration::from_millis(700));
-        let kill = kill_and_measure(&client, &mut nodes, victim, &metrics, pending);
+        let kill = kill_and_measure(&client, &load.progress, &mut nodes, victim);
         println!(
-            "kill {round}: replica-{victim} -> first commit {} ms, in-doubt decided {}, resent {}",
+            "kill {round}: replica-{victim} -> first commit {} ms, in flight answered {}, resent {}",
             kill.first_commit.as_millis(),
-            kill.decided
+            kill.answered
                 .map_or("(not seen)".into(), |d| format!("{} ms", d.as_millis())),
             kill.resent
         );
@@ -393,7 +432,7 @@ fn failover_ten_kills() {
     first.sort_unstable();
     let mut decided: Vec<u128> = kills
         .iter()
-        .filter_map(|k| k.decided.map(|d| d.as_millis()))
+        .filter_map(|k| k.answered.map(|d| d.as_millis()))
         .collect();
     decided.sort_unstable();
     println!(
@@ -404,13 +443,17 @@ fn failover_ten_kills() {
     );
     if !decided.is_empty() {
         println!(
-            "in-doubt decided (pending timeout {} ms): median {} ms, max {} ms ({} of 10 seen)",
-            pending.as_millis(),
+            "everything in flight at the kill answered (the killed replica's batches decided): \
+             median {} ms, max {} ms ({} of 10 seen)",
             decided[decided.len() / 2],
             decided[decided.len() - 1],
             decided.len()
         );
     }
+    assert!(
+        none_in_doubt(&metrics),
+        "a participant still holds in-doubt transactions"
+    );
     let (committed, unknown) = stop_and_check(&cluster, &mut nodes, &sent_all);
     println!(
         "bank exact: {} transfers, {committed} acknowledged commits, {unknown} unknown",

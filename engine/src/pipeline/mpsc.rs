@@ -62,6 +62,12 @@ impl<T> MpscSender<T> {
         Ok(())
     }
 
+    /// Wakes the consumer without an item: for state it reads beside the hop, which
+    /// the caller published before (its wait condition must read that state).
+    pub fn ring(&self) {
+        self.shared.doorbell.ring();
+    }
+
     /// Whether the consumer has run out of work (see [`Doorbell::is_idle`]).
     pub fn consumer_idle(&self) -> bool {
         self.shared.doorbell.is_idle()

@@ -55,6 +55,12 @@ pub struct Coordinator {
     /// Resends refused as `HELD_BY_BATCH` whose holding batch's outcome is not known
     /// here yet: their completions wait (see [`super::ids`]).
     held_waits: HeldWaits,
+    /// Sites whose link the driver reported down (see [`Coordinator::set_links_down`]):
+    /// a hint for liveness only. Recovery starts early for batches such a site drives,
+    /// and a collect stops waiting for its answer. Safety never reads it: every
+    /// decision still needs the quorums of DESIGN §2, and a wrong hint costs only an
+    /// election.
+    links_down: u64,
 }
 
 /// What this replica drives for one batch, if anything.
@@ -157,6 +163,8 @@ struct Ctx<'a> {
     me: SiteId,
     rank: u32,
     replica_mask: u64,
+    /// [`Coordinator::links_down`].
+    links_down: u64,
     log: &'a mut Log,
     predictor: &'a mut Predictor,
 }
@@ -170,6 +178,7 @@ macro_rules! ctx {
             me: $coordinator.me,
             rank: $coordinator.rank,
             replica_mask: $coordinator.replica_mask,
+            links_down: $coordinator.links_down,
             log: &mut $coordinator.log,
             predictor: &mut $coordinator.predictor,
         }
@@ -224,6 +233,7 @@ impl Coordinator {
             awaiting_own_pc: Vec::new(),
             predictor: Predictor::default(),
             held_waits: HeldWaits::default(),
+            links_down: 0,
         })
     }
 
@@ -660,6 +670,43 @@ impl Coordinator {
         }
         self.resolve_held(now_us, out);
     }
+
+    /// The sites whose link is down now, as a site mask (the driver's transport saw
+    /// the connection close, or heard nothing for its silence bound). A hint for
+    /// liveness, never for safety:
+    /// - every undecided batch whose driver (its opener at election 1, else the
+    ///   replica that ran its latest election) is newly down starts recovery now,
+    ///   after this replica's stagger among the replicas still up, instead of after
+    ///   the pending timeout: a replica killed under load leaves batches whose
+    ///   resends the clients wait for;
+    /// - a collect stops waiting for the answers of sites that are down.
+    ///
+    /// A wrong hint (a link down while its site runs) costs an election that the
+    /// driver's REJECTs or the quorum rules settle; the simulator feeds wrong hints on
+    /// purpose.
+    pub fn set_links_down(&mut self, now_us: u64, links_down: u64, out: &mut Output) {
+        let links_down = links_down & !self.me.bit();
+        let newly = links_down & !self.links_down;
+        self.links_down = links_down;
+        let up_below = self
+            .config
+            .replicas
+            .iter()
+            .take(self.rank as usize)
+            .filter(|site| links_down & site.bit() == 0)
+            .count() as u64;
+        let start_us = now_us + self.config.recovery_stagger_us * up_below;
+        let mut ctx = ctx!(self);
+        for batch in self.batches.values_mut() {
+            batch.on_links_down(&mut ctx, now_us, start_us, newly, out);
+        }
+    }
+}
+
+/// Whether a collect has every answer it can get: from every site of the batch but
+/// this one and those whose link is down.
+fn collected_all_live(drive: &Drive, ctx: &Ctx<'_>, all_sites: u64) -> bool {
+    (drive.responders | ctx.me.bit() | ctx.links_down) & all_sites == all_sites
 }
 
 /// Checks a client batch and returns each participant's operations.
@@ -1295,6 +1342,41 @@ impl CoordBatch {
         }
     }
 
+    /// See [`Coordinator::set_links_down`]: `newly` are the sites whose link just went
+    /// down; recovery of this batch starts at `start_us` if one of them drives it.
+    fn on_links_down(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        now_us: u64,
+        start_us: u64,
+        newly: u64,
+        out: &mut Output,
+    ) {
+        if self.m.all_final() || newly == 0 || ctx.config.protocol != Protocol::ThreePhase {
+            return;
+        }
+        let all_sites = self.sites(ctx);
+        match &self.drive {
+            Some(drive) if drive.phase == Phase::Collect => {
+                if collected_all_live(drive, ctx, all_sites) {
+                    self.decide_collected(ctx, now_us, out);
+                }
+            }
+            // This replica drives the batch: its retransmissions and quorums go on.
+            Some(_) => {}
+            None => {
+                let driver = if self.m.elected == ELECTED_INITIAL {
+                    ctx.config.opener_or_first(self.m.desc.batch)
+                } else {
+                    self.m.elected_by
+                };
+                if newly & driver.bit() != 0 && driver != ctx.me {
+                    self.m.deadline_us = self.m.deadline_us.min(start_us);
+                }
+            }
+        }
+    }
+
     fn on_timeout(&mut self, ctx: &mut Ctx<'_>, now_us: u64, out: &mut Output) {
         if let Some(deadline) = self.drive.as_ref().map(|drive| drive.deadline_us) {
             if deadline <= now_us {
@@ -1540,7 +1622,7 @@ impl CoordBatch {
                 aggregate(drive, index as u32, from, state, attempt);
             }
         }
-        if drive.responders | ctx.me.bit() == all_sites {
+        if collected_all_live(drive, ctx, all_sites) {
             self.decide_collected(ctx, now_us, out);
         }
     }
@@ -1823,6 +1905,7 @@ impl Coordinator {
         super::member::hash_batch_set(&self.awaiting_own_pc, state);
         self.predictor.hash(state);
         self.held_waits.digest(now_us, state);
+        self.links_down.hash(state);
     }
 }
 

@@ -383,6 +383,8 @@ impl Wiring {
             ),
             ledger_queries: None,
             votes: VoteIo::default(),
+            transport: None,
+            links_down_seen: 0,
         }
     }
 }

@@ -300,6 +300,11 @@ impl Node {
         let mut transport = Transport::start_observed(transport_config, opened.inbox(), observers)?;
         // The scrape reads the transport's own counters: links, traffic, rejects.
         opened.metrics.attach_transport(transport.stats(), site.id);
+        // A replica reads its link states: a peer gone starts recovery of what it drove.
+        // (Only a replica's loop takes the mask; a participant's would wake for nothing.)
+        if matches!(opened.role, Role::Replica(_)) {
+            opened.io.transport = Some(transport.stats());
+        }
         opened.io.ledger_queries = query_receiver.map(|receiver| {
             ledger_query::LedgerQueries::new(receiver, transport.client_responder())
         });
@@ -556,6 +561,8 @@ impl OpenedNode {
             ),
             ledger_queries: None,
             votes: VoteIo::default(),
+            transport: None,
+            links_down_seen: 0,
         };
         Ok(OpenedNode {
             site,

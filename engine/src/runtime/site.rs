@@ -244,6 +244,13 @@ pub struct SiteIo {
     pub ledger_queries: Option<LedgerQueries>,
     /// Signed votes at this site (`VoteIo::default()` when the deployment does not sign).
     pub votes: VoteIo,
+    /// A networked replica's transport, whose link states hint which peers are gone
+    /// (`None` in process, where no link goes down, and on participants). A loop that
+    /// sets it must call [`SiteIo::links_down_changed`] every turn: `wait` wakes while
+    /// the mask differs from the one last taken.
+    pub transport: Option<Arc<crate::transport::TransportStats>>,
+    /// The links-down mask last handed to the machine.
+    pub links_down_seen: u64,
 }
 
 /// Signed votes at one site (see [`crate::sign`]): a participant signs the votes it
@@ -629,6 +636,15 @@ impl SiteIo {
         count
     }
 
+    /// The transport's links-down mask, if it changed since the last call.
+    pub fn links_down_changed(&mut self) -> Option<u64> {
+        let down = self.transport.as_ref()?.links_down();
+        (down != self.links_down_seen).then(|| {
+            self.links_down_seen = down;
+            down
+        })
+    }
+
     /// Fires the machine's timer if it is due.
     pub fn fire_timer<M: Machine>(&mut self, machine: &mut M) {
         let now_us = self.clock.now_us();
@@ -666,9 +682,15 @@ impl SiteIo {
         let draining = drain_deadline.is_some();
         let inbox = &self.inbox;
         let queries = self.ledger_queries.as_ref();
+        let links_moved = || {
+            self.transport
+                .as_ref()
+                .is_some_and(|transport| transport.links_down() != self.links_down_seen)
+        };
         let ready = || {
             inbox.has_items()
                 || queries.is_some_and(LedgerQueries::has_items)
+                || links_moved()
                 || also_ready()
                 || self.halted()
                 || (!draining && self.stop_requested())

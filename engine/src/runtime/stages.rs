@@ -216,6 +216,10 @@ pub fn run_active(
         }
         let mut worked = take_batches(&mut coordinator, &mut io, &mut stage, &mut open);
         worked += io.take_frames(&mut coordinator);
+        if let Some(down) = io.links_down_changed() {
+            coordinator.set_links_down(io.clock.now_us(), down, &mut io.out);
+            worked += 1;
+        }
         io.fire_timer(&mut coordinator);
         let completions = std::mem::take(&mut io.out.completions);
         io.flush(&mut coordinator)?;

@@ -83,6 +83,11 @@ pub struct SimConfig {
     /// between them, and resends the transactions a crashed opener left in flight to
     /// the other one). Two openers need the three-phase protocol.
     pub openers: u8,
+    /// Replicas get the link hints a transport gives ([`Coordinator::set_links_down`]):
+    /// shortly after each crash, restart, partition and heal, every replica learns
+    /// which sites it cannot reach, and now and then a wrong site besides (a link
+    /// down while its site runs).
+    pub link_hints: bool,
 }
 
 /// How long the simulated client waits after its opener crashed before it resends
@@ -90,6 +95,11 @@ pub struct SimConfig {
 const CLIENT_RESEND_DELAY_US: u64 = 2_000;
 /// How often the client retries a resend while no other opener is up.
 const CLIENT_RESEND_TRIES_MAX: u32 = 20;
+/// How long after a fault the replicas' link hints arrive, at most (a transport sees
+/// a closed socket at once, a silent peer only after its silence bound).
+const LINK_HINT_DELAY_US_MAX: u64 = 3_000;
+/// How often, per replica and hint, a site that is up is reported down anyway.
+const LINK_HINT_WRONG_PER_MILLE: u32 = 100;
 
 /// The checkpoint bounds seeds draw from (by seed bits, so that the rest of a seed's
 /// configuration stays what it was): often tiny, so that runs checkpoint many times
@@ -127,6 +137,7 @@ impl SimConfig {
             proto: ProtoConfig::new(Vec::new()),
             checkpoint_records_max: None,
             openers: 1,
+            link_hints: false,
         }
     }
 
@@ -143,6 +154,8 @@ impl SimConfig {
         // Half the seeds run two openers, by a seed bit, so that the rest of a seed's
         // configuration stays what it was.
         config.openers = 1 + ((seed >> 7) & 1) as u8;
+        // Half the seeds give the replicas link hints, by another seed bit.
+        config.link_hints = (seed >> 8) & 1 == 1;
         config.participants = 3 + rng.below(2) as u8;
         config.batches = rng.range(3, 8) as u32;
         config.batch_txns_max = rng.range(1, 6) as u32;
@@ -265,6 +278,8 @@ enum Event {
         from: u8,
         tries: u32,
     },
+    /// Every replica that is up learns which links are down (`link_hints`).
+    LinkHints,
 }
 
 /// The simulated client: which opener holds each transaction whose outcome it has
@@ -367,6 +382,8 @@ pub struct RunStats {
     pub crashes_mid_checkpoint: u64,
     /// Batches opened by a replica other than `replicas[0]`.
     pub batches_second_opener: u64,
+    /// Link hints given to a replica that reported at least one site down.
+    pub link_hints_down: u64,
     /// Transactions the client resent to another opener after a crash.
     pub txns_resent: u64,
 }
@@ -381,6 +398,8 @@ pub struct Sim {
     pub config: SimConfig,
     proto: ProtoConfig,
     rng: Rng,
+    /// Draws of the link hints, apart from `rng` so that they change no other draw.
+    hint_rng: Rng,
     now_us: u64,
     queue: BinaryHeap<Reverse<(u64, u64)>>,
     events: HashMap<u64, Event>,
@@ -414,6 +433,7 @@ impl Sim {
         let sites = (config.replicas + config.participants) as usize;
         let mut sim = Sim {
             rng: Rng::new(config.seed),
+            hint_rng: Rng::new(config.seed ^ 0x0011_4E5D_0A11_0000),
             checker: match proto.protocol {
                 Protocol::ThreePhase => Checker::new(config.termination, proto.replica_mask()),
                 Protocol::TwoPhase => {
@@ -644,7 +664,69 @@ impl Sim {
             Event::Submit => self.submit_random_batch(),
             Event::Fault(fault) => self.inject(fault),
             Event::Resend { from, tries } => self.resend(from, tries),
+            Event::LinkHints => self.give_link_hints(),
         }
+    }
+
+    /// After a fault: the replicas' link hints arrive a little later.
+    fn schedule_link_hints(&mut self) {
+        if self.config.link_hints {
+            let at = self.now_us + self.hint_rng.below(LINK_HINT_DELAY_US_MAX + 1);
+            self.schedule(at, Event::LinkHints);
+        }
+    }
+
+    /// Tells every replica that is up which sites it cannot reach now (down, or in
+    /// another partition group), with a wrong site now and then.
+    fn give_link_hints(&mut self) {
+        let sites = self.sites.len();
+        for replica in 0..self.config.replicas {
+            if matches!(self.sites[replica as usize].node, Node::Down) {
+                continue;
+            }
+            let mut down = 0u64;
+            for site in 0..sites {
+                if matches!(self.sites[site].node, Node::Down)
+                    || self.groups[site] != self.groups[replica as usize]
+                {
+                    down |= 1 << site;
+                }
+            }
+            if self.hint_rng.chance(LINK_HINT_WRONG_PER_MILLE) {
+                down |= 1 << self.hint_rng.below(sites as u64);
+            }
+            self.hint_links_down(replica, down);
+        }
+    }
+
+    /// Tells `replica` (if it is up) that its links to the sites of mask `down` are
+    /// down now, rightly or not ([`Coordinator::set_links_down`]).
+    pub fn hint_links_down(&mut self, replica: u8, down: u64) {
+        let now = self.now_us;
+        let mut out = std::mem::take(&mut self.out);
+        let Some(Node::Coordinator(coordinator)) = self
+            .sites
+            .get_mut(replica as usize)
+            .map(|site| &mut site.node)
+        else {
+            self.out = out;
+            return;
+        };
+        coordinator.set_links_down(now, down, &mut out);
+        self.out = out;
+        // A site reported down while it is up and reachable is a false suspicion:
+        // recovery may then abort what would have committed, so invariant 3
+        // (non-triviality) no longer binds the run.
+        let group = self.groups[replica as usize];
+        let wrong = (0..self.sites.len()).any(|site| {
+            down & (1 << site) != 0
+                && !matches!(self.sites[site].node, Node::Down)
+                && self.groups[site] == group
+        });
+        self.disturbed |= wrong;
+        self.stats.link_hints_down += u64::from(down != 0);
+        self.note(replica, "links", None, None, format!("down {down:#b}"));
+        self.drain(replica);
     }
 
     fn fire_timer(&mut self, site: u8) {
@@ -672,10 +754,12 @@ impl Sim {
                     self.disturbed |= groups.iter().any(|&group| group != groups[0]);
                     self.groups = groups;
                 }
+                self.schedule_link_hints();
             }
             Fault::Heal => {
                 self.note(0, "heal", None, None, String::new());
                 self.groups.iter_mut().for_each(|group| *group = 0);
+                self.schedule_link_hints();
             }
         }
     }
@@ -741,6 +825,7 @@ impl Sim {
         self.stats.crashes += 1;
         self.stats.crashes_mid_checkpoint += u64::from(mid_checkpoint);
         self.disturbed = true;
+        self.schedule_link_hints();
         let lost = unsynced - (keep - durable_before);
         let opener_crashed = site < self.openers();
         if opener_crashed && self.client.in_flight.values().any(|(at, _)| *at == site) {
@@ -819,6 +904,7 @@ impl Sim {
             None,
             format!("{} records", decoded.len()),
         );
+        self.schedule_link_hints();
         self.drain(site);
     }
 

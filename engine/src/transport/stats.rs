@@ -54,6 +54,10 @@ pub struct TransportStats {
     pub heartbeats_out_total: AtomicU64,
     /// Times the event loop woke up (poll returned).
     pub polls_total: AtomicU64,
+    /// The sites whose link went down after it had been up, and is not up again: bit
+    /// `i` for site `i`. A link never up yet is not in it (a starting cluster is not a
+    /// failing one). The replica's site loop reads it (`Coordinator::set_links_down`).
+    links_down: AtomicU64,
 }
 
 impl TransportStats {
@@ -69,6 +73,21 @@ impl TransportStats {
             clients_closed_slow_total: AtomicU64::new(0),
             heartbeats_out_total: AtomicU64::new(0),
             polls_total: AtomicU64::new(0),
+            links_down: AtomicU64::new(0),
+        }
+    }
+
+    /// [`TransportStats::links_down`]'s mask now.
+    pub fn links_down(&self) -> u64 {
+        self.links_down.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_link_down(&self, site: SiteId, down: bool) {
+        let bit = 1u64 << (site.0 as u32 % 64);
+        if down {
+            self.links_down.fetch_or(bit, Ordering::AcqRel);
+        } else {
+            self.links_down.fetch_and(!bit, Ordering::AcqRel);
         }
     }
 

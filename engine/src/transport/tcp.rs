@@ -901,6 +901,7 @@ impl EventLoop {
         if let Some(peer) = self.peers[index].as_mut() {
             peer.backoff_ms = min;
         }
+        self.stats.set_link_down(site, false);
         if let Some(stats) = self.stats.peer(site) {
             stats.up.store(true, Ordering::Relaxed);
             let connects = stats.connects_total.fetch_add(1, Ordering::Relaxed) + 1;
@@ -1310,6 +1311,11 @@ impl EventLoop {
         if let Some(stats) = self.stats.peer(site) {
             if stats.up.swap(false, Ordering::Relaxed) {
                 stats.downs_total.fetch_add(1, Ordering::Relaxed);
+                self.stats.set_link_down(site, true);
+                // The site loop waits for this mask too (`SiteIo::wait`): a replica
+                // starts recovery of the batches that peer drove (see
+                // `Coordinator::set_links_down`).
+                self.inbox.ring();
                 tracing::warn!(
                     site = %self.name(self.config.me),
                     peer = %self.name(site),
