@@ -179,9 +179,53 @@ pub fn clear(dir: &Path, site: &str) -> Result<usize, String> {
         let cleared = evidence_dir.join(CLEARED_DIR);
         std::fs::create_dir_all(&cleared)
             .map_err(|error| format!("creating {}: {error}", cleared.display()))?;
-        std::fs::rename(&path, cleared.join(name))
+        let target = free_name(&cleared, name)
+            .ok_or_else(|| format!("{}: no free name in {}", path.display(), cleared.display()))?;
+        std::fs::rename(&path, target)
             .map_err(|error| format!("moving {}: {error}", path.display()))?;
         moved += 1;
     }
     Ok(moved)
+}
+
+/// Cleared evidence files of one name (the same participant and batch, equivocating
+/// again after an earlier clear) kept side by side at most.
+const CLEARED_SAME_NAME_MAX: u32 = 1000;
+
+/// `dir/name` if nothing is there, else `dir/name.1`, `dir/name.2`, …: an earlier
+/// cleared file of the same name stays in the audit trail.
+fn free_name(dir: &Path, name: &std::ffi::OsStr) -> Option<std::path::PathBuf> {
+    let first = dir.join(name);
+    if !first.exists() {
+        return Some(first);
+    }
+    (1..=CLEARED_SAME_NAME_MAX)
+        .map(|n| {
+            let mut numbered = name.to_os_string();
+            numbered.push(format!(".{n}"));
+            dir.join(numbered)
+        })
+        .find(|candidate| !candidate.exists())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves that clearing the same evidence name twice keeps both files: the second
+    // gets `.1`, the third `.2`, and the first is never overwritten.
+    #[test]
+    fn a_second_clear_of_the_same_name_keeps_the_first() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let name = std::ffi::OsStr::new("participant-1-batch-7.evidence");
+        let first = free_name(dir.path(), name).expect("a free name");
+        assert_eq!(first, dir.path().join(name));
+        std::fs::write(&first, b"first").unwrap();
+        let second = free_name(dir.path(), name).expect("a free name");
+        assert_eq!(second, dir.path().join("participant-1-batch-7.evidence.1"));
+        std::fs::write(&second, b"second").unwrap();
+        let third = free_name(dir.path(), name).expect("a free name");
+        assert_eq!(third, dir.path().join("participant-1-batch-7.evidence.2"));
+        assert_eq!(std::fs::read(&first).unwrap(), b"first");
+    }
 }

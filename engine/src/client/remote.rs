@@ -170,8 +170,11 @@ struct Shared {
     stopping: AtomicBool,
     /// The generation of the current connection: a receiver of an older one leaves.
     epoch: AtomicU64,
-    /// The current connection was lost (its receiver saw it close).
-    connection_lost: AtomicBool,
+    /// The newest connection found lost, as its epoch + 1 (0: none): the current one
+    /// is lost when this is `epoch + 1`. An epoch, not a flag, so that a receiver of an
+    /// older connection that notices its loss late cannot mark the new one lost (it
+    /// would fail over again for nothing).
+    lost_epoch: AtomicU64,
     /// When the current connection last brought a reply, or was opened (clock µs).
     last_reply_us: AtomicU64,
     rtt: Mutex<RttEstimator>,
@@ -200,6 +203,17 @@ pub struct ClientCounters {
 }
 
 impl Shared {
+    /// Notes that connection `epoch` is lost; an older epoch than one already noted
+    /// changes nothing.
+    fn mark_lost(&self, epoch: u64) {
+        self.lost_epoch.fetch_max(epoch + 1, Ordering::AcqRel);
+    }
+
+    /// Whether the current connection is lost.
+    fn connection_lost(&self) -> bool {
+        self.lost_epoch.load(Ordering::Acquire) == self.epoch.load(Ordering::Acquire) + 1
+    }
+
     fn complete(&self, completions: &[CompletionId], outcome: Outcome) {
         self.admission.complete_chunk(completions, outcome);
     }
@@ -282,7 +296,7 @@ impl RemoteClient {
             closing: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
-            connection_lost: AtomicBool::new(false),
+            lost_epoch: AtomicU64::new(0),
             rtt: Mutex::new(RttEstimator::default()),
             replicas,
             current: AtomicUsize::new(current),
@@ -470,7 +484,7 @@ fn spawn_receiver(
 /// True if the current connection is lost, or silent for longer than the reply
 /// timeout while something waits for an answer.
 fn connection_failed(shared: &Shared) -> bool {
-    if shared.connection_lost.load(Ordering::Acquire) {
+    if shared.connection_lost() {
         return true;
     }
     let now_us = shared.clock.now_us();
@@ -515,7 +529,6 @@ fn fail_over(link: &mut Link, shared: &Arc<Shared>) -> bool {
                 };
             let (sending, receiving) = connection.split();
             let epoch = shared.epoch.fetch_add(1, Ordering::AcqRel) + 1;
-            shared.connection_lost.store(false, Ordering::Release);
             shared
                 .last_reply_us
                 .store(shared.clock.now_us(), Ordering::Release);
@@ -641,7 +654,12 @@ fn run_sender(
             Duration::from_micros(BUSY_BACKOFF_US)
         };
         let deadline = Instant::now() + wait;
-        if let Received::Closed = queued.wait_batch(&mut taken, SUBMIT_TXNS_MAX, Some(deadline)) {
+        // A lost connection (the receiver saw it close, and rang) or a stop ends the
+        // wait at once: with every transaction in flight, no new one would.
+        let woken = || shared.connection_lost() || shared.stopping.load(Ordering::Acquire);
+        if let Received::Closed =
+            queued.wait_batch_or(&mut taken, SUBMIT_TXNS_MAX, Some(deadline), woken)
+        {
             queue_closed = true;
         }
         fill_frame(&mut taken, &mut frame, shared);
@@ -650,7 +668,7 @@ fn run_sender(
         }
         if link.sender.send(&frame).is_err() {
             // The frame's transactions are in `waiting`: the failover resends them.
-            shared.connection_lost.store(true, Ordering::Release);
+            shared.mark_lost(shared.epoch.load(Ordering::Acquire));
             continue;
         }
         shared.counters.frames_sent.fetch_add(1, Ordering::Relaxed);
@@ -690,8 +708,8 @@ fn run_receiver(mut connection: ClientReceiver, shared: &Shared, epoch: u64) {
             Ok(Some(reply)) => reply,
             Ok(None) => continue,
             Err(_) => {
+                shared.mark_lost(epoch);
                 if current() {
-                    shared.connection_lost.store(true, Ordering::Release);
                     shared.sender_doorbell.ring();
                 }
                 return;

@@ -140,12 +140,27 @@ impl<T> MpscReceiver<T> {
         items_max: usize,
         deadline: Option<Instant>,
     ) -> Received {
+        self.wait_batch_or(out, items_max, deadline, || false)
+    }
+
+    /// [`MpscReceiver::wait_batch`], also returning (`TimedOut`, with no item) once
+    /// `also_ready` holds: for state published beside the hop before a
+    /// [`MpscSender::ring`].
+    pub fn wait_batch_or(
+        &mut self,
+        out: &mut Vec<T>,
+        items_max: usize,
+        deadline: Option<Instant>,
+        also_ready: impl Fn() -> bool,
+    ) -> Received {
         let count = self.pop_batch(out, items_max);
         if count > 0 {
             return Received::Items(count);
         }
         let shared = &self.shared;
-        let ready = || !shared.queue.is_empty() || shared.senders.load(Ordering::Acquire) == 0;
+        let ready = || {
+            !shared.queue.is_empty() || shared.senders.load(Ordering::Acquire) == 0 || also_ready()
+        };
         if !shared.doorbell.wait_until(ready, deadline) {
             return Received::TimedOut;
         }
