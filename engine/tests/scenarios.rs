@@ -733,6 +733,54 @@ fn a_link_down_hint_starts_recovery_before_the_pending_timeout() {
     assert_only(&unhinted, batch, 0, Outcome::Commit);
 }
 
+// Proves that a participant's link hint reaches a batch no other replica knows: R0
+// prepared a batch whose announcements to R1 and R2 were lost, and was killed once
+// the participants had voted. Only the participants hold the batch; told that R0's
+// link is down, they ask the replicas for help at once, and R1 or R2 decides the
+// batch (abort: nobody pre-committed it) within 100 ms, where the participants'
+// pending timeout would take 2 s. Without hints nobody decides it within that time.
+#[test]
+fn a_participants_link_hint_recovers_a_batch_only_the_participants_hold() {
+    let run = |link_hints: bool| {
+        let mut sim = world_slow_pending(link_hints);
+        sim.set_filter(Some(Box::new(|from, to, _| {
+            (from != R0 || !matches!(to, R1 | R2)).then_some(0)
+        })));
+        let batch = sim.submit(&[Transfer::simple(A, B, 10)]).expect("R0 is up");
+        let voted = |s: &Sim| {
+            [A, B]
+                .iter()
+                .all(|&p| state(s, p, batch, 0) == Some(State::W))
+        };
+        assert!(run_until(&mut sim, voted), "the participants voted");
+        for replica in [R1, R2] {
+            assert_eq!(
+                sim.holds_batch(replica, batch),
+                Some(false),
+                "R{replica} knows nothing"
+            );
+        }
+        sim.crash(R0);
+        sim.set_filter(None);
+        let crashed_us = sim.now_us();
+        let took_us = decided_within(&mut sim, batch, crashed_us, 100_000);
+        (sim, batch, took_us)
+    };
+    let (mut hinted, batch, took_us) = run(true);
+    assert!(
+        took_us.is_some(),
+        "the participants' hint did not start recovery:\n{}",
+        hinted.trace().join("\n")
+    );
+    assert_only(&hinted, batch, 0, Outcome::Abort);
+    finish_clean(&mut hinted);
+
+    let (mut unhinted, batch, took_us) = run(false);
+    assert_eq!(took_us, None, "without hints the pending timeout rules");
+    finish_clean(&mut unhinted);
+    assert_only(&unhinted, batch, 0, Outcome::Abort);
+}
+
 // Proves that a wrong hint is only a cost: R1 and R2 are told R0's link is down while
 // R0 runs and drives its batch, and told again for a participant. They start an
 // election and end their collects without those sites; the batch is decided once,
@@ -763,4 +811,56 @@ fn a_wrong_link_down_hint_costs_an_election_not_safety() {
         );
     }
     assert!(elections > 0, "the wrong hint started no election");
+}
+
+// Proves that a replica restarted after others decided its batches by recovery learns
+// their outcomes at once: R0 is killed holding its batch in PC, R1 commits the batch
+// on the link hint, and R0, restarted, holds the commit within 10 ms: every site that
+// decided answers its ELECT with the decision instead of fencing it.
+#[test]
+fn a_restarted_opener_learns_what_recovery_decided_without_it() {
+    let mut sim = world_slow_pending(true);
+    // R0 never hears the PRE-COMMIT acknowledgements, so it holds the batch in PC,
+    // durably, when it dies.
+    sim.set_filter(Some(Box::new(|_, to, part| {
+        (to != R0 || !matches!(part, Part::RoundAck { .. })).then_some(0)
+    })));
+    let batch = sim.submit(&[Transfer::simple(A, B, 10)]).expect("R0 is up");
+    let pre_committed = |s: &Sim| {
+        [R0, A, B]
+            .iter()
+            .all(|&site| state(s, site, batch, 0) == Some(State::PreCommit))
+    };
+    assert!(run_until(&mut sim, pre_committed));
+    sim.run_until(sim.now_us() + 5_000);
+    sim.crash(R0);
+    sim.set_filter(None);
+    let crashed_us = sim.now_us();
+    assert!(decided_within(&mut sim, batch, crashed_us, 100_000).is_some());
+    sim.run_until(sim.now_us() + 50_000);
+    sim.restart(R0);
+    assert_eq!(
+        state(&sim, R0, batch, 0),
+        Some(State::PreCommit),
+        "R0 holds PC"
+    );
+    let restarted_us = sim.now_us();
+    let learned = |s: &Sim| state(s, R0, batch, 0) == Some(State::Commit);
+    while !learned(&sim) && sim.now_us() < restarted_us + 10_000_000 {
+        let next = sim.now_us() + 1_000;
+        sim.run_until(next);
+    }
+    let took_us = sim.now_us() - restarted_us;
+    assert!(
+        learned(&sim),
+        "R0 never learned the commit:\n{}",
+        sim.trace().join("\n")
+    );
+    // The others answer its first ELECT with their decision (a round trip), where a
+    // REJECT would cost it a newer election after a backoff.
+    assert!(
+        took_us <= 10_000,
+        "R0 learned the commit only after {took_us} us"
+    );
+    finish_clean(&mut sim);
 }

@@ -334,6 +334,16 @@ impl Member {
         let duplicate = elected == self.elected && from == self.elected_by;
         let fenced = termination == Termination::E3pc;
         if elected < self.elected || (elected == self.elected && !duplicate && fenced) {
+            if self.all_final() {
+                // Every transaction of ours is decided here, and a decision is final:
+                // tell it instead of fencing the election. A replica restarted with the
+                // batch still open (the others decided it by recovery while it was
+                // down) learns the outcome at once, where a REJECT would send it into
+                // newer elections that only time settles. (A newer election is joined
+                // as before: its ELECT-ACK carries the decided states.)
+                self.send_decisions(from, out);
+                return;
+            }
             let part = Part::Reject {
                 batch: self.desc.batch,
                 elected: self.elected,
@@ -354,6 +364,33 @@ impl Member {
             states,
         };
         log.send_after(self.last_seq, from, part, out);
+    }
+
+    /// Sends `to` this site's decisions of the batch at once, as [`Member::on_round`]
+    /// does: a decision is final wherever it was taken (a commit only after a
+    /// PRE-COMMIT quorum), so relaying it does not wait for this site's own record of
+    /// it, which is logged unforced and may wait for the next sync.
+    fn send_decisions(&self, to: SiteId, out: &mut Output) {
+        let len = self.desc.len();
+        let mut decided = [TxnSet::empty(len), TxnSet::empty(len)];
+        for index in (0..len).filter(|&index| self.is_member(index)) {
+            match self.state[index as usize] {
+                State::Commit => decided[0].insert(index),
+                State::Abort => decided[1].insert(index),
+                _ => {}
+            }
+        }
+        let [commit, abort] = decided;
+        if commit.is_empty() && abort.is_empty() {
+            return;
+        }
+        let part = Part::Decide {
+            batch: self.desc.batch,
+            commit,
+            abort,
+            desc: None,
+        };
+        out.send(to, part);
     }
 
     /// Joins election `elected` run by `from` if it is newer than this site's. Raising

@@ -44,6 +44,8 @@ pub struct Participant<R> {
     /// reservation another batch holds. One entry per held reservation: removed when
     /// its batch decides it.
     holders: HashMap<TxnId, BatchId>,
+    /// Sites whose link the driver reported down (see [`Participant::set_links_down`]).
+    links_down: u64,
 }
 
 impl<R: ResourceManager> Participant<R> {
@@ -67,6 +69,7 @@ impl<R: ResourceManager> Participant<R> {
             txn_ids: Vec::new(),
             checks: Vec::new(),
             holders: HashMap::new(),
+            links_down: 0,
         })
     }
 
@@ -331,6 +334,29 @@ impl<R: ResourceManager> Participant<R> {
             .map(|member| member.deadline_us)
             .min()
             .filter(|&at| at != u64::MAX)
+    }
+
+    /// The driver reports the sites whose link is down now (see
+    /// [`Coordinator::set_links_down`](super::Coordinator::set_links_down)). A hint for
+    /// liveness, never for safety: every batch still pending here whose driver (its
+    /// opener at election 1, else the replica that ran the latest election this site
+    /// joined) is newly down asks the replicas for help at the next timeout poll,
+    /// instead of after the pending timeout. A replica may not know the batch at all
+    /// (its opener died before telling anyone but the participants), and then only
+    /// this HELP starts its recovery. A wrong hint costs an early HELP, which the
+    /// replicas' elections and fencing settle.
+    pub fn set_links_down(&mut self, now_us: u64, links_down: u64) {
+        let links_down = links_down & !self.me.bit();
+        let newly = links_down & !self.links_down;
+        self.links_down = links_down;
+        if newly == 0 || self.config.protocol != Protocol::ThreePhase {
+            return;
+        }
+        for member in self.batches.values_mut() {
+            if member.has_pending() && newly & member.elected_by.bit() != 0 {
+                member.deadline_us = member.deadline_us.min(now_us);
+            }
+        }
     }
 
     /// Call when the instant returned by `poll_timeout` has passed: asks the
@@ -832,5 +858,6 @@ impl<R: ResourceManager + std::hash::Hash> Participant<R> {
         self.retired.hash(state);
         self.ids.digest(state);
         super::member::hash_batch_set(&self.awaiting_done, state);
+        self.links_down.hash(state);
     }
 }

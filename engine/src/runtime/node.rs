@@ -300,11 +300,9 @@ impl Node {
         let mut transport = Transport::start_observed(transport_config, opened.inbox(), observers)?;
         // The scrape reads the transport's own counters: links, traffic, rejects.
         opened.metrics.attach_transport(transport.stats(), site.id);
-        // A replica reads its link states: a peer gone starts recovery of what it drove.
-        // (Only a replica's loop takes the mask; a participant's would wake for nothing.)
-        if matches!(opened.role, Role::Replica(_)) {
-            opened.io.transport = Some(transport.stats());
-        }
+        // Every site reads its link states: a replica gone starts recovery of what it
+        // drove (a replica's recovery; a participant's early HELP).
+        opened.io.transport = Some(transport.stats());
         opened.io.ledger_queries = query_receiver.map(|receiver| {
             ledger_query::LedgerQueries::new(receiver, transport.client_responder())
         });

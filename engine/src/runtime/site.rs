@@ -65,6 +65,9 @@ pub trait Machine {
     fn handle_durable(&mut self, now_us: u64, upto: AppendSeq, out: &mut Output);
     fn poll_timeout(&self) -> Option<u64>;
     fn handle_timeout(&mut self, now_us: u64, out: &mut Output);
+    /// The transport reports the sites whose link is down now: a hint for liveness
+    /// (`Coordinator::set_links_down`, `Participant::set_links_down`).
+    fn set_links_down(&mut self, now_us: u64, links_down: u64, out: &mut Output);
     /// True when no transaction this site knows is undecided here (W, PC or PA):
     /// nothing it holds needs the protocol any more, even if some decided batches are
     /// not retired yet.
@@ -120,6 +123,9 @@ impl Machine for Coordinator {
     fn handle_timeout(&mut self, now_us: u64, out: &mut Output) {
         Coordinator::handle_timeout(self, now_us, out)
     }
+    fn set_links_down(&mut self, now_us: u64, links_down: u64, out: &mut Output) {
+        Coordinator::set_links_down(self, now_us, links_down, out)
+    }
     fn settled(&self) -> bool {
         none_pending(self.batch_ids(), |batch, index| {
             self.txn_state(batch, index)
@@ -145,6 +151,9 @@ impl Machine for Participant<ParticipantRm> {
     }
     fn handle_timeout(&mut self, now_us: u64, out: &mut Output) {
         Participant::handle_timeout(self, now_us, out)
+    }
+    fn set_links_down(&mut self, now_us: u64, links_down: u64, _out: &mut Output) {
+        Participant::set_links_down(self, now_us, links_down)
     }
     fn settled(&self) -> bool {
         none_pending(self.batch_ids(), |batch, index| {
@@ -244,8 +253,8 @@ pub struct SiteIo {
     pub ledger_queries: Option<LedgerQueries>,
     /// Signed votes at this site (`VoteIo::default()` when the deployment does not sign).
     pub votes: VoteIo,
-    /// A networked replica's transport, whose link states hint which peers are gone
-    /// (`None` in process, where no link goes down, and on participants). A loop that
+    /// A networked site's transport, whose link states hint which peers are gone
+    /// (`None` in process, where no link goes down). A loop that
     /// sets it must call [`SiteIo::links_down_changed`] every turn: `wait` wakes while
     /// the mask differs from the one last taken.
     pub transport: Option<Arc<crate::transport::TransportStats>>,
@@ -796,7 +805,11 @@ pub fn run_passive<M: Machine>(mut machine: M, mut io: SiteIo) -> Result<M, Site
         if io.halted() {
             return Ok(machine);
         }
-        let frames = io.take_frames(&mut machine);
+        let mut frames = io.take_frames(&mut machine);
+        if let Some(down) = io.links_down_changed() {
+            machine.set_links_down(io.clock.now_us(), down, &mut io.out);
+            frames += 1;
+        }
         io.fire_timer(&mut machine);
         io.flush(&mut machine)?;
         if io.keep_overlapping(frames > 0) {

@@ -83,10 +83,10 @@ pub struct SimConfig {
     /// between them, and resends the transactions a crashed opener left in flight to
     /// the other one). Two openers need the three-phase protocol.
     pub openers: u8,
-    /// Replicas get the link hints a transport gives ([`Coordinator::set_links_down`]):
-    /// shortly after each crash, restart, partition and heal, every replica learns
-    /// which sites it cannot reach, and now and then a wrong site besides (a link
-    /// down while its site runs).
+    /// Sites get the link hints a transport gives ([`Coordinator::set_links_down`],
+    /// [`Participant::set_links_down`]): shortly after each crash, restart, partition
+    /// and heal, every live site learns which sites it cannot reach, and now and then a
+    /// wrong site besides (a link down while its site runs).
     pub link_hints: bool,
 }
 
@@ -680,14 +680,14 @@ impl Sim {
     /// another partition group), with a wrong site now and then.
     fn give_link_hints(&mut self) {
         let sites = self.sites.len();
-        for replica in 0..self.config.replicas {
-            if matches!(self.sites[replica as usize].node, Node::Down) {
+        for hinted in 0..sites {
+            if matches!(self.sites[hinted].node, Node::Down) {
                 continue;
             }
             let mut down = 0u64;
             for site in 0..sites {
                 if matches!(self.sites[site].node, Node::Down)
-                    || self.groups[site] != self.groups[replica as usize]
+                    || self.groups[site] != self.groups[hinted]
                 {
                     down |= 1 << site;
                 }
@@ -695,29 +695,29 @@ impl Sim {
             if self.hint_rng.chance(LINK_HINT_WRONG_PER_MILLE) {
                 down |= 1 << self.hint_rng.below(sites as u64);
             }
-            self.hint_links_down(replica, down);
+            self.hint_links_down(hinted as u8, down);
         }
     }
 
-    /// Tells `replica` (if it is up) that its links to the sites of mask `down` are
-    /// down now, rightly or not ([`Coordinator::set_links_down`]).
-    pub fn hint_links_down(&mut self, replica: u8, down: u64) {
+    /// Tells `site` (a replica or a participant, if it is up) that its links to the
+    /// sites of mask `down` are down now, rightly or not
+    /// ([`Coordinator::set_links_down`], [`Participant::set_links_down`]).
+    pub fn hint_links_down(&mut self, site: u8, down: u64) {
         let now = self.now_us;
         let mut out = std::mem::take(&mut self.out);
-        let Some(Node::Coordinator(coordinator)) = self
-            .sites
-            .get_mut(replica as usize)
-            .map(|site| &mut site.node)
-        else {
-            self.out = out;
-            return;
-        };
-        coordinator.set_links_down(now, down, &mut out);
+        match self.sites.get_mut(site as usize).map(|site| &mut site.node) {
+            Some(Node::Coordinator(coordinator)) => coordinator.set_links_down(now, down, &mut out),
+            Some(Node::Participant(participant)) => participant.set_links_down(now, down),
+            Some(Node::Down) | None => {
+                self.out = out;
+                return;
+            }
+        }
         self.out = out;
         // A site reported down while it is up and reachable is a false suspicion:
         // recovery may then abort what would have committed, so invariant 3
         // (non-triviality) no longer binds the run.
-        let group = self.groups[replica as usize];
+        let group = self.groups[site as usize];
         let wrong = (0..self.sites.len()).any(|site| {
             down & (1 << site) != 0
                 && !matches!(self.sites[site].node, Node::Down)
@@ -725,8 +725,8 @@ impl Sim {
         });
         self.disturbed |= wrong;
         self.stats.link_hints_down += u64::from(down != 0);
-        self.note(replica, "links", None, None, format!("down {down:#b}"));
-        self.drain(replica);
+        self.note(site, "links", None, None, format!("down {down:#b}"));
+        self.drain(site);
     }
 
     fn fire_timer(&mut self, site: u8) {
