@@ -29,7 +29,10 @@
 //! participant that still holds the first instance refuses the second
 //! (`Reason::DUPLICATE`). The client does not take such a refusal of a *resent* id as
 //! the transaction's outcome (the first instance may still commit): it completes it
-//! `InDoubt`, and a checker settles it from the ledgers' postings.
+//! `InDoubt`, and a checker settles it from the ledgers' postings. Likewise an abort
+//! that the older connection reports after the resend is only the older instance's
+//! (its participants may never have seen it, and the newer instance may commit): the
+//! client waits for the newer connection's outcome, and takes a commit from either.
 //!
 //! Backpressure: a node whose intake is full answers `Busy` for the transactions it did
 //! not take. They were never submitted, so the client resends them after
@@ -114,6 +117,9 @@ struct Waiting {
     sent_us: u64,
     /// It was resent after a failover: a duplicate refusal is not its outcome.
     resent: bool,
+    /// The connection (epoch) it was last sent on: an abort that an older connection
+    /// reports after the resend is the abort of an older instance only.
+    sent_epoch: u64,
 }
 
 /// The adaptive reply timeout: RFC 6298's smoothed round trip and its variation, over
@@ -200,6 +206,9 @@ pub struct ClientCounters {
     /// Failovers to another replica, and the transactions they resent.
     pub failovers: AtomicU64,
     pub txns_resent: AtomicU64,
+    /// Aborts that an older connection reported for ids resent since: not taken as
+    /// the ids' outcomes (see `on_outcomes`).
+    pub stale_outcomes: AtomicU64,
 }
 
 impl Shared {
@@ -558,6 +567,7 @@ fn fail_over(link: &mut Link, shared: &Arc<Shared>) -> bool {
 fn resend_in_flight(link: &mut Link, shared: &Shared) -> bool {
     lock(&shared.refused).clear();
     let now_us = shared.clock.now_us();
+    let epoch = shared.epoch.load(Ordering::Acquire);
     let txns: Vec<Txn> = {
         let mut waiting = lock(&shared.waiting);
         waiting
@@ -565,6 +575,7 @@ fn resend_in_flight(link: &mut Link, shared: &Shared) -> bool {
             .map(|entry| {
                 entry.sent_us = now_us;
                 entry.resent = true;
+                entry.sent_epoch = epoch;
                 entry.txn
             })
             .collect()
@@ -590,6 +601,8 @@ fn resend_in_flight(link: &mut Link, shared: &Shared) -> bool {
 fn fill_frame(taken: &mut Vec<(Txn, CompletionId)>, frame: &mut SubmitFrame, shared: &Shared) {
     frame.txns.clear();
     let now_us = shared.clock.now_us();
+    // The sender alone fails over, so the epoch now is the connection this frame goes to.
+    let epoch = shared.epoch.load(Ordering::Acquire);
     let mut waiting = lock(&shared.waiting);
     for (txn, completion) in taken.drain(..) {
         match waiting.get_mut(&txn.id) {
@@ -602,6 +615,7 @@ fn fill_frame(taken: &mut Vec<(Txn, CompletionId)>, frame: &mut SubmitFrame, sha
                         completions: vec![completion],
                         sent_us: now_us,
                         resent: false,
+                        sent_epoch: epoch,
                     },
                 );
                 frame.txns.push(txn);
@@ -615,6 +629,7 @@ fn fill_frame(taken: &mut Vec<(Txn, CompletionId)>, frame: &mut SubmitFrame, sha
         for id in refused.drain(..resend) {
             if let Some(entry) = waiting.get_mut(&id) {
                 entry.sent_us = now_us;
+                entry.sent_epoch = epoch;
                 frame.txns.push(entry.txn);
             }
         }
@@ -720,9 +735,12 @@ fn run_receiver(mut connection: ClientReceiver, shared: &Shared, epoch: u64) {
             shared.last_reply_us.store(now_us, Ordering::Release);
         }
         match reply {
-            ClientReply::Outcomes(outcomes) => on_outcomes(shared, now_us, outcomes.items),
+            ClientReply::Outcomes(outcomes) => on_outcomes(shared, now_us, epoch, outcomes.items),
             // Only a participant answers balance queries, and this client asks none.
             ClientReply::Balances(_) => {}
+            // A refusal an older connection reports came before the resend, which
+            // already sent those ids again.
+            ClientReply::Busy(_) if !current() => {}
             ClientReply::Busy(busy) => {
                 shared.counters.busy_replies.fetch_add(1, Ordering::Relaxed);
                 let until = now_us + BUSY_BACKOFF_US;
@@ -733,11 +751,30 @@ fn run_receiver(mut connection: ClientReceiver, shared: &Shared, epoch: u64) {
     }
 }
 
-/// Completes the tickets of a node's outcomes, and takes one latency sample per reply.
-fn on_outcomes(shared: &Shared, now_us: u64, items: Vec<(TxnId, Outcome)>) {
+/// Completes the tickets of the outcomes that connection `epoch` reports, and takes
+/// one latency sample per reply.
+///
+/// An id resent on a newer connection since may exist as two instances at once, and
+/// at most one of them commits (ids are unique at the participants). So a commit
+/// from any connection is the id's outcome, but an abort from an older connection
+/// is only that instance's: the newer instance may commit (its participants never
+/// saw the older one, e.g. when the older opener was cut off before its PREPAREs
+/// left), and reports the id's outcome itself (a refusal as held by the older
+/// instance waits for that instance's outcome at the newer opener).
+fn on_outcomes(shared: &Shared, now_us: u64, epoch: u64, items: Vec<(TxnId, Outcome)>) {
     let mut waiting = lock(&shared.waiting);
     let mut sample_us = None;
     for (id, outcome) in items {
+        let older = waiting
+            .get(&id)
+            .is_some_and(|entry| entry.sent_epoch != epoch);
+        if older && outcome != Outcome::Committed {
+            shared
+                .counters
+                .stale_outcomes
+                .fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         let Some(entry) = waiting.remove(&id) else {
             continue;
         };
@@ -773,6 +810,72 @@ fn on_outcomes(shared: &Shared, now_us: u64, items: Vec<(TxnId, Outcome)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client's shared state without connections, for the reply handling alone.
+    fn shared_alone() -> Shared {
+        let limits = AdmissionLimits::new(16, 16).expect("valid limits");
+        let clock = MonotonicClock::new();
+        Shared {
+            admission: Admission::new(limits).expect("valid admission"),
+            last_reply_us: AtomicU64::new(clock.now_us()),
+            clock,
+            waiting: Mutex::new(HashMap::new()),
+            refused: Mutex::new(Vec::new()),
+            busy_until_us: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            epoch: AtomicU64::new(1),
+            lost_epoch: AtomicU64::new(0),
+            rtt: Mutex::new(RttEstimator::default()),
+            replicas: Vec::new(),
+            current: AtomicUsize::new(0),
+            failure: Mutex::new(None),
+            sender_doorbell: Arc::new(Doorbell::new(WaitConfig::default())),
+            counters: ClientCounters::default(),
+        }
+    }
+
+    // Proves that an abort an older connection reports for an id resent since is not
+    // taken as the id's outcome (the newer instance may commit: the chaos run's
+    // partition-majority found exactly that), while a commit from it is, and the
+    // newer connection's abort is too.
+    #[test]
+    fn an_older_connections_abort_of_a_resent_id_is_not_its_outcome() {
+        let shared = shared_alone();
+        let txn = |id| Txn::transfer(TxnId(id), (2, 1), (3, 2), 5).expect("a valid transfer");
+        for id in 1..=3 {
+            let entry = Waiting {
+                txn: txn(id),
+                completions: Vec::new(),
+                sent_us: 1,
+                resent: true,
+                sent_epoch: 1,
+            };
+            lock(&shared.waiting).insert(TxnId(id), entry);
+        }
+        let abort = Outcome::Aborted(AbortReason::Rejected(Reason::MALFORMED));
+        on_outcomes(
+            &shared,
+            10,
+            0,
+            vec![(TxnId(1), abort), (TxnId(2), Outcome::Committed)],
+        );
+        let waiting = |id| lock(&shared.waiting).contains_key(&TxnId(id));
+        assert!(
+            waiting(1),
+            "the older connection's abort completed the resent id"
+        );
+        assert!(!waiting(2), "a commit from any connection is the outcome");
+        assert_eq!(shared.counters.stale_outcomes.load(Ordering::Relaxed), 1);
+        on_outcomes(&shared, 20, 1, vec![(TxnId(1), abort), (TxnId(3), abort)]);
+        assert!(
+            !waiting(1) && !waiting(3),
+            "the newer connection's abort is the outcome"
+        );
+        assert_eq!(shared.counters.aborted.load(Ordering::Relaxed), 2);
+        assert_eq!(shared.counters.committed.load(Ordering::Relaxed), 1);
+    }
 
     // Proves the reply timeout follows RFC 6298 (srtt + 4·rttvar) within its clamp:
     // the ceiling before any sample, the floor for fast replies, the ceiling for slow.
