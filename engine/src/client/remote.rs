@@ -212,6 +212,35 @@ pub struct ClientCounters {
 }
 
 impl Shared {
+    /// Connection epoch 0, nothing in flight, `current` the replica connected first.
+    fn new(
+        admission: Admission,
+        replicas: Vec<Replica>,
+        current: usize,
+        sender_doorbell: Arc<Doorbell>,
+    ) -> Shared {
+        let clock = MonotonicClock::new();
+        Shared {
+            admission,
+            last_reply_us: AtomicU64::new(clock.now_us()),
+            clock,
+            waiting: Mutex::new(HashMap::new()),
+            refused: Mutex::new(Vec::new()),
+            busy_until_us: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
+            lost_epoch: AtomicU64::new(0),
+            rtt: Mutex::new(RttEstimator::default()),
+            replicas,
+            current: AtomicUsize::new(current),
+            failure: Mutex::new(None),
+            sender_doorbell,
+            counters: ClientCounters::default(),
+        }
+    }
+
     /// Notes that connection `epoch` is lost; an older epoch than one already noted
     /// changes nothing.
     fn mark_lost(&self, epoch: u64) {
@@ -293,26 +322,8 @@ impl RemoteClient {
         let limits = AdmissionLimits::new(CLIENT_IN_FLIGHT_TXNS_MAX, CLIENT_IN_FLIGHT_TXNS_MAX)
             .map_err(|error| start_error(&error))?;
         let doorbell = Arc::new(Doorbell::new(WaitConfig::default()));
-        let clock = MonotonicClock::new();
-        let shared = Arc::new(Shared {
-            admission: Admission::new(limits).map_err(|error| start_error(&error))?,
-            last_reply_us: AtomicU64::new(clock.now_us()),
-            clock,
-            waiting: Mutex::new(HashMap::new()),
-            refused: Mutex::new(Vec::new()),
-            busy_until_us: AtomicU64::new(0),
-            closed: AtomicBool::new(false),
-            closing: AtomicBool::new(false),
-            stopping: AtomicBool::new(false),
-            epoch: AtomicU64::new(0),
-            lost_epoch: AtomicU64::new(0),
-            rtt: Mutex::new(RttEstimator::default()),
-            replicas,
-            current: AtomicUsize::new(current),
-            failure: Mutex::new(None),
-            sender_doorbell: doorbell.clone(),
-            counters: ClientCounters::default(),
-        });
+        let admission = Admission::new(limits).map_err(|error| start_error(&error))?;
+        let shared = Arc::new(Shared::new(admission, replicas, current, doorbell.clone()));
         let (queue, queued) = mpsc::channel(CLIENT_IN_FLIGHT_TXNS_MAX, doorbell)
             .map_err(|error| start_error(&error))?;
         let (sending, receiving) = connection.split();
@@ -811,29 +822,15 @@ fn on_outcomes(shared: &Shared, now_us: u64, epoch: u64, items: Vec<(TxnId, Outc
 mod tests {
     use super::*;
 
-    /// A client's shared state without connections, for the reply handling alone.
+    /// A client's shared state without connections, at epoch 1, for the reply
+    /// handling alone.
     fn shared_alone() -> Shared {
         let limits = AdmissionLimits::new(16, 16).expect("valid limits");
-        let clock = MonotonicClock::new();
-        Shared {
-            admission: Admission::new(limits).expect("valid admission"),
-            last_reply_us: AtomicU64::new(clock.now_us()),
-            clock,
-            waiting: Mutex::new(HashMap::new()),
-            refused: Mutex::new(Vec::new()),
-            busy_until_us: AtomicU64::new(0),
-            closed: AtomicBool::new(false),
-            closing: AtomicBool::new(false),
-            stopping: AtomicBool::new(false),
-            epoch: AtomicU64::new(1),
-            lost_epoch: AtomicU64::new(0),
-            rtt: Mutex::new(RttEstimator::default()),
-            replicas: Vec::new(),
-            current: AtomicUsize::new(0),
-            failure: Mutex::new(None),
-            sender_doorbell: Arc::new(Doorbell::new(WaitConfig::default())),
-            counters: ClientCounters::default(),
-        }
+        let admission = Admission::new(limits).expect("valid admission");
+        let doorbell = Arc::new(Doorbell::new(WaitConfig::default()));
+        let shared = Shared::new(admission, Vec::new(), 0, doorbell);
+        shared.epoch.store(1, Ordering::Release);
+        shared
     }
 
     // Proves that an abort an older connection reports for an id resent since is not

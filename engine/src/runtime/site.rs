@@ -254,9 +254,9 @@ pub struct SiteIo {
     /// Signed votes at this site (`VoteIo::default()` when the deployment does not sign).
     pub votes: VoteIo,
     /// A networked site's transport, whose link states hint which peers are gone
-    /// (`None` in process, where no link goes down). A loop that
-    /// sets it must call [`SiteIo::links_down_changed`] every turn: `wait` wakes while
-    /// the mask differs from the one last taken.
+    /// (`None` in process, where no link goes down). A loop that sets it must call
+    /// [`SiteIo::links_down_changed`] every turn: `wait` wakes while the mask differs
+    /// from the one last taken.
     pub transport: Option<Arc<crate::transport::TransportStats>>,
     /// The links-down mask last handed to the machine.
     pub links_down_seen: u64,
