@@ -10,6 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use tricommit_engine::proto::record::Record;
 use tricommit_wal::{scan, LogView, WalError};
 
 /// Payload bytes shown in hex per record by `dump`.
@@ -17,8 +18,15 @@ const DUMP_PAYLOAD_BYTES_MAX: usize = 16;
 
 #[derive(clap::Subcommand)]
 pub enum WalCommand {
-    /// Print one line per record: lsn, kind, length and the first payload bytes in hex.
-    Dump { dir: PathBuf },
+    /// Print one line per record: lsn, kind, length and the first payload bytes in hex
+    /// (or, with --decode, the protocol record it holds).
+    Dump {
+        dir: PathBuf,
+        /// Print each record decoded as a protocol record (`lsn kind Record { .. }`),
+        /// or `undecodable: REASON` with the hex, instead of the first payload bytes.
+        #[arg(long)]
+        decode: bool,
+    },
     /// Check every record; exit 0 when clean, 1 naming the first problem.
     Verify { dir: PathBuf },
 }
@@ -26,7 +34,7 @@ pub enum WalCommand {
 /// Runs a `wal` subcommand and turns its outcome into the documented exit code.
 pub fn run(command: WalCommand) -> ExitCode {
     let outcome = match command {
-        WalCommand::Dump { dir } => dump(&dir),
+        WalCommand::Dump { dir, decode } => dump(&dir, decode),
         WalCommand::Verify { dir } => verify(&dir),
     };
     match outcome {
@@ -46,12 +54,23 @@ fn exit_code_for(error: &WalError) -> u8 {
     }
 }
 
-/// `lsn kind length hex` per record, oldest first; a torn tail is reported on stderr.
-fn dump(dir: &Path) -> Result<ExitCode, WalError> {
+/// `lsn kind length hex` per record, oldest first (`lsn kind Record` with `decode`); a
+/// torn tail is reported on stderr.
+fn dump(dir: &Path, decode: bool) -> Result<ExitCode, WalError> {
     let view = scan(dir)?;
     let mut stdout = std::io::stdout().lock();
     for record in view.read_from(view.report().first_lsn) {
         let record = record?;
+        if decode {
+            let line = match Record::decode(record.kind, record.payload) {
+                Ok(decoded) => format!("{} {} {decoded:?}", record.lsn, record.kind),
+                Err(error) => format!("{} {} undecodable: {error}", record.lsn, record.kind),
+            };
+            if writeln!(stdout, "{line}").is_err() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            continue;
+        }
         let shown = &record.payload[..record.payload.len().min(DUMP_PAYLOAD_BYTES_MAX)];
         let hex: String = shown.iter().map(|byte| format!("{byte:02x}")).collect();
         let more = if record.payload.len() > shown.len() {

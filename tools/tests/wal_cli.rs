@@ -273,3 +273,51 @@ fn verify_reports_a_torn_tail_read_only() {
     assert_eq!(recovery.tail_bytes_dropped, garbage.len() as u64);
     assert_eq!(recovery.last_lsn, RECORDS);
 }
+
+// Proves `dump --decode` prints each protocol record decoded (`lsn kind Record`), and
+// a record that is not one as `undecodable` with its reason, without failing.
+#[test]
+fn dump_decode_prints_protocol_records() {
+    use tricommit_engine::proto::{BatchId, Record, SiteId};
+
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temporary directory");
+    let config = WalConfig {
+        segment_bytes: SEGMENT_BYTES,
+        record_bytes_max: 4096,
+        sync: SyncBackend::Fdatasync,
+        sync_fallback: true,
+        segments_spare: 1,
+    };
+    let records = [
+        Record::Incarnation { number: 3 },
+        Record::Elected {
+            batch: BatchId(7),
+            elected: 2,
+            by: SiteId(1),
+        },
+    ];
+    let (mut wal, _) = Wal::open(dir.path(), config).expect("open");
+    for record in &records {
+        let mut payload = Vec::new();
+        record.encode(&mut payload);
+        wal.append(record.kind(), &payload).expect("append");
+    }
+    wal.append(200, &[1, 2, 3]).expect("append");
+    wal.sync().expect("sync");
+    drop(wal);
+    retry_locked(|| tricommit_wal::scan(dir.path())).expect("scan");
+    let output = tricommit(&["wal", "dump", "--decode"], dir.path());
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert_eq!(
+        lines[0],
+        format!("1 {} {:?}", records[0].kind(), records[0])
+    );
+    assert_eq!(
+        lines[1],
+        format!("2 {} {:?}", records[1].kind(), records[1])
+    );
+    assert!(lines[2].starts_with("3 200 undecodable: "), "{stdout}");
+}

@@ -26,13 +26,18 @@
 //! says why ([`ClientError::AllReplicasFailed`]).
 //!
 //! A resent id is safe to resend because ids are unique at the participants: a
-//! participant that still holds the first instance refuses the second
-//! (`Reason::DUPLICATE`). The client does not take such a refusal of a *resent* id as
-//! the transaction's outcome (the first instance may still commit): it completes it
-//! `InDoubt`, and a checker settles it from the ledgers' postings. Likewise an abort
-//! that the older connection reports after the resend is only the older instance's
-//! (its participants may never have seen it, and the newer instance may commit): the
-//! client waits for the newer connection's outcome, and takes a commit from either.
+//! participant that still holds the first instance refuses the second, and the
+//! second's opener reports the first instance's outcome (`Reason::HELD_BY_BATCH`).
+//! So a resent id may exist as several instances, of which at most one commits. An
+//! abort that the older connection reports after the resend is only the older
+//! instance's (its participants may never have seen it, and the newer instance may
+//! commit): the client waits for the newer connection's outcome, and takes a commit
+//! from either. From the newer connection, the client takes an abort of a resent id
+//! as its outcome only when a participant is known to hold the id for an aborted
+//! instance (its own no vote, `TIMEOUT` after another participant voted yes,
+//! `HELD_BY_BATCH`); an abort that shows no such holder (`UNANSWERED`, `DUPLICATE`,
+//! `Terminated`) completes `InDoubt`, and a checker settles it from the ledgers'
+//! postings. An id the client sent once exists once: every abort is its outcome.
 //!
 //! Backpressure: a node whose intake is full answers `Busy` for the transactions it did
 //! not take. They were never submitted, so the client resends them after
@@ -793,9 +798,10 @@ fn on_outcomes(shared: &Shared, now_us: u64, epoch: u64, items: Vec<(TxnId, Outc
             sample_us = Some(now_us.saturating_sub(entry.sent_us));
         }
         let outcome = match outcome {
-            // The first instance of a resent id still holds it: its outcome is not
-            // this refusal (see the module documentation).
-            Outcome::Aborted(AbortReason::Rejected(Reason::DUPLICATE)) if entry.resent => {
+            // Another instance of a resent id may commit: an abort that does not show
+            // a participant holding the id for this instance is not the id's outcome
+            // (see the module documentation).
+            Outcome::Aborted(reason) if entry.resent && !abort_settles_id(reason) => {
                 shared
                     .counters
                     .txns_in_doubt
@@ -815,6 +821,25 @@ fn on_outcomes(shared: &Shared, now_us: u64, epoch: u64, items: Vec<(TxnId, Outc
     drop(waiting);
     if let Some(sample_us) = sample_us {
         lock(&shared.rtt).observe(sample_us);
+    }
+}
+
+/// Whether an abort of one instance of an id settles the id, when the client sent
+/// that id more than once (a failover's resend: several instances may exist, and at
+/// most one commits). It does when a participant of the transaction holds the id for
+/// the aborted instance (or for an aborted older one), since that participant refuses
+/// every other instance (`proto::ids`): its own no vote, a vote timeout after another
+/// participant voted yes (`TIMEOUT`), a refusal as held by a batch that aborted
+/// (`HELD_BY_BATCH`). It does not when nobody is known to hold it: nobody voted yes
+/// before the timeout (`UNANSWERED`), the first instance still holds it
+/// (`DUPLICATE`), the termination protocol aborted the batch (`Terminated`: its
+/// participants may never have seen this transaction), or the node stopped before
+/// the transaction entered the protocol (`Shutdown`).
+fn abort_settles_id(reason: AbortReason) -> bool {
+    match reason {
+        AbortReason::Rejected(Reason::UNANSWERED | Reason::DUPLICATE) => false,
+        AbortReason::Rejected(_) => true,
+        AbortReason::Terminated | AbortReason::Shutdown => false,
     }
 }
 
@@ -876,6 +901,59 @@ mod tests {
 
     // Proves the reply timeout follows RFC 6298 (srtt + 4·rttvar) within its clamp:
     // the ceiling before any sample, the floor for fast replies, the ceiling for slow.
+    // Proves which aborts of a resent id the client takes as its outcome: those that
+    // show a participant holding the id for an aborted instance. An abort that shows
+    // nobody holding it completes `InDoubt` (the chaos run's partition-majority: the
+    // client failed over back to the cut-off replica, whose instance nobody had voted
+    // on reported `UNANSWERED`, while the resend's instance committed). An id sent
+    // once takes every abort.
+    #[test]
+    fn a_resent_id_takes_only_an_abort_that_shows_a_holder() {
+        let shared = shared_alone();
+        let settles = [
+            (AbortReason::Rejected(Reason::TIMEOUT), true),
+            (AbortReason::Rejected(Reason::INSUFFICIENT_FUNDS), true),
+            (AbortReason::Rejected(Reason::HELD_BY_BATCH), true),
+            (AbortReason::Rejected(Reason::UNANSWERED), false),
+            (AbortReason::Rejected(Reason::DUPLICATE), false),
+            (AbortReason::Terminated, false),
+        ];
+        let mut id = 0;
+        for resent in [false, true] {
+            for (reason, settles_id) in settles {
+                id += 1;
+                let txn = Txn::transfer(TxnId(id), (0, 1), (1, 2), 5).expect("a transfer");
+                let mut admitted = shared
+                    .admission
+                    .admit(txn, txn.priority)
+                    .expect("room to admit");
+                let entry = Waiting {
+                    txn,
+                    completions: vec![admitted.completion],
+                    sent_us: 1,
+                    resent,
+                    sent_epoch: 1,
+                };
+                lock(&shared.waiting).insert(TxnId(id), entry);
+                let abort = Outcome::Aborted(reason);
+                on_outcomes(&shared, 10, 1, vec![(TxnId(id), abort)]);
+                let expected = if resent && !settles_id {
+                    Outcome::InDoubt
+                } else {
+                    abort
+                };
+                assert_eq!(
+                    admitted.ticket.try_outcome(),
+                    Some(expected),
+                    "{reason:?}, resent: {resent}"
+                );
+                assert!(!lock(&shared.waiting).contains_key(&TxnId(id)));
+            }
+        }
+        assert_eq!(shared.counters.txns_in_doubt.load(Ordering::Relaxed), 3);
+        assert_eq!(shared.counters.aborted.load(Ordering::Relaxed), 9);
+    }
+
     #[test]
     fn the_reply_timeout_adapts_within_its_clamp() {
         let mut rtt = RttEstimator::default();

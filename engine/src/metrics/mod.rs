@@ -73,7 +73,7 @@ fn abort_slot(reason: AbortReason) -> usize {
         AbortReason::Rejected(Reason::MALFORMED) => 0,
         AbortReason::Rejected(Reason::UNKNOWN_ACCOUNT) => 1,
         AbortReason::Rejected(Reason::INSUFFICIENT_FUNDS) => 2,
-        AbortReason::Rejected(Reason::TIMEOUT) => 3,
+        AbortReason::Rejected(Reason::TIMEOUT | Reason::UNANSWERED) => 3,
         AbortReason::Rejected(Reason::OVERFLOW) => 4,
         AbortReason::Rejected(Reason::DUPLICATE) => 5,
         AbortReason::Rejected(_) => 6,

@@ -1421,7 +1421,20 @@ impl CoordBatch {
                 late.insert(index as u32);
             }
         }
-        let reasons = late.iter().map(|index| (index, Reason::TIMEOUT)).collect();
+        // A late transaction that some participant voted yes on is held there for this
+        // batch: its abort is the id's. One nobody voted yes on is this instance's only.
+        let reasons = late
+            .iter()
+            .map(|index| {
+                let held = drive.yes_by.iter().any(|(_, yes)| yes.contains(index));
+                let reason = if held {
+                    Reason::TIMEOUT
+                } else {
+                    Reason::UNANSWERED
+                };
+                (index, reason)
+            })
+            .collect();
         let mut missed = 0u64;
         for index in late.iter() {
             missed |= drive.vote_pending[index as usize];

@@ -250,7 +250,8 @@ pub struct Completion {
     /// Indices into the batch (the driver keeps its tickets in batch order).
     pub txns: TxnSet,
     /// For aborts this coordinator decided on the normal path, why: the participant's
-    /// no vote, or `Reason::TIMEOUT` for a missing vote. Aborts decided by termination
+    /// no vote, or for a missing vote `Reason::TIMEOUT` (another participant voted yes)
+    /// or `Reason::UNANSWERED` (none did). Aborts decided by termination
     /// (or a DECIDE from another site) carry no reason. Sorted by index.
     pub reasons: Vec<(u32, Reason)>,
     /// For aborts whose reason is [`Reason::HELD_BY_BATCH`] (a resend of an id another

@@ -34,7 +34,17 @@ impl Reason {
     /// The operation would take a balance below its limit.
     pub const INSUFFICIENT_FUNDS: Reason = Reason(3);
     /// The participant could not answer in time (timeouts are turned into this vote).
+    /// Some other participant of the transaction did vote yes in this batch, so it
+    /// holds the id for this batch's instance, and no other instance of the id can
+    /// commit (`proto::ids`): the abort is the id's outcome.
     pub const TIMEOUT: Reason = Reason(4);
+    /// No participant of the transaction voted yes in this batch before the vote
+    /// timeout (none answered, or only read-only votes came). The opener then knows of
+    /// nobody holding the id for this instance, so the abort is this instance's only:
+    /// a client that sent the same id again elsewhere (a failover's resend) may see
+    /// that other instance commit, and must not take this abort as the id's outcome.
+    /// For an id sent once it is the outcome, like `TIMEOUT`.
+    pub const UNANSWERED: Reason = Reason(18);
     /// The balance would overflow `i64`.
     pub const OVERFLOW: Reason = Reason(5);
     /// The transaction id was already prepared at this participant.

@@ -432,6 +432,9 @@ fn phase_figures(
         );
     }
     figures.insert("connects".into(), json!(record.connects));
+    figures.insert("client_failovers".into(), json!(record.failovers));
+    figures.insert("txns_resent".into(), json!(record.txns_resent));
+    figures.insert("stale_outcomes".into(), json!(record.stale_outcomes));
 }
 
 /// Opens the cluster in `dir`, or creates one for the scenario there.

@@ -70,6 +70,12 @@ pub struct LoadRecord {
     pub records: Vec<Record>,
     pub connects: u64,
     pub busy: u64,
+    /// The clients' failovers to another replica, the transactions they resent, and
+    /// the aborts of older instances they set aside (`ClientCounters`), summed over
+    /// every client the driver connected.
+    pub failovers: u64,
+    pub txns_resent: u64,
+    pub stale_outcomes: u64,
 }
 
 impl LoadRecord {
@@ -109,6 +115,14 @@ impl LoadRecord {
         latencies.sort_unstable();
         let index = ((latencies.len() - 1) as f64 * q).round() as usize;
         Some(latencies[index])
+    }
+
+    /// Adds what `client` counted to the record's client figures.
+    fn add_counters(&mut self, client: &RemoteClient) {
+        let counters = client.counters();
+        self.failovers += counters.failovers.load(Ordering::Relaxed);
+        self.txns_resent += counters.txns_resent.load(Ordering::Relaxed);
+        self.stale_outcomes += counters.stale_outcomes.load(Ordering::Relaxed);
     }
 
     /// The history in `load --history`'s format.
@@ -242,7 +256,9 @@ impl Driver {
             if client.as_ref().is_none_or(RemoteClient::is_closed) {
                 // The tickets of a closed client complete (`InDoubt`) on their own.
                 if in_flight.is_empty() {
-                    client = None;
+                    if let Some(closed) = client.take() {
+                        log.add_counters(&closed);
+                    }
                     if !stopping {
                         client = self.connect(&mut log);
                     }
@@ -256,6 +272,7 @@ impl Driver {
             }
         }
         if let Some(client) = client {
+            log.add_counters(&client);
             client.shutdown();
         }
         log

@@ -842,6 +842,7 @@ pub fn abort_reason_name(reason: AbortReason) -> &'static str {
         AbortReason::Rejected(Reason::UNKNOWN_ACCOUNT) => "unknown-account",
         AbortReason::Rejected(Reason::MALFORMED) => "malformed",
         AbortReason::Rejected(Reason::TIMEOUT) => "timeout",
+        AbortReason::Rejected(Reason::UNANSWERED) => "unanswered",
         AbortReason::Rejected(Reason::OVERFLOW) => "overflow",
         AbortReason::Rejected(Reason::DUPLICATE) => "duplicate",
         AbortReason::Rejected(Reason::EXISTS_WITH_DIFFERENT_LEGS) => "exists-with-different-legs",

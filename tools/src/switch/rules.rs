@@ -139,7 +139,7 @@ pub fn outcome_code(outcome: Outcome) -> &'static [u8; 2] {
         Outcome::Aborted(AbortReason::Rejected(Reason::INSUFFICIENT_FUNDS)) => {
             code::INSUFFICIENT_FUNDS
         }
-        Outcome::Aborted(AbortReason::Rejected(Reason::TIMEOUT))
+        Outcome::Aborted(AbortReason::Rejected(Reason::TIMEOUT | Reason::UNANSWERED))
         | Outcome::Aborted(AbortReason::Terminated)
         | Outcome::Aborted(AbortReason::Shutdown)
         | Outcome::InDoubt => code::UNAVAILABLE,
