@@ -157,3 +157,71 @@ fn client_without_the_key_is_refused() {
     });
     node.shutdown().expect("clean shutdown");
 }
+
+// Proves the minority fence (`TransportConfig::replicas`): a replica that loses its
+// links to the other replica and to the only participant closes its clients'
+// connections and refuses new ones (counted as `minority`), while with one of the two
+// still reached it keeps them (itself and the participant are a strict majority of
+// the participant and the replicas); once the links return it takes clients again.
+#[test]
+fn a_replica_in_a_minority_closes_and_refuses_clients() {
+    use tricommit_engine::proto::SiteId;
+    use tricommit_engine::transport::RejectReason;
+
+    let addrs = [free_addr(), free_addr(), free_addr()];
+    let mut zero_config = config(0, &addrs);
+    zero_config.accept_clients = true;
+    zero_config.replicas = 0b011;
+    let (inbox0, _receiver0) = inbox();
+    let zero = Transport::start(zero_config, inbox0).expect("start replica 0");
+    let start = |site: u8| {
+        let (sender, receiver) = inbox();
+        let transport = Transport::start(config(site, &addrs), sender).expect("start a peer");
+        (transport, receiver)
+    };
+    let (one, _receiver1) = start(1);
+    let (two, _receiver2) = start(2);
+    let stats = zero.stats();
+    let both_up = || stats.link_up(SiteId(1)) && stats.link_up(SiteId(2));
+    wait_until("both links up", both_up);
+    let mut first = ClientConnection::connect(addrs[0], CLUSTER_ID, &SECRET).expect("connect");
+    one.shutdown().expect("clean shutdown");
+    wait_until("the link to replica 1 down", || !stats.link_up(SiteId(1)));
+    let mut second = ClientConnection::connect(addrs[0], CLUSTER_ID, &SECRET)
+        .expect("the participant and this replica are still a majority");
+    assert!(
+        matches!(first.recv_timeout(Duration::from_millis(50)), Ok(None)),
+        "a replica with a majority keeps its clients"
+    );
+    two.shutdown().expect("clean shutdown");
+    wait_until("the link to the participant down", || {
+        !stats.link_up(SiteId(2))
+    });
+    for client in [&mut first, &mut second] {
+        let deadline = std::time::Instant::now() + WAIT_MAX;
+        let closed = loop {
+            match client.recv_timeout(Duration::from_millis(10)) {
+                Err(_) => break true,
+                Ok(_) if std::time::Instant::now() >= deadline => break false,
+                Ok(_) => {}
+            }
+        };
+        assert!(
+            closed,
+            "the minority replica closed its client's connection"
+        );
+    }
+    let refused = ClientConnection::connect(addrs[0], CLUSTER_ID, &SECRET);
+    assert!(refused.is_err(), "a minority replica takes no client");
+    wait_until("the minority counter", || {
+        stats.rejects(RejectReason::Minority) >= 1
+    });
+    let (one, _receiver1) = start(1);
+    let (two, _receiver2) = start(2);
+    wait_until("both links up again", both_up);
+    let back = ClientConnection::connect(addrs[0], CLUSTER_ID, &SECRET);
+    assert!(back.is_ok(), "back in a majority, it takes clients");
+    zero.shutdown().expect("clean shutdown");
+    one.shutdown().expect("clean shutdown");
+    two.shutdown().expect("clean shutdown");
+}

@@ -48,16 +48,21 @@ fn payload(lsn: u64) -> Vec<u8> {
         .collect()
 }
 
-/// A synced log of `RECORDS` records of `PAYLOAD_BYTES` bytes each.
-fn write_log() -> tempfile::TempDir {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temporary directory");
-    let config = WalConfig {
-        segment_bytes: SEGMENT_BYTES,
+/// Segments of `segment_bytes`, fdatasync, records up to 4 KiB.
+fn wal_config(segment_bytes: u64) -> WalConfig {
+    WalConfig {
+        segment_bytes,
         record_bytes_max: 4096,
         sync: SyncBackend::Fdatasync,
         sync_fallback: true,
         segments_spare: 1,
-    };
+    }
+}
+
+/// A synced log of `RECORDS` records of `PAYLOAD_BYTES` bytes each.
+fn write_log() -> tempfile::TempDir {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temporary directory");
+    let config = wal_config(SEGMENT_BYTES);
     let (mut wal, _) = Wal::open(dir.path(), config).expect("open");
     for lsn in 1..=RECORDS {
         wal.append((lsn % 5) as u8, &payload(lsn)).expect("append");
@@ -151,13 +156,7 @@ fn verify_reports_a_bit_flip_in_the_last_segment() {
             < ONE_SEGMENT_BYTES
     );
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temporary directory");
-    let config = WalConfig {
-        segment_bytes: ONE_SEGMENT_BYTES,
-        record_bytes_max: 4096,
-        sync: SyncBackend::Fdatasync,
-        sync_fallback: true,
-        segments_spare: 1,
-    };
+    let config = wal_config(ONE_SEGMENT_BYTES);
     let (mut wal, _) = Wal::open(dir.path(), config).expect("open");
     for lsn in 1..=SYNCED_RECORDS {
         wal.append((lsn % 5) as u8, &payload(lsn)).expect("append");
@@ -262,13 +261,7 @@ fn verify_reports_a_torn_tail_read_only() {
         bytes,
         "verify modified the log"
     );
-    let config = WalConfig {
-        segment_bytes: SEGMENT_BYTES,
-        record_bytes_max: 4096,
-        sync: SyncBackend::Fdatasync,
-        sync_fallback: true,
-        segments_spare: 1,
-    };
+    let config = wal_config(SEGMENT_BYTES);
     let (_wal, recovery) = retry_locked(|| Wal::open(dir.path(), config.clone())).expect("open");
     assert_eq!(recovery.tail_bytes_dropped, garbage.len() as u64);
     assert_eq!(recovery.last_lsn, RECORDS);
@@ -281,13 +274,7 @@ fn dump_decode_prints_protocol_records() {
     use tricommit_engine::proto::{BatchId, Record, SiteId};
 
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temporary directory");
-    let config = WalConfig {
-        segment_bytes: SEGMENT_BYTES,
-        record_bytes_max: 4096,
-        sync: SyncBackend::Fdatasync,
-        sync_fallback: true,
-        segments_spare: 1,
-    };
+    let config = wal_config(SEGMENT_BYTES);
     let records = [
         Record::Incarnation { number: 3 },
         Record::Elected {

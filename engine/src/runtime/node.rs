@@ -287,6 +287,7 @@ impl Node {
             reconnect_backoff_ms_max: cluster.transport.reconnect_backoff_ms_max,
             // Any replica opens batches, so any replica serves clients.
             accept_clients: u64::from(site.id.0) < cluster.replicas,
+            replicas: replica_mask(cluster.replicas),
             balance_queries: query_sender,
         };
         let observers = TransportObservers {
@@ -630,6 +631,11 @@ impl OpenedNode {
 }
 
 /// An inbox that is replaced before the site runs (`SiteIo` has no optional inbox).
+/// The mask of a cluster's replicas: sites `0..replicas`.
+fn replica_mask(replicas: u64) -> u64 {
+    (0..replicas.min(64)).fold(0, |mask, site| mask | 1 << site)
+}
+
 fn placeholder_inbox() -> Result<MpscReceiver<Frame>, EngineError> {
     let (_, receiver) = mpsc::channel(1, Arc::new(Doorbell::default()))
         .map_err(|error| EngineError::Config(error.to_string()))?;

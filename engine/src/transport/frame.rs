@@ -105,11 +105,14 @@ pub enum RejectReason {
     ConnectionLimit,
     /// No handshake within the allowed time.
     HandshakeTimeout,
+    /// A client's hello while this replica is in a minority: it could commit nothing
+    /// (`TransportConfig::replicas`), so its clients go to another replica.
+    Minority,
 }
 
 impl RejectReason {
     /// How many reasons there are (the length of the counter array).
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 14;
     /// Every reason, in counter order.
     pub const ALL: [RejectReason; RejectReason::COUNT] = [
         RejectReason::BadMagic,
@@ -125,6 +128,7 @@ impl RejectReason {
         RejectReason::UnexpectedKind,
         RejectReason::ConnectionLimit,
         RejectReason::HandshakeTimeout,
+        RejectReason::Minority,
     ];
 
     /// A stable snake_case name, for metrics and logs.
@@ -143,11 +147,12 @@ impl RejectReason {
             RejectReason::UnexpectedKind => "unexpected_kind",
             RejectReason::ConnectionLimit => "connection_limit",
             RejectReason::HandshakeTimeout => "handshake_timeout",
+            RejectReason::Minority => "minority",
         }
     }
 }
 
-const _: () = assert!(RejectReason::HandshakeTimeout as usize + 1 == RejectReason::COUNT);
+const _: () = assert!(RejectReason::Minority as usize + 1 == RejectReason::COUNT);
 
 /// A decoded header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

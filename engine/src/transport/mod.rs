@@ -37,7 +37,7 @@ pub use frame::{RejectReason, FRAME_BODY_BYTES_MAX};
 pub use stats::{PeerStats, TransportStats};
 pub use tcp::{
     BalancesRequest, ClientConnection, ClientId, ClientReceiver, ClientRequest, ClientResponder,
-    ClientSender, Transport,
+    ClientSender, Transport, MINORITY_HOLD_MS,
 };
 
 /// Frames the queue toward one peer holds; a full queue refuses the site loop's push,
@@ -106,6 +106,15 @@ pub struct TransportConfig {
     pub reconnect_backoff_ms_max: u64,
     /// Whether network clients may connect (`true` on the replica clients use).
     pub accept_clients: bool,
+    /// The cluster's coordinator replicas, as a mask of site ids (0: not known, and
+    /// no fence). A site that accepts clients closes its client connections, and
+    /// refuses new ones (`RejectReason::Minority`), once it has been in a minority for
+    /// [`MINORITY_HOLD_MS`] and until it is not: the sites it still reaches (itself and
+    /// every peer whose link has not gone down since it was up) hold no strict majority of the replicas and the reached participants
+    /// together, the smallest E3PC quorum any transaction it could open needs, so it
+    /// could commit nothing. Its clients then fail over at once to a replica that can,
+    /// instead of hearing vote timeouts until their reply timeout fires.
+    pub replicas: u64,
     /// Where balance queries go (a participant node's site thread answers them): when
     /// set, clients may connect to this site to read its ledger, and only that.
     pub balance_queries: Option<crate::pipeline::mpsc::MpscSender<BalancesRequest>>,
@@ -125,6 +134,7 @@ impl std::fmt::Debug for TransportConfig {
             .field("reconnect_backoff_ms_min", &self.reconnect_backoff_ms_min)
             .field("reconnect_backoff_ms_max", &self.reconnect_backoff_ms_max)
             .field("accept_clients", &self.accept_clients)
+            .field("replicas", &self.replicas)
             .field("balance_queries", &self.balance_queries.is_some())
             .finish()
     }

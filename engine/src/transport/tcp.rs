@@ -51,7 +51,7 @@ use super::{
 use crate::metrics::trace::{BatchSpans, TraceContext};
 use crate::pipeline::mpsc::{channel, MpscReceiver, MpscSender};
 use crate::pipeline::{BusyReason, Doorbell, PushError, WakeHook};
-use crate::proto::{BatchId, SiteId};
+use crate::proto::{is_quorum, BatchId, SiteId};
 use crate::runtime::{Frame, Links};
 
 const LISTENER: Token = Token(0);
@@ -71,6 +71,10 @@ const WRITE_COMPACT_BYTES_MIN: usize = 1 << 20;
 const REPLIES_PER_TURN_MAX: usize = 4096;
 /// The longest the loop sleeps without looking at its timers.
 const TICK_MS_MAX: u64 = 50;
+/// How long a replica must have been in a minority before it sends its clients away
+/// (`TransportConfig::replicas`): a cut that resets the links, redialed at once, is a
+/// flap, not a partition, and moving the clients would cost more than it saves.
+pub const MINORITY_HOLD_MS: u64 = 500;
 /// The blocking client's bound on connecting and on the handshake.
 const CLIENT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -214,6 +218,8 @@ impl Transport {
                 .collect(),
             spans: observers.spans,
             traces: Vec::new(),
+            fenced: false,
+            minority_since: None,
         };
         let thread = std::thread::Builder::new()
             .name("tricommit-transport".into())
@@ -433,6 +439,8 @@ enum CloseCause {
     Silent,
     Replaced,
     SlowClient,
+    /// This replica found itself in a minority (`TransportConfig::replicas`).
+    Minority,
     Shutdown,
 }
 
@@ -446,6 +454,7 @@ impl CloseCause {
             CloseCause::Silent => "silent",
             CloseCause::Replaced => "replaced",
             CloseCause::SlowClient => "slow_client",
+            CloseCause::Minority => "minority",
             CloseCause::Shutdown => "shutdown",
         }
     }
@@ -485,6 +494,10 @@ struct EventLoop {
     spans: Option<Arc<BatchSpans>>,
     /// Reused: the trace contexts of the frame being decoded.
     traces: Vec<(BatchId, TraceContext)>,
+    /// In a minority: client connections are closed and refused (`update_fence`).
+    fenced: bool,
+    /// Since when this replica has been in a minority, if it is.
+    minority_since: Option<Instant>,
 }
 
 impl EventLoop {
@@ -777,6 +790,61 @@ impl EventLoop {
         self.requests.is_some() || self.config.balance_queries.is_some()
     }
 
+    /// Whether this replica is in a minority: the sites it reaches (itself and every
+    /// peer whose link has not gone down since it was up) hold no strict majority of
+    /// the replicas and the reached participants together. Every transaction it could
+    /// open needs all its participants and a strict majority of them and the replicas
+    /// (E3PC's quorum), and adding reached participants to a group only raises the
+    /// reached share, so the reached participants' group is the best case. Never on a
+    /// site that takes no transactions from clients, or without the replica mask.
+    fn in_minority(&self) -> bool {
+        let replicas = self.config.replicas;
+        if replicas == 0 || self.requests.is_none() {
+            return false;
+        }
+        let sites = self.peers.len() as u32;
+        let all = u64::MAX.checked_shr(64 - sites).unwrap_or(0);
+        let reached = all & !self.stats.links_down();
+        let participants = reached & !replicas;
+        participants == 0 || !is_quorum(reached, participants | replicas)
+    }
+
+    /// Follows the links (at every link change and every tick): a minority that has
+    /// lasted `MINORITY_HOLD_MS` closes every client connection (their clients fail
+    /// over to another replica at once) and refuses new ones until the links that
+    /// return end it.
+    fn update_fence(&mut self) {
+        if !self.in_minority() {
+            self.minority_since = None;
+            if self.fenced {
+                self.fenced = false;
+                tracing::info!(
+                    site = %self.name(self.config.me),
+                    "out of the minority: clients accepted again"
+                );
+            }
+            return;
+        }
+        let now = Instant::now();
+        let since = *self.minority_since.get_or_insert(now);
+        let held = now.saturating_duration_since(since) >= Duration::from_millis(MINORITY_HOLD_MS);
+        if self.fenced || !held {
+            return;
+        }
+        self.fenced = true;
+        let site = self.name(self.config.me).to_owned();
+        let tokens: Vec<Token> = self.clients.values().copied().collect();
+        tracing::warn!(
+            site = %site,
+            links_down = self.stats.links_down(),
+            clients_closed = tokens.len(),
+            "in a minority: client connections closed and refused until links return"
+        );
+        for token in tokens {
+            self.close(token, CloseCause::Minority);
+        }
+    }
+
     /// The first frame of a connection: checks who speaks, answers an accepted hello
     /// with ours, and derives the session keys.
     fn handle_hello(&mut self, token: Token, frame: OpenFrame) -> Result<(), RejectReason> {
@@ -876,6 +944,9 @@ impl EventLoop {
                 if self.clients.len() >= CLIENTS_MAX {
                     return Err(RejectReason::ConnectionLimit);
                 }
+                if self.fenced {
+                    return Err(RejectReason::Minority);
+                }
                 let client = ClientId(self.next_client);
                 self.next_client += 1;
                 Ok((Role::Client(client), CLIENT_ID, me, true))
@@ -902,6 +973,7 @@ impl EventLoop {
             peer.backoff_ms = min;
         }
         self.stats.set_link_down(site, false);
+        self.update_fence();
         if let Some(stats) = self.stats.peer(site) {
             stats.up.store(true, Ordering::Relaxed);
             let connects = stats.connects_total.fetch_add(1, Ordering::Relaxed) + 1;
@@ -1173,6 +1245,7 @@ impl EventLoop {
     /// Dials peers whose time has come, sends heartbeats, and closes silent links and
     /// handshakes that take too long.
     fn timers(&mut self) {
+        self.update_fence();
         let now = Instant::now();
         for index in 0..self.peers.len() {
             let due = self.peers[index]
@@ -1326,6 +1399,9 @@ impl EventLoop {
             if matches!(cause, CloseCause::Silent) {
                 stats.silent_downs_total.fetch_add(1, Ordering::Relaxed);
             }
+        }
+        if !matches!(cause, CloseCause::Shutdown) {
+            self.update_fence();
         }
         if self.peers[index].as_ref().is_some_and(|peer| peer.dials)
             && !matches!(cause, CloseCause::Shutdown)
@@ -1733,6 +1809,7 @@ mod tests {
             reconnect_backoff_ms_min: 1,
             reconnect_backoff_ms_max: 1,
             accept_clients: false,
+            replicas: 0,
             balance_queries: None,
         };
         assert_eq!(good.validate().expect("valid"), 2);

@@ -45,6 +45,7 @@ pub fn config(me: u8, addrs: &[SocketAddr]) -> TransportConfig {
         reconnect_backoff_ms_min: 10,
         reconnect_backoff_ms_max: 100,
         accept_clients: false,
+        replicas: 0,
         balance_queries: None,
     }
 }

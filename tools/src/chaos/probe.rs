@@ -149,6 +149,9 @@ impl LoadRecord {
 /// The running driver.
 pub struct Load {
     stop: Arc<AtomicBool>,
+    /// Asked by the scenario: the driver takes its client back to the preferred
+    /// replica (it drains, then connects again) and clears the flag once there.
+    homeward: Arc<AtomicBool>,
     committed: Arc<AtomicU64>,
     /// When the latest-sent transaction that committed so far was sent.
     newest_commit_sent: Arc<Mutex<Option<Instant>>>,
@@ -159,9 +162,12 @@ impl Load {
     /// Starts driving the cluster in `dir` with `window` transactions in flight.
     pub fn start(dir: &Path, config: &ClusterConfig, window: usize, id_base: u64) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
+        let homeward = Arc::new(AtomicBool::new(false));
         let committed = Arc::new(AtomicU64::new(0));
         let newest_commit_sent = Arc::new(Mutex::new(None));
         let driver = Driver {
+            homeward: homeward.clone(),
+            preferred: config.client.preferred_replica as usize,
             newest_commit_sent: newest_commit_sent.clone(),
             dir: dir.to_owned(),
             ledgers: config.participants as u8,
@@ -174,10 +180,27 @@ impl Load {
         };
         Load {
             stop,
+            homeward,
             committed,
             newest_commit_sent,
             thread: Some(std::thread::spawn(move || driver.run())),
         }
+    }
+
+    /// Takes the client back to the preferred replica if it failed over (it stops
+    /// sending, waits for its outcomes, and connects again); true once it is there,
+    /// false if it is not within `wait`.
+    pub fn return_to_preferred(&self, wait: Duration) -> bool {
+        self.homeward.store(true, Ordering::Release);
+        let deadline = Instant::now() + wait;
+        while self.homeward.load(Ordering::Acquire) {
+            if Instant::now() >= deadline {
+                self.homeward.store(false, Ordering::Release);
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
     }
 
     /// Commits learned so far.
@@ -220,6 +243,9 @@ struct InFlight {
 
 struct Driver {
     dir: PathBuf,
+    homeward: Arc<AtomicBool>,
+    /// The index of `[client] preferred_replica`.
+    preferred: usize,
     ledgers: u8,
     accounts: u64,
     window: usize,
@@ -253,6 +279,24 @@ impl Driver {
                 }
                 break;
             }
+            let mut away = false;
+            if self.homeward.load(Ordering::Acquire) {
+                match &client {
+                    Some(active) if active.current_replica() != self.preferred => {
+                        // Drain, then connect again: a new client tries the preferred
+                        // replica first.
+                        away = true;
+                        if in_flight.is_empty() {
+                            if let Some(moved) = client.take() {
+                                log.add_counters(&moved);
+                                moved.shutdown();
+                            }
+                        }
+                    }
+                    Some(_) => self.homeward.store(false, Ordering::Release),
+                    None => {}
+                }
+            }
             if client.as_ref().is_none_or(RemoteClient::is_closed) {
                 // The tickets of a closed client complete (`InDoubt`) on their own.
                 if in_flight.is_empty() {
@@ -264,7 +308,7 @@ impl Driver {
                     }
                 }
             }
-            if let (Some(active), false) = (&client, stopping) {
+            if let (Some(active), false, false) = (&client, stopping, away) {
                 self.fill(active, &mut in_flight, &mut log);
             }
             if !self.collect(&mut in_flight, &mut log) {

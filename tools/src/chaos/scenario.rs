@@ -50,6 +50,9 @@ pub const BYZANTINE_SITE: &str = "participant-1";
 const STALE_ROUND_WAIT_MS: u64 = 300;
 const STALE_RETRY_PAUSE_MS: u64 = 300;
 const STALE_ATTEMPTS_MAX: u32 = 10;
+/// `split-brain`: how long the load's client may take to come back to replica-0 before
+/// a try (its outcomes in flight, at most a reply timeout, then a connect).
+const RETURN_WAIT_MS_MAX: u64 = 10_000;
 /// How often `split-brain` looks at the proxy's counts.
 const STALE_POLL_MS: u64 = 2;
 /// `split-brain`: how long, past the participants' pending timeout, the scenario waits
@@ -411,6 +414,16 @@ impl Phase<'_> {
             .collect();
         let counters = self.proxy.counters();
         for tries in 1..=STALE_ATTEMPTS_MAX {
+            // A try whose cut outlasted the client's reply timeout (a loaded machine)
+            // moved the client to another replica, and replica-0 then opens no batch.
+            if !self
+                .load
+                .return_to_preferred(Duration::from_millis(RETURN_WAIT_MS_MAX))
+            {
+                return Err(ChaosError::Scenario(format!(
+                    "the load's client did not return to replica-0 within {RETURN_WAIT_MS_MAX} ms"
+                )));
+            }
             let (_, rounds_before) = counters.parts_of("ROUND", stale);
             self.proxy.update(|faults| {
                 for &other in &others {
