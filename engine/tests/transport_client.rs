@@ -166,7 +166,7 @@ fn client_without_the_key_is_refused() {
 #[test]
 fn a_replica_in_a_minority_closes_and_refuses_clients() {
     use tricommit_engine::proto::SiteId;
-    use tricommit_engine::transport::RejectReason;
+    use tricommit_engine::transport::{RejectReason, MINORITY_HOLD_MS};
 
     let addrs = [free_addr(), free_addr(), free_addr()];
     let mut zero_config = config(0, &addrs);
@@ -187,6 +187,8 @@ fn a_replica_in_a_minority_closes_and_refuses_clients() {
     let mut first = ClientConnection::connect(addrs[0], CLUSTER_ID, &SECRET).expect("connect");
     one.shutdown().expect("clean shutdown");
     wait_until("the link to replica 1 down", || !stats.link_up(SiteId(1)));
+    // Past the hold: a minority would have closed the clients by now.
+    std::thread::sleep(Duration::from_millis(MINORITY_HOLD_MS + 300));
     let mut second = ClientConnection::connect(addrs[0], CLUSTER_ID, &SECRET)
         .expect("the participant and this replica are still a majority");
     assert!(

@@ -899,8 +899,6 @@ mod tests {
         assert_eq!(shared.counters.committed.load(Ordering::Relaxed), 1);
     }
 
-    // Proves the reply timeout follows RFC 6298 (srtt + 4·rttvar) within its clamp:
-    // the ceiling before any sample, the floor for fast replies, the ceiling for slow.
     // Proves which aborts of a resent id the client takes as its outcome: those that
     // show a participant holding the id for an aborted instance. An abort that shows
     // nobody holding it completes `InDoubt` (the chaos run's partition-majority: the
@@ -954,6 +952,8 @@ mod tests {
         assert_eq!(shared.counters.aborted.load(Ordering::Relaxed), 9);
     }
 
+    // Proves the reply timeout follows RFC 6298 (srtt + 4·rttvar) within its clamp:
+    // the ceiling before any sample, the floor for fast replies, the ceiling for slow.
     #[test]
     fn the_reply_timeout_adapts_within_its_clamp() {
         let mut rtt = RttEstimator::default();

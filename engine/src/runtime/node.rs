@@ -630,12 +630,12 @@ impl OpenedNode {
     }
 }
 
-/// An inbox that is replaced before the site runs (`SiteIo` has no optional inbox).
 /// The mask of a cluster's replicas: sites `0..replicas`.
 fn replica_mask(replicas: u64) -> u64 {
     (0..replicas.min(64)).fold(0, |mask, site| mask | 1 << site)
 }
 
+/// An inbox that is replaced before the site runs (`SiteIo` has no optional inbox).
 fn placeholder_inbox() -> Result<MpscReceiver<Frame>, EngineError> {
     let (_, receiver) = mpsc::channel(1, Arc::new(Doorbell::default()))
         .map_err(|error| EngineError::Config(error.to_string()))?;

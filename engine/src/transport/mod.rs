@@ -110,10 +110,11 @@ pub struct TransportConfig {
     /// no fence). A site that accepts clients closes its client connections, and
     /// refuses new ones (`RejectReason::Minority`), once it has been in a minority for
     /// [`MINORITY_HOLD_MS`] and until it is not: the sites it still reaches (itself and
-    /// every peer whose link has not gone down since it was up) hold no strict majority of the replicas and the reached participants
-    /// together, the smallest E3PC quorum any transaction it could open needs, so it
-    /// could commit nothing. Its clients then fail over at once to a replica that can,
-    /// instead of hearing vote timeouts until their reply timeout fires.
+    /// every peer whose link has not gone down since it was up) hold no strict
+    /// majority of the replicas and the reached participants together, the smallest
+    /// E3PC quorum any transaction it could open needs, so it could commit nothing.
+    /// Its clients then fail over at once to a replica that can, instead of hearing
+    /// vote timeouts until their reply timeout fires.
     pub replicas: u64,
     /// Where balance queries go (a participant node's site thread answers them): when
     /// set, clients may connect to this site to read its ledger, and only that.
