@@ -23,7 +23,7 @@ pub enum WalCommand {
     Dump {
         dir: PathBuf,
         /// Print each record decoded as a protocol record (`lsn kind Record { .. }`),
-        /// or `undecodable: REASON` with the hex, instead of the first payload bytes.
+        /// or `lsn kind undecodable: REASON`, instead of the first payload bytes.
         #[arg(long)]
         decode: bool,
     },
@@ -62,11 +62,13 @@ fn dump(dir: &Path, decode: bool) -> Result<ExitCode, WalError> {
     for record in view.read_from(view.report().first_lsn) {
         let record = record?;
         if decode {
-            let line = match Record::decode(record.kind, record.payload) {
-                Ok(decoded) => format!("{} {} {decoded:?}", record.lsn, record.kind),
-                Err(error) => format!("{} {} undecodable: {error}", record.lsn, record.kind),
+            let (lsn, kind) = (record.lsn, record.kind);
+            let written = match Record::decode(kind, record.payload) {
+                Ok(decoded) => writeln!(stdout, "{lsn} {kind} {decoded:?}"),
+                Err(error) => writeln!(stdout, "{lsn} {kind} undecodable: {error}"),
             };
-            if writeln!(stdout, "{line}").is_err() {
+            // A closed pipe is not an error here either.
+            if written.is_err() {
                 return Ok(ExitCode::SUCCESS);
             }
             continue;

@@ -47,6 +47,7 @@
 //! A transaction whose outcome never arrives completes `InDoubt`: it may have
 //! committed. One that never left the client completes `Aborted(Shutdown)`.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -120,7 +121,9 @@ struct Waiting {
     completions: Vec<CompletionId>,
     /// When it was last sent (clock µs; 0: not yet).
     sent_us: u64,
-    /// It was resent after a failover: a duplicate refusal is not its outcome.
+    /// It was resent after a failover, so other instances of it may exist: only an
+    /// abort that shows a participant holding the id is its outcome
+    /// (`abort_settles_id`).
     resent: bool,
     /// The connection (epoch) it was last sent on: an abort that an older connection
     /// reports after the resend is the abort of an older instance only.
@@ -781,19 +784,18 @@ fn on_outcomes(shared: &Shared, now_us: u64, epoch: u64, items: Vec<(TxnId, Outc
     let mut waiting = lock(&shared.waiting);
     let mut sample_us = None;
     for (id, outcome) in items {
-        let older = waiting
-            .get(&id)
-            .is_some_and(|entry| entry.sent_epoch != epoch);
-        if older && outcome != Outcome::Committed {
+        // One probe per outcome: the entry is looked at, then taken, in place.
+        let Entry::Occupied(found) = waiting.entry(id) else {
+            continue;
+        };
+        if found.get().sent_epoch != epoch && outcome != Outcome::Committed {
             shared
                 .counters
                 .stale_outcomes
                 .fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        let Some(entry) = waiting.remove(&id) else {
-            continue;
-        };
+        let entry = found.remove();
         if sample_us.is_none() && !entry.resent && entry.sent_us != 0 {
             sample_us = Some(now_us.saturating_sub(entry.sent_us));
         }
