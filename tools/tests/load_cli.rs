@@ -37,6 +37,52 @@ fn balances(text: &str) -> HashMap<(u64, u64), i64> {
         .collect()
 }
 
+/// Checks `latency_breakdown_us`: every stage in order, quantiles in order, the
+/// per-transaction stages counting every outcome, and both floor probes sampled.
+fn assert_breakdown(summary: &serde_json::Value, outcomes: u64) {
+    let breakdown = &summary["latency_breakdown_us"];
+    let stages = breakdown["stages"].as_array().expect("stages");
+    let names: Vec<&str> = stages
+        .iter()
+        .map(|stage| stage["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "batching",
+            "queued",
+            "prepare",
+            "pre_commit",
+            "completion",
+            "engine",
+            "client"
+        ]
+    );
+    let all = stages
+        .iter()
+        .chain(breakdown["wal_sync_by_site"].as_array().unwrap())
+        .chain(breakdown["votes_by_participant"].as_array().unwrap())
+        .chain(breakdown["probe"].as_array().unwrap());
+    for row in all {
+        let at = |field: &str| row[field].as_u64().unwrap();
+        assert!(at("count") > 0, "nothing measured: {row}");
+        assert!(at("p50") <= at("p99") && at("p99") <= at("p999"), "{row}");
+    }
+    for stage in stages {
+        if stage["per"] == "txn" {
+            assert_eq!(stage["count"].as_u64().unwrap(), outcomes, "{stage}");
+        }
+    }
+    assert_eq!(
+        breakdown["wal_sync_by_site"].as_array().unwrap().len(),
+        3 + 4
+    );
+    assert_eq!(
+        breakdown["votes_by_participant"].as_array().unwrap().len(),
+        4
+    );
+}
+
 #[test]
 fn history_and_dump_agree_with_the_bank_invariant() {
     // Proves that what the engine acknowledged is exactly what the ledgers hold after
@@ -93,6 +139,11 @@ fn history_and_dump_agree_with_the_bank_invariant() {
     }
     let committed = summary["committed"].as_u64().unwrap();
     assert!(committed > 0, "nothing committed");
+    assert_breakdown(&summary, committed + summary["aborted"].as_u64().unwrap());
+    assert!(
+        !data.join("floor-probe").exists(),
+        "the floor probe's file was left in the data directory"
+    );
 
     let dump = run(
         TRICOMMIT,

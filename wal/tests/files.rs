@@ -632,6 +632,61 @@ fn checkpoint_step_bounded_spreads_the_zero_fill() {
 }
 
 #[test]
+fn spare_step_makes_the_next_segment_in_bounded_parts() {
+    // Proves that a roll leaves the next spare to `spare_step` instead of zero-filling
+    // a whole segment inline; that the steps fill it a bounded part at a time under a
+    // temporary name and then make it a spare; that the next roll uses that spare; and
+    // that a log dropped in the middle of a fill reopens with its records and without
+    // the half-filled file.
+    let dir = temporary_dir();
+    let (mut wal, _) = Wal::open(dir.path(), config(SyncBackend::Fdatasync)).expect("open");
+    assert!(!wal.spare_wanted(), "the open made the configured spare");
+    let mut last = append_while(&mut wal, 0, |wal| wal.segment_count() < 2);
+    assert_eq!(
+        names_ending(dir.path(), ".spare"),
+        0,
+        "the roll used the spare"
+    );
+    assert!(wal.spare_wanted());
+    let zero_bytes_max = SEGMENT_BYTES / 4;
+    assert!(wal.spare_step(zero_bytes_max).expect("step"), "more to do");
+    assert_eq!(names_ending(dir.path(), ".tmp"), 1, "a fill is in progress");
+    let mut calls = 1;
+    loop {
+        calls += 1;
+        assert!(calls < 100, "the steps never end");
+        if !wal.spare_step(zero_bytes_max).expect("step") {
+            break;
+        }
+    }
+    assert!(
+        calls >= 4,
+        "four parts take four calls at least, took {calls}"
+    );
+    assert_eq!(names_ending(dir.path(), ".tmp"), 0);
+    assert_eq!(names_ending(dir.path(), ".spare"), 1);
+    assert!(!wal.spare_wanted());
+    last = append_while(&mut wal, last, |wal| wal.segment_count() < 3);
+    assert_eq!(names_ending(dir.path(), ".spare"), 0, "the roll used it");
+    wal.sync().expect("sync");
+    // Dropped in the middle of the next fill.
+    assert!(wal.spare_step(zero_bytes_max).expect("step"));
+    drop(wal);
+    let (mut wal, _) = Wal::open(dir.path(), config(SyncBackend::Fdatasync)).expect("reopen");
+    assert_eq!(
+        names_ending(dir.path(), ".tmp"),
+        0,
+        "the half-filled file went"
+    );
+    assert_records(&wal, wal.first_lsn(), last);
+    last = append_while(&mut wal, last, |wal| wal.segment_count() < 5);
+    wal.sync().expect("sync");
+    drop(wal);
+    let (wal, _) = Wal::open(dir.path(), config(SyncBackend::Fdatasync)).expect("reopen");
+    assert_records(&wal, wal.first_lsn(), last);
+}
+
+#[test]
 fn recycled_spares_are_bounded() {
     // Proves that with a lowered bound, checkpoints remove the recycled segments the
     // bound has no room for, and that lowering it removes the spares above it at once.
@@ -643,8 +698,9 @@ fn recycled_spares_are_bounded() {
     let spares = |dir: &Path| names_ending(dir, ".spare");
     assert_eq!(
         spares(dir.path()),
-        6,
-        "one spare at open plus five recycled"
+        5,
+        "five recycled (the open's spare went to the first roll, and a roll makes no \
+         spare inline when the next roll can)"
     );
     wal.set_recycled_spares_max(2).expect("lower the bound");
     assert_eq!(spares(dir.path()), 2);

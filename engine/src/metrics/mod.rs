@@ -54,6 +54,32 @@ impl Phase {
     }
 }
 
+/// Where a transaction waits outside the protocol's phases, in the in-process engine.
+/// With [`Phase`] and the per-site sync and vote histograms these make the latency
+/// breakdown (`tricommit-load --json`'s `latency_breakdown_us`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Per transaction: from `Engine::submit` to its batch's close at the batcher.
+    Batching,
+    /// Per batch: from its close to its opening (PREPARE out) at the coordinator.
+    Queued,
+    /// Per transaction: from its outcome at the coordinator to its ticket's
+    /// completion (the completion hop, the dedup record, the ticket wake-up).
+    Completion,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 3] = [Stage::Batching, Stage::Queued, Stage::Completion];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Stage::Batching => "batching",
+            Stage::Queued => "queued",
+            Stage::Completion => "completion",
+        }
+    }
+}
+
 /// Why a transaction aborted, as a label value; the index is the counter's slot.
 pub const ABORT_REASON_LABELS: [&str; 9] = [
     "malformed",
@@ -173,6 +199,9 @@ pub struct EngineMetrics {
     pub txn_latency_us: AtomicHistogram,
     /// Per batch at the active coordinator, in microseconds, by [`Phase`].
     pub phase_us: [AtomicHistogram; 3],
+    /// The waits around the phases, in microseconds, by [`Stage`] (in-process engine
+    /// only; not exported to Prometheus).
+    pub stage_us: [AtomicHistogram; 3],
     /// Transactions of open batches undecided past the pending timeout.
     pub in_doubt_txns: AtomicU64,
     pub rejections: [[AtomicU64; BUSY_REASON_LABELS.len()]; PRIORITY_LABELS.len()],
@@ -211,6 +240,7 @@ impl EngineMetrics {
                 AtomicHistogram::new(LATENCY_BOUNDS_US),
                 AtomicHistogram::new(LATENCY_BOUNDS_US),
             ],
+            stage_us: std::array::from_fn(|_| AtomicHistogram::new(LATENCY_BOUNDS_US)),
             in_doubt_txns: AtomicU64::new(0),
             rejections: Default::default(),
             failovers: AtomicU64::new(0),

@@ -150,6 +150,11 @@ impl SiteObserver {
         self.site().checkpoint_pause_us.observe(pause_us);
     }
 
+    /// `times` transactions or batches waited `waited_us` in `stage`.
+    pub fn stage_waited(&self, stage: super::Stage, waited_us: u64, times: u64) {
+        self.metrics.stage_us[stage as usize].observe_n(waited_us, times);
+    }
+
     pub fn frame_dropped(&self) {
         self.site().frames_dropped.fetch_add(1, Ordering::Relaxed);
     }

@@ -49,6 +49,12 @@ pub struct Participant<R> {
 }
 
 impl<R: ResourceManager> Participant<R> {
+    /// Sizes the id index for its bound now rather than growing it under load
+    /// ([`HeldIds::reserve_decided_max`]).
+    pub fn reserve_ids(&mut self) {
+        self.ids.reserve_decided_max();
+    }
+
     /// A fresh participant with an empty log.
     pub fn new(config: ProtoConfig, me: SiteId, rm: R) -> Result<Self, ProtoError> {
         config.validate()?;

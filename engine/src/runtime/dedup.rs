@@ -108,6 +108,22 @@ const _: () = assert!(
     "each probe takes 9 bits of one hash"
 );
 
+/// A map with room for `ids` entries whose memory is already touched. Growing a
+/// generation by doubling rehashed tens of thousands of ids at a time under the
+/// shard's lock, on the completion stage, in the engine's first seconds; reserving the
+/// room alone moved the cost into page faults, one per first write to each page of the
+/// table, scattered by the hash over the first second under load. Filling the table
+/// once with placeholder ids and clearing it (which keeps the allocation) takes those
+/// faults at open instead.
+fn prefaulted_map<V: Copy>(ids: usize, placeholder: V) -> IdMap<V> {
+    let mut map = IdMap::with_capacity_and_hasher(ids, Default::default());
+    for id in 0..ids as u64 {
+        map.insert(TxnId(id), placeholder);
+    }
+    map.clear();
+    map
+}
+
 /// One generation of decided ids: their outcomes, and a Bloom filter over them that
 /// answers "never decided here" without touching the (cache-cold) map.
 struct Generation {
@@ -119,7 +135,7 @@ struct Generation {
 impl Generation {
     fn new() -> Generation {
         Generation {
-            outcomes: IdMap::default(),
+            outcomes: prefaulted_map(GENERATION_IDS, (Outcome::Committed, 0)),
             bloom: vec![[0u64; BLOOM_BLOCK_BITS / 64]; BLOOM_BLOCKS].into_boxed_slice(),
         }
     }

@@ -265,7 +265,7 @@ pub(crate) fn recover_participant(
     log: &OpenedLog,
     now_us: u64,
 ) -> Result<Participant<ParticipantRm>, EngineError> {
-    let (machine, _number) = super::checkpoint::recover_participant(
+    let (mut machine, _number) = super::checkpoint::recover_participant(
         dir,
         proto_config.clone(),
         me,
@@ -278,6 +278,7 @@ pub(crate) fn recover_participant(
         site: site.to_owned(),
         source,
     })?;
+    machine.reserve_ids();
     Ok(machine)
 }
 
@@ -754,8 +755,8 @@ pub struct EngineCounters {
     pub checkpoints: u64,
     pub checkpoint_pause_us_max: u64,
     pub checkpoint_pause_us_total: u64,
-    /// The longest time one step of recycling the segments below a checkpoint (one
-    /// segment zero-filled, as a segment roll does) held up its site.
+    /// The longest time one step of zero-filling a segment (one recycled below a
+    /// checkpoint, or a new spare for the next roll) held up its site.
     pub recycle_pause_us_max: u64,
     /// The longest WAL sync so far over every site (submit to completion).
     pub sync_us_max: u64,

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::metrics::{EngineMetrics, LocalHistogram, LATENCY_BOUNDS_US};
+use crate::metrics::{EngineMetrics, LocalHistogram, Stage, LATENCY_BOUNDS_US};
 use crate::pipeline::mpsc::MpscReceiver;
 use crate::pipeline::spsc::{SpscReceiver, SpscSender};
 use crate::pipeline::{
@@ -42,6 +42,8 @@ pub struct ClientBatch {
     pub completions: Vec<CompletionId>,
     /// Each transaction's submission time, in batch order.
     pub submitted_us: Vec<u64>,
+    /// When the batcher closed it, on the engine's clock.
+    pub closed_us: u64,
 }
 
 /// Outcomes for some transactions of one batch, for the completion stage.
@@ -52,6 +54,8 @@ pub struct CompletionChunk {
     pub outcome: Outcome,
     /// Each completion's submission time, in the same order.
     pub submitted_us: Vec<u64>,
+    /// When the coordinator handed the outcomes on, on the engine's clock.
+    pub routed_us: u64,
 }
 
 /// Engine-wide counters.
@@ -85,6 +89,7 @@ pub struct BatcherStage {
 pub fn run_batcher(mut stage: BatcherStage) {
     let mut taken: Vec<Pending> = Vec::new();
     let mut closed: Vec<Pending> = Vec::new();
+    let mut batching_us = LocalHistogram::new(LATENCY_BOUNDS_US);
     let mut intake_closed = false;
     while !(intake_closed && stage.batcher.is_empty()) {
         let deadline_us = stage.batcher.deadline_us();
@@ -111,7 +116,11 @@ pub fn run_batcher(mut stage: BatcherStage) {
             BatchPoll::WakeAt { .. } | BatchPoll::Empty => false,
         };
         if closed_now {
-            let batch = build_batch(&mut closed, stage.replicas, stage.participants);
+            for pending in &closed {
+                batching_us.observe(now_us.saturating_sub(pending.submitted_us));
+            }
+            batching_us.flush_into(&stage.metrics.stage_us[Stage::Batching as usize]);
+            let batch = build_batch(&mut closed, stage.replicas, stage.participants, now_us);
             stage.stats.batches.fetch_add(1, Ordering::Relaxed);
             stage
                 .stats
@@ -148,7 +157,12 @@ fn push_blocking(to: &mut SpscSender<ClientBatch>, mut batch: ClientBatch) {
 
 /// Turns closed transactions into the protocol's batch input: per-transaction member
 /// masks and each participant's operations in batch order.
-fn build_batch(closed: &mut Vec<Pending>, replicas: usize, participants: usize) -> ClientBatch {
+fn build_batch(
+    closed: &mut Vec<Pending>,
+    replicas: usize,
+    participants: usize,
+    closed_us: u64,
+) -> ClientBatch {
     let len = closed.len();
     let mut input = BatchInput {
         txns: Vec::with_capacity(len),
@@ -179,6 +193,7 @@ fn build_batch(closed: &mut Vec<Pending>, replicas: usize, participants: usize) 
         input,
         completions,
         submitted_us,
+        closed_us,
     }
 }
 
@@ -287,6 +302,8 @@ fn take_batches(
             break;
         };
         let now_us = io.clock.now_us();
+        io.observe
+            .stage_waited(Stage::Queued, now_us.saturating_sub(batch.closed_us), 1);
         let txns_left = batch.completions.len() as u32;
         let txns = batch.input.txns.clone();
         let participants = batch.input.members.iter().fold(0, |mask, m| mask | m);
@@ -316,6 +333,7 @@ fn take_batches(
                     txns,
                     outcome: aborted,
                     submitted_us: batch.submitted_us,
+                    routed_us: now_us,
                 });
             }
         }
@@ -331,7 +349,11 @@ fn route(
     unsent: &mut Vec<CompletionChunk>,
     observe: &mut crate::metrics::observe::SiteObserver,
 ) {
-    let mut now_us = None;
+    if completions.is_empty() {
+        return;
+    }
+    // One clock read per call: when these outcomes leave the coordinator.
+    let routed_us = observe.clock_us();
     for completion in completions {
         let Some(batch) = open.get_mut(&completion.batch) else {
             continue;
@@ -372,6 +394,7 @@ fn route(
                         txns: Vec::new(),
                         outcome,
                         submitted_us: Vec::new(),
+                        routed_us,
                     });
                     unsent.last_mut().expect("just pushed")
                 }
@@ -383,9 +406,7 @@ fn route(
         }
         if batch.txns_left == 0 {
             open.remove(&completion.batch);
-            // One clock read per call, and only when a batch is fully decided.
-            let now_us = *now_us.get_or_insert_with(|| observe.clock_us());
-            observe.batch_decided(completion.batch, now_us);
+            observe.batch_decided(completion.batch, routed_us);
         }
     }
 }
@@ -426,6 +447,10 @@ pub fn run_completion(
         let now_us = clock.now_us();
         for chunk in chunks.iter() {
             metrics.record_outcomes(chunk.outcome, chunk.completions.len() as u64);
+            metrics.stage_us[Stage::Completion as usize].observe_n(
+                now_us.saturating_sub(chunk.routed_us),
+                chunk.completions.len() as u64,
+            );
             for &submitted in &chunk.submitted_us {
                 latency_us.observe(now_us.saturating_sub(submitted));
             }

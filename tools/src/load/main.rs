@@ -17,6 +17,7 @@ use tricommit_engine::metrics::EngineMetrics;
 use tricommit_engine::{Engine, EngineConfig, Protocol};
 use tricommit_wal::SyncBackend;
 
+mod breakdown;
 mod cluster;
 #[path = "../metrics_http.rs"]
 mod metrics_http;
@@ -252,6 +253,8 @@ pub enum LoadError {
     Client(std::io::Error),
     #[error("a client thread panicked")]
     ClientPanicked,
+    #[error("cannot start the floor probe's threads: {0}")]
+    Probe(std::io::Error),
     #[error("reading the ledgers back: {0}")]
     Dump(#[from] tricommit_engine::runtime::DumpError),
     #[error("cluster: {0}")]
@@ -418,8 +421,8 @@ fn run(args: &Args) -> Result<bool, LoadError> {
     };
     #[cfg(not(feature = "pg"))]
     let shards: Option<NoShards> = None;
-    let outcome = drive(args, config, metrics, shards.as_ref())?;
-    let summary = summary::Summary::new(args, &outcome);
+    let outcome = drive(args, config, metrics.clone(), shards.as_ref())?;
+    let summary = summary::Summary::new(args, &outcome, &metrics);
     summary.print();
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&summary).expect("a summary always serializes");
@@ -476,6 +479,8 @@ pub struct RunOutcome {
     pub history_parts: Vec<PathBuf>,
     /// History lines of the outcomes a cluster run learned by resubmission at the end.
     pub resolved_history: Vec<String>,
+    /// The floor probe's figures (in-process runs; a cluster's stages run elsewhere).
+    pub probe: Option<breakdown::ProbeResult>,
 }
 
 /// Stands in for the PostgreSQL shards in a build without them.
@@ -538,6 +543,11 @@ fn drive(
             .collect(),
         None => Vec::new(),
     };
+    // The machine's floor, measured beside the load (in-process runs only).
+    let probe = match &args.cluster {
+        Some(_) => None,
+        None => Some(breakdown::FloorProbe::start(&config.data_dir).map_err(LoadError::Probe)?),
+    };
     let cpu_before = summary::cpu_seconds();
     let started = Instant::now();
     let mut sampler = scenario::Sampler::new(&shared, Duration::from_secs(args.duration));
@@ -562,6 +572,7 @@ fn drive(
         let results: Vec<_> = handles.into_iter().map(|handle| handle.join()).collect();
         (results, figures)
     });
+    let probe = probe.map(breakdown::FloorProbe::stop);
     let samples = sampler.finish();
     let scenario_figures = figures?;
     let elapsed = started.elapsed();
@@ -628,6 +639,7 @@ fn drive(
         settle_passes,
         history_parts,
         resolved_history,
+        probe,
     })
 }
 

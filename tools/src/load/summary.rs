@@ -6,6 +6,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 
 use serde::Serialize;
+use tricommit_engine::metrics::EngineMetrics;
 use tricommit_engine::runtime::{EngineCounters, Shutdown};
 
 use crate::driver::{self, Shared};
@@ -72,6 +73,9 @@ pub struct Summary {
     pub terminated_why: Option<String>,
     /// The share of the transactions built with high priority, in percent.
     pub high_priority_percent_built: f64,
+    /// Where the latency went, stage by stage, and the machine's floor measured in the
+    /// same run (`breakdown.rs`); absent for a cluster run.
+    pub latency_breakdown_us: Option<crate::breakdown::Breakdown>,
     pub config: Args,
 }
 
@@ -107,7 +111,7 @@ fn terminated_why(terminated: u64, counters: &EngineCounters) -> Option<String> 
 }
 
 impl Summary {
-    pub fn new(args: &Args, outcome: &RunOutcome) -> Summary {
+    pub fn new(args: &Args, outcome: &RunOutcome, metrics: &EngineMetrics) -> Summary {
         let mut latency = driver::histogram();
         let mut committed = 0;
         let mut in_doubt = 0;
@@ -194,6 +198,10 @@ impl Summary {
                     .sum();
                 100.0 * ratio(high, built)
             },
+            latency_breakdown_us: outcome
+                .probe
+                .as_ref()
+                .map(|probe| crate::breakdown::Breakdown::read(metrics, &latency, probe)),
             config: args.clone(),
         }
     }
@@ -298,6 +306,9 @@ impl Summary {
         rows.push(("bank invariant".to_owned(), verdict));
         if let Some(described) = &self.bank_check {
             rows.push(("bank check".to_owned(), described.clone()));
+        }
+        if let Some(breakdown) = &self.latency_breakdown_us {
+            rows.extend(breakdown.rows());
         }
         rows
     }

@@ -104,17 +104,15 @@ impl Storage for FileStorage {
 
     fn create_zeroed(&mut self, name: &str, bytes: u64) -> Result<(), WalError> {
         let path = self.path_of(name);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|error| WalError::io(&path, "create", error))?;
-        preallocate(&file, bytes).map_err(|error| WalError::io(&path, "fallocate", error))?;
+        let file = create_preallocated(&path, bytes)?;
         zero_fill(&file, bytes).map_err(|error| WalError::io(&path, "zero-fill", error))?;
         file.sync_all()
             .map_err(|error| WalError::io(&path, "fsync", error))?;
         self.sync_directory()
+    }
+
+    fn create_allocated(&mut self, name: &str, bytes: u64) -> Result<(), WalError> {
+        create_preallocated(&self.path_of(name), bytes).map(drop)
     }
 
     fn zero_part(
@@ -337,6 +335,18 @@ fn preallocate(file: &File, bytes: u64) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Creates a new file at `path` (never an existing one) with `bytes` preallocated.
+fn create_preallocated(path: &Path, bytes: u64) -> Result<File, WalError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|error| WalError::io(path, "create", error))?;
+    preallocate(&file, bytes).map_err(|error| WalError::io(path, "fallocate", error))?;
+    Ok(file)
 }
 
 fn zero_fill(file: &File, bytes: u64) -> std::io::Result<()> {

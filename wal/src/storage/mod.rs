@@ -31,6 +31,10 @@ pub trait Storage {
     fn list(&mut self) -> Result<Vec<String>, WalError>;
     /// Creates a file of `bytes` bytes, preallocated and zeroed, durably.
     fn create_zeroed(&mut self, name: &str, bytes: u64) -> Result<(), WalError>;
+    /// Creates a file of `bytes` bytes, preallocated but neither zeroed nor durable:
+    /// the start of a zero-fill spread over `zero_part` calls, whose last call makes
+    /// it durable.
+    fn create_allocated(&mut self, name: &str, bytes: u64) -> Result<(), WalError>;
     /// Overwrites at most `bytes_max` bytes of an existing, unopened file with zeros,
     /// from `offset` on, and returns the offset after them, or `None` once the call
     /// reached the end of the file. The zeros are not durable until that last call: it

@@ -231,6 +231,16 @@ impl Storage for SimStorage {
         Ok(())
     }
 
+    fn create_allocated(&mut self, name: &str, bytes: u64) -> Result<(), WalError> {
+        self.create_zeroed(name, bytes)?;
+        let mut image = self.disk.0.borrow_mut();
+        let id = image.names[name];
+        // Neither the zeros nor the file are durable yet: a crash may leave anything
+        // in it (the temporary name makes open remove it).
+        image.files[id].synced.fill(false);
+        Ok(())
+    }
+
     fn zero_part(
         &mut self,
         name: &str,
