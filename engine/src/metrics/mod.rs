@@ -69,8 +69,6 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 3] = [Stage::Batching, Stage::Queued, Stage::Completion];
-
     pub fn label(self) -> &'static str {
         match self {
             Stage::Batching => "batching",

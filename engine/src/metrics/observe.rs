@@ -150,9 +150,9 @@ impl SiteObserver {
         self.site().checkpoint_pause_us.observe(pause_us);
     }
 
-    /// `times` transactions or batches waited `waited_us` in `stage`.
-    pub fn stage_waited(&self, stage: super::Stage, waited_us: u64, times: u64) {
-        self.metrics.stage_us[stage as usize].observe_n(waited_us, times);
+    /// One batch or transaction waited `waited_us` in `stage`.
+    pub fn stage_waited(&self, stage: super::Stage, waited_us: u64) {
+        self.metrics.stage_us[stage as usize].observe(waited_us);
     }
 
     pub fn frame_dropped(&self) {

@@ -140,6 +140,22 @@ pub enum Check {
     Refused(Refusal),
 }
 
+/// Touches the memory of an empty id map for `ids` entries: fills it with placeholder
+/// ids and clears it, which keeps the allocation. Reserving alone leaves the pages to be
+/// faulted in, one per first write, scattered by the hash over the first inserts.
+pub fn prefault<V: Copy, S: std::hash::BuildHasher>(
+    map: &mut HashMap<TxnId, V, S>,
+    ids: usize,
+    placeholder: V,
+) {
+    debug_assert!(map.is_empty(), "placeholders could collide with real ids");
+    map.reserve(ids);
+    for id in 0..ids as u64 {
+        map.insert(TxnId(id), placeholder);
+    }
+    map.clear();
+}
+
 /// The id index of a participant (see the module docs).
 ///
 /// Invariants: `decided` lists every entry of `map` whose state is final, each once, in
@@ -190,10 +206,7 @@ impl HeldIds {
                 digest: 0,
                 state: State::W,
             };
-            for id in 0..self.decided_max as u64 {
-                self.map.insert(TxnId(id), placeholder);
-            }
-            self.map.clear();
+            prefault(&mut self.map, self.decided_max, placeholder);
         }
     }
 

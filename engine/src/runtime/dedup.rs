@@ -116,11 +116,8 @@ const _: () = assert!(
 /// once with placeholder ids and clearing it (which keeps the allocation) takes those
 /// faults at open instead.
 fn prefaulted_map<V: Copy>(ids: usize, placeholder: V) -> IdMap<V> {
-    let mut map = IdMap::with_capacity_and_hasher(ids, Default::default());
-    for id in 0..ids as u64 {
-        map.insert(TxnId(id), placeholder);
-    }
-    map.clear();
+    let mut map = IdMap::default();
+    crate::proto::ids::prefault(&mut map, ids, placeholder);
     map
 }
 

@@ -116,11 +116,14 @@ pub fn run_batcher(mut stage: BatcherStage) {
             BatchPoll::WakeAt { .. } | BatchPoll::Empty => false,
         };
         if closed_now {
-            for pending in &closed {
-                batching_us.observe(now_us.saturating_sub(pending.submitted_us));
-            }
+            let batch = build_batch(
+                &mut closed,
+                stage.replicas,
+                stage.participants,
+                now_us,
+                &mut batching_us,
+            );
             batching_us.flush_into(&stage.metrics.stage_us[Stage::Batching as usize]);
-            let batch = build_batch(&mut closed, stage.replicas, stage.participants, now_us);
             stage.stats.batches.fetch_add(1, Ordering::Relaxed);
             stage
                 .stats
@@ -162,6 +165,7 @@ fn build_batch(
     replicas: usize,
     participants: usize,
     closed_us: u64,
+    batching_us: &mut LocalHistogram,
 ) -> ClientBatch {
     let len = closed.len();
     let mut input = BatchInput {
@@ -174,6 +178,7 @@ fn build_batch(
     let mut completions = Vec::with_capacity(len);
     let mut submitted_us = Vec::with_capacity(len);
     for pending in closed.drain(..) {
+        batching_us.observe(closed_us.saturating_sub(pending.submitted_us));
         submitted_us.push(pending.submitted_us);
         let mut mask = 0u64;
         for leg in pending.txn.legs() {
@@ -303,7 +308,7 @@ fn take_batches(
         };
         let now_us = io.clock.now_us();
         io.observe
-            .stage_waited(Stage::Queued, now_us.saturating_sub(batch.closed_us), 1);
+            .stage_waited(Stage::Queued, now_us.saturating_sub(batch.closed_us));
         let txns_left = batch.completions.len() as u32;
         let txns = batch.input.txns.clone();
         let participants = batch.input.members.iter().fold(0, |mask, m| mask | m);

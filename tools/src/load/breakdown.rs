@@ -210,9 +210,19 @@ impl FloorProbe {
     /// breakdown then shows a count of 0), never fails the run.
     pub fn start(dir: &Path) -> std::io::Result<FloorProbe> {
         let stop = Arc::new(AtomicBool::new(false));
+        let measured = Arc::new(Mutex::new(crate::driver::histogram()));
+        // Built first, so that a failed spawn below drops it, and its `Drop` stops the
+        // threads already started.
+        let mut probe = FloorProbe {
+            stop: stop.clone(),
+            sync: None,
+            wakeup: None,
+            sleeper: None,
+            wakeup_us: measured.clone(),
+        };
         let path = dir.join("floor-probe");
         let file = probe_file(&path);
-        let sync = {
+        probe.sync = Some({
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name("tc-probe-sync".into())
@@ -224,13 +234,12 @@ impl FloorProbe {
                     let _ = std::fs::remove_file(&path);
                     histogram
                 })?
-        };
+        });
         // The sleeper parks; the waker stamps the time, unparks it and the sleeper
         // records how long it took to run. The stamp is the waker's `Instant` as
         // nanoseconds since `origin`, 0 when no wake-up is pending.
         let origin = Instant::now();
         let stamp = Arc::new(AtomicU64::new(0));
-        let measured = Arc::new(Mutex::new(crate::driver::histogram()));
         let sleeper = {
             let (stop, stamp, measured) = (stop.clone(), stamp.clone(), measured.clone());
             std::thread::Builder::new()
@@ -254,8 +263,10 @@ impl FloorProbe {
                     }
                 })?
         };
-        let wakeup = {
-            let (stop, sleeper_thread) = (stop.clone(), sleeper.thread().clone());
+        let sleeper_thread = sleeper.thread().clone();
+        probe.sleeper = Some(sleeper);
+        probe.wakeup = Some({
+            let stop = stop.clone();
             std::thread::Builder::new()
                 .name("tc-probe-wake".into())
                 .spawn(move || {
@@ -267,14 +278,8 @@ impl FloorProbe {
                     }
                     sleeper_thread.unpark();
                 })?
-        };
-        Ok(FloorProbe {
-            stop,
-            sync: Some(sync),
-            wakeup: Some(wakeup),
-            sleeper: Some(sleeper),
-            wakeup_us: measured,
-        })
+        });
+        Ok(probe)
     }
 
     /// Stops the probes and returns what they measured.
