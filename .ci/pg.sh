@@ -62,5 +62,5 @@ for ledger in 0 1 2 3; do
 done
 timeout 300 cargo run --release -p tricommit-bench --bin compare -- \
     --pg "postgres://postgres@127.0.0.1:$port/tc_ci_compare_{ledger}" \
-    --configs pg-batched,pg-2pc,pg-ceiling --seconds 2 --rounds 1 --dir target
+    --configs pg-batched,pg-2pc,pg-ceiling,pg-floor --seconds 2 --rounds 1 --dir target
 echo "pg.sh: PostgreSQL tests passed"

@@ -17,7 +17,16 @@
 //!   thread (so each shard's batch stays balanced); a leg costs the server the same
 //!   wherever its other half lives.
 //!
-//! Both start from freshly initialized shards and both end with the bank audit.
+//! - `pg-floor`: the least database work any design of this schema needs, as a bound on
+//!   every design: per transfer, the debit's reservation at PREPARE and both legs'
+//!   postings at COMMIT, three row updates (set-based, one statement per phase per
+//!   batch of `FLOOR_BATCH_TRANSFERS`, each its own synchronous commit), with nothing
+//!   else: no votes, pending rows, postings rows or engine. `FLOOR_CONNECTIONS_PER_SHARD`
+//!   connections per shard on disjoint accounts.
+//!
+//! Each starts from freshly initialized shards. All but pg-floor end with the bank
+//! audit; pg-floor writes no postings, so it checks each shard's total and that nothing
+//! is reserved, then re-initializes the shards.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -34,10 +43,16 @@ use crate::{
 };
 
 /// The PostgreSQL configurations, in table order.
-pub const PG_CONFIG_NAMES: [&str; 3] = ["pg-batched", "pg-2pc", "pg-ceiling"];
+pub const PG_CONFIG_NAMES: [&str; 4] = ["pg-batched", "pg-2pc", "pg-ceiling", "pg-floor"];
 /// Legs per prepare statement in pg-ceiling: about what pg-batched's shards see per
 /// batch under the harness's closed loop (docs/pg.md), and a power of two.
 pub const CEILING_BATCH_LEGS: usize = 2_048;
+/// Transfers per pg-floor batch (a reservation statement, then a posting statement).
+pub const FLOOR_BATCH_TRANSFERS: usize = 1_024;
+/// pg-floor's connections per shard: two per shard keep the two cores busy while a
+/// connection waits for its commit's flush (measured with pgbench, 2026-12-06: one per
+/// shard 69,903 transfers/s, two 80,317–86,091, four 68,022).
+pub const FLOOR_CONNECTIONS_PER_SHARD: usize = 2;
 /// Client threads of the per-transaction 2PC baseline, each with one connection per
 /// shard: per-transaction 2PC only goes faster with more concurrent transactions, so it
 /// gets many more than the engine's two client threads.
@@ -110,6 +125,12 @@ pub fn measure(
     let measurement = match name {
         "pg-batched" => measure_batched(urls, data_dir, window)?,
         "pg-ceiling" => measure_ceiling(urls, window)?,
+        "pg-floor" => {
+            let measurement = measure_floor(urls, window)?;
+            // It wrote balances without postings: leave the shards as a fresh init.
+            reset(urls)?;
+            return Ok(measurement);
+        }
         _ => measure_two_pc(urls, window, two_pc_clients)?,
     };
     audit(urls)?;
@@ -141,6 +162,51 @@ fn measure_batched(
 /// Runs pg-ceiling: one thread and connection per shard, each preparing and committing
 /// batches of `CEILING_BATCH_LEGS` legs back to back, for a warm-up and then `window`.
 fn measure_ceiling(urls: &[String], window: Duration) -> Result<Measurement, CompareError> {
+    let workers: Vec<(&str, usize)> = urls
+        .iter()
+        .enumerate()
+        .map(|(index, url)| (url.as_str(), index))
+        .collect();
+    drive_batches(&workers, window, CEILING_BATCH_LEGS / 2, ceiling_shard)
+}
+
+/// Runs pg-floor: `FLOOR_CONNECTIONS_PER_SHARD` threads and connections per shard, each
+/// doing the least row work any design of the issue's schema needs, back to back.
+fn measure_floor(urls: &[String], window: Duration) -> Result<Measurement, CompareError> {
+    let workers: Vec<(&str, usize)> = urls
+        .iter()
+        .enumerate()
+        .flat_map(|(shard, url)| {
+            (0..FLOOR_CONNECTIONS_PER_SHARD).map(move |connection| {
+                (
+                    url.as_str(),
+                    shard * FLOOR_CONNECTIONS_PER_SHARD + connection,
+                )
+            })
+        })
+        .collect();
+    let measurement = drive_batches(&workers, window, FLOOR_BATCH_TRANSFERS, floor_worker)?;
+    for url in urls {
+        check_floor_totals(url)?;
+    }
+    Ok(measurement)
+}
+
+/// A worker of [`drive_batches`]: loops over batches of transfers on `url` until
+/// `shared.stop`, counting them in `shared.committed` and `batches`, and returns the
+/// latency of the batches that started inside the window.
+type BatchWorker =
+    fn(&str, usize, &TwoPcShared, &AtomicU64) -> Result<Histogram<u64>, CompareError>;
+
+/// Runs one `worker` thread per `(url, index)` for a warm-up and then `window`, and
+/// measures the transfers and batches they commit inside the window. Each batch is two
+/// synchronous commits (prepare, then commit) of `batch_transfers` transfers.
+fn drive_batches(
+    workers: &[(&str, usize)],
+    window: Duration,
+    batch_transfers: usize,
+    worker: BatchWorker,
+) -> Result<Measurement, CompareError> {
     let warm_up = window.mul_f64(0.2).min(Duration::from_secs(1));
     let shared = TwoPcShared {
         stop: AtomicBool::new(false),
@@ -150,12 +216,11 @@ fn measure_ceiling(urls: &[String], window: Duration) -> Result<Measurement, Com
     };
     let batches = AtomicU64::new(0);
     let (results, committed, aborted, batches_in_window) = std::thread::scope(|scope| {
-        let handles: Vec<_> = urls
+        let handles: Vec<_> = workers
             .iter()
-            .enumerate()
-            .map(|(index, url)| {
+            .map(|&(url, index)| {
                 let (shared, batches) = (&shared, &batches);
-                scope.spawn(move || ceiling_shard(url, index, shared, batches))
+                scope.spawn(move || worker(url, index, shared, batches))
             })
             .collect();
         std::thread::sleep(warm_up);
@@ -198,8 +263,8 @@ fn measure_ceiling(urls: &[String], window: Duration) -> Result<Measurement, Com
         // The time from a batch's prepare to its commit, as a transfer in it sees it.
         p50_us: latency.value_at_quantile(0.50),
         p99_us: latency.value_at_quantile(0.99),
-        batch_txns_avg: (CEILING_BATCH_LEGS / 2) as f64,
-        // Two synchronous commits per batch per shard (prepare, commit).
+        batch_txns_avg: batch_transfers as f64,
+        // Two synchronous commits per batch (prepare, commit).
         syncs_per_s: (batches_in_window * 2) as f64 / window_s,
     })
 }
@@ -263,15 +328,97 @@ fn ceiling_shard(
         client
             .execute(&decide, &[&batch_of, &txns, &true])
             .map_err(&error)?;
-        shared
-            .committed
-            .fetch_add(transfers as u64, Ordering::Relaxed);
-        batches.fetch_add(1, Ordering::Relaxed);
-        if started >= shared.window_start {
-            latency.saturating_record((started.elapsed().as_micros() as u64).max(1));
-        }
+        shared.batch_committed(batches, transfers, started, &mut latency);
     }
     Ok(latency)
+}
+
+/// One pg-floor connection: batches of `FLOOR_BATCH_TRANSFERS` transfers, each a debit
+/// and a credit on this shard, both among the accounts of this connection alone
+/// (`account % FLOOR_CONNECTIONS_PER_SHARD == connection`, so the shard's connections
+/// never wait on each other's row locks). A batch is two statements, each its own
+/// synchronously committed transaction: the reservation of every debit, then the
+/// posting of every leg. Three row updates per transfer, and nothing else: no votes, no
+/// pending or postings rows, no engine.
+fn floor_worker(
+    url: &str,
+    index: usize,
+    shared: &TwoPcShared,
+    batches: &AtomicU64,
+) -> Result<Histogram<u64>, CompareError> {
+    let error = client_error(url);
+    let mut client = schema::connect(url).map_err(pg_error)?;
+    let reserve = client
+        .prepare(
+            "UPDATE tc_accounts a SET debits_pending = a.debits_pending + s.debits
+               FROM (SELECT account, sum(amount)::bigint AS debits
+                       FROM unnest($1::bigint[], $2::bigint[]) AS l(account, amount)
+                      GROUP BY account) s
+              WHERE a.id = s.account",
+        )
+        .map_err(&error)?;
+    let post = client
+        .prepare(
+            "UPDATE tc_accounts a SET balance = a.balance + s.net,
+                                      debits_pending = a.debits_pending - s.debits
+               FROM (SELECT account, sum(delta)::bigint AS net,
+                            sum(CASE WHEN delta < 0 THEN -delta ELSE 0 END)::bigint AS debits
+                       FROM unnest($1::bigint[], $2::bigint[]) AS l(account, delta)
+                      GROUP BY account) s
+              WHERE a.id = s.account",
+        )
+        .map_err(&error)?;
+    let connections = FLOOR_CONNECTIONS_PER_SHARD as u64;
+    let connection = (index % FLOOR_CONNECTIONS_PER_SHARD) as u64;
+    let mut latency = histogram();
+    let mut rng = 0x5851_F42D_4C95_7F2D ^ (index as u64).wrapping_mul(0xA24B_AED4_963E_E407);
+    let mut debit_accounts = vec![0i64; FLOOR_BATCH_TRANSFERS];
+    let mut amounts = vec![0i64; FLOOR_BATCH_TRANSFERS];
+    let mut leg_accounts = vec![0i64; 2 * FLOOR_BATCH_TRANSFERS];
+    let mut deltas = vec![0i64; 2 * FLOOR_BATCH_TRANSFERS];
+    while !shared.stop.load(Ordering::Relaxed) {
+        for transfer in 0..FLOOR_BATCH_TRANSFERS {
+            let debit = connection + connections * below(&mut rng, ACCOUNTS / connections);
+            let credit = connection + connections * below(&mut rng, ACCOUNTS / connections);
+            let amount = 1 + below(&mut rng, AMOUNT_MAX) as i64;
+            debit_accounts[transfer] = debit as i64;
+            amounts[transfer] = amount;
+            leg_accounts[2 * transfer] = debit as i64;
+            deltas[2 * transfer] = -amount;
+            leg_accounts[2 * transfer + 1] = credit as i64;
+            deltas[2 * transfer + 1] = amount;
+        }
+        let started = Instant::now();
+        client
+            .execute(&reserve, &[&debit_accounts, &amounts])
+            .map_err(&error)?;
+        client
+            .execute(&post, &[&leg_accounts, &deltas])
+            .map_err(&error)?;
+        shared.batch_committed(batches, FLOOR_BATCH_TRANSFERS, started, &mut latency);
+    }
+    Ok(latency)
+}
+
+/// After pg-floor: the shard's total is what it started with and nothing is reserved
+/// (pg-floor writes no postings, so the bank audit does not apply).
+fn check_floor_totals(url: &str) -> Result<(), CompareError> {
+    let mut client = schema::connect(url).map_err(pg_error)?;
+    let row = client
+        .query_one(
+            "SELECT sum(balance)::bigint, sum(debits_pending)::bigint, count(*) FROM tc_accounts",
+            &[],
+        )
+        .map_err(client_error(url))?;
+    let (total, pending, accounts): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    let expected = accounts * BALANCE_INITIAL;
+    if total != expected || pending != 0 {
+        return Err(CompareError::Pg(format!(
+            "{}: pg-floor left a total of {total} (expected {expected}) and {pending} reserved",
+            pg::redact(url)
+        )));
+    }
+    Ok(())
 }
 
 /// What the baseline's clients share.
@@ -280,6 +427,25 @@ struct TwoPcShared {
     committed: AtomicU64,
     aborted: AtomicU64,
     window_start: Instant,
+}
+
+impl TwoPcShared {
+    /// A batch of `transfers` that started at `started` has committed: counts it, and
+    /// records its latency if it started inside the window.
+    fn batch_committed(
+        &self,
+        batches: &AtomicU64,
+        transfers: usize,
+        started: Instant,
+        latency: &mut Histogram<u64>,
+    ) {
+        self.committed
+            .fetch_add(transfers as u64, Ordering::Relaxed);
+        batches.fetch_add(1, Ordering::Relaxed);
+        if started >= self.window_start {
+            latency.saturating_record((started.elapsed().as_micros() as u64).max(1));
+        }
+    }
 }
 
 /// Runs the per-transaction 2PC baseline: `clients` threads, each with one connection

@@ -41,15 +41,15 @@ struct Args {
     json: Option<PathBuf>,
     /// Comma-separated configurations to run, from: unbatched, batched, pipelined,
     /// overlap, overlap-signed, 2pc, pipelined-msync, pipelined-fdatasync,
-    /// pipelined-io-uring.
+    /// pipelined-io-uring; with --pg also pg-batched, pg-2pc, pg-ceiling, pg-floor.
     #[arg(long, value_delimiter = ',', value_parser = parse_config_name)]
     configs: Option<Vec<String>>,
     /// Directory below which each run's fresh data directory is made (not a tmpfs).
     #[arg(long, default_value = ".")]
     dir: PathBuf,
-    /// PostgreSQL shards for pg-batched and pg-2pc: one database per ledger, `{ledger}`
-    /// standing for its index. Every run drops and recreates their tricommit schema.
-    /// Without --configs, runs those two.
+    /// PostgreSQL shards for pg-batched, pg-2pc, pg-ceiling and pg-floor: one database
+    /// per ledger, `{ledger}` standing for its index. Every run drops and recreates their
+    /// tricommit schema. Without --configs, runs every pg-* configuration.
     #[cfg(feature = "pg")]
     #[arg(long, value_name = "URL_TEMPLATE")]
     pg: Option<String>,
