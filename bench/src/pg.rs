@@ -50,8 +50,8 @@ pub const CEILING_BATCH_LEGS: usize = 2_048;
 /// Transfers per pg-floor batch (a reservation statement, then a posting statement).
 pub const FLOOR_BATCH_TRANSFERS: usize = 1_024;
 /// pg-floor's connections per shard: two per shard keep the two cores busy while a
-/// connection waits for its commit's flush (measured with pgbench, 2026-12-06: one per
-/// shard 69,903 transfers/s, two 80,317–86,091, four 68,022).
+/// connection waits for its commit's flush (pgbench, docs/pg.md: one per shard 69,903
+/// transfers/s, two 80,317–86,091, four 68,022).
 pub const FLOOR_CONNECTIONS_PER_SHARD: usize = 2;
 /// Client threads of the per-transaction 2PC baseline, each with one connection per
 /// shard: per-transaction 2PC only goes faster with more concurrent transactions, so it
@@ -195,8 +195,7 @@ fn measure_floor(urls: &[String], window: Duration) -> Result<Measurement, Compa
 /// A worker of [`drive_batches`]: loops over batches of transfers on `url` until
 /// `shared.stop`, counting them in `shared.committed` and `batches`, and returns the
 /// latency of the batches that started inside the window.
-type BatchWorker =
-    fn(&str, usize, &TwoPcShared, &AtomicU64) -> Result<Histogram<u64>, CompareError>;
+type BatchWorker = fn(&str, usize, &RunShared, &AtomicU64) -> Result<Histogram<u64>, CompareError>;
 
 /// Runs one `worker` thread per `(url, index)` for a warm-up and then `window`, and
 /// measures the transfers and batches they commit inside the window. Each batch is two
@@ -208,7 +207,7 @@ fn drive_batches(
     worker: BatchWorker,
 ) -> Result<Measurement, CompareError> {
     let warm_up = window.mul_f64(0.2).min(Duration::from_secs(1));
-    let shared = TwoPcShared {
+    let shared = RunShared {
         stop: AtomicBool::new(false),
         committed: AtomicU64::new(0),
         aborted: AtomicU64::new(0),
@@ -274,7 +273,7 @@ fn drive_batches(
 fn ceiling_shard(
     url: &str,
     index: usize,
-    shared: &TwoPcShared,
+    shared: &RunShared,
     batches: &AtomicU64,
 ) -> Result<Histogram<u64>, CompareError> {
     let error = client_error(url);
@@ -343,7 +342,7 @@ fn ceiling_shard(
 fn floor_worker(
     url: &str,
     index: usize,
-    shared: &TwoPcShared,
+    shared: &RunShared,
     batches: &AtomicU64,
 ) -> Result<Histogram<u64>, CompareError> {
     let error = client_error(url);
@@ -421,15 +420,15 @@ fn check_floor_totals(url: &str) -> Result<(), CompareError> {
     Ok(())
 }
 
-/// What the baseline's clients share.
-struct TwoPcShared {
+/// What the threads of one pg-2pc, pg-ceiling or pg-floor run share.
+struct RunShared {
     stop: AtomicBool,
     committed: AtomicU64,
     aborted: AtomicU64,
     window_start: Instant,
 }
 
-impl TwoPcShared {
+impl RunShared {
     /// A batch of `transfers` that started at `started` has committed: counts it, and
     /// records its latency if it started inside the window.
     fn batch_committed(
@@ -457,7 +456,7 @@ fn measure_two_pc(
 ) -> Result<Measurement, CompareError> {
     check_prepared_transactions(&urls[0], clients)?;
     let warm_up = window.mul_f64(0.2).min(Duration::from_secs(1));
-    let shared = TwoPcShared {
+    let shared = RunShared {
         stop: AtomicBool::new(false),
         committed: AtomicU64::new(0),
         aborted: AtomicU64::new(0),
@@ -531,7 +530,7 @@ fn histogram() -> Histogram<u64> {
 fn two_pc_client(
     urls: &[String],
     index: usize,
-    shared: &TwoPcShared,
+    shared: &RunShared,
 ) -> Result<Histogram<u64>, CompareError> {
     let mut connections = Vec::with_capacity(urls.len());
     for url in urls {
