@@ -172,6 +172,20 @@ fn a_scrape_after_the_run_agrees_with_the_json_summary() {
             "tricommit_phase_duration_seconds_count{phase=\"commit\"}"
         ) > 0.0
     );
+    // Every transaction that completed waited once in batching and once in completion.
+    for stage in ["batching", "completion"] {
+        let count = sample(
+            &scrape,
+            &format!("tricommit_stage_wait_seconds_count{{stage=\"{stage}\"}}"),
+        );
+        assert!(count >= field("committed"), "{stage}: {count}");
+    }
+    assert!(
+        sample(
+            &scrape,
+            "tricommit_stage_wait_seconds_count{stage=\"queued\"}"
+        ) > 0.0
+    );
 }
 
 /// A loopback OTLP/HTTP sink: keeps every request body until stopped.

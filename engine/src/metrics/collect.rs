@@ -20,7 +20,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use super::histogram::HistogramSnapshot;
 use super::{
-    EngineMetrics, Phase, ABORT_REASON_LABELS, BUSY_REASON_LABELS, PRIORITY_LABELS,
+    EngineMetrics, Phase, Stage, ABORT_REASON_LABELS, BUSY_REASON_LABELS, PRIORITY_LABELS,
     TERMINATION_RESULT_LABELS,
 };
 use crate::proto::SiteId;
@@ -232,6 +232,19 @@ fn encode_engine(m: &EngineMetrics, f: &mut Families<'_, '_>) -> Result<(), std:
         "Duration of each phase of a batch at the active coordinator (see docs/ops.md).",
         Some(Unit::Seconds),
         &phases,
+    )?;
+    let stages: Vec<(Labels<'_>, HistogramSnapshot)> = Stage::ALL
+        .iter()
+        .map(|stage| {
+            let snapshot = m.stage_us[*stage as usize].snapshot();
+            (vec![("stage", stage.label())], snapshot)
+        })
+        .collect();
+    f.histograms(
+        "tricommit_stage_wait",
+        "Time spent outside the phases: batching per transaction, queued per batch, completion per transaction (see docs/ops.md).",
+        Some(Unit::Seconds),
+        &stages,
     )?;
     Ok(())
 }

@@ -69,6 +69,9 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// Every stage: the series of `tricommit_stage_wait_seconds`.
+    pub const ALL: [Stage; 3] = [Stage::Batching, Stage::Queued, Stage::Completion];
+
     pub fn label(self) -> &'static str {
         match self {
             Stage::Batching => "batching",
