@@ -64,6 +64,18 @@ type Labels<'a> = Vec<(&'static str, &'a str)>;
 /// A site's label and its metrics.
 type Site<'a> = (&'a str, &'a super::SiteMetrics);
 
+/// One histogram per item of `all`, each labelled `key` = its `label`.
+fn by_label<T: Copy>(
+    key: &'static str,
+    all: &[T],
+    label: fn(T) -> &'static str,
+    snapshot: impl Fn(T) -> HistogramSnapshot,
+) -> Vec<(Labels<'static>, HistogramSnapshot)> {
+    all.iter()
+        .map(|&item| (vec![(key, label(item))], snapshot(item)))
+        .collect()
+}
+
 /// Helpers over one descriptor encoder: one family per call.
 struct Families<'e, 'a> {
     encoder: &'e mut DescriptorEncoder<'a>,
@@ -220,26 +232,18 @@ fn encode_engine(m: &EngineMetrics, f: &mut Families<'_, '_>) -> Result<(), std:
         Some(Unit::Seconds),
         &[(vec![], m.txn_latency_us.snapshot())],
     )?;
-    let phases: Vec<(Labels<'_>, HistogramSnapshot)> = Phase::ALL
-        .iter()
-        .map(|phase| {
-            let snapshot = m.phase_us[*phase as usize].snapshot();
-            (vec![("phase", phase.label())], snapshot)
-        })
-        .collect();
+    let phases = by_label("phase", &Phase::ALL, Phase::label, |phase| {
+        m.phase_us[phase as usize].snapshot()
+    });
     f.histograms(
         "tricommit_phase_duration",
         "Duration of each phase of a batch at the active coordinator (see docs/ops.md).",
         Some(Unit::Seconds),
         &phases,
     )?;
-    let stages: Vec<(Labels<'_>, HistogramSnapshot)> = Stage::ALL
-        .iter()
-        .map(|stage| {
-            let snapshot = m.stage_us[*stage as usize].snapshot();
-            (vec![("stage", stage.label())], snapshot)
-        })
-        .collect();
+    let stages = by_label("stage", &Stage::ALL, Stage::label, |stage| {
+        m.stage_us[stage as usize].snapshot()
+    });
     f.histograms(
         "tricommit_stage_wait",
         "Time spent outside the phases: batching per transaction, queued per batch, completion per transaction (see docs/ops.md).",
