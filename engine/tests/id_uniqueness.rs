@@ -469,13 +469,16 @@ fn the_engine_refuses_resends_after_a_reopen() {
 // Proves that a checkpointed engine, reopened, still refuses recent ids with their
 // first outcome and applies none again: after enough load that every participant
 // checkpointed (tiny segments), so that its id index came back from a checkpoint group
-// and the log after it.
+// and the log after it. The resent transfers are the last ones decided: one client
+// sends them after the load's clients are done. (Taking each load client's last
+// transfers instead failed about one run in ten: the clients finish apart, and one
+// client's tail could be older than the index bound by the time the other finished.)
 #[test]
 fn the_engine_refuses_resends_after_checkpoints() {
     const TXNS_PER_THREAD: u64 = 20_000;
-    /// The last transfers of each client thread that are resent: fewer than the index
-    /// bound of these tiny segments (`EngineConfig::held_ids_decided_max`).
-    const RESENT_PER_THREAD: u64 = 100;
+    /// The transfers resent: fewer than the index bound of these tiny segments
+    /// (`EngineConfig::held_ids_decided_max`), and the last ones decided.
+    const RESENT_TXNS: u64 = 200;
     let dir = temp_dir();
     let bank = TestBank {
         ledgers: 4,
@@ -489,15 +492,23 @@ fn the_engine_refuses_resends_after_checkpoints() {
     config.batch_txns_max = 256;
     config.log_segments_max = Some(2);
     config.compact_postings = true;
-    assert!(config.held_ids_decided_max() as u64 > 2 * RESENT_PER_THREAD);
+    assert!(config.held_ids_decided_max() as u64 > 2 * RESENT_TXNS);
     let engine = Engine::open(config.clone()).expect("open");
-    let clients = Clients {
+    let load = Clients {
         threads: 2,
         txns_per_thread: TXNS_PER_THREAD,
         id_first: 1,
         seed: 11,
     };
-    let acked = engine_support::run_clients(&engine, &bank, clients);
+    let loaded = engine_support::run_clients(&engine, &bank, load);
+    assert_eq!(loaded.len() as u64, 2 * TXNS_PER_THREAD);
+    let tail = Clients {
+        threads: 1,
+        txns_per_thread: RESENT_TXNS,
+        id_first: 2 * TXNS_PER_THREAD + 1,
+        seed: 12,
+    };
+    let recent = engine_support::run_clients(&engine, &bank, tail);
     let before = balances(&engine.shutdown().expect("shutdown"));
     let participant_files: Vec<String> = std::fs::read_dir(dir.path().join("participant-0"))
         .expect("participant directory")
@@ -512,12 +523,12 @@ fn the_engine_refuses_resends_after_checkpoints() {
     );
 
     let engine = Engine::open(config).expect("reopen");
-    let recent: Vec<_> = acked
-        .iter()
-        .filter(|(t, _)| (t.id - 1) % TXNS_PER_THREAD >= TXNS_PER_THREAD - RESENT_PER_THREAD)
-        .collect();
-    assert_eq!(recent.len() as u64, 2 * RESENT_PER_THREAD);
-    for (transfer, first) in recent {
+    assert_eq!(recent.len() as u64, RESENT_TXNS);
+    assert!(
+        recent.iter().any(|(_, first)| *first == Acked::Committed),
+        "no resent transfer had committed: the test would prove nothing about commits"
+    );
+    for (transfer, first) in &recent {
         let again = outcome(&engine, transfer.txn());
         match first {
             Acked::Committed => assert_eq!(again, TicketOutcome::Committed, "{transfer:?}"),

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use super::ids::{HeldOutcome, HeldWaits};
-use super::member::{desc_of, Log, Member};
+use super::member::{desc_of, Log, Member, RoundSync};
 use super::msg::{Part, ELECTED_INITIAL};
 use super::predict::Predictor;
 use super::record::Record;
@@ -858,6 +858,7 @@ impl CoordBatch {
                     &pre_abort,
                     now_us,
                     timeout,
+                    RoundSync::Forced,
                     out,
                 );
                 self.defer_to_other_driver(ctx, now_us);

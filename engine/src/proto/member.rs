@@ -27,6 +27,21 @@ pub(crate) struct Log {
     held_completions: Vec<(u64, Completion)>,
 }
 
+/// When a site's PRE-COMMIT / PRE-ABORT record reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RoundSync {
+    /// At once: the acknowledgement leaves after one sync of its own. The coordinator
+    /// replicas, and everyone in a recovery round.
+    Forced,
+    /// A participant at election 1: with the site's next sync. The replicas alone
+    /// form the round's quorum (the active one and its two backups are three of a
+    /// two-party transfer's five), so the participants' acknowledgements are only a
+    /// fallback when a backup is slow or gone; forcing them cost each participant
+    /// about one sync per batch more than two-phase commit. Safety does not depend
+    /// on it: an acknowledgement still leaves only once its record is durable.
+    Lazy,
+}
+
 impl Log {
     pub(crate) fn new() -> Log {
         Log {
@@ -296,6 +311,23 @@ impl Member {
         txns: TxnSet,
         out: &mut Output,
     ) {
+        let changed = !txns.is_empty();
+        self.record_transition(log, state, attempt, txns, out);
+        if changed && !state.is_final() {
+            log.force(out);
+        }
+    }
+
+    /// [`Member::transition`] without the force: the caller forces (or, for a lazy
+    /// round, leaves the record to the site's next sync; its acknowledgement waits).
+    fn record_transition(
+        &mut self,
+        log: &mut Log,
+        state: State,
+        attempt: u32,
+        txns: TxnSet,
+        out: &mut Output,
+    ) {
         if txns.is_empty() {
             return;
         }
@@ -316,9 +348,6 @@ impl Member {
             txns,
         };
         self.last_seq = log.append(record, out);
-        if !state.is_final() {
-            log.force(out);
-        }
     }
 
     /// ELECT from a recovery coordinator: join if the election is newer, then report
@@ -414,6 +443,13 @@ impl Member {
 
     /// A PRE-COMMIT / PRE-ABORT round at attempt `elected`. Decided transactions are
     /// answered with their decision instead of an acknowledgement.
+    ///
+    /// With `lazy` (a participant at election 1, see [`RoundSync`]) the new record is
+    /// not forced: it becomes durable with this site's next sync (the next batch's
+    /// votes, or the driver's idle sync), and the acknowledgement waits for that as
+    /// every acknowledgement waits for its record. A repeated round forces whatever its
+    /// acknowledgement still waits for, so a coordinator short of its quorum is never
+    /// left waiting on a site with nothing else to sync.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn on_round(
         &mut self,
@@ -425,6 +461,7 @@ impl Member {
         pre_abort: &TxnSet,
         now_us: u64,
         pending_timeout_us: u64,
+        sync: RoundSync,
         out: &mut Output,
     ) {
         let len = self.len();
@@ -464,8 +501,16 @@ impl Member {
             }
         }
         let [changed_pc, changed_pa] = changed;
-        self.transition(log, State::PreCommit, elected, changed_pc, out);
-        self.transition(log, State::PreAbort, elected, changed_pa, out);
+        let changed = !changed_pc.is_empty() || !changed_pa.is_empty();
+        let lazy = sync == RoundSync::Lazy && elected == ELECTED_INITIAL;
+        self.record_transition(log, State::PreCommit, elected, changed_pc, out);
+        self.record_transition(log, State::PreAbort, elected, changed_pa, out);
+        if changed && !lazy {
+            log.force(out);
+        } else if !changed && lazy && self.last_seq > log.durable_seq() {
+            // The round came again: the coordinator still waits for this site.
+            log.force(out);
+        }
         if self.has_pending() {
             self.arm(now_us + pending_timeout_us);
         }
@@ -760,5 +805,87 @@ mod tests {
         settled.set_state(0, State::Abort);
         settled.set_state(2, State::Commit);
         assert!(!settled.has_pending());
+    }
+
+    /// A participant (site 3) in two transactions, both voted yes, at election 1.
+    fn prepared_member() -> (Member, Log) {
+        let desc = Arc::new(Descriptor {
+            batch: crate::proto::BatchId(1 << 32),
+            txns: vec![TxnId(1), TxnId(2)],
+            members: vec![SiteId(3).bit() | SiteId(4).bit(); 2],
+        });
+        let mut member = Member::new(desc, SiteId(3), false, SiteId(0));
+        member.set_state(0, State::W);
+        member.set_state(1, State::W);
+        (member, Log::new())
+    }
+
+    fn round(member: &mut Member, log: &mut Log, elected: u32, sync: RoundSync) -> Output {
+        let mut out = Output::default();
+        let pre_commit = TxnSet::full(2);
+        let pre_abort = TxnSet::empty(2);
+        let termination = Termination::E3pc;
+        let from = SiteId(0);
+        member.on_round(
+            log,
+            termination,
+            from,
+            elected,
+            &pre_commit,
+            &pre_abort,
+            0,
+            1_000,
+            sync,
+            &mut out,
+        );
+        out
+    }
+
+    fn acks(out: &Output) -> usize {
+        let is_ack = |o: &&Outgoing| matches!(o.part, Part::RoundAck { .. });
+        out.sends.iter().filter(is_ack).count()
+    }
+
+    // Proves the lazy PRE-COMMIT round: the record is appended but not forced and the
+    // acknowledgement waits for whatever sync comes next; the same round again forces
+    // it (the coordinator is still short of its quorum), and the acknowledgement
+    // leaves only once the record is durable. Forced rounds, and lazy ones at a later
+    // election (recovery), sync at once as before.
+    #[test]
+    fn a_lazy_round_acknowledges_only_after_a_later_sync() {
+        let (mut member, mut log) = prepared_member();
+        let first = round(&mut member, &mut log, ELECTED_INITIAL, RoundSync::Lazy);
+        assert_eq!(first.appends.len(), 1, "the PRE-COMMIT record is appended");
+        assert_eq!(
+            first.sync_upto, None,
+            "a lazy round does not force its record"
+        );
+        assert_eq!(acks(&first), 0, "the acknowledgement waits for the record");
+        assert_eq!(member.states()[0], State::PreCommit);
+
+        let again = round(&mut member, &mut log, ELECTED_INITIAL, RoundSync::Lazy);
+        assert!(
+            again.appends.is_empty(),
+            "nothing changed, nothing appended"
+        );
+        let upto = again.sync_upto.expect("a repeated round forces the record");
+        assert_eq!(acks(&again), 0, "still not durable");
+        let mut durable = Output::default();
+        log.on_durable(upto, &mut durable);
+        assert_eq!(
+            acks(&durable),
+            2,
+            "both rounds' acknowledgements leave once durable"
+        );
+
+        let (mut member, mut log) = prepared_member();
+        let forced = round(&mut member, &mut log, ELECTED_INITIAL, RoundSync::Forced);
+        assert!(forced.sync_upto.is_some(), "a forced round syncs at once");
+        let (mut member, mut log) = prepared_member();
+        let recovery = round(&mut member, &mut log, ELECTED_INITIAL + 1, RoundSync::Lazy);
+        assert!(
+            recovery.sync_upto.is_some(),
+            "a recovery round syncs at once, lazy or not"
+        );
     }
 }

@@ -6,14 +6,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::ids::{leg_digest, Check, Held, HeldIds, Refusal};
-use super::member::{desc_of, Log, Member};
+use super::member::{desc_of, Log, Member, RoundSync};
 use super::msg::{Part, ELECTED_INITIAL};
 use super::record::Record;
 use super::rm::{Op, Reason, ResourceManager, TxnId, Vote};
 use super::types::{
-    AppendSeq, BatchId, BatchMap, Descriptor, DescriptorRef, RetiredSet, SiteId, State, TxnSet,
+    is_quorum, AppendSeq, BatchId, BatchMap, Descriptor, DescriptorRef, RetiredSet, SiteId, State,
+    TxnSet,
 };
-use super::{Output, ProtoConfig, ProtoError, Protocol};
+use super::{Output, ProtoConfig, ProtoError, Protocol, Termination};
 
 /// A participant site wrapping a resource manager `R`.
 #[derive(Clone)]
@@ -279,6 +280,24 @@ impl<R: ResourceManager> Participant<R> {
                 };
                 let timeout = self.config.pending_timeout_us;
                 let termination = self.config.termination;
+                let replica_mask = self.config.replica_mask();
+                // Lazy only where the replicas alone are a quorum of every commit
+                // group of the batch (three replicas and two-party transfers): with
+                // fewer, the coordinator needs this acknowledgement to decide at all.
+                // And not while a replica's link is down (a hint): the coordinator
+                // then needs it too, and should not wait for this site's next sync.
+                let sync = if termination == Termination::E3pc
+                    && self.links_down & replica_mask == 0
+                    && member
+                        .desc
+                        .members
+                        .iter()
+                        .all(|&members| is_quorum(replica_mask, members | replica_mask))
+                {
+                    RoundSync::Lazy
+                } else {
+                    RoundSync::Forced
+                };
                 member.on_round(
                     &mut self.log,
                     termination,
@@ -288,6 +307,7 @@ impl<R: ResourceManager> Participant<R> {
                     &pre_abort,
                     now_us,
                     timeout,
+                    sync,
                     out,
                 );
             }
