@@ -444,8 +444,8 @@ impl Member {
     /// A PRE-COMMIT / PRE-ABORT round at attempt `elected`. Decided transactions are
     /// answered with their decision instead of an acknowledgement.
     ///
-    /// With `lazy` (a participant at election 1, see [`RoundSync`]) the new record is
-    /// not forced: it becomes durable with this site's next sync (the next batch's
+    /// With [`RoundSync::Lazy`] at election 1 (a participant, see there) the new record
+    /// is not forced: it becomes durable with this site's next sync (the next batch's
     /// votes, or the driver's idle sync), and the acknowledgement waits for that as
     /// every acknowledgement waits for its record. A repeated round forces whatever its
     /// acknowledgement still waits for, so a coordinator short of its quorum is never
