@@ -55,6 +55,7 @@ pub use error::LedgerError;
 pub use op::{LedgerOp, OpKind, OP_AMOUNT_MAX};
 pub use table::{HoldKind, Reservation};
 
+use crate::proto::table::prefetch_read;
 use crate::proto::{Op, Reason, ResourceManager, RestoreError, TxnId, Vote};
 use table::{Home, Probe, ReservationTable, Slot};
 
@@ -292,7 +293,7 @@ impl Ledger {
     /// walks every account and every reservation, so it is not for the hot path.
     pub fn check_invariants(&self) -> Result<(), LedgerError> {
         let mut pending = vec![(0u128, 0u128); self.accounts.len()];
-        for reservation in self.reservations.iter() {
+        for reservation in self.reservations.iter().map(Slot::reservation) {
             let sums = &mut pending[reservation.account as usize];
             match reservation.kind {
                 HoldKind::Debit => sums.0 += u128::from(reservation.amount),
@@ -324,7 +325,7 @@ impl Ledger {
 
     /// Every held reservation, sorted by transaction id.
     pub fn reservations_sorted(&self) -> Vec<Reservation> {
-        let mut held: Vec<Reservation> = self.reservations.iter().collect();
+        let mut held: Vec<Reservation> = self.reservations.iter().map(Slot::reservation).collect();
         held.sort_unstable();
         held
     }
@@ -444,9 +445,7 @@ impl Ledger {
     /// Hints the CPU to fetch the table slot where `txn`'s probe starts, and returns it.
     #[inline]
     fn prefetch_txn(&self, txn: TxnId) -> Home {
-        let home = self.reservations.home(txn.0);
-        prefetch_read(self.reservations.home_ptr(home) as *const i8);
-        home
+        self.reservations.prefetch(txn.0)
     }
 
     /// Removes each held reservation of `txns`, in order, and posts or voids it. The
@@ -571,19 +570,6 @@ fn check_config(accounts: u64, reservations_max: u64) -> Result<(), LedgerError>
         });
     }
     Ok(())
-}
-
-/// A cache prefetch hint; a no-op on targets without one.
-#[inline(always)]
-fn prefetch_read(address: *const i8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is only a hint: it never faults and never reads the memory
-    // into the program, so any address is allowed; SSE is part of the x86_64 baseline.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(address);
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = address;
 }
 
 #[cfg(test)]

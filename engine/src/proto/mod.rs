@@ -32,6 +32,7 @@ mod participant;
 pub mod predict;
 pub mod record;
 pub mod rm;
+pub(crate) mod table;
 pub mod types;
 
 use std::collections::BTreeMap;

@@ -2,10 +2,9 @@
 //! votes are durable, takes part in rounds and elections, applies decisions, and asks
 //! the coordinator replicas for help when a decision is late.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::ids::{leg_digest, Check, Held, HeldIds, Refusal};
+use super::ids::{leg_digest, Check, Held, HeldIds, Refusal, PREFETCH_IDS_AHEAD};
 use super::member::{desc_of, Log, Member, RoundSync};
 use super::msg::{Part, ELECTED_INITIAL};
 use super::record::Record;
@@ -31,20 +30,19 @@ pub struct Participant<R> {
     /// Every transaction id this site prepared, with its batch and state: a PREPARE
     /// of a held id in another batch is refused (see [`super::ids`]). A function of
     /// the log: rebuilt by replay, carried by checkpoints.
+    ///
+    /// It also says which batch holds each reservation this site voted yes on: the
+    /// one that holds the id pending (`W`). With several openers a client resends an
+    /// id in a new batch, so one id may appear in two batches here; the resource
+    /// manager knows ids, not batches, so a decision reaches it only for the batch
+    /// that holds the id. Without this, the abort of a batch this site never prepared
+    /// (learned from an election) would void the reservation another batch holds.
     ids: HeldIds,
     /// Reused buffers: the hot path allocates per batch, never per transaction.
     votes: Vec<Vote>,
     txn_ids: Vec<TxnId>,
     /// Each operation's id check in the PREPARE being handled.
     checks: Vec<Check>,
-    /// Which batch holds each reservation this site voted yes on. With several
-    /// openers a client resends an id in a new batch, so one id may appear in two
-    /// batches here; the resource manager knows ids, not batches, so a decision
-    /// reaches it only for the batch that holds the id. Without this, the abort of a
-    /// batch this site never prepared (learned from an election) would void the
-    /// reservation another batch holds. One entry per held reservation: removed when
-    /// its batch decides it.
-    holders: HashMap<TxnId, BatchId>,
     /// Sites whose link the driver reported down (see [`Participant::set_links_down`]).
     links_down: u64,
 }
@@ -75,7 +73,6 @@ impl<R: ResourceManager> Participant<R> {
             votes: Vec::new(),
             txn_ids: Vec::new(),
             checks: Vec::new(),
-            holders: HashMap::new(),
             links_down: 0,
         })
     }
@@ -128,9 +125,8 @@ impl<R: ResourceManager> Participant<R> {
                     .ok_or(ProtoError::BadLog("record before its batch"))?;
                 let settled = member.replay(record).map_err(ProtoError::BadLog)?;
                 if let Some((state, txns)) = settled {
-                    let (rm, ids, holders) = (&mut self.rm, &mut self.txn_ids, &mut self.holders);
-                    apply_to_rm(rm, ids, holders, member, state, &txns);
-                    settle_ids(&mut self.ids, member, state, &txns);
+                    let (rm, scratch, ids) = (&mut self.rm, &mut self.txn_ids, &mut self.ids);
+                    settle(rm, scratch, ids, member, state, &txns);
                 }
                 Ok(())
             }
@@ -160,9 +156,6 @@ impl<R: ResourceManager> Participant<R> {
         let mut member = Member::new(Arc::clone(desc), self.me, false, opener);
         for (&index, vote) in mine.iter().zip(votes) {
             member.set_state(index, vote_state(*vote));
-            if *vote == Vote::Yes {
-                self.holders.insert(desc.txns[index as usize], desc.batch);
-            }
             if let Vote::No(reason) = vote {
                 member.no_reasons.push((index, *reason));
             }
@@ -459,9 +452,6 @@ impl<R: ResourceManager> Participant<R> {
         for (index, vote) in self.my_indices(&desc).into_iter().zip(&self.votes) {
             member.set_state(index, vote_state(*vote));
             any_yes |= *vote == Vote::Yes;
-            if *vote == Vote::Yes {
-                self.holders.insert(desc.txns[index as usize], desc.batch);
-            }
             if let Vote::No(reason) = vote {
                 member.no_reasons.push((index, *reason));
             }
@@ -498,7 +488,13 @@ impl<R: ResourceManager> Participant<R> {
         let mine = mine.filter(|(_, members)| *members & bit != 0);
         self.checks.clear();
         let mut refused = false;
+        for op in ops.iter().take(PREFETCH_IDS_AHEAD) {
+            self.ids.prefetch(op.txn);
+        }
         for (index, (op, (_, &members))) in ops.iter().zip(mine).enumerate() {
+            if let Some(ahead) = ops.get(index + PREFETCH_IDS_AHEAD) {
+                self.ids.prefetch(ahead.txn);
+            }
             let digest = leg_digest(members, op);
             let check = match logged.map(|logged| logged.get(index)) {
                 None => self.ids.check_and_hold(op.txn, desc.batch, digest),
@@ -524,11 +520,14 @@ impl<R: ResourceManager> Participant<R> {
         for ((op, check), vote) in ops.iter().zip(&self.checks).zip(&self.votes) {
             // Only the instance this batch holds settles on its vote: a no or a
             // read-only vote never leaves it pending.
-            match (check, vote) {
-                (Check::New, Vote::No(_)) => self.ids.settle(op.txn, desc.batch, State::Abort),
-                (Check::New, Vote::ReadOnly) => self.ids.settle(op.txn, desc.batch, State::Q),
-                _ => {}
-            }
+            let settled = match (check, vote) {
+                (Check::New, Vote::No(_)) => State::Abort,
+                (Check::New, Vote::ReadOnly) => State::Q,
+                _ => continue,
+            };
+            // A no or read-only vote took no reservation: nothing for the resource
+            // manager to release.
+            self.ids.settle(op.txn, desc.batch, settled);
         }
     }
 
@@ -693,34 +692,21 @@ impl<R: ResourceManager> Participant<R> {
         let Some(settled) = member.on_decide(&mut self.log, commit, abort, out) else {
             return;
         };
-        let (rm, ids, holders) = (&mut self.rm, &mut self.txn_ids, &mut self.holders);
-        apply_to_rm(rm, ids, holders, member, State::Commit, &settled.committed);
-        apply_to_rm(rm, ids, holders, member, State::Abort, &settled.aborted);
-        settle_ids(&mut self.ids, member, State::Commit, &settled.committed);
-        settle_ids(&mut self.ids, member, State::Abort, &settled.aborted);
+        let (rm, scratch, ids) = (&mut self.rm, &mut self.txn_ids, &mut self.ids);
+        settle(rm, scratch, ids, member, State::Commit, &settled.committed);
+        settle(rm, scratch, ids, member, State::Abort, &settled.aborted);
     }
 }
 
-/// Settles the id index for transactions of `member`'s batch that became `state`.
-fn settle_ids(ids: &mut HeldIds, member: &Member, state: State, txns: &TxnSet) {
-    if !state.is_final() {
-        return;
-    }
-    for index in txns.iter() {
-        if let Some(&txn) = member.desc.txns.get(index as usize) {
-            ids.settle(txn, member.desc.batch, state);
-        }
-    }
-}
-
-/// Hands settled transactions to the resource manager, in batch order, exactly as the
-/// matching `Transition` record will replay them.
-/// Tells the resource manager about decided transactions of `member`'s batch: only
-/// those whose reservation this batch holds here (see `Participant::holders`).
-fn apply_to_rm<R: ResourceManager>(
+/// Settles the id index for the transactions of `member`'s batch that became `state`
+/// (nothing for a state that is not final), and hands the resource manager those whose
+/// reservation this batch holds here (the id held pending by this batch: see
+/// `Participant::ids`), in batch order, exactly as the matching `Transition` record will
+/// replay them. The index's slots are prefetched [`PREFETCH_IDS_AHEAD`] ids ahead.
+fn settle<R: ResourceManager>(
     rm: &mut R,
-    ids: &mut Vec<TxnId>,
-    holders: &mut HashMap<TxnId, BatchId>,
+    scratch: &mut Vec<TxnId>,
+    ids: &mut HeldIds,
     member: &Member,
     state: State,
     txns: &TxnSet,
@@ -728,21 +714,27 @@ fn apply_to_rm<R: ResourceManager>(
     if txns.is_empty() || !state.is_final() {
         return;
     }
-    ids.clear();
+    scratch.clear();
     let batch = member.desc.batch;
-    for index in txns.iter() {
-        let txn = member.desc.txns[index as usize];
-        if holders.get(&txn) == Some(&batch) {
-            holders.remove(&txn);
-            ids.push(txn);
+    let txn_at = |index: u32| member.desc.txns.get(index as usize).copied();
+    let mut ahead = txns.iter().filter_map(txn_at);
+    for txn in ahead.by_ref().take(PREFETCH_IDS_AHEAD) {
+        ids.prefetch(txn);
+    }
+    for txn in txns.iter().filter_map(txn_at) {
+        if let Some(next) = ahead.next() {
+            ids.prefetch(next);
+        }
+        if ids.settle(txn, batch, state) {
+            scratch.push(txn);
         }
     }
-    if ids.is_empty() {
+    if scratch.is_empty() {
         return;
     }
     match state {
-        State::Commit => rm.commit(ids),
-        _ => rm.abort(ids),
+        State::Commit => rm.commit(scratch),
+        _ => rm.abort(scratch),
     }
 }
 
@@ -841,20 +833,8 @@ impl<R: ResourceManager> Participant<R> {
                 let opener = self.config.opener_or_first(desc.batch);
                 let member = Member::from_carried(record, self.me, false, opener)
                     .map_err(ProtoError::BadLog)?;
-                // A carried batch holds the reservations of its open transactions
-                // here. A batch only learned from an election holds none, but its
-                // carried states look alike (PA): the first carried batch of an id
-                // wins, and a W or PC (only ever a yes voter's) takes it over.
-                for (index, state) in member.states().iter().enumerate() {
-                    if !member.is_member(index as u32) || !state.is_pending() {
-                        continue;
-                    }
-                    let txn = desc.txns[index];
-                    let voted = matches!(state, State::W | State::PreCommit);
-                    if voted || !self.holders.contains_key(&txn) {
-                        self.holders.insert(txn, desc.batch);
-                    }
-                }
+                // The reservations its open transactions hold here come back with the
+                // id index (`CarriedIds`): a batch holds those its ids are pending for.
                 self.batches.insert(desc.batch, member);
                 Ok(())
             }

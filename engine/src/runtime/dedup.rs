@@ -117,7 +117,11 @@ const _: () = assert!(
 /// faults at open instead.
 fn prefaulted_map<V: Copy>(ids: usize, placeholder: V) -> IdMap<V> {
     let mut map = IdMap::default();
-    crate::proto::ids::prefault(&mut map, ids, placeholder);
+    map.reserve(ids);
+    for id in 0..ids as u64 {
+        map.insert(TxnId(id), placeholder);
+    }
+    map.clear();
     map
 }
 
