@@ -127,6 +127,7 @@ impl<S: TableSlot> Table<S> {
 
     /// Raises the bound to `len_max` ([`Table::dense`]'s slots for it), moving every
     /// entry into a new table (one pass over both; a fixed-bound table never grows).
+    /// Slot indices and `Home`s taken before are stale afterwards: probe again.
     pub(crate) fn grow(&mut self, len_max: usize) {
         if len_max <= self.len_max {
             return;
@@ -170,9 +171,8 @@ impl<S: TableSlot> Table<S> {
     #[inline]
     pub(crate) fn home_ptr(&self, home: Home) -> *const S {
         debug_assert!(home.0 < self.slots.len());
-        // SAFETY: every `Home` is masked by `mask == slots.len() - 1`; a `Home` computed
-        // before a `grow` is only ever used for a prefetch hint or re-checked by
-        // `probe_from`'s debug assertion, and a larger table keeps it in bounds.
+        // SAFETY: `home.0 & mask` is below `slots.len()` (`mask == slots.len() - 1`), so
+        // the offset stays inside the allocation.
         unsafe { self.slots.as_ptr().add(home.0 & self.mask) }
     }
 
