@@ -143,10 +143,10 @@ impl<S: TableSlot> Table<S> {
         *self = grown;
     }
 
-    /// The slot where `txn`'s probe starts. Batch loops compute it once, prefetch it,
-    /// and pass it back to `probe_from` or `remove_from` a few operations later.
+    /// The slot where `txn`'s probe starts. Batch loops get it from `prefetch` and
+    /// pass it back to `probe_from` or `remove_from` a few operations later.
     #[inline]
-    pub(crate) fn home(&self, txn: u64) -> Home {
+    fn home(&self, txn: u64) -> Home {
         Home((hash(txn, self.key) as usize) & self.mask)
     }
 
@@ -169,7 +169,7 @@ impl<S: TableSlot> Table<S> {
 
     /// The address of a home slot, for prefetching.
     #[inline]
-    pub(crate) fn home_ptr(&self, home: Home) -> *const S {
+    fn home_ptr(&self, home: Home) -> *const S {
         debug_assert!(home.0 < self.slots.len());
         // SAFETY: `home.0 & mask` is below `slots.len()` (`mask == slots.len() - 1`), so
         // the offset stays inside the allocation.
