@@ -6,8 +6,8 @@
 
 Starts COMMAND, reads every thread's user + system ticks and voluntary context switches
 from /proc/<pid>/task/*/ at START_S and again WINDOW_S later, waits for the command to
-end, and divides by the last "N committed/s" figure it printed (tricommit-load's
-summary or a compare round). Threads are grouped by name, digits at the end dropped
+end, and divides by the committed/s figure it printed (tricommit-load's summary, or
+the last compare round). Threads are grouped by name, digits at the end dropped
 (tc-replica-0..2 become tc-replica-#). Ticks are 10 ms, so keep the window at a few
 seconds. Pick START_S after the engine has opened and the warm-up has passed, and keep
 START_S + WINDOW_S inside the run.
@@ -59,8 +59,10 @@ def main():
     time.sleep(window_s)
     after, t1 = sample(child.pid), time.monotonic()
     output = child.communicate()[0]
-    rates = re.findall(r"(\d+) committed/s", output) or re.findall(
-        r"committed/s\s+(\d+)", output)
+    # tricommit-load's summary line first ("committed/s  N"): its per-second lines
+    # ("N committed/s") end with a partial second. Then compare's rounds.
+    rates = re.findall(r"committed/s\s+(\d+)", output) or re.findall(
+        r"(\d+) committed/s", output)
     if child.returncode != 0 or not rates:
         sys.exit(f"the command failed or printed no committed/s:\n{output[-2000:]}")
     committed_per_s = float(rates[-1])
