@@ -113,13 +113,23 @@ def protocols(out_dir):
     if not path.exists():
         print("no compare run")
         return
-    configs = {config["name"]: config for config in json.loads(path.read_text())["configs"]}
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        # compare writes its JSON at the end: a run cut short leaves none, or an
+        # empty file, and compare.log says how far it got.
+        print(f"compare.json unreadable ({error}); see compare.log")
+        return
+    configs = {config["name"]: config for config in report.get("configs", [])}
     if "overlap" not in configs or "2pc" not in configs:
         print("compare.json lacks overlap or 2pc")
         return
     three = [r["committed_per_s"] for r in configs["overlap"]["rounds"]]
     two = [r["committed_per_s"] for r in configs["2pc"]["rounds"]]
     ratios = [a / b for a, b in zip(three, two) if b]
+    if not three or not ratios:
+        print("compare.json has no rounds with both protocols")
+        return
     print(f"3PC (overlap) median {statistics.median(three):,.0f}/s, "
           f"2PC median {statistics.median(two):,.0f}/s; "
           f"median of {len(ratios)} per-round ratios {statistics.median(ratios):.3f} "
