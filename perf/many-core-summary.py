@@ -127,7 +127,7 @@ def protocols(out_dir):
     three = [r["committed_per_s"] for r in configs["overlap"]["rounds"]]
     two = [r["committed_per_s"] for r in configs["2pc"]["rounds"]]
     ratios = [a / b for a, b in zip(three, two) if b]
-    if not three or not ratios:
+    if not ratios:
         print("compare.json has no rounds with both protocols")
         return
     print(f"3PC (overlap) median {statistics.median(three):,.0f}/s, "

@@ -190,7 +190,8 @@ pub struct Shard {
     /// live apart, in `waiting`, instead of an empty `Vec` in every entry (40 bytes).
     in_flight: IdMap<u64>,
     /// The tickets of duplicates of ids in `in_flight`, for the ids that have any.
-    /// Invariant: every key is also a key of `in_flight`.
+    /// Invariant: every key is also a key of `in_flight`, so it is bounded as that map
+    /// is, and its tickets by the admission's ticket slots.
     waiting: IdMap<Vec<CompletionId>>,
     current: Generation,
     previous: Generation,
