@@ -217,6 +217,53 @@ fn normal_is_shed_before_high_and_intake_never_passes_capacity() {
     assert!(verdict.acked_committed > 0, "{verdict:?}");
 }
 
+#[test]
+fn a_group_is_cut_at_the_high_water_mark_and_says_where() {
+    // Proves admission on the group path (`submit_many`): with nothing able to complete,
+    // a group of Normal transfers larger than the high-water mark is submitted up to
+    // exactly the mark, and `Busy` says how many went in (their tickets, in order); a
+    // group of High ones then fills exactly to the capacity; everything admitted
+    // completes once unblocked.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temporary directory");
+    let gate = Arc::new(Gate::default());
+    let engine = Engine::open(config(dir.path(), &gate)).expect("engine opens");
+    let gate_guard = OpenOnDrop(gate.clone());
+    let mut rng = SplitMix(5);
+    let transfers: Vec<Transfer> = (1..=CAPACITY_TXNS as u64 + 40)
+        .map(|id| BANK.transfer(&mut rng, id))
+        .collect();
+    let (normal, high) = transfers.split_at(HIGH_WATER_TXNS + 20);
+    let normal_txns: Vec<Txn> = normal.iter().map(|t| gated(t, Priority::Normal)).collect();
+    let mut tickets = Vec::new();
+    let busy = engine
+        .submit_many(&normal_txns, &mut tickets)
+        .expect_err("over the high-water mark");
+    assert_eq!(busy.reason(), BusyReason::HighWater);
+    assert_eq!(busy.into_inner(), HIGH_WATER_TXNS);
+    assert_eq!(tickets.len(), HIGH_WATER_TXNS);
+    assert_eq!(engine.in_flight_txns(), HIGH_WATER_TXNS);
+    let high_txns: Vec<Txn> = high.iter().map(|t| gated(t, Priority::High)).collect();
+    let busy = engine
+        .submit_many(&high_txns, &mut tickets)
+        .expect_err("over the capacity");
+    assert_eq!(busy.reason(), BusyReason::Capacity);
+    assert_eq!(busy.into_inner(), CAPACITY_TXNS - HIGH_WATER_TXNS);
+    assert_eq!(engine.in_flight_txns(), CAPACITY_TXNS);
+
+    drop(gate_guard);
+    let submitted = normal[..HIGH_WATER_TXNS]
+        .iter()
+        .chain(&high[..CAPACITY_TXNS - HIGH_WATER_TXNS]);
+    let acked: Vec<_> = submitted
+        .zip(tickets)
+        .map(|(transfer, ticket)| (*transfer, Acked::of(ticket.wait())))
+        .collect();
+    assert_eq!(acked.len(), CAPACITY_TXNS);
+    engine.shutdown().expect("clean shutdown");
+    let verdict = check_bank(dir.path(), &BANK, &acked);
+    assert!(verdict.acked_committed > 0, "{verdict:?}");
+}
+
 /// Floods mixed priorities without ever blocking: it only collects the tickets that are
 /// ready, oldest first, and checks the bound after every attempt. Returns every
 /// acknowledged outcome and the number of refusals.

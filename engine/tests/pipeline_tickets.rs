@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use tricommit_engine::pipeline::admission::AdmissionError;
 use tricommit_engine::pipeline::{
-    AbortReason, Admission, AdmissionLimits, BusyReason, Completions, Outcome, Priority, Ticket,
-    TicketError,
+    AbortReason, Admission, AdmissionLimits, BusyReason, Completions, Outcome, Priority,
+    Reservation, Ticket, TicketError,
 };
 use tricommit_engine::proto::Reason;
 
@@ -288,6 +288,56 @@ fn over_the_high_water_mark_normal_is_busy_and_high_still_enters() {
     assert_eq!(first.ticket.wait(), Outcome::Committed);
     assert_eq!(admission.in_flight_txns(), 3);
     admission.admit("h3", Priority::High).expect("room again");
+}
+
+#[test]
+fn a_reservation_judges_each_place_by_the_class_that_takes_it() {
+    // The group path: `reserve` counts several places in one step, and each place is
+    // admitted or refused when it is taken, by the taker's class, exactly as a run of
+    // `admit`s would be; a reservation never passes the hard capacity, and `release`
+    // leaves the count exact.
+    use Priority::{High, Normal};
+    let admission = Admission::new(AdmissionLimits::new(2, 4).expect("limits")).expect("admission");
+    let mut reservation = admission.reserve(3);
+    assert_eq!(admission.in_flight_txns(), 3);
+    assert_eq!(admission.take(&mut reservation, Normal), Ok(()));
+    assert_eq!(admission.take(&mut reservation, Normal), Ok(()));
+    // The third place is over the high-water mark: refused to Normal, not to High.
+    assert_eq!(
+        admission.take(&mut reservation, Normal),
+        Err(BusyReason::HighWater)
+    );
+    assert_eq!(admission.take(&mut reservation, High), Ok(()));
+    assert!(reservation.is_spent());
+    assert_eq!(
+        admission.take(&mut reservation, High),
+        Err(BusyReason::Capacity)
+    );
+    admission.release(reservation);
+    assert_eq!(admission.in_flight_txns(), 3);
+    // Ten places asked, four (the capacity) counted: one more High fits.
+    let mut large = admission.reserve(10);
+    assert_eq!(admission.in_flight_txns(), 7);
+    assert_eq!(admission.take(&mut large, High), Ok(()));
+    assert_eq!(admission.take(&mut large, High), Err(BusyReason::Capacity));
+    admission.release(large);
+    assert_eq!(admission.in_flight_txns(), 4);
+    // Places taken, one given back (its ticket could not be issued): only the place
+    // with a ticket stays counted, until its transaction completes.
+    let admission = Admission::new(AdmissionLimits::new(2, 4).expect("limits")).expect("admission");
+    let mut reservation = admission.reserve(2);
+    assert_eq!(admission.take(&mut reservation, Normal), Ok(()));
+    let (ticket, completion) = admission.issue().expect("a free slot");
+    assert_eq!(admission.take(&mut reservation, Normal), Ok(()));
+    admission.untake(&mut reservation);
+    admission.release(reservation);
+    assert_eq!(admission.in_flight_txns(), 1);
+    admission
+        .complete(completion, Outcome::Committed)
+        .expect("fresh id");
+    assert_eq!(ticket.wait(), Outcome::Committed);
+    assert_eq!(admission.in_flight_txns(), 0);
+    assert!(Reservation::none().is_spent());
 }
 
 #[test]

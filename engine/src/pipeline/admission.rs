@@ -152,6 +152,32 @@ pub struct Admitted<T> {
     pub completion: CompletionId,
 }
 
+/// Places reserved in the count by [`Admission::reserve`], taken one by one.
+#[derive(Debug)]
+#[must_use = "release the places that were not taken"]
+pub struct Reservation {
+    /// The count the reservation found.
+    before: usize,
+    places: usize,
+    taken: usize,
+}
+
+impl Reservation {
+    /// A reservation of no places, spent from the start.
+    pub fn none() -> Reservation {
+        Reservation {
+            before: 0,
+            places: 0,
+            taken: 0,
+        }
+    }
+
+    /// Whether every place was taken.
+    pub fn is_spent(&self) -> bool {
+        self.taken == self.places
+    }
+}
+
 /// Counts admitted, unfinished transactions and issues their tickets.
 #[derive(Debug)]
 pub struct Admission {
@@ -193,6 +219,65 @@ impl Admission {
                     reason: BusyReason::Tickets,
                 })
             }
+        }
+    }
+
+    /// Reserves `places` places in one update of the count (the group path of
+    /// `Engine::submit_many`), at most the hard capacity. Each place is judged when it
+    /// is taken ([`take`](Self::take)), by the class of the submission taking it; give
+    /// back what was not taken with [`release`](Self::release). While the places are
+    /// held, a racing submitter near a limit may be refused for an instant.
+    pub fn reserve(&self, places: usize) -> Reservation {
+        let places = places.min(self.limits.capacity_txns);
+        let before = match places {
+            0 => 0,
+            _ => self.in_flight_txns.fetch_add(places, Ordering::AcqRel),
+        };
+        Reservation {
+            before,
+            places,
+            taken: 0,
+        }
+    }
+
+    /// Takes the next place of `reservation` for a submission of class `priority`, as
+    /// [`admit`](Self::admit) would admit one: the `m`th place of a reservation that
+    /// found the count at `before` is only admitted under its class's limit when
+    /// `before + m` is, so nothing is ever admitted over a limit. The caller checks
+    /// [`Reservation::is_spent`] first (a spent reservation refuses every class for
+    /// `Capacity`).
+    pub fn take(
+        &self,
+        reservation: &mut Reservation,
+        priority: Priority,
+    ) -> Result<(), BusyReason> {
+        let (limit, reason) = self.limits.limit_for(priority);
+        if reservation.is_spent() {
+            return Err(BusyReason::Capacity);
+        }
+        if reservation.before + reservation.taken >= limit {
+            return Err(reason);
+        }
+        reservation.taken += 1;
+        Ok(())
+    }
+
+    /// A ticket for a place taken from a reservation; `None` when every completion slot
+    /// is held (then give the place back with [`untake`](Self::untake)).
+    pub fn issue(&self) -> Option<(Ticket, CompletionId)> {
+        self.completions.issue()
+    }
+
+    /// Gives back the place last taken from `reservation`, which got no ticket.
+    pub fn untake(&self, reservation: &mut Reservation) {
+        reservation.taken = reservation.taken.saturating_sub(1);
+    }
+
+    /// Gives back the places of `reservation` that were not taken.
+    pub fn release(&self, reservation: Reservation) {
+        let unused = reservation.places - reservation.taken;
+        if unused > 0 {
+            self.in_flight_txns.fetch_sub(unused, Ordering::AcqRel);
         }
     }
 

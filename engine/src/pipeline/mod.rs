@@ -33,7 +33,9 @@ pub mod spsc;
 pub mod ticket;
 pub mod wait;
 
-pub use admission::{Admission, AdmissionLimits, Admitted, Busy, BusyReason, Priority};
+pub use admission::{
+    Admission, AdmissionLimits, Admitted, Busy, BusyReason, Priority, Reservation,
+};
 pub use batcher::{BatchPolicy, BatchPoll, Batcher, CloseReason};
 pub use clock::MonotonicClock;
 pub use cores::{CoreMap, Stage, StageError, StageThread};

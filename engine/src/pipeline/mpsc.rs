@@ -62,6 +62,16 @@ impl<T> MpscSender<T> {
         Ok(())
     }
 
+    /// Pushes one item without waking the consumer: for a run of pushes that ends with
+    /// one [`ring`](Self::ring) (each ring costs a full fence). A consumer that is
+    /// awake takes the item anyway; a parked one sleeps until that ring.
+    pub fn push_unrung(&self, value: T) -> Result<(), PushError<T>> {
+        if !self.shared.receiver_alive.load(Ordering::Relaxed) {
+            return Err(PushError::Closed(value));
+        }
+        self.shared.queue.push(value).map_err(PushError::Full)
+    }
+
     /// Wakes the consumer without an item: for state it reads beside the hop, which
     /// the caller published before (its wait condition must read that state).
     pub fn ring(&self) {

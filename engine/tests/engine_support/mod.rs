@@ -167,6 +167,59 @@ pub fn submit_retrying(engine: &Engine, txn: Txn) -> tricommit_engine::Ticket {
     }
 }
 
+/// Submits `txns` with `submit_many`, retrying the rest of the group while the engine
+/// answers `Busy`; returns one ticket per transaction, in order.
+pub fn submit_many_retrying(engine: &Engine, txns: &[Txn]) -> Vec<tricommit_engine::Ticket> {
+    let mut tickets = Vec::with_capacity(txns.len());
+    while tickets.len() < txns.len() {
+        let before = tickets.len();
+        match engine.submit_many(&txns[before..], &mut tickets) {
+            Ok(()) => assert_eq!(tickets.len(), txns.len(), "a ticket per transaction"),
+            Err(busy) => {
+                assert_eq!(before + busy.into_inner(), tickets.len(), "Busy counts");
+                std::thread::yield_now();
+            }
+        }
+    }
+    tickets
+}
+
+/// Like [`run_clients`], but each thread submits its transfers in groups of `group`
+/// with `submit_many`, and waits for a group's outcomes before the group after next.
+pub fn run_group_clients(
+    engine: &Engine,
+    bank: &Bank,
+    clients: Clients,
+    group: u64,
+) -> Vec<(Transfer, Acked)> {
+    spawn_clients(clients, |id_first, seed| {
+        let mut rng = SplitMix(seed);
+        let mut previous: Vec<(Transfer, tricommit_engine::Ticket)> = Vec::new();
+        let mut acked = Vec::new();
+        let ids: Vec<u64> = (id_first..id_first + clients.txns_per_thread).collect();
+        for chunk in ids.chunks(group as usize) {
+            let transfers: Vec<Transfer> = chunk
+                .iter()
+                .map(|&id| bank.transfer(&mut rng, id))
+                .collect();
+            let txns: Vec<Txn> = transfers.iter().map(Transfer::txn).collect();
+            let tickets = submit_many_retrying(engine, &txns);
+            let done =
+                std::mem::replace(&mut previous, transfers.into_iter().zip(tickets).collect());
+            acked.extend(
+                done.into_iter()
+                    .map(|(transfer, ticket)| (transfer, Acked::of(ticket.wait()))),
+            );
+        }
+        acked.extend(
+            previous
+                .into_iter()
+                .map(|(transfer, ticket)| (transfer, Acked::of(ticket.wait()))),
+        );
+        acked
+    })
+}
+
 /// How a run of client threads submits: `threads` threads of `txns_per_thread`
 /// transfers each, with ids from `id_first` on (disjoint per thread).
 #[derive(Clone, Copy, Debug)]
@@ -179,14 +232,24 @@ pub struct Clients {
 
 /// Runs the clients against `engine` and returns every acknowledged outcome.
 pub fn run_clients(engine: &Engine, bank: &Bank, clients: Clients) -> Vec<(Transfer, Acked)> {
+    spawn_clients(clients, |id_first, seed| {
+        run_client(engine, bank, id_first, clients.txns_per_thread, seed)
+    })
+}
+
+/// Runs `client(id_first, seed)` on `clients.threads` threads, with disjoint ids and
+/// seeds, and gathers what they acknowledged.
+fn spawn_clients(
+    clients: Clients,
+    client: impl Fn(u64, u64) -> Vec<(Transfer, Acked)> + Sync,
+) -> Vec<(Transfer, Acked)> {
+    let client = &client;
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..clients.threads)
             .map(|thread| {
-                scope.spawn(move || {
-                    let id_first = clients.id_first + thread * clients.txns_per_thread;
-                    let seed = clients.seed ^ (thread + 1).wrapping_mul(0x5851_F42D_4C95_7F2D);
-                    run_client(engine, bank, id_first, clients.txns_per_thread, seed)
-                })
+                let id_first = clients.id_first + thread * clients.txns_per_thread;
+                let seed = clients.seed ^ (thread + 1).wrapping_mul(0x5851_F42D_4C95_7F2D);
+                scope.spawn(move || client(id_first, seed))
             })
             .collect();
         handles

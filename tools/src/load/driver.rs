@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use tricommit_engine::client::RemoteClient;
+use tricommit_engine::client::{RemoteClient, Submit};
 use tricommit_engine::ledger::LedgerOp;
 use tricommit_engine::proto::TxnId;
 use tricommit_engine::runtime::{EngineCounters, Shutdown, TXN_LEGS_MAX};
@@ -29,6 +29,11 @@ pub const LATENCY_US_MAX: u64 = 600_000_000;
 const LATENCY_SIGNIFICANT_DIGITS: u8 = 3;
 /// How long a client waits for its oldest ticket before it checks whether to stop.
 const TICKET_WAIT_MS: u64 = 50;
+/// Most transactions a closed-loop client submits in one `submit_many`: what it may
+/// send after a run of outcomes, up to this (TigerBeetle's clients send up to 8,189
+/// transfers per request; smaller groups keep the first of a group from waiting long
+/// on the last to be built).
+const SUBMIT_GROUP_TXNS_MAX: usize = 1024;
 /// Bits of a transaction id taken by the client's sequence number.
 const CLIENT_SEQUENCE_BITS: u32 = 40;
 
@@ -415,6 +420,26 @@ impl Shared {
         }
     }
 
+    /// Submits a group in one step (see `Engine::submit_many`); on `Busy`, its value is
+    /// how many were submitted.
+    fn submit_many(&self, txns: &[Txn], tickets: &mut Vec<Ticket>) -> Result<(), Busy<usize>> {
+        if let Some(client) = &self.remote {
+            return Submit::submit_many(client, txns, tickets);
+        }
+        let engine = self
+            .engine
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match engine.as_ref() {
+            Some(engine) => engine.submit_many(txns, tickets),
+            None => {
+                let shutdown = Outcome::Aborted(AbortReason::Shutdown);
+                tickets.extend(txns.iter().map(|_| Ticket::ready(shutdown)));
+                Ok(())
+            }
+        }
+    }
+
     /// Totals over every engine this run used.
     pub fn counters(&self) -> EngineCounters {
         if let Some(client) = &self.remote {
@@ -534,6 +559,10 @@ struct Client<'a> {
     outstanding: VecDeque<InFlight>,
     result: ClientResult,
     history: Option<BufWriter<File>>,
+    /// The closed loop's next group and its tickets: kept to reuse their allocations.
+    group_transfers: Vec<Transfer>,
+    group_txns: Vec<Txn>,
+    group_tickets: Vec<Ticket>,
 }
 
 /// Runs one client until `shared.stop`, then waits for what it has outstanding.
@@ -567,6 +596,9 @@ pub fn run_client(
         next_sequence: 0,
         outstanding: VecDeque::new(),
         history,
+        group_transfers: Vec::new(),
+        group_txns: Vec::new(),
+        group_tickets: Vec::new(),
     };
     client.run()?;
     if let Some(history) = client.history.as_mut() {
@@ -596,12 +628,14 @@ impl Client<'_> {
                 next_at = None;
                 // Closed loop: the send follows the reap at once, so the reap's clock
                 // reading serves as the send time (one reading per reaped run of
-                // outcomes instead of two per transaction).
+                // outcomes instead of two per transaction), and what the reap made room
+                // for goes in one group.
                 let mut reaped_at = None;
                 while self.outstanding.len() >= self.plan.window {
                     reaped_at = Some(self.reap_oldest()?);
                 }
-                reaped_at.unwrap_or_else(Instant::now)
+                self.send_group(reaped_at.unwrap_or_else(Instant::now))?;
+                continue;
             };
             self.send(intended)?;
         }
@@ -678,6 +712,54 @@ impl Client<'_> {
                 }
             }
         }
+    }
+
+    /// Submits as many transfers as the window has room for (at most
+    /// `SUBMIT_GROUP_TXNS_MAX`) with `submit_many`, waiting out `Busy` by reaping
+    /// outcomes first, as `send` does for one.
+    fn send_group(&mut self, intended: Instant) -> std::io::Result<()> {
+        let room = self.plan.window.saturating_sub(self.outstanding.len());
+        let group = room.clamp(1, SUBMIT_GROUP_TXNS_MAX);
+        let mut transfers = std::mem::take(&mut self.group_transfers);
+        let mut txns = std::mem::take(&mut self.group_txns);
+        let mut tickets = std::mem::take(&mut self.group_tickets);
+        transfers.clear();
+        txns.clear();
+        for _ in 0..group {
+            let (transfer, txn) = self.next_transfer();
+            transfers.push(transfer);
+            txns.push(txn);
+        }
+        let mut sent = 0;
+        let result = loop {
+            tickets.clear();
+            let answer = self.shared.submit_many(&txns[sent..], &mut tickets);
+            let submitted = tickets.len();
+            for (ticket, transfer) in tickets.drain(..).zip(&transfers[sent..]) {
+                self.outstanding.push_back(InFlight {
+                    ticket,
+                    intended,
+                    transfer: *transfer,
+                });
+            }
+            sent += submitted;
+            if answer.is_ok() {
+                break Ok(());
+            }
+            self.shared.busy.fetch_add(1, Ordering::Relaxed);
+            if self.outstanding.is_empty() {
+                std::thread::sleep(Duration::from_micros(100));
+            } else if let Err(error) = self.reap_oldest() {
+                break Err(error);
+            }
+            if self.shared.stop.load(Ordering::Relaxed) && self.outstanding.is_empty() {
+                break Ok(());
+            }
+        };
+        self.group_transfers = transfers;
+        self.group_txns = txns;
+        self.group_tickets = tickets;
+        result
     }
 
     /// Waits for the oldest outstanding outcome, then takes every later one already in.
