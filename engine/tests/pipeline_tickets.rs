@@ -292,40 +292,54 @@ fn over_the_high_water_mark_normal_is_busy_and_high_still_enters() {
 
 #[test]
 fn a_reservation_judges_each_place_by_the_class_that_takes_it() {
-    // The group path: `reserve` counts several places in one step, and each place is
-    // admitted or refused when it is taken, by the taker's class, exactly as a run of
-    // `admit`s would be; a reservation never passes the hard capacity, and `release`
-    // leaves the count exact.
+    // The group path: `reserve` counts several places in one step, never above the
+    // limit of the highest class it reserves for (the excess goes back at once), and
+    // each place is admitted or refused when it is taken, by the taker's class, exactly
+    // as a run of `admit`s would be; `release` leaves the count exact.
     use Priority::{High, Normal};
     let admission = Admission::new(AdmissionLimits::new(2, 4).expect("limits")).expect("admission");
-    let mut reservation = admission.reserve(3);
-    assert_eq!(admission.in_flight_txns(), 3);
+    let mut reservation = admission.reserve(3, Normal);
+    assert_eq!(
+        admission.in_flight_txns(),
+        2,
+        "Normal places stop at high water"
+    );
     assert_eq!(admission.take(&mut reservation, Normal), Ok(()));
     assert_eq!(admission.take(&mut reservation, Normal), Ok(()));
-    // The third place is over the high-water mark: refused to Normal, not to High.
+    assert!(reservation.is_spent());
+    assert_eq!(
+        admission.take(&mut reservation, Normal),
+        Err(BusyReason::HighWater)
+    );
+    admission.release(reservation);
+    assert_eq!(admission.in_flight_txns(), 2);
+    // Places for a group with a High member reach up to the capacity; a Normal taker
+    // is still refused above the high-water mark.
+    let mut reservation = admission.reserve(3, High);
+    assert_eq!(admission.in_flight_txns(), 4);
     assert_eq!(
         admission.take(&mut reservation, Normal),
         Err(BusyReason::HighWater)
     );
     assert_eq!(admission.take(&mut reservation, High), Ok(()));
-    assert!(reservation.is_spent());
+    assert_eq!(admission.take(&mut reservation, High), Ok(()));
     assert_eq!(
         admission.take(&mut reservation, High),
         Err(BusyReason::Capacity)
     );
     admission.release(reservation);
-    assert_eq!(admission.in_flight_txns(), 3);
-    // Ten places asked, four (the capacity) counted: one more High fits.
-    let mut large = admission.reserve(10);
-    assert_eq!(admission.in_flight_txns(), 7);
-    assert_eq!(admission.take(&mut large, High), Ok(()));
-    assert_eq!(admission.take(&mut large, High), Err(BusyReason::Capacity));
-    admission.release(large);
+    assert_eq!(admission.in_flight_txns(), 4);
+    // At the capacity nothing is reserved, and the count stays exact.
+    let mut full = admission.reserve(10, High);
+    assert!(full.is_spent());
+    assert_eq!(admission.in_flight_txns(), 4);
+    assert_eq!(admission.take(&mut full, High), Err(BusyReason::Capacity));
+    admission.release(full);
     assert_eq!(admission.in_flight_txns(), 4);
     // Places taken, one given back (its ticket could not be issued): only the place
     // with a ticket stays counted, until its transaction completes.
     let admission = Admission::new(AdmissionLimits::new(2, 4).expect("limits")).expect("admission");
-    let mut reservation = admission.reserve(2);
+    let mut reservation = admission.reserve(2, Normal);
     assert_eq!(admission.take(&mut reservation, Normal), Ok(()));
     let (ticket, completion) = admission.issue().expect("a free slot");
     assert_eq!(admission.take(&mut reservation, Normal), Ok(()));

@@ -222,20 +222,29 @@ impl Admission {
         }
     }
 
-    /// Reserves `places` places in one update of the count (the group path of
-    /// `Engine::submit_many`), at most the hard capacity. Each place is judged when it
-    /// is taken ([`take`](Self::take)), by the class of the submission taking it; give
-    /// back what was not taken with [`release`](Self::release). While the places are
-    /// held, a racing submitter near a limit may be refused for an instant.
-    pub fn reserve(&self, places: usize) -> Reservation {
-        let places = places.min(self.limits.capacity_txns);
-        let before = match places {
-            0 => 0,
-            _ => self.in_flight_txns.fetch_add(places, Ordering::AcqRel),
-        };
+    /// Reserves up to `places` places in one update of the count (the group path of
+    /// `Engine::submit_many`), for submissions of class `highest` at most: places over
+    /// that class's limit are given back at once, as [`admit`](Self::admit) gives back
+    /// a refused one, so the count passes a limit only for that instant. Each place is
+    /// judged again when it is taken ([`take`](Self::take)), by the class of the
+    /// submission taking it; give back what was not taken with
+    /// [`release`](Self::release). While the places are held, a racing submitter of a
+    /// lower class may be refused although the group will not use them all.
+    pub fn reserve(&self, places: usize, highest: Priority) -> Reservation {
+        let (limit, _) = self.limits.limit_for(highest);
+        let wanted = places.min(limit);
+        if wanted == 0 {
+            return Reservation::none();
+        }
+        let before = self.in_flight_txns.fetch_add(wanted, Ordering::AcqRel);
+        let usable = wanted.min(limit.saturating_sub(before));
+        if usable < wanted {
+            self.in_flight_txns
+                .fetch_sub(wanted - usable, Ordering::AcqRel);
+        }
         Reservation {
             before,
-            places,
+            places: usable,
             taken: 0,
         }
     }
@@ -243,19 +252,16 @@ impl Admission {
     /// Takes the next place of `reservation` for a submission of class `priority`, as
     /// [`admit`](Self::admit) would admit one: the `m`th place of a reservation that
     /// found the count at `before` is only admitted under its class's limit when
-    /// `before + m` is, so nothing is ever admitted over a limit. The caller checks
-    /// [`Reservation::is_spent`] first (a spent reservation refuses every class for
-    /// `Capacity`).
+    /// `before + m` is, so nothing is ever admitted over a limit. With no place left it
+    /// refuses for the class's reason; a caller with more to submit reserves again
+    /// first ([`Reservation::is_spent`]).
     pub fn take(
         &self,
         reservation: &mut Reservation,
         priority: Priority,
     ) -> Result<(), BusyReason> {
         let (limit, reason) = self.limits.limit_for(priority);
-        if reservation.is_spent() {
-            return Err(BusyReason::Capacity);
-        }
-        if reservation.before + reservation.taken >= limit {
+        if reservation.is_spent() || reservation.before + reservation.taken >= limit {
             return Err(reason);
         }
         reservation.taken += 1;

@@ -11,7 +11,7 @@ use crate::pipeline::bounds::{BATCH_TXNS_MAX, INTAKE_QUEUE_TXNS_CAPACITY};
 use crate::pipeline::mpsc::{self, MpscSender};
 use crate::pipeline::{
     spsc, AbortReason, Admission, AdmissionLimits, BatchPolicy, Batcher, Busy, BusyReason,
-    Doorbell, MonotonicClock, Outcome, Reservation, Ticket, WaitConfig,
+    Doorbell, MonotonicClock, Outcome, Priority, Reservation, Ticket, WaitConfig,
 };
 use crate::proto::{Coordinator, Output, Participant, Record, SiteId};
 
@@ -761,6 +761,13 @@ impl Group<'_> {
             return Ok(());
         };
         let admission = self.admission;
+        // The class places are reserved for: a group of `Normal` ones never holds places
+        // above the high-water mark, even for an instant longer than `admit` would.
+        let highest = if txns.iter().any(|txn| txn.priority == Priority::High) {
+            Priority::High
+        } else {
+            Priority::Normal
+        };
         let mut reservation = Reservation::none();
         let mut refused = None;
         let mut submitted = 0;
@@ -791,7 +798,7 @@ impl Group<'_> {
                 // Places for the rest of the group, in one step (the first one, or again
                 // when retries left fewer members needing one than were reserved).
                 admission.release(reservation);
-                reservation = admission.reserve(txns.len() - index);
+                reservation = admission.reserve(txns.len() - index, highest);
             }
             if let Err(reason) = admission.take(&mut reservation, txn.priority) {
                 refused = Some(reason);
