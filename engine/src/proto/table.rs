@@ -225,6 +225,12 @@ impl<S: TableSlot> Table<S> {
         self.len += 1;
     }
 
+    /// Empties every slot, keeping the allocation (one pass over the slots).
+    pub(crate) fn clear(&mut self) {
+        self.slots.fill(empty_slot());
+        self.len = 0;
+    }
+
     /// Removes `txn` and returns what it held, or `None` if it holds nothing.
     #[cfg(test)]
     pub(crate) fn remove(&mut self, txn: u64) -> Option<S> {
