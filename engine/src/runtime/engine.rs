@@ -670,7 +670,7 @@ fn in_process_vote_keys(
 }
 
 /// The submission path of [`Engine::submit`], shared with a cluster node's gateway
-/// (`runtime::node`): [`submit_many_to`] with a group of one.
+/// (`runtime::node`): [`Group::submit`] with a group of one.
 pub(crate) fn submit_to(
     intake: Option<&MpscSender<Pending>>,
     admission: &Admission,
