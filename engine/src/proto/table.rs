@@ -2,9 +2,10 @@
 //! deletion, a power-of-two capacity at least twice the entries it may hold, and the
 //! address of each id's home slot exposed for prefetching.
 //!
-//! Two hot paths use it: the built-in ledger's reservations (`ledger::table`, a fixed
-//! bound) and a participant's id index ([`super::ids::HeldIds`], which grows it when
-//! needed). Why hand-written rather than `std::collections::HashMap` or `hashbrown`:
+//! Three hot paths use it: the built-in ledger's reservations (`ledger::table`, a fixed
+//! bound), a participant's id index ([`super::ids::HeldIds`], which grows it when
+//! needed) and the engine's table of recently decided ids (`runtime::dedup`, one table
+//! per generation, cleared whole when the generation is dropped). Why hand-written rather than `std::collections::HashMap` or `hashbrown`:
 //! the key is a `u64` and the value fits one small slot, so a probe reads one cache line
 //! where a SwissTable reads a control group and then a bucket, two dependent misses in a
 //! table of several MiB; batch loops compute the home slots of the ids a few operations
