@@ -200,25 +200,27 @@ impl Admission {
     /// Admits `txn` if its class is under its limit and a ticket slot is free; otherwise
     /// hands it back in [`Busy`].
     pub fn admit<T>(&self, txn: T, priority: Priority) -> Result<Admitted<T>, Busy<T>> {
-        let (limit, reason) = self.limits.limit_for(priority);
-        let before = self.in_flight_txns.fetch_add(1, Ordering::AcqRel);
-        if before >= limit {
-            self.in_flight_txns.fetch_sub(1, Ordering::AcqRel);
+        // One place reserved and taken: judged exactly as a place of a group is.
+        let mut reservation = self.reserve(1, priority);
+        if let Err(reason) = self.take(&mut reservation, priority) {
+            self.release(reservation);
             return Err(Busy { txn, reason });
         }
-        match self.completions.issue() {
+        let issued = self.issue();
+        if issued.is_none() {
+            self.untake(&mut reservation);
+        }
+        self.release(reservation);
+        match issued {
             Some((ticket, completion)) => Ok(Admitted {
                 txn,
                 ticket,
                 completion,
             }),
-            None => {
-                self.in_flight_txns.fetch_sub(1, Ordering::AcqRel);
-                Err(Busy {
-                    txn,
-                    reason: BusyReason::Tickets,
-                })
-            }
+            None => Err(Busy {
+                txn,
+                reason: BusyReason::Tickets,
+            }),
         }
     }
 

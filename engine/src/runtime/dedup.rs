@@ -21,6 +21,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::pipeline::{AbortReason, CompletionId, Outcome};
+use crate::proto::ids::PREFETCH_IDS_AHEAD;
 use crate::proto::table::{prefetch_read, Probe, Table, TableSlot};
 use crate::proto::{Reason, TxnId};
 
@@ -93,11 +94,6 @@ fn id_hash(id: TxnId) -> u64 {
     hasher.write_u64(id.0);
     hasher.finish()
 }
-
-/// How many ids ahead `Dedup::decide_all` prefetches a generation's filter block and
-/// table slot: as `proto::ids::PREFETCH_IDS_AHEAD`, enough to overlap the misses and few
-/// enough that the lines are still cached when their turn comes.
-const DECIDE_PREFETCH_IDS_AHEAD: usize = 16;
 
 /// Bits of Bloom filter per remembered id. With `BLOOM_PROBES` probes in one 512-bit
 /// block this gives about 1% false positives; a false positive costs one lookup in a
@@ -435,7 +431,7 @@ impl Dedup {
             for (index, &(id, hash)) in ids.iter().enumerate() {
                 // Overlap the misses of the inserts a few ids ahead. A rotation in
                 // between only wastes the hints.
-                if let Some(&(ahead, ahead_hash)) = ids.get(index + DECIDE_PREFETCH_IDS_AHEAD) {
+                if let Some(&(ahead, ahead_hash)) = ids.get(index + PREFETCH_IDS_AHEAD) {
                     shard.current.prefetch(ahead, ahead_hash);
                 }
                 waiters.extend(shard.decide(id, hash, outcome));
