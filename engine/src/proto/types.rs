@@ -252,6 +252,36 @@ impl TxnSet {
         &self.words
     }
 
+    /// The set whose word `k` is `word(k)`, bits past `len` cleared: how the
+    /// word-at-a-time paths build a result from other sets' words without a per-bit loop.
+    pub fn from_word_fn(len: u32, word: impl FnMut(usize) -> u64) -> TxnSet {
+        let mut set = TxnSet {
+            len,
+            words: (0..words_for(len)).map(word).collect(),
+        };
+        set.trim();
+        set
+    }
+
+    /// Adds (`on`) or removes the transactions of `bits` in word `word_index`; bits
+    /// past `len`, and a word past the end, are ignored.
+    pub fn assign_word(&mut self, word_index: usize, bits: u64, on: bool) {
+        let tail_bits = self.len % 64;
+        let Some(word) = self.words.get_mut(word_index) else {
+            return;
+        };
+        let bits = if tail_bits != 0 && word_index + 1 == words_for(self.len) {
+            bits & ((1u64 << tail_bits) - 1)
+        } else {
+            bits
+        };
+        if on {
+            *word |= bits;
+        } else {
+            *word &= !bits;
+        }
+    }
+
     /// Adds transaction `index`; an index outside the batch is ignored.
     pub fn insert(&mut self, index: u32) {
         if index < self.len {
