@@ -473,6 +473,25 @@ pub fn sites_of(mask: u64) -> impl Iterator<Item = SiteId> {
 mod tests {
     use super::*;
 
+    // Proves that the word-at-a-time builders keep bits past the universe out: a
+    // word function that sets every bit, and words assigned past the end or into the
+    // tail, leave exactly the universe's transactions.
+    #[test]
+    fn word_builders_keep_the_universe() {
+        let set = TxnSet::from_word_fn(70, |_| u64::MAX);
+        assert_eq!(set, TxnSet::full(70));
+        assert_eq!(set.count(), 70);
+        let mut built = TxnSet::empty(70);
+        built.assign_word(0, u64::MAX, true);
+        built.assign_word(1, u64::MAX, true);
+        built.assign_word(2, u64::MAX, true);
+        assert_eq!(built, TxnSet::full(70));
+        built.assign_word(1, 1 << 2, false);
+        assert!(!built.contains(66) && built.contains(65) && built.contains(69));
+        assert_eq!(built.count(), 69);
+        assert_eq!(TxnSet::from_word_fn(128, |_| u64::MAX), TxnSet::full(128));
+    }
+
     // Proves that set operations agree with a naive Vec<bool> model and that bits past
     // the universe never appear.
     #[test]
