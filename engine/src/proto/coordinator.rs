@@ -105,7 +105,8 @@ struct Drive {
     any_commit: TxnSet,
     any_abort: TxnSet,
     /// Round: what it proposes, and what each site acknowledged (one set per site
-    /// that acknowledged anything, this replica's own PC / PA record included).
+    /// that acknowledged anything, this replica's own PC / PA record included; at most
+    /// `SITES_MAX` entries, as `dispatch_message` drops any other sender).
     round_pc: TxnSet,
     round_pa: TxnSet,
     acked: Vec<(SiteId, TxnSet)>,

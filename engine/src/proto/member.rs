@@ -158,7 +158,7 @@ impl Log {
 #[derive(Debug, Clone)]
 pub(crate) struct Member {
     pub desc: DescriptorRef,
-    /// Private: written only through `set_state`, which keeps `pending`; read through
+    /// Private: written only through `set_word`, which keeps `pending`; read through
     /// `states`.
     state: Vec<State>,
     pub attempt: Vec<u32>,
@@ -178,12 +178,12 @@ pub(crate) struct Member {
     pub no_reasons: Vec<(u32, Reason)>,
     /// How many entries of `state` are pending (W, PC or PA): `has_pending` is asked
     /// after every message, and scanning a batch of 8192 states each time showed in
-    /// profiles. Kept by `set_state`, the only writer of `state`.
+    /// profiles. Kept by `set_word`, the only writer of `state`.
     pending: u32,
     /// How many of the transactions this site is in are final here (C or A), and how
     /// many it is in: `all_final` and `decided_count` are asked for every batch at
     /// every settle and DONE, and scanning the batch each time showed in profiles.
-    /// Kept by `set_state`.
+    /// Kept by `set_word`.
     decided: u32,
     member_txns: u32,
     /// `state` as bit planes, kept by every writer of `state` beside it: the
@@ -274,20 +274,7 @@ impl Member {
 
     /// Sets transaction `index`'s state, keeping the pending and decided counts.
     pub(crate) fn set_state(&mut self, index: u32, state: State) {
-        let member = self.is_member(index);
-        let slot = &mut self.state[index as usize];
-        self.pending = self.pending + u32::from(state.is_pending()) - u32::from(slot.is_pending());
-        if member {
-            self.decided = self.decided + u32::from(state.is_final()) - u32::from(slot.is_final());
-        }
-        *slot = state;
-        let (word_index, bit) = ((index / 64) as usize, 1u64 << (index % 64));
-        self.pendings
-            .assign_word(word_index, bit, state.is_pending());
-        self.commits
-            .assign_word(word_index, bit, state == State::Commit);
-        self.aborts
-            .assign_word(word_index, bit, state == State::Abort);
+        self.set_word((index / 64) as usize, 1 << (index % 64), state, None);
     }
 
     /// Sets the state of every transaction of `txns` (and its attempt, if given),
@@ -298,35 +285,40 @@ impl Member {
             debug_assert!(false, "a transition over another batch size");
             return;
         }
+        for (word_index, &word) in txns.words().iter().enumerate() {
+            if word != 0 {
+                self.set_word(word_index, word, state, attempt);
+            }
+        }
+    }
+
+    /// [`Member::set_states`] for the transactions `word` of word `word_index`: the
+    /// one writer of `state`, its planes and its counts.
+    fn set_word(&mut self, word_index: usize, word: u64, state: State, attempt: Option<u32>) {
         let pending_new = state.is_pending();
         let (commit_new, abort_new) = (state == State::Commit, state == State::Abort);
-        for (word_index, &word) in txns.words().iter().enumerate() {
-            if word == 0 {
-                continue;
-            }
-            let members = self.member_word(word_index);
-            let pending_old = self.pendings.words()[word_index] & word;
-            let final_old = self.final_word(word_index) & word & members;
-            self.pending = self.pending - pending_old.count_ones()
-                + if pending_new { word.count_ones() } else { 0 };
-            self.decided = self.decided - final_old.count_ones()
-                + if commit_new || abort_new {
-                    (word & members).count_ones()
-                } else {
-                    0
-                };
-            self.pendings.assign_word(word_index, word, pending_new);
-            self.commits.assign_word(word_index, word, commit_new);
-            self.aborts.assign_word(word_index, word, abort_new);
-            let base = word_index * 64;
-            let mut bits = word;
-            while bits != 0 {
-                let index = base + bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                self.state[index] = state;
-                if let Some(attempt) = attempt {
-                    self.attempt[index] = attempt;
-                }
+        let members = self.member_word(word_index);
+        let pending_old = self.pendings.words()[word_index] & word;
+        let final_old = self.final_word(word_index) & word & members;
+        self.pending = self.pending - pending_old.count_ones()
+            + if pending_new { word.count_ones() } else { 0 };
+        self.decided = self.decided - final_old.count_ones()
+            + if commit_new || abort_new {
+                (word & members).count_ones()
+            } else {
+                0
+            };
+        self.pendings.assign_word(word_index, word, pending_new);
+        self.commits.assign_word(word_index, word, commit_new);
+        self.aborts.assign_word(word_index, word, abort_new);
+        let base = word_index * 64;
+        let mut bits = word;
+        while bits != 0 {
+            let index = base + bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            self.state[index] = state;
+            if let Some(attempt) = attempt {
+                self.attempt[index] = attempt;
             }
         }
     }
