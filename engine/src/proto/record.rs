@@ -8,16 +8,20 @@
 //! | kind | record | written by | forced |
 //! | --- | --- | --- | --- |
 //! | 1 | `Incarnation { number u32 }` | coordinator replica at start | yes, before any PREPARE |
-//! | 2 | `Begin { desc }` | a site learning a batch without voting | no: the next forced record covers it |
-//! | 3 | `Prepared { desc, ops, votes }` | participant on PREPARE | yes if any vote is yes |
+//! | 2 | `Begin { desc }` | read only (logs written before kind 10) | — |
+//! | 3 | `Prepared { desc, ops, votes }` | read only (logs written before kind 11) | — |
 //! | 4 | `Elected { batch u64, elected u32, by u8 }` | any site joining an election | yes |
 //! | 5 | `Transition { batch u64, state u8, attempt u32, elected u32, txns }` | any site | PC/PA yes, C/A no |
 //! | 6 | `Checkpoint { number u64, incarnation u32, records u32 }` | any site at a checkpoint | yes, with its carried records |
 //! | 7 | `CarriedBatch { desc, elected u32, by u8, n u32, n × (state u8, attempt u32), reasons }` | after a `Checkpoint` | yes |
 //! | 8 | `CarriedRetired { n u32, n × (start u64, end u64) }` | after a `Checkpoint` | yes |
 //! | 9 | `CarriedIds { n u32, n × (txn u64, batch u64, digest u64, state u8) }` | after a participant's `Checkpoint` | yes |
+//! | 10 | `Begin { desc_compact }` | a site learning a batch without voting | no: the next forced record covers it |
+//! | 11 | `Prepared { desc_compact, ops, votes }` | participant on PREPARE | yes if any vote is yes |
 //!
 //! Shared encodings: `desc = batch u64 | n u32 | n × (txn u64 | members u64)`;
+//! `desc_compact = batch u64 | n u32 | form u8 | n × txn u64 | (form 1) n × class u8 | c u8
+//! | c × members u64 | (form 0) n × members u64` (see [`put_desc_compact`]);
 //! `txns = n u32 | ceil(n/64) × word u64`; a vote is `tag u8 (0 yes, 1 no, 2 read-only) |
 //! reason u16`; `ops = m u32 | m × (txn u64 | payload [u8; 24] | vote)`;
 //! `reasons = r u32 | r × (index u32 | reason u16)`.
@@ -45,7 +49,21 @@ pub mod kind {
     pub const CARRIED_BATCH: u8 = 7;
     pub const CARRIED_RETIRED: u8 = 8;
     pub const CARRIED_IDS: u8 = 9;
+    /// `Begin` with its descriptor in the compact encoding (`desc_compact`).
+    pub const BEGIN_COMPACT: u8 = 10;
+    /// `Prepared` with its descriptor in the compact encoding (`desc_compact`).
+    pub const PREPARED_COMPACT: u8 = 11;
 }
+
+/// `desc_compact`'s form byte: the participant masks follow the ids, one per
+/// transaction.
+const DESC_FORM_MASKS: u8 = 0;
+/// `desc_compact`'s form byte: a class index per transaction follows the ids, then the
+/// table of distinct masks.
+const DESC_FORM_CLASSES: u8 = 1;
+/// The most distinct participant masks a compact descriptor's table holds (its indices
+/// are one byte). A batch with more is written in the masks form.
+pub const DESC_CLASSES_MAX: usize = 255;
 
 /// One WAL record of the protocol.
 #[derive(Clone, Debug, PartialEq, Hash)]
@@ -134,8 +152,8 @@ impl Record {
     pub fn kind(&self) -> u8 {
         match self {
             Record::Incarnation { .. } => kind::INCARNATION,
-            Record::Begin { .. } => kind::BEGIN,
-            Record::Prepared { .. } => kind::PREPARED,
+            Record::Begin { .. } => kind::BEGIN_COMPACT,
+            Record::Prepared { .. } => kind::PREPARED_COMPACT,
             Record::Elected { .. } => kind::ELECTED,
             Record::Transition { .. } => kind::TRANSITION,
             Record::Checkpoint { .. } => kind::CHECKPOINT,
@@ -163,9 +181,9 @@ impl Record {
     pub fn encode(&self, buf: &mut Vec<u8>) {
         match self {
             Record::Incarnation { number } => put_u32(buf, *number),
-            Record::Begin { desc } => put_desc(buf, desc),
+            Record::Begin { desc } => put_desc_compact(buf, desc),
             Record::Prepared { desc, ops, votes } => {
-                put_desc(buf, desc);
+                put_desc_compact(buf, desc);
                 put_u32(buf, ops.len() as u32);
                 for (op, vote) in ops.iter().zip(votes) {
                     put_u64(buf, op.txn.0);
@@ -253,7 +271,17 @@ impl Record {
             kind::BEGIN => Record::Begin {
                 desc: Arc::new(reader.desc()?),
             },
-            kind::PREPARED => decode_prepared(&mut reader)?,
+            kind::BEGIN_COMPACT => Record::Begin {
+                desc: Arc::new(reader.desc_compact()?),
+            },
+            kind::PREPARED => {
+                let desc = reader.desc()?;
+                decode_prepared(desc, &mut reader)?
+            }
+            kind::PREPARED_COMPACT => {
+                let desc = reader.desc_compact()?;
+                decode_prepared(desc, &mut reader)?
+            }
             kind::ELECTED => Record::Elected {
                 batch: BatchId(reader.u64()?),
                 elected: reader.u32()?,
@@ -281,8 +309,7 @@ impl Record {
     }
 }
 
-fn decode_prepared(reader: &mut Reader<'_>) -> Result<Record, RecordError> {
-    let desc = reader.desc()?;
+fn decode_prepared(desc: Descriptor, reader: &mut Reader<'_>) -> Result<Record, RecordError> {
     let count = reader.len_field("ops", 8 + OP_PAYLOAD_BYTES + 3)?;
     let mut ops = Vec::with_capacity(count);
     let mut votes = Vec::with_capacity(count);
@@ -390,6 +417,80 @@ pub(crate) fn put_desc(buf: &mut Vec<u8>, desc: &Descriptor) {
         put_u64(buf, txn.0);
         put_u64(buf, *members);
     }
+}
+
+/// The compact descriptor encoding of the `Begin` and `Prepared` records (kinds 10 and
+/// 11): `batch u64 | n u32 | form u8 | n × txn u64`, then either (form 1, classes) `n ×
+/// class u8 | c u8 | c × members u64`, the distinct participant masks in the order they
+/// first appear, or (form 0, masks) `n × members u64`. A batch's transactions share a
+/// few masks (a transfer between two of four ledgers has one of six), so the classes
+/// form spends 9 bytes per transaction where the masks form spends 16: the descriptor
+/// is in every participant's and every replica's record of every batch (README, issue
+/// 14 goal 4). The classes form is used exactly when its table fits
+/// ([`DESC_CLASSES_MAX`]) and it is the shorter form, so every descriptor has one
+/// encoding, and the decoder accepts no other.
+pub(crate) fn put_desc_compact(buf: &mut Vec<u8>, desc: &Descriptor) {
+    put_u64(buf, desc.batch.0);
+    put_u32(buf, desc.len());
+    let form_at = buf.len();
+    buf.push(DESC_FORM_CLASSES);
+    buf.reserve(desc.txns.len() * 9);
+    for txn in &desc.txns {
+        put_u64(buf, txn.0);
+    }
+    let indices_at = buf.len();
+    let mut classes = [0u64; DESC_CLASSES_MAX];
+    let mut count = 0;
+    let mut last = 0;
+    for &members in &desc.members {
+        if count == 0 || classes[last] != members {
+            match classes[..count].iter().position(|&class| class == members) {
+                Some(position) => last = position,
+                None if count == DESC_CLASSES_MAX => {
+                    count = usize::MAX;
+                    break;
+                }
+                None => {
+                    classes[count] = members;
+                    last = count;
+                    count += 1;
+                }
+            }
+        }
+        buf.push(last as u8);
+    }
+    if classes_form_shorter(count, desc.txns.len()) {
+        buf.push(count as u8);
+        for &class in &classes[..count] {
+            put_u64(buf, class);
+        }
+    } else {
+        buf.truncate(indices_at);
+        buf[form_at] = DESC_FORM_MASKS;
+        for &members in &desc.members {
+            put_u64(buf, members);
+        }
+    }
+}
+
+/// Whether `classes` distinct masks (`usize::MAX`: more than [`DESC_CLASSES_MAX`]) for
+/// `txns` transactions take the classes form: `n + 1 + 8c` bytes against `8n`.
+fn classes_form_shorter(classes: usize, txns: usize) -> bool {
+    classes <= DESC_CLASSES_MAX && txns + 1 + 8 * classes < 8 * txns
+}
+
+/// How many distinct values `masks` holds, or `usize::MAX` past [`DESC_CLASSES_MAX`].
+fn distinct_capped(masks: &[u64]) -> usize {
+    let mut distinct: Vec<u64> = Vec::new();
+    for &mask in masks {
+        if !distinct.contains(&mask) {
+            if distinct.len() == DESC_CLASSES_MAX {
+                return usize::MAX;
+            }
+            distinct.push(mask);
+        }
+    }
+    distinct.len()
 }
 
 pub(crate) fn put_set(buf: &mut Vec<u8>, set: &TxnSet) {
@@ -510,14 +611,87 @@ impl<'a> Reader<'a> {
         let mut members = Vec::with_capacity(count);
         for _ in 0..count {
             txns.push(TxnId(self.u64()?));
-            let mask = self.u64()?;
-            if mask == 0 {
-                return Err(RecordError::Inconsistent(
-                    "transaction without participants",
-                ));
-            }
-            members.push(mask);
+            members.push(self.members()?);
         }
+        Ok(Descriptor {
+            batch,
+            txns,
+            members,
+        })
+    }
+
+    /// Reads one transaction's participant mask, which names at least one site.
+    fn members(&mut self) -> Result<u64, RecordError> {
+        match self.u64()? {
+            0 => Err(RecordError::Inconsistent(
+                "transaction without participants",
+            )),
+            mask => Ok(mask),
+        }
+    }
+
+    /// Reads a descriptor in the compact encoding (see [`put_desc_compact`]), and only
+    /// in the form the encoder would have chosen.
+    pub(crate) fn desc_compact(&mut self) -> Result<Descriptor, RecordError> {
+        let batch = BatchId(self.u64()?);
+        let count = self.len_field("transactions", 9)?;
+        let form = self.u8()?;
+        let mut txns = Vec::with_capacity(count);
+        for _ in 0..count {
+            txns.push(TxnId(self.u64()?));
+        }
+        let members = match form {
+            DESC_FORM_MASKS => {
+                let mut members = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let mask = self.members()?;
+                    members.push(mask);
+                }
+                if classes_form_shorter(distinct_capped(&members), count) {
+                    return Err(RecordError::Inconsistent(
+                        "descriptor in the masks form where the classes form is shorter",
+                    ));
+                }
+                members
+            }
+            DESC_FORM_CLASSES => {
+                let indices = self.take(count)?;
+                let classes = self.u8()? as usize;
+                if !classes_form_shorter(classes, count) {
+                    return Err(RecordError::Inconsistent(
+                        "descriptor in the classes form where the masks form is shorter",
+                    ));
+                }
+                let mut table = Vec::with_capacity(classes);
+                for _ in 0..classes {
+                    let mask = self.members()?;
+                    if table.contains(&mask) {
+                        return Err(RecordError::Inconsistent("class listed twice"));
+                    }
+                    table.push(mask);
+                }
+                // The encoder numbers classes in the order they first appear.
+                let mut seen = 0;
+                let mut members = Vec::with_capacity(count);
+                for &index in indices {
+                    let index = index as usize;
+                    if index == seen {
+                        seen += 1;
+                    } else if index > seen {
+                        return Err(RecordError::Inconsistent("class out of order"));
+                    }
+                    let Some(&mask) = table.get(index) else {
+                        return Err(RecordError::Inconsistent("class outside the table"));
+                    };
+                    members.push(mask);
+                }
+                if seen != classes {
+                    return Err(RecordError::Inconsistent("class never used"));
+                }
+                members
+            }
+            _ => return Err(RecordError::Inconsistent("unknown descriptor form")),
+        };
         Ok(Descriptor {
             batch,
             txns,
@@ -669,15 +843,162 @@ mod tests {
         ));
     }
 
+    /// The bytes of `desc` in the legacy `desc` encoding (kinds 2 and 3).
+    fn legacy_desc(desc: &Descriptor) -> Vec<u8> {
+        let mut buf = Vec::new();
+        put_desc(&mut buf, desc);
+        buf
+    }
+
+    // Proves that logs written before the compact kinds still read: a legacy `Begin`
+    // and `Prepared` decode to the records that are now written as kinds 10 and 11.
+    #[test]
+    fn legacy_begin_and_prepared_still_decode() {
+        let desc = sample_desc();
+        assert_eq!(
+            Record::decode(kind::BEGIN, &legacy_desc(&desc)),
+            Ok(Record::Begin { desc: desc.clone() })
+        );
+        let mut prepared = legacy_desc(&desc);
+        put_u32(&mut prepared, 1);
+        put_u64(&mut prepared, 11);
+        prepared.extend_from_slice(&[7; OP_PAYLOAD_BYTES]);
+        put_vote(&mut prepared, Vote::Yes);
+        let expected = Record::Prepared {
+            desc: desc.clone(),
+            ops: vec![Op {
+                txn: TxnId(11),
+                payload: [7; OP_PAYLOAD_BYTES],
+            }]
+            .into(),
+            votes: vec![Vote::Yes],
+        };
+        assert_eq!(
+            Record::decode(kind::PREPARED, &prepared),
+            Ok(expected.clone())
+        );
+        assert_eq!(expected.kind(), kind::PREPARED_COMPACT);
+    }
+
+    // Proves the saving the compact descriptor is for: a full batch of two-party
+    // transfers among four ledgers takes 9 bytes per transaction, not 16.
+    #[test]
+    fn a_batch_of_few_groups_takes_nine_bytes_per_transaction() {
+        let pairs = [0b0011, 0b0101, 0b1001, 0b0110, 0b1010, 0b1100u64];
+        let txns = 4096;
+        let desc = Descriptor {
+            batch: BatchId(1),
+            txns: (0..txns).map(|i| TxnId(i * 7919)).collect(),
+            members: (0..txns as usize).map(|i| pairs[i * 5 % 6] << 3).collect(),
+        };
+        let mut buf = Vec::new();
+        put_desc_compact(&mut buf, &desc);
+        assert_eq!(buf.len(), 13 + 9 * txns as usize + 1 + 8 * pairs.len());
+        assert_eq!(legacy_desc(&desc).len(), 12 + 16 * txns as usize);
+    }
+
+    // Proves that the decoder accepts only the encoder's own form: each damage below
+    // is a typed error.
+    #[test]
+    fn non_canonical_compact_descriptors_are_refused() {
+        let header = |form: u8, txns: &[u64]| {
+            let mut buf = Vec::new();
+            put_u64(&mut buf, 5);
+            put_u32(&mut buf, txns.len() as u32);
+            buf.push(form);
+            for &txn in txns {
+                put_u64(&mut buf, txn);
+            }
+            buf
+        };
+        let ids = [1u64, 2, 3, 4];
+        let with_classes = |indices: &[u8], table: &[u64]| {
+            let mut buf = header(DESC_FORM_CLASSES, &ids);
+            buf.extend_from_slice(indices);
+            buf.push(table.len() as u8);
+            for &mask in table {
+                put_u64(&mut buf, mask);
+            }
+            buf
+        };
+        let refused = |bytes: &[u8], why: &str| {
+            assert_eq!(
+                Record::decode(kind::BEGIN_COMPACT, bytes),
+                Err(RecordError::Inconsistent(match why {
+                    "order" => "class out of order",
+                    "unused" => "class never used",
+                    "twice" => "class listed twice",
+                    "outside" => "class outside the table",
+                    "zero" => "transaction without participants",
+                    "longer" => {
+                        "descriptor in the classes form where the masks form is shorter"
+                    }
+                    "masks" => "descriptor in the masks form where the classes form is shorter",
+                    _ => "unknown descriptor form",
+                })),
+                "{why}"
+            );
+        };
+        // The encoder's own bytes decode.
+        let good = with_classes(&[0, 1, 0, 1], &[8, 16]);
+        let desc = Record::decode(kind::BEGIN_COMPACT, &good).expect("canonical");
+        let mut again = Vec::new();
+        desc.encode(&mut again);
+        assert_eq!(again, good);
+        refused(&with_classes(&[1, 0, 1, 0], &[8, 16]), "order");
+        refused(&with_classes(&[0, 0, 0, 0], &[8, 16]), "unused");
+        refused(&with_classes(&[0, 1, 0, 1], &[8, 8]), "twice");
+        refused(&with_classes(&[0, 1, 2, 1], &[8, 16]), "outside");
+        refused(&with_classes(&[0, 1, 0, 1], &[8, 0]), "zero");
+        refused(&with_classes(&[0, 1, 2, 3], &[8, 16, 24, 32]), "longer");
+        let mut masks = header(DESC_FORM_MASKS, &ids);
+        for mask in [8u64, 16, 8, 16] {
+            put_u64(&mut masks, mask);
+        }
+        refused(&masks, "masks");
+        let mut unknown = header(2, &ids);
+        unknown.extend_from_slice(&[0; 4 * 8]);
+        refused(&unknown, "form");
+    }
+
     proptest! {
+        // Proves that a descriptor of any size and any number of distinct masks round
+        // trips through the compact encoding, in the shorter of its two forms.
+        #[test]
+        fn compact_descriptors_round_trip(
+            pool in proptest::collection::vec(1u64.., 1..300),
+            picks in proptest::collection::vec((any::<u64>(), any::<prop::sample::Index>()), 0..700),
+        ) {
+            let desc = Arc::new(Descriptor {
+                batch: BatchId(3),
+                txns: picks.iter().map(|(txn, _)| TxnId(*txn)).collect(),
+                members: picks.iter().map(|(_, pick)| pool[pick.index(pool.len())]).collect(),
+            });
+            let record = Record::Begin { desc: desc.clone() };
+            let mut buf = Vec::new();
+            record.encode(&mut buf);
+            prop_assert_eq!(Record::decode(kind::BEGIN_COMPACT, &buf), Ok(record));
+            let n = desc.txns.len();
+            let classes = distinct_capped(&desc.members);
+            let expected = if classes_form_shorter(classes, n) {
+                13 + 9 * n + 1 + 8 * classes
+            } else {
+                13 + 16 * n
+            };
+            prop_assert_eq!(buf.len(), expected);
+        }
+
         // Proves that random bytes of any kind never make the decoder panic, and that
         // whatever decodes re-encodes to the same bytes.
         #[test]
-        fn random_bytes_never_panic(kind_byte in 0u8..10, bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        fn random_bytes_never_panic(kind_byte in 0u8..13, bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             if let Ok(record) = Record::decode(kind_byte, &bytes) {
-                let mut again = Vec::new();
-                record.encode(&mut again);
-                prop_assert_eq!(again, bytes);
+                // Kinds 2 and 3 are read, never written: they re-encode as 10 and 11.
+                if record.kind() == kind_byte {
+                    let mut again = Vec::new();
+                    record.encode(&mut again);
+                    prop_assert_eq!(again, bytes);
+                }
             }
         }
     }

@@ -157,10 +157,11 @@ pub(crate) fn validate(config: &EngineConfig) -> Result<(), EngineError> {
 
 /// The largest record a site appends for a batch of `batch_txns` transactions: a
 /// participant's `Prepared` record when it is in every transaction (see
-/// `proto::record`: a descriptor of 12 + 16 bytes per transaction, then 4 + 35 bytes per
-/// operation), plus the WAL's record header.
+/// `proto::record`: a compact descriptor, at most 13 + 16 bytes per transaction when
+/// its transactions have too many distinct participant masks for a table, then 4 + 35
+/// bytes per operation), plus the WAL's record header.
 fn prepared_record_bytes_max(batch_txns: usize) -> u64 {
-    const DESCRIPTOR_FIXED_BYTES: u64 = 12;
+    const DESCRIPTOR_FIXED_BYTES: u64 = 13;
     const DESCRIPTOR_TXN_BYTES: u64 = 16;
     const OPS_FIXED_BYTES: u64 = 4;
     const OP_BYTES: u64 = 8 + crate::proto::OP_PAYLOAD_BYTES as u64 + 3;
@@ -1117,12 +1118,13 @@ mod tests {
     #[test]
     fn the_record_bound_is_the_size_of_a_full_prepared_record() {
         // Proves that the configuration check uses the real encoded size, so a batch that
-        // passes it can never fail to append.
-        let txns = 100;
+        // passes it can never fail to append: the largest descriptor is one whose
+        // transactions have more distinct participant masks than a table holds.
+        let txns = crate::proto::record::DESC_CLASSES_MAX as u64 + 45;
         let desc = Descriptor {
             batch: BatchId(7),
             txns: (0..txns).map(TxnId).collect(),
-            members: vec![1 << 3; txns as usize],
+            members: (0..txns).map(|i| (i + 1) << 3).collect(),
         };
         let ops: Vec<Op> = (0..txns)
             .map(|id| Op {
