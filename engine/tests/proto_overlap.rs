@@ -3,12 +3,14 @@
 //! counts itself only once it is; the vote timeout adapts to the votes it has timed;
 //! speculation announces a batch to the other replicas while its votes come in, a late
 //! no vote cancels it for exactly the transactions it names, and the success predictor
-//! switches it off while votes fail; and without overlap all of it stays as it was.
+//! switches it off while votes fail; and without overlap all of it stays as it was. A
+//! participant forces its PC record only where the replicas alone are not a quorum.
 
 use tricommit_engine::proto::{
-    AppendSeq, BatchId, BatchInput, Coordinator, Op, Outcome, Output, Part, ProtoConfig, Reason,
-    Record, SiteId, State, TxnId, TxnSet, OP_PAYLOAD_BYTES,
+    AppendSeq, BatchId, BatchInput, Coordinator, Descriptor, Op, Outcome, Output, Part,
+    Participant, ProtoConfig, Reason, Record, SiteId, State, TxnId, TxnSet, OP_PAYLOAD_BYTES,
 };
+use tricommit_engine::sim::{bank_op, Bank};
 
 const REPLICAS: [SiteId; 3] = [SiteId(0), SiteId(1), SiteId(2)];
 const PARTICIPANTS: [SiteId; 2] = [SiteId(3), SiteId(4)];
@@ -414,4 +416,90 @@ fn a_backup_recovers_an_announced_batch_whose_announcer_failed() {
             .any(|sent| matches!(sent.part, Part::Elect { .. })),
         "the backup did not start recovery"
     );
+}
+
+/// A bank participant at site 3 that has voted yes on `txns` transfers (each between
+/// sites 3 and `others`), its votes durable; returns the batch id.
+fn prepared_participant(
+    participant: &mut Participant<Bank>,
+    counter: u32,
+    txns: u64,
+    others: u64,
+) -> BatchId {
+    let batch = BatchId::compose(0, 1, counter).expect("fits");
+    let members = PARTICIPANTS[0].bit() | others;
+    let desc = std::sync::Arc::new(Descriptor {
+        batch,
+        txns: (0..txns)
+            .map(|i| TxnId(u64::from(counter) << 32 | i))
+            .collect(),
+        members: vec![members; txns as usize],
+    });
+    let ops: Vec<Op> = desc
+        .txns
+        .iter()
+        .map(|&txn| bank_op(txn, 0, 1, false))
+        .collect();
+    let mut out = Output::default();
+    let prepare = Part::Prepare {
+        desc,
+        ops: ops.into(),
+    };
+    participant.handle_message(0, REPLICAS[0], prepare, &mut out);
+    let upto = out.sync_upto.expect("yes votes are forced");
+    participant.handle_durable(0, upto, &mut Output::default());
+    batch
+}
+
+/// Whether a normal-path ROUND for transaction `index` of `batch` (a first round for
+/// it) makes the participant force its PC record (true) or leave it to its next sync
+/// (false).
+fn round_forces(participant: &mut Participant<Bank>, batch: BatchId, index: u32) -> bool {
+    let txns = 3;
+    let mut pre_commit = TxnSet::empty(txns);
+    pre_commit.insert(index);
+    let round = Part::Round {
+        batch,
+        elected: 1,
+        pre_commit,
+        pre_abort: TxnSet::empty(txns),
+        desc: None,
+    };
+    let mut out = Output::default();
+    participant.handle_message(0, REPLICAS[0], round, &mut out);
+    assert!(
+        out.appends.iter().any(|(_, record)| matches!(
+            record,
+            Record::Transition {
+                state: State::PreCommit,
+                ..
+            }
+        )),
+        "the round is logged either way"
+    );
+    out.sync_upto.is_some()
+}
+
+// Proves the participant's choice between a lazy and a forced PC record (docs/protocol.md
+// §4.2 step 4) with its per-batch cache: lazy where the three replicas alone are a
+// quorum of every commit group (two-party transfers), forced where a transaction has
+// three participants, and forced while a replica's link is down even in a batch whose
+// answer is cached, lazy again once it is back up.
+#[test]
+fn a_participant_forces_its_round_only_where_the_replicas_are_not_a_quorum() {
+    let mut participant =
+        Participant::new(config(true), PARTICIPANTS[0], Bank::new(1, 1_000)).expect("valid");
+    let two_party = prepared_participant(&mut participant, 1, 3, PARTICIPANTS[1].bit());
+    let three_party = prepared_participant(
+        &mut participant,
+        2,
+        3,
+        PARTICIPANTS[1].bit() | SiteId(5).bit(),
+    );
+    assert!(!round_forces(&mut participant, two_party, 0));
+    assert!(round_forces(&mut participant, three_party, 0));
+    participant.set_links_down(0, REPLICAS[2].bit());
+    assert!(round_forces(&mut participant, two_party, 1));
+    participant.set_links_down(0, 0);
+    assert!(!round_forces(&mut participant, two_party, 2));
 }

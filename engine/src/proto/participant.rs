@@ -281,12 +281,13 @@ impl<R: ResourceManager> Participant<R> {
                 // then needs it too, and should not wait for this site's next sync.
                 let sync = if termination == Termination::E3pc
                     && self.links_down & replica_mask == 0
-                    && member
-                        .desc
-                        .members
-                        .iter()
-                        .all(|&members| is_quorum(replica_mask, members | replica_mask))
-                {
+                    && *member.replicas_quorate.get_or_insert_with(|| {
+                        member
+                            .desc
+                            .members
+                            .iter()
+                            .all(|&members| is_quorum(replica_mask, members | replica_mask))
+                    }) {
                     RoundSync::Lazy
                 } else {
                     RoundSync::Forced
