@@ -21,7 +21,7 @@
 //!
 //! Shared encodings: `desc = batch u64 | n u32 | n × (txn u64 | members u64)`;
 //! `desc_compact = batch u64 | n u32 | form u8 | n × txn u64 | (form 1) n × class u8 | c u8
-//! | c × members u64 | (form 0) n × members u64` (see [`put_desc_compact`]);
+//! | c × members u64 | (form 0) n × members u64` (see `put_desc_compact`);
 //! `txns = n u32 | ceil(n/64) × word u64`; a vote is `tag u8 (0 yes, 1 no, 2 read-only) |
 //! reason u16`; `ops = m u32 | m × (txn u64 | payload [u8; 24] | vote)`;
 //! `reasons = r u32 | r × (index u32 | reason u16)`.

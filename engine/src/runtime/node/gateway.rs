@@ -2,7 +2,7 @@
 //! outcomes out.
 //!
 //! Each transaction a client sends goes through the same submission path as
-//! [`Engine::submit`](super::Engine::submit) (`submit_to`: validation, deduplication by
+//! [`Engine::submit`](crate::Engine::submit) (`submit_to`: validation, deduplication by
 //! id, admission, intake), and its [`Ticket`] is kept here. Tickets are futures; the
 //! gateway polls each one with a waker that queues the ticket's slot and rings the
 //! gateway's doorbell, so that finishing a batch costs one wake-up per ticket, not a

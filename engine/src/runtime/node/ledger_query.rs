@@ -4,7 +4,7 @@
 //! writer (issue 13's lock), so neither the transport nor the gateway reads it: the
 //! event loop queues each query ([`BalancesRequest`]) into a bounded channel that rings
 //! the site's doorbell, and the site loop answers between two turns
-//! ([`SiteIo::answer_queries`](super::super::site::SiteIo::answer_queries)), so that a
+//! (`SiteIo::answer_queries`), so that a
 //! page shows the ledger as of one point between protocol events. The page carries the
 //! reservations held (transactions not yet decided here) and the log positions, so the
 //! client can tell final, durable balances from a moment in the middle of a batch.
