@@ -16,8 +16,8 @@ use super::predict::Predictor;
 use super::record::Record;
 use super::rm::Reason;
 use super::types::{
-    is_quorum, sites_of, AppendSeq, BatchId, BatchMap, Descriptor, Outcome, RetiredSet, SiteId,
-    State, TxnSet, BATCH_TXNS_MAX, SITES_MAX,
+    is_quorum, sites_of, AppendSeq, BatchId, BatchMap, Descriptor, MaskClasses, Outcome,
+    RetiredSet, SiteId, State, TxnSet, BATCH_TXNS_MAX, SITES_MAX,
 };
 use super::{BatchInput, Completion, Output, ProtoConfig, ProtoError, Protocol, Termination};
 
@@ -145,24 +145,20 @@ impl Groups {
         if termination != Termination::E3pc {
             return Groups::PerTxn;
         }
+        let mut found = MaskClasses::<GROUP_CLASSES_MAX>::new();
         let mut classes: Vec<GroupClass> = Vec::new();
-        let mut last = 0;
         for (index, &members) in desc.members.iter().enumerate() {
             let group = members | replica_mask;
-            if classes.get(last).is_none_or(|class| class.group != group) {
-                last = match classes.iter().position(|class| class.group == group) {
-                    Some(position) => position,
-                    None if classes.len() == GROUP_CLASSES_MAX => return Groups::PerTxn,
-                    None => {
-                        classes.push(GroupClass {
-                            group,
-                            txns: TxnSet::empty(desc.len()),
-                        });
-                        classes.len() - 1
-                    }
-                };
+            let Some(class) = found.class_of(group) else {
+                return Groups::PerTxn;
+            };
+            if class == classes.len() {
+                classes.push(GroupClass {
+                    group,
+                    txns: TxnSet::empty(desc.len()),
+                });
             }
-            classes[last].txns.insert(index as u32);
+            classes[class].txns.insert(index as u32);
         }
         Groups::Classes(classes)
     }

@@ -35,7 +35,9 @@ use std::sync::Arc;
 
 use super::ids::Held;
 use super::rm::{Op, Reason, TxnId, Vote, OP_PAYLOAD_BYTES};
-use super::types::{BatchId, Descriptor, DescriptorRef, SiteId, State, TxnSet, BATCH_TXNS_MAX};
+use super::types::{
+    BatchId, Descriptor, DescriptorRef, MaskClasses, SiteId, State, TxnSet, BATCH_TXNS_MAX,
+};
 
 /// Record kind bytes (the WAL's `kind`). Kind 0 is never used, so a zeroed page never
 /// decodes as a record.
@@ -439,29 +441,18 @@ pub(crate) fn put_desc_compact(buf: &mut Vec<u8>, desc: &Descriptor) {
         put_u64(buf, txn.0);
     }
     let indices_at = buf.len();
-    let mut classes = [0u64; DESC_CLASSES_MAX];
-    let mut count = 0;
-    let mut last = 0;
+    let mut classes = MaskClasses::<DESC_CLASSES_MAX>::new();
+    let mut fits = true;
     for &members in &desc.members {
-        if count == 0 || classes[last] != members {
-            match classes[..count].iter().position(|&class| class == members) {
-                Some(position) => last = position,
-                None if count == DESC_CLASSES_MAX => {
-                    count = usize::MAX;
-                    break;
-                }
-                None => {
-                    classes[count] = members;
-                    last = count;
-                    count += 1;
-                }
-            }
-        }
-        buf.push(last as u8);
+        let Some(class) = classes.class_of(members) else {
+            fits = false;
+            break;
+        };
+        buf.push(class as u8);
     }
-    if classes_form_shorter(count, desc.txns.len()) {
-        buf.push(count as u8);
-        for &class in &classes[..count] {
+    if fits && classes_form_shorter(classes.masks().len(), desc.txns.len()) {
+        buf.push(classes.masks().len() as u8);
+        for &class in classes.masks() {
             put_u64(buf, class);
         }
     } else {
@@ -481,16 +472,12 @@ fn classes_form_shorter(classes: usize, txns: usize) -> bool {
 
 /// How many distinct values `masks` holds, or `usize::MAX` past [`DESC_CLASSES_MAX`].
 fn distinct_capped(masks: &[u64]) -> usize {
-    let mut distinct: Vec<u64> = Vec::new();
-    for &mask in masks {
-        if !distinct.contains(&mask) {
-            if distinct.len() == DESC_CLASSES_MAX {
-                return usize::MAX;
-            }
-            distinct.push(mask);
-        }
+    let mut classes = MaskClasses::<DESC_CLASSES_MAX>::new();
+    if masks.iter().all(|&mask| classes.class_of(mask).is_some()) {
+        classes.masks().len()
+    } else {
+        usize::MAX
     }
-    distinct.len()
 }
 
 pub(crate) fn put_set(buf: &mut Vec<u8>, set: &TxnSet) {
@@ -644,8 +631,7 @@ impl<'a> Reader<'a> {
             DESC_FORM_MASKS => {
                 let mut members = Vec::with_capacity(count);
                 for _ in 0..count {
-                    let mask = self.members()?;
-                    members.push(mask);
+                    members.push(self.members()?);
                 }
                 if classes_form_shorter(distinct_capped(&members), count) {
                     return Err(RecordError::Inconsistent(
@@ -921,21 +907,10 @@ mod tests {
             }
             buf
         };
-        let refused = |bytes: &[u8], why: &str| {
+        let refused = |bytes: &[u8], why: &'static str| {
             assert_eq!(
                 Record::decode(kind::BEGIN_COMPACT, bytes),
-                Err(RecordError::Inconsistent(match why {
-                    "order" => "class out of order",
-                    "unused" => "class never used",
-                    "twice" => "class listed twice",
-                    "outside" => "class outside the table",
-                    "zero" => "transaction without participants",
-                    "longer" => {
-                        "descriptor in the classes form where the masks form is shorter"
-                    }
-                    "masks" => "descriptor in the masks form where the classes form is shorter",
-                    _ => "unknown descriptor form",
-                })),
+                Err(RecordError::Inconsistent(why)),
                 "{why}"
             );
         };
@@ -945,20 +920,32 @@ mod tests {
         let mut again = Vec::new();
         desc.encode(&mut again);
         assert_eq!(again, good);
-        refused(&with_classes(&[1, 0, 1, 0], &[8, 16]), "order");
-        refused(&with_classes(&[0, 0, 0, 0], &[8, 16]), "unused");
-        refused(&with_classes(&[0, 1, 0, 1], &[8, 8]), "twice");
-        refused(&with_classes(&[0, 1, 2, 1], &[8, 16]), "outside");
-        refused(&with_classes(&[0, 1, 0, 1], &[8, 0]), "zero");
-        refused(&with_classes(&[0, 1, 2, 3], &[8, 16, 24, 32]), "longer");
+        refused(&with_classes(&[1, 0, 1, 0], &[8, 16]), "class out of order");
+        refused(&with_classes(&[0, 0, 0, 0], &[8, 16]), "class never used");
+        refused(&with_classes(&[0, 1, 0, 1], &[8, 8]), "class listed twice");
+        refused(
+            &with_classes(&[0, 1, 2, 1], &[8, 16]),
+            "class outside the table",
+        );
+        refused(
+            &with_classes(&[0, 1, 0, 1], &[8, 0]),
+            "transaction without participants",
+        );
+        refused(
+            &with_classes(&[0, 1, 2, 3], &[8, 16, 24, 32]),
+            "descriptor in the classes form where the masks form is shorter",
+        );
         let mut masks = header(DESC_FORM_MASKS, &ids);
         for mask in [8u64, 16, 8, 16] {
             put_u64(&mut masks, mask);
         }
-        refused(&masks, "masks");
+        refused(
+            &masks,
+            "descriptor in the masks form where the classes form is shorter",
+        );
         let mut unknown = header(2, &ids);
         unknown.extend_from_slice(&[0; 4 * 8]);
-        refused(&unknown, "form");
+        refused(&unknown, "unknown descriptor form");
     }
 
     proptest! {

@@ -464,6 +464,50 @@ impl RetiredSet {
     }
 }
 
+/// The distinct masks of a batch's transactions, numbered in the order they first
+/// appear, at most `N` of them: a batch's transactions share a few participant sets (a
+/// transfer between two of four ledgers has one of six), which the coordinator's
+/// quorum check and the log's compact descriptor both use.
+pub(crate) struct MaskClasses<const N: usize> {
+    masks: [u64; N],
+    count: usize,
+    /// The class found last: consecutive transactions often share one.
+    last: usize,
+}
+
+impl<const N: usize> MaskClasses<N> {
+    pub(crate) fn new() -> Self {
+        MaskClasses {
+            masks: [0; N],
+            count: 0,
+            last: 0,
+        }
+    }
+
+    /// The class of `mask`, a new one if it is not yet known; `None` when it is new and
+    /// `N` classes are taken.
+    pub(crate) fn class_of(&mut self, mask: u64) -> Option<usize> {
+        if self.count > 0 && self.masks[self.last] == mask {
+            return Some(self.last);
+        }
+        self.last = match self.masks[..self.count].iter().position(|&m| m == mask) {
+            Some(position) => position,
+            None if self.count == N => return None,
+            None => {
+                self.masks[self.count] = mask;
+                self.count += 1;
+                self.count - 1
+            }
+        };
+        Some(self.last)
+    }
+
+    /// The masks found so far, in class order.
+    pub(crate) fn masks(&self) -> &[u64] {
+        &self.masks[..self.count]
+    }
+}
+
 /// The sites of a mask, in increasing id order.
 pub fn sites_of(mask: u64) -> impl Iterator<Item = SiteId> {
     BitIter { word: mask }.map(|bit| SiteId(bit as u8))
