@@ -436,21 +436,26 @@ pub(crate) fn put_desc_compact(buf: &mut Vec<u8>, desc: &Descriptor) {
     put_u32(buf, desc.len());
     let form_at = buf.len();
     buf.push(DESC_FORM_CLASSES);
-    buf.reserve(desc.txns.len() * 9);
-    for txn in &desc.txns {
-        put_u64(buf, txn.0);
+    // The ids and the class indices are written into slices sized up front: no
+    // capacity check per transaction.
+    let txns = desc.txns.len();
+    let ids_at = buf.len();
+    let indices_at = ids_at + 8 * txns;
+    buf.resize(indices_at + txns, 0);
+    let (ids, indices) = buf[ids_at..].split_at_mut(8 * txns);
+    for (slot, txn) in ids.chunks_exact_mut(8).zip(&desc.txns) {
+        slot.copy_from_slice(&txn.0.to_le_bytes());
     }
-    let indices_at = buf.len();
     let mut classes = MaskClasses::<DESC_CLASSES_MAX>::new();
     let mut fits = true;
-    for &members in &desc.members {
+    for (slot, &members) in indices.iter_mut().zip(&desc.members) {
         let Some(class) = classes.class_of(members) else {
             fits = false;
             break;
         };
-        buf.push(class as u8);
+        *slot = class as u8;
     }
-    if fits && classes_form_shorter(classes.masks().len(), desc.txns.len()) {
+    if fits && classes_form_shorter(classes.masks().len(), txns) {
         buf.push(classes.masks().len() as u8);
         for &class in classes.masks() {
             put_u64(buf, class);
