@@ -28,6 +28,9 @@ use crate::{summary, Args, LoadError};
 
 /// How often the display and the report's time series are sampled.
 pub const SAMPLE_INTERVAL_MS: u64 = 1_000;
+// A sample and a plain progress line fall due at the same whole intervals (see
+// `Sampler::next_sample_at`).
+const _: () = assert!(SAMPLE_INTERVAL_MS == crate::progress::PLAIN_LINE_INTERVAL_MS);
 /// How often the main thread wakes to refresh the display.
 const PROGRESS_TICK_MS: u64 = 100;
 /// Ramp steps go 1, 2, 5, 10, 20, 50, ... times the first rate, up to the last one.
@@ -62,6 +65,11 @@ pub struct Sampler {
     started: Instant,
     last: EngineCounters,
     last_at: Instant,
+    /// When the next sample is due, counted from `started`: a whole number of sample
+    /// intervals, the same boundaries at which a plain progress line is printed, so that
+    /// every line shows the second that just ended (a sample timed from the previous one
+    /// drifts late, and the line at the end of a run repeated the second before).
+    next_sample_at: Duration,
     status: String,
     pub samples: Vec<Sample>,
     /// Latencies since the last `mark`, for judging one ramp step or burst phase.
@@ -76,6 +84,7 @@ impl Sampler {
             started: now,
             last: shared.counters(),
             last_at: now,
+            next_sample_at: Duration::from_millis(SAMPLE_INTERVAL_MS),
             status: String::from("starting"),
             samples: Vec::new(),
             window: driver::histogram(),
@@ -92,8 +101,10 @@ impl Sampler {
     }
 
     fn tick(&mut self, shared: &Shared) {
-        if self.last_at.elapsed() >= Duration::from_millis(SAMPLE_INTERVAL_MS) {
-            let now = Instant::now();
+        let now = Instant::now();
+        let elapsed = now - self.started;
+        if elapsed >= self.next_sample_at {
+            self.next_sample_at = next_boundary(elapsed, SAMPLE_INTERVAL_MS);
             let counters = shared.counters();
             let sample = summary::sample(
                 shared,
@@ -113,7 +124,7 @@ impl Sampler {
             self.samples.push(sample);
             (self.last, self.last_at) = (counters, now);
         }
-        self.progress.update(self.started.elapsed(), &self.status);
+        self.progress.update(elapsed, &self.status);
     }
 
     /// Starts a new judging window.
@@ -125,6 +136,16 @@ impl Sampler {
         self.progress.finish();
         self.samples
     }
+}
+
+/// The first whole multiple of `interval_ms` after `elapsed`.
+fn next_boundary(elapsed: Duration, interval_ms: u64) -> Duration {
+    let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(
+        (elapsed_ms / interval_ms)
+            .saturating_add(1)
+            .saturating_mul(interval_ms),
+    )
 }
 
 /// Runs the scenario's schedule on the main thread and returns its own figures.
@@ -287,4 +308,25 @@ fn failure(
         "reopen_ms": reopen.as_secs_f64() * 1e3,
         "time_to_first_commit_ms": first_commit.map(|elapsed| elapsed.as_secs_f64() * 1e3),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves that samples fall due on whole intervals from the start, whatever the
+    // tick that took the previous one: a sample taken late (at 4.05 s) is followed by
+    // one at 5 s, not at 5.05 s, where the plain progress line for 5 s is printed.
+    #[test]
+    fn samples_fall_due_on_whole_intervals_from_the_start() {
+        let at = |ms| next_boundary(Duration::from_millis(ms), 1_000);
+        assert_eq!(at(0), Duration::from_millis(1_000));
+        assert_eq!(at(999), Duration::from_millis(1_000));
+        assert_eq!(at(1_000), Duration::from_millis(2_000));
+        assert_eq!(at(4_050), Duration::from_millis(5_000));
+        assert_eq!(
+            next_boundary(Duration::MAX, 1_000),
+            Duration::from_millis(u64::MAX)
+        );
+    }
 }
