@@ -12,14 +12,17 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use tricommit_bench::LEDGERS;
 use tricommit_engine::ledger::LedgerOp;
 use tricommit_engine::proto::{
     BatchId, Descriptor, Op, Reason, Record, State, TxnId, TxnSet, Vote,
 };
 
 const BATCH_SIZES: [usize; 2] = [1024, 8192];
-/// Participant mask of a two-ledger transfer (the sites after three replicas).
-const TRANSFER_MEMBERS_MASK: u64 = 0b11 << 3;
+/// Coordinator replicas: the ledgers are the sites after them.
+const REPLICAS: u64 = 3;
+/// Participant mask of a two-ledger transfer (the first two ledgers).
+const TRANSFER_MEMBERS_MASK: u64 = 0b11 << REPLICAS;
 /// One vote in this many is a no, so the codec sees both vote encodings.
 const NO_VOTE_EVERY: usize = 50;
 
@@ -53,22 +56,20 @@ fn prepared(txns: usize) -> Record {
     }
 }
 
-/// Ledger participants of the `Begin` workload (sites after the three replicas).
-const LEDGERS: u64 = 4;
-
-/// A `Begin` record of `txns` transfers, each between two of [`LEDGERS`] ledgers picked
-/// by a fixed pseudo-random sequence: six masks in no particular order, as a replica
-/// logs a batch of the load generator's transfers.
+/// A `Begin` record of `txns` transfers, each between two of the harness's [`LEDGERS`]
+/// ledgers picked by a fixed pseudo-random sequence: six masks in no particular order,
+/// as a replica logs a batch of the load generator's transfers.
 fn begin(txns: usize) -> Record {
+    let ledgers = LEDGERS as u64;
     let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
     let members = (0..txns)
         .map(|_| {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
-            let from = state % LEDGERS;
-            let to = (from + 1 + (state >> 8) % (LEDGERS - 1)) % LEDGERS;
-            (1u64 << (3 + from)) | (1u64 << (3 + to))
+            let from = state % ledgers;
+            let to = (from + 1 + (state >> 8) % (ledgers - 1)) % ledgers;
+            (1u64 << (REPLICAS + from)) | (1u64 << (REPLICAS + to))
         })
         .collect();
     Record::Begin {
